@@ -1,0 +1,11 @@
+//! Key material: the device group key and its subkeys (spec §1.1, DESIGN §2.2), the client key's
+//! CSP derivations (spec §1.3) and the mediator URL (spec §1.2).
+
+mod client;
+mod device_group;
+mod url;
+
+pub(crate) use client::csp_dir_key;
+pub use client::{ClientKey, IDENTITY_LEN};
+pub use device_group::{DeviceGroupKey, DeviceGroupKeys};
+pub use url::{mediator_path, ClientUrlInfo, UrlError};
