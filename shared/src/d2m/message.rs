@@ -72,8 +72,9 @@ macro_rules! d2m_message {
         ///
         /// Protobuf payloads hold the generated struct, so unknown fields are accepted on decode
         /// as proto3 requires (and dropped) and unknown enum values are kept as numbers.
+        /// Exhaustive on purpose: spec §2.3 says no other codes exist, so a state machine that
+        /// matches on it is told by the compiler when it forgets one.
         #[derive(Clone, PartialEq)]
-        #[non_exhaustive]
         pub enum D2mMessage {
             /// 0x00: raw CSP bytes, relayed between the device and the chat server.
             Proxy(Vec<u8>),
