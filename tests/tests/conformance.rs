@@ -1,0 +1,276 @@
+//! Drives the `tandem-conformance` binary the way an external test suite would: arguments in,
+//! one JSON object (exit 0) or one stderr line (exit 1) out.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn shim(args: &[&str]) -> Result<Value, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tandem-conformance"))
+        .args(args)
+        .output()
+        .expect("shim runs");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    if output.status.success() {
+        assert!(stderr.is_empty(), "stderr on success: {stderr}");
+        assert_eq!(
+            stdout.trim_end().lines().count(),
+            1,
+            "one JSON line: {stdout}"
+        );
+        Ok(serde_json::from_str(&stdout).expect("stdout is JSON"))
+    } else {
+        assert_eq!(output.status.code(), Some(1));
+        assert!(stdout.is_empty(), "stdout on failure: {stdout}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "one stderr line: {stderr}"
+        );
+        Err(stderr.trim_end().to_owned())
+    }
+}
+
+const SPEC_DGK: &str = "1b35ed7e1ba9993171fe4a7eed30c2831905c3a583616d61e93782da900bf8ba";
+
+#[test]
+fn group_keys_match_spec_vector() {
+    let keys = shim(&["group-keys", SPEC_DGK]).unwrap();
+    assert_eq!(
+        keys,
+        json!({
+            "dgpk": "60c0ed9098902c0b6093be4a819bf344900bc7473504ccdb61004b1b58aa2233",
+            "dgpkPublic": "e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b40",
+            "dgrk": "a4bf34ff67ed3b731a2aa6e023335f7eba6c914e877da3d15bff41d84f7f75f8",
+            "dgdik": "5953fb9775d8c23fae573e245534dac2c7aa16b62ea73b954ea4177d192e8c50",
+            "dgsddk": "7a91ad36bc9537ccfd6fd76b23d7f5319e506e6a5294c988c9a75c8e34a3c9dd",
+            "dgtsk": "7c6b94affb171c564bfd375d50c4781d72ab2671ae4035ab4307dedce67ef30e",
+        })
+    );
+}
+
+#[test]
+fn group_keys_reject_wrong_length_and_bad_hex() {
+    let err = shim(&["group-keys", "abcd"]).unwrap_err();
+    assert!(err.contains("32 bytes"), "{err}");
+    let err = shim(&["group-keys", "zz"]).unwrap_err();
+    assert!(err.starts_with("dgk:"), "{err}");
+}
+
+/// Python: `hashlib.blake2b(key=b"\x42"*32, salt=b"dgk", person=b"3ma-mdev", digest_size=32)`.
+#[test]
+fn dgk_from_client_key() {
+    let out = shim(&["dgk", &"42".repeat(32)]).unwrap();
+    assert_eq!(
+        out,
+        json!({"dgk": "0705d190e81ade2804a02e592c77a6a9460f05e0228364dadab11687581a8ea7"})
+    );
+}
+
+#[test]
+fn d2m_reflect_matches_spec_example_header() {
+    // Spec §2.4: a non-ephemeral Reflect with id 1 starts `80 000000 08 00 0000 01000000`.
+    let container = "80000000080000000100000061626364";
+    let decoded = shim(&["d2m-decode", container]).unwrap();
+    assert_eq!(
+        decoded,
+        json!({"type": "Reflect", "payload": {"headerLength": 8, "flags": 0, "reflectId": 1, "envelope": "YWJjZA=="}})
+    );
+    let encoded = shim(&["d2m-encode", &decoded.to_string()]).unwrap();
+    assert_eq!(encoded, json!({"hex": container}));
+}
+
+#[test]
+fn d2m_structbuf_payloads_round_trip() {
+    for message in [
+        json!({"type": "Reflect", "payload": {"headerLength": 8, "flags": 1, "reflectId": 4294967295_u64, "envelope": "AAEC"}}),
+        json!({"type": "ReflectAck", "payload": {"reflectId": 7, "timestamp": "18446744073709551615"}}),
+        json!({"type": "Reflected", "payload": {"headerLength": 16, "flags": 0, "reflectedId": 9, "timestamp": "1700000000123", "envelope": "/w=="}}),
+        json!({"type": "ReflectedAck", "payload": {"reflectedId": 9}}),
+        json!({"type": "Proxy", "payload": {"data": "AQIDBA=="}}),
+    ] {
+        let hex = shim(&["d2m-encode", &message.to_string()]).unwrap()["hex"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(shim(&["d2m-decode", &hex]).unwrap(), message);
+    }
+    // ReflectAck layout: reserved(4) ‖ id u32-le ‖ timestamp u64-le, after the 4-byte container header.
+    let ack = json!({"type": "ReflectAck", "payload": {"reflectId": 2, "timestamp": "3"}});
+    assert_eq!(
+        shim(&["d2m-encode", &ack.to_string()]).unwrap(),
+        json!({"hex": "81000000000000000200000003000000000000000000"[..44].to_owned()})
+    );
+}
+
+#[test]
+fn d2m_protobuf_payloads_use_proto3_json_mapping() {
+    // ServerInfo: 64-bit current_time as a decimal string, enum as a number.
+    let info = json!({"type": "ServerInfo", "payload": {
+        "maxDeviceSlots": 8, "deviceSlotState": 1, "encryptedSharedDeviceData": "AQI=",
+        "currentTime": "1700000000000", "reflectionQueueLength": 3}});
+    let hex = shim(&["d2m-encode", &info.to_string()]).unwrap()["hex"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // 0x12 container; field 1 varint 8, field 2 varint 1, field 3 bytes, field 4 varint, field 5 varint.
+    assert!(hex.starts_with("12000000"), "{hex}");
+    assert!(
+        hex.contains("0808") && hex.contains("1001") && hex.contains("1a020102"),
+        "{hex}"
+    );
+    assert_eq!(shim(&["d2m-decode", &hex]).unwrap(), info);
+
+    // DevicesInfo: a map keyed by the decimal device id, with a oneof.
+    let devices = json!({"type": "DevicesInfo", "payload": {"augmentedDeviceInfo": {
+        "18446744073709551615": {"encryptedDeviceInfo": "AAAA", "connectedSince": "5", "deviceSlotExpirationPolicy": 1},
+        "2": {"encryptedDeviceInfo": "AQ==", "lastDisconnectAt": "6"}}}});
+    let hex = shim(&["d2m-encode", &devices.to_string()]).unwrap()["hex"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(shim(&["d2m-decode", &hex]).unwrap(), devices);
+
+    // Empty messages decode to an empty payload object.
+    assert_eq!(
+        shim(&["d2m-decode", "20000000"]).unwrap(),
+        json!({"type": "ReflectionQueueDry", "payload": {}})
+    );
+    for name in [
+        "ServerHello",
+        "ClientHello",
+        "ServerInfo",
+        "ReflectionQueueDry",
+        "RolePromotedToLeader",
+        "GetDevicesInfo",
+        "DevicesInfo",
+        "DropDevice",
+        "DropDeviceAck",
+        "SetSharedDeviceData",
+        "BeginTransaction",
+        "BeginTransactionAck",
+        "CommitTransaction",
+        "CommitTransactionAck",
+        "TransactionRejected",
+        "TransactionEnded",
+    ] {
+        let out = shim(&[
+            "d2m-encode",
+            &json!({"type": name, "payload": {}}).to_string(),
+        ])
+        .unwrap();
+        let hex = out["hex"].as_str().unwrap();
+        assert_eq!(hex.len(), 8, "{name}: empty payload is just the header");
+        assert_eq!(
+            shim(&["d2m-decode", hex]).unwrap(),
+            json!({"type": name, "payload": {}})
+        );
+    }
+
+    let hello = json!({"type": "ClientHello", "payload": {
+        "version": 0, "response": "AAAA", "deviceId": "12345678901234567890",
+        "deviceSlotsExhaustedPolicy": 1, "deviceSlotExpirationPolicy": 1,
+        "encryptedDeviceInfo": "AQID", "expectedDeviceSlotState": 1}});
+    let hex = shim(&["d2m-encode", &hello.to_string()]).unwrap()["hex"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // device_id is field 3 fixed64: tag 0x19.
+    assert!(
+        hex.contains(&format!(
+            "19{}",
+            hex::encode(12345678901234567890_u64.to_le_bytes())
+        )),
+        "{hex}"
+    );
+    let mut expected = hello.clone();
+    expected["payload"]
+        .as_object_mut()
+        .unwrap()
+        .remove("version");
+    assert_eq!(shim(&["d2m-decode", &hex]).unwrap(), expected);
+}
+
+#[test]
+fn d2m_bad_input_is_a_one_line_error() {
+    assert!(shim(&["d2m-decode", "800000"])
+        .unwrap_err()
+        .contains("decode failed"));
+    assert!(shim(&["d2m-decode", "99000000"])
+        .unwrap_err()
+        .contains("decode failed"));
+    // Reflect with a header length below 8.
+    assert!(shim(&["d2m-decode", "8000000004000000"]).is_err());
+    // ReflectedAck with trailing bytes.
+    assert!(shim(&["d2m-decode", "83000000000000000100000000"]).is_err());
+    assert!(shim(&["d2m-decode", &format!("00000000{}", "00".repeat(65533))]).is_err());
+    assert!(shim(&["d2m-encode", r#"{"type":"Nope","payload":{}}"#])
+        .unwrap_err()
+        .contains("Nope"));
+    assert!(shim(&["d2m-encode", "not json"])
+        .unwrap_err()
+        .contains("invalid JSON"));
+    assert!(shim(&[
+        "d2m-encode",
+        r#"{"type":"ReflectedAck","payload":{"reflectedId":4294967296}}"#
+    ])
+    .unwrap_err()
+    .contains("out of range"));
+}
+
+#[test]
+fn client_url_info_matches_spec_example() {
+    let hex = "0a20e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b401a023031";
+    let decoded = shim(&["proto-decode", "d2m.ClientUrlInfo", hex]).unwrap();
+    assert_eq!(
+        decoded,
+        json!({"deviceGroupId": "532bAhlbiAwTdGUOwTa0TnsLbZ5HtHnb1dl8RwrLC0A=", "serverGroup": "01"})
+    );
+    assert_eq!(
+        shim(&["proto-encode", "d2m.ClientUrlInfo", &decoded.to_string()]).unwrap(),
+        json!({"hex": hex})
+    );
+    // A 31-byte group id is refused by the library's validation.
+    let short = json!({"deviceGroupId": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA==", "serverGroup": "01"});
+    assert!(shim(&["proto-encode", "d2m.ClientUrlInfo", &short.to_string()]).is_err());
+    assert!(shim(&["proto-decode", "d2m.Nope", "00"])
+        .unwrap_err()
+        .contains("unknown message name"));
+}
+
+const REFERENCE_BACKUP: &str =
+    "AEBA-GBAF-AYDQ-QKJK-E5O6-OKLH-IGOD-PWLK-32QH-IVL2-YHN4-4AWG-TA5Y-FMW7-L7Z6-7IP3-74SM-UPGV-QJAM-DQ4O";
+
+#[test]
+fn id_backup_decode_encode_and_wrong_password() {
+    assert_eq!(
+        shim(&["id-backup-decode", REFERENCE_BACKUP, "tandem-test-pw"]).unwrap(),
+        json!({"identity": "TNDM0001", "ck": "11".repeat(32)})
+    );
+    let err = shim(&["id-backup-decode", REFERENCE_BACKUP, "not-the-password"]).unwrap_err();
+    assert!(err.contains("wrong password"), "{err}");
+
+    let ck = "ab".repeat(32);
+    let made = shim(&["id-backup-encode", "ECHOECHO", &ck, "a long password"]).unwrap();
+    let backup = made["backup"].as_str().unwrap();
+    assert_eq!(backup.len(), 99);
+    assert_eq!(
+        shim(&["id-backup-decode", backup, "a long password"]).unwrap(),
+        json!({"identity": "ECHOECHO", "ck": ck})
+    );
+    assert!(shim(&["id-backup-encode", "ECHOECHO", &ck, "short"])
+        .unwrap_err()
+        .contains("at least 8"));
+}
+
+#[test]
+fn unknown_subcommand_is_an_error() {
+    assert!(shim(&["frobnicate"]).is_err());
+}
