@@ -380,7 +380,7 @@ impl fmt::Debug for LegacyMessage {
 }
 
 /// Everything a device puts into one message to one receiver.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct MessageToSeal<'a> {
     /// Own identity.
     pub sender: [u8; IDENTITY_LEN],
@@ -400,6 +400,21 @@ pub struct MessageToSeal<'a> {
     pub message_type: E2eMessageType,
     /// The e2e body (before padding).
     pub body: &'a [u8],
+}
+
+impl fmt::Debug for MessageToSeal<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageToSeal")
+            .field("sender", &identity_str(&self.sender))
+            .field("receiver", &identity_str(&self.receiver))
+            .field("message_id", &format_args!("{:#018x}", self.message_id))
+            .field("created_at_ms", &self.created_at_ms)
+            .field("flags", &self.flags)
+            .field("has_nickname", &self.nickname.is_some())
+            .field("message_type", &self.message_type)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a message could not be sealed.
@@ -528,7 +543,8 @@ fn legacy_nickname_text(field: &[u8; LEGACY_NICKNAME_LEN]) -> Option<String> {
 /// A message after [`open_message`]: authenticated, decrypted and unpadded.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OpenedMessage {
-    /// Sender identity (from the header; authenticated by the box key).
+    /// Sender identity from the header; authentic only because the caller looked up
+    /// `sender_public_key` for exactly this identity.
     pub sender: [u8; IDENTITY_LEN],
     /// Receiver identity (from the header; the caller checks that it is its own).
     pub receiver: [u8; IDENTITY_LEN],
@@ -1100,28 +1116,22 @@ pub(crate) mod tests {
         let sealed = seal_message(&alice.key, &to_seal(&alice, &bob, b"hello"), &mut rng).unwrap();
         let bytes = sealed.encode().unwrap();
         assert!(open_message(&bob.key, &alice.key.public_key(), &sealed).is_ok());
-        // Everything after the 64-byte header: metadata, nonce, message box. One bit per byte,
-        // cycling through the bit positions.
+        // Every bit after the 64-byte header: metadata, nonce, message box.
+        let metadata_end = MESSAGE_HEADER_LEN + sealed.metadata.len();
+        let nonce_end = metadata_end + NONCE_LEN;
         for i in MESSAGE_HEADER_LEN..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 1 << (i % 8);
-            let decoded = MessageWithMetadataBox::decode(&bad).unwrap();
-            let result = open_message(&bob.key, &alice.key.public_key(), &decoded);
-            let metadata_end = MESSAGE_HEADER_LEN + sealed.metadata.len();
-            let nonce_end = metadata_end + NONCE_LEN;
-            if i < nonce_end {
+            for bit in 0..8 {
+                let mut bad = bytes.clone();
+                bad[i] ^= 1 << bit;
+                let decoded = MessageWithMetadataBox::decode(&bad).unwrap();
+                let result = open_message(&bob.key, &alice.key.public_key(), &decoded);
                 // The metadata is checked first, and the nonce covers it too.
-                assert_eq!(
-                    result,
-                    Err(OpenError::MetadataDecrypt(CryptoError::Decrypt)),
-                    "byte {i}"
-                );
-            } else {
-                assert_eq!(
-                    result,
-                    Err(OpenError::BodyDecrypt(CryptoError::Decrypt)),
-                    "byte {i}"
-                );
+                let expected = if i < nonce_end {
+                    OpenError::MetadataDecrypt(CryptoError::Decrypt)
+                } else {
+                    OpenError::BodyDecrypt(CryptoError::Decrypt)
+                };
+                assert_eq!(result, Err(expected), "byte {i} bit {bit}");
             }
         }
     }
@@ -1236,12 +1246,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn debug_does_not_dump_boxes() {
+    fn debug_does_not_dump_boxes_bodies_or_nicknames() {
         let (mut rng, alice, bob) = setup();
-        let sealed = seal_message(&alice.key, &to_seal(&alice, &bob, b"hi"), &mut rng).unwrap();
+        let body = b"secret words";
+        let message = to_seal(&alice, &bob, body);
+        let sealed = seal_message(&alice.key, &message, &mut rng).unwrap();
         let text = format!("{sealed:?}");
         assert!(text.contains("ALICE123"));
         assert!(text.contains("message_box_len"));
         assert!(!text.contains(&format!("{:?}", sealed.nonce)));
+        let opened = open_message(&bob.key, &alice.key.public_key(), &sealed).unwrap();
+        for text in [format!("{message:?}"), format!("{opened:?}")] {
+            assert!(text.contains("body_len: 12"), "{text}");
+            assert!(!text.contains(&format!("{:?}", &body[..])), "{text}");
+            assert!(!text.contains("Alice"), "{text}");
+        }
     }
 }
