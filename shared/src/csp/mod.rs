@@ -8,3 +8,29 @@
 //!   sequence numbers.
 //! - payload: the payload container and every payload type of §9.4.
 //! - message / metadata / e2e / receipt / group / flags: §9.5.
+
+mod e2e;
+mod flags;
+mod group;
+mod message;
+mod metadata;
+mod payload;
+mod receipt;
+
+pub use e2e::{encode_e2e, E2eContainer, E2eError, E2eMessageType, E2E_MIN_PADDED_LEN};
+pub use flags::MessageFlags;
+pub use group::{GroupCreatorContainer, GroupMemberContainer};
+pub use message::{
+    is_valid_identity, open_message, seal_message, seal_message_with_nonce, LegacyMessage,
+    MessageError, MessagePayloadVersion, MessageToSeal, MessageWithMetadataBox, OpenError,
+    OpenedMessage, SealError, LEGACY_NICKNAME_LEN, MAX_MESSAGE_LEN, MESSAGE_HEADER_LEN,
+};
+pub use metadata::{
+    new_metadata, open_metadata, seal_metadata, MetadataError, METADATA_MIN_NICKNAME_AND_PADDING,
+};
+pub use payload::{
+    check_idle_timeout, CspPayload, MessageAck, PayloadContainer, PayloadDirection, PayloadError,
+    PayloadType, PushToken, PushTokenType, DEFAULT_IDLE_TIMEOUT_S, IDLE_TIMEOUT_RANGE_S,
+    MAX_PAYLOAD_CONTAINER_LEN, MAX_PAYLOAD_DATA_LEN, MAX_PUSH_TOKEN_LEN,
+};
+pub use receipt::{DeliveryReceipt, DeliveryStatus, ReceiptError};
