@@ -59,8 +59,7 @@ pub fn encode_frame(boxed: &[u8]) -> Result<Vec<u8>, CspError> {
     Ok(out)
 }
 
-/// One direction's box key, cookie and next sequence number.
-#[derive(Clone)]
+/// One direction's box key, cookie and next sequence number. Not `Clone`: a copy would reuse nonces.
 pub struct CipherState {
     key: BoxKey,
     cookie: Cookie,
