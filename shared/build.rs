@@ -16,12 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let descriptors = protox::compile(&files, ["proto"])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(
-        out.join("descriptor_set.bin"),
-        prost::Message::encode_to_vec(&descriptors),
-    )?;
-    prost_build::Config::new()
-        .btree_map(["."])
-        .compile_fds(descriptors)?;
+    fs::write(out.join("descriptor_set.bin"), prost::Message::encode_to_vec(&descriptors))?;
+    prost_build::Config::new().btree_map(["."]).compile_fds(descriptors)?;
     Ok(())
 }

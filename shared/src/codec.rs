@@ -95,22 +95,10 @@ mod tests {
         assert_eq!(r.u8(), Ok(1));
         assert_eq!(r.u16_le(), Ok(2));
         assert_eq!(r.u32_le(), Ok(3));
-        assert_eq!(
-            r.u8(),
-            Err(Truncated {
-                offset: 7,
-                needed: 1
-            })
-        );
+        assert_eq!(r.u8(), Err(Truncated { offset: 7, needed: 1 }));
         assert_eq!(r.remaining(), 0);
         let mut r = Reader::new(&[1, 2]);
-        assert_eq!(
-            r.u64_le(),
-            Err(Truncated {
-                offset: 0,
-                needed: 6
-            })
-        );
+        assert_eq!(r.u64_le(), Err(Truncated { offset: 0, needed: 6 }));
         assert_eq!(r.rest(), &[1, 2]);
     }
 }

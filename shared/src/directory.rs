@@ -12,11 +12,7 @@ use crate::crypto::{ct_eq, CryptoError, PublicKey, SecretKey};
 use crate::keys::ClientKey;
 
 /// The client's response to a directory token.
-pub fn client_response(
-    ck: &ClientKey,
-    token_resp_key_pub: &PublicKey,
-    token: &[u8],
-) -> Result<[u8; 32], CryptoError> {
+pub fn client_response(ck: &ClientKey, token_resp_key_pub: &PublicKey, token: &[u8]) -> Result<[u8; 32], CryptoError> {
     let key = ck.directory_key(token_resp_key_pub)?;
     Ok(mac(key.as_bytes(), token))
 }

@@ -15,8 +15,7 @@
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every message in this module, for tools
 /// that need reflection (JSON mapping in the conformance shim).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
 
 pub mod common {
     include!(concat!(env!("OUT_DIR"), "/common.rs"));

@@ -53,15 +53,9 @@ mod tests {
 
     #[test]
     fn rejects_long_params_and_bad_keys() {
-        let long = Blake2bParams {
-            salt: "123456789",
-            personal: "x",
-        };
+        let long = Blake2bParams { salt: "123456789", personal: "x" };
         assert_eq!(blake2b_256(&[1; 32], long, &[]), Err(KdfError::ParamLength));
-        let ok = Blake2bParams {
-            salt: "p",
-            personal: "3ma-mdev",
-        };
+        let ok = Blake2bParams { salt: "p", personal: "3ma-mdev" };
         assert_eq!(blake2b_256(&[], ok, &[]), Err(KdfError::KeyLength(0)));
         assert_eq!(blake2b_256(&[0; 65], ok, &[]), Err(KdfError::KeyLength(65)));
         assert!(blake2b_256(&[0; 64], ok, &[]).is_ok());

@@ -9,8 +9,8 @@ use core::fmt;
 use crypto_secretbox::aead::{Aead, KeyInit};
 use crypto_secretbox::XSalsa20Poly1305;
 use rand_core::CryptoRngCore;
-use salsa20::cipher::consts::U10;
 use salsa20::cipher::generic_array::GenericArray;
+use salsa20::cipher::consts::U10;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Length of an XSalsa20 nonce.
@@ -77,9 +77,7 @@ pub struct SecretKey([u8; 32]);
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SecretKey")
-            .field(&self.public_key())
-            .finish()
+        f.debug_tuple("SecretKey").field(&self.public_key()).finish()
     }
 }
 
@@ -197,11 +195,7 @@ pub fn random_nonce(rng: &mut impl CryptoRngCore) -> Nonce {
 
 /// Seals with a fresh random nonce in the "nonce-ahead" layout `nonce ‖ tag ‖ ciphertext` used by
 /// every d2m/d2d blob (spec §0).
-pub fn seal_nonce_ahead(
-    key: &SymmetricKey,
-    rng: &mut impl CryptoRngCore,
-    plaintext: &[u8],
-) -> Vec<u8> {
+pub fn seal_nonce_ahead(key: &SymmetricKey, rng: &mut impl CryptoRngCore, plaintext: &[u8]) -> Vec<u8> {
     let nonce = random_nonce(rng);
     let sealed = key.seal(&nonce, plaintext);
     let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
@@ -233,20 +227,10 @@ mod tests {
     /// RFC 7748 §6.1 keys; the box key is NaCl's `firstkey` from "Cryptography in NaCl".
     #[test]
     fn box_key_matches_nacl_firstkey() {
-        let alice = SecretKey::from_bytes(h32(
-            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
-        ));
-        let bob = SecretKey::from_bytes(h32(
-            "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
-        ));
-        assert_eq!(
-            alice.public_key().0,
-            h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
-        );
-        assert_eq!(
-            bob.public_key().0,
-            h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f")
-        );
+        let alice = SecretKey::from_bytes(h32("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"));
+        let bob = SecretKey::from_bytes(h32("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"));
+        assert_eq!(alice.public_key().0, h32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"));
+        assert_eq!(bob.public_key().0, h32("de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"));
         let firstkey = h32("1b27556473e985d462cd51197a9a46c76009549eac6474f206c4ee0844f68389");
         assert_eq!(alice.box_key(&bob.public_key()).0, firstkey);
         assert_eq!(bob.box_key(&alice.public_key()).0, firstkey);
@@ -271,16 +255,9 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert_eq!(
-                open_nonce_ahead(&key, &bad),
-                Err(CryptoError::Decrypt),
-                "bit flip at {i}"
-            );
+            assert_eq!(open_nonce_ahead(&key, &bad), Err(CryptoError::Decrypt), "bit flip at {i}");
         }
-        assert_eq!(
-            open_nonce_ahead(&key, &sealed[..39]),
-            Err(CryptoError::TooShort(39))
-        );
+        assert_eq!(open_nonce_ahead(&key, &sealed[..39]), Err(CryptoError::TooShort(39)));
         let other = SymmetricKey::from_bytes([8; 32]);
         assert_eq!(open_nonce_ahead(&other, &sealed), Err(CryptoError::Decrypt));
     }

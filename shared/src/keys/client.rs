@@ -3,9 +3,7 @@
 
 use core::fmt;
 
-use crate::crypto::{
-    blake2b_256, Blake2bParams, BoxKey, CryptoError, PublicKey, SecretKey, SymmetricKey,
-};
+use crate::crypto::{blake2b_256, Blake2bParams, BoxKey, CryptoError, PublicKey, SecretKey, SymmetricKey};
 
 /// A Threema-style identity is 8 ASCII characters.
 pub const IDENTITY_LEN: usize = 8;
@@ -14,17 +12,7 @@ const CSP: &str = "3ma-csp";
 
 fn kdf(key: &[u8], salt: &'static str) -> SymmetricKey {
     // Keys are 32 or 64 bytes and salts are fixed constants of ≤ 8 bytes: cannot fail.
-    SymmetricKey::from_bytes(
-        blake2b_256(
-            key,
-            Blake2bParams {
-                salt,
-                personal: CSP,
-            },
-            &[],
-        )
-        .unwrap_or([0; 32]),
-    )
+    SymmetricKey::from_bytes(blake2b_256(key, Blake2bParams { salt, personal: CSP }, &[]).unwrap_or([0; 32]))
 }
 
 /// The identity's permanent secret key `CK`, from which everything else follows.
@@ -33,9 +21,7 @@ pub struct ClientKey(SecretKey);
 
 impl fmt::Debug for ClientKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ClientKey")
-            .field(&self.0.public_key())
-            .finish()
+        f.debug_tuple("ClientKey").field(&self.0.public_key()).finish()
     }
 }
 
@@ -79,10 +65,7 @@ impl ClientKey {
     }
 
     /// Directory challenge-response key (salt `dir`) for the directory's `tokenRespKeyPub`.
-    pub fn directory_key(
-        &self,
-        challenge_public_key: &PublicKey,
-    ) -> Result<SymmetricKey, CryptoError> {
+    pub fn directory_key(&self, challenge_public_key: &PublicKey) -> Result<SymmetricKey, CryptoError> {
         let shared = self.0.box_key_contributory(challenge_public_key)?;
         Ok(kdf(shared.as_bytes(), "dir"))
     }

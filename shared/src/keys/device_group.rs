@@ -91,34 +91,14 @@ mod tests {
     /// The DGK vector of spec §10.
     #[test]
     fn derives_spec_vector() {
-        let dgk = DeviceGroupKey::from_bytes(h32(
-            "1b35ed7e1ba9993171fe4a7eed30c2831905c3a583616d61e93782da900bf8ba",
-        ));
+        let dgk = DeviceGroupKey::from_bytes(h32("1b35ed7e1ba9993171fe4a7eed30c2831905c3a583616d61e93782da900bf8ba"));
         let keys = dgk.derive_keys();
-        assert_eq!(
-            keys.dgpk.as_bytes(),
-            &h32("60c0ed9098902c0b6093be4a819bf344900bc7473504ccdb61004b1b58aa2233")
-        );
-        assert_eq!(
-            keys.dgrk.as_bytes(),
-            &h32("a4bf34ff67ed3b731a2aa6e023335f7eba6c914e877da3d15bff41d84f7f75f8")
-        );
-        assert_eq!(
-            keys.dgdik.as_bytes(),
-            &h32("5953fb9775d8c23fae573e245534dac2c7aa16b62ea73b954ea4177d192e8c50")
-        );
-        assert_eq!(
-            keys.dgsddk.as_bytes(),
-            &h32("7a91ad36bc9537ccfd6fd76b23d7f5319e506e6a5294c988c9a75c8e34a3c9dd")
-        );
-        assert_eq!(
-            keys.dgtsk.as_bytes(),
-            &h32("7c6b94affb171c564bfd375d50c4781d72ab2671ae4035ab4307dedce67ef30e")
-        );
-        assert_eq!(
-            keys.dgpk_public.0,
-            h32("e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b40")
-        );
+        assert_eq!(keys.dgpk.as_bytes(), &h32("60c0ed9098902c0b6093be4a819bf344900bc7473504ccdb61004b1b58aa2233"));
+        assert_eq!(keys.dgrk.as_bytes(), &h32("a4bf34ff67ed3b731a2aa6e023335f7eba6c914e877da3d15bff41d84f7f75f8"));
+        assert_eq!(keys.dgdik.as_bytes(), &h32("5953fb9775d8c23fae573e245534dac2c7aa16b62ea73b954ea4177d192e8c50"));
+        assert_eq!(keys.dgsddk.as_bytes(), &h32("7a91ad36bc9537ccfd6fd76b23d7f5319e506e6a5294c988c9a75c8e34a3c9dd"));
+        assert_eq!(keys.dgtsk.as_bytes(), &h32("7c6b94affb171c564bfd375d50c4781d72ab2671ae4035ab4307dedce67ef30e"));
+        assert_eq!(keys.dgpk_public.0, h32("e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b40"));
     }
 
     /// Expected value from Python: `hashlib.blake2b(key=b"\x42"*32, salt=b"dgk",
@@ -129,9 +109,6 @@ mod tests {
         let dgk = DeviceGroupKey::from_client_key(&ck);
         let expected = h32("0705d190e81ade2804a02e592c77a6a9460f05e0228364dadab11687581a8ea7");
         assert_eq!(dgk.as_bytes(), &expected);
-        assert_ne!(
-            DeviceGroupKey::from_client_key(&SecretKey::from_bytes([0x43; 32])),
-            dgk
-        );
+        assert_ne!(DeviceGroupKey::from_client_key(&SecretKey::from_bytes([0x43; 32])), dgk);
     }
 }

@@ -48,10 +48,7 @@ impl ClientUrlInfo {
     /// Builds a validated info.
     pub fn new(device_group_id: PublicKey, server_group: &str) -> Result<Self, UrlError> {
         validate_server_group(server_group)?;
-        Ok(Self {
-            device_group_id,
-            server_group: server_group.to_owned(),
-        })
+        Ok(Self { device_group_id, server_group: server_group.to_owned() })
     }
 
     /// The protobuf encoding.
@@ -90,9 +87,7 @@ impl ClientUrlInfo {
         if !is_lower_hex(prefix) || !is_lower_hex(hex_part) {
             return Err(UrlError::Hex);
         }
-        let bytes = data_encoding::HEXLOWER
-            .decode(hex_part.as_bytes())
-            .map_err(|_| UrlError::Hex)?;
+        let bytes = data_encoding::HEXLOWER.decode(hex_part.as_bytes()).map_err(|_| UrlError::Hex)?;
         let info = Self::decode(&bytes)?;
         if data_encoding::HEXLOWER.encode(&info.device_group_id.0[..1]) != prefix {
             return Err(UrlError::Prefix);
@@ -102,8 +97,7 @@ impl ClientUrlInfo {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn validate_server_group(group: &str) -> Result<(), UrlError> {
@@ -120,10 +114,7 @@ fn validate_server_group(group: &str) -> Result<(), UrlError> {
 #[must_use]
 pub fn mediator_path(info: &ClientUrlInfo) -> String {
     let prefix = data_encoding::HEXLOWER.encode(&info.device_group_id.0[..1]);
-    format!(
-        "{prefix}/{}",
-        data_encoding::HEXLOWER.encode(&info.encode())
-    )
+    format!("{prefix}/{}", data_encoding::HEXLOWER.encode(&info.encode()))
 }
 
 #[cfg(test)]
@@ -133,11 +124,10 @@ mod tests {
     /// Spec §1.2 worked example.
     #[test]
     fn spec_url_example() {
-        let id: [u8; 32] =
-            hex::decode("e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b40")
-                .unwrap()
-                .try_into()
-                .unwrap();
+        let id: [u8; 32] = hex::decode("e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b40")
+            .unwrap()
+            .try_into()
+            .unwrap();
         let info = ClientUrlInfo::new(PublicKey(id), "01").unwrap();
         let path = info.path();
         assert_eq!(
@@ -151,37 +141,13 @@ mod tests {
     fn rejects_bad_paths() {
         let info = ClientUrlInfo::new(PublicKey([0xab; 32]), "01").unwrap();
         let hex_part = data_encoding::HEXLOWER.encode(&info.encode());
-        assert_eq!(
-            ClientUrlInfo::from_path(&format!("/ac/{hex_part}")),
-            Err(UrlError::Prefix)
-        );
-        assert_eq!(
-            ClientUrlInfo::from_path(&format!("/AB/{hex_part}")),
-            Err(UrlError::Hex)
-        );
+        assert_eq!(ClientUrlInfo::from_path(&format!("/ac/{hex_part}")), Err(UrlError::Prefix));
+        assert_eq!(ClientUrlInfo::from_path(&format!("/AB/{hex_part}")), Err(UrlError::Hex));
         assert_eq!(ClientUrlInfo::from_path("/ab"), Err(UrlError::PathShape));
-        assert_eq!(
-            ClientUrlInfo::from_path("/ab/0a"),
-            Err(UrlError::Decode(
-                proto::d2m::ClientUrlInfo::decode(&[0x0a][..]).unwrap_err()
-            ))
-        );
-        assert_eq!(
-            ClientUrlInfo::new(PublicKey([1; 32]), "a-b"),
-            Err(UrlError::ServerGroup)
-        );
-        assert_eq!(
-            ClientUrlInfo::new(PublicKey([1; 32]), ""),
-            Err(UrlError::ServerGroup)
-        );
-        let short = proto::d2m::ClientUrlInfo {
-            device_group_id: vec![1; 31],
-            server_group: "01".into(),
-        }
-        .encode_to_vec();
-        assert_eq!(
-            ClientUrlInfo::decode(&short),
-            Err(UrlError::GroupIdLength(31))
-        );
+        assert_eq!(ClientUrlInfo::from_path("/ab/0a"), Err(UrlError::Decode(proto::d2m::ClientUrlInfo::decode(&[0x0a][..]).unwrap_err())));
+        assert_eq!(ClientUrlInfo::new(PublicKey([1; 32]), "a-b"), Err(UrlError::ServerGroup));
+        assert_eq!(ClientUrlInfo::new(PublicKey([1; 32]), ""), Err(UrlError::ServerGroup));
+        let short = proto::d2m::ClientUrlInfo { device_group_id: vec![1; 31], server_group: "01".into() }.encode_to_vec();
+        assert_eq!(ClientUrlInfo::decode(&short), Err(UrlError::GroupIdLength(31)));
     }
 }
