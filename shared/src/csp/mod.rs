@@ -9,17 +9,43 @@
 //! - payload: the payload container and every payload type of §9.4.
 //! - message / metadata / e2e / receipt / group / flags: §9.5.
 
+mod client;
 mod e2e;
+mod extension;
 mod flags;
+mod frame;
 mod group;
+mod handshake;
 mod message;
 mod metadata;
 mod payload;
 mod receipt;
+mod server;
+mod testkit;
+mod unit;
 
+#[cfg(test)]
+mod testkit;
+
+pub use client::{ClientEvent, CspClient, CspClientConfig};
 pub use e2e::{encode_e2e, E2eContainer, E2eError, E2eMessageType, E2E_MIN_PADDED_LEN};
+pub use extension::{
+    DeviceCookie, ExtensionError, Extensions, EXT_CLIENT_INFO, EXT_CSP_DEVICE_ID,
+    EXT_DEVICE_COOKIE, EXT_MESSAGE_PAYLOAD_VERSION, MAX_EXTENSIONS_LEN,
+    MESSAGE_PAYLOAD_VERSION_WITH_METADATA,
+};
 pub use flags::MessageFlags;
+pub use frame::{
+    encode_frame, frame_box_len, nonce, CipherState, DIAGNOSIS_WINDOW, FRAME_HEADER_LEN,
+    MAX_FRAME_BOX_LEN, MAX_FRAME_LEN, MAX_FRAME_PLAINTEXT_LEN,
+};
 pub use group::{GroupCreatorContainer, GroupMemberContainer};
+pub use handshake::{
+    check_extensions_box_len, validate_identity, vouch, ClientHello, ClientInfoField, Cookie,
+    CspError, LoginData, ServerChallengeResponse, ServerHello, CLIENT_HELLO_LEN, COOKIE_LEN,
+    EXTENSION_MAGIC, LOGIN_ACK_LEN, LOGIN_ACK_PLAINTEXT, LOGIN_BOX_LEN, LOGIN_DATA_LEN,
+    MAX_EXTENSIONS_BOX_LEN, SERVER_CHALLENGE_RESPONSE_LEN, SERVER_HELLO_LEN,
+};
 pub use message::{
     is_valid_identity, open_message, seal_message, seal_message_with_nonce, LegacyMessage,
     MessageError, MessagePayloadVersion, MessageToSeal, MessageWithMetadataBox, OpenError,
@@ -34,3 +60,5 @@ pub use payload::{
     MAX_PAYLOAD_CONTAINER_LEN, MAX_PAYLOAD_DATA_LEN, MAX_PUSH_TOKEN_LEN,
 };
 pub use receipt::{DeliveryReceipt, DeliveryStatus, ReceiptError};
+pub use server::{CspServer, CspServerConfig, ServerEvent};
+pub use unit::ServerUnitSplitter;
