@@ -21,7 +21,6 @@ mod metadata;
 mod payload;
 mod receipt;
 mod server;
-mod testkit;
 mod unit;
 
 #[cfg(test)]

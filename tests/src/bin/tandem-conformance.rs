@@ -1,6 +1,8 @@
 //! `tandem-conformance`: the library's codecs and derivations for external test suites.
 //!
 //! Prints one JSON object on stdout and exits 0, or one line on stderr and exits 1.
+//! A hex or JSON argument given as `-` is read from standard input instead (a 64 KiB container
+//! is 128 KiB of hex, more than one command-line argument may hold on Linux).
 //! See README.md ("Conformance shim") for every subcommand.
 
 use std::process::ExitCode;
@@ -77,6 +79,13 @@ fn main() -> ExitCode {
             ck_hex,
             password,
         },
+    };
+    let command = match command.read_stdin_arguments(&mut std::io::stdin().lock()) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("stdin: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     match run(&command) {
         Ok(value) => {

@@ -64,6 +64,37 @@ pub enum ShimError {
     IdBackup(#[from] tandem_shared::id_backup::IdBackupError),
 }
 
+impl Command {
+    /// Replaces a hex or JSON argument given as `-` by the contents of `input` (trimmed).
+    pub fn read_stdin_arguments(self, input: &mut impl std::io::Read) -> std::io::Result<Self> {
+        fn fill(value: String, input: &mut impl std::io::Read) -> std::io::Result<String> {
+            if value != "-" {
+                return Ok(value);
+            }
+            let mut text = String::new();
+            input.read_to_string(&mut text)?;
+            Ok(text.trim().to_owned())
+        }
+        Ok(match self {
+            Self::D2mDecode { hex } => Self::D2mDecode {
+                hex: fill(hex, input)?,
+            },
+            Self::D2mEncode { json } => Self::D2mEncode {
+                json: fill(json, input)?,
+            },
+            Self::ProtoDecode { name, hex } => Self::ProtoDecode {
+                name,
+                hex: fill(hex, input)?,
+            },
+            Self::ProtoEncode { name, json } => Self::ProtoEncode {
+                name,
+                json: fill(json, input)?,
+            },
+            other => other,
+        })
+    }
+}
+
 /// Runs one command.
 pub fn run(command: &Command) -> Result<Value, ShimError> {
     match command {
