@@ -88,11 +88,13 @@ fn apply_keystream(key: &[u8; 32], data: &mut [u8]) {
 }
 
 fn checksum(identity: &[u8], ck: &[u8; 32]) -> [u8; 2] {
-    let digest = Sha256::new()
+    let digest: [u8; 32] = Sha256::new()
         .chain_update(identity)
         .chain_update(ck)
-        .finalize();
-    [digest[0], digest[1]]
+        .finalize()
+        .into();
+    let [first, second, ..] = digest;
+    [first, second]
 }
 
 /// Encodes a backup: 80 base32 characters in 20 dash-separated groups of 4.
@@ -110,14 +112,14 @@ pub fn encode(
     }
     let mut salt = [0_u8; SALT_LEN];
     rng.fill_bytes(&mut salt);
-    let mut data = Zeroizing::new([0_u8; DATA_LEN]);
-    data[..IDENTITY_LEN].copy_from_slice(identity.as_bytes());
-    data[IDENTITY_LEN..IDENTITY_LEN + 32].copy_from_slice(ck.as_bytes());
-    data[IDENTITY_LEN + 32..].copy_from_slice(&checksum(identity.as_bytes(), ck.as_bytes()));
+    let mut data = Zeroizing::new(Vec::with_capacity(DATA_LEN));
+    data.extend_from_slice(identity.as_bytes());
+    data.extend_from_slice(ck.as_bytes());
+    data.extend_from_slice(&checksum(identity.as_bytes(), ck.as_bytes()));
     apply_keystream(&key_from_password(password, &salt), data.as_mut());
-    let mut raw = [0_u8; BACKUP_LEN];
-    raw[..SALT_LEN].copy_from_slice(&salt);
-    raw[SALT_LEN..].copy_from_slice(data.as_ref());
+    let mut raw = Vec::with_capacity(BACKUP_LEN);
+    raw.extend_from_slice(&salt);
+    raw.extend_from_slice(&data);
     let text = data_encoding::BASE32_NOPAD.encode(&raw);
     let groups: Vec<&str> = text
         .as_bytes()
