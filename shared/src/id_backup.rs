@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::crypto::SecretKey;
-use crate::keys::IDENTITY_LEN;
+use crate::keys::{is_valid_identity, IDENTITY_LEN};
 
 /// PBKDF2 rounds fixed by the format.
 pub const PBKDF2_ROUNDS: u32 = 100_000;
@@ -42,8 +42,8 @@ pub enum IdBackupError {
     /// The checksum does not match: almost always a wrong password.
     #[error("wrong password (or a mistyped backup)")]
     WrongPassword,
-    /// The identity is not 8 characters of `0-9`, `A-Z` or `*`.
-    #[error("identity must be 8 characters of 0-9, A-Z or *")]
+    /// The identity is not 8 characters of `0-9` and `A-Z` (or `*` first).
+    #[error("identity must be 8 characters of 0-9 and A-Z (or * first)")]
     Identity,
     /// The password is too short to protect an identity.
     #[error("password must be at least {MIN_PASSWORD_CHARS} characters")]
@@ -65,15 +65,6 @@ impl fmt::Debug for IdBackup {
             .field("ck", &self.ck)
             .finish()
     }
-}
-
-/// Whether `identity` is 8 characters of `0-9`, `A-Z` or `*` (gateway ids start with `*`).
-#[must_use]
-pub fn is_valid_identity(identity: &[u8]) -> bool {
-    identity.len() == IDENTITY_LEN
-        && identity
-            .iter()
-            .all(|&b| b.is_ascii_digit() || b.is_ascii_uppercase() || b == b'*')
 }
 
 fn key_from_password(password: &str, salt: &[u8]) -> Zeroizing<[u8; 32]> {

@@ -173,10 +173,7 @@ impl Cookie {
 
 /// Checks the identity alphabet: 8 characters of `[0-9A-Z*]` (Threema-style IDs).
 pub fn validate_identity(identity: &[u8; IDENTITY_LEN]) -> Result<(), CspError> {
-    if identity
-        .iter()
-        .all(|&b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'*')
-    {
+    if crate::keys::is_valid_identity(identity) {
         Ok(())
     } else {
         Err(CspError::InvalidIdentity)

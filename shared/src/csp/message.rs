@@ -67,14 +67,10 @@ impl TryFrom<u8> for MessagePayloadVersion {
     }
 }
 
-/// Whether `identity` is a syntactically valid identity: 8 bytes of `[0-9A-Z]`, where the first
-/// may also be `*` (Gateway IDs). The chat server never assigns any other shape.
+/// Whether an identity is well-formed (see [`crate::keys::is_valid_identity`]).
 #[must_use]
 pub fn is_valid_identity(identity: &[u8; IDENTITY_LEN]) -> bool {
-    identity
-        .iter()
-        .enumerate()
-        .all(|(i, &c)| c.is_ascii_uppercase() || c.is_ascii_digit() || (i == 0 && c == b'*'))
+    crate::keys::is_valid_identity(identity)
 }
 
 /// Why a message struct could not be encoded, decoded or converted.

@@ -9,14 +9,14 @@ use prost::Message;
 use rand_core::CryptoRngCore;
 
 use super::D2dError;
-use crate::crypto::{open_nonce_ahead, seal_nonce_ahead, SymmetricKey, NONCE_LEN, TAG_LEN};
+use crate::crypto::{open_nonce_ahead, seal_nonce_ahead, SymmetricKey};
 use crate::proto::d2d::Envelope;
 
 /// Largest sealed envelope a Reflected frame can carry: 65 536 − 4 (container) − 16 (header).
-pub const MAX_SEALED_ENVELOPE_LEN: usize = 65_516;
+pub use crate::d2m::MAX_ENCRYPTED_ENVELOPE_LEN as MAX_SEALED_ENVELOPE_LEN;
 
 /// Largest plain (encoded, padded) envelope: the sealed budget minus nonce and tag.
-pub const MAX_PLAIN_ENVELOPE_LEN: usize = MAX_SEALED_ENVELOPE_LEN - NONCE_LEN - TAG_LEN;
+pub use crate::d2m::MAX_PLAIN_ENVELOPE_LEN;
 
 /// Most zero bytes of padding [`seal_envelope`] adds (desktop draws 0–255, spec §5).
 pub const MAX_ENVELOPE_PADDING: usize = 255;

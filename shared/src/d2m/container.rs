@@ -14,12 +14,12 @@ pub const MAX_PAYLOAD_LEN: usize = MAX_CONTAINER_LEN - CONTAINER_HEADER_LEN;
 /// Largest encrypted `d2d.Envelope` (nonce ‖ tag ‖ ct) that still fits a `Reflected` with its
 /// 16-byte header (spec §2.1). A `Reflect` could carry 8 bytes more, but could not be delivered.
 pub const MAX_ENCRYPTED_ENVELOPE_LEN: usize = 65_516;
-/// The spec's budget for a plain `d2d.Envelope` (spec §2.1). It subtracts only the 24-byte nonce
-/// from [`MAX_ENCRYPTED_ENVELOPE_LEN`]; with the 16-byte tag the true ceiling is
-/// [`MAX_ENCRYPTED_ENVELOPE_LEN`] − 40 = 65 476, see [`MAX_SEALED_PLAIN_ENVELOPE_LEN`].
-pub const MAX_PLAIN_ENVELOPE_LEN: usize = 65_492;
 /// Largest plain `d2d.Envelope` whose nonce-ahead secretbox still fits a `Reflected`.
-pub const MAX_SEALED_PLAIN_ENVELOPE_LEN: usize =
+///
+/// The spec's table says 65 492, but that subtracts only the 24-byte nonce from
+/// [`MAX_ENCRYPTED_ENVELOPE_LEN`]; with the 16-byte tag the true ceiling is 65 476
+/// (docs/protocol.md).
+pub const MAX_PLAIN_ENVELOPE_LEN: usize =
     MAX_ENCRYPTED_ENVELOPE_LEN - crate::crypto::NONCE_LEN - crate::crypto::TAG_LEN;
 
 /// Why bytes are not a container, or a payload does not fit one.
@@ -297,8 +297,7 @@ mod tests {
         assert_eq!(MAX_CONTAINER_LEN, 65_536);
         assert_eq!(MAX_PAYLOAD_LEN, 65_532);
         assert_eq!(MAX_ENCRYPTED_ENVELOPE_LEN, 65_532 - 16);
-        assert_eq!(MAX_PLAIN_ENVELOPE_LEN, 65_516 - 24);
-        assert_eq!(MAX_SEALED_PLAIN_ENVELOPE_LEN, 65_476);
+        assert_eq!(MAX_PLAIN_ENVELOPE_LEN, 65_476);
         assert_eq!(MIN_CONTAINER_LEN, 4);
     }
 

@@ -15,7 +15,7 @@ pub use close::{CloseCode, Reconnect};
 pub use container::{
     Container, ContainerError, PayloadEncoding, PayloadType, CONTAINER_HEADER_LEN,
     MAX_CONTAINER_LEN, MAX_ENCRYPTED_ENVELOPE_LEN, MAX_PAYLOAD_LEN, MAX_PLAIN_ENVELOPE_LEN,
-    MAX_SEALED_PLAIN_ENVELOPE_LEN, MIN_CONTAINER_LEN,
+    MIN_CONTAINER_LEN,
 };
 pub use message::{D2mDecodeError, D2mEncodeError, D2mMessage};
 pub use reflect::{

@@ -3,9 +3,11 @@
 
 mod client;
 mod device_group;
+mod identity;
 mod url;
 
 pub(crate) use client::csp_dir_key;
 pub use client::{ClientKey, IDENTITY_LEN};
 pub use device_group::{DeviceGroupKey, DeviceGroupKeys};
+pub use identity::is_valid_identity;
 pub use url::{mediator_path, ClientUrlInfo, UrlError};
