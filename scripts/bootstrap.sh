@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks for building and testing Tandem. Idempotent: every step
+# checks first, so running it on a prepared machine costs a second.
+set -euo pipefail
+
+say() { printf '==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is missing: install Rust (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+# Components the checks need.
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+      say "installing rustup component ${component}"
+      rustup component add "${component}"
+    fi
+  done
+  # `shared` must build for the browser and the Worker.
+  if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+    say "installing the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+fi

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs every test of Tandem, the way CI does: installs what is missing, then formatting, lints,
+# the whole workspace's tests, and the wasm build of the protocol core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+
+scripts/bootstrap.sh
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "shared builds for wasm32-unknown-unknown"
+cargo build -p tandem-shared --target wasm32-unknown-unknown --locked
+
+say "cargo test (workspace)"
+cargo test --workspace --locked
