@@ -33,4 +33,5 @@ pub mod d2m;
 pub mod directory;
 pub mod id_backup;
 pub mod keys;
+pub mod mediator;
 pub mod proto;

@@ -1,0 +1,537 @@
+//! The group: connections, cached slots, the leader and the lock, and the input/output surface.
+//! The rules live in the sibling files (`handshake`, `reflection`, `transaction`, `devices`,
+//! `leader`, `proxy`); this file dispatches to them and owns closing and timers.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand_core::CryptoRngCore;
+
+use super::config::GroupConfig;
+use super::effect::{CloseCause, ConnId, Effect};
+use super::store::{DeviceId, GroupStore, SlotRecord};
+use crate::crypto::PublicKey;
+use crate::csp::ServerUnitSplitter;
+use crate::d2m::{D2mDecodeError, D2mMessage, Reflected, ServerChallenge};
+use crate::proto::d2m::{self as pb, DeviceSlotExpirationPolicy};
+
+/// The only d2m protocol version (spec §2.5 `ProtocolVersion.INITIAL`).
+pub const PROTOCOL_VERSION: u32 = 0;
+
+/// One device group's mediator, sans-IO (DESIGN §3): feed it connection events, bytes and time;
+/// take [`Effect`]s and the next deadline out. See the module documentation for the flow.
+pub struct Group<S: GroupStore> {
+    pub(super) config: GroupConfig,
+    pub(super) device_group_id: PublicKey,
+    pub(super) store: S,
+    /// Every slot, mirrored from the store (changed only after the store call succeeded).
+    pub(super) slots: BTreeMap<DeviceId, Slot>,
+    pub(super) conns: BTreeMap<ConnId, Conn>,
+    /// The authenticated connection of each online device.
+    pub(super) online: BTreeMap<DeviceId, ConnId>,
+    pub(super) leader: Option<ConnId>,
+    pub(super) lock: Option<Lock>,
+    /// A `discard_staged` failed: the store may still hold staged writes of a dead transaction.
+    pub(super) staged_dirty: bool,
+    pub(super) effects: VecDeque<Effect>,
+    pub(super) store_errors: VecDeque<S::Error>,
+    /// Connections to close once the current input is handled (a frame that did not encode).
+    pub(super) deferred_closes: Vec<(ConnId, CloseCause)>,
+    /// The latest time seen; never goes back.
+    pub(super) now: u64,
+}
+
+impl<S: GroupStore> core::fmt::Debug for Group<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Group")
+            .field("device_group_id", &self.device_group_id)
+            .field("slots", &self.slots.len())
+            .field("connections", &self.conns.len())
+            .field("leader", &self.leader)
+            .field("lock", &self.lock.as_ref().map(|l| l.holder))
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A slot with what the group keeps in memory about its queue.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) record: SlotRecord,
+    pub(super) queue_len: u64,
+    /// Newest sequence number in the queue, `None` if it was empty when last known.
+    pub(super) tail: Option<u64>,
+    /// A failed expiry is retried no earlier than this.
+    pub(super) expiry_retry_at: Option<u64>,
+}
+
+#[derive(Debug)]
+pub(super) enum Conn {
+    Handshake(Handshake),
+    Online(Session),
+}
+
+/// Between `ServerHello` and a valid `ClientHello`.
+#[derive(Debug)]
+pub(super) struct Handshake {
+    pub(super) challenge: ServerChallenge,
+    pub(super) held: Vec<Vec<u8>>,
+    pub(super) held_bytes: usize,
+    pub(super) deadline: u64,
+}
+
+/// An authenticated device connection.
+#[derive(Debug)]
+pub(super) struct Session {
+    pub(super) device_id: DeviceId,
+    pub(super) connected_since: u64,
+    /// The splitter of the open chat server connection; `None` before the first proxy frame.
+    pub(super) csp: Option<ServerUnitSplitter>,
+    pub(super) delivery: Delivery,
+}
+
+/// Where this connection is in its slot's queue.
+#[derive(Debug, Default)]
+pub(super) struct Delivery {
+    /// Sequence number of the last entry sent on this connection.
+    pub(super) cursor: Option<u64>,
+    /// The queue's newest entry at the handshake: `ReflectionQueueDry` follows it.
+    pub(super) dry_boundary: Option<u64>,
+    /// `ReflectionQueueDry` was sent.
+    pub(super) dry: bool,
+    /// Sent and not acked: wire id and sequence number, oldest first.
+    pub(super) in_flight: VecDeque<(u32, u64)>,
+    /// Ids of recent ephemeral frames, whose (forbidden but common) acks are ignored.
+    pub(super) ephemeral_ids: VecDeque<u32>,
+    /// Ephemeral frames waiting until the queue entries before them are sent.
+    pub(super) pending_ephemeral: VecDeque<PendingEphemeral>,
+}
+
+/// An ephemeral frame placed after queue entry `after`.
+#[derive(Debug)]
+pub(super) struct PendingEphemeral {
+    pub(super) after: Option<u64>,
+    pub(super) reflected: Reflected,
+}
+
+/// The group's transaction lock (spec §6).
+#[derive(Debug)]
+pub(super) struct Lock {
+    pub(super) holder: ConnId,
+    pub(super) device_id: DeviceId,
+    pub(super) scope: Vec<u8>,
+    pub(super) deadline: u64,
+    /// Envelopes staged so far.
+    pub(super) staged: u64,
+}
+
+impl<S: GroupStore> Group<S> {
+    /// Starts the group over `store`, which may hold the slots and queues of an earlier run.
+    ///
+    /// Staged writes of a transaction that died with the earlier run are discarded, and slots
+    /// that were online then count as disconnected at `now_ms`.
+    pub fn new(
+        config: GroupConfig,
+        device_group_id: PublicKey,
+        mut store: S,
+        now_ms: u64,
+    ) -> Result<Self, S::Error> {
+        store.discard_staged()?;
+        let mut slots = BTreeMap::new();
+        for mut record in store.load_slots()? {
+            if record
+                .last_disconnected_at
+                .is_none_or(|at| at < record.last_connected_at)
+            {
+                record.last_disconnected_at = Some(now_ms);
+                store.put_slot(&record)?;
+            }
+            let info = store.queue_info(record.device_id)?;
+            slots.insert(
+                record.device_id,
+                Slot {
+                    record,
+                    queue_len: info.len,
+                    tail: info.last_seq,
+                    expiry_retry_at: None,
+                },
+            );
+        }
+        Ok(Self {
+            config,
+            device_group_id,
+            store,
+            slots,
+            conns: BTreeMap::new(),
+            online: BTreeMap::new(),
+            leader: None,
+            lock: None,
+            staged_dirty: false,
+            effects: VecDeque::new(),
+            store_errors: VecDeque::new(),
+            deferred_closes: Vec::new(),
+            now: now_ms,
+        })
+    }
+
+    // ---- inputs -------------------------------------------------------------------------------
+
+    /// A WebSocket was accepted: sends `ServerHello` with a fresh ESK and challenge (spec §3.1).
+    /// A `conn` already in use is ignored.
+    pub fn on_connect(&mut self, conn: ConnId, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        self.advance(now_ms);
+        if !self.conns.contains_key(&conn) {
+            let challenge = ServerChallenge::new(rng);
+            let hello = challenge.server_hello(PROTOCOL_VERSION);
+            self.conns.insert(
+                conn,
+                Conn::Handshake(Handshake {
+                    challenge,
+                    held: Vec::new(),
+                    held_bytes: 0,
+                    deadline: now_ms.saturating_add(self.config.handshake_timeout_ms),
+                }),
+            );
+            self.send(conn, hello);
+        }
+        self.settle();
+    }
+
+    /// One binary WebSocket message from a device.
+    pub fn on_binary(&mut self, conn: ConnId, bytes: &[u8], now_ms: u64) {
+        self.advance(now_ms);
+        self.dispatch(conn, bytes);
+        self.settle();
+    }
+
+    /// A text WebSocket message: a protocol error (spec §2.1).
+    pub fn on_text(&mut self, conn: ConnId, now_ms: u64) {
+        self.advance(now_ms);
+        self.close(conn, CloseCause::TextFrame);
+        self.settle();
+    }
+
+    /// The device's WebSocket closed or failed.
+    pub fn on_disconnect(&mut self, conn: ConnId, now_ms: u64) {
+        self.advance(now_ms);
+        self.detach(conn);
+        self.settle();
+    }
+
+    /// The deadline from [`Group::poll_timeout`] (or any later time) was reached.
+    pub fn on_timeout(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+        self.settle();
+    }
+
+    // ---- outputs ------------------------------------------------------------------------------
+
+    /// The next effect, in order.
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    /// A store failure since the last call, for the driver's log; the affected connection has
+    /// already been closed with 1011.
+    pub fn poll_store_error(&mut self) -> Option<S::Error> {
+        self.store_errors.pop_front()
+    }
+
+    /// When [`Group::on_timeout`] must be called next: transaction TTL, handshake timeout or a
+    /// VOLATILE slot's expiry.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let lock = self.lock.as_ref().map(|l| l.deadline);
+        let handshakes = self.conns.values().filter_map(|c| match c {
+            Conn::Handshake(h) => Some(h.deadline),
+            Conn::Online(_) => None,
+        });
+        let expiries = self.slots.values().filter_map(|slot| self.expiry_of(slot));
+        lock.into_iter().chain(handshakes).chain(expiries).min()
+    }
+
+    // ---- inspection ---------------------------------------------------------------------------
+
+    /// The leader's device id.
+    #[must_use]
+    pub fn leader(&self) -> Option<DeviceId> {
+        self.leader.and_then(|conn| self.device_of(conn))
+    }
+
+    /// The device holding the transaction lock.
+    #[must_use]
+    pub fn transaction_holder(&self) -> Option<DeviceId> {
+        self.lock.as_ref().map(|l| l.device_id)
+    }
+
+    /// Every slot's record, by device id.
+    pub fn slots(&self) -> impl Iterator<Item = &SlotRecord> {
+        self.slots.values().map(|s| &s.record)
+    }
+
+    /// The device id of an authenticated connection.
+    #[must_use]
+    pub fn device_of(&self, conn: ConnId) -> Option<DeviceId> {
+        match self.conns.get(&conn) {
+            Some(Conn::Online(session)) => Some(session.device_id),
+            _ => None,
+        }
+    }
+
+    /// Whether the group still knows the connection (handshaking or authenticated).
+    #[must_use]
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub const fn config(&self) -> &GroupConfig {
+        &self.config
+    }
+
+    /// The store, for inspection.
+    #[must_use]
+    pub const fn store(&self) -> &S {
+        &self.store
+    }
+
+    // ---- dispatch -----------------------------------------------------------------------------
+
+    fn dispatch(&mut self, conn: ConnId, bytes: &[u8]) {
+        let Some(state) = self.conns.get(&conn) else {
+            return;
+        };
+        let message = match D2mMessage::decode(bytes) {
+            Ok(message) => message,
+            Err(D2mDecodeError::UnknownPayloadType(_)) => {
+                return self.close(conn, CloseCause::UnknownPayloadType);
+            }
+            Err(_) => return self.close(conn, CloseCause::MalformedFrame),
+        };
+        match state {
+            Conn::Handshake(_) => match message {
+                D2mMessage::Proxy(payload) => self.hold_proxy(conn, payload),
+                D2mMessage::ClientHello(hello) => self.on_client_hello(conn, &hello),
+                other if is_server_to_client(&other) => {
+                    self.close(conn, CloseCause::ServerPayloadFromClient);
+                }
+                _ => self.close(conn, CloseCause::FrameBeforeHandshake),
+            },
+            Conn::Online(session) => {
+                let device = session.device_id;
+                match message {
+                    D2mMessage::Proxy(payload) => self.forward_proxy(conn, payload),
+                    D2mMessage::ClientHello(_) => {
+                        self.close(conn, CloseCause::RepeatedClientHello);
+                    }
+                    D2mMessage::Reflect(reflect) => self.on_reflect(conn, device, reflect),
+                    D2mMessage::ReflectedAck(ack) => self.on_reflected_ack(conn, ack.reflected_id),
+                    D2mMessage::GetDevicesInfo(_) => self.on_get_devices_info(conn),
+                    D2mMessage::DropDevice(drop) => {
+                        self.on_drop_device(conn, device, DeviceId(drop.device_id));
+                    }
+                    D2mMessage::SetSharedDeviceData(set) => {
+                        self.on_set_shared_device_data(conn, &set.encrypted_shared_device_data);
+                    }
+                    D2mMessage::BeginTransaction(begin) => {
+                        self.on_begin_transaction(conn, device, begin);
+                    }
+                    D2mMessage::CommitTransaction(_) => self.on_commit_transaction(conn),
+                    D2mMessage::ServerHello(_)
+                    | D2mMessage::ServerInfo(_)
+                    | D2mMessage::ReflectionQueueDry(_)
+                    | D2mMessage::RolePromotedToLeader(_)
+                    | D2mMessage::DevicesInfo(_)
+                    | D2mMessage::DropDeviceAck(_)
+                    | D2mMessage::BeginTransactionAck(_)
+                    | D2mMessage::CommitTransactionAck(_)
+                    | D2mMessage::TransactionRejected(_)
+                    | D2mMessage::TransactionEnded(_)
+                    | D2mMessage::ReflectAck(_)
+                    | D2mMessage::Reflected(_) => {
+                        self.close(conn, CloseCause::ServerPayloadFromClient);
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- shared helpers -----------------------------------------------------------------------
+
+    /// Encodes and queues a frame; a frame that does not fit a container closes the connection
+    /// with 1011 once the current input is handled.
+    pub(super) fn send(&mut self, conn: ConnId, message: impl Into<D2mMessage>) {
+        match message.into().encode() {
+            Ok(bytes) => self.effects.push_back(Effect::Send { conn, bytes }),
+            Err(_) => self.deferred_closes.push((conn, CloseCause::EncodeFailure)),
+        }
+    }
+
+    /// Closes a connection (if the group still knows it) and forgets it at once.
+    pub(super) fn close(&mut self, conn: ConnId, cause: CloseCause) {
+        if self.conns.contains_key(&conn) {
+            self.effects.push_back(Effect::Close {
+                conn,
+                code: cause.code(),
+                cause,
+            });
+            self.detach(conn);
+        }
+    }
+
+    /// Records a store failure and closes the connection whose input needed the store.
+    pub(super) fn store_failed(&mut self, conn: ConnId, error: S::Error) {
+        self.store_errors.push_back(error);
+        self.close(conn, CloseCause::StorageFailure);
+    }
+
+    /// Forgets a connection: its chat server link, its slot's online state, its lock and its
+    /// leadership.
+    fn detach(&mut self, conn: ConnId) {
+        let Some(Conn::Online(session)) = self.conns.remove(&conn) else {
+            return;
+        };
+        if session.csp.is_some() {
+            self.effects.push_back(Effect::CloseCsp { conn });
+        }
+        let device = session.device_id;
+        if self.online.get(&device) == Some(&conn) {
+            self.online.remove(&device);
+        }
+        if let Some(slot) = self.slots.get_mut(&device) {
+            // The cache is right whatever the store says: the device is offline now. A slot
+            // whose write failed is repaired when the group next starts.
+            slot.record.last_disconnected_at = Some(self.now);
+            if let Err(error) = self.store.put_slot(&slot.record) {
+                self.store_errors.push_back(error);
+            }
+        }
+        if self.lock.as_ref().is_some_and(|l| l.holder == conn) {
+            self.abandon_transaction();
+        }
+        if self.leader == Some(conn) {
+            self.leader = None;
+            self.promote_next();
+        }
+    }
+
+    /// Removes a slot and its queue, closing its connection with `cause` if it is online.
+    pub(super) fn drop_slot(
+        &mut self,
+        device: DeviceId,
+        cause: CloseCause,
+    ) -> Result<(), S::Error> {
+        self.store.delete_slot(device)?;
+        self.slots.remove(&device);
+        if let Some(conn) = self.online.remove(&device) {
+            self.close(conn, cause);
+        }
+        Ok(())
+    }
+
+    /// Moves time forward and fires every deadline that has passed: TTL, handshake timeouts,
+    /// volatile expiry. Runs before every input, so the outcome does not depend on when the
+    /// driver's alarm fires.
+    pub(super) fn advance(&mut self, now_ms: u64) {
+        self.now = self.now.max(now_ms);
+        let now = self.now;
+        if let Some(lock) = &self.lock {
+            if lock.deadline <= now {
+                let holder = lock.holder;
+                self.close(holder, CloseCause::TransactionTtlExceeded);
+            }
+        }
+        let timed_out: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, c)| match c {
+                Conn::Handshake(h) if h.deadline <= now => Some(conn),
+                _ => None,
+            })
+            .collect();
+        for conn in timed_out {
+            self.close(conn, CloseCause::HandshakeTimeout);
+        }
+        let expired: Vec<DeviceId> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| self.expiry_of(slot).is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for device in expired {
+            if let Err(error) = self.store.delete_slot(device) {
+                self.store_errors.push_back(error);
+                if let Some(slot) = self.slots.get_mut(&device) {
+                    slot.expiry_retry_at = Some(now.saturating_add(self.config.store_retry_ms));
+                }
+            } else {
+                self.slots.remove(&device);
+            }
+        }
+    }
+
+    /// When an offline VOLATILE slot disappears.
+    fn expiry_of(&self, slot: &Slot) -> Option<u64> {
+        let record = &slot.record;
+        if record.expiration_policy != DeviceSlotExpirationPolicy::Volatile
+            || self.online.contains_key(&record.device_id)
+        {
+            return None;
+        }
+        let at = record
+            .last_disconnected_at?
+            .saturating_add(self.config.volatile_grace_ms);
+        Some(slot.expiry_retry_at.map_or(at, |retry| retry.max(at)))
+    }
+
+    /// Closes what had to wait for the end of the current input.
+    pub(super) fn settle(&mut self) {
+        while let Some((conn, cause)) = self.deferred_closes.pop() {
+            self.close(conn, cause);
+        }
+    }
+
+    /// Every authenticated connection except `except`, in connection order.
+    pub(super) fn online_conns_except(&self, except: ConnId) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(&conn, c)| conn != except && matches!(c, Conn::Online(_)))
+            .map(|(&conn, _)| conn)
+            .collect()
+    }
+
+    pub(super) fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
+        match self.conns.get_mut(&conn) {
+            Some(Conn::Online(session)) => Some(session),
+            _ => None,
+        }
+    }
+}
+
+/// Payload types only the mediator sends (spec §2.3 direction S→C).
+fn is_server_to_client(message: &D2mMessage) -> bool {
+    matches!(
+        message,
+        D2mMessage::ServerHello(_)
+            | D2mMessage::ServerInfo(_)
+            | D2mMessage::ReflectionQueueDry(_)
+            | D2mMessage::RolePromotedToLeader(_)
+            | D2mMessage::DevicesInfo(_)
+            | D2mMessage::DropDeviceAck(_)
+            | D2mMessage::BeginTransactionAck(_)
+            | D2mMessage::CommitTransactionAck(_)
+            | D2mMessage::TransactionRejected(_)
+            | D2mMessage::TransactionEnded(_)
+            | D2mMessage::ReflectAck(_)
+            | D2mMessage::Reflected(_)
+    )
+}
+
+/// `ServerInfo.device_slot_state` and `ClientHello.expected_device_slot_state` values.
+pub(super) const fn slot_state(existing: bool) -> pb::DeviceSlotState {
+    if existing {
+        pb::DeviceSlotState::Existing
+    } else {
+        pb::DeviceSlotState::New
+    }
+}
