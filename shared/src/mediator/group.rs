@@ -535,3 +535,174 @@ pub(super) const fn slot_state(existing: bool) -> pb::DeviceSlotState {
         pb::DeviceSlotState::New
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::d2m::{CloseCode, PayloadType, MAX_CONTAINER_LEN};
+    use crate::mediator::testkit::{reflected, Harness, T0};
+    use crate::mediator::MemoryStore;
+
+    #[test]
+    fn text_frames_close_4010_before_and_after_the_handshake() {
+        let mut h = Harness::new();
+        let early = h.connect();
+        let late = h.login(1);
+        for conn in [early, late] {
+            h.group.on_text(conn, h.now);
+            h.drain();
+            assert_eq!(h.closed(conn), Some(CloseCause::TextFrame));
+        }
+        assert_eq!(CloseCause::TextFrame.code(), CloseCode::ProtocolError);
+    }
+
+    #[test]
+    fn containers_outside_4_to_65536_bytes_close_4010() {
+        for len in [0, 3, MAX_CONTAINER_LEN + 1] {
+            let mut h = Harness::new();
+            let conn = h.login(1);
+            let mut bytes = vec![0; len];
+            if let Some(first) = bytes.first_mut() {
+                *first = PayloadType::GetDevicesInfo.as_u8();
+            }
+            h.send_bytes(conn, &bytes);
+            assert_eq!(h.closed(conn), Some(CloseCause::MalformedFrame), "{len}");
+        }
+    }
+
+    #[test]
+    fn a_65536_byte_proxy_container_is_accepted() {
+        let mut h = Harness::new();
+        let conn = h.login(1);
+        let mut bytes = vec![0; MAX_CONTAINER_LEN];
+        bytes[0] = PayloadType::Proxy.as_u8();
+        h.send_bytes(conn, &bytes);
+        assert_eq!(h.closed(conn), None);
+    }
+
+    #[test]
+    fn unknown_payload_types_close_4010() {
+        for code in [0x01_u8, 0x13, 0x35, 0x84, 0xff] {
+            let mut h = Harness::new();
+            let conn = h.login(1);
+            h.send_bytes(conn, &[code, 0, 0, 0]);
+            assert_eq!(
+                h.closed(conn),
+                Some(CloseCause::UnknownPayloadType),
+                "{code:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_payloads_close_4010() {
+        let mut h = Harness::new();
+        let conn = h.login(1);
+        // ReflectedAck with 9 bytes (fixed size 8).
+        h.send_bytes(conn, &[0x83, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(h.closed(conn), Some(CloseCause::MalformedFrame));
+    }
+
+    #[test]
+    fn server_to_client_payload_types_from_a_client_close_4010() {
+        let server_only = [
+            PayloadType::ServerHello,
+            PayloadType::ServerInfo,
+            PayloadType::ReflectionQueueDry,
+            PayloadType::RolePromotedToLeader,
+            PayloadType::DevicesInfo,
+            PayloadType::DropDeviceAck,
+            PayloadType::BeginTransactionAck,
+            PayloadType::CommitTransactionAck,
+            PayloadType::TransactionRejected,
+            PayloadType::TransactionEnded,
+            PayloadType::ReflectAck,
+            PayloadType::Reflected,
+        ];
+        for t in server_only {
+            let bytes = match t {
+                PayloadType::ReflectAck => [vec![t.as_u8(), 0, 0, 0], vec![0; 16]].concat(),
+                PayloadType::Reflected => [vec![t.as_u8(), 0, 0, 0, 16], vec![0; 15 + 40]].concat(),
+                _ => vec![t.as_u8(), 0, 0, 0],
+            };
+            for authenticated in [false, true] {
+                let mut h = Harness::new();
+                let conn = if authenticated {
+                    h.login(1)
+                } else {
+                    h.connect()
+                };
+                h.send_bytes(conn, &bytes);
+                assert_eq!(
+                    h.closed(conn),
+                    Some(CloseCause::ServerPayloadFromClient),
+                    "{t} (authenticated: {authenticated})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn input_for_a_closed_or_unknown_connection_is_ignored() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.disconnect(a);
+        h.take(b);
+        h.send(
+            a,
+            crate::d2m::Reflect::new(1, crate::d2m::ReflectFlags::NONE, vec![0; 48]),
+        );
+        h.send_bytes(ConnId(999), &[0x30, 0, 0, 0]);
+        h.group.on_disconnect(ConnId(999), h.now);
+        h.drain();
+        assert!(h.take(b).is_empty());
+        assert!(h.closes.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_group_keeps_queues_and_counts_online_slots_as_disconnected() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.disconnect(c);
+        h.send(
+            a,
+            crate::proto::d2m::BeginTransaction {
+                encrypted_scope: vec![],
+                ttl: 0,
+            },
+        );
+        h.reflect(a, b"staged, dies with the process");
+        h.reflect(b, b"queued for 1 and 3");
+        let store: MemoryStore = h.group.store().clone();
+        assert_eq!(store.staged_count(), 1);
+
+        let keys = crate::mediator::testkit::keys();
+        let group = Group::new(GroupConfig::default(), keys.dgpk_public, store, T0 + 500).unwrap();
+        assert_eq!(group.store().staged_count(), 0);
+        let slots: Vec<(u64, Option<u64>)> = group
+            .slots()
+            .map(|s| (s.device_id.0, s.last_disconnected_at))
+            .collect();
+        assert_eq!(
+            slots,
+            [(1, Some(T0 + 500)), (2, Some(T0 + 500)), (3, Some(T0))]
+        );
+        assert_eq!(group.leader(), None);
+        assert_eq!(group.transaction_holder(), None);
+        let mut h2 = Harness::with_store(GroupConfig::default(), group.store().clone());
+        let c = h2.login(3);
+        assert_eq!(reflected(&h2.take(c)).len(), 1);
+    }
+
+    #[test]
+    fn effects_do_not_print_payload_bytes() {
+        let effect = Effect::CspSend {
+            conn: ConnId(1),
+            bytes: vec![0xab; 3],
+        };
+        assert_eq!(format!("{effect:?}"), "CspSend { conn: ConnId(1), len: 3 }");
+    }
+}

@@ -346,8 +346,10 @@ mod tests {
 
     #[test]
     fn too_many_proxy_frames_before_handshake_close_4010() {
-        let mut config = GroupConfig::default();
-        config.max_pre_auth_proxy_frames = 2;
+        let config = GroupConfig {
+            max_pre_auth_proxy_frames: 2,
+            ..GroupConfig::default()
+        };
         let mut h = Harness::with_config(config);
         let conn = h.connect();
         h.send(conn, D2mMessage::Proxy(vec![1]));
@@ -360,8 +362,10 @@ mod tests {
 
     #[test]
     fn too_many_proxy_bytes_before_handshake_close_4010() {
-        let mut config = GroupConfig::default();
-        config.max_pre_auth_proxy_bytes = 100;
+        let config = GroupConfig {
+            max_pre_auth_proxy_bytes: 100,
+            ..GroupConfig::default()
+        };
         let mut h = Harness::with_config(config);
         let conn = h.connect();
         h.send(conn, D2mMessage::Proxy(vec![1; 100]));
@@ -432,8 +436,10 @@ mod tests {
     }
 
     fn small_group() -> Harness {
-        let mut config = GroupConfig::default();
-        config.max_device_slots = 2;
+        let config = GroupConfig {
+            max_device_slots: 2,
+            ..GroupConfig::default()
+        };
         Harness::with_config(config)
     }
 
@@ -451,8 +457,10 @@ mod tests {
 
     #[test]
     fn drop_least_recent_evicts_the_slot_offline_longest() {
-        let mut config = GroupConfig::default();
-        config.max_device_slots = 3;
+        let config = GroupConfig {
+            max_device_slots: 3,
+            ..GroupConfig::default()
+        };
         let mut h = Harness::with_config(config);
         let a = h.login(1);
         let b = h.login(2);

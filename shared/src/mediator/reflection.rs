@@ -282,3 +282,400 @@ impl<S: GroupStore> Group<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::d2m::{CloseCode, D2mMessage, ReflectedAck};
+    use crate::mediator::testkit::{names, reflected, Harness, T0};
+    use crate::mediator::GroupConfig;
+    use proptest::prelude::*;
+
+    fn window(n: usize) -> Harness {
+        let config = GroupConfig {
+            max_in_flight: n,
+            ..GroupConfig::default()
+        };
+        Harness::with_config(config)
+    }
+
+    #[test]
+    fn reflect_is_stored_once_queued_for_every_other_slot_and_acked_with_the_storing_time() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.disconnect(c);
+        h.take(a);
+        h.take(b);
+        h.tick(42);
+        let (id, envelope) = h.reflect(a, b"hello");
+        assert_eq!(
+            h.take(a),
+            [D2mMessage::ReflectAck(ReflectAck {
+                reflect_id: id,
+                timestamp: T0 + 42
+            })]
+        );
+        let got = reflected(&h.take(b));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].envelope, envelope);
+        assert_eq!(got[0].timestamp, T0 + 42);
+        assert_eq!(got[0].flags, ReflectFlags::NONE);
+        assert_eq!(h.queue(3).len, 1, "offline slots get it too");
+        assert_eq!(h.queue(1).len, 0, "never to the sender");
+        assert_eq!(h.group.store().envelope_count(), 1, "stored once");
+    }
+
+    #[test]
+    fn reflected_ids_increase_per_slot_across_reconnects() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        let first: Vec<u32> = reflected(&h.take(b))
+            .iter()
+            .map(|r| r.reflected_id)
+            .collect();
+        h.ack(b, first[0]);
+        h.disconnect(b);
+        h.reflect(a, b"3");
+        let b = h.login(2);
+        let second: Vec<u32> = reflected(&h.take(b))
+            .iter()
+            .map(|r| r.reflected_id)
+            .collect();
+        assert_eq!(second.len(), 2, "the unacked one again, then the new one");
+        assert_eq!(second[0], first[1]);
+        let all = [first, second[1..].to_vec()].concat();
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    }
+
+    #[test]
+    fn reflected_ack_removes_the_entry_and_the_last_ack_frees_the_body() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.reflect(a, b"x");
+        let rb = reflected(&h.take(b));
+        let rc = reflected(&h.take(c));
+        h.ack(b, rb[0].reflected_id);
+        assert_eq!(h.queue(2).len, 0);
+        assert_eq!(h.queue(3).len, 1);
+        assert_eq!(h.group.store().envelope_count(), 1);
+        h.ack(c, rc[0].reflected_id);
+        assert_eq!(h.group.store().envelope_count(), 0);
+        assert_eq!(h.closed(b), None);
+    }
+
+    #[test]
+    fn ack_of_an_unknown_id_closes_4012() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"x");
+        let id = reflected(&h.take(b))[0].reflected_id;
+        h.ack(b, id.wrapping_add(1000));
+        assert_eq!(h.closed(b), Some(CloseCause::UnexpectedAck));
+        assert_eq!(CloseCause::UnexpectedAck.code(), CloseCode::UnexpectedAck);
+        assert_eq!(h.queue(2).len, 1, "nothing removed");
+    }
+
+    #[test]
+    fn acking_twice_closes_4012() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"x");
+        let id = reflected(&h.take(b))[0].reflected_id;
+        h.ack(b, id);
+        assert_eq!(h.closed(b), None);
+        h.ack(b, id);
+        assert_eq!(h.closed(b), Some(CloseCause::UnexpectedAck));
+    }
+
+    #[test]
+    fn ack_of_an_entry_not_yet_sent_on_this_connection_closes_4012() {
+        let mut h = window(1);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        let sent = reflected(&h.take(b));
+        assert_eq!(sent.len(), 1, "window of one");
+        h.ack(b, sent[0].reflected_id + 1);
+        assert_eq!(h.closed(b), Some(CloseCause::UnexpectedAck));
+    }
+
+    #[test]
+    fn window_limits_unacked_frames_and_acks_move_it() {
+        let mut h = window(2);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.disconnect(b);
+        for i in 0..5_u8 {
+            h.reflect(a, &[i]);
+        }
+        let b = h.login(2);
+        let first = h.take(b);
+        assert_eq!(names(&first), ["ServerInfo", "Reflected", "Reflected"]);
+        let ids: Vec<u32> = reflected(&first).iter().map(|r| r.reflected_id).collect();
+        h.ack(b, ids[1]); // out of order is fine
+        assert_eq!(names(&h.take(b)), ["Reflected"]);
+        h.ack(b, ids[0]);
+        let more = reflected(&h.take(b));
+        assert_eq!(more.len(), 1);
+        h.ack(b, more[0].reflected_id);
+        assert_eq!(names(&h.take(b)), ["Reflected", "ReflectionQueueDry"]);
+    }
+
+    #[test]
+    fn ephemeral_reaches_online_siblings_only_unstored_and_unacked() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.disconnect(c);
+        h.take(a);
+        h.take(b);
+        h.tick(3);
+        let (_, envelope) = h.reflect_flags(a, b"typing", ReflectFlags::EPHEMERAL);
+        assert!(h.take(a).is_empty(), "no ReflectAck for ephemeral");
+        let got = reflected(&h.take(b));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].flags.is_ephemeral());
+        assert_eq!(
+            (got[0].envelope.as_slice(), got[0].timestamp),
+            (envelope.as_slice(), T0 + 3)
+        );
+        assert_eq!(h.queue(3).len, 0);
+        assert_eq!(h.queue(2).len, 0);
+        assert_eq!(h.group.store().envelope_count(), 0);
+        // Desktop acks every Reflected (spec §5); that must not cost the connection.
+        h.ack(b, got[0].reflected_id);
+        assert_eq!(h.closed(b), None);
+    }
+
+    #[test]
+    fn ephemeral_ids_never_collide_with_queue_ids() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"q1");
+        h.reflect_flags(a, b"e", ReflectFlags::EPHEMERAL);
+        h.reflect(a, b"q2");
+        let ids: Vec<u32> = reflected(&h.take(b))
+            .iter()
+            .map(|r| r.reflected_id)
+            .collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
+
+    #[test]
+    fn ephemeral_waits_behind_queue_entries_not_yet_sent() {
+        let mut h = window(1);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.disconnect(b);
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        let b = h.login(2);
+        let first = reflected(&h.take(b));
+        h.reflect_flags(a, b"e", ReflectFlags::EPHEMERAL);
+        assert!(h.take(b).is_empty(), "behind two queued entries");
+        h.ack(b, first[0].reflected_id);
+        let rest = h.take(b);
+        assert_eq!(
+            names(&rest),
+            ["Reflected", "Reflected", "ReflectionQueueDry"]
+        );
+        let rest = reflected(&rest);
+        assert!(!rest[0].flags.is_ephemeral());
+        assert!(rest[1].flags.is_ephemeral());
+    }
+
+    #[test]
+    fn offline_slot_over_the_queue_limit_is_dropped_with_its_data() {
+        let config = GroupConfig {
+            max_queue_len: 2,
+            ..GroupConfig::default()
+        };
+        let mut h = Harness::with_config(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.disconnect(c);
+        for i in 0..2_u8 {
+            h.reflect(a, &[i]);
+            let id = reflected(&h.take(b))[0].reflected_id;
+            h.ack(b, id);
+        }
+        assert!(h.slot(3).is_some());
+        let (id, _) = h.reflect(a, b"one too many");
+        assert!(h.slot(3).is_none());
+        assert_eq!(h.queue(3).len, 0);
+        assert_eq!(reflected(&h.take(b)).len(), 1, "the others still get it");
+        assert!(h.take(a).contains(&D2mMessage::ReflectAck(ReflectAck {
+            reflect_id: id,
+            timestamp: T0
+        })));
+        let again = h.login_with(3, |hello| {
+            hello.expected_device_slot_state = crate::proto::d2m::DeviceSlotState::Existing.into();
+        });
+        assert_eq!(h.closed(again), Some(CloseCause::SlotStateMismatch));
+    }
+
+    #[test]
+    fn online_slot_over_the_queue_limit_is_closed_4114() {
+        let config = GroupConfig {
+            max_queue_len: 2,
+            ..GroupConfig::default()
+        };
+        let mut h = Harness::with_config(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        assert_eq!(h.closed(b), None);
+        h.reflect(a, b"3");
+        assert_eq!(h.closed(b), Some(CloseCause::QueueLimitReached));
+        assert_eq!(
+            CloseCause::QueueLimitReached.code(),
+            CloseCode::ReflectionQueueLengthLimitReached
+        );
+        assert!(h.slot(2).is_none());
+        assert_eq!(h.group.store().envelope_count(), 0);
+    }
+
+    #[test]
+    fn envelope_sizes_outside_the_budget_close_4010() {
+        for len in [
+            MIN_ENCRYPTED_ENVELOPE_LEN - 1,
+            MAX_ENCRYPTED_ENVELOPE_LEN + 1,
+        ] {
+            let mut h = Harness::new();
+            let a = h.login(1);
+            h.send(a, Reflect::new(1, ReflectFlags::NONE, vec![0; len]));
+            assert_eq!(h.closed(a), Some(CloseCause::EnvelopeSize), "{len}");
+        }
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        for len in [MIN_ENCRYPTED_ENVELOPE_LEN, MAX_ENCRYPTED_ENVELOPE_LEN] {
+            h.send(a, Reflect::new(1, ReflectFlags::NONE, vec![0; len]));
+        }
+        assert_eq!(h.closed(a), None);
+        let got = reflected(&h.take(b));
+        assert_eq!(
+            got[1].envelope.len(),
+            MAX_ENCRYPTED_ENVELOPE_LEN,
+            "fits a Reflected"
+        );
+    }
+
+    #[test]
+    fn storage_failure_on_reflect_closes_the_sender_and_touches_no_queue() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"kept");
+        h.take(a);
+        h.take(b);
+        h.fail_writes(true);
+        h.reflect(a, b"lost");
+        h.fail_writes(false);
+        assert_eq!(h.closed(a), Some(CloseCause::StorageFailure));
+        assert!(
+            !h.take(a)
+                .iter()
+                .any(|m| matches!(m, D2mMessage::ReflectAck(_))),
+            "no ack for what was not stored"
+        );
+        // B only learns that it leads now (A, the leader, is gone); no Reflected.
+        assert_eq!(names(&h.take(b)), ["RolePromotedToLeader"]);
+        assert_eq!(h.closed(b), None);
+        assert_eq!(h.queue(2).len, 1);
+    }
+
+    #[test]
+    fn storage_failure_on_ack_closes_1011_and_the_entry_comes_again() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        let (_, envelope) = h.reflect(a, b"x");
+        let id = reflected(&h.take(b))[0].reflected_id;
+        h.fail_writes(true);
+        h.ack(b, id);
+        h.fail_writes(false);
+        assert_eq!(h.closed(b), Some(CloseCause::StorageFailure));
+        let b = h.login(2);
+        let again = reflected(&h.take(b));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].envelope, envelope);
+    }
+
+    #[test]
+    fn storage_failure_while_reading_a_queue_closes_only_that_connection() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        h.fail_reads(true);
+        h.reflect(a, b"x");
+        h.fail_reads(false);
+        assert_eq!(h.closed(b), Some(CloseCause::StorageFailure));
+        assert_eq!(h.closed(a), None);
+        assert_eq!(h.queue(2).len, 1, "still queued for the next connection");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever an authenticated device sends, another slot's queued entries stay, in order.
+        #[test]
+        fn a_misbehaving_device_never_loses_another_devices_entries(
+            frames in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..80),
+                    (0..=0x83_u8, proptest::collection::vec(any::<u8>(), 0..40))
+                        .prop_map(|(t, p)| [vec![t, 0, 0, 0], p].concat()),
+                ],
+                1..20,
+            )
+        ) {
+            let mut h = Harness::new();
+            let good = h.login(1);
+            let victim = h.login(2);
+            h.disconnect(victim);
+            let before: Vec<Vec<u8>> = (0..3_u8).map(|i| h.reflect(good, &[i]).1).collect();
+            let bad = h.login(3);
+            for frame in &frames {
+                h.send_bytes(bad, frame);
+            }
+            let queued: Vec<Vec<u8>> = h.queued(2).into_iter().map(|e| e.envelope).collect();
+            prop_assert!(h.slot(2).is_some());
+            prop_assert_eq!(&queued[..3], &before[..]);
+            prop_assert_eq!(h.closed(good), None);
+            let victim = h.login(2);
+            let got: Vec<Vec<u8>> = reflected(&h.take(victim)).into_iter().map(|r| r.envelope).collect();
+            prop_assert_eq!(&got[..3], &before[..]);
+        }
+    }
+
+    #[test]
+    fn reflected_ack_decodes_from_the_wire() {
+        // Hand-encoded ReflectedAck for id 1 (spec §2.4): 83 000000 00000000 01000000.
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"x");
+        let id = reflected(&h.take(b))[0].reflected_id;
+        assert_eq!(id, 1, "first entry of a fresh slot");
+        h.send_bytes(b, &hex::decode("83000000000000000100000000").unwrap()[..12]);
+        assert_eq!(h.closed(b), None);
+        assert_eq!(h.queue(2).len, 0);
+        let _ = ReflectedAck { reflected_id: 0 };
+    }
+}

@@ -106,9 +106,11 @@ impl<S: GroupStore> Group<S> {
         }
         if let Some(lock) = self.lock.take() {
             self.send(conn, pb::CommitTransactionAck {});
+            // The committed writes go out first, so a sibling that retries on TransactionEnded
+            // has already seen what it may be retrying against.
+            self.pump_devices(&targets);
             self.transaction_ended(&lock);
         }
-        self.pump_devices(&targets);
     }
 
     /// Ends the lock without committing (holder gone or TTL): the staged writes are discarded.
@@ -140,5 +142,267 @@ impl<S: GroupStore> Group<S> {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::d2m::{CloseCode, D2mMessage, ReflectFlags};
+    use crate::mediator::testkit::{names, reflected, Harness, T0};
+    use crate::mediator::GroupConfig;
+
+    fn begin(ttl: u32) -> pb::BeginTransaction {
+        pb::BeginTransaction {
+            encrypted_scope: vec![0x5c; 42],
+            ttl,
+        }
+    }
+
+    /// A group of three online devices whose startup chatter has been read.
+    fn three() -> (Harness, [ConnId; 3]) {
+        let mut h = Harness::new();
+        let conns = [h.login(1), h.login(2), h.login(3)];
+        for c in conns {
+            h.take(c);
+        }
+        (h, conns)
+    }
+
+    #[test]
+    fn begin_when_free_is_acked_and_a_second_begin_is_rejected_with_holder_and_scope() {
+        let (mut h, [a, b, _]) = three();
+        h.send(a, begin(0));
+        assert_eq!(names(&h.take(a)), ["BeginTransactionAck"]);
+        assert_eq!(h.group.transaction_holder(), Some(DeviceId(1)));
+        h.send(
+            b,
+            pb::BeginTransaction {
+                encrypted_scope: vec![1; 40],
+                ttl: 0,
+            },
+        );
+        assert_eq!(
+            h.take(b),
+            [D2mMessage::TransactionRejected(pb::TransactionRejected {
+                device_id: 1,
+                encrypted_scope: vec![0x5c; 42],
+            })]
+        );
+        assert_eq!(h.group.transaction_holder(), Some(DeviceId(1)));
+    }
+
+    #[test]
+    fn writes_inside_a_transaction_are_acked_at_once_but_seen_only_at_commit_in_order() {
+        let (mut h, [a, b, c]) = three();
+        h.disconnect(c);
+        h.send(a, begin(0));
+        h.take(a);
+        h.tick(5);
+        let (id1, e1) = h.reflect(a, b"t1");
+        let (id2, e2) = h.reflect(a, b"t2");
+        assert_eq!(
+            h.take(a)
+                .iter()
+                .map(|m| match m {
+                    D2mMessage::ReflectAck(ack) => (ack.reflect_id, ack.timestamp),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            [(id1, T0 + 5), (id2, T0 + 5)]
+        );
+        assert!(h.take(b).is_empty(), "invisible before commit");
+        assert_eq!(h.queue(3).len, 0, "not even queued for offline slots");
+        h.send(a, pb::CommitTransaction {});
+        assert_eq!(names(&h.take(a)), ["CommitTransactionAck"]);
+        let seen = h.take(b);
+        assert_eq!(names(&seen), ["Reflected", "Reflected", "TransactionEnded"]);
+        let got: Vec<Vec<u8>> = reflected(&seen).into_iter().map(|r| r.envelope).collect();
+        assert_eq!(got, [e1.clone(), e2.clone()]);
+        assert_eq!(
+            h.queued(3)
+                .into_iter()
+                .map(|e| e.envelope)
+                .collect::<Vec<_>>(),
+            [e1, e2]
+        );
+        assert_eq!(h.group.transaction_holder(), None);
+    }
+
+    #[test]
+    fn sibling_writes_during_a_transaction_flow_normally() {
+        let (mut h, [a, b, c]) = three();
+        h.send(a, begin(0));
+        h.reflect(a, b"staged");
+        let (_, plain) = h.reflect(b, b"plain");
+        let got = reflected(&h.take(c));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].envelope, plain);
+    }
+
+    #[test]
+    fn ephemeral_inside_a_transaction_is_not_held_back() {
+        let (mut h, [a, b, _]) = three();
+        h.send(a, begin(0));
+        h.reflect_flags(a, b"typing", ReflectFlags::EPHEMERAL);
+        assert_eq!(reflected(&h.take(b)).len(), 1);
+    }
+
+    #[test]
+    fn holder_disconnect_discards_staged_writes_and_ends_the_transaction() {
+        let (mut h, [a, b, c]) = three();
+        h.disconnect(c);
+        h.send(a, begin(0));
+        h.reflect(a, b"t1");
+        h.reflect(a, b"t2");
+        assert_eq!(h.group.store().staged_count(), 2);
+        h.disconnect(a);
+        let seen = h.take(b);
+        assert_eq!(
+            seen.iter()
+                .find(|m| matches!(m, D2mMessage::TransactionEnded(_))),
+            Some(&D2mMessage::TransactionEnded(pb::TransactionEnded {
+                device_id: 1,
+                encrypted_scope: vec![0x5c; 42],
+            }))
+        );
+        assert!(reflected(&seen).is_empty());
+        assert_eq!(h.queue(3).len, 0);
+        assert_eq!(h.group.store().staged_count(), 0);
+        assert_eq!(h.group.transaction_holder(), None);
+        h.send(b, begin(0));
+        assert!(names(&h.take(b)).contains(&"BeginTransactionAck".to_owned()));
+    }
+
+    #[test]
+    fn ttl_expiry_closes_the_holder_4011_and_discards() {
+        let (mut h, [a, b, _]) = three();
+        h.send(a, begin(5));
+        h.reflect(a, b"t1");
+        assert_eq!(h.group.poll_timeout(), Some(T0 + 5_000));
+        h.tick(4_999);
+        h.timeout();
+        assert_eq!(h.closed(a), None);
+        h.tick(1);
+        h.timeout();
+        assert_eq!(h.closed(a), Some(CloseCause::TransactionTtlExceeded));
+        assert_eq!(
+            CloseCause::TransactionTtlExceeded.code(),
+            CloseCode::TransactionTtlExceeded
+        );
+        let seen = h.take(b);
+        assert!(seen
+            .iter()
+            .any(|m| matches!(m, D2mMessage::TransactionEnded(_))));
+        assert!(reflected(&seen).is_empty());
+    }
+
+    #[test]
+    fn a_commit_after_the_ttl_comes_too_late() {
+        let (mut h, [a, b, _]) = three();
+        h.send(a, begin(1));
+        h.reflect(a, b"t1");
+        h.tick(1_000);
+        h.send(a, pb::CommitTransaction {});
+        assert_eq!(h.closed(a), Some(CloseCause::TransactionTtlExceeded));
+        assert!(reflected(&h.take(b)).is_empty());
+    }
+
+    #[test]
+    fn ttl_zero_or_above_the_cap_means_the_cap() {
+        let cap = GroupConfig::default().max_transaction_ttl_s;
+        for ttl in [0, cap + 1, u32::MAX] {
+            let (mut h, [a, _, _]) = three();
+            h.send(a, begin(ttl));
+            assert_eq!(
+                h.group.poll_timeout(),
+                Some(T0 + u64::from(cap) * 1000),
+                "{ttl}"
+            );
+        }
+    }
+
+    #[test]
+    fn commit_without_the_lock_closes_4010() {
+        let (mut h, [a, b, _]) = three();
+        h.send(b, pb::CommitTransaction {});
+        assert_eq!(h.closed(b), Some(CloseCause::CommitWithoutLock));
+        h.send(a, begin(0));
+        let c = h.login(4);
+        h.send(c, pb::CommitTransaction {});
+        assert_eq!(h.closed(c), Some(CloseCause::CommitWithoutLock));
+        assert_eq!(
+            h.group.transaction_holder(),
+            Some(DeviceId(1)),
+            "holder unaffected"
+        );
+    }
+
+    #[test]
+    fn begin_while_holding_closes_4010() {
+        let (mut h, [a, _, _]) = three();
+        h.send(a, begin(0));
+        h.send(a, begin(0));
+        assert_eq!(h.closed(a), Some(CloseCause::NestedTransaction));
+        assert_eq!(h.group.transaction_holder(), None);
+    }
+
+    #[test]
+    fn oversize_scope_closes_4010() {
+        let (mut h, [a, _, _]) = three();
+        h.send(
+            a,
+            pb::BeginTransaction {
+                encrypted_scope: vec![0; MAX_ENCRYPTED_SCOPE_LEN + 1],
+                ttl: 0,
+            },
+        );
+        assert_eq!(h.closed(a), Some(CloseCause::OversizeField));
+    }
+
+    #[test]
+    fn more_staged_writes_than_a_queue_holds_close_4010() {
+        let config = GroupConfig {
+            max_queue_len: 2,
+            ..GroupConfig::default()
+        };
+        let mut h = Harness::with_config(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.send(a, begin(0));
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        assert_eq!(h.closed(a), None);
+        h.reflect(a, b"3");
+        assert_eq!(h.closed(a), Some(CloseCause::TransactionTooLarge));
+        assert!(h.slot(2).is_some(), "no sibling pays for it");
+        assert_eq!(h.queue(2).len, 0);
+        assert_eq!(h.closed(b), None);
+    }
+
+    #[test]
+    fn failed_commit_discards_everything() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        h.send(a, begin(0));
+        h.reflect(a, b"t1");
+        h.take(b);
+        h.group.store.fail_writes = true;
+        h.send(a, pb::CommitTransaction {});
+        h.group.store.fail_writes = false;
+        assert_eq!(h.closed(a), Some(CloseCause::StorageFailure));
+        assert!(reflected(&h.take(b)).is_empty());
+        assert_eq!(h.queue(2).len, 0);
+        // The discard failed too (writes were failing): the next begin cleans up first.
+        assert_eq!(h.group.store().inner.staged_count(), 1);
+        h.send(b, begin(0));
+        assert_eq!(h.group.store().inner.staged_count(), 0);
+        h.send(b, pb::CommitTransaction {});
+        assert_eq!(
+            h.queue(1).len,
+            0,
+            "the dead transaction's write never arrives"
+        );
     }
 }
