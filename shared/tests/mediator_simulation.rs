@@ -244,6 +244,9 @@ struct Link {
     next_reflect_id: u32,
     outstanding: BTreeMap<u32, Tag>,
     txn: Txn,
+    /// Plain reflects sent while a `BeginTransaction` was pending: the group stages them too,
+    /// so the device keeps the transaction below the queue limit.
+    reflects_while_requested: u8,
     pre_auth_proxies: u8,
     csp_expected: VecDeque<Vec<u8>>,
     // Group side, from its effects.
@@ -277,6 +280,7 @@ impl Link {
             next_reflect_id: 1,
             outstanding: BTreeMap::new(),
             txn: Txn::Idle,
+            reflects_while_requested: 0,
             pre_auth_proxies: 0,
             csp_expected: VecDeque::new(),
             incarnation: None,
@@ -1187,8 +1191,17 @@ impl Sim {
             610..=709 => {
                 let links = self.online_links(&[Phase::AwaitInfo, Phase::Online]);
                 if let Some(conn) = self.pick(&links) {
-                    if !matches!(self.links[&conn].txn, Txn::Held(_) | Txn::Committing) {
+                    let link = &self.links[&conn];
+                    let allowed = match link.txn {
+                        Txn::Idle => true,
+                        Txn::Requested => link.reflects_while_requested < 2,
+                        Txn::Held(_) | Txn::Committing => false,
+                    };
+                    if allowed {
                         let ephemeral = self.choice.gen_bool(0.15);
+                        if !ephemeral && link.txn == Txn::Requested {
+                            self.links.get_mut(&conn).unwrap().reflects_while_requested += 1;
+                        }
                         self.reflect(conn, ephemeral);
                     }
                 }
@@ -1323,7 +1336,9 @@ impl Sim {
                 let scope =
                     seal_transaction_scope(&self.keys.dgtsk, Scope::ContactSync, &mut self.crypto);
                 let ttl = self.choice.gen_range(0..=3);
-                self.links.get_mut(&conn).unwrap().txn = Txn::Requested;
+                let link = self.links.get_mut(&conn).unwrap();
+                link.txn = Txn::Requested;
+                link.reflects_while_requested = 0;
                 self.log(format!("{} begins (ttl {ttl})", self.dev_of_link(conn)));
                 self.send_up(
                     conn,
