@@ -17,7 +17,7 @@ pub struct GroupConfig {
     /// Proxy payload bytes held before the handshake completes; more is 4010.
     pub max_pre_auth_proxy_bytes: usize,
     /// `Reflected` frames sent to a connection and not yet acked; the next one waits for an ack,
-    /// which bounds memory when a long queue drains.
+    /// which bounds memory when a long queue drains (0 counts as 1).
     pub max_in_flight: usize,
     /// Ephemeral frames held for a connection that is still behind on its queue; older ones are
     /// dropped (ephemeral delivery is best effort, spec §5).

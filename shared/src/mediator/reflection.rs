@@ -180,7 +180,8 @@ impl<S: GroupStore> Group<S> {
     /// Sends queue entries up to the in-flight window, with ephemeral frames and
     /// `ReflectionQueueDry` in their places.
     pub(super) fn pump(&mut self, conn: ConnId) {
-        let window = self.config.max_in_flight;
+        // A window of 0 would never send anything: it counts as 1.
+        let window = self.config.max_in_flight.max(1);
         loop {
             self.flush_ephemeral(conn);
             let Some(session) = self.session_mut(conn) else {
