@@ -287,7 +287,7 @@ impl<S: GroupStore> Group<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::d2m::{CloseCode, D2mMessage, ReflectedAck};
+    use crate::d2m::{CloseCode, D2mMessage};
     use crate::mediator::testkit::{names, reflected, Harness, T0};
     use crate::mediator::GroupConfig;
     use proptest::prelude::*;
@@ -674,9 +674,11 @@ mod tests {
         h.reflect(a, b"x");
         let id = reflected(&h.take(b))[0].reflected_id;
         assert_eq!(id, 1, "first entry of a fresh slot");
-        h.send_bytes(b, &hex::decode("83000000000000000100000000").unwrap()[..12]);
+        h.send_bytes(
+            b,
+            &hex::decode("83000000 00000000 01000000".replace(' ', "")).unwrap(),
+        );
         assert_eq!(h.closed(b), None);
         assert_eq!(h.queue(2).len, 0);
-        let _ = ReflectedAck { reflected_id: 0 };
     }
 }
