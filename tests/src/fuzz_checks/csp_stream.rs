@@ -1,0 +1,454 @@
+//! CSP handshake checks: the server and the client state machines fed a byte stream in chunks
+//! whose sizes come from the input.
+//!
+//! Each stream is run twice, once in one piece and once in the input's chunks, and both runs must
+//! agree: the machines promise to accept any chunking. A mode byte picks how much of a valid
+//! handshake comes first, so the fuzzer reaches every state (a fresh machine, after a valid hello,
+//! behind a correctly sealed login, and established with frames sealed under the session key).
+
+use tandem_shared::crypto::{BoxKey, PublicKey, SecretKey};
+use tandem_shared::csp::{
+    validate_identity, vouch, CipherState, ClientEvent, ClientHello, ClientInfoField, Cookie,
+    CspClient, CspClientConfig, CspError, CspServer, CspServerConfig, Extensions, LoginData,
+    ServerEvent, ServerHello, MAX_FRAME_PLAINTEXT_LEN,
+};
+use tandem_shared::keys::{ClientKey, IDENTITY_LEN};
+
+use super::input::{client_key, rng, server_key, Chunking, Input};
+
+/// Seed of the server's TSK and SCK.
+const SERVER_SEED: u64 = 0x5e;
+/// Seed of the client's TCK and CCK.
+const CLIENT_SEED: u64 = 0xc1;
+/// The hand-built client's TCK and CCK (server checks).
+const TCK: [u8; 32] = [0x03; 32];
+const CCK: [u8; 16] = [0x04; 16];
+/// The identity of the state-machine client.
+const IDENTITY: [u8; IDENTITY_LEN] = *b"FUZZTEST";
+/// The first frame sequence number in each direction (1 and 2 go to the handshake boxes).
+const FIRST_FRAME_SEQ: u64 = 3;
+
+/// A fresh `CspServer` fed the input as a client stream, in chunks; must never panic, and must
+/// reach the same events and error whatever the chunking.
+pub fn csp_server(data: &[u8]) {
+    let mut input = Input::new(data);
+    let mode = input.byte() % 4;
+    let chunking = Chunking::read(&mut input);
+    let (stream, identity_key, expected) = match mode {
+        0 => {
+            let key = identity_key(&mut input);
+            (input.rest().to_vec(), key, None)
+        }
+        1 => {
+            let mut stream = client_hello().to_vec();
+            stream.extend_from_slice(input.rest());
+            (stream, Some(client_key().public_key()), None)
+        }
+        2 => (
+            fuzzed_login(&mut input),
+            Some(client_key().public_key()),
+            None,
+        ),
+        _ => {
+            let (stream, expected) = valid_login(&mut input);
+            (stream, Some(client_key().public_key()), Some(expected))
+        }
+    };
+    let whole = run_server(&stream, &Chunking::whole(), identity_key);
+    let chunked = run_server(&stream, &chunking, identity_key);
+    assert_eq!(whole.events, chunked.events);
+    assert_eq!(whole.error, chunked.error);
+    assert_eq!(whole.established, chunked.established);
+    if whole.error.is_none() {
+        assert_eq!(whole.transmits, chunked.transmits);
+    }
+    if let Some(expected) = expected {
+        if expected.exact {
+            assert_eq!(whole.events, expected.events);
+            assert_eq!(whole.error, expected.error);
+        } else {
+            assert!(whole.events.starts_with(&expected.events));
+        }
+    }
+}
+
+/// A `CspClient` awaiting the server-hello fed the input as a server stream, in chunks.
+pub fn csp_client(data: &[u8]) {
+    let mut input = Input::new(data);
+    let mode = input.byte() % 3;
+    let chunking = Chunking::read(&mut input);
+    let mut expected = None;
+    let stream = match mode {
+        0 => input.rest().to_vec(),
+        1 => {
+            let (mut stream, _) = server_handshake();
+            stream.truncate(SERVER_HELLO_PREFIX);
+            stream.extend_from_slice(input.rest());
+            stream
+        }
+        _ => {
+            let (mut stream, mut server) = server_handshake();
+            let mut events = vec![ClientEvent::Established];
+            for payload in payloads(&mut input) {
+                assert_eq!(server.send(payload), Ok(()));
+                stream.extend(core::iter::from_fn(|| server.poll_transmit()).flatten());
+                events.push(ClientEvent::Payload(payload.to_vec()));
+            }
+            let tail = input.rest();
+            stream.extend_from_slice(tail);
+            if tail.is_empty() {
+                expected = Some(events);
+            }
+            stream
+        }
+    };
+    let whole = run_client(&stream, &Chunking::whole());
+    let chunked = run_client(&stream, &chunking);
+    assert_eq!(whole, chunked);
+    if let Some(events) = expected {
+        assert_eq!(whole.error, None);
+        assert_eq!(whole.events, events);
+    }
+}
+
+/// What the directory answers in mode 0: CK, unknown, or 32 bytes from the input (which may be a
+/// low-order point).
+fn identity_key(input: &mut Input<'_>) -> Option<PublicKey> {
+    match input.byte() % 3 {
+        0 => Some(client_key().public_key()),
+        1 => None,
+        _ => Some(PublicKey(input.array())),
+    }
+}
+
+/// Up to three frame payloads, each at most one frame's plaintext.
+fn payloads<'a>(input: &mut Input<'a>) -> Vec<&'a [u8]> {
+    let count = input.byte() % 4;
+    (0..count)
+        .map(|_| {
+            let len = usize::from(input.u16()) % (MAX_FRAME_PLAINTEXT_LEN + 1);
+            input.take(len)
+        })
+        .collect()
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ServerRun {
+    transmits: Vec<Vec<u8>>,
+    events: Vec<ServerEvent>,
+    error: Option<CspError>,
+    established: bool,
+}
+
+fn new_server() -> CspServer {
+    CspServer::new(
+        CspServerConfig {
+            server_key: server_key(),
+        },
+        &mut rng(SERVER_SEED),
+    )
+}
+
+/// Feeds the stream, answering every identity-key request with `identity_key`, until the end
+/// or the first error; a failed server must stay failed and silent.
+fn run_server(stream: &[u8], chunking: &Chunking, identity_key: Option<PublicKey>) -> ServerRun {
+    let mut server = new_server();
+    let mut run = ServerRun::default();
+    for chunk in chunking.split(stream) {
+        let mut result = server.receive(chunk);
+        while let Some(event) = server.poll_event() {
+            let asks = matches!(event, ServerEvent::NeedIdentityKey { .. });
+            run.events.push(event);
+            if asks && result.is_ok() {
+                result = server.provide_identity_key(identity_key);
+            }
+        }
+        run.transmits
+            .extend(core::iter::from_fn(|| server.poll_transmit()));
+        if let Err(e) = result {
+            run.error = Some(e);
+            break;
+        }
+    }
+    if run.error.is_some() {
+        assert!(server.is_failed() && !server.is_established());
+        assert_eq!(server.poll_transmit(), None);
+        assert_eq!(server.receive(b"x"), Err(CspError::AfterFailure));
+        assert_eq!(
+            server.provide_identity_key(identity_key),
+            Err(CspError::AfterFailure)
+        );
+        assert_eq!(server.send(b"x"), Err(CspError::AfterFailure));
+    }
+    run.established = server.is_established();
+    run
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ClientRun {
+    transmits: Vec<Vec<u8>>,
+    events: Vec<ClientEvent>,
+    error: Option<CspError>,
+    established: bool,
+}
+
+fn client_config() -> CspClientConfig {
+    CspClientConfig {
+        identity: IDENTITY,
+        client_key: client_key(),
+        server_public_key: server_key().public_key(),
+        extensions: Extensions::new("tandem fuzz"),
+    }
+}
+
+fn new_client() -> CspClient {
+    CspClient::new(client_config(), &mut rng(CLIENT_SEED)).expect("fixed client config is valid")
+}
+
+fn run_client(stream: &[u8], chunking: &Chunking) -> ClientRun {
+    let mut client = new_client();
+    let mut run = ClientRun::default();
+    // The client-hello is queued at creation; drain it so both runs compare what followed.
+    assert!(client.poll_transmit().is_some(), "client-hello is queued");
+    for chunk in chunking.split(stream) {
+        let result = client.receive(chunk);
+        run.events
+            .extend(core::iter::from_fn(|| client.poll_event()));
+        run.transmits
+            .extend(core::iter::from_fn(|| client.poll_transmit()));
+        if let Err(e) = result {
+            run.error = Some(e);
+            break;
+        }
+    }
+    if run.error.is_some() {
+        assert!(client.is_failed() && !client.is_established());
+        assert_eq!(client.poll_transmit(), None);
+        assert_eq!(client.receive(b"x"), Err(CspError::AfterFailure));
+        assert_eq!(client.send(b"x"), Err(CspError::AfterFailure));
+        // What the client sent before failing depends on the chunking; nothing after it.
+        run.transmits.clear();
+    }
+    run.established = client.is_established();
+    run
+}
+
+/// Length of a server-hello on the wire.
+const SERVER_HELLO_PREFIX: usize = tandem_shared::csp::SERVER_HELLO_LEN;
+
+/// A real client and server run to the end of the handshake: returns the server's stream so
+/// far (server-hello ‖ login-ack) and the established server, ready to send frames.
+fn server_handshake() -> (Vec<u8>, CspServer) {
+    let mut client = new_client();
+    let mut server = new_server();
+    let mut stream = Vec::new();
+    let hello = client.poll_transmit().expect("client-hello is queued");
+    assert_eq!(server.receive(&hello), Ok(()));
+    let server_hello = server.poll_transmit().expect("server-hello is queued");
+    stream.extend_from_slice(&server_hello);
+    assert_eq!(client.receive(&server_hello), Ok(()));
+    let login: Vec<u8> = core::iter::from_fn(|| client.poll_transmit())
+        .flatten()
+        .collect();
+    assert_eq!(server.receive(&login), Ok(()));
+    assert!(matches!(
+        server.poll_event(),
+        Some(ServerEvent::NeedIdentityKey { .. })
+    ));
+    assert_eq!(
+        server.provide_identity_key(Some(client_key().public_key())),
+        Ok(())
+    );
+    stream.extend(core::iter::from_fn(|| server.poll_transmit()).flatten());
+    assert!(server.is_established());
+    (stream, server)
+}
+
+/// The hand-built client-hello of the server checks.
+fn client_hello() -> [u8; 48] {
+    ClientHello {
+        tck_public: SecretKey::from_bytes(TCK).public_key(),
+        cck: Cookie(CCK),
+    }
+    .encode()
+}
+
+/// What the client knows after the server-hello: the session key, SCK and TSK.public.
+struct Session {
+    key: BoxKey,
+    sck: Cookie,
+    tsk_public: PublicKey,
+}
+
+/// Sends the client-hello to a server of the same seed and opens its answer as a client would.
+fn session() -> Session {
+    let mut server = new_server();
+    assert_eq!(server.receive(&client_hello()), Ok(()));
+    let hello = ServerHello::decode(&server.poll_transmit().expect("server-hello is queued"))
+        .expect("server-hello decodes");
+    let tck = SecretKey::from_bytes(TCK);
+    let response = hello
+        .open(&tck.box_key(&server_key().public_key()))
+        .expect("server-hello opens");
+    let sck = hello.sck;
+    Session {
+        key: tck.box_key(&response.tsk_public),
+        sck,
+        tsk_public: response.tsk_public,
+    }
+}
+
+/// client-hello ‖ box(login-data from the input, with the right SCK) ‖ box(the rest).
+fn fuzzed_login(input: &mut Input<'_>) -> Vec<u8> {
+    let session = session();
+    let mut login: [u8; 128] = input.array();
+    // SCK sits at offset 40; a constant-time compare gives the fuzzer no hint, so set it.
+    if let Some(sck) = login.get_mut(40..56) {
+        sck.copy_from_slice(&session.sck.0);
+    }
+    let mut tx = CipherState::new(session.key, Cookie(CCK));
+    let mut stream = client_hello().to_vec();
+    for plain in [login.as_slice(), input.rest()] {
+        stream.extend(tx.seal(plain).expect("sequence number 1 and 2"));
+    }
+    stream
+}
+
+/// What a valid login must lead to.
+struct Expected {
+    /// The events, or their first part when `exact` is false.
+    events: Vec<ServerEvent>,
+    /// The error; checked only when `exact`.
+    error: Option<CspError>,
+    /// False when raw input follows the frames, whose effect is not predicted here.
+    exact: bool,
+}
+
+/// A correct login (identity and extensions plaintext from the input, right SCK and vouch),
+/// then up to three frames of input payloads, then raw input.
+fn valid_login(input: &mut Input<'_>) -> (Vec<u8>, Expected) {
+    let session = session();
+    let identity: [u8; IDENTITY_LEN] = input.array();
+    let ext_len = usize::from(input.u16()) % (MAX_FRAME_PLAINTEXT_LEN + 1);
+    let ext = input.take(ext_len);
+    let payloads = payloads(input);
+    let tail = input.rest();
+
+    let tck = SecretKey::from_bytes(TCK);
+    let ck = client_key();
+    let ss1 = ck.secret().box_key(&server_key().public_key());
+    let ss2 = ck.secret().box_key(&session.tsk_public);
+    let login = LoginData {
+        identity,
+        client_info: ClientInfoField::ExtensionIndicator {
+            extensions_box_len: u16::try_from(ext.len() + 16).unwrap_or(u16::MAX),
+        },
+        sck: session.sck,
+        vouch: vouch(
+            &ClientKey::vouch_key(&ss1, &ss2),
+            &session.sck,
+            &tck.public_key(),
+        ),
+    };
+    let mut tx = CipherState::new(session.key.clone(), Cookie(CCK));
+    let mut stream = client_hello().to_vec();
+    stream.extend(tx.seal(&login.encode()).expect("sequence number 1"));
+    stream.extend(tx.seal(ext).expect("sequence number 2"));
+    assert_eq!(tx.next_seq(), FIRST_FRAME_SEQ);
+    for payload in &payloads {
+        stream.extend(tx.seal_frame(payload).expect("payload fits a frame"));
+    }
+    stream.extend_from_slice(tail);
+
+    let mut events = Vec::new();
+    let error = match (validate_identity(&identity), Extensions::decode(ext)) {
+        (Err(e), _) => Some(e),
+        (Ok(()), Err(e)) => Some(CspError::MalformedExtensions(e)),
+        (Ok(()), Ok(extensions)) => {
+            events.push(ServerEvent::NeedIdentityKey { identity });
+            events.push(ServerEvent::Authenticated {
+                identity,
+                extensions,
+            });
+            events.extend(
+                payloads
+                    .iter()
+                    .map(|payload| ServerEvent::Payload(payload.to_vec())),
+            );
+            None
+        }
+    };
+    let exact = tail.is_empty() || error.is_some();
+    (
+        stream,
+        Expected {
+            events,
+            error,
+            exact,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_run(data: &[u8]) -> ServerRun {
+        let mut input = Input::new(data);
+        let _mode = input.byte();
+        let _chunking = Chunking::read(&mut input);
+        let stream = fuzzed_login(&mut input);
+        run_server(&stream, &Chunking::whole(), Some(client_key().public_key()))
+    }
+
+    #[test]
+    fn fuzzed_login_gets_past_the_cookie_to_the_vouch() {
+        let mut data = vec![2, 0];
+        data.extend_from_slice(b"ECHOECHO");
+        data.extend_from_slice(&[b' '; 32]);
+        data.extend_from_slice(&[0; 88]);
+        let run = server_run(&data);
+        assert_eq!(run.error, Some(CspError::BadVouch));
+        assert!(matches!(
+            run.events.as_slice(),
+            [ServerEvent::NeedIdentityKey { .. }]
+        ));
+    }
+
+    #[test]
+    fn valid_login_is_authenticated_and_frames_arrive() {
+        let mut data = vec![3, 0];
+        data.extend_from_slice(b"ECHOECHO");
+        data.extend_from_slice(&[0, 0]);
+        data.extend_from_slice(&[1, 3, 0, 0xd0, 0, 0]);
+        let mut input = Input::new(&data);
+        let _ = input.byte();
+        let _ = Chunking::read(&mut input);
+        let (stream, expected) = valid_login(&mut input);
+        assert!(expected.exact);
+        assert_eq!(expected.events.len(), 3);
+        let run = run_server(&stream, &Chunking::whole(), Some(client_key().public_key()));
+        assert!(run.established);
+        assert_eq!(run.events, expected.events);
+        assert_eq!(run.transmits.len(), 2, "server-hello and login-ack");
+    }
+
+    #[test]
+    fn established_client_receives_the_server_frames() {
+        let data = [2, 0, 1, 4, 0, 0xd0, 0, 0, 0];
+        csp_client(&data);
+        let (stream, mut server) = server_handshake();
+        assert_eq!(server.send(&[0xd0, 0, 0, 0]), Ok(()));
+        let mut stream = stream;
+        stream.extend(core::iter::from_fn(|| server.poll_transmit()).flatten());
+        let run = run_client(&stream, &Chunking::whole());
+        assert!(run.established);
+        assert_eq!(
+            run.events,
+            [
+                ClientEvent::Established,
+                ClientEvent::Payload(vec![0xd0, 0, 0, 0])
+            ]
+        );
+    }
+}
