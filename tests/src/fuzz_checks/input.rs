@@ -80,6 +80,11 @@ impl Chunking {
         Self { sizes: Vec::new() }
     }
 
+    /// Whether every chunk is "all that is left", i.e. the stream goes in one piece.
+    pub(crate) fn is_whole(&self) -> bool {
+        self.sizes.iter().all(|&size| size == 0)
+    }
+
     /// Cuts `stream` into chunks; their concatenation is `stream`.
     pub(crate) fn split<'s>(&self, stream: &'s [u8]) -> Vec<&'s [u8]> {
         let mut out = Vec::new();
@@ -145,6 +150,9 @@ mod tests {
             vec![&[1][..], &[2, 3, 4, 5, 6, 7]]
         );
         assert_eq!(Chunking::whole().split(&stream), vec![&stream[..]]);
+        assert!(Chunking::whole().is_whole());
+        assert!(Chunking::read(&mut Input::new(&[2, 0, 0])).is_whole());
+        assert!(!Chunking::read(&mut Input::new(&[2, 0, 1])).is_whole());
         assert!(Chunking::whole().split(&[]).is_empty());
     }
 }
