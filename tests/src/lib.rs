@@ -13,3 +13,4 @@
 )]
 
 pub mod conformance;
+pub mod fuzz_checks;
