@@ -53,7 +53,9 @@ fn backup_round_trip(backup: &str, password: &str) {
     let Ok(decoded) = id_backup::decode(backup, password) else {
         return;
     };
-    assert!(id_backup::is_valid_identity(decoded.identity.as_bytes()));
+    assert!(tandem_shared::keys::is_valid_identity(
+        decoded.identity.as_bytes()
+    ));
     let Ok(encoded) = id_backup::encode(&decoded.identity, &decoded.ck, password, &mut rng(0xb4))
     else {
         // Only a password too weak for new backups may refuse.
