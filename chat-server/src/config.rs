@@ -65,6 +65,12 @@ pub struct Config {
     /// Seconds a connection may take from accept to login-ack.
     #[arg(long, default_value_t = 30)]
     pub handshake_timeout_s: u64,
+    /// Idle timeout in seconds until the client sets its own (spec §9.4 default 300).
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_s: u64,
+    /// Seconds a short-lived message (flag 0x20) stays queued (spec §9.5: 60).
+    #[arg(long, default_value_t = 60)]
+    pub short_lived_ttl_s: u64,
     /// Seconds a duplicate (sender, receiver, message id) is still recognised after its ack.
     #[arg(long, default_value_t = 86_400)]
     pub dedupe_window_s: u64,

@@ -115,6 +115,8 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store: store.clone(),
         alert: config.alert.clone(),
         handshake_timeout: config.handshake_timeout(),
+        idle_timeout: Duration::from_secs(config.idle_timeout_s),
+        short_lived_ttl_ms: config.short_lived_ttl_s.saturating_mul(1000),
     });
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut tasks = vec![tokio::spawn(accept_csp(csp, ctx, limit))];

@@ -18,7 +18,7 @@ use tandem_shared::crypto::SecretKey;
 use tandem_shared::csp::{
     check_idle_timeout, CspPayload, CspServer, CspServerConfig, Extensions, MessageAck,
     MessageFlags, MessagePayloadVersion, MessageWithMetadataBox, PayloadContainer, PayloadType,
-    ServerEvent, DEFAULT_IDLE_TIMEOUT_S,
+    ServerEvent,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -40,8 +40,6 @@ pub const MAX_PENDING_STORE: usize = 256;
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A created-at this far ahead of the server's clock is accepted as it is; further is overwritten.
 pub const FUTURE_SKEW_S: u64 = 60;
-/// How long a short-lived message (flag 0x20) stays queued.
-pub const SHORT_LIVED_TTL_MS: u64 = 60_000;
 /// Bytes read from the socket per system call.
 const READ_CHUNK: usize = 16 * 1024;
 /// Reads per wake-up before other work gets a turn.
@@ -66,6 +64,10 @@ pub struct Context {
     pub alert: Option<String>,
     /// Deadline from accept to login-ack.
     pub handshake_timeout: Duration,
+    /// Idle timeout until the client sets one.
+    pub idle_timeout: Duration,
+    /// How long short-lived messages stay queued, in ms.
+    pub short_lived_ttl_ms: u64,
 }
 
 /// Serves one TCP connection until it ends.
@@ -240,7 +242,7 @@ impl Conn {
             .ctx
             .registry
             .register(identity, device_id, Arc::clone(&mailbox));
-        let idle_timeout = Duration::from_secs(u64::from(DEFAULT_IDLE_TIMEOUT_S));
+        let idle_timeout = self.ctx.idle_timeout;
         self.deadline = Instant::now() + idle_timeout;
         self.session = Some(Session {
             identity,
@@ -366,7 +368,7 @@ impl Conn {
             sender: identity,
             message_id,
             flags: message.flags,
-            expires_at_ms: short_lived.then(|| now.saturating_add(SHORT_LIVED_TTL_MS)),
+            expires_at_ms: short_lived.then(|| now.saturating_add(self.ctx.short_lived_ttl_ms)),
             body,
             ack,
             reply,
