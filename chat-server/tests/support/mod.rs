@@ -59,17 +59,21 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on free ports with `data_dir`, and waits for its start lines.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let log_level = if extra.contains(&"--log-level") {
+            &[][..]
+        } else {
+            &["--log-level", "debug"][..]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-chat-server"))
             .args([
                 "--csp-listen",
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
-                "--log-level",
-                "debug",
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(log_level)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
