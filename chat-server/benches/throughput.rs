@@ -132,11 +132,12 @@ async fn clock(shared: &Shared, seconds: u64) {
 
 async fn chat_run(args: &Args, sync: &str) -> Measured {
     let dir = tempfile::tempdir().unwrap();
+    let log_level = std::env::var("CHAT_BENCH_LOG").unwrap_or_else(|_| "warn".into());
     let server = ServerProcess::start(
         dir.path(),
         &[
             "--log-level",
-            "warn",
+            &log_level,
             "--sync",
             sync,
             "--max-queue",

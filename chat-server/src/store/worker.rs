@@ -98,8 +98,17 @@ pub(super) fn run(mut state: State, mut rx: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
+        let size = batch.len();
+        let started = std::time::Instant::now();
         let outputs = state.apply(&mut batch);
+        let applied = started.elapsed();
         state.answer(outputs);
+        tracing::trace!(
+            size,
+            apply_us = applied.as_micros(),
+            total_us = started.elapsed().as_micros(),
+            "batch"
+        );
     }
     debug!("storage worker stopped");
 }
