@@ -92,10 +92,10 @@ impl Registry {
         let Some(sessions) = map.get_mut(identity) else {
             return false;
         };
-        if !sessions
+        if sessions
             .devices
             .get(&device_id)
-            .is_some_and(|e| e.session_id == session_id)
+            .is_none_or(|e| e.session_id != session_id)
         {
             return false;
         }

@@ -76,7 +76,7 @@ pub fn router(state: HttpState, cors_origins: &[String]) -> Router {
         .route("/identity/create", post(create))
         .route("/identity/{id}", get(lookup))
         .route("/server-info", get(server_info))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path").into_response() })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
     if cors_origins.is_empty() {
@@ -99,11 +99,27 @@ pub fn router(state: HttpState, cors_origins: &[String]) -> Router {
     )
 }
 
-fn error(status: StatusCode, reason: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": reason.into() }))).into_response()
+/// A refused request: its status and the reason for the `{"error": reason}` body.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    reason: String,
 }
 
-fn bad(reason: impl Into<String>) -> Response {
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.reason }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, reason: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        reason: reason.into(),
+    }
+}
+
+fn bad(reason: impl Into<String>) -> ApiError {
     error(StatusCode::BAD_REQUEST, reason)
 }
 
@@ -115,12 +131,12 @@ struct CreateRequest {
     response: Option<String>,
 }
 
-fn decode_b64(field: &str, value: &str) -> Result<Vec<u8>, Response> {
+fn decode_b64(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
     B64.decode(value)
         .map_err(|e| bad(format!("{field}: invalid base64 ({e})")))
 }
 
-fn decode_exact<const N: usize>(field: &str, value: &str) -> Result<[u8; N], Response> {
+fn decode_exact<const N: usize>(field: &str, value: &str) -> Result<[u8; N], ApiError> {
     let bytes = decode_b64(field, value)?;
     let len = bytes.len();
     bytes
@@ -130,11 +146,12 @@ fn decode_exact<const N: usize>(field: &str, value: &str) -> Result<[u8; N], Res
 
 async fn create(State(state): State<HttpState>, body: Bytes) -> Response {
     match create_inner(&state, &body).await {
-        Ok(response) | Err(response) => response,
+        Ok(response) => response,
+        Err(e) => e.into_response(),
     }
 }
 
-async fn create_inner(state: &HttpState, body: &[u8]) -> Result<Response, Response> {
+async fn create_inner(state: &HttpState, body: &[u8]) -> Result<Response, ApiError> {
     let request: CreateRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
     let public_key = PublicKey(decode_exact::<32>("publicKey", &request.public_key)?);
@@ -208,7 +225,8 @@ async fn lookup(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
         .ok()
         .filter(is_valid_identity)
     else {
-        return bad("identity must be 8 characters [0-9A-Z] (a leading * is allowed)");
+        return bad("identity must be 8 characters [0-9A-Z] (a leading * is allowed)")
+            .into_response();
     };
     match state.inner.directory.public_key(&identity) {
         Some(key) => Json(json!({
@@ -216,7 +234,7 @@ async fn lookup(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
             "publicKey": B64.encode(key.as_bytes()),
         }))
         .into_response(),
-        None => error(StatusCode::NOT_FOUND, "unknown identity"),
+        None => error(StatusCode::NOT_FOUND, "unknown identity").into_response(),
     }
 }
 

@@ -93,12 +93,12 @@ mod tests {
             CloseReason::Csp(CspError::FrameTooLarge(8193)).close_error(),
             Some((false, "protocol error: frame too large: 8193 bytes".into()))
         );
-        assert_eq!(CloseReason::Replaced.close_error().unwrap().0, false);
+        assert!(!CloseReason::Replaced.close_error().unwrap().0);
         assert_eq!(
             CloseReason::IdleTimeout.close_error(),
             Some((true, "idle timeout".into()))
         );
-        assert_eq!(CloseReason::StorageFailure.close_error().unwrap().0, true);
+        assert!(CloseReason::StorageFailure.close_error().unwrap().0);
         assert_eq!(CloseReason::ClientClosed.close_error(), None);
         assert_eq!(CloseReason::HandshakeTimeout.close_error(), None);
     }
