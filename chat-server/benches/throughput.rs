@@ -99,6 +99,19 @@ struct Shared {
     measuring: AtomicBool,
     running: AtomicBool,
     delivered: AtomicU64,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base: Instant::now(),
+            measuring: AtomicBool::new(false),
+            running: AtomicBool::new(true),
+            delivered: AtomicU64::new(0),
+            stop: tokio::sync::watch::channel(false).0,
+        })
+    }
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -125,6 +138,7 @@ async fn clock(shared: &Shared, seconds: u64) {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     shared.measuring.store(false, Ordering::SeqCst);
     shared.running.store(false, Ordering::SeqCst);
+    shared.stop.send_replace(true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,12 +160,7 @@ async fn chat_run(args: &Args, sync: &str) -> Measured {
     );
     let accounts = create_accounts(server.http, args.identities).await;
     let accounts = Arc::new(accounts);
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        measuring: AtomicBool::new(false),
-        running: AtomicBool::new(true),
-        delivered: AtomicU64::new(0),
-    });
+    let shared = Shared::new();
     let mut clients = Vec::new();
     for account in accounts.iter() {
         let mut c = Client::connect(server.csp, account.config(&server.public_key, 1))
@@ -225,6 +234,7 @@ async fn chat_session(
     box_len: usize,
     shared: &Shared,
 ) -> Vec<u32> {
+    let mut stop = shared.stop.subscribe();
     let mut template = message_template(me, to, box_len);
     let mut next_id = 1_u64;
     let mut outstanding = 0_usize;
@@ -250,12 +260,12 @@ async fn chat_session(
             client.stream.write_all(&out).await.unwrap();
             out.clear();
         }
-        let n = match tokio::time::timeout(Duration::from_millis(200), client.stream.read(&mut buf))
-            .await
-        {
-            Ok(Ok(n)) if n > 0 => n,
-            Ok(_) => panic!("server closed"),
-            Err(_) => continue,
+        let n = tokio::select! {
+            r = client.stream.read(&mut buf) => match r {
+                Ok(n) if n > 0 => n,
+                _ => panic!("server closed"),
+            },
+            _ = stop.changed() => break,
         };
         client.csp.receive(&buf[..n]).unwrap();
         while let Some(event) = client.csp.poll_event() {
@@ -348,12 +358,7 @@ async fn echo_run(args: &Args, frame_len: usize) -> Measured {
         });
         rt.shutdown_background();
     });
-    let shared = Arc::new(Shared {
-        base: Instant::now(),
-        measuring: AtomicBool::new(false),
-        running: AtomicBool::new(true),
-        delivered: AtomicU64::new(0),
-    });
+    let shared = Shared::new();
     let mut tasks = Vec::new();
     for _ in 0..args.identities {
         let stream = TcpStream::connect(addr).await.unwrap();
@@ -383,6 +388,7 @@ async fn echo_client(
     window: usize,
     shared: &Shared,
 ) -> Vec<u32> {
+    let mut stop = shared.stop.subscribe();
     let mut frame = vec![0x42_u8; frame_len];
     frame[..2].copy_from_slice(&u16::try_from(frame_len - 2).unwrap().to_le_bytes());
     let mut outstanding = 0;
@@ -399,11 +405,12 @@ async fn echo_client(
         }
         stream.write_all(&out).await.unwrap();
         out.clear();
-        let n = match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
-        {
-            Ok(Ok(n)) if n > 0 => n,
-            Ok(_) => panic!("echo server closed"),
-            Err(_) => continue,
+        let n = tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(n) if n > 0 => n,
+                _ => panic!("echo server closed"),
+            },
+            _ = stop.changed() => break,
         };
         pending.extend_from_slice(&buf[..n]);
         let mut at = 0;

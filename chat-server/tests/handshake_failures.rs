@@ -196,7 +196,7 @@ async fn bad_vouch_unknown_identity_and_cookie_mismatch_are_refused() {
 #[tokio::test]
 async fn garbage_truncation_and_timeouts_before_login_close_the_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &["--handshake-timeout-s", "2"]);
+    let server = ServerProcess::start(dir.path(), &["--handshake-timeout-s", "3"]);
     let account = Account::create(server.http).await;
     let s = Setup {
         server,

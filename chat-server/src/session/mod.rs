@@ -9,6 +9,7 @@
 mod close;
 mod delivery;
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use tandem_shared::csp::{
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::{timeout, Instant};
+use tokio::time::{timeout, Instant, Sleep};
 use tracing::{debug, info, warn};
 
 use crate::directory::Directory;
@@ -81,9 +82,11 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         },
         &mut OsRng,
     );
+    let deadline = Instant::now() + ctx.handshake_timeout;
     let mut conn = Conn {
         id: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
-        deadline: Instant::now() + ctx.handshake_timeout,
+        deadline,
+        timer: Box::pin(tokio::time::sleep_until(deadline)),
         ctx,
         stream,
         csp,
@@ -114,7 +117,11 @@ struct Conn {
     stream: TcpStream,
     csp: CspServer,
     out: Vec<u8>,
+    /// When the connection times out (handshake, then idle); moved forward by every frame.
     deadline: Instant,
+    /// Fires at or before `deadline`; re-armed lazily when it fires early, so a busy connection
+    /// does not touch the timer wheel for every frame.
+    timer: Pin<Box<Sleep>>,
     /// The identity named in login-data, for logs before the session exists.
     login: Option<Identity>,
     session: Option<Session>,
@@ -157,16 +164,34 @@ impl Conn {
                     Err(e) => Err(CloseReason::Io(e)),
                 },
                 () = wait_mailbox(mailbox.as_deref()) => self.on_mail().await,
-                () = tokio::time::sleep_until(self.deadline) => Err(if self.session.is_some() {
-                    CloseReason::IdleTimeout
-                } else {
-                    CloseReason::HandshakeTimeout
-                }),
+                () = self.timer.as_mut() => self.on_timer(),
             };
             if let Err(reason) = result {
                 return reason;
             }
         }
+    }
+
+    fn on_timer(&mut self) -> Result<(), CloseReason> {
+        if Instant::now() < self.deadline {
+            let deadline = self.deadline;
+            self.timer.as_mut().reset(deadline);
+            return Ok(());
+        }
+        Err(if self.session.is_some() {
+            CloseReason::IdleTimeout
+        } else {
+            CloseReason::HandshakeTimeout
+        })
+    }
+
+    /// Moves the deadline; the timer follows when it fires (it only ever moves later, except
+    /// when the client shortens its idle timeout, which re-arms it at once).
+    fn set_deadline(&mut self, deadline: Instant) {
+        if deadline < self.deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.deadline = deadline;
     }
 
     async fn on_readable(&mut self) -> Result<(), CloseReason> {
@@ -243,7 +268,7 @@ impl Conn {
             .registry
             .register(identity, device_id, Arc::clone(&mailbox));
         let idle_timeout = self.ctx.idle_timeout;
-        self.deadline = Instant::now() + idle_timeout;
+        self.set_deadline(Instant::now() + idle_timeout);
         self.session = Some(Session {
             identity,
             device_id,
@@ -286,8 +311,10 @@ impl Conn {
 
     async fn on_payload(&mut self, bytes: &[u8]) -> Result<(), CloseReason> {
         let session = logged_in(&mut self.session)?;
-        self.deadline = Instant::now() + session.idle_timeout;
-        let payload = CspPayload::decode(bytes, session.version).map_err(CloseReason::Payload)?;
+        let idle = session.idle_timeout;
+        let version = session.version;
+        self.set_deadline(Instant::now() + idle);
+        let payload = CspPayload::decode(bytes, version).map_err(CloseReason::Payload)?;
         match payload {
             CspPayload::EchoRequest(data) => self.send(&CspPayload::EchoResponse(data)),
             CspPayload::EchoResponse(_) => Ok(()),
@@ -298,7 +325,8 @@ impl Conn {
                 let seconds = check_idle_timeout(seconds).map_err(CloseReason::Payload)?;
                 let session = self.session()?;
                 session.idle_timeout = Duration::from_secs(u64::from(seconds));
-                self.deadline = Instant::now() + session.idle_timeout;
+                let idle = session.idle_timeout;
+                self.set_deadline(Instant::now() + idle);
                 Ok(())
             }
             CspPayload::SetPushNotificationToken(_)
