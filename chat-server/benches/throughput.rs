@@ -52,7 +52,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
-        identities: 100,
+        identities: 50,
         seconds: 10,
         runs: 3,
         window: 32,
@@ -92,6 +92,8 @@ struct Measured {
     per_second: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU µs per delivered message: (server process, load generator process).
+    cpu_us: Option<(f64, f64)>,
 }
 
 struct Shared {
@@ -128,17 +130,38 @@ fn summarize(delivered: u64, seconds: u64, mut latencies: Vec<u32>) -> Measured 
         per_second: delivered as f64 / seconds as f64,
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
+        cpu_us: None,
     }
 }
 
-/// Runs the clock: warm-up, measuring window, stop.
-async fn clock(shared: &Shared, seconds: u64) {
+/// CPU time (user + system) of a process so far, in seconds (clock ticks of 100 Hz).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs the clock: warm-up, measuring window, stop. Returns the CPU seconds each of `pids`
+/// used during the measuring window.
+async fn clock(shared: &Shared, seconds: u64, pids: &[u32]) -> Vec<f64> {
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let before: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
     shared.measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     shared.measuring.store(false, Ordering::SeqCst);
+    let after: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
     shared.running.store(false, Ordering::SeqCst);
     shared.stop.send_replace(true);
+    after.iter().zip(before).map(|(a, b)| a - b).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -182,16 +205,16 @@ async fn chat_run(args: &Args, sync: &str) -> Measured {
             chat_session(client, me.identity, to.identity, window, box_len, &shared).await
         }));
     }
-    clock(&shared, args.seconds).await;
+    let cpu = clock(&shared, args.seconds, &[server.pid(), std::process::id()]).await;
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
     }
-    summarize(
-        shared.delivered.load(Ordering::SeqCst),
-        args.seconds,
-        latencies,
-    )
+    let delivered = shared.delivered.load(Ordering::SeqCst);
+    let mut measured = summarize(delivered, args.seconds, latencies);
+    let per_message = |s: f64| s * 1e6 / delivered.max(1) as f64;
+    measured.cpu_us = Some((per_message(cpu[0]), per_message(cpu[1])));
+    measured
 }
 
 async fn create_accounts(http: SocketAddr, n: usize) -> Vec<Account> {
@@ -369,7 +392,7 @@ async fn echo_run(args: &Args, frame_len: usize) -> Measured {
             echo_client(stream, frame_len, window, &shared).await
         }));
     }
-    clock(&shared, args.seconds).await;
+    clock(&shared, args.seconds, &[]).await;
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
@@ -518,8 +541,11 @@ fn main() {
         );
         let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
         let mut push = |name: String, m: Measured| {
+            let cpu = m.cpu_us.map_or(String::new(), |(server, client)| {
+                format!("   CPU/msg: server {server:.1} µs, load generator {client:.1} µs")
+            });
             println!(
-                "  {name:<12} {:>9.0} msg/s   p50 {:>8.0} µs   p99 {:>8.0} µs",
+                "  {name:<12} {:>9.0} msg/s   p50 {:>8.0} µs   p99 {:>8.0} µs{cpu}",
                 m.per_second, m.p50_us, m.p99_us
             );
             match results.iter_mut().find(|(n, _)| *n == name) {
@@ -544,8 +570,15 @@ fn main() {
             let rate = median(&mut ms.iter().map(|m| m.per_second).collect::<Vec<_>>());
             let p50 = median(&mut ms.iter().map(|m| m.p50_us).collect::<Vec<_>>());
             let p99 = median(&mut ms.iter().map(|m| m.p99_us).collect::<Vec<_>>());
+            let cpu = if ms.iter().all(|m| m.cpu_us.is_some()) {
+                let server = median(&mut ms.iter().filter_map(|m| m.cpu_us.map(|c| c.0)).collect::<Vec<_>>());
+                let client = median(&mut ms.iter().filter_map(|m| m.cpu_us.map(|c| c.1)).collect::<Vec<_>>());
+                format!("   CPU/msg: server {server:.1} µs, load generator {client:.1} µs")
+            } else {
+                String::new()
+            };
             println!(
-                "  {name:<12} {rate:>9.0} msg/s   p50 {p50:>8.0} µs   p99 {p99:>8.0} µs   {:.2} × echo",
+                "  {name:<12} {rate:>9.0} msg/s   p50 {p50:>8.0} µs   p99 {p99:>8.0} µs   {:.3} × echo{cpu}",
                 rate / echo
             );
         }

@@ -135,6 +135,32 @@ impl Mailbox {
         kept
     }
 
+    /// Pushes control items with one wake-up (the storage thread answers a whole batch).
+    pub fn push_all(&self, items: impl IntoIterator<Item = MailItem>) {
+        self.lock().items.extend(items);
+        self.notify.notify_one();
+    }
+
+    /// Pushes deliveries with one wake-up, keeping at most [`MAX_DELIVERIES`] waiting; returns
+    /// how many were kept.
+    pub fn push_deliveries(&self, items: impl IntoIterator<Item = MailItem>) -> usize {
+        let mut kept = 0;
+        {
+            let mut inner = self.lock();
+            for item in items {
+                if inner.deliveries >= MAX_DELIVERIES {
+                    inner.overflowed = true;
+                    break;
+                }
+                inner.deliveries = inner.deliveries.saturating_add(1);
+                inner.items.push_back(item);
+                kept += 1;
+            }
+        }
+        self.notify.notify_one();
+        kept
+    }
+
     /// Takes everything.
     pub fn drain(&self) -> Drained {
         let mut inner = self.lock();
@@ -169,6 +195,17 @@ mod tests {
         let again = mailbox.drain();
         assert!(again.items.is_empty() && !again.overflowed);
         assert!(mailbox.push_delivery(MailItem::Transient(Arc::from(&b"z"[..]))));
+    }
+
+    #[test]
+    fn batched_deliveries_respect_the_bound() {
+        let mailbox = Mailbox::new();
+        let items = (0..MAX_DELIVERIES + 3).map(|_| MailItem::Transient(Arc::from(&b"x"[..])));
+        assert_eq!(mailbox.push_deliveries(items), MAX_DELIVERIES);
+        mailbox.push_all([MailItem::Demoted, MailItem::Demoted]);
+        let drained = mailbox.drain();
+        assert_eq!(drained.items.len(), MAX_DELIVERIES + 2);
+        assert!(drained.overflowed);
     }
 
     #[tokio::test]

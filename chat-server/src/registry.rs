@@ -122,23 +122,22 @@ impl Registry {
             .map(|e| Arc::clone(&e.mailbox))
     }
 
-    /// Hands each item to the receiving session of its identity, if one is online, under one
-    /// lock; items keep their order.
-    pub fn for_each_receiver<T>(
+    /// Pairs each item with the receiving session of its identity (items whose identity has
+    /// none online are dropped), under one lock; items keep their order.
+    pub fn receivers_of<T>(
         &self,
         items: impl IntoIterator<Item = (Identity, T)>,
-        mut f: impl FnMut(T, &Mailbox),
-    ) {
+    ) -> Vec<(Arc<Mailbox>, T)> {
         let map = self.lock();
-        for (identity, item) in items {
-            let entry = map.get(&identity).and_then(|sessions| {
+        items
+            .into_iter()
+            .filter_map(|(identity, item)| {
+                let sessions = map.get(&identity)?;
                 let (device_id, _) = sessions.receiver?;
-                sessions.devices.get(&device_id)
-            });
-            if let Some(entry) = entry {
-                f(item, &entry.mailbox);
-            }
-        }
+                let entry = sessions.devices.get(&device_id)?;
+                Some((Arc::clone(&entry.mailbox), item))
+            })
+            .collect()
     }
 
     /// Every online session's inbox (for shutdown).

@@ -427,7 +427,8 @@ impl Conn {
             .and_then(|d| d.on_ack(&ack.identity, ack.message_id));
         match seq {
             Some(seq) => {
-                self.store(Command::Remove { seq }).await?;
+                let receiver = self.session()?.identity;
+                self.store(Command::Remove { receiver, seq }).await?;
                 self.pump().await
             }
             None => {
@@ -564,7 +565,10 @@ impl Conn {
                     };
                     self.store(command).await?;
                 }
-                Action::Remove(seq) => self.store(Command::Remove { seq }).await?,
+                Action::Remove(seq) => {
+                    let receiver = self.session()?.identity;
+                    self.store(Command::Remove { receiver, seq }).await?;
+                }
                 Action::QueueSendComplete => self.send(&CspPayload::QueueSendComplete)?,
             }
         }

@@ -81,6 +81,8 @@ pub enum Command {
     Enqueue(Box<Enqueue>),
     /// Remove a delivered message from its receiver's queue.
     Remove {
+        /// The receiver.
+        receiver: Identity,
         /// Its sequence number.
         seq: u64,
     },

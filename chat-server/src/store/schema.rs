@@ -15,17 +15,19 @@ CREATE TABLE IF NOT EXISTS identities (
     device_cookie  BLOB,
     cookie_changed INTEGER NOT NULL DEFAULT 0
 );
--- One row per queued message; seq is assigned by the storage worker in commit order.
+-- One row per queued message; seq is assigned by the storage worker in commit order. Keyed by
+-- (receiver, seq) without a rowid: a receiver's queue is one range of the table, and storing or
+-- removing a message touches a single b-tree.
 CREATE TABLE IF NOT EXISTS queue (
-    seq        INTEGER PRIMARY KEY,
     receiver   BLOB NOT NULL,
+    seq        INTEGER NOT NULL,
     sender     BLOB NOT NULL,
     message_id INTEGER NOT NULL,
     flags      INTEGER NOT NULL,
     expires_at INTEGER,
-    body       BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS queue_by_receiver ON queue (receiver, seq);
+    body       BLOB NOT NULL,
+    PRIMARY KEY (receiver, seq)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS queue_by_expiry ON queue (expires_at) WHERE expires_at IS NOT NULL;
 -- (receiver, sender, message id) of every message accepted within the dedupe window, so that a
 -- resend after a lost ack is acked again instead of queued twice.

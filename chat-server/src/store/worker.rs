@@ -154,9 +154,11 @@ impl State {
     }
 
     /// Answers the commands of a committed (or failed) batch, in order; new queue entries are
-    /// offered to the receivers' sessions last, under one registry lock.
+    /// offered to the receivers' sessions last. Everything for one inbox goes in with one
+    /// wake-up: waking a session once per message from this thread would cost more than the SQL.
     fn answer(&self, outputs: Vec<Output>) {
-        let mut queued: Vec<(Identity, Arc<QueuedMessage>)> = Vec::new();
+        let mut control = Grouped::default();
+        let mut queued: Vec<(Identity, MailItem)> = Vec::new();
         for out in outputs {
             match out {
                 Output::Stored {
@@ -165,31 +167,34 @@ impl State {
                     seq,
                 } => {
                     let e = *enqueue;
-                    e.reply.push(MailItem::Stored {
-                        receiver: e.receiver,
-                        message_id: e.message_id,
-                        ack: e.ack,
-                        outcome,
-                    });
+                    control.add(
+                        &e.reply,
+                        MailItem::Stored {
+                            receiver: e.receiver,
+                            message_id: e.message_id,
+                            ack: e.ack,
+                            outcome,
+                        },
+                    );
                     if outcome == StoreOutcome::Stored {
                         queued.push((
                             e.receiver,
-                            Arc::new(QueuedMessage {
+                            MailItem::Queued(Arc::new(QueuedMessage {
                                 seq,
                                 sender: e.sender,
                                 message_id: e.message_id,
                                 flags: e.flags,
                                 expires_at_ms: e.expires_at_ms,
                                 body: e.body,
-                            }),
+                            })),
                         ));
                     }
                 }
                 Output::Fetched { reply, result } => match result {
-                    Ok(item) => reply.push(item),
+                    Ok(item) => control.add(&reply, item),
                     Err(e) => {
                         warn!(error = %e, "queue fetch failed");
-                        reply.push(MailItem::Close(CloseRequest::StorageFailure));
+                        control.add(&reply, MailItem::Close(CloseRequest::StorageFailure));
                     }
                 },
                 Output::Created { reply, result } => {
@@ -200,10 +205,17 @@ impl State {
                 }
             }
         }
+        for (mailbox, items) in control.groups {
+            mailbox.push_all(items);
+        }
         if !queued.is_empty() {
-            self.registry.for_each_receiver(queued, |message, mailbox| {
-                mailbox.push_delivery(MailItem::Queued(message));
-            });
+            let mut deliveries = Grouped::default();
+            for (mailbox, item) in self.registry.receivers_of(queued) {
+                deliveries.add(&mailbox, item);
+            }
+            for (mailbox, items) in deliveries.groups {
+                mailbox.push_deliveries(items);
+            }
         }
     }
 
@@ -211,6 +223,26 @@ impl State {
     fn recount(&mut self) -> Result<(), StoreError> {
         self.counts = count_queues(&self.conn)?;
         Ok(())
+    }
+}
+
+/// Items grouped by inbox, inboxes in order of first appearance, items in order.
+#[derive(Default)]
+struct Grouped {
+    groups: Vec<(Arc<Mailbox>, Vec<MailItem>)>,
+    index: HashMap<*const Mailbox, usize>,
+}
+
+impl Grouped {
+    fn add(&mut self, mailbox: &Arc<Mailbox>, item: MailItem) {
+        let groups = &mut self.groups;
+        let i = *self.index.entry(Arc::as_ptr(mailbox)).or_insert_with(|| {
+            groups.push((Arc::clone(mailbox), Vec::new()));
+            groups.len() - 1
+        });
+        if let Some((_, items)) = self.groups.get_mut(i) {
+            items.push(item);
+        }
     }
 }
 
@@ -251,8 +283,8 @@ fn apply_one(
                 seq,
             })
         }
-        Command::Remove { seq } => {
-            if let Err(e) = remove(tx, counts, seq) {
+        Command::Remove { receiver, seq } => {
+            if let Err(e) = remove(tx, counts, &receiver, seq) {
                 warn!(error = %e, seq, "remove failed");
             }
             None
@@ -331,12 +363,12 @@ fn enqueue_one(
     }
     let seq = *next_seq;
     tx.prepare_cached(
-        "INSERT INTO queue (seq, receiver, sender, message_id, flags, expires_at, body) \
+        "INSERT INTO queue (receiver, seq, sender, message_id, flags, expires_at, body) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
-        to_sql(seq),
         &e.receiver[..],
+        to_sql(seq),
         &e.sender[..],
         to_sql(e.message_id),
         e.flags.bits(),
@@ -360,14 +392,14 @@ fn decrement(counts: &mut HashMap<Identity, u32>, receiver: &Identity) {
 fn remove(
     tx: &Transaction<'_>,
     counts: &mut HashMap<Identity, u32>,
+    receiver: &Identity,
     seq: u64,
 ) -> Result<(), StoreError> {
-    let receiver: Option<Vec<u8>> = tx
-        .prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING receiver")?
-        .query_row(params![to_sql(seq)], |r| r.get(0))
-        .optional()?;
-    if let Some(receiver) = receiver.and_then(|r| Identity::try_from(r).ok()) {
-        decrement(counts, &receiver);
+    let removed = tx
+        .prepare_cached("DELETE FROM queue WHERE receiver = ?1 AND seq = ?2")?
+        .execute(params![&receiver[..], to_sql(seq)])?;
+    if removed > 0 {
+        decrement(counts, receiver);
     }
     Ok(())
 }
