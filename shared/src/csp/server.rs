@@ -142,6 +142,9 @@ pub struct CspServer {
     held: Vec<u8>,
     transmits: VecDeque<Vec<u8>>,
     events: VecDeque<ServerEvent>,
+    /// The server's direction, kept when an established connection fails so that one last
+    /// close-error can still be sealed (spec §9.4 0xe0).
+    final_tx: Option<CipherState>,
 }
 
 impl fmt::Debug for CspServer {
@@ -170,6 +173,7 @@ impl CspServer {
             held: Vec::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            final_tx: None,
         }
     }
 
@@ -232,6 +236,24 @@ impl CspServer {
         }
     }
 
+    /// After a failure of an established connection, seals one last payload container (a
+    /// close-error) as a frame, with the server's direction that is still intact. `None` when
+    /// the handshake never completed (the protocol then allows only closing the connection), when
+    /// the connection has not failed, or when the last frame was already sealed.
+    pub fn seal_final(&mut self, payload_container: &[u8]) -> Option<Vec<u8>> {
+        if !self.is_failed() {
+            return None;
+        }
+        self.final_tx.take()?.seal_frame(payload_container).ok()
+    }
+
+    /// Whether part of a unit (or bytes held for after login-ack) is buffered: a connection that
+    /// ends now ends mid-unit.
+    #[must_use]
+    pub fn has_partial_input(&self) -> bool {
+        !self.assembler.is_empty() || !self.held.is_empty()
+    }
+
     /// The next whole unit to write to the client (server-hello, login-ack, then frames).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmits.pop_front()
@@ -243,7 +265,9 @@ impl CspServer {
     }
 
     fn fail(&mut self) {
-        self.state = State::Failed;
+        if let State::Established { tx, .. } = core::mem::replace(&mut self.state, State::Failed) {
+            self.final_tx = Some(tx);
+        }
         self.transmits.clear();
         self.held = Vec::new();
         self.assembler = Assembler::default();
@@ -279,6 +303,13 @@ impl CspServer {
 
     /// Moves the state on by one unit; on error the state stays `Failed`.
     fn handle_unit(&mut self, unit: &[u8]) -> Result<(), CspError> {
+        if let State::Established { rx, .. } = &mut self.state {
+            // Opened in place, so a failure leaves the server's direction for `seal_final`.
+            let boxed = unit.get(FRAME_HEADER_LEN..).unwrap_or_default();
+            let plain = rx.open_frame(boxed)?;
+            self.events.push_back(ServerEvent::Payload(plain));
+            return Ok(());
+        }
         self.state = match core::mem::replace(&mut self.state, State::Failed) {
             State::AwaitingClientHello { sk, tsk, sck } => {
                 let (hello, session) = server_hello(sk, tsk, sck, unit)?;
@@ -338,13 +369,7 @@ impl CspServer {
                     extensions,
                 }
             }
-            State::Established { tx, mut rx } => {
-                let boxed = unit.get(FRAME_HEADER_LEN..).unwrap_or_default();
-                self.events
-                    .push_back(ServerEvent::Payload(rx.open_frame(boxed)?));
-                State::Established { tx, rx }
-            }
-            State::AwaitingIdentityKey { .. } | State::Failed => {
+            State::Established { .. } | State::AwaitingIdentityKey { .. } | State::Failed => {
                 return Err(CspError::AfterFailure)
             }
         };
@@ -428,6 +453,7 @@ mod tests {
     use super::*;
     use crate::crypto::BoxKey;
     use crate::csp::testkit::{client_config, client_key, server_key, FixedRng, Pair};
+    use crate::csp::ClientEvent;
     use crate::csp::{encode_frame, nonce, ExtensionError, ServerHello, EXT_CSP_DEVICE_ID};
     use proptest::prelude::*;
 
@@ -890,6 +916,64 @@ mod tests {
         );
         assert_eq!(server.send(b"x"), Err(CspError::AfterFailure));
         assert!(server.poll_transmit().is_none());
+    }
+
+    #[test]
+    fn close_error_can_be_sealed_once_after_an_established_failure() {
+        let mut pair = Pair::with_extensions(Extensions::new("x"));
+        pair.run(&[]).unwrap();
+        assert_eq!(pair.server.seal_final(b"not failed"), None);
+        // An oversize frame header fails the server.
+        assert_eq!(
+            pair.server.receive(&8193_u16.to_le_bytes()),
+            Err(CspError::FrameTooLarge(8193))
+        );
+        let last = pair.server.seal_final(&[0xe0, 0, 0, 0, 1]).unwrap();
+        assert_eq!(pair.server.seal_final(b"again"), None);
+        pair.client.receive(&last).unwrap();
+        assert_eq!(
+            pair.client.poll_event(),
+            Some(ClientEvent::Payload(vec![0xe0, 0, 0, 0, 1]))
+        );
+    }
+
+    #[test]
+    fn close_error_after_a_frame_that_does_not_decrypt() {
+        let mut pair = Pair::with_extensions(Extensions::new("x"));
+        pair.run(&[]).unwrap();
+        pair.client.send(b"one").unwrap();
+        let mut frame = pair.client.poll_transmit().unwrap();
+        frame[5] ^= 1;
+        assert_eq!(pair.server.receive(&frame), Err(CspError::FrameDecrypt));
+        let last = pair.server.seal_final(b"bye!").unwrap();
+        pair.client.receive(&last).unwrap();
+        assert_eq!(
+            pair.client.poll_event(),
+            Some(ClientEvent::Payload(b"bye!".to_vec()))
+        );
+    }
+
+    #[test]
+    fn no_close_error_after_a_handshake_failure() {
+        let mut server = fresh_server();
+        let hello = ClientHello {
+            tck_public: PublicKey([0; 32]),
+            cck: Cookie([6; 16]),
+        };
+        assert!(server.receive(&hello.encode()).is_err());
+        assert_eq!(server.seal_final(b"x"), None);
+    }
+
+    #[test]
+    fn partial_input_is_reported() {
+        let mut server = fresh_server();
+        assert!(!server.has_partial_input());
+        server.receive(&[0; 20]).unwrap();
+        assert!(server.has_partial_input());
+        let mut pair = Pair::with_extensions(Extensions::new("x"));
+        pair.run(&[]).unwrap();
+        pair.server.receive(&[40, 0, 1]).unwrap();
+        assert!(pair.server.has_partial_input());
     }
 
     #[test]

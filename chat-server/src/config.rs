@@ -1,0 +1,93 @@
+//! Command line and configuration (see `docs/chat-server.md` for every default and why).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// How hard SQLite syncs each commit of a batch (WAL mode in both cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// `synchronous=FULL`: the WAL is fsynced at every commit; acked messages survive power loss.
+    Full,
+    /// `synchronous=NORMAL`: the WAL is fsynced only at checkpoints; acked messages survive a
+    /// process kill, not a power loss.
+    Normal,
+}
+
+impl SyncMode {
+    /// The value of SQLite's `synchronous` pragma.
+    #[must_use]
+    pub const fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+/// The chat server: CSP over TCP, durable queues in SQLite, the identity directory over HTTP.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tandem-chat-server", version)]
+pub struct Config {
+    /// Address for CSP connections (the mediator opens one per device).
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    pub csp_listen: SocketAddr,
+    /// Address for the directory's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Folder for the server key and the SQLite database; created if missing.
+    #[arg(long, default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive list).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// SQLite `synchronous` setting for the message queues.
+    #[arg(long, value_enum, default_value = "full")]
+    pub sync: SyncMode,
+    /// Server group announced by the directory (`^[0-9a-zA-Z]+$`, DESIGN §2.5).
+    #[arg(long, default_value = "01", value_parser = parse_server_group)]
+    pub server_group: String,
+    /// Origin allowed to call the directory from a browser; repeatable; `*` allows any.
+    /// None given: no CORS headers.
+    #[arg(long = "cors-origin")]
+    pub cors_origins: Vec<String>,
+    /// A text sent as an alert (payload 0xe1) to every session right after login.
+    #[arg(long)]
+    pub alert: Option<String>,
+    /// Most messages one identity's queue may hold; further messages are not stored nor acked.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_queue: u32,
+    /// Most CSP connections at once; further ones are closed at accept.
+    #[arg(long, default_value_t = 20_000)]
+    pub max_connections: usize,
+    /// Seconds a connection may take from accept to login-ack.
+    #[arg(long, default_value_t = 30)]
+    pub handshake_timeout_s: u64,
+    /// Idle timeout in seconds until the client sets its own (spec §9.4 default 300).
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_s: u64,
+    /// Seconds a short-lived message (flag 0x20) stays queued (spec §9.5: 60).
+    #[arg(long, default_value_t = 60)]
+    pub short_lived_ttl_s: u64,
+    /// Seconds a duplicate (sender, receiver, message id) is still recognised after its ack.
+    #[arg(long, default_value_t = 86_400)]
+    pub dedupe_window_s: u64,
+}
+
+fn parse_server_group(value: &str) -> Result<String, String> {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(value.to_owned())
+    } else {
+        Err("server group must match ^[0-9a-zA-Z]+$".to_owned())
+    }
+}
+
+impl Config {
+    /// The handshake deadline.
+    #[must_use]
+    pub const fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.handshake_timeout_s)
+    }
+}

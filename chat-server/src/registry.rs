@@ -1,0 +1,208 @@
+//! Who is online: identity → csp-device-id → session, and which session of an identity receives
+//! (DESIGN §4). At most one session per (identity, device id): a newer one replaces the older.
+//! At most one receiving session per identity: the one that sent unblock most recently.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::mailbox::{CloseRequest, MailItem, Mailbox};
+use crate::types::Identity;
+
+/// A session's registry entry.
+#[derive(Debug)]
+struct Entry {
+    session_id: u64,
+    mailbox: Arc<Mailbox>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
+    devices: HashMap<u64, Entry>,
+    /// (device id, session id) of the receiving session.
+    receiver: Option<(u64, u64)>,
+}
+
+/// The online sessions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    inner: Mutex<HashMap<Identity, Sessions>>,
+    next_session_id: AtomicU64,
+}
+
+impl Registry {
+    /// An empty registry.
+    #[must_use]
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Identity, Sessions>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a session; an older session with the same device id is told to close (replaced) and
+    /// stops receiving. Returns the new session's id.
+    pub fn register(&self, identity: Identity, device_id: u64, mailbox: Arc<Mailbox>) -> u64 {
+        let session_id = self.next_session_id.fetch_add(1, Ordering::Relaxed);
+        let mut map = self.lock();
+        let sessions = map.entry(identity).or_default();
+        if let Some(old) = sessions.devices.insert(
+            device_id,
+            Entry {
+                session_id,
+                mailbox,
+            },
+        ) {
+            if sessions.receiver.is_some_and(|(_, s)| s == old.session_id) {
+                sessions.receiver = None;
+            }
+            old.mailbox.push(MailItem::Close(CloseRequest::Replaced));
+        }
+        session_id
+    }
+
+    /// Removes a session if it is still the registered one for its device id.
+    pub fn unregister(&self, identity: &Identity, device_id: u64, session_id: u64) {
+        let mut map = self.lock();
+        let Some(sessions) = map.get_mut(identity) else {
+            return;
+        };
+        if sessions
+            .devices
+            .get(&device_id)
+            .is_some_and(|e| e.session_id == session_id)
+        {
+            sessions.devices.remove(&device_id);
+        }
+        if sessions.receiver.is_some_and(|(_, s)| s == session_id) {
+            sessions.receiver = None;
+        }
+        if sessions.devices.is_empty() {
+            map.remove(identity);
+        }
+    }
+
+    /// Makes a registered session the receiving one; the previous receiving session is demoted.
+    /// Returns false if the session is no longer registered (it was replaced meanwhile).
+    pub fn make_receiver(&self, identity: &Identity, device_id: u64, session_id: u64) -> bool {
+        let mut map = self.lock();
+        let Some(sessions) = map.get_mut(identity) else {
+            return false;
+        };
+        if sessions
+            .devices
+            .get(&device_id)
+            .is_none_or(|e| e.session_id != session_id)
+        {
+            return false;
+        }
+        if let Some((old_device, old_session)) = sessions.receiver {
+            if old_session != session_id {
+                if let Some(old) = sessions.devices.get(&old_device) {
+                    old.mailbox.push(MailItem::Demoted);
+                }
+            }
+        }
+        sessions.receiver = Some((device_id, session_id));
+        true
+    }
+
+    /// The receiving session's inbox, if one is online.
+    #[must_use]
+    pub fn receiver(&self, identity: &Identity) -> Option<Arc<Mailbox>> {
+        let map = self.lock();
+        let sessions = map.get(identity)?;
+        let (device_id, _) = sessions.receiver?;
+        sessions
+            .devices
+            .get(&device_id)
+            .map(|e| Arc::clone(&e.mailbox))
+    }
+
+    /// Pairs each item with the receiving session of its identity (items whose identity has
+    /// none online are dropped), under one lock; items keep their order.
+    pub fn receivers_of<T>(
+        &self,
+        items: impl IntoIterator<Item = (Identity, T)>,
+    ) -> Vec<(Arc<Mailbox>, T)> {
+        let map = self.lock();
+        items
+            .into_iter()
+            .filter_map(|(identity, item)| {
+                let sessions = map.get(&identity)?;
+                let (device_id, _) = sessions.receiver?;
+                let entry = sessions.devices.get(&device_id)?;
+                Some((Arc::clone(&entry.mailbox), item))
+            })
+            .collect()
+    }
+
+    /// Every online session's inbox (for shutdown).
+    #[must_use]
+    pub fn all(&self) -> Vec<Arc<Mailbox>> {
+        self.lock()
+            .values()
+            .flat_map(|s| s.devices.values().map(|e| Arc::clone(&e.mailbox)))
+            .collect()
+    }
+
+    /// Number of online sessions.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
+        self.lock().values().map(|s| s.devices.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(mailbox: &Mailbox) -> Vec<String> {
+        mailbox
+            .drain()
+            .items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn same_device_id_replaces_the_older_session() {
+        let registry = Registry::new();
+        let (a, b) = (Mailbox::new(), Mailbox::new());
+        let first = registry.register(*b"AAAAAAAA", 7, Arc::clone(&a));
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, first));
+        let second = registry.register(*b"AAAAAAAA", 7, Arc::clone(&b));
+        assert_eq!(kinds(&a), vec!["Close(Replaced)"]);
+        // The replaced session no longer receives and cannot become receiver again.
+        assert!(registry.receiver(b"AAAAAAAA").is_none());
+        assert!(!registry.make_receiver(b"AAAAAAAA", 7, first));
+        // Its late unregister does not remove the new one.
+        registry.unregister(b"AAAAAAAA", 7, first);
+        assert_eq!(registry.session_count(), 1);
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, second));
+        assert!(registry.receiver(b"AAAAAAAA").is_some());
+    }
+
+    #[test]
+    fn latest_unblock_receives_and_the_previous_receiver_is_demoted() {
+        let registry = Registry::new();
+        let (a, b) = (Mailbox::new(), Mailbox::new());
+        let sa = registry.register(*b"AAAAAAAA", 1, Arc::clone(&a));
+        let sb = registry.register(*b"AAAAAAAA", 2, Arc::clone(&b));
+        assert_eq!(registry.session_count(), 2);
+        assert!(registry.make_receiver(b"AAAAAAAA", 1, sa));
+        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb));
+        assert_eq!(kinds(&a), vec!["Demoted"]);
+        assert!(kinds(&b).is_empty());
+        let receiver = registry.receiver(b"AAAAAAAA").unwrap();
+        assert!(Arc::ptr_eq(&receiver, &b));
+        registry.unregister(b"AAAAAAAA", 2, sb);
+        assert!(registry.receiver(b"AAAAAAAA").is_none());
+        registry.unregister(b"AAAAAAAA", 1, sa);
+        assert_eq!(registry.session_count(), 0);
+    }
+}

@@ -1,0 +1,358 @@
+//! Delivery to the receiving session of an identity (DESIGN §4): the queue in order, at most
+//! [`WINDOW`] unacked messages at a time, then queue-send-complete once the backlog present at
+//! unblock has been sent. No I/O: it returns [`Action`]s for the session to carry out.
+//!
+//! ```text
+//!  start ──Fetch(backlog)──► Loading ──page complete──► Following ◄─┐ new message committed
+//!                               │                         │         └─ (appended to `ready`)
+//!                               └──page full──► Paging ◄──┘ inbox or `ready` overflowed
+//!                                                  │ ready empty: Fetch(after cursor)
+//!                                                  └──page complete──► Following
+//! ```
+//!
+//! The cursor is the highest sequence number taken into `ready`. A notification at or below it is
+//! a duplicate; one that arrives while not `Following` is ignored because the next page (read
+//! after it was committed) contains it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tandem_shared::csp::MessageFlags;
+
+use crate::types::{Identity, QueuedMessage};
+
+/// Most messages sent and not yet acked.
+pub const WINDOW: usize = 256;
+/// Messages per page read from the database.
+pub const PAGE: usize = 256;
+/// Most messages held in memory waiting for the window.
+pub const MAX_READY: usize = 1024;
+
+/// What the session must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this message (payload 0x02).
+    Send(Arc<QueuedMessage>),
+    /// Read a page of the queue.
+    Fetch {
+        /// After this sequence number.
+        after: u64,
+        /// At most this many.
+        limit: usize,
+        /// Whether this is the first read after unblock.
+        backlog: bool,
+    },
+    /// Remove a message from the queue (acked, sent without ack, or expired).
+    Remove(u64),
+    /// Send queue-send-complete (0xd0).
+    QueueSendComplete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Loading,
+    Paging,
+    Following,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backlog {
+    /// The first page has not arrived.
+    Awaiting,
+    /// The first page said where the backlog ends (`None`: empty); `fetched` once every message
+    /// up to there is in `ready` or sent.
+    Pending { end: Option<u64>, fetched: bool },
+    /// queue-send-complete was sent.
+    Done,
+}
+
+/// The receiving side of one session.
+#[derive(Debug)]
+pub struct Delivery {
+    phase: Phase,
+    fetching: bool,
+    cursor: u64,
+    ready: VecDeque<Arc<QueuedMessage>>,
+    in_flight: HashMap<(Identity, u64), u64>,
+    backlog: Backlog,
+}
+
+impl Delivery {
+    /// Starts after unblock: the first action reads the backlog.
+    #[must_use]
+    pub fn start() -> (Self, Action) {
+        (
+            Self {
+                phase: Phase::Loading,
+                fetching: true,
+                cursor: 0,
+                ready: VecDeque::new(),
+                in_flight: HashMap::new(),
+                backlog: Backlog::Awaiting,
+            },
+            Action::Fetch {
+                after: 0,
+                limit: PAGE,
+                backlog: true,
+            },
+        )
+    }
+
+    /// Messages sent and not yet acked.
+    #[must_use]
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// A page arrived.
+    pub fn on_fetched(
+        &mut self,
+        messages: Vec<Arc<QueuedMessage>>,
+        complete: bool,
+        backlog_end: Option<Option<u64>>,
+    ) {
+        self.fetching = false;
+        if let (Backlog::Awaiting, Some(end)) = (self.backlog, backlog_end) {
+            self.backlog = Backlog::Pending {
+                end,
+                fetched: false,
+            };
+        }
+        for message in messages {
+            if message.seq > self.cursor {
+                self.cursor = message.seq;
+                self.ready.push_back(message);
+            }
+        }
+        self.phase = if complete {
+            Phase::Following
+        } else {
+            Phase::Paging
+        };
+        if let Backlog::Pending { end, fetched } = &mut self.backlog {
+            if complete || end.is_some_and(|e| self.cursor >= e) {
+                *fetched = true;
+            }
+        }
+    }
+
+    /// A message was committed to this identity's queue.
+    pub fn on_queued(&mut self, message: Arc<QueuedMessage>) {
+        if self.phase != Phase::Following || message.seq <= self.cursor {
+            return;
+        }
+        if self.ready.len() >= MAX_READY {
+            // The message stays in the database; read it with the next page.
+            self.phase = Phase::Paging;
+            return;
+        }
+        self.cursor = message.seq;
+        self.ready.push_back(message);
+    }
+
+    /// Notifications were dropped: read the queue again from the cursor.
+    pub fn on_overflow(&mut self) {
+        if self.phase == Phase::Following {
+            self.phase = Phase::Paging;
+        }
+    }
+
+    /// The client acked (sender, message id); returns the sequence number to remove, if it was
+    /// in flight on this session.
+    pub fn on_ack(&mut self, sender: &Identity, message_id: u64) -> Option<u64> {
+        self.in_flight.remove(&(*sender, message_id))
+    }
+
+    /// Sends what the window allows, asks for the next page, and reports queue-send-complete.
+    pub fn pump(&mut self, now_ms: u64, out: &mut Vec<Action>) {
+        while self.in_flight.len() < WINDOW {
+            let Some(message) = self.ready.pop_front() else {
+                break;
+            };
+            if message.is_expired(now_ms) {
+                out.push(Action::Remove(message.seq));
+                continue;
+            }
+            if message.flags.contains(MessageFlags::DONT_ACK) {
+                // The receiver must not ack it, so it leaves the queue once sent.
+                out.push(Action::Remove(message.seq));
+            } else {
+                self.in_flight
+                    .insert((message.sender, message.message_id), message.seq);
+            }
+            out.push(Action::Send(message));
+        }
+        if self.ready.is_empty() && self.phase == Phase::Paging && !self.fetching {
+            self.fetching = true;
+            out.push(Action::Fetch {
+                after: self.cursor,
+                limit: PAGE,
+                backlog: false,
+            });
+        }
+        if let Backlog::Pending { end, fetched: true } = self.backlog {
+            let backlog_sent = match end {
+                None => true,
+                Some(end) => self.ready.front().is_none_or(|m| m.seq > end),
+            };
+            if backlog_sent {
+                self.backlog = Backlog::Done;
+                out.push(Action::QueueSendComplete);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> Arc<QueuedMessage> {
+        msg_with(seq, MessageFlags::NONE, None)
+    }
+
+    fn msg_with(seq: u64, flags: MessageFlags, expires_at_ms: Option<u64>) -> Arc<QueuedMessage> {
+        Arc::new(QueuedMessage {
+            seq,
+            sender: *b"SENDER01",
+            message_id: seq * 10,
+            flags,
+            expires_at_ms,
+            body: Arc::from(&b"body"[..]),
+        })
+    }
+
+    fn sent(actions: &[Action]) -> Vec<u64> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(m) => Some(m.seq),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn pump(d: &mut Delivery) -> Vec<Action> {
+        let mut out = Vec::new();
+        d.pump(1_000, &mut out);
+        out
+    }
+
+    #[test]
+    fn empty_queue_completes_at_once_and_then_follows() {
+        let (mut d, first) = Delivery::start();
+        assert_eq!(
+            first,
+            Action::Fetch {
+                after: 0,
+                limit: PAGE,
+                backlog: true
+            }
+        );
+        // Nothing happens before the first page.
+        d.on_queued(msg(1));
+        assert!(pump(&mut d).is_empty());
+        d.on_fetched(vec![], true, Some(None));
+        assert_eq!(pump(&mut d), vec![Action::QueueSendComplete]);
+        d.on_queued(msg(5));
+        assert_eq!(sent(&pump(&mut d)), vec![5]);
+        assert_eq!(d.on_ack(b"SENDER01", 50), Some(5));
+        assert_eq!(d.on_ack(b"SENDER01", 50), None);
+    }
+
+    #[test]
+    fn backlog_is_sent_in_order_before_queue_send_complete() {
+        let (mut d, _) = Delivery::start();
+        d.on_fetched(vec![msg(2), msg(3)], true, Some(Some(3)));
+        d.on_queued(msg(3)); // duplicate of the page
+        d.on_queued(msg(4));
+        let out = pump(&mut d);
+        assert_eq!(sent(&out), vec![2, 3, 4]);
+        let complete = out
+            .iter()
+            .position(|a| *a == Action::QueueSendComplete)
+            .unwrap();
+        assert_eq!(complete, 3, "after all three sends");
+        assert!(pump(&mut d).is_empty(), "queue-send-complete only once");
+    }
+
+    #[test]
+    fn window_limits_unacked_messages_and_acks_open_it() {
+        let (mut d, _) = Delivery::start();
+        let page: Vec<_> = (1..=(PAGE as u64)).map(msg).collect();
+        d.on_fetched(page, false, Some(Some(1000)));
+        let out = pump(&mut d);
+        assert_eq!(sent(&out).len(), WINDOW);
+        assert!(!out.contains(&Action::QueueSendComplete));
+        // Ready is empty and the phase is paging: the next page is asked for once.
+        assert_eq!(
+            out.last(),
+            Some(&Action::Fetch {
+                after: PAGE as u64,
+                limit: PAGE,
+                backlog: false
+            })
+        );
+        assert!(pump(&mut d).is_empty());
+        d.on_fetched(vec![msg(1000)], true, None);
+        assert!(sent(&pump(&mut d)).is_empty(), "window is full");
+        assert_eq!(d.on_ack(b"SENDER01", 10), Some(1));
+        let out = pump(&mut d);
+        assert_eq!(sent(&out), vec![1000]);
+        assert_eq!(out.last(), Some(&Action::QueueSendComplete));
+    }
+
+    #[test]
+    fn overflow_switches_to_paging_from_the_cursor() {
+        let (mut d, _) = Delivery::start();
+        d.on_fetched(vec![], true, Some(None));
+        pump(&mut d);
+        d.on_queued(msg(7));
+        d.on_overflow();
+        d.on_queued(msg(9)); // ignored while paging
+        let out = pump(&mut d);
+        assert_eq!(sent(&out), vec![7]);
+        assert_eq!(
+            out.last(),
+            Some(&Action::Fetch {
+                after: 7,
+                limit: PAGE,
+                backlog: false
+            })
+        );
+        d.on_fetched(vec![msg(8), msg(9)], true, None);
+        assert_eq!(sent(&pump(&mut d)), vec![8, 9]);
+    }
+
+    #[test]
+    fn ready_overflow_leaves_messages_for_the_next_page() {
+        let (mut d, _) = Delivery::start();
+        d.on_fetched(vec![], true, Some(None));
+        for seq in 1..=(MAX_READY as u64 + 5) {
+            d.on_queued(msg(seq));
+        }
+        let out = pump(&mut d);
+        assert_eq!(sent(&out).len(), WINDOW);
+        assert!(!out.iter().any(|a| matches!(a, Action::Fetch { .. })));
+    }
+
+    #[test]
+    fn dont_ack_messages_leave_the_queue_when_sent_and_expired_ones_are_dropped() {
+        let (mut d, _) = Delivery::start();
+        d.on_fetched(
+            vec![
+                msg_with(1, MessageFlags::DONT_ACK, None),
+                msg_with(2, MessageFlags::SHORT_LIVED, Some(500)),
+                msg_with(3, MessageFlags::SHORT_LIVED, Some(5_000)),
+            ],
+            true,
+            Some(Some(3)),
+        );
+        let out = pump(&mut d);
+        assert_eq!(out.first(), Some(&Action::Remove(1)));
+        assert!(out.contains(&Action::Remove(2)));
+        assert_eq!(sent(&out), vec![1, 3]);
+        assert_eq!(d.in_flight(), 1);
+        assert_eq!(out.last(), Some(&Action::QueueSendComplete));
+    }
+}
