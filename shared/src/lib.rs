@@ -30,6 +30,7 @@ pub mod crypto;
 pub mod csp;
 pub mod d2d;
 pub mod d2m;
+pub mod device;
 pub mod directory;
 pub mod id_backup;
 pub mod keys;
