@@ -70,15 +70,15 @@ fn every_seed_passes_its_check() {
     }
 }
 
-/// Writes the seeds into `fuzz/regressions/`: `cargo test -p tandem-tests --test
-/// fuzz_regressions -- --ignored write_seed_inputs`.
+/// The committed `seed-*` files are exactly what `seeds()` builds, so the fuzz corpus and the
+/// seeds cannot drift apart. After changing the seeds, rewrite the files with
+/// `cargo run -p tandem-tests --example write_fuzz_seeds`.
 #[test]
-#[ignore = "writes files; run by hand after changing the seeds"]
-fn write_seed_inputs() {
+fn committed_seed_files_match_seeds() {
     let root = regressions_dir();
     for (target, name, data) in seeds() {
-        let dir = root.join(target);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+        let path = root.join(target).join(format!("seed-{name}"));
+        let committed = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(committed, data, "{} differs from seeds()", path.display());
     }
 }
