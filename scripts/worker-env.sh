@@ -32,6 +32,8 @@ export TANDEM_WORKERD="$TANDEM_WORKER_DIR/node_modules/workerd/bin/workerd"
 export WRANGLER_SEND_METRICS=false
 export WRANGLER_SEND_ERROR_REPORTS=false
 export CLOUDFLARE_CF_FETCH_ENABLED=false
+# The banner would also ask the npm registry for a newer wrangler.
+export WRANGLER_HIDE_BANNER=true
 export WRANGLER_LOG_PATH="${WRANGLER_LOG_PATH:-$TANDEM_WORKER_DIR/.wrangler/logs}"
 
 # Prints what is missing (one line each) and returns 1, or returns 0.

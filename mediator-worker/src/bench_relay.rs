@@ -79,7 +79,7 @@ impl Room {
                         }
                     }
                 }
-                Frame::Text => {}
+                Frame::Text | Frame::Unreadable => {}
                 Frame::Closed => return,
             }
         }

@@ -161,6 +161,15 @@ async fn serve_device(group: &Rc<Group>, id: u64, ws: WebSocket) {
                 );
                 return;
             }
+            Frame::Unreadable => {
+                console_error!("binary frame not readable: was binaryType set before accept()?");
+                ws::close(
+                    &ws,
+                    CloseCode::ServerInternalError.as_u16(),
+                    "internal error",
+                );
+                return;
+            }
             Frame::Closed => return,
         }
     }
@@ -168,7 +177,7 @@ async fn serve_device(group: &Rc<Group>, id: u64, ws: WebSocket) {
 
 impl Group {
     /// A proxy container goes to the chat server; anything else is echoed (skeleton behaviour).
-    fn on_binary(self: &Rc<Self>, id: u64, ws: &WebSocket, bytes: &[u8]) -> worker::Result<()> {
+    fn on_binary(&self, id: u64, ws: &WebSocket, bytes: &[u8]) -> worker::Result<()> {
         match Container::decode(bytes) {
             Ok(container) if container.payload_type == PayloadType::Proxy.as_u8() => {
                 self.proxy(id, container.payload);
@@ -182,7 +191,7 @@ impl Group {
     }
 
     /// Writes proxy payload towards the chat server, opening the connection on first use.
-    fn proxy(self: &Rc<Self>, id: u64, payload: &[u8]) {
+    fn proxy(&self, id: u64, payload: &[u8]) {
         let mut connections = self.connections.borrow_mut();
         let Some(connection) = connections.get_mut(&id) else {
             return;

@@ -4,8 +4,9 @@ use worker::wasm_bindgen::JsCast;
 use worker::{js_sys, web_sys, WebSocket, WebSocketPair, WebsocketEvent};
 
 /// A new WebSocket pair whose server end is accepted (non-hibernating) with `binaryType =
-/// "arraybuffer"`. Since `compatibility_date` 2026-03-17 the default is `"blob"`, and the `worker`
-/// crate then reads every binary frame as an empty byte array (DESIGN.md §6).
+/// "arraybuffer"`. Since `compatibility_date` 2026-03-17 the default is `"blob"`: binary frames
+/// then arrive as `Blob`, which the `worker` crate's `MessageEvent::bytes` reads as an empty byte
+/// array (DESIGN.md §6).
 pub(crate) fn accept_pair() -> worker::Result<(WebSocket, WebSocket)> {
     let pair = WebSocketPair::new()?;
     AsRef::<web_sys::WebSocket>::as_ref(&pair.server)
@@ -21,6 +22,8 @@ pub(crate) enum Frame {
     Binary(js_sys::ArrayBuffer),
     /// A text frame (not part of d2m).
     Text,
+    /// Neither text nor `ArrayBuffer`: a `Blob`, when `binaryType` was not set before `accept()`.
+    Unreadable,
     /// The peer closed, or the socket failed.
     Closed,
 }
@@ -29,12 +32,13 @@ pub(crate) enum Frame {
 pub(crate) fn frame_of(event: worker::Result<WebsocketEvent>) -> Frame {
     match event {
         Ok(WebsocketEvent::Message(msg)) => {
-            match AsRef::<web_sys::MessageEvent>::as_ref(&msg)
-                .data()
-                .dyn_into::<js_sys::ArrayBuffer>()
-            {
+            let data = AsRef::<web_sys::MessageEvent>::as_ref(&msg).data();
+            if data.is_string() {
+                return Frame::Text;
+            }
+            match data.dyn_into::<js_sys::ArrayBuffer>() {
                 Ok(buffer) => Frame::Binary(buffer),
-                Err(_) => Frame::Text,
+                Err(_) => Frame::Unreadable,
             }
         }
         Ok(WebsocketEvent::Close(_)) | Err(_) => Frame::Closed,

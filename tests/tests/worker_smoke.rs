@@ -61,7 +61,8 @@ struct WranglerDev {
 }
 
 impl WranglerDev {
-    fn start(state_dir: &Path, log: &Path, vars: &[String]) -> Self {
+    /// Starts `scripts/worker-dev.sh`; `build` false serves the previous build as it is.
+    fn start(state_dir: &Path, log: &Path, vars: &[String], build: bool) -> Self {
         let port = free_port();
         let log_file = std::fs::File::create(log).expect("create wrangler log");
         let mut cmd = Command::new("bash");
@@ -70,6 +71,9 @@ impl WranglerDev {
             .arg(state_dir);
         for var in vars {
             cmd.arg("--var").arg(var);
+        }
+        if !build {
+            cmd.env("TANDEM_WORKER_SKIP_BUILD", "1");
         }
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
@@ -149,7 +153,8 @@ impl Drop for WranglerDev {
     }
 }
 
-/// A minimal HTTP/1.1 GET: status code and body (chunked bodies keep their chunk lines).
+/// A minimal HTTP/1.1 GET: status code and body (wrangler keeps the connection open, so the
+/// body is read by its `content-length`).
 async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream
@@ -159,18 +164,45 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         )
         .await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(pos) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other("connection closed inside the head"));
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let status = head
         .split(' ')
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    let length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    let mut body = raw[head_end..].to_vec();
+    match length {
+        Some(length) => {
+            while body.len() < length {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None => {
+            stream.read_to_end(&mut body).await?;
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A TCP server echoing every byte, standing in for the chat server.
@@ -285,7 +317,10 @@ async fn check_echo(port: u16, group_id: [u8; 32], frames: i64) {
             .collect();
         ws.send(Message::binary(frame.clone())).await.expect("send");
         let echoed = next_binary(&mut ws).await;
-        assert!(!echoed.is_empty(), "binary frame arrived empty (binaryType trap)");
+        assert!(
+            !echoed.is_empty(),
+            "binary frame arrived empty (binaryType trap)"
+        );
         assert_eq!(echoed, frame);
     }
     ws.close(None).await.expect("close");
@@ -296,11 +331,17 @@ async fn check_tcp_relay(port: u16) {
     let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     let mut container = vec![0x00, 0, 0, 0];
     container.extend_from_slice(&payload);
-    ws.send(Message::binary(container)).await.expect("send proxy");
+    ws.send(Message::binary(container))
+        .await
+        .expect("send proxy");
     let mut received = Vec::new();
     while received.len() < payload.len() {
         let frame = next_binary(&mut ws).await;
-        assert_eq!(frame.get(..4), Some(&[0u8, 0, 0, 0][..]), "proxy container header");
+        assert_eq!(
+            frame.get(..4),
+            Some(&[0u8, 0, 0, 0][..]),
+            "proxy container header"
+        );
         received.extend_from_slice(&frame[4..]);
     }
     assert_eq!(received, payload);
@@ -317,7 +358,11 @@ async fn check_unreachable_chat_server(port: u16, server_group: &str) {
     ws.send(Message::binary(vec![0x00, 0, 0, 0, 1]))
         .await
         .expect("send proxy");
-    assert_eq!(close_code(&mut ws).await, 4001, "server group {server_group}");
+    assert_eq!(
+        close_code(&mut ws).await,
+        4001,
+        "server group {server_group}"
+    );
 }
 
 async fn check_text_frame_is_a_protocol_error(port: u16) {
@@ -387,7 +432,7 @@ async fn worker_under_wrangler_dev() {
     ];
     let group_id = [0x5a; 32];
 
-    let mut dev = WranglerDev::start(&state_dir, &scratch.join("wrangler-1.log"), &vars);
+    let mut dev = WranglerDev::start(&state_dir, &scratch.join("wrangler-1.log"), &vars, true);
     let first_start = dev.wait_ready(FIRST_START_TIMEOUT).await;
     eprintln!("wrangler dev answered after {first_start:?} (first start, includes the build)");
 
@@ -403,7 +448,7 @@ async fn worker_under_wrangler_dev() {
     check_bench_relay(dev.port).await;
     dev.stop();
 
-    let mut dev = WranglerDev::start(&state_dir, &scratch.join("wrangler-2.log"), &vars);
+    let mut dev = WranglerDev::start(&state_dir, &scratch.join("wrangler-2.log"), &vars, false);
     let restart = dev.wait_ready(RESTART_TIMEOUT).await;
     eprintln!("wrangler dev answered after {restart:?} (restart on the same state)");
     let stats = group_stats(dev.port, group_id).await;
