@@ -2,6 +2,7 @@
 #
 #   scripts/install-worker-toolchain.sh          # once
 #   (cd mediator-worker && worker-build --release)   # with the env of scripts/worker-env.sh
+#   CHAT_SERVER_01=127.0.0.1:5222 DIRECTORY_URL=http://127.0.0.1:8080 \
 #   workerd serve mediator-worker/workerd.capnp \
 #     --directory-path do-storage=/var/lib/tandem-mediator \
 #     --socket-addr http=127.0.0.1:8787
@@ -36,9 +37,12 @@ const mediator :Workerd.Worker = (
   bindings = [
     (name = "DEVICE_GROUP", durableObjectNamespace = "DeviceGroup"),
     (name = "BENCH_RELAY", durableObjectNamespace = "BenchRelay"),
-    (name = "CHAT_SERVER_01", text = "127.0.0.1:5222"),
-    (name = "DIRECTORY_URL", text = "http://127.0.0.1:8080"),
-    (name = "TANDEM_DEV_ROUTES", text = "off"),
+    # Read from workerd's environment at start, like wrangler.toml's [vars]; an unset one is
+    # absent (an unknown server group then fails its first proxy container with 4001).
+    # Add one CHAT_SERVER_<group> line per server group.
+    (name = "CHAT_SERVER_01", fromEnvironment = "CHAT_SERVER_01"),
+    (name = "DIRECTORY_URL", fromEnvironment = "DIRECTORY_URL"),
+    (name = "TANDEM_DEV_ROUTES", fromEnvironment = "TANDEM_DEV_ROUTES"),
   ],
   durableObjectNamespaces = [
     # uniqueKey names the namespace on disk: changing it orphans the stored groups.

@@ -1,6 +1,7 @@
-//! The mediator Worker under `wrangler dev`, for real: binary echo through the device group's
-//! Durable Object, its SQLite counter across a restart, the outbound TCP relay to a local echo
-//! server, the bench relay between two sockets, directory forwarding, and the close codes.
+//! The mediator Worker under `wrangler dev` and under plain `workerd` (the self-hosting config),
+//! for real: binary echo through the device group's Durable Object, its SQLite counter across a
+//! restart, the outbound TCP relay to a local echo server, the bench relay, directory forwarding,
+//! and the close codes.
 //!
 //! Needs the Worker toolchain (`scripts/install-worker-toolchain.sh`, run by `scripts/test.sh`);
 //! without it this test fails and says so.
@@ -53,18 +54,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `wrangler dev` in its own process group, ended (with workerd) on drop.
-struct WranglerDev {
+/// The Worker served by `wrangler dev` or plain `workerd`, in its own process group, ended
+/// (with every child) on drop.
+struct Served {
     child: Child,
     port: u16,
     log: PathBuf,
 }
 
-impl WranglerDev {
+impl Served {
     /// Starts `scripts/worker-dev.sh`; `build` false serves the previous build as it is.
-    fn start(state_dir: &Path, log: &Path, vars: &[String], build: bool) -> Self {
+    fn wrangler_dev(state_dir: &Path, log: &Path, vars: &[String], build: bool) -> Self {
         let port = free_port();
-        let log_file = std::fs::File::create(log).expect("create wrangler log");
         let mut cmd = Command::new("bash");
         cmd.arg(repo_root().join("scripts/worker-dev.sh"))
             .arg(port.to_string())
@@ -75,11 +76,42 @@ impl WranglerDev {
         if !build {
             cmd.env("TANDEM_WORKER_SKIP_BUILD", "1");
         }
+        Self::spawn(cmd, port, log)
+    }
+
+    /// Starts the `workerd` of the wrangler npm package on the checked-in
+    /// `mediator-worker/workerd.capnp` and the build wrangler served.
+    fn workerd(state_dir: &Path, log: &Path, env: &[(&str, String)]) -> Self {
+        let worker_dir = repo_root().join("mediator-worker");
+        let workerd = worker_dir.join("node_modules/workerd/bin/workerd");
+        assert!(
+            workerd.exists(),
+            "{} is missing: run scripts/install-worker-toolchain.sh (scripts/test.sh does)",
+            workerd.display()
+        );
+        let port = free_port();
+        let mut cmd = Command::new(workerd);
+        cmd.arg("serve")
+            .arg(worker_dir.join("workerd.capnp"))
+            .arg("--directory-path")
+            .arg(format!("do-storage={}", state_dir.display()))
+            .arg("--socket-addr")
+            .arg(format!("http=127.0.0.1:{port}"));
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        Self::spawn(cmd, port, log)
+    }
+
+    fn spawn(mut cmd: Command, port: u16, log: &Path) -> Self {
+        let log_file = std::fs::File::create(log).expect("create server log");
         cmd.stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("clone log handle"))
             .stderr(log_file)
             .process_group(0);
-        let child = cmd.spawn().expect("spawn scripts/worker-dev.sh");
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {cmd:?}: {err}"));
         Self {
             child,
             port,
@@ -105,7 +137,7 @@ impl WranglerDev {
                         self.log_tail()
                     );
                 }
-                panic!("wrangler dev exited with {status}:\n{}", self.log_tail());
+                panic!("the server exited with {status}:\n{}", self.log_tail());
             }
             if let Ok(Ok((status, _))) =
                 tokio::time::timeout(Duration::from_secs(2), http_get(self.port, "/")).await
@@ -116,7 +148,7 @@ impl WranglerDev {
             }
             assert!(
                 started.elapsed() < timeout,
-                "wrangler dev did not answer within {timeout:?}:\n{}",
+                "the server did not answer within {timeout:?}:\n{}",
                 self.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -147,7 +179,7 @@ impl WranglerDev {
     }
 }
 
-impl Drop for WranglerDev {
+impl Drop for Served {
     fn drop(&mut self) {
         self.stop();
     }
@@ -409,8 +441,20 @@ async fn check_http_routes(port: u16) {
     );
 }
 
+/// After a restart on the same storage: the counter of the [`ECHO_FRAMES`] echoed before the
+/// restart is still there and counts on.
+async fn check_counter_survived(port: u16, group_id: [u8; 32]) {
+    let stats = group_stats(port, group_id).await;
+    assert_eq!(stats["framesEchoed"], ECHO_FRAMES, "counter lost: {stats}");
+    assert_eq!(stats["openConnections"], 0, "{stats}");
+    check_echo(port, group_id, 1).await;
+    let stats = group_stats(port, group_id).await;
+    assert_eq!(stats["framesEchoed"], ECHO_FRAMES + 1, "{stats}");
+    assert_eq!(stats["connectionsAccepted"], 2, "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_under_wrangler_dev() {
+async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "worker-smoke-{}-{}",
         std::process::id(),
@@ -432,7 +476,7 @@ async fn worker_under_wrangler_dev() {
     ];
     let group_id = [0x5a; 32];
 
-    let mut dev = WranglerDev::start(&state_dir, &scratch.join("wrangler-1.log"), &vars, true);
+    let mut dev = Served::wrangler_dev(&state_dir, &scratch.join("wrangler-1.log"), &vars, true);
     let first_start = dev.wait_ready(FIRST_START_TIMEOUT).await;
     eprintln!("wrangler dev answered after {first_start:?} (first start, includes the build)");
 
@@ -448,18 +492,35 @@ async fn worker_under_wrangler_dev() {
     check_bench_relay(dev.port).await;
     dev.stop();
 
-    let mut dev = WranglerDev::start(&state_dir, &scratch.join("wrangler-2.log"), &vars, false);
+    let mut dev = Served::wrangler_dev(&state_dir, &scratch.join("wrangler-2.log"), &vars, false);
     let restart = dev.wait_ready(RESTART_TIMEOUT).await;
-    eprintln!("wrangler dev answered after {restart:?} (restart on the same state)");
-    let stats = group_stats(dev.port, group_id).await;
-    assert_eq!(stats["framesEchoed"], ECHO_FRAMES, "counter lost: {stats}");
-    assert_eq!(stats["openConnections"], 0, "{stats}");
-    check_echo(dev.port, group_id, 1).await;
-    let stats = group_stats(dev.port, group_id).await;
-    assert_eq!(stats["framesEchoed"], ECHO_FRAMES + 1, "{stats}");
-    assert_eq!(stats["connectionsAccepted"], 2, "{stats}");
+    eprintln!("wrangler dev answered after {restart:?} (restart on the same state, no build)");
+    check_counter_survived(dev.port, group_id).await;
     dev.stop();
-    drop(dev);
+
+    // Self-hosting: the same build under plain workerd with the checked-in config.
+    let workerd_state = scratch.join("workerd-state");
+    std::fs::create_dir_all(&workerd_state).expect("create workerd state dir");
+    let env = [
+        ("CHAT_SERVER_01", format!("127.0.0.1:{echo_port}")),
+        (
+            "DIRECTORY_URL",
+            format!("http://127.0.0.1:{directory_port}"),
+        ),
+        ("TANDEM_DEV_ROUTES", "on".to_owned()),
+    ];
+    let mut workerd = Served::workerd(&workerd_state, &scratch.join("workerd-1.log"), &env);
+    let started = workerd.wait_ready(RESTART_TIMEOUT).await;
+    eprintln!("workerd answered after {started:?}");
+    check_http_routes(workerd.port).await;
+    check_echo(workerd.port, group_id, ECHO_FRAMES).await;
+    check_tcp_relay(workerd.port).await;
+    check_bench_relay(workerd.port).await;
+    workerd.stop();
+    let mut workerd = Served::workerd(&workerd_state, &scratch.join("workerd-2.log"), &env);
+    workerd.wait_ready(RESTART_TIMEOUT).await;
+    check_counter_survived(workerd.port, group_id).await;
+    workerd.stop();
 
     let _ = std::fs::remove_dir_all(&scratch);
 }
