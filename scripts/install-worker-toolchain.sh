@@ -41,14 +41,12 @@ if [ "$(worker-build --version 2>/dev/null || true)" != "$TANDEM_WORKER_BUILD_VE
   install_crate worker-build "$TANDEM_WORKER_BUILD_VERSION"
 fi
 
-if ! tandem_worker_toolchain_missing >/dev/null; then
-  : # everything present
-else
+if ! tandem_worker_toolchain_ready >/dev/null; then
   say "npm ci in mediator-worker/ (wrangler $TANDEM_WRANGLER_VERSION, binaryen $TANDEM_BINARYEN_VERSION)"
   (cd "$TANDEM_WORKER_DIR" && npm ci --no-audit --no-fund >&2)
 fi
 
-if ! missing="$(tandem_worker_toolchain_missing)"; then
+if ! missing="$(tandem_worker_toolchain_ready)"; then
   echo "the Worker toolchain is still incomplete:" >&2
   echo "$missing" >&2
   exit 1

@@ -26,7 +26,7 @@ shift 2
 
 # shellcheck source=scripts/worker-env.sh
 source "$(dirname "$0")/worker-env.sh"
-if ! missing="$(tandem_worker_toolchain_missing)"; then
+if ! missing="$(tandem_worker_toolchain_ready)"; then
   echo "the Worker toolchain is missing; run scripts/install-worker-toolchain.sh first:" >&2
   echo "$missing" >&2
   exit 3

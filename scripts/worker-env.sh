@@ -36,8 +36,9 @@ export CLOUDFLARE_CF_FETCH_ENABLED=false
 export WRANGLER_HIDE_BANNER=true
 export WRANGLER_LOG_PATH="${WRANGLER_LOG_PATH:-$TANDEM_WORKER_DIR/.wrangler/logs}"
 
-# Prints what is missing (one line each) and returns 1, or returns 0.
-tandem_worker_toolchain_missing() {
+# Returns 0 when every tool is there; otherwise prints what is missing (one line each) and
+# returns 1.
+tandem_worker_toolchain_ready() {
   local missing=0 v
   v="$("$WASM_BINDGEN_BIN" --version 2>/dev/null || true)"
   if [ "$v" != "wasm-bindgen $TANDEM_WASM_BINDGEN_VERSION" ]; then

@@ -498,9 +498,9 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     check_counter_survived(dev.port, group_id).await;
     dev.stop();
 
-    // Self-hosting: the same build under plain workerd with the checked-in config.
-    let workerd_state = scratch.join("workerd-state");
-    std::fs::create_dir_all(&workerd_state).expect("create workerd state dir");
+    // Self-hosting: the same build under plain workerd with the checked-in config, on the
+    // Durable Object storage wrangler dev left (same layout: `<persist-to>/v3/do/<uniqueKey>`).
+    let workerd_state = state_dir.join("v3/do");
     let env = [
         ("CHAT_SERVER_01", format!("127.0.0.1:{echo_port}")),
         (
@@ -513,13 +513,24 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let started = workerd.wait_ready(RESTART_TIMEOUT).await;
     eprintln!("workerd answered after {started:?}");
     check_http_routes(workerd.port).await;
-    check_echo(workerd.port, group_id, ECHO_FRAMES).await;
+    assert_eq!(
+        group_stats(workerd.port, group_id).await["framesEchoed"],
+        ECHO_FRAMES + 1,
+        "workerd did not read wrangler dev's storage"
+    );
+    check_echo(workerd.port, group_id, 1).await;
     check_tcp_relay(workerd.port).await;
     check_bench_relay(workerd.port).await;
     workerd.stop();
     let mut workerd = Served::workerd(&workerd_state, &scratch.join("workerd-2.log"), &env);
     workerd.wait_ready(RESTART_TIMEOUT).await;
-    check_counter_survived(workerd.port, group_id).await;
+    let stats = group_stats(workerd.port, group_id).await;
+    assert_eq!(
+        stats["framesEchoed"],
+        ECHO_FRAMES + 2,
+        "counter lost: {stats}"
+    );
+    assert_eq!(stats["connectionsAccepted"], 3, "{stats}");
     workerd.stop();
 
     let _ = std::fs::remove_dir_all(&scratch);
