@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 say() { printf '\n==> %s\n' "$*"; }
 
 scripts/bootstrap.sh
+# The mediator Worker's smoke test builds and serves it: wasm-bindgen-cli, worker-build,
+# wrangler and binaryen (prints the env it set up, which the Worker scripts set themselves).
+scripts/install-worker-toolchain.sh >/dev/null
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

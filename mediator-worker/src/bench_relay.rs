@@ -1,0 +1,87 @@
+//! The bench-only bare relay: a Durable Object that forwards every binary frame a socket sends
+//! to all other sockets of the same object, with no protocol, storage or copies through wasm
+//! memory. It is the lower bound the mediator's own relay is measured against.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use futures_util::StreamExt;
+use worker::{
+    console_error, durable_object, wasm_bindgen_futures, DurableObject, Env, Request, Response,
+    State, WebSocket,
+};
+
+use crate::ws::{self, Frame};
+
+/// One relay room, named by the `/bench-relay/{name}` path.
+#[durable_object]
+pub struct BenchRelay {
+    room: Rc<Room>,
+}
+
+impl std::fmt::Debug for BenchRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchRelay")
+            .field("sockets", &self.room.sockets.borrow().len())
+            .finish()
+    }
+}
+
+struct Room {
+    next_socket: Cell<u64>,
+    /// Few sockets per room: a vector beats a map for the per-frame fan-out.
+    sockets: RefCell<Vec<(u64, WebSocket)>>,
+}
+
+impl DurableObject for BenchRelay {
+    fn new(_state: State, _env: Env) -> Self {
+        Self {
+            room: Rc::new(Room {
+                next_socket: Cell::new(0),
+                sockets: RefCell::new(Vec::new()),
+            }),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        if !crate::is_websocket_upgrade(&req)? {
+            return Response::error("expected a WebSocket upgrade", 426);
+        }
+        let (client, server) = ws::accept_pair()?;
+        let id = self.room.next_socket.get();
+        self.room.next_socket.set(id.wrapping_add(1));
+        self.room.sockets.borrow_mut().push((id, server.clone()));
+        let room = Rc::clone(&self.room);
+        wasm_bindgen_futures::spawn_local(async move {
+            room.serve(id, &server).await;
+            room.sockets.borrow_mut().retain(|(other, _)| *other != id);
+        });
+        Response::from_websocket(client)
+    }
+}
+
+impl Room {
+    async fn serve(&self, id: u64, ws: &WebSocket) {
+        let mut events = match ws.events() {
+            Ok(events) => events,
+            Err(err) => {
+                console_error!("relay socket events: {err}");
+                return;
+            }
+        };
+        while let Some(event) = events.next().await {
+            match ws::frame_of(event) {
+                Frame::Binary(buffer) => {
+                    for (other, socket) in self.sockets.borrow().iter() {
+                        // A peer that is closing misses the frame; the bench counts what arrives.
+                        if *other != id && ws::send_buffer(socket, &buffer).is_err() {
+                            continue;
+                        }
+                    }
+                }
+                Frame::Text | Frame::Unreadable => {}
+                Frame::Closed => return,
+            }
+        }
+    }
+}
