@@ -107,6 +107,7 @@ impl DeviceGroup {
             .map_err(|_| format!("no chat server for server group {}", info.server_group))
             .and_then(|var| ChatServerAddr::parse(&var.to_string()).map_err(|e| e.to_string()));
 
+        self.group.increment(schema::CONNECTIONS_ACCEPTED)?;
         let (client, server) = ws::accept_pair()?;
         let id = self.group.next_connection.get();
         self.group.next_connection.set(id.wrapping_add(1));
@@ -118,7 +119,6 @@ impl DeviceGroup {
                 to_chat_server: None,
             },
         );
-        self.group.increment(schema::CONNECTIONS_ACCEPTED)?;
 
         let group = Rc::clone(&self.group);
         wasm_bindgen_futures::spawn_local(async move {
@@ -131,7 +131,7 @@ impl DeviceGroup {
 }
 
 /// Handles one device's frames until it closes.
-async fn serve_device(group: &Rc<Group>, id: u64, ws: WebSocket) {
+async fn serve_device(group: &Group, id: u64, ws: WebSocket) {
     let mut events = match ws.events() {
         Ok(events) => events,
         Err(err) => {
