@@ -1,0 +1,122 @@
+//! [`Runner`]: named scenarios in sequence on one fixture. Each is timed and printed; a failure
+//! (an error or a panic) is recorded with the scenario's name and the rest still run.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+
+/// Picks scenarios by name: `TANDEM_SCENARIO=reflect,transactions`.
+pub const SCENARIO_VAR: &str = "TANDEM_SCENARIO";
+
+/// A scenario's outcome; any error type converts with `?`.
+pub type ScenarioResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// One scenario's record.
+#[derive(Debug, Clone)]
+struct Outcome {
+    name: String,
+    took: Duration,
+    failure: Option<String>,
+}
+
+/// Runs scenarios and keeps their outcomes.
+#[derive(Debug)]
+pub struct Runner {
+    label: String,
+    filter: Option<Vec<String>>,
+    limit: Duration,
+    outcomes: Vec<Outcome>,
+}
+
+impl Runner {
+    /// A runner whose filter comes from [`SCENARIO_VAR`]; `limit` bounds each scenario.
+    #[must_use]
+    pub fn from_env(label: &str, limit: Duration) -> Self {
+        let filter = std::env::var(SCENARIO_VAR).ok().map(|names| {
+            names
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect()
+        });
+        Self {
+            label: label.to_owned(),
+            filter,
+            limit,
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Whether the filter lets `name` run.
+    #[must_use]
+    pub fn selected(&self, name: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
+
+    /// Runs `scenario` unless filtered out, printing its name, duration and outcome.
+    pub async fn run(&mut self, name: &str, scenario: impl Future<Output = ScenarioResult>) {
+        if !self.selected(name) {
+            return;
+        }
+        eprintln!("[{}] scenario {name} ...", self.label);
+        let started = Instant::now();
+        let outcome =
+            tokio::time::timeout(self.limit, AssertUnwindSafe(scenario).catch_unwind()).await;
+        let took = started.elapsed();
+        let failure = match outcome {
+            Ok(Ok(Ok(()))) => None,
+            Ok(Ok(Err(err))) => Some(err.to_string()),
+            Ok(Err(panic)) => Some(
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .map_or_else(|| "panicked".to_owned(), |msg| format!("panicked: {msg}")),
+            ),
+            Err(_) => Some(format!("did not finish within {:?}", self.limit)),
+        };
+        match &failure {
+            None => eprintln!("[{}] scenario {name}: ok in {took:.2?}", self.label),
+            Some(why) => eprintln!(
+                "[{}] scenario {name}: FAILED in {took:.2?}: {why}",
+                self.label
+            ),
+        }
+        self.outcomes.push(Outcome {
+            name: name.to_owned(),
+            took,
+            failure,
+        });
+    }
+
+    /// Whether any scenario failed, or the filter matched none.
+    #[must_use]
+    pub fn failed(&self) -> bool {
+        self.outcomes.is_empty() || self.outcomes.iter().any(|o| o.failure.is_some())
+    }
+
+    /// One line per scenario, then every failure with its reason.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let mut out = format!("[{}] scenarios:\n", self.label);
+        if self.outcomes.is_empty() {
+            out.push_str("  none ran (check TANDEM_SCENARIO)\n");
+        }
+        for o in &self.outcomes {
+            let status = if o.failure.is_some() { "FAILED" } else { "ok" };
+            out.push_str(&format!("  {:<28} {status:<6} {:>9.2?}\n", o.name, o.took));
+        }
+        for o in self.outcomes.iter().filter(|o| o.failure.is_some()) {
+            out.push_str(&format!(
+                "\nscenario {} failed: {}\n",
+                o.name,
+                o.failure.as_deref().unwrap_or_default()
+            ));
+        }
+        out
+    }
+}
