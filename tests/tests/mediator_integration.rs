@@ -242,8 +242,8 @@ async fn slots(fx: &mut Fixture) -> ScenarioResult {
     let (mut d0, info) = online(fx, &id, "d0", id.device_config(ids[0], "d0")).await?;
     assert_eq!(info.max_device_slots, 8);
     // Seven more slots, disconnected in order d1..d7 (d1 offline longest).
-    for i in 1..8 {
-        let (d, _) = online(fx, &id, &name(i), id.device_config(ids[i], &name(i))).await?;
+    for (i, &device_id) in ids.iter().enumerate().take(8).skip(1) {
+        let (d, _) = online(fx, &id, &name(i), id.device_config(device_id, &name(i))).await?;
         d.disconnect().await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -159,8 +159,14 @@ fn build() -> Result<PathBuf, String> {
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|msg| {
-            msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "tandem-chat-server"
+            msg.get("reason").and_then(|r| r.as_str()) == Some("compiler-artifact")
+                && msg.pointer("/target/name").and_then(|n| n.as_str())
+                    == Some("tandem-chat-server")
         })
-        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .find_map(|msg| {
+            msg.get("executable")
+                .and_then(|e| e.as_str())
+                .map(PathBuf::from)
+        })
         .ok_or_else(|| "cargo reported no tandem-chat-server executable".to_owned())
 }

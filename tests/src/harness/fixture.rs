@@ -197,8 +197,8 @@ async fn server_group(chat: &ChatServer) -> Result<String, HarnessError> {
     )
     .await?;
     let json = response.json("GET /server-info")?;
-    json["serverGroup"]
-        .as_str()
+    json.get("serverGroup")
+        .and_then(|g| g.as_str())
         .map(str::to_owned)
         .ok_or_else(|| HarnessError::Http {
             request: "GET /server-info".into(),

@@ -45,8 +45,9 @@ impl Identity {
     pub async fn create(directory: &str) -> Result<Self, HarnessError> {
         let info = get_json(directory, "/server-info").await?;
         let chat_server_key = public_key_field(&info, "publicKey", "/server-info")?;
-        let server_group = info["serverGroup"]
-            .as_str()
+        let server_group = info
+            .get("serverGroup")
+            .and_then(|g| g.as_str())
             .ok_or_else(|| bad_field("/server-info", "serverGroup", &info))?
             .to_owned();
 
@@ -58,8 +59,9 @@ impl Identity {
             &serde_json::json!({ "publicKey": public }),
         )
         .await?;
-        let token = step1["token"]
-            .as_str()
+        let token = step1
+            .get("token")
+            .and_then(|t| t.as_str())
             .ok_or_else(|| bad_field("/identity/create", "token", &step1))?
             .to_owned();
         let challenge = public_key_field(&step1, "tokenRespKeyPub", "/identity/create")?;
@@ -82,8 +84,9 @@ impl Identity {
             }),
         )
         .await?;
-        let identity: [u8; 8] = step2["identity"]
-            .as_str()
+        let identity: [u8; 8] = step2
+            .get("identity")
+            .and_then(|i| i.as_str())
             .and_then(|id| id.as_bytes().try_into().ok())
             .ok_or_else(|| bad_field("/identity/create", "identity", &step2))?;
         let keys = DeviceGroupKey::from_client_key(client_key.secret()).derive_keys();
@@ -209,8 +212,8 @@ fn public_key_field(
     field: &str,
     request: &str,
 ) -> Result<PublicKey, HarnessError> {
-    json[field]
-        .as_str()
+    json.get(field)
+        .and_then(|v| v.as_str())
         .and_then(|text| B64.decode(text).ok())
         .and_then(|bytes| PublicKey::from_slice(&bytes))
         .ok_or_else(|| bad_field(request, field, json))

@@ -215,6 +215,10 @@ async fn listen(shared: Arc<Shared>, port: u16) -> Result<(u16, JoinHandle<()>),
 /// come back through `out`.
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
     let mut path = String::new();
+    #[expect(
+        clippy::result_large_err,
+        reason = "the signature is tungstenite's handshake Callback"
+    )]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         path = request.uri().path().to_owned();
         Ok(response)

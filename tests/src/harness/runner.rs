@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -12,6 +13,24 @@ pub const SCENARIO_VAR: &str = "TANDEM_SCENARIO";
 
 /// A scenario's outcome; any error type converts with `?`.
 pub type ScenarioResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+/// Where the latest panic happened (a scenario's assertion), for the summary.
+static LAST_PANIC_AT: Mutex<Option<String>> = Mutex::new(None);
+
+/// Wraps the panic hook once so that a failed assertion's location reaches the summary.
+fn record_panic_locations() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(at) = info.location() {
+                *LAST_PANIC_AT.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("{}:{}", at.file(), at.line()));
+            }
+            previous(info);
+        }));
+    });
+}
 
 /// One scenario's record.
 #[derive(Debug, Clone)]
@@ -63,6 +82,7 @@ impl Runner {
             return;
         }
         eprintln!("[{}] scenario {name} ...", self.label);
+        record_panic_locations();
         let started = Instant::now();
         let outcome =
             tokio::time::timeout(self.limit, AssertUnwindSafe(scenario).catch_unwind()).await;
@@ -70,13 +90,19 @@ impl Runner {
         let failure = match outcome {
             Ok(Ok(Ok(()))) => None,
             Ok(Ok(Err(err))) => Some(err.to_string()),
-            Ok(Err(panic)) => Some(
-                panic
+            Ok(Err(panic)) => {
+                let message = panic
                     .downcast_ref::<String>()
                     .cloned()
                     .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .map_or_else(|| "panicked".to_owned(), |msg| format!("panicked: {msg}")),
-            ),
+                    .unwrap_or_default();
+                let at = LAST_PANIC_AT
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+                    .unwrap_or_else(|| "unknown location".to_owned());
+                Some(format!("panicked at {at}: {message}"))
+            }
             Err(_) => Some(format!("did not finish within {:?}", self.limit)),
         };
         match &failure {
