@@ -2,8 +2,8 @@
 //! for real: d2m handshakes with real device sessions against the device group's Durable Object,
 //! a reflect queued for an offline device and delivered after a restart (Durable Object SQLite),
 //! the store's contract checks inside a real object, the CSP proxy to a local TCP chat server
-//! (bytes out, one CSP unit per container back), the bench relay, directory forwarding, and the
-//! close codes 4001 and 4010.
+//! (bytes out, one CSP unit per container back), a transaction TTL ended by the object's alarm
+//! (4011), the bench relay, directory forwarding, and the close codes 4001 and 4010.
 //!
 //! Needs the Worker toolchain (`scripts/install-worker-toolchain.sh`, run by `scripts/test.sh`);
 //! without it this test fails and says so.
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::OsRng;
 use tandem_shared::crypto::{PublicKey, SecretKey};
-use tandem_shared::d2d::{DeviceInfo, Platform};
+use tandem_shared::d2d::{DeviceInfo, Platform, Scope};
 use tandem_shared::d2m::CloseCode;
 use tandem_shared::device::{DeviceConfig, DeviceSession, Event, ServerInfo};
 use tandem_shared::keys::{ClientUrlInfo, DeviceGroupKey, DeviceGroupKeys};
@@ -687,6 +687,31 @@ async fn check_unreachable_chat_server(port: u16, server_group: &str, seed: u8) 
     );
 }
 
+/// The object's alarm: a transaction whose 1 s TTL runs out while its holder stays silent is
+/// ended by the alarm alone (no input arrives that could advance the group's clock) with 4011.
+async fn check_ttl_alarm(port: u16, seed: u8) {
+    let keys = group_keys(seed);
+    let mut device = Device::connect(port, &keys, "01", 11, DeviceSlotState::New).await;
+    device.login().await;
+    assert_eq!(device.event().await, Event::PromotedToLeader);
+    device
+        .session
+        .begin_transaction(Scope::ContactSync, 1, &mut OsRng)
+        .expect("begin");
+    device.flush().await;
+    assert_eq!(device.event().await, Event::TransactionBegun);
+    let begun = Instant::now();
+    match device.event().await {
+        Event::Closed { code, .. } => assert_eq!(code.as_u16(), 4011),
+        other => panic!("expected the TTL close, got {other:?}"),
+    }
+    let waited = begun.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+}
+
 async fn check_text_frame_is_a_protocol_error(port: u16) {
     let mut ws = ws_connect(port, &group_path(group_keys(9).dgpk_public.0, "01")).await;
     ws.send(Message::text("hello")).await.expect("send text");
@@ -767,6 +792,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     check_unreachable_chat_server(dev.port, "02", 2).await;
     check_unreachable_chat_server(dev.port, "zz9", 3).await;
     check_text_frame_is_a_protocol_error(dev.port).await;
+    check_ttl_alarm(dev.port, 5).await;
     check_bench_relay(dev.port).await;
     dev.stop();
 
@@ -802,6 +828,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let third = check_queue_then_reflect(workerd.port, &[(2, second)], 3).await;
     check_store_selftest(workerd.port).await;
     check_proxy(workerd.port, 4, &mut chat_reports).await;
+    check_ttl_alarm(workerd.port, 6).await;
     check_bench_relay(workerd.port).await;
     workerd.stop();
 
