@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rand::rngs::OsRng;
 use tandem_shared::crypto::{PublicKey, SecretKey};
 use tandem_shared::d2d::{DeviceInfo, Platform, Scope};
@@ -687,6 +687,69 @@ async fn check_unreachable_chat_server(port: u16, server_group: &str, seed: u8) 
     );
 }
 
+/// A chat server that accepts and never reads, with a small receive buffer.
+async fn black_hole_chat_server() -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind black hole");
+    let listener = socket.listen(16).expect("listen");
+    let port = listener.local_addr().expect("black hole addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Device bytes the chat server does not take are bounded: once the kernel buffers are full
+/// and 1 MiB more waits in the object, the device is closed with 4009.
+async fn check_backlog_bound(port: u16, server_group: &str, seed: u8) {
+    let keys = group_keys(seed);
+    let device = Device::connect(port, &keys, server_group, 13, DeviceSlotState::New).await;
+    let mut device = device;
+    device.login().await;
+    assert_eq!(device.event().await, Event::PromotedToLeader);
+    let (mut tx, mut rx) = device.ws.split();
+    let mut container = vec![0u8; 65_536];
+    container[4..].fill(0x42);
+    let mut sent = 0usize;
+    // Far more than the kernel buffers of a loopback connection plus the 1 MiB bound.
+    while sent < 64 * 1024 * 1024 {
+        if tx.send(Message::binary(container.clone())).await.is_err() {
+            break;
+        }
+        sent += container.len();
+        if let Some(Some(msg)) = rx.next().now_or_never() {
+            match msg {
+                Ok(Message::Close(Some(frame))) => {
+                    assert_eq!(u16::from(frame.code), 4009, "after {sent} bytes");
+                    eprintln!("backlog bound: closed with 4009 after {sent} bytes");
+                    return;
+                }
+                other => panic!("unexpected {other:?} while flooding the proxy"),
+            }
+        }
+    }
+    let code = loop {
+        let msg = tokio::time::timeout(IO_TIMEOUT, rx.next())
+            .await
+            .expect("no close within the timeout");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4009, "after {sent} bytes");
+    eprintln!("backlog bound: closed with 4009 after {sent} bytes");
+}
+
 /// The object's alarm: a transaction whose 1 s TTL runs out while its holder stays silent is
 /// ended by the alarm alone (no input arrives that could advance the group's clock) with 4011.
 async fn check_ttl_alarm(port: u16, seed: u8) {
@@ -768,10 +831,12 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
 
     let (chat_port, mut chat_reports) = fake_chat_server().await;
     let closed_port = free_port();
+    let black_hole_port = black_hole_chat_server().await;
     let directory_port = directory_server();
     let vars = vec![
         format!("CHAT_SERVER_01:127.0.0.1:{chat_port}"),
         format!("CHAT_SERVER_02:127.0.0.1:{closed_port}"),
+        format!("CHAT_SERVER_03:127.0.0.1:{black_hole_port}"),
         format!("DIRECTORY_URL:http://127.0.0.1:{directory_port}"),
     ];
 
@@ -793,6 +858,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     check_unreachable_chat_server(dev.port, "zz9", 3).await;
     check_text_frame_is_a_protocol_error(dev.port).await;
     check_ttl_alarm(dev.port, 5).await;
+    check_backlog_bound(dev.port, "03", 10).await;
     check_bench_relay(dev.port).await;
     dev.stop();
 
