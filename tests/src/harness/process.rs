@@ -1,5 +1,9 @@
 //! [`Served`]: a child process in its own process group with its output in a log file, ended
 //! with its whole group (SIGTERM, then SIGKILL) when stopped or dropped.
+//!
+//! A process group of its own keeps the test's Ctrl-C away from the child, so `Drop` decides
+//! when it ends. For when `Drop` never runs (the test process killed), a watchdog shell in the
+//! same group ends the group once the test process is gone.
 
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -12,11 +16,17 @@ use super::error::HarnessError;
 /// How long a process group gets between SIGTERM and SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(10);
 
+/// Ends the process group `$2` once process `$1` (the test) is gone; immune to the group's
+/// own SIGTERM so that it can follow up with SIGKILL.
+const WATCHDOG: &str = "trap '' TERM; while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; \
+     kill -TERM -- \"-$2\" 2>/dev/null; sleep 5; kill -KILL -- \"-$2\" 2>/dev/null";
+
 /// A running child process (and everything it started).
 #[derive(Debug)]
 pub struct Served {
     name: String,
     child: Child,
+    watchdog: Option<Child>,
     log: PathBuf,
 }
 
@@ -38,9 +48,22 @@ impl Served {
         let child = cmd
             .spawn()
             .map_err(|err| HarnessError::process(name, format!("spawn {cmd:?}: {err}")))?;
+        let group = child.id();
+        // Best effort: without it only a killed test process leaves the group behind.
+        let watchdog = Command::new("bash")
+            .args(["-c", WATCHDOG, "watchdog"])
+            .arg(std::process::id().to_string())
+            .arg(group.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(i32::try_from(group).unwrap_or(0))
+            .spawn()
+            .ok();
         Ok(Self {
             name: name.to_owned(),
             child,
+            watchdog,
             log: log.to_path_buf(),
         })
     }
@@ -86,13 +109,21 @@ impl Served {
             }
         }
         signal(&group, "-KILL");
-        let _ = self.child.wait();
+        self.reap();
     }
 
     /// SIGKILL to the whole group at once (a crash).
     pub fn kill(&mut self) {
         signal(&format!("-{}", self.child.id()), "-KILL");
+        self.reap();
+    }
+
+    fn reap(&mut self) {
         let _ = self.child.wait();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
     }
 }
 
