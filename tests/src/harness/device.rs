@@ -783,3 +783,160 @@ fn short(event: &Event) -> String {
         other => format!("{other:?}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tandem_shared::crypto::SecretKey;
+    use tandem_shared::keys::{ClientKey, DeviceGroupKey};
+    use tandem_shared::mediator::GroupConfig;
+    use tandem_shared::proto::d2m::DeviceSlotState;
+
+    use super::*;
+    use crate::harness::{random_device_id, Identity, LocalMediator};
+
+    /// An identity that never saw a directory: enough for d2m-only devices.
+    fn identity() -> Identity {
+        let client_key = ClientKey::new(SecretKey::generate(&mut OsRng));
+        Identity {
+            identity: *b"UNITTEST",
+            keys: DeviceGroupKey::from_client_key(client_key.secret()).derive_keys(),
+            client_key,
+            server_group: "01".into(),
+            chat_server_key: SecretKey::generate(&mut OsRng).public_key(),
+        }
+    }
+
+    async fn setup() -> (LocalMediator, Identity, String) {
+        let mediator = LocalMediator::start(GroupConfig::default(), HashMap::new())
+            .await
+            .unwrap();
+        let id = identity();
+        let url = id.mediator_url(&mediator.ws_base()).unwrap();
+        (mediator, id, url)
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            content: Some(
+                tandem_shared::proto::d2d::envelope::Content::OutgoingMessage(
+                    tandem_shared::proto::d2d::OutgoingMessage {
+                        message_id: 7,
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn events_passed_over_stay_in_the_backlog_in_order() {
+        let (_mediator, id, url) = setup().await;
+        let mut a = Device::connect(&url, "a", id.device_config(random_device_id(), "a"))
+            .await
+            .unwrap();
+        a.promoted().await.unwrap();
+        assert!(a.is_leader());
+        assert!(matches!(
+            a.next_event("1st").await.unwrap(),
+            Event::ServerInfo(_)
+        ));
+        assert!(matches!(
+            a.next_event("2nd").await.unwrap(),
+            Event::QueueDry
+        ));
+        assert!(a.take_backlog().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_timeout_names_the_device_and_what_was_awaited() {
+        let (_mediator, id, url) = setup().await;
+        let (mut a, _) = Device::connect_online(&url, "alice", id.device_config(1, "a"))
+            .await
+            .unwrap();
+        let err = a
+            .wait_for("DevicesInfo", Duration::from_millis(300), |e| {
+                matches!(e, Event::DevicesInfo(_)).then_some(())
+            })
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("alice: no DevicesInfo within 300ms"),
+            "{text}"
+        );
+        assert!(text.contains("ServerInfo"), "recent events listed: {text}");
+    }
+
+    #[tokio::test]
+    async fn a_wait_on_a_closed_connection_reports_its_close_code() {
+        let (_mediator, id, url) = setup().await;
+        let device_id = random_device_id();
+        let (mut first, _) =
+            Device::connect_online(&url, "first", id.device_config(device_id, "a"))
+                .await
+                .unwrap();
+        let mut config = id.device_config(device_id, "a");
+        config.expected_slot_state = DeviceSlotState::Existing;
+        let (_second, _) = Device::connect_online(&url, "second", config)
+            .await
+            .unwrap();
+        let err = first.devices_info().await.unwrap_err();
+        assert_eq!(err.close_code(), Some(CloseCode::DeviceIdReused), "{err}");
+        assert!(
+            err.to_string().contains("first: closed with 4112 (remote)"),
+            "{err}"
+        );
+        assert_eq!(first.close_code(), Some(CloseCode::DeviceIdReused));
+        assert!(matches!(
+            first.reflect(&envelope()).await,
+            Err(HarnessError::Session {
+                source: DeviceError::Closed,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn expect_none_fails_on_a_forbidden_event_and_keeps_the_others() {
+        let (_mediator, id, url) = setup().await;
+        let (mut a, _) = Device::connect_online(&url, "a", id.device_config(1, "a"))
+            .await
+            .unwrap();
+        let (mut b, _) = Device::connect_online(&url, "b", id.device_config(2, "b"))
+            .await
+            .unwrap();
+        b.queue_dry().await.unwrap();
+        b.expect_none(Duration::from_millis(200), "idle", |e| {
+            matches!(e, Event::Reflected { .. })
+        })
+        .await
+        .unwrap();
+        let reflect_id = a.reflect(&envelope()).await.unwrap();
+        a.reflect_acked(reflect_id).await.unwrap();
+        let err = b
+            .expect_none(Duration::from_secs(5), "after a reflect", |e| {
+                matches!(e, Event::Reflected { .. })
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("unexpected Reflected"), "{err}");
+        let got = b.receive_reflected(1, true).await.unwrap();
+        assert_eq!(got[0].envelope.device_id, 1, "still in the backlog");
+    }
+
+    #[tokio::test]
+    async fn a_raw_frame_gets_the_mediators_close_code() {
+        let (_mediator, id, url) = setup().await;
+        let (mut a, _) = Device::connect_online(&url, "a", id.device_config(1, "a"))
+            .await
+            .unwrap();
+        a.send_raw(Message::text("not binary")).await.unwrap();
+        assert_eq!(
+            a.closed(Duration::from_secs(5)).await.unwrap(),
+            CloseCode::ProtocolError
+        );
+    }
+}

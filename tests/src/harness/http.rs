@@ -124,3 +124,72 @@ async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse, String> {
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A one-shot server answering with `response` and then keeping the connection open (as
+    /// wrangler dev does) or closing it.
+    fn serve_once(response: &'static str, keep_open: bool) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0_u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+                head.push(byte[0]);
+            }
+            stream.write_all(response.as_bytes()).unwrap();
+            if keep_open {
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_body_is_read_by_content_length_on_a_connection_left_open() {
+        let addr = serve_once(
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 5\r\n\r\nhello and more",
+            true,
+        );
+        let response = http_request(&addr, "GET", "/", None, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            response,
+            HttpResponse {
+                status: 404,
+                body: "hello".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn without_content_length_the_body_ends_with_the_connection() {
+        let addr = serve_once("HTTP/1.1 200 OK\r\n\r\n{\"a\":1}", false);
+        let response = http_request(&addr, "GET", "/", None, Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(response.json("GET /").unwrap()["a"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_a_timeout_naming_the_request() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let err = http_request(&addr, "GET", "/x", None, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("GET http://") && text.contains("/x"),
+            "{text}"
+        );
+        assert!(text.contains("no answer within"), "{text}");
+        drop(listener);
+    }
+}

@@ -146,3 +146,80 @@ impl Runner {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runner(filter: Option<&[&str]>, limit: Duration) -> Runner {
+        Runner {
+            label: "unit".into(),
+            filter: filter.map(|names| names.iter().map(|n| (*n).to_owned()).collect()),
+            limit,
+            outcomes: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_is_recorded_with_its_name_and_the_rest_still_run() {
+        let mut r = runner(None, Duration::from_secs(5));
+        r.run("fine", async { Ok(()) }).await;
+        r.run("errs", async { Err("the reason".into()) }).await;
+        r.run("panics", async { panic!("assertion text") }).await;
+        r.run("after", async { Ok(()) }).await;
+        assert!(r.failed());
+        let names: Vec<_> = r.outcomes.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["fine", "errs", "panics", "after"]);
+        let summary = r.summary();
+        assert!(
+            summary.contains("scenario errs failed: the reason"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("scenario panics failed: panicked at"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("runner.rs"),
+            "the panic's location: {summary}"
+        );
+        assert!(summary.contains("assertion text"), "{summary}");
+        assert!(!summary.contains("scenario fine failed"), "{summary}");
+    }
+
+    #[tokio::test]
+    async fn all_passing_is_not_a_failure() {
+        let mut r = runner(None, Duration::from_secs(5));
+        r.run("one", async { Ok(()) }).await;
+        assert!(!r.failed(), "{}", r.summary());
+    }
+
+    #[tokio::test]
+    async fn the_filter_runs_only_named_scenarios_and_matching_none_fails() {
+        let mut r = runner(Some(&["b"]), Duration::from_secs(5));
+        r.run("a", async { Err("must not run".into()) }).await;
+        r.run("b", async { Ok(()) }).await;
+        assert_eq!(r.outcomes.len(), 1);
+        assert!(!r.failed());
+
+        let mut r = runner(Some(&["typo"]), Duration::from_secs(5));
+        r.run("a", async { Ok(()) }).await;
+        assert!(r.failed(), "nothing ran");
+        assert!(r.summary().contains("none ran"));
+    }
+
+    #[tokio::test]
+    async fn a_scenario_over_its_limit_fails() {
+        let mut r = runner(None, Duration::from_millis(50));
+        r.run("slow", async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        })
+        .await;
+        assert!(
+            r.summary().contains("did not finish within 50ms"),
+            "{}",
+            r.summary()
+        );
+    }
+}
