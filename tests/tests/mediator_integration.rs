@@ -83,7 +83,8 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("transactions", transactions(fx)).await;
     runner.run("devices", devices(fx)).await;
     runner.run("end_to_end", end_to_end(fx)).await;
-    runner.run("restart", restart(fx)).await;
+    runner.run("restart", restart(fx, false)).await;
+    runner.run("crash", restart(fx, true)).await;
     runner.run("bad_input", bad_input(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -867,9 +868,10 @@ async fn end_to_end(fx: &mut Fixture) -> ScenarioResult {
     Ok(())
 }
 
-/// The mediator restarts in the middle of a reflect stream: afterwards no envelope whose
-/// ReflectAck arrived is missing, and none comes again after an ack the mediator confirmed.
-async fn restart(fx: &mut Fixture) -> ScenarioResult {
+/// The mediator restarts (or, `crash`, is killed and started again) in the middle of a reflect
+/// stream: afterwards no envelope whose ReflectAck arrived is missing, and none comes again after
+/// an ack the mediator confirmed.
+async fn restart(fx: &mut Fixture, crash: bool) -> ScenarioResult {
     const BURST: u64 = 1_000;
     let id = fx.identity().await?;
     let (a_id, b_id) = (random_device_id(), random_device_id());
@@ -891,21 +893,19 @@ async fn restart(fx: &mut Fixture) -> ScenarioResult {
     let more = b.receive_reflected(20, true).await?;
     delivered_before.extend(more.iter().map(|r| tag_of(&r.envelope)));
 
-    // a pipelines 1 000 more; the mediator goes down while they are in flight.
+    // a pipelines 1 000 more; the mediator goes down once the 100th is acked, the rest in flight.
     let in_flight = a.reflect_all(&tags(BURST, 150)).await?;
-    let took = fx.restart_mediator().await?;
-    eprintln!("  restart: mediator back after {took:.1?}");
+    let mut acked_ids = BTreeSet::from([in_flight[99]]);
+    a.reflect_acked(in_flight[99]).await?;
+    let took = fx.restart_mediator(crash).await?;
+    eprintln!("  restart (crash: {crash}): mediator back after {took:.1?}");
     // Whatever ReflectAcks arrived before the connection ended are stored.
     a.closed(CLOSE_WAIT).await?;
     b.closed(CLOSE_WAIT).await?;
-    let acked_ids: BTreeSet<u32> = a
-        .take_backlog()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::ReflectAcked { reflect_id, .. } => Some(reflect_id),
-            _ => None,
-        })
-        .collect();
+    acked_ids.extend(a.take_backlog().into_iter().filter_map(|e| match e {
+        Event::ReflectAcked { reflect_id, .. } => Some(reflect_id),
+        _ => None,
+    }));
     for (i, reflect_id) in in_flight.iter().enumerate() {
         if acked_ids.contains(reflect_id) {
             stored.insert((150 + i as u64, 0));
@@ -940,6 +940,16 @@ async fn restart(fx: &mut Fixture) -> ScenarioResult {
     b.sync_barrier().await?;
     let after: Vec<(u64, u32)> = after.iter().map(|r| tag_of(&r.envelope)).collect();
 
+    let redelivered = after
+        .iter()
+        .filter(|e| delivered_before.contains(e))
+        .count();
+    let unacked_but_stored = after.iter().filter(|e| !stored.contains(e)).count();
+    eprintln!(
+        "  restart: {} entries after the restart ({redelivered} delivered before with an \
+         unconfirmed ack, {unacked_but_stored} stored without a ReflectAck reaching a)",
+        after.len()
+    );
     let again: Vec<_> = after.iter().filter(|e| confirmed.contains(e)).collect();
     assert!(
         again.is_empty(),

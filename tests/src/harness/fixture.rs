@@ -147,17 +147,24 @@ impl Fixture {
         Identity::create(&self.chat.directory()).await
     }
 
-    /// Restarts the mediator on the same storage and port; every connection drops.
-    pub async fn restart_mediator(&mut self) -> Result<Duration, HarnessError> {
+    /// Restarts the mediator on the same storage and port; every connection drops. `crash`:
+    /// SIGKILL instead of SIGTERM (the in-process mediator drops everything either way).
+    pub async fn restart_mediator(&mut self, crash: bool) -> Result<Duration, HarnessError> {
         let started = Instant::now();
         let took = match &mut self.mediator {
+            Mediator::Wrangler(dev) if crash => dev.crash_and_restart().await?,
             Mediator::Wrangler(dev) => dev.restart().await?,
             Mediator::Local(local) => {
                 local.restart().await?;
                 started.elapsed()
             }
         };
-        self.timings.push(("mediator restart".into(), took));
+        let what = if crash {
+            "mediator crash + restart"
+        } else {
+            "mediator restart"
+        };
+        self.timings.push((what.into(), took));
         Ok(took)
     }
 

@@ -66,6 +66,15 @@ impl WranglerDev {
         self.launch(false, RESTART_WAIT).await
     }
 
+    /// SIGKILL to wrangler and workerd at once (a crash), then the same build on the same port
+    /// and state again; returns the time until it answered.
+    pub async fn crash_and_restart(&mut self) -> Result<Duration, HarnessError> {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        self.launch(false, RESTART_WAIT).await
+    }
+
     /// Ends `wrangler dev` and workerd (SIGTERM, then SIGKILL).
     pub fn stop(&mut self) {
         if let Some(mut process) = self.process.take() {
