@@ -86,6 +86,7 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("restart", restart(fx, false)).await;
     runner.run("crash", restart(fx, true)).await;
     runner.run("bad_input", bad_input(fx)).await;
+    runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
     }
@@ -203,6 +204,17 @@ fn now_ms() -> u64 {
 }
 
 // ---- scenarios ----------------------------------------------------------------------------------
+
+/// Nothing above made the Worker panic or throw, even where the device saw the right close code.
+async fn no_crash_logged(fx: &mut Fixture) -> ScenarioResult {
+    let lines = fx.mediator_crash_lines();
+    assert!(
+        lines.is_empty(),
+        "the mediator logged crashes:\n{}",
+        lines.join("\n")
+    );
+    Ok(())
+}
 
 /// A device that does not hold the group key (wrong DGK) fails the challenge: 4010, no slot.
 async fn challenge(fx: &mut Fixture) -> ScenarioResult {

@@ -13,8 +13,11 @@ use super::identity::Identity;
 use super::local_mediator::LocalMediator;
 use super::worker::WranglerDev;
 
+/// Set (to anything) to keep the scratch directory of a passing run too.
+pub const KEEP_SCRATCH_VAR: &str = "TANDEM_KEEP_SCRATCH";
+
 /// A directory under the system's temp directory, removed on drop unless [`Scratch::keep`] was
-/// called (a failed run keeps its logs).
+/// called (a failed run keeps its logs) or [`KEEP_SCRATCH_VAR`] is set.
 #[derive(Debug)]
 pub struct Scratch {
     path: PathBuf,
@@ -31,7 +34,8 @@ impl Scratch {
         let path = std::env::temp_dir().join(format!("tandem-{label}-{}-{ms}", std::process::id()));
         std::fs::create_dir_all(&path)
             .map_err(|err| HarnessError::io(format!("create {}", path.display()), err))?;
-        Ok(Self { path, keep: false })
+        let keep = std::env::var_os(KEEP_SCRATCH_VAR).is_some();
+        Ok(Self { path, keep })
     }
 
     /// The directory.
@@ -177,6 +181,16 @@ impl Fixture {
     /// Keep the scratch directory after the fixture is gone.
     pub fn keep_scratch(&mut self) {
         self.scratch.keep();
+    }
+
+    /// Log lines showing a crash inside the mediator (none for the in-process one, whose
+    /// panics fail the test directly).
+    #[must_use]
+    pub fn mediator_crash_lines(&self) -> Vec<String> {
+        match &self.mediator {
+            Mediator::Wrangler(dev) => dev.crash_lines(),
+            Mediator::Local(_) => Vec::new(),
+        }
     }
 
     /// The tails of every log, for a failure report.

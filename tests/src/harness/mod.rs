@@ -28,7 +28,7 @@ mod worker;
 pub use chat_server::{ChatServer, CHAT_SERVER_BIN_VAR};
 pub use device::{Device, Received, TransactionStart, DEFAULT_WAIT};
 pub use error::HarnessError;
-pub use fixture::{Fixture, Mediator, Scratch};
+pub use fixture::{Fixture, Mediator, Scratch, KEEP_SCRATCH_VAR};
 pub use http::{http_request, HttpResponse};
 pub use identity::{lookup_public_key, random_device_id, Identity};
 pub use local_mediator::LocalMediator;

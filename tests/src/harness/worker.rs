@@ -100,6 +100,22 @@ impl WranglerDev {
         super::process::log_tail(&self.log_path(), lines)
     }
 
+    /// Lines of every log so far that show a crash inside the Worker: a Rust panic or an
+    /// uncaught JavaScript exception (a wasm trap included).
+    #[must_use]
+    pub fn crash_lines(&self) -> Vec<String> {
+        (1..=self.starts)
+            .map(|n| self.log_dir.join(format!("wrangler-{n}.log")))
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter(|line| line.contains("panicked at") || line.contains("Uncaught"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn log_path(&self) -> PathBuf {
         self.log_dir
             .join(format!("wrangler-{}.log", self.starts.max(1)))
