@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use tandem_shared::mediator::GroupConfig;
+
 /// Name of the var holding the chat server address of server group `group`.
 pub(crate) fn chat_server_var(group: &str) -> String {
     format!("CHAT_SERVER_{group}")
@@ -13,6 +15,56 @@ pub(crate) const DIRECTORY_URL_VAR: &str = "DIRECTORY_URL";
 
 /// Var that enables the bench relay and the inspection routes when set to `on`.
 pub(crate) const DEV_ROUTES_VAR: &str = "TANDEM_DEV_ROUTES";
+
+/// Var overriding [`GroupConfig::max_queue_len`] (tests reach 4114 with small queues).
+pub(crate) const MAX_QUEUE_LEN_VAR: &str = "TANDEM_MAX_QUEUE_LEN";
+
+/// Var overriding [`GroupConfig::max_transaction_ttl_s`].
+pub(crate) const MAX_TRANSACTION_TTL_VAR: &str = "TANDEM_MAX_TRANSACTION_TTL_S";
+
+/// Why a group limit var was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum LimitError {
+    /// Not a decimal number in the allowed range.
+    #[error("{var} must be a whole number from 1 to {max}")]
+    Range {
+        /// The var's name.
+        var: &'static str,
+        /// The largest allowed value.
+        max: u64,
+    },
+}
+
+/// The group limits: `GroupConfig::default()` with the vars that are set (`var` looks one up).
+pub(crate) fn group_config(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<GroupConfig, LimitError> {
+    let mut config = GroupConfig::default();
+    if let Some(value) = var(MAX_QUEUE_LEN_VAR) {
+        config.max_queue_len = parse_limit(MAX_QUEUE_LEN_VAR, &value, u64::MAX)?;
+    }
+    if let Some(value) = var(MAX_TRANSACTION_TTL_VAR) {
+        let ttl = parse_limit(MAX_TRANSACTION_TTL_VAR, &value, u64::from(u32::MAX))?;
+        config.max_transaction_ttl_s = u32::try_from(ttl).map_err(|_| LimitError::Range {
+            var: MAX_TRANSACTION_TTL_VAR,
+            max: u64::from(u32::MAX),
+        })?;
+    }
+    Ok(config)
+}
+
+fn parse_limit(var: &'static str, value: &str, max: u64) -> Result<u64, LimitError> {
+    let value = value.trim();
+    let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
+        value.parse::<u64>().ok()
+    } else {
+        None
+    };
+    parsed
+        .filter(|&n| (1..=max).contains(&n))
+        .ok_or(LimitError::Range { var, max })
+}
 
 /// Why a configured chat server address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,6 +175,43 @@ mod tests {
         assert_eq!(ChatServerAddr::parse("h:65536"), Err(AddressError::Port));
         assert_eq!(ChatServerAddr::parse("h:+1"), Err(AddressError::Port));
         assert_eq!(ChatServerAddr::parse("h:"), Err(AddressError::Port));
+    }
+
+    #[test]
+    fn group_config_defaults_without_vars() {
+        assert_eq!(group_config(|_| None).unwrap(), GroupConfig::default());
+    }
+
+    #[test]
+    fn group_config_takes_the_limit_vars() {
+        let config = group_config(|name| match name {
+            MAX_QUEUE_LEN_VAR => Some("50".into()),
+            MAX_TRANSACTION_TTL_VAR => Some(" 3 ".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(config.max_queue_len, 50);
+        assert_eq!(config.max_transaction_ttl_s, 3);
+        assert_eq!(
+            config.max_device_slots,
+            GroupConfig::default().max_device_slots
+        );
+    }
+
+    #[test]
+    fn group_config_refuses_zero_signs_words_and_overflow() {
+        for bad in ["0", "-1", "+5", "ten", "", "4294967296"] {
+            let err = group_config(|name| (name == MAX_TRANSACTION_TTL_VAR).then(|| bad.into()));
+            assert_eq!(
+                err,
+                Err(LimitError::Range {
+                    var: MAX_TRANSACTION_TTL_VAR,
+                    max: u64::from(u32::MAX)
+                }),
+                "{bad:?}"
+            );
+        }
+        assert!(group_config(|name| (name == MAX_QUEUE_LEN_VAR).then(|| "1e3".into())).is_err());
     }
 
     #[test]

@@ -1,292 +1,479 @@
-//! The device group's Durable Object (DESIGN.md §1, §3), as a skeleton: it owns the group's
-//! WebSockets, its SQLite schema and one chat server TCP connection per device, and moves bytes.
+//! The device group's Durable Object (DESIGN.md §1, §3): it drives `shared`'s sans-IO mediator
+//! state machine, one `Group<SqlGroupStore>` per object, with the group's device WebSockets, one
+//! chat server TCP connection per device, the clock and the object's alarm.
 //!
-//! Until `shared`'s mediator state machine is plugged in, a binary frame that is a d2m proxy
-//! container (type 0x00) goes to the chat server over TCP and the server's bytes come back in proxy
-//! containers; any other binary frame is echoed back and counted in SQLite.
+//! Every input (a frame, a close, chat server bytes, the alarm) goes through [`input`]: borrow
+//! the group, feed it, take every effect and the next deadline out, release the borrow, then
+//! carry the effects out. Nothing awaits while the group is borrowed; what needs to wait (TCP)
+//! runs in spawned tasks that come back through [`input`]. `docs/worker.md` has the whole
+//! picture, the bounds and the restart rule.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use futures_channel::mpsc;
+use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
-use tandem_shared::d2m::{CloseCode, Container, PayloadType};
+use rand_core::OsRng;
+use serde::Serialize;
+use tandem_shared::crypto::PublicKey;
+use tandem_shared::d2m::CloseCode;
+use tandem_shared::keys::ClientUrlInfo;
+use tandem_shared::mediator::{ConnId, Effect, Group, GroupConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use worker::{
-    console_error, durable_object, js_sys, wasm_bindgen_futures, DurableObject, Env, Request,
-    Response, Socket, SqlStorage, State, WebSocket,
+    console_error, console_warn, durable_object, js_sys, wasm_bindgen_futures, DurableObject, Env,
+    Request, Response, Socket, SqlStorage, State, WebSocket,
 };
 
-use crate::config::{chat_server_var, ChatServerAddr};
+use crate::config::{self, chat_server_var, ChatServerAddr};
+use crate::runtime::{self, RawStorage};
 use crate::schema;
+use crate::selftest;
+use crate::store::SqlGroupStore;
 use crate::ws::{self, Frame};
 
-/// Path of the development-only counters request the Worker sends to the object.
+/// Path of the development-only stats request the Worker sends to the object.
 pub(crate) const STATS_PATH: &str = "/_dev/stats";
+/// Path of the development-only store self-test (run in an object that serves no group).
+pub(crate) const SELFTEST_PATH: &str = "/_dev/store-selftest";
 
-/// Bytes read from the chat server per proxy container sent to the device.
+/// Bytes from one device waiting to be written to its chat server socket. Beyond this the
+/// device is closed with 4009 (docs/worker.md, "Bounds").
+pub(crate) const MAX_CSP_BACKLOG: usize = 1024 * 1024;
+
+/// Bytes read from the chat server at once.
 const TCP_READ_CHUNK: usize = 16 * 1024;
+
+/// The latest time a JS `Date` can hold (ms); alarms are clamped to it.
+const MAX_DATE_MS: u64 = 8_640_000_000_000_000;
 
 /// One device group's Durable Object, named `hex(DGPK.public)`.
 #[durable_object]
 pub struct DeviceGroup {
     env: Env,
-    group: Rc<Group>,
+    io: Rc<Io>,
 }
 
 impl std::fmt::Debug for DeviceGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeviceGroup")
-            .field("connections", &self.group.connections.borrow().len())
+            .field("links", &self.io.links.borrow().len())
             .finish_non_exhaustive()
     }
 }
 
-/// State shared between the object and its connection tasks.
-struct Group {
+/// What the object and its tasks share.
+struct Io {
     sql: SqlStorage,
-    /// Set when creating the schema failed; every request is then refused.
-    schema_error: Option<String>,
-    next_connection: Cell<u64>,
-    connections: RefCell<HashMap<u64, Connection>>,
+    storage: RawStorage,
+    /// The limits, or why the vars holding them were refused.
+    config: Result<GroupConfig, String>,
+    group: RefCell<GroupState>,
+    /// The sockets of the connections the group may still talk to.
+    links: RefCell<BTreeMap<ConnId, Link>>,
+    next_conn: Cell<u64>,
+    /// What the object's alarm is set to, as far as this instance knows.
+    alarm: Cell<Armed>,
+    /// Device WebSockets accepted by this instance (development stats).
+    accepted: Cell<u64>,
 }
 
-/// One device WebSocket.
-struct Connection {
+enum GroupState {
+    /// The object does not know its group yet (started without its name and nothing stored):
+    /// the first device WebSocket's URL tells it.
+    Unknown,
+    Ready {
+        id: PublicKey,
+        group: Box<Group<SqlGroupStore>>,
+    },
+    /// The schema, the limits or loading the group failed: every request is answered 500.
+    Failed(String),
+}
+
+/// One device WebSocket and what belongs to it.
+struct Link {
     ws: WebSocket,
     /// The chat server of the device's server group, or why there is none.
     chat_server: Result<ChatServerAddr, String>,
-    /// Bytes for the chat server, once the device sent its first proxy container.
-    to_chat_server: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The chat server connection, from `OpenCsp` to `CloseCsp`.
+    csp: Option<CspLink>,
+    /// Dropped with the link: ends the task reading the WebSocket.
+    _stop_reader: oneshot::Sender<()>,
+}
+
+/// The sending side of one chat server connection's task; dropping it ends the task and
+/// closes the socket.
+struct CspLink {
+    /// Device bytes for the chat server. Unbounded as a channel, bounded by `queued`.
+    to_server: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes in `to_server` or being written; at most [`MAX_CSP_BACKLOG`].
+    queued: Rc<Cell<usize>>,
+    _cancel: oneshot::Sender<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Armed {
+    /// Not known (a new instance may find an alarm of an earlier one).
+    Unknown,
+    None,
+    At(u64),
+}
+
+/// Something to feed back into the group once the current effects are carried out.
+enum FollowUp {
+    /// There is no chat server for the device's server group.
+    NoChatServer(ConnId),
+    /// The device sent more than [`MAX_CSP_BACKLOG`] the chat server has not taken yet.
+    Backlog(ConnId),
 }
 
 impl DurableObject for DeviceGroup {
     fn new(state: State, env: Env) -> Self {
-        let sql = state.storage().sql();
-        let schema_error = schema::create(&sql).err().map(|err| err.to_string());
-        if let Some(err) = &schema_error {
-            console_error!("device group schema: {err}");
+        let storage = state.storage();
+        let sql = storage.sql();
+        let config = config::group_config(|name| env.var(name).ok().map(|var| var.to_string()))
+            .map_err(|err| err.to_string());
+        let io = Rc::new(Io {
+            sql,
+            storage: runtime::raw_storage(&storage),
+            config,
+            group: RefCell::new(GroupState::Unknown),
+            links: RefCell::new(BTreeMap::new()),
+            next_conn: Cell::new(0),
+            alarm: Cell::new(Armed::Unknown),
+            accepted: Cell::new(0),
+        });
+        match schema::create(&io.sql) {
+            Err(err) => fail(&io, format!("creating the schema: {err}")),
+            Ok(()) => {
+                // The object's name is hex(DGPK.public); an alarm may start it without one, so
+                // the id is also stored.
+                let named = state.id().name().and_then(|name| group_id_of_name(&name));
+                let stored = schema::stored_group_id(&io.sql).ok().flatten();
+                if let Some(id) = named.or(stored) {
+                    start_group(&io, id);
+                }
+            }
         }
-        Self {
-            env,
-            group: Rc::new(Group {
-                sql,
-                schema_error,
-                next_connection: Cell::new(0),
-                connections: RefCell::new(HashMap::new()),
-            }),
-        }
+        Self { env, io }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
-        if let Some(err) = &self.group.schema_error {
-            return Response::error(format!("storage unavailable: {err}"), 500);
+        let path = req.path();
+        if path == SELFTEST_PATH {
+            return self.store_selftest();
         }
-        if crate::is_websocket_upgrade(&req)? {
-            return self.accept_device(&req);
+        if let GroupState::Failed(reason) = &*self.io.group.borrow() {
+            return Response::error(format!("device group unavailable: {reason}"), 500);
         }
-        if req.path() == STATS_PATH {
-            return Response::from_json(&self.group.stats()?);
+        if path == STATS_PATH {
+            return Response::from_json(&stats(&self.io)?);
         }
-        Response::error("not found", 404)
+        if !crate::is_websocket_upgrade(&req)? {
+            return Response::error("not found", 404);
+        }
+        let info = match ClientUrlInfo::from_path(&path) {
+            Ok(info) => info,
+            Err(err) => return Response::error(format!("bad mediator path: {err}"), 400),
+        };
+        if let Err(reason) = ensure_group(&self.io, info.device_group_id) {
+            return Response::error(format!("device group unavailable: {reason}"), 500);
+        }
+        self.accept_device(&info)
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        // The alarm that fired is spent; `input` sets the next one.
+        self.io.alarm.set(Armed::None);
+        input(&self.io, |group, now| group.on_timeout(now));
+        Response::ok("")
     }
 }
 
 impl DeviceGroup {
-    /// Accepts a device WebSocket; the Worker has already validated the path.
-    fn accept_device(&self, req: &Request) -> worker::Result<Response> {
-        let info = match tandem_shared::keys::ClientUrlInfo::from_path(&req.path()) {
-            Ok(info) => info,
-            Err(err) => return Response::error(format!("bad mediator path: {err}"), 400),
-        };
+    /// Accepts a device WebSocket of this group and starts the task reading it.
+    fn accept_device(&self, info: &ClientUrlInfo) -> worker::Result<Response> {
         let chat_server = self
             .env
             .var(&chat_server_var(&info.server_group))
             .map_err(|_| format!("no chat server for server group {}", info.server_group))
             .and_then(|var| ChatServerAddr::parse(&var.to_string()).map_err(|e| e.to_string()));
-
-        self.group.increment(schema::CONNECTIONS_ACCEPTED)?;
         let (client, server) = ws::accept_pair()?;
-        let id = self.group.next_connection.get();
-        self.group.next_connection.set(id.wrapping_add(1));
-        self.group.connections.borrow_mut().insert(
-            id,
-            Connection {
+        let conn = ConnId(self.io.next_conn.get());
+        self.io
+            .next_conn
+            .set(self.io.next_conn.get().wrapping_add(1));
+        self.io
+            .accepted
+            .set(self.io.accepted.get().saturating_add(1));
+        let (stop_reader, stopped) = oneshot::channel();
+        self.io.links.borrow_mut().insert(
+            conn,
+            Link {
                 ws: server.clone(),
                 chat_server,
-                to_chat_server: None,
+                csp: None,
+                _stop_reader: stop_reader,
             },
         );
-
-        let group = Rc::clone(&self.group);
-        wasm_bindgen_futures::spawn_local(async move {
-            serve_device(&group, id, server).await;
-            // Dropping the connection drops its chat server sender, which ends the TCP task.
-            group.connections.borrow_mut().remove(&id);
-        });
+        let io = Rc::clone(&self.io);
+        wasm_bindgen_futures::spawn_local(read_device(io, conn, server, stopped));
         Response::from_websocket(client)
+    }
+
+    /// Runs the store's contract checks on this object's tables, which must serve no group.
+    fn store_selftest(&self) -> worker::Result<Response> {
+        if !matches!(&*self.io.group.borrow(), GroupState::Unknown) {
+            return Response::error(
+                "the store self-test runs only in an object with no group",
+                409,
+            );
+        }
+        let mut store = SqlGroupStore::new(self.io.sql.clone(), self.io.storage.clone());
+        match selftest::run(&self.io.sql, &mut store) {
+            Ok(passed) => Response::from_json(&serde_json::json!({ "passed": passed })),
+            Err(failure) => Response::error(format!("store self-test failed: {failure}"), 500),
+        }
     }
 }
 
-/// Handles one device's frames until it closes.
-async fn serve_device(group: &Group, id: u64, ws: WebSocket) {
-    let mut events = match ws.events() {
-        Ok(events) => events,
-        Err(err) => {
-            console_error!("device socket events: {err}");
-            return;
-        }
-    };
-    while let Some(event) = events.next().await {
-        match ws::frame_of(event) {
-            Frame::Binary(buffer) => {
-                let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
-                if let Err(err) = group.on_binary(id, &ws, &bytes) {
-                    console_error!("device frame: {err}");
-                    ws::close(
-                        &ws,
+/// Reads one device WebSocket until it closes or the link is dropped, feeding the group.
+async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: oneshot::Receiver<()>) {
+    input(&io, |group, now| group.on_connect(conn, now, &mut OsRng));
+    match ws.events() {
+        Ok(mut events) => loop {
+            let event = match select(events.next(), &mut stopped).await {
+                Either::Left((Some(event), _)) => event,
+                // Closed, or the link was dropped (the group or the driver closed the socket).
+                Either::Left((None, _)) | Either::Right(_) => break,
+            };
+            match ws::frame_of(event) {
+                Frame::Binary(buffer) => {
+                    let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
+                    input(&io, |group, now| group.on_binary(conn, &bytes, now));
+                }
+                Frame::Text => input(&io, |group, now| group.on_text(conn, now)),
+                Frame::Unreadable => {
+                    console_error!(
+                        "binary frame not readable: was binaryType set before accept()?"
+                    );
+                    close_link(
+                        &io,
+                        conn,
                         CloseCode::ServerInternalError.as_u16(),
                         "internal error",
                     );
-                    return;
+                    break;
                 }
+                Frame::Closed => break,
             }
-            Frame::Text => {
-                ws::close(
-                    &ws,
-                    CloseCode::ProtocolError.as_u16(),
-                    "text frames are not part of d2m",
+        },
+        Err(err) => {
+            console_error!("device socket events: {err}");
+            close_link(
+                &io,
+                conn,
+                CloseCode::ServerInternalError.as_u16(),
+                "internal error",
+            );
+        }
+    }
+    drop(io.links.borrow_mut().remove(&conn));
+    input(&io, |group, now| group.on_disconnect(conn, now));
+}
+
+/// Feeds one input to the group (if it is running) and carries out what it asks for.
+fn input(io: &Rc<Io>, feed: impl FnOnce(&mut Group<SqlGroupStore>, u64)) {
+    let now = now_ms();
+    let (effects, deadline) = {
+        let mut state = io.group.borrow_mut();
+        let GroupState::Ready { group, .. } = &mut *state else {
+            return;
+        };
+        feed(group, now);
+        let effects: Vec<Effect> = std::iter::from_fn(|| group.poll_effect()).collect();
+        while let Some(err) = group.poll_store_error() {
+            console_error!("device group store: {err}");
+        }
+        (effects, group.poll_timeout())
+    };
+    carry_out_all(io, effects, deadline);
+}
+
+/// Sets the alarm and carries out a batch of effects, then feeds back what they caused. Not
+/// generic, so that the feedback's `input` calls do not instantiate `input` without end.
+fn carry_out_all(io: &Rc<Io>, effects: Vec<Effect>, deadline: Option<u64>) {
+    arm_alarm(io, deadline);
+    let mut follow_ups = Vec::new();
+    for effect in effects {
+        carry_out(io, effect, &mut follow_ups);
+    }
+    for follow_up in follow_ups {
+        match follow_up {
+            FollowUp::NoChatServer(conn) => {
+                input(io, |group, now| group.on_csp_connect_failed(conn, now));
+            }
+            FollowUp::Backlog(conn) => {
+                console_warn!(
+                    "closing a device with 4009: over {MAX_CSP_BACKLOG} bytes wait for its chat server"
                 );
-                return;
-            }
-            Frame::Unreadable => {
-                console_error!("binary frame not readable: was binaryType set before accept()?");
-                ws::close(
-                    &ws,
-                    CloseCode::ServerInternalError.as_u16(),
-                    "internal error",
+                close_link(
+                    io,
+                    conn,
+                    CloseCode::CspInternalError.as_u16(),
+                    "chat server backlog",
                 );
-                return;
+                input(io, |group, now| group.on_disconnect(conn, now));
             }
-            Frame::Closed => return,
         }
     }
 }
 
-impl Group {
-    /// A proxy container goes to the chat server; anything else is echoed (skeleton behaviour).
-    fn on_binary(&self, id: u64, ws: &WebSocket, bytes: &[u8]) -> worker::Result<()> {
-        match Container::decode(bytes) {
-            Ok(container) if container.payload_type == PayloadType::Proxy.as_u8() => {
-                self.proxy(id, container.payload);
-                Ok(())
-            }
-            _ => {
-                ws.send_with_bytes(bytes)?;
-                self.increment(schema::FRAMES_ECHOED)
+fn carry_out(io: &Rc<Io>, effect: Effect, follow_ups: &mut Vec<FollowUp>) {
+    match effect {
+        Effect::Send { conn, bytes } => {
+            if let Some(link) = io.links.borrow().get(&conn) {
+                // A socket already gone reports its close through the reading task.
+                if let Err(err) = link.ws.send_with_bytes(&bytes) {
+                    worker::console_debug!("send on a closing socket: {err}");
+                }
             }
         }
-    }
-
-    /// Writes proxy payload towards the chat server, opening the connection on first use.
-    fn proxy(&self, id: u64, payload: &[u8]) {
-        let mut connections = self.connections.borrow_mut();
-        let Some(connection) = connections.get_mut(&id) else {
-            return;
-        };
-        let sender = match &connection.to_chat_server {
-            Some(sender) => sender.clone(),
-            None => {
-                let addr = match &connection.chat_server {
-                    Ok(addr) => addr.clone(),
-                    Err(reason) => {
-                        ws::close(
-                            &connection.ws,
-                            CloseCode::CspUnableToEstablish.as_u16(),
-                            reason,
-                        );
-                        return;
+        Effect::Close { conn, code, cause } => close_link(io, conn, code.as_u16(), cause.reason()),
+        Effect::OpenCsp { conn } => open_csp(io, conn, follow_ups),
+        Effect::CspSend { conn, bytes } => {
+            let mut links = io.links.borrow_mut();
+            let Some(link) = links.get_mut(&conn) else {
+                return;
+            };
+            let over = match &link.csp {
+                None => return,
+                Some(csp) => {
+                    let queued = csp.queued.get().saturating_add(bytes.len());
+                    if queued <= MAX_CSP_BACKLOG {
+                        csp.queued.set(queued);
+                        // A closed channel means the task already ended and told the group.
+                        let _ = csp.to_server.unbounded_send(bytes);
                     }
-                };
-                let (sender, receiver) = mpsc::unbounded();
-                connection.to_chat_server = Some(sender.clone());
-                let ws = connection.ws.clone();
-                wasm_bindgen_futures::spawn_local(async move {
-                    let end = relay_chat_server(&addr, &ws, receiver).await;
-                    if let Some((code, reason)) = end.close_code() {
-                        ws::close(&ws, code.as_u16(), reason);
-                    }
-                });
-                sender
+                    queued > MAX_CSP_BACKLOG
+                }
+            };
+            if over {
+                // Dropping the chat server side ends its task; the device follows.
+                let dropped = link.csp.take();
+                drop(links);
+                drop(dropped);
+                follow_ups.push(FollowUp::Backlog(conn));
             }
-        };
-        // A closed channel means the TCP task already ended and closed the device.
-        let _ = sender.unbounded_send(payload.to_vec());
+        }
+        Effect::CloseCsp { conn } => {
+            let dropped = io
+                .links
+                .borrow_mut()
+                .get_mut(&conn)
+                .and_then(|link| link.csp.take());
+            drop(dropped);
+        }
     }
+}
 
-    fn increment(&self, counter: &str) -> worker::Result<()> {
-        schema::increment(&self.sql, counter)
+/// Closes a device WebSocket and forgets it (its chat server connection goes with it).
+fn close_link(io: &Io, conn: ConnId, code: u16, reason: &str) {
+    let link = io.links.borrow_mut().remove(&conn);
+    if let Some(link) = link {
+        ws::close(&link.ws, code, reason);
     }
+}
 
-    fn stats(&self) -> worker::Result<schema::Stats> {
-        let mut stats = schema::read_stats(&self.sql)?;
-        stats.open_connections = self.connections.borrow().len();
-        Ok(stats)
-    }
+/// Starts the task that connects to the device's chat server and relays both ways.
+fn open_csp(io: &Rc<Io>, conn: ConnId, follow_ups: &mut Vec<FollowUp>) {
+    let mut links = io.links.borrow_mut();
+    let Some(link) = links.get_mut(&conn) else {
+        return;
+    };
+    let addr = match &link.chat_server {
+        Ok(addr) => addr.clone(),
+        Err(reason) => {
+            console_warn!("chat server connection not opened: {reason}");
+            follow_ups.push(FollowUp::NoChatServer(conn));
+            return;
+        }
+    };
+    let (to_server, from_device) = mpsc::unbounded();
+    let (cancel, cancelled) = oneshot::channel();
+    let queued = Rc::new(Cell::new(0));
+    link.csp = Some(CspLink {
+        to_server,
+        queued: Rc::clone(&queued),
+        _cancel: cancel,
+    });
+    drop(links);
+    let io = Rc::clone(io);
+    wasm_bindgen_futures::spawn_local(async move {
+        match relay_chat_server(&io, conn, &addr, from_device, cancelled, &queued).await {
+            TcpEnd::Cancelled => {}
+            TcpEnd::ConnectFailed => {
+                input(&io, |group, now| group.on_csp_connect_failed(conn, now))
+            }
+            TcpEnd::ServerClosed | TcpEnd::Io => {
+                input(&io, |group, now| group.on_csp_closed(conn, now));
+            }
+        }
+    });
 }
 
 /// How a chat server connection ended.
 #[derive(Debug)]
 enum TcpEnd {
-    /// The device went away first; nothing to tell it.
-    DeviceGone,
-    /// The chat server closed its side.
-    ServerClosed,
+    /// The group closed it (`CloseCsp`) or the device is gone; nothing to report.
+    Cancelled,
     /// `connect()` failed or the socket never opened.
     ConnectFailed,
-    /// Reading from or writing to the chat server failed.
+    /// The chat server closed its side.
+    ServerClosed,
+    /// Reading or writing failed.
     Io,
 }
 
-impl TcpEnd {
-    /// The close code for the device (DESIGN.md §3, CSP proxy).
-    fn close_code(&self) -> Option<(CloseCode, &'static str)> {
-        match self {
-            Self::DeviceGone => None,
-            Self::ServerClosed => Some((CloseCode::CspClosed, "chat server closed")),
-            Self::ConnectFailed => {
-                Some((CloseCode::CspUnableToEstablish, "chat server unreachable"))
-            }
-            Self::Io => Some((CloseCode::CspClosed, "chat server connection failed")),
-        }
-    }
-}
-
-/// Moves bytes between one device and the chat server until either side ends.
+/// Connects, then writes the device's bytes and feeds the server's bytes to the group until
+/// either side ends or the link is dropped; always closes the socket.
 async fn relay_chat_server(
+    io: &Rc<Io>,
+    conn: ConnId,
     addr: &ChatServerAddr,
-    ws: &WebSocket,
-    mut to_server: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut from_device: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut cancelled: oneshot::Receiver<()>,
+    queued: &Cell<usize>,
 ) -> TcpEnd {
-    let socket = match Socket::builder().connect(addr.host.clone(), addr.port) {
-        Ok(socket) => socket,
-        Err(_) => return TcpEnd::ConnectFailed,
-    };
-    if socket.opened().await.is_err() {
+    let Ok(mut socket) = Socket::builder().connect(addr.host.clone(), addr.port) else {
         return TcpEnd::ConnectFailed;
+    };
+    let opened = {
+        let opened = socket.opened();
+        futures_util::pin_mut!(opened);
+        match select(opened, &mut cancelled).await {
+            Either::Left((Ok(_), _)) => None,
+            Either::Left((Err(_), _)) => Some(TcpEnd::ConnectFailed),
+            Either::Right(_) => Some(TcpEnd::Cancelled),
+        }
+    };
+    if let Some(end) = opened {
+        let _ = socket.close().await;
+        return end;
     }
-    let (mut reader, mut writer) = tokio::io::split(socket);
 
+    let (mut reader, mut writer) = tokio::io::split(socket);
     let end = {
         let upstream = async {
-            while let Some(bytes) = to_server.next().await {
+            while let Some(bytes) = from_device.next().await {
                 if writer.write_all(&bytes).await.is_err() {
                     return TcpEnd::Io;
                 }
+                queued.set(queued.get().saturating_sub(bytes.len()));
             }
-            TcpEnd::DeviceGone
+            TcpEnd::Cancelled
         };
         let downstream = async {
             let mut buf = vec![0u8; TCP_READ_CHUNK];
@@ -299,20 +486,13 @@ async fn relay_chat_server(
                 let Some(chunk) = buf.get(..n) else {
                     return TcpEnd::Io;
                 };
-                let frame = Container {
-                    payload_type: PayloadType::Proxy.as_u8(),
-                    payload: chunk,
-                }
-                .encode();
-                match frame {
-                    Ok(frame) if ws.send_with_bytes(&frame).is_ok() => {}
-                    _ => return TcpEnd::DeviceGone,
-                }
+                input(io, |group, now| group.on_csp_bytes(conn, chunk, now));
             }
         };
         futures_util::pin_mut!(upstream, downstream);
-        match select(upstream, downstream).await {
-            Either::Left((end, _)) | Either::Right((end, _)) => end,
+        match select(select(upstream, downstream), &mut cancelled).await {
+            Either::Left((Either::Left((end, _)) | Either::Right((end, _)), _)) => end,
+            Either::Right(_) => TcpEnd::Cancelled,
         }
     };
     let mut socket = reader.unsplit(writer);
@@ -320,4 +500,160 @@ async fn relay_chat_server(
         worker::console_debug!("closing chat server socket: {err}");
     }
     end
+}
+
+/// Starts the group of `id` over this object's storage (loading its slots).
+fn start_group(io: &Rc<Io>, id: PublicKey) {
+    let started = match &io.config {
+        Err(reason) => Err(format!("group limits: {reason}")),
+        Ok(config) => schema::remember_group_id(&io.sql, &id)
+            .map_err(|err| format!("storing the group id: {err}"))
+            .and_then(|()| {
+                let store = SqlGroupStore::new(io.sql.clone(), io.storage.clone());
+                Group::new(config.clone(), id, store, now_ms())
+                    .map_err(|err| format!("loading the group: {err}"))
+            }),
+    };
+    match started {
+        Ok(group) => {
+            let deadline = group.poll_timeout();
+            *io.group.borrow_mut() = GroupState::Ready {
+                id,
+                group: Box::new(group),
+            };
+            arm_alarm(io, deadline);
+        }
+        Err(reason) => fail(io, reason),
+    }
+}
+
+fn fail(io: &Io, reason: String) {
+    console_error!("device group unavailable: {reason}");
+    *io.group.borrow_mut() = GroupState::Failed(reason);
+}
+
+/// Makes sure the object runs the group of `id` (the URL's); an object never serves two.
+fn ensure_group(io: &Rc<Io>, id: PublicKey) -> Result<(), String> {
+    let unknown = match &*io.group.borrow() {
+        GroupState::Unknown => true,
+        GroupState::Ready { id: running, .. } if *running == id => false,
+        GroupState::Ready { .. } => return Err("the object serves another group".into()),
+        GroupState::Failed(reason) => return Err(reason.clone()),
+    };
+    if unknown {
+        start_group(io, id);
+        if let GroupState::Failed(reason) = &*io.group.borrow() {
+            return Err(reason.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Sets or deletes the object's alarm when the group's next deadline changed.
+fn arm_alarm(io: &Rc<Io>, deadline: Option<u64>) {
+    let want = deadline.map_or(Armed::None, |at| Armed::At(at.min(MAX_DATE_MS)));
+    if io.alarm.get() == want {
+        return;
+    }
+    io.alarm.set(want);
+    let call = match want {
+        // Exact: MAX_DATE_MS < 2^53.
+        Armed::At(at) => io.storage.set_alarm(at as f64),
+        Armed::None | Armed::Unknown => io.storage.delete_alarm(),
+    };
+    match call {
+        Ok(promise) => {
+            let io = Rc::clone(io);
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Err(err) = wasm_bindgen_futures::JsFuture::from(promise).await {
+                    console_error!("setting the alarm failed: {err:?}");
+                    io.alarm.set(Armed::Unknown);
+                }
+            });
+        }
+        Err(err) => {
+            console_error!("setting the alarm failed: {err:?}");
+            io.alarm.set(Armed::Unknown);
+        }
+    }
+}
+
+/// Unix time in ms. Inside a Worker it only advances between I/O events, which is all the group
+/// needs: it never goes back.
+fn now_ms() -> u64 {
+    worker::Date::now().as_millis()
+}
+
+/// `hex(DGPK.public)`: 64 lowercase hex digits.
+fn group_id_of_name(name: &str) -> Option<PublicKey> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(name, &mut id).ok()?;
+    (hex::encode(id) == name).then_some(PublicKey(id))
+}
+
+/// What the development stats route reports about a group.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Stats {
+    /// `ready` or `unknown` (no device has connected to this object since it was created).
+    group: &'static str,
+    slots: u64,
+    queued: u64,
+    envelopes: u64,
+    staged: u64,
+    /// Device WebSockets open right now.
+    open_connections: usize,
+    /// Device WebSockets accepted by this instance (since the object last started).
+    connections_accepted: u64,
+    leader: Option<String>,
+    transaction_holder: Option<String>,
+    alarm_at: Option<u64>,
+}
+
+fn stats(io: &Io) -> worker::Result<Stats> {
+    let state = io.group.borrow();
+    let (name, counts, leader, holder) = match &*state {
+        GroupState::Ready { group, .. } => (
+            "ready",
+            group.store().counts(),
+            group.leader().map(|id| id.to_string()),
+            group.transaction_holder().map(|id| id.to_string()),
+        ),
+        _ => (
+            "unknown",
+            SqlGroupStore::new(io.sql.clone(), io.storage.clone()).counts(),
+            None,
+            None,
+        ),
+    };
+    let counts = counts.map_err(|err| worker::Error::RustError(err.to_string()))?;
+    Ok(Stats {
+        group: name,
+        slots: counts.slots,
+        queued: counts.queued,
+        envelopes: counts.envelopes,
+        staged: counts.staged,
+        open_connections: io.links.borrow().len(),
+        connections_accepted: io.accepted.get(),
+        leader,
+        transaction_holder: holder,
+        alarm_at: match io.alarm.get() {
+            Armed::At(at) => Some(at),
+            Armed::None | Armed::Unknown => None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_name_is_lowercase_hex_of_32_bytes() {
+        let name = "ab".repeat(32);
+        assert_eq!(group_id_of_name(&name), Some(PublicKey([0xab; 32])));
+        assert_eq!(group_id_of_name(&"AB".repeat(32)), None);
+        assert_eq!(group_id_of_name("store-selftest"), None);
+        assert_eq!(group_id_of_name(&"ab".repeat(31)), None);
+    }
 }

@@ -15,7 +15,10 @@ mod bench_relay;
 mod config;
 mod group;
 mod route;
+mod runtime;
 mod schema;
+mod selftest;
+mod store;
 mod ws;
 
 pub use bench_relay::BenchRelay;
@@ -73,6 +76,13 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .id_from_name(group)?
                 .get_stub()?
                 .fetch_with_str(&format!("https://device-group{}", group::STATS_PATH))
+                .await
+        }
+        Route::DevStoreSelftest => {
+            env.durable_object(GROUP_BINDING)?
+                .id_from_name(route::SELFTEST_OBJECT)?
+                .get_stub()?
+                .fetch_with_str(&format!("https://device-group{}", group::SELFTEST_PATH))
                 .await
         }
         Route::NotFound => Response::error("not found", 404),

@@ -10,6 +10,11 @@ const DIRECTORY_PREFIX: &str = "/directory";
 const BENCH_RELAY_PREFIX: &str = "/bench-relay/";
 /// Prefix of the development-only group inspection route.
 const DEV_GROUP_PREFIX: &str = "/_dev/group/";
+/// The development-only store self-test.
+const DEV_STORE_SELFTEST: &str = "/_dev/store-selftest";
+
+/// Durable Object name of the store self-test: not 64 hex digits, so no device group can use it.
+pub(crate) const SELFTEST_OBJECT: &str = "store-selftest";
 
 /// Longest bench relay room name accepted; names are only used as Durable Object names.
 const MAX_BENCH_NAME_LEN: usize = 64;
@@ -28,6 +33,8 @@ pub(crate) enum Route<'a> {
     BenchRelay(&'a str),
     /// `/_dev/group/{hex(DGPK.public)}`: the group object's counters (development routes only).
     DevGroupStats(&'a str),
+    /// `/_dev/store-selftest`: the SQLite store's contract checks (development routes only).
+    DevStoreSelftest,
     /// Anything else (later: the web app's static assets).
     NotFound,
 }
@@ -43,6 +50,13 @@ pub(crate) fn classify(path: &str, dev_routes: bool) -> Route<'_> {
     if let Some(name) = path.strip_prefix(BENCH_RELAY_PREFIX) {
         return if dev_routes && is_room_name(name) {
             Route::BenchRelay(name)
+        } else {
+            Route::NotFound
+        };
+    }
+    if path == DEV_STORE_SELFTEST {
+        return if dev_routes {
+            Route::DevStoreSelftest
         } else {
             Route::NotFound
         };
@@ -155,6 +169,11 @@ mod tests {
         assert_eq!(classify("/bench-relay/room-1", false), Route::NotFound);
         assert_eq!(classify(&stats, true), Route::DevGroupStats(&group));
         assert_eq!(classify(&stats, false), Route::NotFound);
+        assert_eq!(
+            classify("/_dev/store-selftest", true),
+            Route::DevStoreSelftest
+        );
+        assert_eq!(classify("/_dev/store-selftest", false), Route::NotFound);
     }
 
     #[test]

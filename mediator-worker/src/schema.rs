@@ -1,17 +1,46 @@
 //! The device group's SQLite schema (Durable Object SQL storage), created idempotently when the
-//! object starts.
+//! object starts. The group tables are `docs/mediator.md`'s; `meta` is the object's own.
 
-use serde::{Deserialize, Serialize};
+use tandem_shared::crypto::PublicKey;
 use worker::{SqlStorage, SqlStorageValue};
 
 /// Statements run on every start; each must be idempotent.
-const SCHEMA: &[&str] =
-    &["CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"];
-
-/// Counter of accepted device WebSockets.
-pub(crate) const CONNECTIONS_ACCEPTED: &str = "connections_accepted";
-/// Counter of echoed frames (skeleton behaviour).
-pub(crate) const FRAMES_ECHOED: &str = "frames_echoed";
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS slot (
+       device_id             INTEGER PRIMARY KEY,
+       expiration_policy     INTEGER NOT NULL,
+       encrypted_device_info BLOB    NOT NULL,
+       last_connected_at     INTEGER NOT NULL,
+       last_disconnected_at  INTEGER,
+       next_seq              INTEGER NOT NULL DEFAULT 1
+     )",
+    "CREATE TABLE IF NOT EXISTS envelope (
+       id        INTEGER PRIMARY KEY,
+       body      BLOB    NOT NULL,
+       stored_at INTEGER NOT NULL,
+       refs      INTEGER NOT NULL
+     )",
+    "CREATE TABLE IF NOT EXISTS queue (
+       device_id   INTEGER NOT NULL,
+       seq         INTEGER NOT NULL,
+       envelope_id INTEGER NOT NULL,
+       PRIMARY KEY (device_id, seq)
+     ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS staged (
+       position  INTEGER PRIMARY KEY,
+       body      BLOB    NOT NULL,
+       stored_at INTEGER NOT NULL
+     )",
+    "CREATE TABLE IF NOT EXISTS shared (id INTEGER PRIMARY KEY CHECK (id = 0), data BLOB NOT NULL)",
+    // Which group this object is: the alarm handler may run in an object started without its
+    // name, and `Group::new` needs DGPK.public.
+    "CREATE TABLE IF NOT EXISTS meta (
+       id              INTEGER PRIMARY KEY CHECK (id = 0),
+       device_group_id BLOB NOT NULL
+     )",
+    // The skeleton's echo counters (before the state machine was plugged in).
+    "DROP TABLE IF EXISTS counters",
+];
 
 /// Creates the tables that are missing.
 pub(crate) fn create(sql: &SqlStorage) -> worker::Result<()> {
@@ -21,44 +50,31 @@ pub(crate) fn create(sql: &SqlStorage) -> worker::Result<()> {
     Ok(())
 }
 
-/// Adds one to a counter, creating it at 1.
-pub(crate) fn increment(sql: &SqlStorage, counter: &str) -> worker::Result<()> {
+/// The group id stored by [`remember_group_id`], if any.
+pub(crate) fn stored_group_id(sql: &SqlStorage) -> worker::Result<Option<PublicKey>> {
+    let cursor = sql.exec("SELECT device_group_id FROM meta WHERE id = 0", None)?;
+    for row in cursor.raw() {
+        if let Some(SqlStorageValue::Blob(bytes)) = row?.into_iter().next() {
+            return Ok(<[u8; 32]>::try_from(bytes).ok().map(PublicKey));
+        }
+    }
+    Ok(None)
+}
+
+/// Stores which group this object serves.
+pub(crate) fn remember_group_id(sql: &SqlStorage, id: &PublicKey) -> worker::Result<()> {
     sql.exec(
-        "INSERT INTO counters (name, value) VALUES (?, 1) \
-         ON CONFLICT (name) DO UPDATE SET value = value + 1",
-        vec![SqlStorageValue::from(counter.to_owned())],
+        "INSERT INTO meta (id, device_group_id) VALUES (0, ?) \
+         ON CONFLICT (id) DO UPDATE SET device_group_id = excluded.device_group_id",
+        vec![SqlStorageValue::Blob(id.0.to_vec())],
     )?;
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct CounterRow {
-    name: String,
-    value: i64,
-}
-
-/// What the development inspection route reports about a group.
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Stats {
-    pub(crate) connections_accepted: i64,
-    pub(crate) frames_echoed: i64,
-    /// Device WebSockets open right now (memory, not storage).
-    pub(crate) open_connections: usize,
-}
-
-/// Reads the counters.
-pub(crate) fn read_stats(sql: &SqlStorage) -> worker::Result<Stats> {
-    let rows: Vec<CounterRow> = sql
-        .exec("SELECT name, value FROM counters", None)?
-        .to_array()?;
-    let mut stats = Stats::default();
-    for row in rows {
-        match row.name.as_str() {
-            CONNECTIONS_ACCEPTED => stats.connections_accepted = row.value,
-            FRAMES_ECHOED => stats.frames_echoed = row.value,
-            _ => {}
-        }
+/// Empties every group table (the development store self-test's object only).
+pub(crate) fn wipe(sql: &SqlStorage) -> worker::Result<()> {
+    for table in ["slot", "envelope", "queue", "staged", "shared", "meta"] {
+        sql.exec(&format!("DELETE FROM {table}"), None)?;
     }
-    Ok(stats)
+    Ok(())
 }

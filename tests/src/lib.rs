@@ -1,7 +1,8 @@
 //! Cross-component test support for Tandem.
 //!
-//! For now this holds the conformance shim's logic ([`conformance`]); the native device harness
-//! and the end-to-end fixtures join it with the mediator and chat server.
+//! The conformance shim's logic ([`conformance`]), the fuzz regression checks, and the native
+//! device harness with its fixtures ([`harness`]) that the mediator integration tests and the
+//! benchmark drive.
 #![cfg_attr(
     test,
     allow(
@@ -14,3 +15,4 @@
 
 pub mod conformance;
 pub mod fuzz_checks;
+pub mod harness;

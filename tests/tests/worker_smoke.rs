@@ -1,7 +1,9 @@
 //! The mediator Worker under `wrangler dev` and under plain `workerd` (the self-hosting config),
-//! for real: binary echo through the device group's Durable Object, its SQLite counter across a
-//! restart, the outbound TCP relay to a local echo server, the bench relay, directory forwarding,
-//! and the close codes.
+//! for real: d2m handshakes with real device sessions against the device group's Durable Object,
+//! a reflect queued for an offline device and delivered after a restart (Durable Object SQLite),
+//! the store's contract checks inside a real object, the CSP proxy to a local TCP chat server
+//! (bytes out, one CSP unit per container back), a transaction TTL ended by the object's alarm
+//! (4011), the bench relay, directory forwarding, and the close codes 4001 and 4010.
 //!
 //! Needs the Worker toolchain (`scripts/install-worker-toolchain.sh`, run by `scripts/test.sh`);
 //! without it this test fails and says so.
@@ -19,9 +21,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tandem_shared::crypto::PublicKey;
-use tandem_shared::keys::ClientUrlInfo;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use rand::rngs::OsRng;
+use tandem_shared::crypto::{PublicKey, SecretKey};
+use tandem_shared::d2d::{DeviceInfo, Platform, Scope};
+use tandem_shared::d2m::CloseCode;
+use tandem_shared::device::{DeviceConfig, DeviceSession, Event, ServerInfo};
+use tandem_shared::keys::{ClientUrlInfo, DeviceGroupKey, DeviceGroupKeys};
+use tandem_shared::proto::d2d as d2d_pb;
+use tandem_shared::proto::d2m::DeviceSlotState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -36,9 +44,6 @@ const RESTART_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// `scripts/worker-dev.sh` exits with this when the toolchain is missing.
 const EXIT_TOOLCHAIN_MISSING: i32 = 3;
-
-/// Echoed (non-proxy) frames sent before the restart.
-const ECHO_FRAMES: i64 = 5;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,21 +242,6 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// A TCP server echoing every byte, standing in for the chat server.
-async fn tcp_echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let port = listener.local_addr().expect("echo addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = stream.split();
-                let _ = tokio::io::copy(&mut rd, &mut wr).await;
-            });
-        }
-    });
-    port
-}
-
 /// An HTTP server answering every request with its request line as the body, standing in for
 /// the chat server's directory.
 fn directory_server() -> u16 {
@@ -339,66 +329,454 @@ async fn group_stats(port: u16, group_id: [u8; 32]) -> serde_json::Value {
     serde_json::from_str(json).expect("stats JSON")
 }
 
-async fn check_echo(port: u16, group_id: [u8; 32], frames: i64) {
-    let mut ws = ws_connect(port, &group_path(group_id, "01")).await;
-    for i in 0..frames {
-        // Type byte 0x80 is no d2m proxy container, so the skeleton echoes it.
-        let frame: Vec<u8> = [0x80, 0, 0, 0]
-            .into_iter()
-            .chain((0..200u8).map(|b| b.wrapping_add(i as u8)))
-            .collect();
-        ws.send(Message::binary(frame.clone())).await.expect("send");
-        let echoed = next_binary(&mut ws).await;
-        assert!(
-            !echoed.is_empty(),
-            "binary frame arrived empty (binaryType trap)"
-        );
-        assert_eq!(echoed, frame);
-    }
-    ws.close(None).await.expect("close");
+/// Unix time in ms (the device session's clock).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }
 
-async fn check_tcp_relay(port: u16) {
-    let mut ws = ws_connect(port, &group_path([7; 32], "01")).await;
-    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+/// The keys of a test device group; `seed` names the group (its identity secret).
+fn group_keys(seed: u8) -> DeviceGroupKeys {
+    DeviceGroupKey::from_client_key(&SecretKey::from_bytes([seed; 32])).derive_keys()
+}
+
+/// A device id above 2^53, where a JS number would round it (the store keeps ids exact).
+const DEVICE_A: u64 = 0xa11c_e000_0000_0001;
+/// A device id above 2^63, stored as a negative i64.
+const DEVICE_B: u64 = 0xb0b0_0000_0000_0002;
+/// The group the reflect/restart checks use.
+const GROUP_SEED: u8 = 0x5a;
+
+/// A d2m device on a real WebSocket, driven by the sans-IO `DeviceSession`.
+struct Device {
+    ws: Ws,
+    session: DeviceSession,
+}
+
+impl Device {
+    async fn connect(
+        port: u16,
+        keys: &DeviceGroupKeys,
+        server_group: &str,
+        device_id: u64,
+        expected: DeviceSlotState,
+    ) -> Self {
+        let ws = ws_connect(port, &group_path(keys.dgpk_public.0, server_group)).await;
+        let info = DeviceInfo {
+            platform: Platform::Web,
+            platform_details: "worker smoke test".into(),
+            app_version: "0".into(),
+            label: format!("{device_id:016x}"),
+        };
+        let mut config = DeviceConfig::new(keys.clone(), device_id, info);
+        config.expected_slot_state = expected;
+        let session = DeviceSession::new(config, now_ms(), &mut OsRng).expect("device session");
+        let mut device = Self { ws, session };
+        device.flush().await;
+        device
+    }
+
+    async fn flush(&mut self) {
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.ws.send(Message::binary(bytes)).await.expect("send");
+        }
+    }
+
+    /// The session's next event, reading the socket as needed.
+    async fn event(&mut self) -> Event {
+        loop {
+            if let Some(event) = self.session.poll_event() {
+                return event;
+            }
+            let msg = tokio::time::timeout(IO_TIMEOUT, self.ws.next())
+                .await
+                .expect("no frame from the mediator within the timeout");
+            match msg {
+                Some(Ok(Message::Binary(bytes))) => {
+                    self.session
+                        .on_binary(&bytes, now_ms(), &mut OsRng)
+                        .expect("the mediator broke the protocol");
+                    self.flush().await;
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    self.session.on_close(CloseCode::from(code));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(err)) => panic!("socket error: {err}"),
+                None => self.session.on_close(CloseCode::from(1006)),
+            }
+        }
+    }
+
+    /// Handshake through `ReflectionQueueDry`: `ServerInfo` and the queued envelopes as
+    /// (reflected id, timestamp, message id).
+    async fn login(&mut self) -> (ServerInfo, Vec<(u32, u64, u64)>) {
+        let info = match self.event().await {
+            Event::ServerInfo(info) => info,
+            other => panic!("expected ServerInfo, got {other:?}"),
+        };
+        let mut queued = Vec::new();
+        loop {
+            match self.event().await {
+                Event::QueueProgress { .. } => {}
+                Event::Reflected {
+                    reflected_id,
+                    timestamp,
+                    ephemeral: false,
+                    envelope,
+                } => queued.push((reflected_id, timestamp, tag_of(&envelope.0))),
+                Event::QueueDry => return (info, queued),
+                other => panic!("expected queued Reflected or QueueDry, got {other:?}"),
+            }
+        }
+    }
+
+    /// Reflects a message with id `tag`; its `ReflectAck` timestamp.
+    async fn reflect(&mut self, tag: u64) -> u64 {
+        let id = self
+            .session
+            .reflect(&message(tag), false, &mut OsRng)
+            .expect("reflect");
+        self.flush().await;
+        match self.event().await {
+            Event::ReflectAcked {
+                reflect_id,
+                timestamp,
+            } if reflect_id == id => timestamp,
+            other => panic!("expected ReflectAcked for {id}, got {other:?}"),
+        }
+    }
+
+    async fn ack(&mut self, reflected_id: u32) {
+        self.session.ack_reflected(reflected_id).expect("ack");
+        self.flush().await;
+    }
+
+    async fn close(mut self) {
+        self.ws.close(None).await.expect("close");
+        // Read to the end so the close handshake completes before the next step.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(IO_TIMEOUT, self.ws.next()).await {}
+    }
+}
+
+fn message(tag: u64) -> d2d_pb::Envelope {
+    d2d_pb::Envelope {
+        padding: Vec::new(),
+        device_id: 0,
+        content: Some(d2d_pb::envelope::Content::OutgoingMessage(
+            d2d_pb::OutgoingMessage {
+                message_id: tag,
+                body: tag.to_le_bytes().to_vec(),
+                ..Default::default()
+            },
+        )),
+    }
+}
+
+fn tag_of(envelope: &d2d_pb::Envelope) -> u64 {
+    match &envelope.content {
+        Some(d2d_pb::envelope::Content::OutgoingMessage(m)) => m.message_id,
+        other => panic!("unexpected envelope content {other:?}"),
+    }
+}
+
+/// A fresh group: A and B get NEW slots, A is promoted, B goes offline, A reflects message 1.
+/// Returns its `ReflectAck` timestamp.
+async fn check_first_reflect(port: u16) -> u64 {
+    let keys = group_keys(GROUP_SEED);
+    let mut a = Device::connect(port, &keys, "01", DEVICE_A, DeviceSlotState::New).await;
+    let (info, queued) = a.login().await;
+    assert_eq!(info.device_slot_state, DeviceSlotState::New, "{info:?}");
+    assert_eq!((info.reflection_queue_length, queued.len()), (0, 0));
+    assert_eq!(info.max_device_slots, 8);
+    assert!(info.current_time.abs_diff(now_ms()) < 60_000, "{info:?}");
+    assert_eq!(a.event().await, Event::PromotedToLeader);
+
+    let mut b = Device::connect(port, &keys, "01", DEVICE_B, DeviceSlotState::New).await;
+    let (info, queued) = b.login().await;
+    assert_eq!(info.device_slot_state, DeviceSlotState::New, "{info:?}");
+    assert!(queued.is_empty());
+    b.close().await;
+
+    let stored_at = a.reflect(1).await;
+    a.close().await;
+    stored_at
+}
+
+/// B comes back (EXISTING) and must get exactly the queued `(message id, ReflectAck time)`s in
+/// order; it acks them. Then A reflects `next_tag` while B is offline; its `ReflectAck` time.
+async fn check_queue_then_reflect(port: u16, expected: &[(u64, u64)], next_tag: u64) -> u64 {
+    let keys = group_keys(GROUP_SEED);
+    let mut b = Device::connect(port, &keys, "01", DEVICE_B, DeviceSlotState::Existing).await;
+    let (info, queued) = b.login().await;
+    assert_eq!(
+        info.device_slot_state,
+        DeviceSlotState::Existing,
+        "{info:?}"
+    );
+    assert_eq!(
+        info.reflection_queue_length as usize,
+        expected.len(),
+        "{info:?}"
+    );
+    let got: Vec<(u64, u64)> = queued.iter().map(|&(_, at, tag)| (tag, at)).collect();
+    assert_eq!(got, expected, "queued envelopes (message id, stored at)");
+    // Nobody else is online: B leads now.
+    assert_eq!(b.event().await, Event::PromotedToLeader);
+    for (reflected_id, _, _) in queued {
+        b.ack(reflected_id).await;
+    }
+    b.close().await;
+
+    let mut a = Device::connect(port, &keys, "01", DEVICE_A, DeviceSlotState::Existing).await;
+    let (info, queued) = a.login().await;
+    assert_eq!(
+        info.device_slot_state,
+        DeviceSlotState::Existing,
+        "{info:?}"
+    );
+    assert!(queued.is_empty(), "A reflected, it has nothing queued");
+    // B has left: A leads.
+    assert_eq!(a.event().await, Event::PromotedToLeader);
+    let stored_at = a.reflect(next_tag).await;
+    a.close().await;
+    stored_at
+}
+
+/// The group's stats, once `check` holds (acks travel on another connection than the stats
+/// request, so they may land a moment later).
+async fn wait_stats(port: u16, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let group = group_keys(GROUP_SEED).dgpk_public.0;
+    let started = Instant::now();
+    loop {
+        let stats = group_stats(port, group).await;
+        if check(&stats) {
+            return stats;
+        }
+        assert!(
+            started.elapsed() < IO_TIMEOUT,
+            "stats never matched: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store's contract checks inside a real Durable Object (transactionSync rollback, device
+/// ids above 2^53, commit order, reference counts).
+async fn check_store_selftest(port: u16) {
+    let (status, body) = http_get(port, "/_dev/store-selftest")
+        .await
+        .expect("self-test request");
+    assert_eq!(status, 200, "{body}");
+    let json = body
+        .find('{')
+        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
+        .unwrap_or_else(|| panic!("no JSON in {body:?}"));
+    let report: serde_json::Value = serde_json::from_str(json).expect("self-test JSON");
+    let passed = report["passed"].as_array().expect("passed list");
+    assert_eq!(passed.len(), 10, "{report}");
+}
+
+/// A stand-in chat server: reads the device's 48-byte client-hello, answers with a server-hello
+/// (80 B), a login-ack (32 B) and one frame, cut in the middle of the server-hello and of the
+/// frame; reports what it read and, later, that the mediator closed the connection.
+async fn fake_chat_server() -> (u16, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind chat server");
+    let port = listener.local_addr().expect("chat server addr").port();
+    let (report, reports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let report = report.clone();
+            tokio::spawn(async move {
+                stream.set_nodelay(true).expect("nodelay");
+                let mut hello = vec![0u8; 48];
+                if stream.read_exact(&mut hello).await.is_err() {
+                    return;
+                }
+                let _ = report.send(hello);
+                let stream_bytes = server_units().concat();
+                for part in [
+                    &stream_bytes[..50],
+                    &stream_bytes[50..130],
+                    &stream_bytes[130..],
+                ] {
+                    stream.write_all(part).await.expect("write units");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                // Whatever else comes until the mediator closes the connection.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+                let _ = report.send(rest);
+            });
+        }
+    });
+    (port, reports)
+}
+
+/// What the fake chat server sends: server-hello, login-ack, one 20-byte frame.
+fn server_units() -> Vec<Vec<u8>> {
+    let mut frame = 20_u16.to_le_bytes().to_vec();
+    frame.extend((0..20).map(|i| 0xf0 | i));
+    vec![vec![0x5e; 80], vec![0x1a; 32], frame]
+}
+
+/// A device's proxy payload reaches the chat server byte for byte; the server's stream comes
+/// back one CSP unit per proxy container; the device leaving closes the TCP connection.
+async fn check_proxy(
+    port: u16,
+    seed: u8,
+    reports: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let keys = group_keys(seed);
+    let mut device = Device::connect(port, &keys, "01", 7, DeviceSlotState::New).await;
+    device.login().await;
+    assert_eq!(device.event().await, Event::PromotedToLeader);
+    let hello: Vec<u8> = (0..48).collect();
     let mut container = vec![0x00, 0, 0, 0];
-    container.extend_from_slice(&payload);
-    ws.send(Message::binary(container))
+    container.extend_from_slice(&hello);
+    device
+        .ws
+        .send(Message::binary(container))
         .await
         .expect("send proxy");
-    let mut received = Vec::new();
-    while received.len() < payload.len() {
-        let frame = next_binary(&mut ws).await;
-        assert_eq!(
-            frame.get(..4),
-            Some(&[0u8, 0, 0, 0][..]),
-            "proxy container header"
-        );
-        received.extend_from_slice(&frame[4..]);
+    let received = tokio::time::timeout(IO_TIMEOUT, reports.recv())
+        .await
+        .expect("the chat server got nothing")
+        .expect("chat server task");
+    assert_eq!(received, hello, "proxy payload at the chat server");
+    for unit in server_units() {
+        let frame = next_binary(&mut device.ws).await;
+        assert_eq!(frame.get(..4), Some(&[0u8, 0, 0, 0][..]), "proxy container");
+        assert_eq!(&frame[4..], unit.as_slice(), "one CSP unit per container");
     }
-    assert_eq!(received, payload);
-    ws.close(None).await.expect("close");
+    device.ws.close(None).await.expect("close");
+    let rest = tokio::time::timeout(IO_TIMEOUT, reports.recv())
+        .await
+        .expect("the chat server connection stayed open after the device left")
+        .expect("chat server task");
+    assert!(rest.is_empty(), "nothing more was sent: {rest:?}");
 }
 
-async fn check_unreachable_chat_server(port: u16, server_group: &str) {
-    let mut ws = ws_connect(port, &group_path([8; 32], server_group)).await;
-    // A d2m-only device keeps working: echo still answers before any proxy container.
-    ws.send(Message::binary(vec![0x80, 0, 0, 0, 1]))
-        .await
-        .expect("send");
-    assert_eq!(next_binary(&mut ws).await, vec![0x80, 0, 0, 0, 1]);
-    ws.send(Message::binary(vec![0x00, 0, 0, 0, 1]))
+/// A device works d2m-only until its first proxy container; then a chat server that cannot be
+/// reached closes it with 4001.
+async fn check_unreachable_chat_server(port: u16, server_group: &str, seed: u8) {
+    let keys = group_keys(seed);
+    let mut device = Device::connect(port, &keys, server_group, 9, DeviceSlotState::New).await;
+    device.login().await;
+    assert_eq!(device.event().await, Event::PromotedToLeader);
+    device.session.get_devices_info().expect("devices info");
+    device.flush().await;
+    match device.event().await {
+        Event::DevicesInfo(entries) => assert_eq!(entries.len(), 1, "{entries:?}"),
+        other => panic!("expected DevicesInfo, got {other:?}"),
+    }
+    device
+        .ws
+        .send(Message::binary(vec![0x00, 0, 0, 0, 1, 2, 3]))
         .await
         .expect("send proxy");
     assert_eq!(
-        close_code(&mut ws).await,
+        close_code(&mut device.ws).await,
         4001,
         "server group {server_group}"
     );
 }
 
+/// A chat server that accepts and never reads, with a small receive buffer.
+async fn black_hole_chat_server() -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("small receive buffer");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind black hole");
+    let listener = socket.listen(16).expect("listen");
+    let port = listener.local_addr().expect("black hole addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+/// Device bytes the chat server does not take are bounded: once the kernel buffers are full
+/// and 1 MiB more waits in the object, the device is closed with 4009.
+async fn check_backlog_bound(port: u16, server_group: &str, seed: u8) {
+    let keys = group_keys(seed);
+    let device = Device::connect(port, &keys, server_group, 13, DeviceSlotState::New).await;
+    let mut device = device;
+    device.login().await;
+    assert_eq!(device.event().await, Event::PromotedToLeader);
+    let (mut tx, mut rx) = device.ws.split();
+    let mut container = vec![0u8; 65_536];
+    container[4..].fill(0x42);
+    let mut sent = 0usize;
+    // Far more than the kernel buffers of a loopback connection plus the 1 MiB bound.
+    while sent < 64 * 1024 * 1024 {
+        if tx.send(Message::binary(container.clone())).await.is_err() {
+            break;
+        }
+        sent += container.len();
+        if let Some(Some(msg)) = rx.next().now_or_never() {
+            match msg {
+                Ok(Message::Close(Some(frame))) => {
+                    assert_eq!(u16::from(frame.code), 4009, "after {sent} bytes");
+                    eprintln!("backlog bound: closed with 4009 after {sent} bytes");
+                    return;
+                }
+                other => panic!("unexpected {other:?} while flooding the proxy"),
+            }
+        }
+    }
+    let code = loop {
+        let msg = tokio::time::timeout(IO_TIMEOUT, rx.next())
+            .await
+            .expect("no close within the timeout");
+        match msg {
+            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 4009, "after {sent} bytes");
+    eprintln!("backlog bound: closed with 4009 after {sent} bytes");
+}
+
+/// The object's alarm: a transaction whose 1 s TTL runs out while its holder stays silent is
+/// ended by the alarm alone (no input arrives that could advance the group's clock) with 4011.
+async fn check_ttl_alarm(port: u16, seed: u8) {
+    let keys = group_keys(seed);
+    let mut device = Device::connect(port, &keys, "01", 11, DeviceSlotState::New).await;
+    device.login().await;
+    assert_eq!(device.event().await, Event::PromotedToLeader);
+    device
+        .session
+        .begin_transaction(Scope::ContactSync, 1, &mut OsRng)
+        .expect("begin");
+    device.flush().await;
+    assert_eq!(device.event().await, Event::TransactionBegun);
+    let begun = Instant::now();
+    match device.event().await {
+        Event::Closed { code, .. } => assert_eq!(code.as_u16(), 4011),
+        other => panic!("expected the TTL close, got {other:?}"),
+    }
+    let waited = begun.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+}
+
 async fn check_text_frame_is_a_protocol_error(port: u16) {
-    let mut ws = ws_connect(port, &group_path([9; 32], "01")).await;
+    let mut ws = ws_connect(port, &group_path(group_keys(9).dgpk_public.0, "01")).await;
     ws.send(Message::text("hello")).await.expect("send text");
     assert_eq!(close_code(&mut ws).await, 4010);
 }
@@ -441,68 +819,68 @@ async fn check_http_routes(port: u16) {
     );
 }
 
-/// After a restart on the same storage: the counter of the [`ECHO_FRAMES`] echoed before the
-/// restart is still there and counts on.
-async fn check_counter_survived(port: u16, group_id: [u8; 32]) {
-    let stats = group_stats(port, group_id).await;
-    assert_eq!(stats["framesEchoed"], ECHO_FRAMES, "counter lost: {stats}");
-    assert_eq!(stats["openConnections"], 0, "{stats}");
-    check_echo(port, group_id, 1).await;
-    let stats = group_stats(port, group_id).await;
-    assert_eq!(stats["framesEchoed"], ECHO_FRAMES + 1, "{stats}");
-    assert_eq!(stats["connectionsAccepted"], 2, "{stats}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "worker-smoke-{}-{}",
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
+        now_ms()
     ));
     let state_dir = scratch.join("state");
     std::fs::create_dir_all(&state_dir).expect("create state dir");
 
-    let echo_port = tcp_echo_server().await;
+    let (chat_port, mut chat_reports) = fake_chat_server().await;
     let closed_port = free_port();
+    let black_hole_port = black_hole_chat_server().await;
     let directory_port = directory_server();
     let vars = vec![
-        format!("CHAT_SERVER_01:127.0.0.1:{echo_port}"),
+        format!("CHAT_SERVER_01:127.0.0.1:{chat_port}"),
         format!("CHAT_SERVER_02:127.0.0.1:{closed_port}"),
+        format!("CHAT_SERVER_03:127.0.0.1:{black_hole_port}"),
         format!("DIRECTORY_URL:http://127.0.0.1:{directory_port}"),
     ];
-    let group_id = [0x5a; 32];
 
     let mut dev = Served::wrangler_dev(&state_dir, &scratch.join("wrangler-1.log"), &vars, true);
     let first_start = dev.wait_ready(FIRST_START_TIMEOUT).await;
     eprintln!("wrangler dev answered after {first_start:?} (first start, includes the build)");
 
     check_http_routes(dev.port).await;
-    check_echo(dev.port, group_id, ECHO_FRAMES).await;
-    let stats = group_stats(dev.port, group_id).await;
-    assert_eq!(stats["framesEchoed"], ECHO_FRAMES, "{stats}");
-    assert_eq!(stats["connectionsAccepted"], 1, "{stats}");
-    check_tcp_relay(dev.port).await;
-    check_unreachable_chat_server(dev.port, "02").await;
-    check_unreachable_chat_server(dev.port, "zz9").await;
+    check_store_selftest(dev.port).await;
+    let first = check_first_reflect(dev.port).await;
+    let stats = group_stats(dev.port, group_keys(GROUP_SEED).dgpk_public.0).await;
+    assert_eq!(
+        (&stats["slots"], &stats["queued"], &stats["envelopes"]),
+        (&2.into(), &1.into(), &1.into()),
+        "{stats}"
+    );
+    check_proxy(dev.port, 1, &mut chat_reports).await;
+    check_unreachable_chat_server(dev.port, "02", 2).await;
+    check_unreachable_chat_server(dev.port, "zz9", 3).await;
     check_text_frame_is_a_protocol_error(dev.port).await;
+    check_ttl_alarm(dev.port, 5).await;
+    check_backlog_bound(dev.port, "03", 10).await;
     check_bench_relay(dev.port).await;
     dev.stop();
 
+    // Restart on the same state (no build): B, offline during the reflect, gets it now.
     let mut dev = Served::wrangler_dev(&state_dir, &scratch.join("wrangler-2.log"), &vars, false);
     let restart = dev.wait_ready(RESTART_TIMEOUT).await;
     eprintln!("wrangler dev answered after {restart:?} (restart on the same state, no build)");
-    check_counter_survived(dev.port, group_id).await;
+    let second = check_queue_then_reflect(dev.port, &[(1, first)], 2).await;
+    let stats = wait_stats(dev.port, |s| s["queued"] == 1).await;
+    assert_eq!(
+        (&stats["slots"], &stats["envelopes"]),
+        (&2.into(), &1.into()),
+        "{stats}"
+    );
+    assert_eq!(stats["openConnections"], 0, "{stats}");
     dev.stop();
 
     // Self-hosting: the same build under plain workerd with the checked-in config, on the
     // Durable Object storage wrangler dev left (same layout: `<persist-to>/v3/do/<uniqueKey>`).
     let workerd_state = state_dir.join("v3/do");
     let env = [
-        ("CHAT_SERVER_01", format!("127.0.0.1:{echo_port}")),
+        ("CHAT_SERVER_01", format!("127.0.0.1:{chat_port}")),
         (
             "DIRECTORY_URL",
             format!("http://127.0.0.1:{directory_port}"),
@@ -513,24 +891,22 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let started = workerd.wait_ready(RESTART_TIMEOUT).await;
     eprintln!("workerd answered after {started:?}");
     check_http_routes(workerd.port).await;
-    assert_eq!(
-        group_stats(workerd.port, group_id).await["framesEchoed"],
-        ECHO_FRAMES + 1,
-        "workerd did not read wrangler dev's storage"
-    );
-    check_echo(workerd.port, group_id, 1).await;
-    check_tcp_relay(workerd.port).await;
+    let third = check_queue_then_reflect(workerd.port, &[(2, second)], 3).await;
+    check_store_selftest(workerd.port).await;
+    check_proxy(workerd.port, 4, &mut chat_reports).await;
+    check_ttl_alarm(workerd.port, 6).await;
     check_bench_relay(workerd.port).await;
     workerd.stop();
+
     let mut workerd = Served::workerd(&workerd_state, &scratch.join("workerd-2.log"), &env);
     workerd.wait_ready(RESTART_TIMEOUT).await;
-    let stats = group_stats(workerd.port, group_id).await;
+    check_queue_then_reflect(workerd.port, &[(3, third)], 4).await;
+    let stats = wait_stats(workerd.port, |s| s["queued"] == 1).await;
     assert_eq!(
-        stats["framesEchoed"],
-        ECHO_FRAMES + 2,
-        "counter lost: {stats}"
+        (&stats["slots"], &stats["envelopes"]),
+        (&2.into(), &1.into()),
+        "{stats}"
     );
-    assert_eq!(stats["connectionsAccepted"], 3, "{stats}");
     workerd.stop();
 
     let _ = std::fs::remove_dir_all(&scratch);

@@ -1,0 +1,517 @@
+//! [`GroupStore`] over the Durable Object's SQLite (`docs/mediator.md`, "The store").
+//!
+//! Atomicity: every call that runs more than one statement runs inside the runtime's
+//! `ctx.storage.transactionSync(fn)`; the Rust closure signals failure by throwing, which rolls
+//! the whole call back. A single statement is atomic in SQLite by itself.
+//!
+//! Numbers cross JavaScript on their way into SQLite, and JS numbers are exact only up to 2^53.
+//! Device ids are random u64 (bit-cast to i64 in the table), so they travel as decimal text and
+//! are converted by SQLite (`CAST(? AS INTEGER)` in, `CAST(device_id AS TEXT)` out). Sequence
+//! numbers, times and envelope ids stay far below 2^53 and travel as numbers; a larger value is
+//! refused with [`SqlStoreError::OutOfRange`] rather than rounded.
+
+use tandem_shared::mediator::{DeviceId, GroupStore, QueueInfo, QueuedReflection, SlotRecord};
+use tandem_shared::proto::d2m::DeviceSlotExpirationPolicy;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::{js_sys, SqlStorage, SqlStorageValue};
+
+use crate::runtime::RawStorage;
+
+/// The largest integer JavaScript represents exactly (`Number.MAX_SAFE_INTEGER`).
+const MAX_EXACT: u64 = (1 << 53) - 1;
+
+/// Why a [`SqlGroupStore`] call failed. Messages carry no stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum SqlStoreError {
+    /// SQLite (or the runtime's SQL API) refused or failed a statement.
+    #[error("SQL statement failed: {0}")]
+    Statement(String),
+    /// The runtime could not run or commit the transaction.
+    #[error("transaction failed: {0}")]
+    Transaction(String),
+    /// A queue operation named a slot that does not exist (the call changed nothing).
+    #[error("no slot for device {0}")]
+    UnknownSlot(DeviceId),
+    /// A stored row does not have the shape the schema promises.
+    #[error("stored row malformed: {0}")]
+    MalformedRow(&'static str),
+    /// A number too large to pass through JavaScript exactly.
+    #[error("value {0} is above 2^53 and cannot be stored exactly")]
+    OutOfRange(u64),
+}
+
+impl From<worker::Error> for SqlStoreError {
+    fn from(err: worker::Error) -> Self {
+        Self::Statement(err.to_string())
+    }
+}
+
+/// One result row, columns in `SELECT` order.
+type Row = Vec<SqlStorageValue>;
+
+/// The group's durable state in the Durable Object's SQLite (schema in `schema.rs`).
+pub(crate) struct SqlGroupStore {
+    sql: SqlStorage,
+    storage: RawStorage,
+}
+
+impl std::fmt::Debug for SqlGroupStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlGroupStore").finish_non_exhaustive()
+    }
+}
+
+impl SqlGroupStore {
+    /// A store over the object's SQL and storage; the schema must exist (`schema::create`).
+    pub(crate) const fn new(sql: SqlStorage, storage: RawStorage) -> Self {
+        Self { sql, storage }
+    }
+
+    /// Runs `body` in one SQLite transaction: all of it is kept, or none of it.
+    fn atomically<T>(
+        &self,
+        body: impl FnOnce(&SqlStorage) -> Result<T, SqlStoreError>,
+    ) -> Result<T, SqlStoreError> {
+        let mut body = Some(body);
+        let mut outcome: Option<Result<T, SqlStoreError>> = None;
+        let sql = &self.sql;
+        let mut run = || -> Result<JsValue, JsValue> {
+            let result = match body.take() {
+                Some(body) => body(sql),
+                None => Err(SqlStoreError::Transaction("callback ran twice".into())),
+            };
+            let failed = result.is_err();
+            outcome = Some(result);
+            if failed {
+                // Throwing is how transactionSync is told to roll back.
+                Err(js_sys::Error::new("tandem: rolled back").into())
+            } else {
+                Ok(JsValue::UNDEFINED)
+            }
+        };
+        let ran = self.storage.transaction_sync(&mut run);
+        match (ran, outcome) {
+            (Ok(_), Some(Ok(value))) => Ok(value),
+            (_, Some(Err(err))) => Err(err),
+            (Err(thrown), _) => Err(SqlStoreError::Transaction(describe(&thrown))),
+            (Ok(_), None) => Err(SqlStoreError::Transaction(
+                "transactionSync returned without running the callback".into(),
+            )),
+        }
+    }
+
+    /// Rows of every table, for the development stats route.
+    pub(crate) fn counts(&self) -> Result<StoreCounts, SqlStoreError> {
+        let count = |table: &'static str| -> Result<u64, SqlStoreError> {
+            let rows = run(&self.sql, &format!("SELECT COUNT(*) FROM {table}"), vec![])?;
+            first_u64(&rows)
+        };
+        Ok(StoreCounts {
+            slots: count("slot")?,
+            queued: count("queue")?,
+            envelopes: count("envelope")?,
+            staged: count("staged")?,
+        })
+    }
+}
+
+/// Row counts of the store's tables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StoreCounts {
+    pub(crate) slots: u64,
+    pub(crate) queued: u64,
+    pub(crate) envelopes: u64,
+    pub(crate) staged: u64,
+}
+
+impl GroupStore for SqlGroupStore {
+    type Error = SqlStoreError;
+
+    fn load_slots(&self) -> Result<Vec<SlotRecord>, Self::Error> {
+        let rows = run(
+            &self.sql,
+            "SELECT CAST(device_id AS TEXT), expiration_policy, encrypted_device_info, \
+             last_connected_at, last_disconnected_at FROM slot",
+            vec![],
+        )?;
+        rows.into_iter().map(slot_of).collect()
+    }
+
+    fn put_slot(&mut self, slot: &SlotRecord) -> Result<(), Self::Error> {
+        let disconnected = match slot.last_disconnected_at {
+            Some(at) => int(at)?,
+            None => JsValue::NULL,
+        };
+        run(
+            &self.sql,
+            "INSERT INTO slot (device_id, expiration_policy, encrypted_device_info, \
+             last_connected_at, last_disconnected_at) VALUES (CAST(? AS INTEGER), ?, ?, ?, ?) \
+             ON CONFLICT (device_id) DO UPDATE SET \
+             expiration_policy = excluded.expiration_policy, \
+             encrypted_device_info = excluded.encrypted_device_info, \
+             last_connected_at = excluded.last_connected_at, \
+             last_disconnected_at = excluded.last_disconnected_at",
+            vec![
+                device(slot.device_id),
+                JsValue::from(slot.expiration_policy as i32),
+                blob(&slot.encrypted_device_info),
+                int(slot.last_connected_at)?,
+                disconnected,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_slot(&mut self, device_id: DeviceId) -> Result<(), Self::Error> {
+        self.atomically(|sql| {
+            run(
+                sql,
+                "UPDATE envelope SET refs = refs - q.n FROM \
+                 (SELECT envelope_id, COUNT(*) AS n FROM queue \
+                  WHERE device_id = CAST(? AS INTEGER) GROUP BY envelope_id) AS q \
+                 WHERE envelope.id = q.envelope_id",
+                vec![device(device_id)],
+            )?;
+            run(
+                sql,
+                "DELETE FROM envelope WHERE refs <= 0 AND id IN \
+                 (SELECT envelope_id FROM queue WHERE device_id = CAST(? AS INTEGER))",
+                vec![device(device_id)],
+            )?;
+            run(
+                sql,
+                "DELETE FROM queue WHERE device_id = CAST(? AS INTEGER)",
+                vec![device(device_id)],
+            )?;
+            run(
+                sql,
+                "DELETE FROM slot WHERE device_id = CAST(? AS INTEGER)",
+                vec![device(device_id)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn enqueue(
+        &mut self,
+        envelope: &[u8],
+        stored_at: u64,
+        device_ids: &[DeviceId],
+    ) -> Result<Vec<u64>, Self::Error> {
+        if device_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let refs = int(u64::try_from(device_ids.len()).unwrap_or(u64::MAX))?;
+        let stored_at = int(stored_at)?;
+        let body = blob(envelope);
+        self.atomically(|sql| {
+            let rows = run(
+                sql,
+                "INSERT INTO envelope (body, stored_at, refs) VALUES (?, ?, ?) RETURNING id",
+                vec![body, stored_at, refs],
+            )?;
+            let envelope_id = int(first_u64(&rows)?)?;
+            let mut seqs = Vec::with_capacity(device_ids.len());
+            for &id in device_ids {
+                let seq = take_seq(sql, id)?;
+                run(
+                    sql,
+                    "INSERT INTO queue (device_id, seq, envelope_id) \
+                     VALUES (CAST(? AS INTEGER), ?, ?)",
+                    vec![device(id), int(seq)?, envelope_id.clone()],
+                )?;
+                seqs.push(seq);
+            }
+            Ok(seqs)
+        })
+    }
+
+    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Self::Error> {
+        take_seq(&self.sql, device_id)
+    }
+
+    fn read_queue(
+        &self,
+        device_id: DeviceId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedReflection>, Self::Error> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = u64::try_from(limit).unwrap_or(u64::MAX).min(MAX_EXACT);
+        let rows = run(
+            &self.sql,
+            "SELECT q.seq, e.stored_at, e.body FROM queue q JOIN envelope e ON e.id = q.envelope_id \
+             WHERE q.device_id = CAST(? AS INTEGER) AND q.seq > ? ORDER BY q.seq LIMIT ?",
+            vec![device(device_id), int(after.unwrap_or(0))?, int(limit)?],
+        )?;
+        rows.into_iter()
+            .map(|mut row| {
+                Ok(QueuedReflection {
+                    seq: u64_at(&row, 0)?,
+                    stored_at: u64_at(&row, 1)?,
+                    envelope: take_blob(&mut row, 2)?,
+                })
+            })
+            .collect()
+    }
+
+    fn remove_from_queue(&mut self, device_id: DeviceId, seq: u64) -> Result<bool, Self::Error> {
+        let seq = int(seq)?;
+        self.atomically(|sql| {
+            let removed = run(
+                sql,
+                "DELETE FROM queue WHERE device_id = CAST(? AS INTEGER) AND seq = ? \
+                 RETURNING envelope_id",
+                vec![device(device_id), seq],
+            )?;
+            let Some(row) = removed.first() else {
+                return if slot_exists(sql, device_id)? {
+                    Ok(false)
+                } else {
+                    Err(SqlStoreError::UnknownSlot(device_id))
+                };
+            };
+            let envelope_id = int(u64_at(row, 0)?)?;
+            let left = run(
+                sql,
+                "UPDATE envelope SET refs = refs - 1 WHERE id = ? RETURNING refs",
+                vec![envelope_id.clone()],
+            )?;
+            let unreferenced = match left.first() {
+                Some(row) => i64_at(row, 0)? <= 0,
+                None => false,
+            };
+            if unreferenced {
+                run(
+                    sql,
+                    "DELETE FROM envelope WHERE id = ? AND refs <= 0",
+                    vec![envelope_id],
+                )?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Self::Error> {
+        let rows = run(
+            &self.sql,
+            "SELECT COUNT(*), MAX(seq) FROM queue WHERE device_id = CAST(? AS INTEGER)",
+            vec![device(device_id)],
+        )?;
+        let row = rows
+            .first()
+            .ok_or(SqlStoreError::MalformedRow("no row from COUNT"))?;
+        Ok(QueueInfo {
+            len: u64_at(row, 0)?,
+            last_seq: opt_u64_at(row, 1)?,
+        })
+    }
+
+    fn stage(&mut self, envelope: &[u8], stored_at: u64) -> Result<(), Self::Error> {
+        run(
+            &self.sql,
+            "INSERT INTO staged (body, stored_at) VALUES (?, ?)",
+            vec![blob(envelope), int(stored_at)?],
+        )?;
+        Ok(())
+    }
+
+    fn commit_staged(&mut self, device_ids: &[DeviceId]) -> Result<Vec<u64>, Self::Error> {
+        let refs = int(u64::try_from(device_ids.len()).unwrap_or(u64::MAX))?;
+        self.atomically(|sql| {
+            for &id in device_ids {
+                if !slot_exists(sql, id)? {
+                    return Err(SqlStoreError::UnknownSlot(id));
+                }
+            }
+            if !device_ids.is_empty() {
+                // Bodies are copied inside SQLite (a transaction may stage thousands of 64 KiB
+                // envelopes; none passes through wasm memory). New envelope ids are above `base`
+                // and ascend in staging order, which numbers the queue entries.
+                let base = int(first_u64(&run(
+                    sql,
+                    "SELECT COALESCE(MAX(id), 0) FROM envelope",
+                    vec![],
+                )?)?)?;
+                let staged = int(first_u64(&run(sql, "SELECT COUNT(*) FROM staged", vec![])?)?)?;
+                run(
+                    sql,
+                    "INSERT INTO envelope (body, stored_at, refs) \
+                     SELECT body, stored_at, ? FROM staged ORDER BY position",
+                    vec![refs],
+                )?;
+                for &id in device_ids {
+                    run(
+                        sql,
+                        "INSERT INTO queue (device_id, seq, envelope_id) \
+                         SELECT s.device_id, s.next_seq - 1 + ROW_NUMBER() OVER (ORDER BY e.id), e.id \
+                         FROM slot s, envelope e \
+                         WHERE s.device_id = CAST(? AS INTEGER) AND e.id > ?",
+                        vec![device(id), base.clone()],
+                    )?;
+                    run(
+                        sql,
+                        "UPDATE slot SET next_seq = next_seq + ? WHERE device_id = CAST(? AS INTEGER)",
+                        vec![staged.clone(), device(id)],
+                    )?;
+                }
+            }
+            run(sql, "DELETE FROM staged", vec![])?;
+            device_ids
+                .iter()
+                .map(|&id| {
+                    first_u64(&run(
+                        sql,
+                        "SELECT COALESCE(MAX(seq), 0) FROM queue WHERE device_id = CAST(? AS INTEGER)",
+                        vec![device(id)],
+                    )?)
+                })
+                .collect()
+        })
+    }
+
+    fn discard_staged(&mut self) -> Result<(), Self::Error> {
+        run(&self.sql, "DELETE FROM staged", vec![])?;
+        Ok(())
+    }
+
+    fn shared_device_data(&self) -> Result<Vec<u8>, Self::Error> {
+        let rows = run(&self.sql, "SELECT data FROM shared WHERE id = 0", vec![])?;
+        match rows.into_iter().next() {
+            Some(mut row) => take_blob(&mut row, 0),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn set_shared_device_data(&mut self, data: &[u8]) -> Result<(), Self::Error> {
+        run(
+            &self.sql,
+            "INSERT INTO shared (id, data) VALUES (0, ?) \
+             ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+            vec![blob(data)],
+        )?;
+        Ok(())
+    }
+}
+
+/// Runs one statement and reads every row it returns (a cursor left unread may leave a write
+/// statement unfinished).
+fn run(sql: &SqlStorage, query: &str, bindings: Vec<JsValue>) -> Result<Vec<Row>, SqlStoreError> {
+    let cursor = sql.exec_raw(query, bindings)?;
+    cursor
+        .raw()
+        .map(|row| row.map_err(SqlStoreError::from))
+        .collect()
+}
+
+/// Uses up the slot's next sequence number.
+fn take_seq(sql: &SqlStorage, device_id: DeviceId) -> Result<u64, SqlStoreError> {
+    let rows = run(
+        sql,
+        "UPDATE slot SET next_seq = next_seq + 1 WHERE device_id = CAST(? AS INTEGER) \
+         RETURNING next_seq - 1",
+        vec![device(device_id)],
+    )?;
+    match rows.first() {
+        Some(row) => u64_at(row, 0),
+        None => Err(SqlStoreError::UnknownSlot(device_id)),
+    }
+}
+
+fn slot_exists(sql: &SqlStorage, device_id: DeviceId) -> Result<bool, SqlStoreError> {
+    let rows = run(
+        sql,
+        "SELECT 1 FROM slot WHERE device_id = CAST(? AS INTEGER)",
+        vec![device(device_id)],
+    )?;
+    Ok(!rows.is_empty())
+}
+
+fn slot_of(mut row: Row) -> Result<SlotRecord, SqlStoreError> {
+    let policy = i32::try_from(i64_at(&row, 1)?)
+        .ok()
+        .and_then(|p| DeviceSlotExpirationPolicy::try_from(p).ok())
+        .ok_or(SqlStoreError::MalformedRow("unknown expiration policy"))?;
+    Ok(SlotRecord {
+        device_id: device_at(&row, 0)?,
+        expiration_policy: policy,
+        encrypted_device_info: take_blob(&mut row, 2)?,
+        last_connected_at: u64_at(&row, 3)?,
+        last_disconnected_at: opt_u64_at(&row, 4)?,
+    })
+}
+
+/// A device id for `CAST(? AS INTEGER)`: the u64 bit-cast to i64, in decimal.
+fn device(id: DeviceId) -> JsValue {
+    JsValue::from_str(&i64::from_ne_bytes(id.0.to_ne_bytes()).to_string())
+}
+
+/// A number that JavaScript carries exactly.
+fn int(value: u64) -> Result<JsValue, SqlStoreError> {
+    if value > MAX_EXACT {
+        return Err(SqlStoreError::OutOfRange(value));
+    }
+    // Exact: value ≤ 2^53 - 1.
+    Ok(JsValue::from_f64(value as f64))
+}
+
+/// Bytes as a `Uint8Array` (copied into the JS heap, as the runtime needs them).
+fn blob(bytes: &[u8]) -> JsValue {
+    js_sys::Uint8Array::from(bytes).into()
+}
+
+fn describe(thrown: &JsValue) -> String {
+    thrown
+        .dyn_ref::<js_sys::Error>()
+        .map(|err| String::from(err.message()))
+        .or_else(|| thrown.as_string())
+        .unwrap_or_else(|| "non-Error exception".to_owned())
+}
+
+fn i64_at(row: &[SqlStorageValue], column: usize) -> Result<i64, SqlStoreError> {
+    match row.get(column) {
+        Some(SqlStorageValue::Integer(value)) => Ok(*value),
+        Some(SqlStorageValue::Boolean(value)) => Ok(i64::from(*value)),
+        _ => Err(SqlStoreError::MalformedRow("expected an integer")),
+    }
+}
+
+fn u64_at(row: &[SqlStorageValue], column: usize) -> Result<u64, SqlStoreError> {
+    u64::try_from(i64_at(row, column)?)
+        .map_err(|_| SqlStoreError::MalformedRow("negative where a count or time belongs"))
+}
+
+fn opt_u64_at(row: &[SqlStorageValue], column: usize) -> Result<Option<u64>, SqlStoreError> {
+    match row.get(column) {
+        Some(SqlStorageValue::Null) => Ok(None),
+        _ => u64_at(row, column).map(Some),
+    }
+}
+
+fn first_u64(rows: &[Row]) -> Result<u64, SqlStoreError> {
+    let row = rows
+        .first()
+        .ok_or(SqlStoreError::MalformedRow("expected one row"))?;
+    u64_at(row, 0)
+}
+
+fn take_blob(row: &mut [SqlStorageValue], column: usize) -> Result<Vec<u8>, SqlStoreError> {
+    match row.get_mut(column) {
+        Some(SqlStorageValue::Blob(bytes)) => Ok(std::mem::take(bytes)),
+        _ => Err(SqlStoreError::MalformedRow("expected a blob")),
+    }
+}
+
+/// A device id read back as `CAST(device_id AS TEXT)`.
+fn device_at(row: &[SqlStorageValue], column: usize) -> Result<DeviceId, SqlStoreError> {
+    match row.get(column) {
+        Some(SqlStorageValue::String(text)) => text
+            .parse::<i64>()
+            .map(|id| DeviceId(u64::from_ne_bytes(id.to_ne_bytes())))
+            .map_err(|_| SqlStoreError::MalformedRow("device id is not a decimal i64")),
+        _ => Err(SqlStoreError::MalformedRow("expected a device id as text")),
+    }
+}

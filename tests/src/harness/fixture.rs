@@ -1,0 +1,228 @@
+//! [`Fixture`]: one chat server and one mediator (`wrangler dev` or in process) wired to it,
+//! with their logs in a [`Scratch`] directory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tandem_shared::mediator::GroupConfig;
+
+use super::chat_server::ChatServer;
+use super::error::HarnessError;
+use super::identity::Identity;
+use super::local_mediator::LocalMediator;
+use super::worker::WranglerDev;
+
+/// Set (to anything) to keep the scratch directory of a passing run too.
+pub const KEEP_SCRATCH_VAR: &str = "TANDEM_KEEP_SCRATCH";
+
+/// A directory under the system's temp directory, removed on drop unless [`Scratch::keep`] was
+/// called (a failed run keeps its logs) or [`KEEP_SCRATCH_VAR`] is set.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    /// Creates `tandem-<label>-<pid>-<ms>` in the temp directory.
+    pub fn new(label: &str) -> Result<Self, HarnessError> {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let path = std::env::temp_dir().join(format!("tandem-{label}-{}-{ms}", std::process::id()));
+        std::fs::create_dir_all(&path)
+            .map_err(|err| HarnessError::io(format!("create {}", path.display()), err))?;
+        let keep = std::env::var_os(KEEP_SCRATCH_VAR).is_some();
+        Ok(Self { path, keep })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Leave the directory in place.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The mediator a fixture serves.
+#[derive(Debug)]
+pub enum Mediator {
+    /// The Worker under `wrangler dev`.
+    Wrangler(WranglerDev),
+    /// `shared`'s state machine in this process.
+    Local(LocalMediator),
+}
+
+/// A chat server and a mediator that proxies to it.
+#[derive(Debug)]
+pub struct Fixture {
+    /// The chat server.
+    pub chat: ChatServer,
+    /// The mediator.
+    pub mediator: Mediator,
+    /// Start and restart times, for the report.
+    pub timings: Vec<(String, Duration)>,
+    // Dropped last: the processes above still write into it until they are stopped.
+    scratch: Scratch,
+}
+
+impl Fixture {
+    /// Starts the chat server, then builds and starts the Worker under `wrangler dev` with
+    /// `CHAT_SERVER_<server group>` and `DIRECTORY_URL` pointing at it, plus `extra_vars`.
+    pub async fn with_wrangler(extra_vars: &[String]) -> Result<Self, HarnessError> {
+        let scratch = Scratch::new("mediator-it")?;
+        let mut timings = Vec::new();
+        let started = Instant::now();
+        let chat = ChatServer::start(scratch.path()).await?;
+        timings.push((
+            "chat server start (incl. cargo build)".into(),
+            started.elapsed(),
+        ));
+        let server_group = server_group(&chat).await?;
+        let mut vars = vec![
+            format!("CHAT_SERVER_{server_group}:{}", chat.csp_addr),
+            format!("DIRECTORY_URL:http://{}", chat.http_addr),
+        ];
+        vars.extend_from_slice(extra_vars);
+        let (dev, took) =
+            WranglerDev::start(&scratch.path().join("worker-state"), scratch.path(), vars).await?;
+        timings.push(("wrangler dev first start (incl. worker-build)".into(), took));
+        Ok(Self {
+            chat,
+            mediator: Mediator::Wrangler(dev),
+            timings,
+            scratch,
+        })
+    }
+
+    /// Starts the chat server and the in-process mediator with `config`.
+    pub async fn with_local_mediator(config: GroupConfig) -> Result<Self, HarnessError> {
+        let scratch = Scratch::new("local-mediator-it")?;
+        let started = Instant::now();
+        let chat = ChatServer::start(scratch.path()).await?;
+        let mut timings = vec![("chat server start".to_owned(), started.elapsed())];
+        let server_group = server_group(&chat).await?;
+        let started = Instant::now();
+        let local =
+            LocalMediator::start(config, HashMap::from([(server_group, chat.csp_addr)])).await?;
+        timings.push(("local mediator start".into(), started.elapsed()));
+        Ok(Self {
+            chat,
+            mediator: Mediator::Local(local),
+            timings,
+            scratch,
+        })
+    }
+
+    /// `ws://host:port` of the mediator.
+    #[must_use]
+    pub fn ws_base(&self) -> String {
+        match &self.mediator {
+            Mediator::Wrangler(dev) => dev.ws_base(),
+            Mediator::Local(local) => local.ws_base(),
+        }
+    }
+
+    /// Which mediator this is, for messages.
+    #[must_use]
+    pub const fn mediator_kind(&self) -> &'static str {
+        match self.mediator {
+            Mediator::Wrangler(_) => "wrangler dev",
+            Mediator::Local(_) => "local mediator",
+        }
+    }
+
+    /// A fresh identity (so a fresh device group) in the chat server's directory.
+    pub async fn identity(&self) -> Result<Identity, HarnessError> {
+        Identity::create(&self.chat.directory()).await
+    }
+
+    /// Restarts the mediator on the same storage and port; every connection drops. `crash`:
+    /// SIGKILL instead of SIGTERM (the in-process mediator drops everything either way).
+    pub async fn restart_mediator(&mut self, crash: bool) -> Result<Duration, HarnessError> {
+        let started = Instant::now();
+        let took = match &mut self.mediator {
+            Mediator::Wrangler(dev) if crash => dev.crash_and_restart().await?,
+            Mediator::Wrangler(dev) => dev.restart().await?,
+            Mediator::Local(local) => {
+                local.restart().await?;
+                started.elapsed()
+            }
+        };
+        let what = if crash {
+            "mediator crash + restart"
+        } else {
+            "mediator restart"
+        };
+        self.timings.push((what.into(), took));
+        Ok(took)
+    }
+
+    /// The scratch directory (logs, chat server data, Worker state).
+    #[must_use]
+    pub fn scratch(&self) -> &Path {
+        self.scratch.path()
+    }
+
+    /// Keep the scratch directory after the fixture is gone.
+    pub fn keep_scratch(&mut self) {
+        self.scratch.keep();
+    }
+
+    /// Log lines showing a crash inside the mediator (none for the in-process one, whose
+    /// panics fail the test directly).
+    #[must_use]
+    pub fn mediator_crash_lines(&self) -> Vec<String> {
+        match &self.mediator {
+            Mediator::Wrangler(dev) => dev.crash_lines(),
+            Mediator::Local(_) => Vec::new(),
+        }
+    }
+
+    /// The tails of every log, for a failure report.
+    #[must_use]
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = format!(
+            "--- chat server ({}) ---\n{}\n",
+            self.chat.process().log_path().display(),
+            self.chat.process().log_tail(lines)
+        );
+        if let Mediator::Wrangler(dev) = &self.mediator {
+            out.push_str(&format!("--- wrangler dev ---\n{}\n", dev.log_tail(lines)));
+        }
+        out
+    }
+}
+
+async fn server_group(chat: &ChatServer) -> Result<String, HarnessError> {
+    let response = super::http::http_request(
+        &chat.directory(),
+        "GET",
+        "/server-info",
+        None,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let json = response.json("GET /server-info")?;
+    json.get("serverGroup")
+        .and_then(|g| g.as_str())
+        .map(str::to_owned)
+        .ok_or_else(|| HarnessError::Http {
+            request: "GET /server-info".into(),
+            detail: format!("no serverGroup in {json}"),
+        })
+}
