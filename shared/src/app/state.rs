@@ -495,6 +495,47 @@ mod tests {
         assert!(!state.has_ops());
     }
 
+    /// The brief's budget: 1 000 contacts and 10 000 messages (plus a nonce per message in each
+    /// scope) open well under a second natively, even in a debug build.
+    #[test]
+    fn thousand_contacts_and_ten_thousand_messages_open_fast() {
+        let mut state = State::new(own());
+        let contacts: Vec<Identity> = (0..1_000)
+            .map(|i| format!("C{i:07}").parse().unwrap())
+            .collect();
+        for (i, identity) in contacts.iter().enumerate() {
+            let mut c = Contact::new(*identity, PublicKey([i as u8; 32]), i as u64);
+            c.first_name = format!("First {i}");
+            c.last_name = "Last".into();
+            state.put_contact(c);
+        }
+        for i in 0..10_000_u64 {
+            let sender = contacts[(i % 1_000) as usize];
+            let mut m = text(ConversationId::Contact(sender), sender, i);
+            m.text = format!("message number {i}, of an ordinary length for a chat");
+            state.add_message(m);
+            state.use_nonce(
+                NonceScope::Csp,
+                &[(i % 251) as u8; 24].map(|b| b ^ (i >> 8) as u8),
+            );
+            let mut n = [0; 24];
+            n[..8].copy_from_slice(&i.to_le_bytes());
+            state.use_nonce(NonceScope::D2d, &n);
+        }
+        let mut store = MemoryStore::default();
+        persist(&mut state, &mut store);
+        let records = store.records();
+        assert!(records.len() > 20_000);
+        let bytes: usize = records.iter().map(|r| r.key.len() + r.value.len()).sum();
+        let started = std::time::Instant::now();
+        let loaded = State::load(records).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(loaded.messages().len(), 10_000);
+        assert_eq!(loaded.contacts().len(), 1_000);
+        println!("opened {bytes} bytes of records in {elapsed:?}");
+        assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
+    }
+
     #[test]
     fn load_without_identity_fails() {
         assert_eq!(State::load(Vec::new()), Err(RecordError::MissingIdentity));
