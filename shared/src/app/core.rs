@@ -83,6 +83,17 @@ pub(super) enum Pending {
     NewDeviceSyncRequest,
 }
 
+/// Why the directory was asked about an identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// The user adds a contact.
+    User,
+    /// A message arrived from it.
+    Sender,
+    /// A group setup names it.
+    GroupMember,
+}
+
 /// What belongs to one connection and dies with it.
 #[derive(Debug, Default)]
 pub(super) struct Conn {
@@ -119,8 +130,8 @@ pub struct App {
     pub(super) reads: super::receipts::Reads,
     /// Incoming messages from senders being looked up, in arrival order.
     pub(super) parked: BTreeMap<Identity, Vec<MessageWithMetadataBox>>,
-    /// Directory lookups asked for and not answered, and whether the user asked (add contact).
-    pub(super) lookups: BTreeMap<Identity, bool>,
+    /// Directory lookups asked for and not answered, and why.
+    pub(super) lookups: BTreeMap<Identity, Lookup>,
     pub(super) reconnect: Reconnector,
     pub(super) reconnect_at: Option<u64>,
 }

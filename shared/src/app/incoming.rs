@@ -7,8 +7,9 @@
 
 use rand_core::CryptoRngCore;
 
-use super::core::{App, Pending};
+use super::core::{App, Lookup, Pending};
 use super::event::{AppEvent, Dropped};
+use super::model::AcquaintanceLevel;
 use super::model::{
     Contact, ConversationId, Direction, GroupId, Identity, Message, MessageKey, MessageState,
 };
@@ -97,7 +98,7 @@ impl App {
             }
             self.parked.entry(sender).or_default().push(message);
             if let std::collections::btree_map::Entry::Vacant(entry) = self.lookups.entry(sender) {
-                entry.insert(false);
+                entry.insert(Lookup::Sender);
                 self.effects
                     .push_back(super::event::Effect::LookupIdentity(sender));
             }
@@ -324,7 +325,7 @@ impl App {
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
     ) {
-        let Some(user_asked) = self.lookups.remove(&identity) else {
+        let Some(reason) = self.lookups.remove(&identity) else {
             return;
         };
         match public_key {
@@ -332,13 +333,15 @@ impl App {
                 if self.state.contact(&identity).is_some() {
                     self.resume_parked(identity, now_ms, rng);
                 } else {
-                    self.enqueue_sync(SyncOp::CreateContact(Box::new(Contact::new(
-                        identity, key, now_ms,
-                    ))));
+                    let mut contact = Contact::new(identity, key, now_ms);
+                    if reason == Lookup::GroupMember {
+                        contact.acquaintance_level = AcquaintanceLevel::Group;
+                    }
+                    self.enqueue_sync(SyncOp::CreateContact(Box::new(contact)));
                 }
             }
             _ => {
-                if user_asked {
+                if reason == Lookup::User {
                     self.events.push_back(AppEvent::ContactNotFound(identity));
                 }
                 for message in self.parked.remove(&identity).unwrap_or_default() {

@@ -11,6 +11,7 @@ use rand_core::CryptoRngCore;
 
 use super::core::{App, Pending};
 use super::event::AppError;
+use super::groups::Announce;
 use super::model::{Contact, DistributionList, Group, GroupId, Identity};
 use crate::d2d::Scope;
 use crate::proto::d2d::{
@@ -36,12 +37,10 @@ pub(super) enum SyncOp {
     UpdateList(u64, Box<sync::DistributionList>),
     /// Precondition: the list exists.
     DeleteList(u64),
-    /// Precondition: the group does not exist.
-    #[allow(dead_code, reason = "groups: next slice")]
-    CreateGroup(Box<Group>),
-    /// Precondition: the group exists.
-    #[allow(dead_code, reason = "groups: next slice")]
-    UpdateGroup(GroupId, Box<sync::Group>),
+    /// Precondition: the group does not exist. Afterwards the members are told.
+    CreateGroup(Box<Group>, Vec<Announce>),
+    /// Precondition: the group exists. Afterwards the members are told.
+    UpdateGroup(GroupId, Box<sync::Group>, Vec<Announce>),
     /// Answer a new device (DESIGN §2.4); precondition: nobody answered yet.
     NewDeviceSync {
         /// The new device.
@@ -60,7 +59,7 @@ impl SyncOp {
             Self::CreateList(_) | Self::UpdateList(..) | Self::DeleteList(_) => {
                 Scope::DistributionListSync
             }
-            Self::CreateGroup(_) | Self::UpdateGroup(..) => Scope::GroupSync,
+            Self::CreateGroup(..) | Self::UpdateGroup(..) => Scope::GroupSync,
             Self::NewDeviceSync { .. } => Scope::NewDeviceSync,
         }
     }
@@ -151,8 +150,8 @@ impl App {
             SyncOp::UpdateList(id, _) | SyncOp::DeleteList(id) => {
                 self.state.distribution_lists().contains_key(id)
             }
-            SyncOp::CreateGroup(g) => self.state.group(&g.id).is_none(),
-            SyncOp::UpdateGroup(id, _) => self.state.group(id).is_some(),
+            SyncOp::CreateGroup(g, _) => self.state.group(&g.id).is_none(),
+            SyncOp::UpdateGroup(id, ..) => self.state.group(id).is_some(),
             SyncOp::NewDeviceSync { device_id, .. } => !self.sync.answered.contains(device_id),
         }
     }
@@ -208,12 +207,12 @@ impl App {
                     },
                 )),
             })],
-            SyncOp::CreateGroup(g) => vec![Content::GroupSync(GroupSync {
+            SyncOp::CreateGroup(g, _) => vec![Content::GroupSync(GroupSync {
                 action: Some(group_sync::Action::Create(group_sync::Create {
                     group: Some(g.to_sync()),
                 })),
             })],
-            SyncOp::UpdateGroup(_, update) => vec![Content::GroupSync(GroupSync {
+            SyncOp::UpdateGroup(_, update, _) => vec![Content::GroupSync(GroupSync {
                 action: Some(group_sync::Action::Update(group_sync::Update {
                     group: Some((**update).clone()),
                 })),
@@ -325,6 +324,9 @@ impl App {
     ) {
         match op {
             SyncOp::CreateContact(c) => self.resume_parked(c.identity, now_ms, rng),
+            SyncOp::CreateGroup(_, announce) | SyncOp::UpdateGroup(_, _, announce) if executed => {
+                self.announce(announce, now_ms, rng);
+            }
             SyncOp::NewDeviceSync {
                 device_id,
                 max_history_messages,
@@ -344,7 +346,11 @@ impl App {
         if self.state.contact(&identity).is_some() {
             return Err(AppError::ContactExists(identity));
         }
-        if self.lookups.insert(identity, true).is_none() {
+        if self
+            .lookups
+            .insert(identity, super::core::Lookup::User)
+            .is_none()
+        {
             self.effects
                 .push_back(super::event::Effect::LookupIdentity(identity));
         }
