@@ -353,6 +353,31 @@ impl App {
         }
     }
 
+    /// Asks the mediator for the group's devices; [`AppEvent::Devices`] follows.
+    pub fn request_devices(
+        &mut self,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), AppError> {
+        let session = self.session.as_mut().ok_or(AppError::NotConnected)?;
+        session.get_devices_info()?;
+        self.pump(now_ms, rng);
+        Ok(())
+    }
+
+    /// Removes a device from the group (this device's own id unlinks it; spec §7).
+    pub fn drop_device(
+        &mut self,
+        device_id: u64,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), AppError> {
+        let session = self.session.as_mut().ok_or(AppError::NotConnected)?;
+        session.drop_device(device_id)?;
+        self.pump(now_ms, rng);
+        Ok(())
+    }
+
     /// The adapter made batch `id` (and every earlier one) durable.
     pub fn on_persisted(&mut self, id: u64) -> Result<(), AppError> {
         self.gate.confirm(id)
@@ -459,6 +484,7 @@ impl App {
             Event::TransactionRejected { scope, .. } => self.sync.on_rejected(scope),
             Event::TransactionEnded { scope, .. } => self.sync.on_ended(scope),
             Event::CommitAcked => self.on_commit_acked(now_ms, rng),
+            Event::DevicesInfo(devices) => self.events.push_back(AppEvent::Devices(devices)),
             Event::Closed { code, origin, .. } => {
                 if origin == crate::device::CloseOrigin::Local && !code.is_local_only() {
                     self.effects.push_back(Effect::CloseWebSocket(code));

@@ -6,7 +6,7 @@ use super::records::Batch;
 use crate::csp::{E2eMessageType, OpenError, SealError};
 use crate::d2d::D2dError;
 use crate::d2m::CloseCode;
-use crate::device::DeviceError;
+use crate::device::{DeviceEntry, DeviceError};
 
 /// Work for the adapter, in the order it must be done.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +109,8 @@ pub enum AppEvent {
     },
     /// Something from the network was dropped; for diagnostics.
     Dropped(Dropped),
+    /// The group's devices, as asked for with [`super::App::request_devices`].
+    Devices(Vec<DeviceEntry>),
     /// A sibling asked for this device's state and it was sent (DESIGN §2.4).
     NewDeviceSyncSent {
         /// The new device.
@@ -172,6 +174,9 @@ pub enum AppError {
     /// A batch id that was never issued.
     #[error("batch {0} was never issued")]
     UnknownBatch(u64),
+    /// No connection is open.
+    #[error("not connected")]
+    NotConnected,
     /// A connection is already open.
     #[error("already connected")]
     AlreadyConnected,

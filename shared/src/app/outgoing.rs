@@ -96,13 +96,15 @@ impl Jobs {
         self.next
     }
 
-    /// Rebuilds the jobs of stored outgoing messages that are not yet sent.
+    /// Rebuilds the jobs of stored outgoing messages that are not yet sent. Only the device
+    /// that wrote a message keeps its receivers and nonces; a sibling's copy waits for `sent`.
     pub(super) fn resume_from(&mut self, state: &State) {
         let own = state.own().identity;
         for message in state.messages().values() {
             if message.direction != Direction::Outgoing
                 || message.state != MessageState::Pending
                 || message.key.sender != own
+                || message.pending.is_empty()
             {
                 continue;
             }
