@@ -66,6 +66,10 @@ impl AppConfig {
     }
 }
 
+/// Interval of CSP echo-requests: well inside the chat server's default idle timeout of 300 s
+/// (spec §9.4 0x30).
+pub const ECHO_INTERVAL_MS: u64 = 60_000;
+
 /// What a non-ephemeral reflect of this connection was for; resumed on its `ReflectAck`.
 #[derive(Debug, Clone)]
 pub(super) enum Pending {
@@ -111,6 +115,8 @@ pub(super) struct Conn {
     pub(super) csp_close: Option<bool>,
     /// Non-ephemeral reflects awaiting their ack.
     pub(super) reflects: HashMap<u32, Pending>,
+    /// When the next CSP echo-request keeps the chat server connection alive.
+    pub(super) next_echo_at: Option<u64>,
     /// This device's `NewDeviceSyncRequest` went out on this connection.
     pub(super) new_device_sync_requested: bool,
 }
@@ -267,11 +273,14 @@ impl App {
     /// When to call [`Self::on_timeout`].
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
-        let session = self.session.as_ref().and_then(DeviceSession::poll_timeout);
-        match (session, self.reconnect_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.session.as_ref().and_then(DeviceSession::poll_timeout),
+            self.reconnect_at,
+            self.conn.next_echo_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     // ---- inputs -------------------------------------------------------------------------------
@@ -337,6 +346,11 @@ impl App {
         if let Some(session) = self.session.as_mut() {
             let _ = session.on_timeout(now_ms);
         }
+        if self.conn.next_echo_at.is_some_and(|at| now_ms >= at) {
+            // Keeps the chat server connection from idling out (spec §9.4 0x00).
+            self.csp_send(&CspPayload::EchoRequest(now_ms.to_le_bytes().to_vec()));
+            self.conn.next_echo_at = Some(now_ms.saturating_add(ECHO_INTERVAL_MS));
+        }
         if self.reconnect_at.is_some_and(|at| now_ms >= at) && self.session.is_none() {
             self.reconnect_at = None;
             self.effects.push_back(Effect::Connect);
@@ -396,6 +410,15 @@ impl App {
         self.pump(now_ms, rng);
     }
 
+    /// The directory could not be asked (network error): messages waiting for this sender are
+    /// forgotten unacked, so the chat server delivers them again on the next connection.
+    pub fn on_identity_lookup_failed(&mut self, identity: Identity) {
+        if self.lookups.remove(&identity) == Some(Lookup::User) {
+            self.events.push_back(AppEvent::LookupFailed(identity));
+        }
+        self.parked.remove(&identity);
+    }
+
     // ---- internals ----------------------------------------------------------------------------
 
     /// Handles every session event, moves the jobs on, and flushes.
@@ -450,7 +473,10 @@ impl App {
                 self.conn.leader = true;
                 self.events.push_back(AppEvent::Leader);
             }
-            Event::CspEstablished => self.conn.csp_ready = true,
+            Event::CspEstablished => {
+                self.conn.csp_ready = true;
+                self.conn.next_echo_at = Some(now_ms.saturating_add(ECHO_INTERVAL_MS));
+            }
             Event::CspPayload(payload) => self.on_csp_payload(&payload.0, now_ms, rng),
             Event::Reflected {
                 reflected_id,

@@ -3,7 +3,7 @@
 use super::model::{ConversationId, GroupId, Identity, MessageKey, MessageState};
 use super::reconnect::ReconnectDecision;
 use super::records::Batch;
-use crate::csp::{E2eMessageType, OpenError, SealError};
+use crate::csp::{E2eMessageType, OpenError};
 use crate::d2d::D2dError;
 use crate::d2m::CloseCode;
 use crate::device::{DeviceEntry, DeviceError};
@@ -16,7 +16,8 @@ pub enum Effect {
     /// must be applied in the order they are polled.
     Persist(Batch),
     /// Ask the directory for the identity's public key, then call
-    /// [`super::App::on_identity_lookup`].
+    /// [`super::App::on_identity_lookup`] (or [`super::App::on_identity_lookup_failed`] when the
+    /// directory cannot be reached).
     LookupIdentity(Identity),
     /// Close the WebSocket with this code (the core ended the connection).
     CloseWebSocket(CloseCode),
@@ -88,6 +89,8 @@ pub enum AppEvent {
     ContactRemoved(Identity),
     /// The directory does not know an identity the user tried to add.
     ContactNotFound(Identity),
+    /// The directory could not be reached for an identity the user tried to add.
+    LookupFailed(Identity),
     /// A group was added or changed.
     GroupChanged(GroupId),
     /// A group was removed.
@@ -180,9 +183,6 @@ pub enum AppError {
     /// A connection is already open.
     #[error("already connected")]
     AlreadyConnected,
-    /// The message could not be sealed for a receiver.
-    #[error("cannot seal: {0}")]
-    Seal(#[source] SealError),
     /// The device session refused.
     #[error("device session: {0}")]
     Device(#[source] DeviceError),

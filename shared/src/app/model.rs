@@ -870,6 +870,22 @@ mod tests {
     }
 
     #[test]
+    fn group_without_identity_is_refused() {
+        assert_eq!(
+            Group::from_sync(&sync::Group::default()),
+            Err(ModelError::MissingGroupIdentity)
+        );
+        let bad = sync::Group {
+            group_identity: Some(GroupIdentity {
+                group_id: 1,
+                creator_identity: "nope".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(Group::from_sync(&bad), Err(ModelError::InvalidIdentity));
+    }
+
+    #[test]
     fn message_state_only_moves_forward() {
         use MessageState::*;
         assert!(Pending.advances_to(Sent));

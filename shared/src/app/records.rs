@@ -887,6 +887,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pending_receiver_with_a_short_nonce_is_invalid() {
+        let raw = MessageRecord {
+            conversation: Some(ConversationId::DistributionList(1).to_proto()),
+            sender: b"ABCDEFGH".to_vec(),
+            pending: vec![b"ABCDEFGH\x01\x02".to_vec()],
+            ..Default::default()
+        };
+        let r = Record::new(RecordKind::Message, message_key(1), raw.encode_to_vec());
+        assert!(matches!(
+            decode_message(&r),
+            Err(RecordError::Invalid {
+                source: ModelError::NonceLength(2),
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn garbage_protobuf_is_a_decode_error() {
         let r = Record::new(RecordKind::Contact, b"ECHOECHO".to_vec(), vec![0xff, 0xff]);
         assert!(matches!(

@@ -270,6 +270,8 @@ pub struct Device {
     pub last_reflected: Option<Vec<u8>>,
     /// Flip a byte of the next `Reflected` container delivered to this device.
     pub tamper_next_reflected: bool,
+    /// The directory cannot be reached from this device.
+    pub directory_down: bool,
 }
 
 /// The whole world, moved by [`World::run`].
@@ -344,6 +346,7 @@ impl World {
                 events: Vec::new(),
                 last_reflected: None,
                 tamper_next_reflected: false,
+                directory_down: false,
             },
         );
         self.run();
@@ -486,6 +489,9 @@ impl World {
                         } else {
                             device.held.push(batch);
                         }
+                    }
+                    AppEffect::LookupIdentity(identity) if device.directory_down => {
+                        app.on_identity_lookup_failed(identity);
                     }
                     AppEffect::LookupIdentity(identity) => {
                         let key = self.chat.directory.get(&identity).copied();
