@@ -12,7 +12,8 @@ mod app_support;
 use app_support::{summary, World};
 use tandem_shared::app::{AppEvent, ConversationId, Direction, Dropped, MessageState, RecordKind};
 
-/// X has devices X1 and X2, Y has Y1; everyone is online and knows everyone.
+/// X has devices X1 and X2, Y has Y1; everyone is online and knows everyone (Y learns X
+/// from X's first message, except where a test adds it first).
 fn world() -> (World, ConversationId, ConversationId) {
     let mut w = World::new(1);
     let x = w.identity("XXXXXXXX");
@@ -204,6 +205,9 @@ fn unconfirmed_batch_blocks_the_ack_and_a_crash_brings_the_message_again_stored_
     w.device("Y2", w.devices["Y1"].identity);
     w.connect("Y2");
     let y = w.devices["Y1"].identity;
+    let x = w.devices["X1"].identity;
+    w.app("Y1").add_contact(x).unwrap();
+    w.run();
     // Y1 stops confirming: its adapter is slow, then the tab dies.
     w.dev("Y1").confirm_budget = Some(0);
     let now = w.now;
@@ -233,6 +237,9 @@ fn crash_after_the_message_is_durable_but_before_the_ack_re_reflects_once() {
     let y = w.devices["Y1"].identity;
     w.device("Y2", y);
     w.connect("Y2");
+    let x = w.devices["X1"].identity;
+    w.app("Y1").add_contact(x).unwrap();
+    w.run();
     w.disconnect("Y2");
     // Y1 confirms the message batch, then nothing more (the ack batch stays unconfirmed).
     w.dev("Y1").confirm_budget = Some(1);
@@ -335,7 +342,7 @@ fn typing_indicators_reach_the_contact_and_its_siblings_and_are_never_stored() {
     w.device("Y2", y);
     w.connect("Y2");
     let x = w.devices["X1"].identity;
-    w.app("Y1").add_contact(x).unwrap();
+    w.app("Y2").add_contact(x).unwrap();
     w.run();
     for name in ["X1", "X2", "Y1", "Y2"] {
         w.take_events(name);

@@ -160,3 +160,36 @@ fn changes_made_offline_go_out_on_connect() {
     assert_eq!(w.app_ref("X2").state().profile().nickname, "later");
     assert_eq!(w.app_ref("X1").state().profile().nickname, "later");
 }
+
+#[test]
+fn crash_between_commit_and_its_batch_replays_the_change() {
+    let (mut w, _, _) = world();
+    // X1 confirms the journal batch (before the reflect), then stalls: the commit is acked by
+    // the mediator, but the batch applying the change here is never confirmed.
+    w.dev("X1").confirm_budget = Some(1);
+    let now = w.now;
+    w.app("X1")
+        .set_nickname("durable", now, &mut rand::thread_rng());
+    w.run();
+    assert_eq!(
+        w.app_ref("X2").state().profile().nickname,
+        "durable",
+        "committed"
+    );
+    w.crash("X1");
+    w.reopen("X1");
+    assert_eq!(
+        w.app_ref("X1").state().profile().nickname,
+        "",
+        "the apply was lost"
+    );
+    assert!(w.app_ref("X1").state().journal().is_some());
+    w.connect("X1");
+    assert_eq!(
+        w.app_ref("X1").state().profile().nickname,
+        "durable",
+        "replayed"
+    );
+    assert!(w.app_ref("X1").state().journal().is_none());
+    assert_eq!(w.app_ref("X2").state().profile().nickname, "durable");
+}

@@ -85,6 +85,8 @@ pub(super) enum Pending {
     Sync,
     /// The `NewDeviceSyncRequest` of this device.
     NewDeviceSyncRequest,
+    /// An `IncomingMessage` reflected again after a restart.
+    Unreflected(super::model::MessageKey),
 }
 
 /// Why the directory was asked about an identity.
@@ -134,6 +136,10 @@ pub struct App {
     pub(super) jobs: Jobs,
     pub(super) sync: SyncRunner,
     pub(super) reads: super::receipts::Reads,
+    /// Owed receipts of the store are turned into sends once an rng is at hand.
+    pub(super) receipts_to_resume: bool,
+    /// Stored incoming messages to reflect again (their reflection was never acked).
+    pub(super) unreflected: std::collections::BTreeSet<super::model::MessageKey>,
     /// Incoming messages from senders being looked up, in arrival order.
     pub(super) parked: BTreeMap<Identity, Vec<MessageWithMetadataBox>>,
     /// Directory lookups asked for and not answered, and why.
@@ -185,6 +191,18 @@ impl App {
         let state = State::load(records)?;
         let mut app = Self::with_state(config, state);
         app.jobs.resume_from(&app.state);
+        app.reads.resume_from(&app.state);
+        app.receipts_to_resume = true;
+        app.resume_journal();
+        app.unreflected = app
+            .state
+            .messages()
+            .values()
+            .filter(|m| {
+                m.direction == super::model::Direction::Incoming && m.reflected_at.is_none()
+            })
+            .map(|m| m.key)
+            .collect();
         Ok(app)
     }
 
@@ -203,6 +221,8 @@ impl App {
             jobs: Jobs::default(),
             sync: SyncRunner::default(),
             reads: super::receipts::Reads::default(),
+            receipts_to_resume: false,
+            unreflected: std::collections::BTreeSet::new(),
             parked: BTreeMap::new(),
             lookups: BTreeMap::new(),
             reconnect,
@@ -534,6 +554,7 @@ impl App {
             Pending::Incoming(ack) => self.on_incoming_reflected(ack, timestamp, now_ms, rng),
             Pending::Read(update) => self.on_read_reflected(update, timestamp, now_ms, rng),
             Pending::Sync => self.on_sync_reflected(rng),
+            Pending::Unreflected(key) => self.on_unreflected_reflected(key, timestamp),
             Pending::NewDeviceSyncRequest => {
                 self.state
                     .update_own(|own| own.wants_new_device_sync = false);
@@ -582,6 +603,10 @@ impl App {
         if !self.conn.online {
             return;
         }
+        if core::mem::take(&mut self.receipts_to_resume) {
+            self.resume_receipts(now_ms, rng);
+        }
+        self.drive_unreflected(rng);
         self.request_new_device_sync(rng);
         self.drive_reads(rng);
         self.drive_jobs(now_ms, rng);
@@ -590,6 +615,21 @@ impl App {
 
     fn closed(&mut self, code: CloseCode, now_ms: u64) {
         let csp_close = self.conn.csp_close;
+        // Read updates and re-reflections in flight go out again on the next connection.
+        let mut in_flight = Vec::new();
+        for (id, pending) in self.conn.reflects.drain() {
+            match pending {
+                Pending::Read(update) => in_flight.push((id, update)),
+                Pending::Unreflected(key) => {
+                    self.unreflected.insert(key);
+                }
+                _ => {}
+            }
+        }
+        in_flight.sort_by_key(|(id, _)| *id);
+        for (_, update) in in_flight.into_iter().rev() {
+            self.reads.queue.push_front(update);
+        }
         self.session = None;
         self.conn = Conn::default();
         self.gate.clear();

@@ -256,6 +256,7 @@ impl App {
                     flags: MessageFlags::NO_DELIVERY_RECEIPTS,
                     ephemeral: false,
                     created_at: now_ms,
+                    receipt_for: None,
                 },
                 rng,
             );

@@ -14,7 +14,7 @@ use super::model::{
     Contact, ConversationId, Direction, GroupId, Identity, Message, MessageKey, MessageState,
 };
 use super::nonce::NonceScope;
-use super::outgoing::{text_body, Unstored};
+use super::outgoing::text_body;
 use super::sync::SyncOp;
 use crate::crypto::{Nonce, PublicKey};
 use crate::csp::{
@@ -60,7 +60,53 @@ pub(super) fn parse_text(
     }
 }
 
+/// The `IncomingMessage` that reflects a stored incoming message (again).
+pub(super) fn incoming_content(stored: &Message, nonce: &[u8]) -> Option<Content> {
+    let (message_type, body) = text_body(&stored.conversation, &stored.text)?;
+    Some(Content::IncomingMessage(IncomingMessage {
+        sender_identity: stored.key.sender.to_string(),
+        message_id: stored.key.id,
+        created_at: stored.created_at,
+        r#type: i32::from(message_type.0),
+        body,
+        nonce: nonce.to_vec(),
+    }))
+}
+
 impl App {
+    /// After a restart, incoming messages stored here whose reflection was never acked are
+    /// reflected again (without a CSP ack: that is the leader's, on redelivery), so siblings
+    /// surely have them and this device may reflect reads of them.
+    pub(super) fn drive_unreflected(&mut self, rng: &mut impl CryptoRngCore) {
+        for key in core::mem::take(&mut self.unreflected) {
+            let content = self
+                .state
+                .message(&key)
+                .filter(|m| m.reflected_at.is_none())
+                .and_then(|m| incoming_content(m, &[]));
+            let Some(content) = content else {
+                continue;
+            };
+            if self
+                .reflect(content, false, Some(Pending::Unreflected(key)), rng)
+                .is_none()
+            {
+                self.unreflected.insert(key);
+            }
+        }
+    }
+
+    /// The reflection of a stored incoming message is stored by the mediator.
+    pub(super) fn on_unreflected_reflected(&mut self, key: MessageKey, timestamp: u64) {
+        self.state.update_message(&key, |m| {
+            let unset = m.reflected_at.is_none();
+            if unset {
+                m.reflected_at = Some(timestamp);
+            }
+            unset
+        });
+    }
+
     /// Step 1–3 of spec §9.6 "Incoming" for one message from the chat server.
     pub(super) fn on_incoming_message(
         &mut self,
@@ -83,8 +129,18 @@ impl App {
                 let stored = stored.clone();
                 return self.reflect_stored_incoming(&stored, &message, rng);
             }
+            // Whoever stored it may have died before its delivery receipt went out; a second
+            // receipt is harmless (states only move forward), a missing one is not.
+            let owes_receipt = stored.direction == Direction::Incoming
+                && stored.conversation == ConversationId::Contact(sender)
+                && stored.receipt_due.is_none()
+                && !message.flags.contains(MessageFlags::NO_DELIVERY_RECEIPTS);
             self.state.use_nonce(NonceScope::Csp, &message.nonce);
-            return self.ack_incoming(sender, message.message_id, message.flags);
+            self.ack_incoming(sender, message.message_id, message.flags);
+            if owes_receipt {
+                self.send_receipt(sender, DeliveryStatus::Received, vec![key], now_ms, rng);
+            }
+            return;
         }
         if self.state.nonce_used(NonceScope::Csp, &message.nonce) {
             return self.drop_and_ack(&message, Dropped::ReplayedNonce);
@@ -177,6 +233,8 @@ impl App {
                     reflected_at: None,
                     state_at: None,
                     pending: Vec::new(),
+                    read_unsynced: false,
+                    receipt_due: None,
                 });
                 self.events
                     .push_back(AppEvent::MessageAdded { conversation, key });
@@ -226,17 +284,9 @@ impl App {
         message: &MessageWithMetadataBox,
         rng: &mut impl CryptoRngCore,
     ) {
-        let Some((message_type, body)) = text_body(&stored.conversation, &stored.text) else {
+        let Some(content) = incoming_content(stored, &message.nonce) else {
             return self.ack_incoming(stored.key.sender, stored.key.id, message.flags);
         };
-        let content = Content::IncomingMessage(IncomingMessage {
-            sender_identity: stored.key.sender.to_string(),
-            message_id: stored.key.id,
-            created_at: stored.created_at,
-            r#type: i32::from(message_type.0),
-            body,
-            nonce: message.nonce.to_vec(),
-        });
         let ack = IncomingAck {
             sender: stored.key.sender,
             message_id: stored.key.id,
@@ -270,22 +320,7 @@ impl App {
         self.state.use_nonce(NonceScope::Csp, &ack.nonce);
         self.ack_incoming(ack.sender, ack.message_id, ack.flags);
         if ack.receipt {
-            if let Ok(receipt) =
-                DeliveryReceipt::new(DeliveryStatus::Received, vec![ack.message_id])
-            {
-                self.start_unstored(
-                    Unstored {
-                        conversation: ConversationId::Contact(ack.sender),
-                        receivers: vec![ack.sender],
-                        message_type: E2eMessageType::DELIVERY_RECEIPT,
-                        body: receipt.encode(),
-                        flags: MessageFlags::NO_DELIVERY_RECEIPTS,
-                        ephemeral: false,
-                        created_at: now_ms,
-                    },
-                    rng,
-                );
-            }
+            self.send_receipt(ack.sender, DeliveryStatus::Received, vec![key], now_ms, rng);
         }
     }
 

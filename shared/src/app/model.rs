@@ -7,6 +7,7 @@ use core::str::FromStr;
 use std::collections::BTreeSet;
 
 use crate::crypto::{Nonce, PublicKey};
+use crate::csp::DeliveryStatus;
 use crate::keys::{is_valid_identity, ClientKey, IDENTITY_LEN};
 use crate::proto::common::GroupIdentity;
 use crate::proto::d2d::{conversation_id, ConversationId as PbConversationId};
@@ -36,6 +37,9 @@ pub enum ModelError {
     /// A conversation id with no variant set.
     #[error("conversation id is empty")]
     EmptyConversation,
+    /// An envelope with no content.
+    #[error("envelope has no content")]
+    EmptyEnvelope,
     /// A group identity is missing.
     #[error("group identity missing")]
     MissingGroupIdentity,
@@ -706,6 +710,10 @@ pub struct Message {
     pub state_at: Option<u64>,
     /// Outgoing and not yet sent: the receivers and the nonces reflected for them (spec §8.2).
     pub pending: Vec<(Identity, Nonce)>,
+    /// Incoming, read on this device, and the siblings have not been told yet.
+    pub read_unsynced: bool,
+    /// Incoming: a delivery receipt this device still owes the sender (sent, not yet acked).
+    pub receipt_due: Option<DeliveryStatus>,
 }
 
 impl fmt::Debug for Message {

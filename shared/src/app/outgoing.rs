@@ -16,8 +16,8 @@ use super::model::{ConversationId, Direction, Identity, Message, MessageKey, Mes
 use super::state::State;
 use crate::crypto::{random_nonce, Nonce};
 use crate::csp::{
-    seal_message_with_nonce, CspPayload, E2eMessageType, GroupMemberContainer, MessageAck,
-    MessageFlags, MessageToSeal,
+    seal_message_with_nonce, CspPayload, DeliveryStatus, E2eMessageType, GroupMemberContainer,
+    MessageAck, MessageFlags, MessageToSeal,
 };
 use crate::proto::d2d::{
     envelope::Content, outgoing_message_update, OutgoingMessage, OutgoingMessageUpdate,
@@ -63,6 +63,8 @@ pub(super) struct Job {
     pub(super) stage: Stage,
     /// Receivers whose chat server ack is outstanding.
     pub(super) unacked: BTreeSet<Identity>,
+    /// See [`Unstored::receipt_for`].
+    pub(super) receipt_for: Option<(DeliveryStatus, Vec<MessageKey>)>,
 }
 
 /// A send that is not a stored message.
@@ -76,6 +78,8 @@ pub(super) struct Unstored {
     /// Reflected ephemeral and dropped on disconnect (typing indicators).
     pub(super) ephemeral: bool,
     pub(super) created_at: u64,
+    /// A delivery receipt: the messages whose `receipt_due` it settles once acked.
+    pub(super) receipt_for: Option<(DeliveryStatus, Vec<MessageKey>)>,
 }
 
 /// The jobs, in the order they were started.
@@ -128,6 +132,7 @@ impl Jobs {
                 ephemeral: false,
                 stage,
                 unacked: message.pending.iter().map(|(r, _)| *r).collect(),
+                receipt_for: None,
             });
         }
     }
@@ -214,6 +219,8 @@ impl App {
             reflected_at: None,
             state_at: None,
             pending: receivers.clone(),
+            read_unsynced: false,
+            receipt_due: None,
         });
         self.events
             .push_back(AppEvent::MessageAdded { conversation, key });
@@ -229,6 +236,7 @@ impl App {
             stored: true,
             ephemeral: false,
             stage: Stage::Unreflected,
+            receipt_for: None,
         });
         self.pump(now_ms, rng);
         Ok(key)
@@ -263,6 +271,7 @@ impl App {
             stored: false,
             ephemeral: send.ephemeral,
             stage: Stage::Unreflected,
+            receipt_for: send.receipt_for,
         });
     }
 
@@ -469,8 +478,18 @@ impl App {
         if job.stored {
             job.stage = Stage::UnreflectedSent;
             self.reflect_sent(id, rng);
-        } else {
-            self.jobs.jobs.remove(&id);
+        } else if let Some(job) = self.jobs.jobs.remove(&id) {
+            if let Some((status, keys)) = job.receipt_for {
+                for key in keys {
+                    self.state.update_message(&key, |m| {
+                        let settled = m.receipt_due == Some(status);
+                        if settled {
+                            m.receipt_due = None;
+                        }
+                        settled
+                    });
+                }
+            }
         }
     }
 

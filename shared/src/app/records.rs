@@ -17,8 +17,9 @@ use super::model::{
 use super::nonce::{NonceEntry, NonceScope};
 use crate::codec::{Reader, Truncated};
 use crate::crypto::{Nonce, SecretKey};
+use crate::csp::DeliveryStatus;
 use crate::keys::{ClientKey, IDENTITY_LEN};
-use crate::proto::d2d::ConversationId as PbConversationId;
+use crate::proto::d2d::{envelope::Content, ConversationId as PbConversationId, Envelope};
 use crate::proto::sync;
 
 /// The object stores of the adapter; [`RecordKind::name`] is the store's name.
@@ -41,14 +42,18 @@ pub enum RecordKind {
     Settings,
     /// One record, key `self`. Value: `sync.UserProfile` (nickname only).
     Profile,
+    /// At most one record, key `self`: the envelopes of an own transaction that may have been
+    /// committed but were not yet applied here; replayed after a restart.
+    SyncJournal,
 }
 
 impl RecordKind {
     /// Every kind, in load order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Identity,
         Self::Settings,
         Self::Profile,
+        Self::SyncJournal,
         Self::Contact,
         Self::Group,
         Self::DistributionList,
@@ -68,6 +73,7 @@ impl RecordKind {
             Self::Nonce => "nonces",
             Self::Settings => "settings",
             Self::Profile => "profile",
+            Self::SyncJournal => "sync_journal",
         }
     }
 
@@ -387,6 +393,55 @@ pub(crate) fn decode_profile(record: &Record) -> Result<Profile, RecordError> {
     })
 }
 
+// ---- sync journal -----------------------------------------------------------------------------
+
+/// The stored shape of the journal: each entry an encoded `d2d.Envelope` with only `content`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct JournalRecord {
+    #[prost(bytes = "vec", repeated, tag = "1")]
+    envelopes: Vec<Vec<u8>>,
+}
+
+pub(crate) fn journal_record(contents: &[Content]) -> Record {
+    let value = JournalRecord {
+        envelopes: contents
+            .iter()
+            .map(|content| {
+                Envelope {
+                    padding: Vec::new(),
+                    device_id: 0,
+                    content: Some(content.clone()),
+                }
+                .encode_to_vec()
+            })
+            .collect(),
+    };
+    put(
+        RecordKind::SyncJournal,
+        SINGLETON_KEY.to_vec(),
+        value.encode_to_vec(),
+    )
+}
+
+pub(crate) fn decode_journal(record: &Record) -> Result<Vec<Content>, RecordError> {
+    let kind = RecordKind::SyncJournal;
+    if record.key != SINGLETON_KEY {
+        return Err(RecordError::Key { kind });
+    }
+    let raw: JournalRecord = decode_pb(kind, &record.value)?;
+    raw.envelopes
+        .iter()
+        .map(|bytes| {
+            decode_pb::<Envelope>(kind, bytes)?
+                .content
+                .ok_or(RecordError::Invalid {
+                    kind,
+                    source: ModelError::EmptyEnvelope,
+                })
+        })
+        .collect()
+}
+
 // ---- nonces -----------------------------------------------------------------------------------
 
 pub(crate) fn nonce_key(entry: &NonceEntry) -> Vec<u8> {
@@ -440,6 +495,11 @@ struct MessageRecord {
     /// Each entry: receiver identity (8) ‖ nonce (24).
     #[prost(bytes = "vec", repeated, tag = "10")]
     pending: Vec<Vec<u8>>,
+    #[prost(bool, tag = "11")]
+    read_unsynced: bool,
+    /// 0 none, else the delivery status (spec §9.5) still owed.
+    #[prost(uint32, tag = "12")]
+    receipt_due: u32,
 }
 
 const fn state_code(state: MessageState) -> u32 {
@@ -493,6 +553,8 @@ pub(crate) fn message_record(message: &Message) -> Record {
                 entry
             })
             .collect(),
+        read_unsynced: message.read_unsynced,
+        receipt_due: message.receipt_due.map_or(0, |s| u32::from(s as u8)),
     };
     let mut bytes = Zeroizing::new(Vec::with_capacity(value.encoded_len()));
     // Encoding into a Vec with enough capacity cannot fail.
@@ -525,6 +587,19 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
     .map_err(invalid(kind))?;
     let sender = Identity::from_slice(&raw.sender).map_err(invalid(kind))?;
     let state = state_from_code(raw.state).map_err(invalid(kind))?;
+    let receipt_due = match raw.receipt_due {
+        0 => None,
+        code => Some(
+            u8::try_from(code)
+                .ok()
+                .and_then(|c| DeliveryStatus::try_from(c).ok())
+                .ok_or(ModelError::UnknownEnum {
+                    field: "receipt_due",
+                    value: i32::try_from(code).unwrap_or(i32::MAX),
+                })
+                .map_err(invalid(kind))?,
+        ),
+    };
     let pending = raw
         .pending
         .iter()
@@ -557,6 +632,8 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
         reflected_at: raw.reflected_at,
         state_at: raw.state_at,
         pending,
+        read_unsynced: raw.read_unsynced,
+        receipt_due,
     })
 }
 
@@ -602,10 +679,29 @@ pub(crate) mod tests {
             arb_state(),
             any::<Option<u64>>(),
             any::<Option<u64>>(),
-            proptest::collection::vec((arb_identity(), any::<[u8; 24]>()), 0..3),
+            (
+                proptest::collection::vec((arb_identity(), any::<[u8; 24]>()), 0..3),
+                any::<bool>(),
+                proptest::option::of(proptest::sample::select(vec![
+                    DeliveryStatus::Received,
+                    DeliveryStatus::Read,
+                ])),
+            ),
         )
             .prop_map(
-                |(seq, conversation, sender, id, out, text, created_at, state, ra, sa, pending)| {
+                |(
+                    seq,
+                    conversation,
+                    sender,
+                    id,
+                    out,
+                    text,
+                    created_at,
+                    state,
+                    ra,
+                    sa,
+                    (pending, unsynced, due),
+                )| {
                     Message {
                         seq,
                         conversation,
@@ -621,6 +717,8 @@ pub(crate) mod tests {
                         reflected_at: ra,
                         state_at: sa,
                         pending,
+                        read_unsynced: unsynced,
+                        receipt_due: due,
                     }
                 },
             )
@@ -767,6 +865,26 @@ pub(crate) mod tests {
         }
 
         #[test]
+        fn journal_record_round_trips(names in proptest::collection::vec(".{0,12}", 1..4)) {
+            let contents: Vec<Content> = names
+                .iter()
+                .map(|n| {
+                    Content::UserProfileSync(crate::proto::d2d::UserProfileSync {
+                        action: Some(crate::proto::d2d::user_profile_sync::Action::Update(
+                            crate::proto::d2d::user_profile_sync::Update {
+                                user_profile: Some(sync::UserProfile {
+                                    nickname: Some(n.clone()),
+                                    ..Default::default()
+                                }),
+                            },
+                        )),
+                    })
+                })
+                .collect();
+            prop_assert_eq!(decode_journal(&journal_record(&contents)).unwrap(), contents);
+        }
+
+        #[test]
         fn arbitrary_records_never_panic(
             kind in arb_kind(),
             key in proptest::collection::vec(any::<u8>(), 0..40),
@@ -781,6 +899,7 @@ pub(crate) mod tests {
             let _ = decode_profile(&r);
             let _ = decode_nonce(&r);
             let _ = decode_message(&r);
+            let _ = decode_journal(&r);
         }
     }
 
@@ -924,6 +1043,32 @@ pub(crate) mod tests {
         let mut r = nonce_record(&(NonceScope::Csp, [1; 32]));
         r.key[0] = 7;
         assert!(matches!(decode_nonce(&r), Err(RecordError::Key { .. })));
+    }
+
+    #[test]
+    fn journal_entry_without_content_is_invalid() {
+        let raw = JournalRecord {
+            envelopes: vec![Envelope::default().encode_to_vec()],
+        };
+        let r = Record::new(
+            RecordKind::SyncJournal,
+            SINGLETON_KEY.to_vec(),
+            raw.encode_to_vec(),
+        );
+        assert_eq!(
+            decode_journal(&r),
+            Err(RecordError::Invalid {
+                kind: RecordKind::SyncJournal,
+                source: ModelError::EmptyEnvelope
+            })
+        );
+        let r = Record::new(RecordKind::SyncJournal, b"x".to_vec(), raw.encode_to_vec());
+        assert_eq!(
+            decode_journal(&r),
+            Err(RecordError::Key {
+                kind: RecordKind::SyncJournal
+            })
+        );
     }
 
     #[test]

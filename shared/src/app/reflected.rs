@@ -162,6 +162,8 @@ impl App {
                     reflected_at: Some(timestamp),
                     state_at: None,
                     pending: Vec::new(),
+                    read_unsynced: false,
+                    receipt_due: None,
                 });
                 if added.is_some() {
                     self.events
@@ -202,6 +204,15 @@ impl App {
                     sender,
                     id: m.message_id,
                 };
+                // Stored here before (as leader) but its own reflection was never acked: this
+                // one from the new leader stands in for it.
+                self.state.update_message(&key, |m| {
+                    let unset = m.reflected_at.is_none();
+                    if unset {
+                        m.reflected_at = Some(timestamp);
+                    }
+                    unset
+                });
                 let added = self.state.add_message(Message {
                     seq: 0,
                     conversation,
@@ -213,6 +224,8 @@ impl App {
                     reflected_at: Some(timestamp),
                     state_at: None,
                     pending: Vec::new(),
+                    read_unsynced: false,
+                    receipt_due: None,
                 });
                 if added.is_some() {
                     self.events

@@ -12,12 +12,13 @@ use super::model::{
 };
 use super::nonce::{nonce_hash, NonceEntry, NonceScope, NonceStore};
 use super::records::{
-    contact_key, contact_record, decode_contact, decode_group, decode_list, decode_message,
-    decode_nonce, decode_own, decode_profile, decode_settings, group_key, group_record, list_key,
-    list_record, message_record, nonce_record, own_record, profile_record, settings_record, Op,
-    Record, RecordError, RecordKind,
+    contact_key, contact_record, decode_contact, decode_group, decode_journal, decode_list,
+    decode_message, decode_nonce, decode_own, decode_profile, decode_settings, group_key,
+    group_record, journal_record, list_key, list_record, message_record, nonce_record, own_record,
+    profile_record, settings_record, Op, Record, RecordError, RecordKind,
 };
 use crate::crypto::Nonce;
+use crate::proto::d2d::envelope::Content;
 
 /// The device's whole state.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,7 @@ pub struct State {
     by_key: HashMap<MessageKey, u64>,
     by_conversation: HashMap<ConversationId, Vec<u64>>,
     nonces: NonceStore,
+    journal: Option<Vec<Content>>,
     next_seq: u64,
     ops: Vec<Op>,
 }
@@ -50,6 +52,7 @@ impl State {
             by_key: HashMap::new(),
             by_conversation: HashMap::new(),
             nonces: NonceStore::default(),
+            journal: None,
             next_seq: 1,
             ops: Vec::new(),
         };
@@ -67,6 +70,7 @@ impl State {
         let mut profile = Profile::default();
         let mut messages = BTreeMap::new();
         let mut nonces = NonceStore::default();
+        let mut journal = None;
         for record in records {
             match record.kind {
                 RecordKind::Identity => own = Some(decode_own(&record)?),
@@ -91,6 +95,7 @@ impl State {
                     let m = decode_message(&record)?;
                     messages.insert(m.seq, m);
                 }
+                RecordKind::SyncJournal => journal = Some(decode_journal(&record)?),
             }
         }
         let own = own.ok_or(RecordError::MissingIdentity)?;
@@ -119,6 +124,7 @@ impl State {
             by_key,
             by_conversation,
             nonces,
+            journal,
             next_seq,
             ops: Vec::new(),
         })
@@ -223,7 +229,29 @@ impl State {
             .contains(&(scope, nonce_hash(&self.own.identity, nonce)))
     }
 
+    /// The envelopes of an own transaction that may be committed and are not applied here.
+    #[must_use]
+    pub fn journal(&self) -> Option<&[Content]> {
+        self.journal.as_deref()
+    }
+
     // ---- writes -------------------------------------------------------------------------------
+
+    /// Records the envelopes of the transaction about to be reflected (before they leave).
+    pub(crate) fn put_journal(&mut self, contents: Vec<Content>) {
+        self.ops.push(Op::Put(journal_record(&contents)));
+        self.journal = Some(contents);
+    }
+
+    /// The journaled transaction is applied here.
+    pub(crate) fn clear_journal(&mut self) {
+        if self.journal.take().is_some() {
+            self.ops.push(Op::Delete {
+                kind: RecordKind::SyncJournal,
+                key: super::records::SINGLETON_KEY.to_vec(),
+            });
+        }
+    }
 
     /// Changes the own identity record's flags.
     pub(crate) fn update_own(&mut self, f: impl FnOnce(&mut OwnIdentity)) {
@@ -393,6 +421,8 @@ mod tests {
             reflected_at: None,
             state_at: None,
             pending: Vec::new(),
+            read_unsynced: false,
+            receipt_due: None,
         }
     }
 

@@ -41,6 +41,9 @@ pub(super) enum SyncOp {
     CreateGroup(Box<Group>, Vec<Announce>),
     /// Precondition: the group exists. Afterwards the members are told.
     UpdateGroup(GroupId, Box<sync::Group>, Vec<Announce>),
+    /// Envelopes of an own transaction that may have been committed before a crash: reflected
+    /// again (idempotent for every device) and applied. No precondition.
+    Replay(Vec<Content>),
     /// Answer a new device (DESIGN §2.4); precondition: nobody answered yet.
     NewDeviceSync {
         /// The new device.
@@ -51,7 +54,7 @@ pub(super) enum SyncOp {
 }
 
 impl SyncOp {
-    const fn scope(&self) -> Scope {
+    fn scope(&self) -> Scope {
         match self {
             Self::CreateContact(_) | Self::UpdateContact(..) => Scope::ContactSync,
             Self::Settings(_) => Scope::SettingsSync,
@@ -61,6 +64,14 @@ impl SyncOp {
             }
             Self::CreateGroup(..) | Self::UpdateGroup(..) => Scope::GroupSync,
             Self::NewDeviceSync { .. } => Scope::NewDeviceSync,
+            Self::Replay(contents) => match contents.first() {
+                Some(Content::ContactSync(_)) => Scope::ContactSync,
+                Some(Content::GroupSync(_)) => Scope::GroupSync,
+                Some(Content::DistributionListSync(_)) => Scope::DistributionListSync,
+                Some(Content::SettingsSync(_)) => Scope::SettingsSync,
+                Some(Content::MdmParameterSync(_)) => Scope::MdmParameterSync,
+                _ => Scope::UserProfileSync,
+            },
         }
     }
 }
@@ -135,6 +146,15 @@ impl SyncRunner {
 }
 
 impl App {
+    /// After a restart: a journaled transaction goes first.
+    pub(super) fn resume_journal(&mut self) {
+        if let Some(contents) = self.state.journal() {
+            self.sync
+                .queue
+                .push_front(SyncOp::Replay(contents.to_vec()));
+        }
+    }
+
     pub(super) fn enqueue_sync(&mut self, op: SyncOp) {
         if !self.sync.queue.contains(&op) {
             self.sync.queue.push_back(op);
@@ -153,6 +173,7 @@ impl App {
             SyncOp::CreateGroup(g, _) => self.state.group(&g.id).is_none(),
             SyncOp::UpdateGroup(id, ..) => self.state.group(id).is_some(),
             SyncOp::NewDeviceSync { device_id, .. } => !self.sync.answered.contains(device_id),
+            SyncOp::Replay(_) => true,
         }
     }
 
@@ -221,6 +242,7 @@ impl App {
                 max_history_messages,
                 ..
             } => self.new_device_sync_envelopes(*max_history_messages),
+            SyncOp::Replay(contents) => contents.clone(),
         }
     }
 
@@ -259,6 +281,10 @@ impl App {
             return;
         }
         let envelopes = self.sync_envelopes(&op);
+        if !matches!(op, SyncOp::NewDeviceSync { .. }) {
+            // Durable before any of them leaves (the gate holds the reflects behind this batch).
+            self.state.put_journal(envelopes.clone());
+        }
         let mut outstanding = 0;
         for content in &envelopes {
             if self
@@ -312,6 +338,7 @@ impl App {
                 let _ = self.apply_sync(content);
             }
         }
+        self.state.clear_journal();
         self.after_sync(&op, executed, now_ms, rng);
     }
 
