@@ -472,13 +472,9 @@ impl App {
 
     fn on_session_event(&mut self, event: Event, now_ms: u64, rng: &mut impl CryptoRngCore) {
         match event {
-            Event::ServerInfo(info) => {
+            Event::ServerInfo(_) => {
                 self.conn.authenticated = true;
                 self.reconnect.on_connected();
-                if info.device_slot_state == DeviceSlotState::New && self.state.own().connected_once
-                {
-                    // The mediator forgot this device; it is new again for it.
-                }
                 self.state.update_own(|own| own.connected_once = true);
                 self.events.push_back(AppEvent::Connected);
             }

@@ -44,4 +44,4 @@ pub use nonce::{nonce_hash, NonceScope, NonceStore};
 pub use outgoing::MAX_TEXT_LEN;
 pub use reconnect::{ReconnectDecision, ReconnectPolicy, Reconnector, StopReason};
 pub use records::{Batch, Op, Record, RecordError, RecordKind, SINGLETON_KEY};
-pub use state::State;
+pub use state::{ConversationSummary, State};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::model::{
     Contact, ConversationId, DistributionList, Group, GroupId, Identity, Message, MessageKey,
-    OwnIdentity, Profile, Settings,
+    MessageState, OwnIdentity, Profile, Settings,
 };
 use super::nonce::{nonce_hash, NonceEntry, NonceScope, NonceStore};
 use super::records::{
@@ -19,6 +19,17 @@ use super::records::{
 };
 use crate::crypto::Nonce;
 use crate::proto::d2d::envelope::Content;
+
+/// One line of the conversation list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationSummary {
+    /// The conversation.
+    pub id: ConversationId,
+    /// Sequence number of its last message (see [`State::messages`]).
+    pub last_seq: u64,
+    /// Incoming messages not yet read.
+    pub unread: usize,
+}
 
 /// The device's whole state.
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +225,31 @@ impl State {
     /// Every conversation that has messages.
     pub fn conversation_ids(&self) -> impl Iterator<Item = &ConversationId> {
         self.by_conversation.keys()
+    }
+
+    /// A conversation list for the UI: every conversation with messages, the most recently
+    /// active first, with its last message and unread count.
+    #[must_use]
+    pub fn conversation_list(&self) -> Vec<ConversationSummary> {
+        let mut list: Vec<ConversationSummary> = self
+            .by_conversation
+            .iter()
+            .filter_map(|(id, seqs)| {
+                let last = *seqs.last()?;
+                let unread = seqs
+                    .iter()
+                    .filter_map(|seq| self.messages.get(seq))
+                    .filter(|m| m.state == MessageState::Received)
+                    .count();
+                Some(ConversationSummary {
+                    id: *id,
+                    last_seq: last,
+                    unread,
+                })
+            })
+            .collect();
+        list.sort_by_key(|s| core::cmp::Reverse(s.last_seq));
+        list
     }
 
     /// The nonce store.
@@ -506,6 +542,21 @@ mod tests {
         assert!(reopened.nonce_used(NonceScope::D2d, &[1; 24]));
         assert!(!reopened.nonce_used(NonceScope::D2d, &[2; 24]));
         assert_eq!(reopened.conversation(&conv).count(), 1);
+        assert_eq!(
+            reopened.conversation_list(),
+            vec![
+                ConversationSummary {
+                    id: ConversationId::Group(gid),
+                    last_seq: 2,
+                    unread: 1
+                },
+                ConversationSummary {
+                    id: conv,
+                    last_seq: 1,
+                    unread: 0
+                }
+            ]
+        );
         assert_eq!(reopened.next_seq, 3);
         assert_eq!(reopened.messages()[&1].state, MessageState::Read);
         assert_eq!(reopened.distribution_lists().len(), 0);
