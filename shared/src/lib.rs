@@ -25,6 +25,7 @@
     )
 )]
 
+pub mod app;
 pub mod codec;
 pub mod crypto;
 pub mod csp;

@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+use crate::crypto::Nonce;
 use crate::csp::CspError;
 use crate::d2d::{D2dError, DeviceInfo, Scope, SharedDeviceData};
 use crate::d2m::{
@@ -111,6 +112,8 @@ pub enum Event {
         timestamp: u64,
         /// Sent to online devices only; never acked.
         ephemeral: bool,
+        /// The nonce the envelope was sealed with, for the D2D nonce replay store (spec §0).
+        nonce: Nonce,
         /// The envelope.
         envelope: ReflectedEnvelope,
     },

@@ -12,11 +12,12 @@ use super::event::{
 };
 use super::reflect::Reflections;
 use super::transaction::Transaction;
+use crate::crypto::{Nonce, NONCE_LEN};
 use crate::csp::{ClientEvent, CspClient};
 use crate::d2d::{
     open_device_info, open_envelope, open_shared_device_data, open_transaction_scope,
-    seal_device_info, seal_envelope, seal_shared_device_data, seal_transaction_scope, Scope,
-    SharedDeviceData,
+    seal_device_info, seal_envelope, seal_shared_device_data, seal_transaction_scope, D2dError,
+    Scope, SharedDeviceData,
 };
 use crate::d2m::{
     respond, validate_server_hello, CloseCode, D2mMessage, Reflect, ReflectFlags, Reflected,
@@ -465,8 +466,9 @@ impl DeviceSession {
             envelope,
             ..
         } = reflected;
-        match open_envelope(&self.config.keys.dgrk, &envelope) {
-            Ok(envelope) => {
+        let nonce: Option<Nonce> = envelope.get(..NONCE_LEN).and_then(|n| n.try_into().ok());
+        match (open_envelope(&self.config.keys.dgrk, &envelope), nonce) {
+            (Ok(opened), Some(nonce)) => {
                 if !ephemeral {
                     self.reflections.delivered(reflected_id);
                 }
@@ -474,10 +476,22 @@ impl DeviceSession {
                     reflected_id,
                     timestamp,
                     ephemeral,
-                    envelope: ReflectedEnvelope(Box::new(envelope)),
+                    nonce,
+                    envelope: ReflectedEnvelope(Box::new(opened)),
                 });
             }
-            Err(reason) => {
+            // An envelope that opens always has a nonce; the second arm only keeps this total.
+            (Ok(_), None) => {
+                if !ephemeral {
+                    self.send(ReflectedAck { reflected_id }.into())?;
+                }
+                self.events.push_back(Event::DroppedReflected {
+                    reflected_id,
+                    timestamp,
+                    reason: D2dError::NoContent,
+                });
+            }
+            (Err(reason), _) => {
                 if !ephemeral {
                     self.send(ReflectedAck { reflected_id }.into())?;
                 }

@@ -1,0 +1,47 @@
+//! The device application core (DESIGN §5), sans-IO: identity, contacts, groups, distribution
+//! lists, conversations and messages, settings and profile, kept in sync across the device
+//! group and exchanged with contacts through the mediator. The browser (`client-wasm`) and the
+//! native harness only move bytes, persist records and tell the time; `docs/app.md` has the why.
+//!
+//! - [`App`] (`core`): the state machine the adapter drives; it owns the connection's
+//!   [`crate::device::DeviceSession`].
+//! - [`model`]: the typed state the UI reads.
+//! - [`records`]: the storage boundary: record kinds, keys, batches, codecs.
+//! - [`state`]: the state in memory and the writes every change makes.
+//! - [`nonce`]: the nonce replay store (spec §0).
+//! - [`reconnect`]: the reconnect policy (spec §3.5).
+//! - [`memory`]: an in-memory store for tests.
+//!
+//! The flows live in one file each, as `impl App` blocks: `outgoing` (spec §9.6 outgoing),
+//! `incoming` (leader duties), `reflected` (applying siblings' envelopes), `receipts` (read
+//! receipts, typing), `sync` (transactions), `groups`, `newdevice` (DESIGN §2.4).
+
+mod core;
+mod event;
+mod gate;
+mod groups;
+mod incoming;
+pub mod memory;
+pub mod model;
+mod newdevice;
+pub mod nonce;
+mod outgoing;
+mod receipts;
+pub mod reconnect;
+pub mod records;
+mod reflected;
+pub mod state;
+mod sync;
+
+pub use self::core::{App, AppConfig, ECHO_INTERVAL_MS};
+pub use event::{AppError, AppEvent, Dropped, Effect};
+pub use memory::MemoryStore;
+pub use model::{
+    Contact, ConversationId, Direction, DistributionList, Group, GroupId, Identity, Message,
+    MessageKey, MessageState, ModelError, OwnIdentity, Profile, Settings,
+};
+pub use nonce::{nonce_hash, NonceScope, NonceStore};
+pub use outgoing::MAX_TEXT_LEN;
+pub use reconnect::{ReconnectDecision, ReconnectPolicy, Reconnector, StopReason};
+pub use records::{Batch, Op, Record, RecordError, RecordKind, SINGLETON_KEY};
+pub use state::{ConversationSummary, State};

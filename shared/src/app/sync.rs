@@ -1,0 +1,504 @@
+//! Changes to shared state go through the group lock (spec §6): begin a transaction for the
+//! scope, check the precondition against the current state, reflect the sync envelope(s),
+//! commit, and only then apply the change locally, with the same code a sibling uses. A
+//! rejected attempt waits for `TransactionEnded` (by then the holder's envelopes have been
+//! applied here) and tries again, re-checking the precondition: two devices changing the same
+//! contact end with the same contact, the later change winning.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use rand_core::CryptoRngCore;
+
+use super::core::{App, Pending};
+use super::event::AppError;
+use super::groups::Announce;
+use super::model::{Contact, DistributionList, Group, GroupId, Identity};
+use crate::d2d::Scope;
+use crate::proto::d2d::{
+    contact_sync, distribution_list_sync, envelope::Content, group_sync, settings_sync,
+    user_profile_sync, ContactSync, DistributionListSync, GroupSync, SettingsSync, UserProfileSync,
+};
+use crate::proto::sync;
+
+/// One change to shared state.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum SyncOp {
+    /// Precondition: the contact does not exist yet. Afterwards parked messages resume.
+    CreateContact(Box<Contact>),
+    /// Precondition: the contact exists.
+    UpdateContact(Identity, Box<sync::Contact>),
+    /// Always applies.
+    Settings(Box<sync::Settings>),
+    /// Always applies.
+    Nickname(String),
+    /// Precondition: the list does not exist.
+    CreateList(Box<DistributionList>),
+    /// Precondition: the list exists.
+    UpdateList(u64, Box<sync::DistributionList>),
+    /// Precondition: the list exists.
+    DeleteList(u64),
+    /// Precondition: the group does not exist. Afterwards the members are told.
+    CreateGroup(Box<Group>, Vec<Announce>),
+    /// Precondition: the group exists. Afterwards the members are told.
+    UpdateGroup(GroupId, Box<sync::Group>, Vec<Announce>),
+    /// Envelopes of an own transaction that may have been committed before a crash: reflected
+    /// again (idempotent for every device) and applied. No precondition.
+    Replay(Vec<Content>),
+    /// Answer a new device (DESIGN §2.4); precondition: nobody answered yet.
+    NewDeviceSync {
+        /// The new device.
+        device_id: u64,
+        /// Its history cap.
+        max_history_messages: u32,
+    },
+}
+
+impl SyncOp {
+    fn scope(&self) -> Scope {
+        match self {
+            Self::CreateContact(_) | Self::UpdateContact(..) => Scope::ContactSync,
+            Self::Settings(_) => Scope::SettingsSync,
+            Self::Nickname(_) => Scope::UserProfileSync,
+            Self::CreateList(_) | Self::UpdateList(..) | Self::DeleteList(_) => {
+                Scope::DistributionListSync
+            }
+            Self::CreateGroup(..) | Self::UpdateGroup(..) => Scope::GroupSync,
+            Self::NewDeviceSync { .. } => Scope::NewDeviceSync,
+            Self::Replay(contents) => match contents.first() {
+                Some(Content::ContactSync(_)) => Scope::ContactSync,
+                Some(Content::GroupSync(_)) => Scope::GroupSync,
+                Some(Content::DistributionListSync(_)) => Scope::DistributionListSync,
+                Some(Content::SettingsSync(_)) => Scope::SettingsSync,
+                Some(Content::MdmParameterSync(_)) => Scope::MdmParameterSync,
+                _ => Scope::UserProfileSync,
+            },
+        }
+    }
+}
+
+/// Where this device stands with the lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Tx {
+    #[default]
+    Idle,
+    Beginning,
+    /// Another device holds the lock; wait for `TransactionEnded`.
+    Rejected,
+    /// Held; `outstanding` envelopes await their `ReflectAck`.
+    Held {
+        outstanding: usize,
+    },
+    Committing {
+        executed: bool,
+    },
+}
+
+/// The queue of changes and the lock state.
+#[derive(Debug, Default)]
+pub(super) struct SyncRunner {
+    queue: VecDeque<SyncOp>,
+    tx: Tx,
+    /// The envelopes of the held transaction, applied locally at commit.
+    staged: Vec<Content>,
+    /// New devices some sibling already answered (seen as a NEW_DEVICE_SYNC transaction).
+    answered: BTreeSet<u64>,
+    /// The new device the current lock holder is taken to be answering.
+    answering: Option<u64>,
+}
+
+impl SyncRunner {
+    /// Another device holds the lock. If it is answering a new device while this device wants
+    /// to answer one, it is taken to answer the same one (the scope names no device).
+    pub(super) fn on_rejected(&mut self, scope: Option<Scope>) {
+        if self.tx == Tx::Beginning {
+            self.tx = Tx::Rejected;
+            self.answering = match (scope, self.queue.front()) {
+                (Some(Scope::NewDeviceSync), Some(SyncOp::NewDeviceSync { device_id, .. })) => {
+                    Some(*device_id)
+                }
+                _ => None,
+            };
+        }
+    }
+
+    /// Another device's transaction ended: try again.
+    pub(super) fn on_ended(&mut self, scope: Option<Scope>) {
+        if self.tx == Tx::Rejected {
+            if scope == Some(Scope::NewDeviceSync) {
+                if let Some(device_id) = self.answering.take() {
+                    self.answered.insert(device_id);
+                }
+            }
+            self.tx = Tx::Idle;
+        }
+    }
+
+    /// The mediator discards a transaction whose holder disconnects; the change is retried.
+    pub(super) fn on_disconnect(&mut self) {
+        self.tx = Tx::Idle;
+        self.staged.clear();
+    }
+
+    /// Changes not yet committed.
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+impl App {
+    /// After a restart: a journaled transaction goes first.
+    pub(super) fn resume_journal(&mut self) {
+        if let Some(contents) = self.state.journal() {
+            self.sync
+                .queue
+                .push_front(SyncOp::Replay(contents.to_vec()));
+        }
+    }
+
+    pub(super) fn enqueue_sync(&mut self, op: SyncOp) {
+        if !self.sync.queue.contains(&op) {
+            self.sync.queue.push_back(op);
+        }
+    }
+
+    fn precondition(&self, op: &SyncOp) -> bool {
+        match op {
+            SyncOp::CreateContact(c) => self.state.contact(&c.identity).is_none(),
+            SyncOp::UpdateContact(identity, _) => self.state.contact(identity).is_some(),
+            SyncOp::Settings(_) | SyncOp::Nickname(_) => true,
+            SyncOp::CreateList(l) => !self.state.distribution_lists().contains_key(&l.id),
+            SyncOp::UpdateList(id, _) | SyncOp::DeleteList(id) => {
+                self.state.distribution_lists().contains_key(id)
+            }
+            SyncOp::CreateGroup(g, _) => self.state.group(&g.id).is_none(),
+            SyncOp::UpdateGroup(id, ..) => self.state.group(id).is_some(),
+            SyncOp::NewDeviceSync { device_id, .. } => !self.sync.answered.contains(device_id),
+            SyncOp::Replay(_) => true,
+        }
+    }
+
+    /// The envelopes that carry a change.
+    fn sync_envelopes(&self, op: &SyncOp) -> Vec<Content> {
+        match op {
+            SyncOp::CreateContact(c) => vec![Content::ContactSync(ContactSync {
+                action: Some(contact_sync::Action::Create(contact_sync::Create {
+                    contact: Some(c.to_sync()),
+                })),
+            })],
+            SyncOp::UpdateContact(_, update) => vec![Content::ContactSync(ContactSync {
+                action: Some(contact_sync::Action::Update(contact_sync::Update {
+                    contact: Some((**update).clone()),
+                })),
+            })],
+            SyncOp::Settings(update) => vec![Content::SettingsSync(SettingsSync {
+                action: Some(settings_sync::Action::Update(settings_sync::Update {
+                    settings: Some((**update).clone()),
+                })),
+            })],
+            SyncOp::Nickname(nickname) => vec![Content::UserProfileSync(UserProfileSync {
+                action: Some(user_profile_sync::Action::Update(
+                    user_profile_sync::Update {
+                        user_profile: Some(sync::UserProfile {
+                            nickname: Some(nickname.clone()),
+                            ..Default::default()
+                        }),
+                    },
+                )),
+            })],
+            SyncOp::CreateList(l) => vec![Content::DistributionListSync(DistributionListSync {
+                action: Some(distribution_list_sync::Action::Create(
+                    distribution_list_sync::Create {
+                        distribution_list: Some(l.to_sync()),
+                    },
+                )),
+            })],
+            SyncOp::UpdateList(_, update) => {
+                vec![Content::DistributionListSync(DistributionListSync {
+                    action: Some(distribution_list_sync::Action::Update(
+                        distribution_list_sync::Update {
+                            distribution_list: Some((**update).clone()),
+                        },
+                    )),
+                })]
+            }
+            SyncOp::DeleteList(id) => vec![Content::DistributionListSync(DistributionListSync {
+                action: Some(distribution_list_sync::Action::Delete(
+                    distribution_list_sync::Delete {
+                        distribution_list_id: *id,
+                    },
+                )),
+            })],
+            SyncOp::CreateGroup(g, _) => vec![Content::GroupSync(GroupSync {
+                action: Some(group_sync::Action::Create(group_sync::Create {
+                    group: Some(g.to_sync()),
+                })),
+            })],
+            SyncOp::UpdateGroup(_, update, _) => vec![Content::GroupSync(GroupSync {
+                action: Some(group_sync::Action::Update(group_sync::Update {
+                    group: Some((**update).clone()),
+                })),
+            })],
+            SyncOp::NewDeviceSync {
+                max_history_messages,
+                ..
+            } => self.new_device_sync_envelopes(*max_history_messages),
+            SyncOp::Replay(contents) => contents.clone(),
+        }
+    }
+
+    /// Begins the next transaction when the lock is free for this device.
+    pub(super) fn drive_sync(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        while self.sync.tx == Tx::Idle {
+            let Some(op) = self.sync.queue.front().cloned() else {
+                return;
+            };
+            if !self.precondition(&op) {
+                self.sync.queue.pop_front();
+                self.after_sync(&op, false, now_ms, rng);
+                continue;
+            }
+            let Some(session) = self.session.as_mut() else {
+                return;
+            };
+            if session.begin_transaction(op.scope(), 0, rng).is_err() {
+                return;
+            }
+            self.sync.tx = Tx::Beginning;
+        }
+    }
+
+    /// The lock is held: check again, reflect, commit.
+    pub(super) fn on_transaction_begun(&mut self, _now_ms: u64, rng: &mut impl CryptoRngCore) {
+        if self.sync.tx != Tx::Beginning {
+            return;
+        }
+        let Some(op) = self.sync.queue.front().cloned() else {
+            self.commit(false);
+            return;
+        };
+        if !self.precondition(&op) {
+            self.commit(false);
+            return;
+        }
+        let envelopes = self.sync_envelopes(&op);
+        if !matches!(op, SyncOp::NewDeviceSync { .. }) {
+            // Durable before any of them leaves (the gate holds the reflects behind this batch).
+            self.state.put_journal(envelopes.clone());
+        }
+        let mut outstanding = 0;
+        for content in &envelopes {
+            if self
+                .reflect(content.clone(), false, Some(Pending::Sync), rng)
+                .is_some()
+            {
+                outstanding += 1;
+            }
+        }
+        self.sync.staged = envelopes;
+        if outstanding == 0 {
+            self.commit(true);
+        } else {
+            self.sync.tx = Tx::Held { outstanding };
+        }
+    }
+
+    pub(super) fn on_sync_reflected(&mut self, _rng: &mut impl CryptoRngCore) {
+        if let Tx::Held { outstanding } = self.sync.tx {
+            let outstanding = outstanding.saturating_sub(1);
+            if outstanding == 0 {
+                self.commit(true);
+            } else {
+                self.sync.tx = Tx::Held { outstanding };
+            }
+        }
+    }
+
+    fn commit(&mut self, executed: bool) {
+        if let Some(session) = self.session.as_mut() {
+            if session.commit_transaction().is_ok() {
+                self.sync.tx = Tx::Committing { executed };
+            }
+        }
+    }
+
+    /// The change is visible to every sibling: apply it here too, then start the next one.
+    pub(super) fn on_commit_acked(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let Tx::Committing { executed } = self.sync.tx else {
+            return;
+        };
+        self.sync.tx = Tx::Idle;
+        let staged = core::mem::take(&mut self.sync.staged);
+        let Some(op) = self.sync.queue.pop_front() else {
+            return;
+        };
+        if executed && !matches!(op, SyncOp::NewDeviceSync { .. }) {
+            for content in staged {
+                // Own envelopes were built from valid state; a failure would only repeat what
+                // a sibling reports when applying them.
+                let _ = self.apply_sync(content);
+            }
+        }
+        self.state.clear_journal();
+        self.after_sync(&op, executed, now_ms, rng);
+    }
+
+    fn after_sync(
+        &mut self,
+        op: &SyncOp,
+        executed: bool,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        match op {
+            SyncOp::CreateContact(c) => self.resume_parked(c.identity, now_ms, rng),
+            SyncOp::CreateGroup(_, announce) | SyncOp::UpdateGroup(_, _, announce) if executed => {
+                self.announce(announce, now_ms, rng);
+            }
+            SyncOp::NewDeviceSync {
+                device_id,
+                max_history_messages,
+            } if executed => self.new_device_sync_done(*device_id, *max_history_messages),
+            _ => {}
+        }
+    }
+
+    // ---- commands -----------------------------------------------------------------------------
+
+    /// Adds a contact: asks the directory, then creates it through a CONTACT_SYNC transaction.
+    /// [`super::AppEvent::ContactChanged`] or [`super::AppEvent::ContactNotFound`] follows.
+    pub fn add_contact(&mut self, identity: Identity) -> Result<(), AppError> {
+        if identity == self.state.own().identity {
+            return Err(AppError::OwnIdentity);
+        }
+        if self.state.contact(&identity).is_some() {
+            return Err(AppError::ContactExists(identity));
+        }
+        if self
+            .lookups
+            .insert(identity, super::core::Lookup::User)
+            .is_none()
+        {
+            self.effects
+                .push_back(super::event::Effect::LookupIdentity(identity));
+        }
+        Ok(())
+    }
+
+    /// Renames a contact (first and last name as this user calls them); `None` keeps a field.
+    pub fn rename_contact(
+        &mut self,
+        identity: Identity,
+        first_name: Option<&str>,
+        last_name: Option<&str>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), AppError> {
+        if self.state.contact(&identity).is_none() {
+            return Err(AppError::UnknownContact(identity));
+        }
+        let update = sync::Contact {
+            identity: identity.to_string(),
+            first_name: first_name.map(str::to_owned),
+            last_name: last_name.map(str::to_owned),
+            sync_state: Some(sync::contact::SyncState::Custom.into()),
+            ..Default::default()
+        };
+        self.enqueue_sync(SyncOp::UpdateContact(identity, Box::new(update)));
+        self.pump(now_ms, rng);
+        Ok(())
+    }
+
+    /// Changes settings: only the fields present in `update` (spec §8.3).
+    pub fn update_settings(
+        &mut self,
+        update: sync::Settings,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) {
+        self.enqueue_sync(SyncOp::Settings(Box::new(update)));
+        self.pump(now_ms, rng);
+    }
+
+    /// Sets the own nickname (sent in message metadata).
+    pub fn set_nickname(&mut self, nickname: &str, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        self.enqueue_sync(SyncOp::Nickname(nickname.to_owned()));
+        self.pump(now_ms, rng);
+    }
+
+    /// Creates a distribution list; returns its id.
+    pub fn create_distribution_list(
+        &mut self,
+        name: &str,
+        members: BTreeSet<Identity>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<u64, AppError> {
+        if members.is_empty() {
+            return Err(AppError::NoMembers);
+        }
+        let mut id = rng.next_u64();
+        while self.state.distribution_lists().contains_key(&id) {
+            id = rng.next_u64();
+        }
+        let list = DistributionList {
+            id,
+            name: name.to_owned(),
+            created_at: now_ms,
+            members,
+            conversation_category: sync::ConversationCategory::Default,
+            conversation_visibility: sync::ConversationVisibility::Normal,
+        };
+        self.enqueue_sync(SyncOp::CreateList(Box::new(list)));
+        self.pump(now_ms, rng);
+        Ok(id)
+    }
+
+    /// Renames a distribution list and/or replaces its members.
+    pub fn update_distribution_list(
+        &mut self,
+        id: u64,
+        name: Option<&str>,
+        members: Option<BTreeSet<Identity>>,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), AppError> {
+        if !self.state.distribution_lists().contains_key(&id) {
+            return Err(AppError::UnknownDistributionList(id));
+        }
+        if members.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Err(AppError::NoMembers);
+        }
+        let update = sync::DistributionList {
+            distribution_list_id: id,
+            name: name.map(str::to_owned),
+            member_identities: members.map(|m| crate::proto::common::Identities {
+                identities: m.iter().map(ToString::to_string).collect(),
+            }),
+            ..Default::default()
+        };
+        self.enqueue_sync(SyncOp::UpdateList(id, Box::new(update)));
+        self.pump(now_ms, rng);
+        Ok(())
+    }
+
+    /// Deletes a distribution list.
+    pub fn delete_distribution_list(
+        &mut self,
+        id: u64,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), AppError> {
+        if !self.state.distribution_lists().contains_key(&id) {
+            return Err(AppError::UnknownDistributionList(id));
+        }
+        self.enqueue_sync(SyncOp::DeleteList(id));
+        self.pump(now_ms, rng);
+        Ok(())
+    }
+
+    /// Changes not yet committed (for a "syncing…" indicator and tests).
+    #[must_use]
+    pub fn pending_sync(&self) -> usize {
+        self.sync.len()
+    }
+}

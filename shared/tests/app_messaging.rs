@@ -1,0 +1,402 @@
+//! 1:1 text, receipts and typing between devices of two identities, through the real mediator
+//! state machine and a test chat server (see `app_support`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod app_support;
+
+use app_support::{summary, World};
+use tandem_shared::app::{AppEvent, ConversationId, Direction, Dropped, MessageState, RecordKind};
+
+/// X has devices X1 and X2, Y has Y1; everyone is online and knows everyone (Y learns X
+/// from X's first message, except where a test adds it first).
+fn world() -> (World, ConversationId, ConversationId) {
+    let mut w = World::new(1);
+    let x = w.identity("XXXXXXXX");
+    let y = w.identity("YYYYYYYY");
+    w.device("X1", x);
+    w.device("X2", x);
+    w.device("Y1", y);
+    w.connect("X1");
+    w.connect("X2");
+    w.connect("Y1");
+    w.app("X1").add_contact(y).unwrap();
+    w.run();
+    (w, ConversationId::Contact(y), ConversationId::Contact(x))
+}
+
+fn states(w: &World, device: &str, conversation: &ConversationId) -> Vec<MessageState> {
+    w.conversation(device, conversation)
+        .iter()
+        .map(|m| m.state)
+        .collect()
+}
+
+#[test]
+fn first_device_leads_and_siblings_learn_the_added_contact() {
+    let (mut w, to_y, _) = world();
+    assert!(w.app("X1").is_leader());
+    assert!(!w.app("X2").is_leader());
+    let ConversationId::Contact(y) = to_y else {
+        panic!()
+    };
+    assert!(w.app("X1").state().contact(&y).is_some());
+    assert_eq!(
+        w.app_ref("X2").state().contact(&y),
+        w.app_ref("X1").state().contact(&y),
+        "the contact reached the sibling through CONTACT_SYNC"
+    );
+}
+
+#[test]
+fn text_is_sent_received_and_read_on_every_device() {
+    let (mut w, to_y, to_x) = world();
+    let now = w.now;
+    let key = w
+        .app("X1")
+        .send_text(to_y, "hello Y", now, &mut rand::thread_rng())
+        .unwrap();
+    w.run();
+
+    let on_x1 = w.conversation("X1", &to_y);
+    let on_x2 = w.conversation("X2", &to_y);
+    assert_eq!(on_x1.len(), 1);
+    assert_eq!(on_x1[0].key, key);
+    assert_eq!(on_x1[0].text, "hello Y");
+    assert_eq!(on_x1[0].direction, Direction::Outgoing);
+    assert!(on_x1[0].reflected_at.is_some());
+    assert!(
+        on_x1[0].pending.is_empty(),
+        "nonces are forgotten once sent"
+    );
+    assert_eq!(summary(&on_x1), summary(&on_x2), "X2 shows it too");
+    assert_eq!(
+        states(&w, "X1", &to_y),
+        vec![MessageState::Delivered],
+        "Y's delivery receipt arrived"
+    );
+
+    let on_y = w.conversation("Y1", &to_x);
+    assert_eq!(on_y.len(), 1);
+    assert_eq!(on_y[0].key, key, "same sender and id on the receiving side");
+    assert_eq!(on_y[0].text, "hello Y");
+    assert_eq!(on_y[0].state, MessageState::Received);
+    assert_eq!(w.chat.queued(&w.devices["Y1"].identity), 0, "acked");
+
+    let now = w.now;
+    assert_eq!(w.app("Y1").mark_read(to_x, now, &mut rand::thread_rng()), 1);
+    w.run();
+    assert_eq!(states(&w, "Y1", &to_x), vec![MessageState::Read]);
+    assert_eq!(states(&w, "X1", &to_y), vec![MessageState::Read]);
+    assert_eq!(states(&w, "X2", &to_y), vec![MessageState::Read]);
+}
+
+#[test]
+fn offline_sibling_catches_up_to_exactly_the_same_conversation() {
+    let (mut w, to_y, to_x) = world();
+    w.disconnect("X2");
+    let mut rng = rand::thread_rng();
+    for i in 0..6 {
+        w.advance(1_000);
+        let now = w.now;
+        if i % 2 == 0 {
+            w.app("X1")
+                .send_text(to_y, &format!("x{i}"), now, &mut rng)
+                .unwrap();
+        } else {
+            w.app("Y1")
+                .send_text(to_x, &format!("y{i}"), now, &mut rng)
+                .unwrap();
+        }
+        w.run();
+    }
+    let now = w.now;
+    w.app("X1").mark_read(to_y, now, &mut rng);
+    w.app("Y1").mark_read(to_x, now, &mut rng);
+    w.run();
+    let x1 = summary(&w.conversation("X1", &to_y));
+    assert_eq!(x1.len(), 6);
+    assert_eq!(x1.last().unwrap().4, MessageState::Read);
+    assert!(w.conversation("X2", &to_y).is_empty());
+
+    w.connect("X2");
+    assert_eq!(summary(&w.conversation("X2", &to_y)), x1);
+    let events = w.take_events("X2");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AppEvent::Loading { total, .. } if *total > 0)),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn replayed_message_reused_nonce_and_duplicate_id_are_rejected() {
+    let (mut w, to_y, to_x) = world();
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    w.app("X1").send_text(to_y, "once", now, &mut rng).unwrap();
+    w.run();
+    let original = w
+        .chat
+        .log
+        .iter()
+        .find(|m| m.receiver == *b"YYYYYYYY")
+        .unwrap()
+        .clone();
+    w.take_events("Y1");
+
+    // The very same bytes again.
+    w.chat.enqueue(original.clone());
+    w.run();
+    // A fresh message under the same id (a sender reusing ids, or a forgery attempt).
+    let x = w.devices["X1"].identity;
+    let y = w.devices["Y1"].identity;
+    let y_key = w.client_key(&y).public_key();
+    let sealed = |id: u64, nonce: [u8; 24], text: &str, rng: &mut rand::rngs::ThreadRng| {
+        tandem_shared::csp::seal_message_with_nonce(
+            &w.client_key(&x),
+            &tandem_shared::csp::MessageToSeal {
+                sender: *x.as_bytes(),
+                receiver: *y.as_bytes(),
+                receiver_public_key: y_key,
+                message_id: id,
+                created_at_ms: 1,
+                flags: tandem_shared::csp::MessageFlags::NONE,
+                nickname: None,
+                message_type: tandem_shared::csp::E2eMessageType::TEXT,
+                body: text.as_bytes(),
+            },
+            &nonce,
+            rng,
+        )
+        .unwrap()
+    };
+    let duplicate_id = sealed(original.message_id, [7; 24], "other text", &mut rng);
+    let reused_nonce = sealed(4242, original.nonce, "new id, old nonce", &mut rng);
+    w.chat.enqueue(duplicate_id);
+    w.chat.enqueue(reused_nonce);
+    w.run();
+
+    let on_y = w.conversation("Y1", &to_x);
+    assert_eq!(on_y.len(), 1, "nothing duplicated: {on_y:?}");
+    assert_eq!(on_y[0].text, "once");
+    assert_eq!(w.chat.queued(&y), 0, "every copy was acked away");
+    let dropped: Vec<AppEvent> = w
+        .take_events("Y1")
+        .into_iter()
+        .filter(|e| matches!(e, AppEvent::Dropped(_)))
+        .collect();
+    assert_eq!(
+        dropped,
+        vec![AppEvent::Dropped(Dropped::ReplayedNonce)],
+        "the replay and the duplicate id are acked as known; the new id with an old nonce is \
+         a replay"
+    );
+}
+
+#[test]
+fn unconfirmed_batch_blocks_the_ack_and_a_crash_brings_the_message_again_stored_once() {
+    let (mut w, to_y, to_x) = world();
+    w.device("Y2", w.devices["Y1"].identity);
+    w.connect("Y2");
+    let y = w.devices["Y1"].identity;
+    let x = w.devices["X1"].identity;
+    w.app("Y1").add_contact(x).unwrap();
+    w.run();
+    // Y1 stops confirming: its adapter is slow, then the tab dies.
+    w.dev("Y1").confirm_budget = Some(0);
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    w.app("X1")
+        .send_text(to_y, "survives", now, &mut rng)
+        .unwrap();
+    w.run();
+    assert_eq!(w.conversation("Y1", &to_x).len(), 1, "shown at once");
+    assert!(w.app("Y1").held_transmits() > 0, "reflect and ack wait");
+    assert_eq!(w.chat.queued(&y), 1, "not acked to the chat server");
+    assert!(w.conversation("Y2", &to_x).is_empty(), "not reflected yet");
+
+    w.crash("Y1");
+    w.reopen("Y1");
+    assert!(w.conversation("Y1", &to_x).is_empty(), "the batch was lost");
+    w.connect("Y1");
+    // Y2 is leader now: it takes the message over.
+    assert_eq!(w.chat.queued(&y), 0);
+    assert_eq!(w.conversation("Y1", &to_x).len(), 1);
+    assert_eq!(w.conversation("Y2", &to_x).len(), 1);
+}
+
+#[test]
+fn crash_after_the_message_is_durable_but_before_the_ack_re_reflects_once() {
+    let (mut w, to_y, to_x) = world();
+    let y = w.devices["Y1"].identity;
+    w.device("Y2", y);
+    w.connect("Y2");
+    let x = w.devices["X1"].identity;
+    w.app("Y1").add_contact(x).unwrap();
+    w.run();
+    w.disconnect("Y2");
+    // Y1 confirms the message batch, then nothing more (the ack batch stays unconfirmed).
+    w.dev("Y1").confirm_budget = Some(1);
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    w.app("X1")
+        .send_text(to_y, "exactly once", now, &mut rng)
+        .unwrap();
+    w.run();
+    assert_eq!(w.chat.queued(&y), 1, "the ack waits for the second batch");
+    w.crash("Y1");
+    w.reopen("Y1");
+    let stored = w.conversation("Y1", &to_x);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].reflected_at, None,
+        "its reflection was never confirmed"
+    );
+    w.connect("Y1");
+    assert_eq!(w.chat.queued(&y), 0);
+    let stored = w.conversation("Y1", &to_x);
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].reflected_at.is_some());
+    w.connect("Y2");
+    assert_eq!(
+        summary(&w.conversation("Y2", &to_x)),
+        summary(&w.conversation("Y1", &to_x)),
+        "the sibling got the reflection twice and stored it once"
+    );
+}
+
+#[test]
+fn tampered_reflection_is_dropped_and_acked_away() {
+    let (mut w, to_y, _) = world();
+    w.dev("X2").tamper_next_reflected = true;
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    w.app("X1")
+        .send_text(to_y, "tampered", now, &mut rng)
+        .unwrap();
+    w.run();
+    let events = w.take_events("X2");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AppEvent::Dropped(Dropped::UndecryptableEnvelope(_)))),
+        "{events:?}"
+    );
+    // The OutgoingMessage was the tampered one; the later `sent` update finds no message.
+    assert!(w.conversation("X2", &to_y).is_empty());
+    w.disconnect("X2");
+    w.connect("X2");
+    let events = w.take_events("X2");
+    assert!(
+        !events.iter().any(|e| matches!(e, AppEvent::Loading { .. })),
+        "nothing was left in the queue: {events:?}"
+    );
+    // Later messages still arrive.
+    let now = w.now;
+    w.app("X1").send_text(to_y, "after", now, &mut rng).unwrap();
+    w.run();
+    assert_eq!(w.conversation("X2", &to_y).len(), 1);
+}
+
+#[test]
+fn replayed_reflection_is_dropped_without_changing_state() {
+    let (mut w, to_y, _) = world();
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    w.app("X1").send_text(to_y, "one", now, &mut rng).unwrap();
+    w.run();
+    let before = w.app("X2").state().clone();
+    let mut replay = w.devices["X2"].last_reflected.clone().unwrap();
+    // Same sealed envelope, a new reflected id (as a malicious mediator would send it).
+    replay[8..12].copy_from_slice(&9_999_u32.to_le_bytes());
+    w.take_events("X2");
+    let now = w.now;
+    let app = w.app("X2");
+    app.on_binary(&replay, now, &mut rng);
+    // The ack for the injected id must not reach the real mediator.
+    while app.poll_transmit().is_some() {}
+    let mut events = Vec::new();
+    while let Some(e) = app.poll_event() {
+        events.push(e);
+    }
+    assert_eq!(events, vec![AppEvent::Dropped(Dropped::ReplayedEnvelope)]);
+    let mut after = w.app("X2").state().clone();
+    assert_eq!(
+        after.messages(),
+        before.messages(),
+        "the replay changed nothing"
+    );
+    let _ = &mut after;
+}
+
+#[test]
+fn typing_indicators_reach_the_contact_and_its_siblings_and_are_never_stored() {
+    let (mut w, _, to_x) = world();
+    let y = w.devices["Y1"].identity;
+    w.device("Y2", y);
+    w.connect("Y2");
+    let x = w.devices["X1"].identity;
+    w.app("Y2").add_contact(x).unwrap();
+    w.run();
+    for name in ["X1", "X2", "Y1", "Y2"] {
+        w.take_events(name);
+    }
+    let messages_before = w.devices["X1"].store.count(RecordKind::Message);
+    let now = w.now;
+    w.app("Y1")
+        .send_typing(x, true, now, &mut rand::thread_rng())
+        .unwrap();
+    w.run();
+    let typing = AppEvent::Typing {
+        identity: y,
+        typing: true,
+    };
+    assert!(w.take_events("X1").contains(&typing), "the leader");
+    assert!(
+        w.take_events("X2").contains(&typing),
+        "its sibling, ephemeral"
+    );
+    assert_eq!(
+        w.devices["X1"].store.count(RecordKind::Message),
+        messages_before
+    );
+    assert!(w.conversation("X1", &ConversationId::Contact(y)).is_empty());
+    assert_eq!(w.chat.queued(&x), 0, "typing is never queued");
+    let _ = to_x;
+}
+
+#[test]
+fn read_receipts_follow_the_policy() {
+    let (mut w, to_y, to_x) = world();
+    let mut rng = rand::thread_rng();
+    let now = w.now;
+    w.app("Y1").update_settings(
+        tandem_shared::proto::sync::Settings {
+            read_receipt_policy: Some(
+                tandem_shared::proto::sync::ReadReceiptPolicy::DontSendReadReceipt.into(),
+            ),
+            ..Default::default()
+        },
+        now,
+        &mut rng,
+    );
+    w.run();
+    w.app("X1")
+        .send_text(to_y, "secret read", now, &mut rng)
+        .unwrap();
+    w.run();
+    w.app("Y1").mark_read(to_x, now, &mut rng);
+    w.run();
+    assert_eq!(states(&w, "Y1", &to_x), vec![MessageState::Read]);
+    assert_eq!(
+        states(&w, "X1", &to_y),
+        vec![MessageState::Delivered],
+        "no read receipt went out"
+    );
+}

@@ -1,0 +1,248 @@
+//! A new device gets its state from its siblings (DESIGN §2.4), and the connection's life:
+//! reconnect with backoff, stop on 41xx, restarts resume where they stopped.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod app_support;
+
+use std::collections::BTreeSet;
+
+use app_support::{summary, World};
+use tandem_shared::app::{
+    AppEvent, ConversationId, Effect, MessageState, ReconnectDecision, StopReason,
+};
+use tandem_shared::d2m::CloseCode;
+use tandem_shared::proto::sync;
+
+/// X1 has a full life: contacts, a group, a list, settings, a nickname and a history with Y
+/// in every state.
+fn lived_in() -> World {
+    let mut w = World::new(4);
+    let x = w.identity("XXXXXXXX");
+    let y = w.identity("YYYYYYYY");
+    let z = w.identity("ZZZZZZZZ");
+    w.device("X1", x);
+    w.device("Y1", y);
+    w.device("Z1", z);
+    for name in ["X1", "Y1", "Z1"] {
+        w.connect(name);
+    }
+    let mut rng = rand::thread_rng();
+    w.app("X1").add_contact(y).unwrap();
+    w.app("X1").add_contact(z).unwrap();
+    w.run();
+    let now = w.now;
+    w.app("X1").set_nickname("Xena", now, &mut rng);
+    w.app("X1").update_settings(
+        sync::Settings {
+            unknown_contact_policy: Some(sync::settings::UnknownContactPolicy::AllowUnknown.into()),
+            read_receipt_policy: Some(sync::ReadReceiptPolicy::SendReadReceipt.into()),
+            ..Default::default()
+        },
+        now,
+        &mut rng,
+    );
+    w.app("X1")
+        .create_group("team", BTreeSet::from([y, z]), now, &mut rng)
+        .unwrap();
+    w.app("X1")
+        .create_distribution_list("all", BTreeSet::from([y, z]), now, &mut rng)
+        .unwrap();
+    w.run();
+    let to_y = ConversationId::Contact(y);
+    let to_x = ConversationId::Contact(x);
+    for i in 0..4 {
+        w.advance(1_000);
+        let now = w.now;
+        w.app("X1")
+            .send_text(to_y, &format!("x{i}"), now, &mut rng)
+            .unwrap();
+        w.app("Y1")
+            .send_text(to_x, &format!("y{i}"), now, &mut rng)
+            .unwrap();
+        w.run();
+        if i == 1 {
+            let now = w.now;
+            w.app("Y1").mark_read(to_x, now, &mut rng);
+            w.app("X1").mark_read(to_y, now, &mut rng);
+            w.run();
+        }
+    }
+    // The last one stays pending: Y's chat server session is gone.
+    w.disconnect("Y1");
+    w.crash("Y1");
+    let states: BTreeSet<MessageState> = w
+        .conversation("X1", &to_y)
+        .iter()
+        .map(|m| m.state)
+        .collect();
+    assert_eq!(
+        states,
+        BTreeSet::from([
+            MessageState::Received,
+            MessageState::Read,
+            MessageState::Delivered
+        ]),
+        "a history in several states"
+    );
+    w
+}
+
+#[test]
+fn new_device_receives_state_and_history_from_a_sibling() {
+    let mut w = lived_in();
+    let x = w.devices["X1"].identity;
+    w.device("X2", x);
+    w.connect("X2");
+    let events = w.take_events("X1");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AppEvent::NewDeviceSyncSent { messages: 8, .. })),
+        "{events:?}"
+    );
+    let a = w.app_ref("X1").state();
+    let b = w.app_ref("X2").state();
+    assert_eq!(a.contacts(), b.contacts());
+    assert_eq!(a.groups(), b.groups());
+    assert_eq!(a.distribution_lists(), b.distribution_lists());
+    assert_eq!(a.settings(), b.settings());
+    assert_eq!(a.profile(), b.profile());
+    let y = w.devices["Y1"].identity;
+    let to_y = ConversationId::Contact(y);
+    assert_eq!(
+        summary(&w.conversation("X2", &to_y)),
+        summary(&w.conversation("X1", &to_y))
+    );
+    assert!(
+        !w.app_ref("X2").state().own().wants_new_device_sync,
+        "asked once"
+    );
+
+    // Asked once: reconnecting asks nothing again, and the siblings replay nothing.
+    w.disconnect("X2");
+    w.connect("X2");
+    assert!(!w
+        .take_events("X1")
+        .iter()
+        .any(|e| matches!(e, AppEvent::NewDeviceSyncSent { .. })));
+}
+
+#[test]
+fn history_is_capped_to_the_most_recent_messages() {
+    let mut w = lived_in();
+    let x = w.devices["X1"].identity;
+    w.device("X2", x);
+    // The same device, configured for a short history.
+    let mut config = w.devices["X2"].config.clone();
+    config.max_history_messages = 3;
+    let app = tandem_shared::app::App::create(x, w.client_key(&x), config.clone(), &mut w.rng);
+    let device = w.dev("X2");
+    device.app = Some(app);
+    device.config = config;
+    w.run();
+    w.connect("X2");
+    let y = w.devices["Y1"].identity;
+    let to_y = ConversationId::Contact(y);
+    let all = summary(&w.conversation("X1", &to_y));
+    assert_eq!(
+        summary(&w.conversation("X2", &to_y)),
+        all[all.len() - 3..].to_vec()
+    );
+    assert_eq!(
+        w.app_ref("X2").state().contacts(),
+        w.app_ref("X1").state().contacts(),
+        "state is complete whatever the history cap"
+    );
+}
+
+#[test]
+fn sibling_restart_does_not_mark_a_reflected_pending_message_sent() {
+    let mut w = lived_in();
+    let x = w.devices["X1"].identity;
+    w.device("X2", x);
+    w.connect("X2");
+    let y = w.devices["Y1"].identity;
+    let to_y = ConversationId::Contact(y);
+    // X1's adapter confirms the message, then stalls: the reflect goes out, the CSP send
+    // (behind the reflected-at batch) does not.
+    w.dev("X1").confirm_budget = Some(1);
+    let now = w.now;
+    let key = w
+        .app("X1")
+        .send_text(to_y, "in flight", now, &mut rand::thread_rng())
+        .unwrap();
+    w.run();
+    let state_of = |w: &World, name: &str| {
+        w.conversation(name, &to_y)
+            .iter()
+            .find(|m| m.key == key)
+            .map(|m| m.state)
+    };
+    assert_eq!(state_of(&w, "X2"), Some(MessageState::Pending));
+    w.crash("X2");
+    w.reopen("X2");
+    w.connect("X2");
+    assert_eq!(
+        state_of(&w, "X2"),
+        Some(MessageState::Pending),
+        "a sibling never decides that X1's message is sent"
+    );
+    assert_eq!(state_of(&w, "X1"), Some(MessageState::Pending));
+    w.release("X1");
+    assert_eq!(state_of(&w, "X1"), Some(MessageState::Sent));
+    assert_eq!(state_of(&w, "X2"), Some(MessageState::Sent));
+}
+
+#[test]
+fn drops_reconnect_with_backoff_and_41xx_waits_for_the_user() {
+    let mut w = World::new(5);
+    let x = w.identity("XXXXXXXX");
+    w.device("X1", x);
+    w.device("X2", x);
+    w.connect("X1");
+    w.connect("X2");
+    w.take_events("X1");
+    w.disconnect("X1");
+    let events = w.take_events("X1");
+    let Some(AppEvent::Disconnected {
+        next: ReconnectDecision::RetryAt(at),
+        ..
+    }) = events.last()
+    else {
+        panic!("{events:?}")
+    };
+    let at = *at;
+    assert_eq!(at, w.now + 5_000, "first retry after one step");
+    let app = w.app("X1");
+    assert_eq!(app.poll_timeout(), Some(at));
+    let mut rng = rand::thread_rng();
+    app.on_timeout(at - 1, &mut rng);
+    assert_eq!(app.poll_effect(), None);
+    app.on_timeout(at, &mut rng);
+    assert_eq!(app.poll_effect(), Some(Effect::Connect));
+    w.connect("X1");
+    assert!(w.app("X1").is_online());
+
+    // X2 drops X1 from the group: 4113 needs the user.
+    let x1_id = w.app_ref("X1").state().own().device_id;
+    let now = w.now;
+    w.app("X2").drop_device(x1_id, now, &mut rng).unwrap();
+    w.run();
+    let events = w.take_events("X1");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            AppEvent::Disconnected {
+                next: ReconnectDecision::Stop(StopReason::NeedsUserAction(code)),
+                ..
+            } if *code == CloseCode::DeviceDropped
+        )),
+        "{events:?}"
+    );
+    assert_eq!(w.app("X1").poll_timeout(), None, "no retry scheduled");
+}

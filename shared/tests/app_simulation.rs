@@ -1,0 +1,194 @@
+//! Random interleavings of sends, reads, disconnects, stalled storage and crashes; after the
+//! world heals, every device of an identity holds the same messages in the same states, every
+//! message arrived exactly once, and the chat server holds nothing unacked.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod app_support;
+
+use std::collections::BTreeMap;
+
+use app_support::World;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use tandem_shared::app::{ConversationId, Direction, Identity, MessageKey, MessageState};
+
+const DEVICES: [&str; 4] = ["X1", "X2", "Y1", "Y2"];
+
+fn identity_of(name: &str) -> &'static str {
+    if name.starts_with('X') {
+        "XXXXXXXX"
+    } else {
+        "YYYYYYYY"
+    }
+}
+
+/// Every message of a device, by key: (direction, text, state).
+fn messages(w: &World, name: &str) -> BTreeMap<MessageKey, (Direction, String, MessageState)> {
+    w.app_ref(name)
+        .state()
+        .messages()
+        .values()
+        .map(|m| (m.key, (m.direction, m.text.clone(), m.state)))
+        .collect()
+}
+
+fn simulate(seed: u64, steps: usize) {
+    let mut w = World::new(seed);
+    let x = w.identity("XXXXXXXX");
+    let y = w.identity("YYYYYYYY");
+    for name in DEVICES {
+        let identity: Identity = identity_of(name).parse().unwrap();
+        w.device(name, identity);
+        w.connect(name);
+    }
+    w.app("X1").add_contact(y).unwrap();
+    w.app("Y1").add_contact(x).unwrap();
+    w.run();
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut sent = 0;
+    for step in 0..steps {
+        w.advance(rng.gen_range(1..2_000));
+        let name = DEVICES[rng.gen_range(0..DEVICES.len())];
+        let now = w.now;
+        let up = w.devices[name].app.is_some();
+        let peer = if name.starts_with('X') { y } else { x };
+        // Siblings learn the contact through sync; until then sending is refused.
+        let knows_peer = up && w.app_ref(name).state().contact(&peer).is_some();
+        match rng.gen_range(0..12) {
+            0..=3 if knows_peer => {
+                w.app(name)
+                    .send_text(
+                        ConversationId::Contact(peer),
+                        &format!("{name}#{step}"),
+                        now,
+                        &mut rng,
+                    )
+                    .unwrap();
+                sent += 1;
+            }
+            4 if up => {
+                w.app(name)
+                    .mark_read(ConversationId::Contact(peer), now, &mut rng);
+            }
+            5 if up => w.disconnect(name),
+            6 if up => w.dev(name).confirm_budget = Some(rng.gen_range(0..3)),
+            7 if up => w.crash(name),
+            8 if knows_peer => {
+                w.app(name)
+                    .rename_contact(peer, Some(&format!("{name}@{step}")), None, now, &mut rng)
+                    .unwrap();
+            }
+            9 if up => w
+                .app(name)
+                .set_nickname(&format!("{name}~{step}"), now, &mut rng),
+            _ => {}
+        }
+        // Bring devices back now and then.
+        for name in DEVICES {
+            if rng.gen_bool(0.3) {
+                if w.devices[name].app.is_none() {
+                    w.reopen(name);
+                }
+                if w.devices[name].conn.is_none() {
+                    w.connect(name);
+                }
+            }
+        }
+        w.run();
+    }
+
+    // Heal: storage keeps up again, every device comes back, time lets retries happen.
+    for name in DEVICES {
+        if w.devices[name].app.is_none() {
+            w.reopen(name);
+        } else {
+            w.release(name);
+        }
+        if w.devices[name].conn.is_none() {
+            w.connect(name);
+        }
+    }
+    for name in DEVICES {
+        w.disconnect(name);
+        w.connect(name);
+    }
+    w.run();
+
+    assert_eq!(w.chat.queued(&x), 0, "seed {seed}: X's queue");
+    assert_eq!(w.chat.queued(&y), 0, "seed {seed}: Y's queue");
+    for (a, b) in [("X1", "X2"), ("Y1", "Y2")] {
+        let (a, b) = (w.app_ref(a).state(), w.app_ref(b).state());
+        assert_eq!(a.contacts(), b.contacts(), "seed {seed}: contacts");
+        assert_eq!(a.profile(), b.profile(), "seed {seed}: profile");
+        assert_eq!(a.settings(), b.settings(), "seed {seed}: settings");
+    }
+    for name in DEVICES {
+        assert_eq!(
+            w.app(name).pending_sync(),
+            0,
+            "seed {seed}: {name} synced everything"
+        );
+        for m in w.app_ref(name).state().messages().values() {
+            assert!(m.reflected_at.is_some(), "seed {seed}: {name} {m:?}");
+            assert!(m.pending.is_empty(), "seed {seed}: {name} {m:?}");
+            assert!(!m.read_unsynced, "seed {seed}: {name} {m:?}");
+            assert_eq!(m.receipt_due, None, "seed {seed}: {name} {m:?}");
+        }
+    }
+    assert_eq!(
+        messages(&w, "X1"),
+        messages(&w, "X2"),
+        "seed {seed}: X1 vs X2"
+    );
+    assert_eq!(
+        messages(&w, "Y1"),
+        messages(&w, "Y2"),
+        "seed {seed}: Y1 vs Y2"
+    );
+    let on_x = messages(&w, "X1");
+    let on_y = messages(&w, "Y1");
+    // A send whose batch never became durable died with its tab; everything else arrived once.
+    assert!(on_x.len() <= sent, "seed {seed}");
+    let texts: std::collections::BTreeSet<&String> = on_x.values().map(|(_, t, _)| t).collect();
+    assert_eq!(texts.len(), on_x.len(), "seed {seed}: no text stored twice");
+    assert_eq!(
+        on_x.keys().collect::<Vec<_>>(),
+        on_y.keys().collect::<Vec<_>>()
+    );
+    for (key, (direction, text, state)) in &on_x {
+        let (their_direction, their_text, their_state) = &on_y[key];
+        assert_ne!(direction, their_direction, "seed {seed}: {key:?}");
+        assert_eq!(text, their_text, "seed {seed}: {key:?}");
+        let (mine, theirs) = if *direction == Direction::Outgoing {
+            (state, their_state)
+        } else {
+            (their_state, state)
+        };
+        // The receiver's view decides the sender's: read there means read here.
+        match theirs {
+            MessageState::Read => assert_eq!(*mine, MessageState::Read, "seed {seed}: {key:?}"),
+            _ => assert_eq!(*mine, MessageState::Delivered, "seed {seed}: {key:?}"),
+        }
+    }
+}
+
+/// `APP_SIM_SEEDS=500 APP_SIM_STEPS=100 cargo test --test app_simulation` explores further.
+#[test]
+fn random_faults_converge() {
+    let seeds = std::env::var("APP_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let steps = std::env::var("APP_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
+    for seed in 0..seeds {
+        simulate(seed, steps);
+    }
+}
