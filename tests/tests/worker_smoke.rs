@@ -427,6 +427,7 @@ impl Device {
                     timestamp,
                     ephemeral: false,
                     envelope,
+                    ..
                 } => queued.push((reflected_id, timestamp, tag_of(&envelope.0))),
                 Event::QueueDry => return (info, queued),
                 other => panic!("expected queued Reflected or QueueDry, got {other:?}"),

@@ -347,6 +347,7 @@ impl Device {
                         timestamp,
                         ephemeral,
                         envelope,
+                        ..
                     } => Some(Received {
                         reflected_id: *reflected_id,
                         timestamp: *timestamp,
