@@ -28,7 +28,7 @@ pub(crate) fn run(
     store: &mut SqlGroupStore,
 ) -> Result<Vec<&'static str>, String> {
     schema::wipe(sql).map_err(|err| format!("wiping the tables: {err}"))?;
-    let checks: [Check; 10] = [
+    let checks: [Check; 11] = [
         ("device ids round-trip exactly", ids_round_trip),
         (
             "put_slot replaces the record and keeps the queue",
@@ -45,6 +45,10 @@ pub(crate) fn run(
         (
             "acks release the body with the last reference",
             acks_release,
+        ),
+        (
+            "a batch of acks is removed in one call and releases the bodies",
+            batched_acks_release,
         ),
         ("read_queue pages after a sequence number", read_pages),
         (
@@ -221,6 +225,12 @@ fn acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
     ensure(after.envelopes + 1 == before.envelopes, || {
         format!("{before:?} → {after:?}")
     })?;
+    let many = call("remove many", store.remove_from_queue_many(A, &[]))?;
+    ensure(many == 0, || format!("nothing listed, {many} removed"))?;
+    let missing = store.remove_from_queue_many(MISSING, &[1]);
+    ensure(missing == Err(SqlStoreError::UnknownSlot(MISSING)), || {
+        format!("{missing:?}")
+    })?;
     let missing = store.remove_from_queue(MISSING, 1);
     ensure(missing == Err(SqlStoreError::UnknownSlot(MISSING)), || {
         format!("{missing:?}")
@@ -236,6 +246,27 @@ fn acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
     let empty = call("queue_info", store.queue_info(MISSING))?;
     ensure(empty == QueueInfo::default(), || {
         format!("unknown slot: {empty:?}")
+    })
+}
+
+fn batched_acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
+    let before_seqs = seqs(store, C)?;
+    let before = counts(store)?;
+    let mut added = Vec::new();
+    for body in [[7_u8; 40], [8; 40], [9; 40]] {
+        added.extend(call("enqueue", store.enqueue(&body, 5, &[C]))?);
+    }
+    let absent = added.iter().max().copied().unwrap_or(0).saturating_add(100);
+    let listed = [added.clone(), vec![absent]].concat();
+    let removed = call("remove many", store.remove_from_queue_many(C, &listed))?;
+    ensure(removed == 3, || format!("{removed} removed of {listed:?}"))?;
+    let after = counts(store)?;
+    ensure(after.envelopes == before.envelopes, || {
+        format!("bodies not released: {before:?} → {after:?}")
+    })?;
+    let now = seqs(store, C)?;
+    ensure(now == before_seqs, || {
+        format!("queue {before_seqs:?} → {now:?}")
     })
 }
 
