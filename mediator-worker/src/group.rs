@@ -14,7 +14,7 @@ use std::rc::Rc;
 
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use rand_core::OsRng;
 use serde::Serialize;
 use tandem_shared::crypto::PublicKey;
@@ -78,6 +78,10 @@ struct Io {
     alarm: Cell<Armed>,
     /// Device WebSockets accepted by this instance (development stats).
     accepted: Cell<u64>,
+    /// Device frames handled, and of them those already waiting when the frame before them
+    /// was handled (development stats: whether workerd ever delivers frames together).
+    frames: Cell<u64>,
+    frames_together: Cell<u64>,
 }
 
 enum GroupState {
@@ -144,6 +148,8 @@ impl DurableObject for DeviceGroup {
             next_conn: Cell::new(0),
             alarm: Cell::new(Armed::Unknown),
             accepted: Cell::new(0),
+            frames: Cell::new(0),
+            frames_together: Cell::new(0),
         });
         match schema::create(&io.sql) {
             Err(err) => fail(&io, format!("creating the schema: {err}")),
@@ -243,33 +249,36 @@ impl DeviceGroup {
 async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: oneshot::Receiver<()>) {
     input(&io, |group, now| group.on_connect(conn, now, &mut OsRng));
     match ws.events() {
-        Ok(mut events) => loop {
-            let event = match select(events.next(), &mut stopped).await {
-                Either::Left((Some(event), _)) => event,
-                // Closed, or the link was dropped (the group or the driver closed the socket).
-                Either::Left((None, _)) | Either::Right(_) => break,
-            };
-            match ws::frame_of(event) {
-                Frame::Binary(buffer) => {
-                    let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
-                    input(&io, |group, now| group.on_binary(conn, &bytes, now));
-                }
-                Frame::Text => input(&io, |group, now| group.on_text(conn, now)),
-                Frame::Unreadable => {
-                    console_error!(
-                        "binary frame not readable: was binaryType set before accept()?"
-                    );
-                    close_link(
-                        &io,
-                        conn,
-                        CloseCode::ServerInternalError.as_u16(),
-                        "internal error",
-                    );
+        Ok(mut events) => {
+            let mut waiting = None;
+            loop {
+                let event = match waiting.take() {
+                    Some(event) => event,
+                    None => match select(events.next(), &mut stopped).await {
+                        Either::Left((Some(event), _)) => event,
+                        // Closed, or the link was dropped (the group or the driver closed the
+                        // socket).
+                        Either::Left((None, _)) | Either::Right(_) => break,
+                    },
+                };
+                io.frames.set(io.frames.get().saturating_add(1));
+                if !handle_event(&io, conn, event) {
                     break;
                 }
-                Frame::Closed => break,
+                // A frame that is already waiting is handled in the same turn, so that its
+                // writes share the implicit commit (docs/worker.md: workerd dispatches one
+                // message per event, so this is not expected to happen).
+                match events.next().now_or_never() {
+                    Some(Some(event)) => {
+                        io.frames_together
+                            .set(io.frames_together.get().saturating_add(1));
+                        waiting = Some(event);
+                    }
+                    Some(None) => break,
+                    None => {}
+                }
             }
-        },
+        }
         Err(err) => {
             console_error!("device socket events: {err}");
             close_link(
@@ -282,6 +291,32 @@ async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: onesh
     }
     drop(io.links.borrow_mut().remove(&conn));
     input(&io, |group, now| group.on_disconnect(conn, now));
+}
+
+/// Feeds one WebSocket event to the group; `false` when the socket is done.
+fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::WebsocketEvent>) -> bool {
+    match ws::frame_of(event) {
+        Frame::Binary(buffer) => {
+            let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
+            input(io, |group, now| group.on_binary(conn, &bytes, now));
+            true
+        }
+        Frame::Text => {
+            input(io, |group, now| group.on_text(conn, now));
+            true
+        }
+        Frame::Unreadable => {
+            console_error!("binary frame not readable: was binaryType set before accept()?");
+            close_link(
+                io,
+                conn,
+                CloseCode::ServerInternalError.as_u16(),
+                "internal error",
+            );
+            false
+        }
+        Frame::Closed => false,
+    }
 }
 
 /// Feeds one input to the group (if it is running) and carries out what it asks for.
@@ -605,6 +640,10 @@ struct Stats {
     open_connections: usize,
     /// Device WebSockets accepted by this instance (since the object last started).
     connections_accepted: u64,
+    /// Device frames handled by this instance.
+    frames: u64,
+    /// Of them, frames already waiting when the one before them was handled.
+    frames_ready_together: u64,
     leader: Option<String>,
     transaction_holder: Option<String>,
     alarm_at: Option<u64>,
@@ -635,6 +674,8 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         staged: counts.staged,
         open_connections: io.links.borrow().len(),
         connections_accepted: io.accepted.get(),
+        frames: io.frames.get(),
+        frames_ready_together: io.frames_together.get(),
         leader,
         transaction_holder: holder,
         alarm_at: match io.alarm.get() {

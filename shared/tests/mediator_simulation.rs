@@ -1715,6 +1715,8 @@ fn mediator_simulation() {
         // The run must keep reaching every rule, or a passing result means little.
         for what in [
             "ack taken",
+            "batched ack stored",
+            "batched ack not stored (comes again)",
             "reflected received",
             "ephemeral received",
             "queue drained on connect",

@@ -18,7 +18,7 @@ use tandem_shared::proto::d2d::{
     conversation_id, envelope::Content, ConversationId, Envelope, OutgoingMessage,
 };
 use tandem_shared::proto::d2m::DeviceSlotState;
-use tandem_tests::harness::{random_device_id, Device, Fixture, HarnessError};
+use tandem_tests::harness::{http_request, random_device_id, Device, Fixture, HarnessError};
 
 /// Queued entries drained by a device that comes online.
 const DRAIN: u64 = 10_000;
@@ -125,6 +125,13 @@ async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
     }
     samples.sort();
     let latency_p50 = samples[samples.len() / 2];
+
+    // Whether the object ever found a frame already waiting after handling one (docs/worker.md).
+    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
+    let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
+    if let Ok(stats) = http_request(&addr, "GET", &path, None, Duration::from_secs(10)).await {
+        eprintln!("  group stats: {}", stats.body);
+    }
     Ok(Round {
         fill_per_s,
         drain,
