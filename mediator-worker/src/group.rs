@@ -9,12 +9,12 @@
 //! picture, the bounds and the restart rule.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use rand_core::OsRng;
 use serde::Serialize;
 use tandem_shared::crypto::PublicKey;
@@ -82,6 +82,17 @@ struct Io {
     /// was handled (development stats: whether workerd ever delivers frames together).
     frames: Cell<u64>,
     frames_together: Cell<u64>,
+    /// Device inputs waiting for the next turn, in arrival order (docs/worker.md "Coalescing").
+    waiting: RefCell<VecDeque<(ConnId, Waiting)>>,
+    /// A task that handles `waiting` is scheduled.
+    drain_scheduled: Cell<bool>,
+}
+
+/// A device input deferred to the next turn.
+enum Waiting {
+    Binary(Vec<u8>),
+    Text,
+    Disconnect,
 }
 
 enum GroupState {
@@ -150,6 +161,8 @@ impl DurableObject for DeviceGroup {
             accepted: Cell::new(0),
             frames: Cell::new(0),
             frames_together: Cell::new(0),
+            waiting: RefCell::new(VecDeque::new()),
+            drain_scheduled: Cell::new(false),
         });
         match schema::create(&io.sql) {
             Err(err) => fail(&io, format!("creating the schema: {err}")),
@@ -249,36 +262,16 @@ impl DeviceGroup {
 async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: oneshot::Receiver<()>) {
     input(&io, |group, now| group.on_connect(conn, now, &mut OsRng));
     match ws.events() {
-        Ok(mut events) => {
-            let mut waiting = None;
-            loop {
-                let event = match waiting.take() {
-                    Some(event) => event,
-                    None => match select(events.next(), &mut stopped).await {
-                        Either::Left((Some(event), _)) => event,
-                        // Closed, or the link was dropped (the group or the driver closed the
-                        // socket).
-                        Either::Left((None, _)) | Either::Right(_) => break,
-                    },
-                };
-                io.frames.set(io.frames.get().saturating_add(1));
-                if !handle_event(&io, conn, event) {
-                    break;
-                }
-                // A frame that is already waiting is handled in the same turn, so that its
-                // writes share the implicit commit (docs/worker.md: workerd dispatches one
-                // message per event, so this is not expected to happen).
-                match events.next().now_or_never() {
-                    Some(Some(event)) => {
-                        io.frames_together
-                            .set(io.frames_together.get().saturating_add(1));
-                        waiting = Some(event);
-                    }
-                    Some(None) => break,
-                    None => {}
-                }
+        Ok(mut events) => loop {
+            let event = match select(events.next(), &mut stopped).await {
+                Either::Left((Some(event), _)) => event,
+                // Closed, or the link was dropped (the group or the driver closed the socket).
+                Either::Left((None, _)) | Either::Right(_) => break,
+            };
+            if !handle_event(&io, conn, event) {
+                break;
             }
-        }
+        },
         Err(err) => {
             console_error!("device socket events: {err}");
             close_link(
@@ -290,19 +283,48 @@ async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: onesh
         }
     }
     drop(io.links.borrow_mut().remove(&conn));
-    input(&io, |group, now| group.on_disconnect(conn, now));
+    defer(&io, conn, Waiting::Disconnect);
+}
+
+/// Queues a device input for the next turn. Every frame is its own workerd event and every event
+/// that writes is committed on its own; handling what arrived meanwhile together in a later turn
+/// lets all their writes share one commit (docs/worker.md "Coalescing").
+fn defer(io: &Rc<Io>, conn: ConnId, what: Waiting) {
+    io.waiting.borrow_mut().push_back((conn, what));
+    if io.drain_scheduled.replace(true) {
+        return;
+    }
+    let io = Rc::clone(io);
+    wasm_bindgen_futures::spawn_local(async move {
+        worker::Delay::from(std::time::Duration::ZERO).await;
+        io.drain_scheduled.set(false);
+        let batch = std::mem::take(&mut *io.waiting.borrow_mut());
+        let together = u64::try_from(batch.len().saturating_sub(1)).unwrap_or(u64::MAX);
+        io.frames_together
+            .set(io.frames_together.get().saturating_add(together));
+        for (conn, what) in batch {
+            match what {
+                Waiting::Binary(bytes) => {
+                    input(&io, |group, now| group.on_binary(conn, &bytes, now));
+                }
+                Waiting::Text => input(&io, |group, now| group.on_text(conn, now)),
+                Waiting::Disconnect => input(&io, |group, now| group.on_disconnect(conn, now)),
+            }
+        }
+    });
 }
 
 /// Feeds one WebSocket event to the group; `false` when the socket is done.
 fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::WebsocketEvent>) -> bool {
     match ws::frame_of(event) {
         Frame::Binary(buffer) => {
+            io.frames.set(io.frames.get().saturating_add(1));
             let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
-            input(io, |group, now| group.on_binary(conn, &bytes, now));
+            defer(io, conn, Waiting::Binary(bytes));
             true
         }
         Frame::Text => {
-            input(io, |group, now| group.on_text(conn, now));
+            defer(io, conn, Waiting::Text);
             true
         }
         Frame::Unreadable => {
