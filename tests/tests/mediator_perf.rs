@@ -61,11 +61,48 @@ async fn online(url: &str, name: &str, config: DeviceConfig) -> Result<Device, H
     Ok(device)
 }
 
+/// One-way latency p50 through the bare relay object (`/bench-relay/…`, no storage, no
+/// protocol), the lower bound the mediator is compared with.
+async fn bare_relay_p50(fx: &Fixture, name: &str) -> Duration {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("{}/bench-relay/{name}", fx.ws_base());
+    let (mut a, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+        .await
+        .expect("relay a");
+    let (mut b, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+        .await
+        .expect("relay b");
+    let mut samples = Vec::with_capacity(LATENCY);
+    for i in 0..LATENCY + 20 {
+        let started = Instant::now();
+        a.send(Message::binary(vec![0_u8; 120]))
+            .await
+            .expect("send");
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), b.next())
+                .await
+                .expect("relay timed out")
+                .expect("relay closed")
+                .expect("relay error");
+            if matches!(msg, Message::Binary(_)) {
+                break;
+            }
+        }
+        if i >= 20 {
+            samples.push(started.elapsed());
+        }
+    }
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
 struct Round {
     fill_per_s: f64,
     drain: Duration,
     flood_per_s: f64,
     latency_p50: Duration,
+    bare_p50: Duration,
 }
 
 async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
@@ -132,11 +169,13 @@ async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
     if let Ok(stats) = http_request(&addr, "GET", &path, None, Duration::from_secs(10)).await {
         eprintln!("  group stats: {}", stats.body);
     }
+    let bare_p50 = bare_relay_p50(fx, &hex::encode(id.identity)).await;
     Ok(Round {
         fill_per_s,
         drain,
         flood_per_s,
         latency_p50,
+        bare_p50,
     })
 }
 
@@ -160,19 +199,24 @@ async fn measure_mediator_under_wrangler_dev() {
             Err(err) => panic!("round {n}: {err}\n{}", fx.log_tails(40)),
         };
         eprintln!(
-            "round {n}: fill {:.0}/s, drain {DRAIN} in {:.2?}, flood to 3 {:.0}/s, one-way p50 {:.2?}",
-            r.fill_per_s, r.drain, r.flood_per_s, r.latency_p50
+            "round {n}: fill {:.0}/s, drain {DRAIN} in {:.2?}, flood to 3 {:.0}/s, one-way p50 {:.2?} (bare relay {:.2?})",
+            r.fill_per_s, r.drain, r.flood_per_s, r.latency_p50, r.bare_p50
         );
         all.push(r);
     }
     eprintln!(
-        "median of {rounds}: fill {:.0}/s, drain {:.2} s, flood to 3 {:.0}/s, one-way p50 {:.2} ms",
+        "median of {rounds}: fill {:.0}/s, drain {:.2} s, flood to 3 {:.0}/s, one-way p50 {:.2} ms (bare relay {:.2} ms)",
         median(all.iter().map(|r| r.fill_per_s).collect()),
         median(all.iter().map(|r| r.drain.as_secs_f64()).collect()),
         median(all.iter().map(|r| r.flood_per_s).collect()),
         median(
             all.iter()
                 .map(|r| r.latency_p50.as_secs_f64() * 1000.0)
+                .collect()
+        ),
+        median(
+            all.iter()
+                .map(|r| r.bare_p50.as_secs_f64() * 1000.0)
                 .collect()
         ),
     );
