@@ -9,7 +9,7 @@
 //! picture, the bounds and the restart rule.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use futures_channel::{mpsc, oneshot};
@@ -78,6 +78,21 @@ struct Io {
     alarm: Cell<Armed>,
     /// Device WebSockets accepted by this instance (development stats).
     accepted: Cell<u64>,
+    /// Device frames handled, and of them those already waiting when the frame before them
+    /// was handled (development stats: whether workerd ever delivers frames together).
+    frames: Cell<u64>,
+    frames_together: Cell<u64>,
+    /// Device inputs waiting for the next turn, in arrival order (docs/worker.md "Coalescing").
+    waiting: RefCell<VecDeque<(ConnId, Waiting)>>,
+    /// A task that handles `waiting` is scheduled.
+    drain_scheduled: Cell<bool>,
+}
+
+/// A device input deferred to the next turn.
+enum Waiting {
+    Binary(Vec<u8>),
+    Text,
+    Disconnect,
 }
 
 enum GroupState {
@@ -144,6 +159,10 @@ impl DurableObject for DeviceGroup {
             next_conn: Cell::new(0),
             alarm: Cell::new(Armed::Unknown),
             accepted: Cell::new(0),
+            frames: Cell::new(0),
+            frames_together: Cell::new(0),
+            waiting: RefCell::new(VecDeque::new()),
+            drain_scheduled: Cell::new(false),
         });
         match schema::create(&io.sql) {
             Err(err) => fail(&io, format!("creating the schema: {err}")),
@@ -249,25 +268,8 @@ async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: onesh
                 // Closed, or the link was dropped (the group or the driver closed the socket).
                 Either::Left((None, _)) | Either::Right(_) => break,
             };
-            match ws::frame_of(event) {
-                Frame::Binary(buffer) => {
-                    let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
-                    input(&io, |group, now| group.on_binary(conn, &bytes, now));
-                }
-                Frame::Text => input(&io, |group, now| group.on_text(conn, now)),
-                Frame::Unreadable => {
-                    console_error!(
-                        "binary frame not readable: was binaryType set before accept()?"
-                    );
-                    close_link(
-                        &io,
-                        conn,
-                        CloseCode::ServerInternalError.as_u16(),
-                        "internal error",
-                    );
-                    break;
-                }
-                Frame::Closed => break,
+            if !handle_event(&io, conn, event) {
+                break;
             }
         },
         Err(err) => {
@@ -281,7 +283,62 @@ async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: onesh
         }
     }
     drop(io.links.borrow_mut().remove(&conn));
-    input(&io, |group, now| group.on_disconnect(conn, now));
+    defer(&io, conn, Waiting::Disconnect);
+}
+
+/// Queues a device input for the next turn. Every frame is its own workerd event and every event
+/// that writes is committed on its own; handling what arrived meanwhile together in a later turn
+/// lets all their writes share one commit (docs/worker.md "Coalescing").
+fn defer(io: &Rc<Io>, conn: ConnId, what: Waiting) {
+    io.waiting.borrow_mut().push_back((conn, what));
+    if io.drain_scheduled.replace(true) {
+        return;
+    }
+    let io = Rc::clone(io);
+    wasm_bindgen_futures::spawn_local(async move {
+        worker::Delay::from(std::time::Duration::ZERO).await;
+        io.drain_scheduled.set(false);
+        let batch = std::mem::take(&mut *io.waiting.borrow_mut());
+        let together = u64::try_from(batch.len().saturating_sub(1)).unwrap_or(u64::MAX);
+        io.frames_together
+            .set(io.frames_together.get().saturating_add(together));
+        for (conn, what) in batch {
+            match what {
+                Waiting::Binary(bytes) => {
+                    input(&io, |group, now| group.on_binary(conn, &bytes, now));
+                }
+                Waiting::Text => input(&io, |group, now| group.on_text(conn, now)),
+                Waiting::Disconnect => input(&io, |group, now| group.on_disconnect(conn, now)),
+            }
+        }
+    });
+}
+
+/// Feeds one WebSocket event to the group; `false` when the socket is done.
+fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::WebsocketEvent>) -> bool {
+    match ws::frame_of(event) {
+        Frame::Binary(buffer) => {
+            io.frames.set(io.frames.get().saturating_add(1));
+            let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
+            defer(io, conn, Waiting::Binary(bytes));
+            true
+        }
+        Frame::Text => {
+            defer(io, conn, Waiting::Text);
+            true
+        }
+        Frame::Unreadable => {
+            console_error!("binary frame not readable: was binaryType set before accept()?");
+            close_link(
+                io,
+                conn,
+                CloseCode::ServerInternalError.as_u16(),
+                "internal error",
+            );
+            false
+        }
+        Frame::Closed => false,
+    }
 }
 
 /// Feeds one input to the group (if it is running) and carries out what it asks for.
@@ -605,6 +662,10 @@ struct Stats {
     open_connections: usize,
     /// Device WebSockets accepted by this instance (since the object last started).
     connections_accepted: u64,
+    /// Device frames handled by this instance.
+    frames: u64,
+    /// Of them, frames already waiting when the one before them was handled.
+    frames_ready_together: u64,
     leader: Option<String>,
     transaction_holder: Option<String>,
     alarm_at: Option<u64>,
@@ -635,6 +696,8 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         staged: counts.staged,
         open_connections: io.links.borrow().len(),
         connections_accepted: io.accepted.get(),
+        frames: io.frames.get(),
+        frames_ready_together: io.frames_together.get(),
         leader,
         transaction_holder: holder,
         alarm_at: match io.alarm.get() {

@@ -43,7 +43,7 @@ pub(crate) fn run(
             failed_enqueue_rolls_back,
         ),
         (
-            "acks release the body with the last reference",
+            "acks, one or a batch, release the body with the last reference",
             acks_release,
         ),
         ("read_queue pages after a sequence number", read_pages),
@@ -221,6 +221,12 @@ fn acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
     ensure(after.envelopes + 1 == before.envelopes, || {
         format!("{before:?} → {after:?}")
     })?;
+    let many = call("remove many", store.remove_from_queue_many(A, &[]))?;
+    ensure(many == 0, || format!("nothing listed, {many} removed"))?;
+    let missing = store.remove_from_queue_many(MISSING, &[1]);
+    ensure(missing == Err(SqlStoreError::UnknownSlot(MISSING)), || {
+        format!("{missing:?}")
+    })?;
     let missing = store.remove_from_queue(MISSING, 1);
     ensure(missing == Err(SqlStoreError::UnknownSlot(MISSING)), || {
         format!("{missing:?}")
@@ -236,7 +242,30 @@ fn acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
     let empty = call("queue_info", store.queue_info(MISSING))?;
     ensure(empty == QueueInfo::default(), || {
         format!("unknown slot: {empty:?}")
-    })
+    })?;
+    batched_acks_release(store)
+}
+
+fn batched_acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
+    // A slot of its own, deleted at the end, so the other checks' counters stay as they were.
+    const D: DeviceId = DeviceId(77);
+    call("put_slot", store.put_slot(&slot(D.0, vec![1])))?;
+    let before = counts(store)?;
+    let mut added = Vec::new();
+    for body in [[7_u8; 40], [8; 40], [9; 40]] {
+        added.extend(call("enqueue", store.enqueue(&body, 5, &[D]))?);
+    }
+    let absent = added.iter().max().copied().unwrap_or(0).saturating_add(100);
+    let listed = [added.clone(), vec![absent]].concat();
+    let removed = call("remove many", store.remove_from_queue_many(D, &listed))?;
+    ensure(removed == 3, || format!("{removed} removed of {listed:?}"))?;
+    let after = counts(store)?;
+    ensure(after == before, || {
+        format!("bodies or rows not released: {before:?} → {after:?}")
+    })?;
+    let left = seqs(store, D)?;
+    ensure(left.is_empty(), || format!("queue left {left:?}"))?;
+    call("delete_slot", store.delete_slot(D))
 }
 
 fn read_pages(store: &mut SqlGroupStore) -> Result<(), String> {

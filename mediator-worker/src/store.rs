@@ -260,38 +260,29 @@ impl GroupStore for SqlGroupStore {
 
     fn remove_from_queue(&mut self, device_id: DeviceId, seq: u64) -> Result<bool, Self::Error> {
         let seq = int(seq)?;
+        self.atomically(|sql| remove_one(sql, device_id, seq))
+    }
+
+    fn remove_from_queue_many(
+        &mut self,
+        device_id: DeviceId,
+        seqs: &[u64],
+    ) -> Result<u64, Self::Error> {
+        let seqs = seqs
+            .iter()
+            .map(|&seq| int(seq))
+            .collect::<Result<Vec<_>, _>>()?;
         self.atomically(|sql| {
-            let removed = run(
-                sql,
-                "DELETE FROM queue WHERE device_id = CAST(? AS INTEGER) AND seq = ? \
-                 RETURNING envelope_id",
-                vec![device(device_id), seq],
-            )?;
-            let Some(row) = removed.first() else {
-                return if slot_exists(sql, device_id)? {
-                    Ok(false)
-                } else {
-                    Err(SqlStoreError::UnknownSlot(device_id))
-                };
-            };
-            let envelope_id = int(u64_at(row, 0)?)?;
-            let left = run(
-                sql,
-                "UPDATE envelope SET refs = refs - 1 WHERE id = ? RETURNING refs",
-                vec![envelope_id.clone()],
-            )?;
-            let unreferenced = match left.first() {
-                Some(row) => i64_at(row, 0)? <= 0,
-                None => false,
-            };
-            if unreferenced {
-                run(
-                    sql,
-                    "DELETE FROM envelope WHERE id = ? AND refs <= 0",
-                    vec![envelope_id],
-                )?;
+            if seqs.is_empty() && !slot_exists(sql, device_id)? {
+                return Err(SqlStoreError::UnknownSlot(device_id));
             }
-            Ok(true)
+            let mut removed = 0_u64;
+            for seq in seqs {
+                if remove_one(sql, device_id, seq)? {
+                    removed = removed.saturating_add(1);
+                }
+            }
+            Ok(removed)
         })
     }
 
@@ -419,6 +410,42 @@ fn take_seq(sql: &SqlStorage, device_id: DeviceId) -> Result<u64, SqlStoreError>
         Some(row) => u64_at(row, 0),
         None => Err(SqlStoreError::UnknownSlot(device_id)),
     }
+}
+
+/// Removes one queue entry and releases its body when no queue holds it any more; `false` if
+/// the entry was not there. Runs inside the caller's transaction.
+fn remove_one(sql: &SqlStorage, device_id: DeviceId, seq: JsValue) -> Result<bool, SqlStoreError> {
+    let removed = run(
+        sql,
+        "DELETE FROM queue WHERE device_id = CAST(? AS INTEGER) AND seq = ? \
+         RETURNING envelope_id",
+        vec![device(device_id), seq],
+    )?;
+    let Some(row) = removed.first() else {
+        return if slot_exists(sql, device_id)? {
+            Ok(false)
+        } else {
+            Err(SqlStoreError::UnknownSlot(device_id))
+        };
+    };
+    let envelope_id = int(u64_at(row, 0)?)?;
+    let left = run(
+        sql,
+        "UPDATE envelope SET refs = refs - 1 WHERE id = ? RETURNING refs",
+        vec![envelope_id.clone()],
+    )?;
+    let unreferenced = match left.first() {
+        Some(row) => i64_at(row, 0)? <= 0,
+        None => false,
+    };
+    if unreferenced {
+        run(
+            sql,
+            "DELETE FROM envelope WHERE id = ? AND refs <= 0",
+            vec![envelope_id],
+        )?;
+    }
+    Ok(true)
 }
 
 fn slot_exists(sql: &SqlStorage, device_id: DeviceId) -> Result<bool, SqlStoreError> {

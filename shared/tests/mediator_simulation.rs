@@ -13,7 +13,10 @@
 //! - the transaction lock is exclusive (a grant only while free; rejections name the holder);
 //! - every slot's stored queue is exactly the model's: each acked reflect, for every slot that
 //!   existed when it became visible, in order, until that slot acks it or is dropped; stored
-//!   bodies are freed when no queue holds them;
+//!   bodies are freed when no queue holds them. Acks are batched (docs/mediator.md "Ack
+//!   batching"): an entry whose ack the group took but has not yet stored may be in the store
+//!   or not, but once the group emits any later frame to that connection (or the connection
+//!   ends without a store failure) it must be gone, and it never comes again;
 //! - transaction writes reach the queues all at once at commit, or never (discarded writes are
 //!   never delivered).
 //!
@@ -153,6 +156,14 @@ impl GroupStore for SimStore {
     fn remove_from_queue(&mut self, device_id: DeviceId, seq: u64) -> Result<bool, SimStoreError> {
         self.write()?;
         contract(self.inner.remove_from_queue(device_id, seq))
+    }
+    fn remove_from_queue_many(
+        &mut self,
+        device_id: DeviceId,
+        seqs: &[u64],
+    ) -> Result<u64, SimStoreError> {
+        self.write()?;
+        contract(self.inner.remove_from_queue_many(device_id, seqs))
     }
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, SimStoreError> {
         self.read()?;
@@ -309,6 +320,11 @@ struct Device {
 struct Model {
     /// Per slot: visible entries not yet acked, in queue order.
     queues: BTreeMap<DeviceId, VecDeque<Tag>>,
+    /// Per slot: acks the group took, still in `queues` until a later frame to the device shows
+    /// they are stored.
+    pending: BTreeMap<DeviceId, BTreeSet<Tag>>,
+    /// The connection that sent the acks in `pending`.
+    pending_link: BTreeMap<DeviceId, ConnId>,
     acked: BTreeMap<DeviceId, BTreeSet<Tag>>,
     /// Bumped whenever a slot disappears; frames of an older incarnation are not checked.
     incarnation: BTreeMap<DeviceId, u64>,
@@ -490,6 +506,8 @@ impl Sim {
 
     fn reset_slot_model(&mut self, id: DeviceId) {
         self.model.queues.remove(&id);
+        self.model.pending.remove(&id);
+        self.model.pending_link.remove(&id);
         self.model.acked.remove(&id);
         *self.model.incarnation.entry(id).or_default() += 1;
     }
@@ -498,6 +516,11 @@ impl Sim {
         let device = self.dev_of_link(conn);
         if let Some(link) = self.links.get_mut(&conn) {
             link.alive = false;
+        }
+        // The group stores batched acks when the connection ends; if that failed, the entries
+        // stay and come again.
+        if self.model.pending_link.get(&device) == Some(&conn) {
+            self.settle_acks(device);
         }
         if self.model.holder == Some(conn) {
             let staged = std::mem::take(&mut self.model.staged);
@@ -517,6 +540,38 @@ impl Sim {
         }
     }
 
+    /// Acks of `device` the group took: those gone from the store count as acked for good,
+    /// the others stay queued (they come again).
+    fn settle_acks(&mut self, device: DeviceId) {
+        self.model.pending_link.remove(&device);
+        let Some(pending) = self.model.pending.remove(&device) else {
+            return;
+        };
+        let stored = self.stored_tags(device);
+        for tag in pending {
+            if !stored.contains(&tag) {
+                if let Some(queue) = self.model.queues.get_mut(&device) {
+                    queue.retain(|&t| t != tag);
+                }
+                self.model.acked.entry(device).or_default().insert(tag);
+                self.count("batched ack stored");
+            } else {
+                self.count("batched ack not stored (comes again)");
+            }
+        }
+    }
+
+    fn stored_tags(&self, device: DeviceId) -> Vec<Tag> {
+        self.group
+            .store()
+            .inner
+            .read_queue(device, None, usize::MAX)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| self.model.tag_of.get(&e.envelope).copied().unwrap_or(0))
+            .collect()
+    }
+
     fn process_effects(&mut self) -> Check {
         while let Some(effect) = self.group.poll_effect() {
             match effect {
@@ -527,6 +582,27 @@ impl Sim {
                         self.links.get(&conn).is_some_and(|l| l.alive),
                         "send to a connection the group closed: {conn:?} {message:?}"
                     );
+                    // Any frame after an ack means the ack is stored.
+                    let device = self.dev_of_link(conn);
+                    if let Some(pending) = self
+                        .model
+                        .pending
+                        .get(&device)
+                        .filter(|_| self.model.pending_link.get(&device) == Some(&conn))
+                    {
+                        let stored = self.stored_tags(device);
+                        let late: Vec<Tag> = pending
+                            .iter()
+                            .filter(|t| stored.contains(t))
+                            .copied()
+                            .collect();
+                        ensure!(
+                            late.is_empty(),
+                            "{device}: {} sent while acks of {late:?} are not stored",
+                            summary(&message)
+                        );
+                        self.settle_acks(device);
+                    }
                     self.on_emitted(conn, &message)?;
                     self.links
                         .get_mut(&conn)
@@ -786,11 +862,21 @@ impl Sim {
                 .get(&id)
                 .map(|q| q.iter().copied().collect())
                 .unwrap_or_default();
+            // Entries whose ack is taken but maybe not yet stored may be there or not.
+            let pending = self.model.pending.get(&id);
+            let maybe = |t: &Tag| pending.is_some_and(|p| p.contains(t));
+            let expected: Vec<Tag> = model.iter().filter(|t| !maybe(t)).copied().collect();
+            let certain: Vec<Tag> = stored.iter().filter(|t| !maybe(t)).copied().collect();
+            let in_order = stored.iter().all(|t| model.contains(t))
+                && stored.windows(2).all(|w| {
+                    let at = |t: &Tag| model.iter().position(|m| m == t);
+                    at(&w[0]) < at(&w[1])
+                });
             ensure!(
-                stored == model,
-                "queue of {id}: store {stored:?}, model {model:?}"
+                certain == expected && in_order,
+                "queue of {id}: store {stored:?}, model {model:?}, acks not yet stored {pending:?}"
             );
-            distinct.extend(model);
+            distinct.extend(stored);
         }
         ensure!(
             store.envelope_count() == distinct.len(),
@@ -1041,6 +1127,22 @@ impl Sim {
                 Note::Bad
             }
             Up::Binary { bytes, note } => {
+                if let (Note::Ack(tag), true) = (&note, was_alive) {
+                    // Taken before anything the group emits for this input is checked: a frame
+                    // it sends in the same input must already find the ack stored.
+                    let me = self.dev_of_link(conn);
+                    let queued = self.model.queues.get(&me).is_some_and(|q| q.contains(tag));
+                    ensure!(queued, "{me}: acks #{tag}, which is not queued");
+                    ensure!(
+                        self.model.pending.entry(me).or_default().insert(*tag),
+                        "{me}: acks #{tag} twice"
+                    );
+                    let previous = self.model.pending_link.insert(me, conn);
+                    ensure!(
+                        previous.is_none_or(|p| p == conn),
+                        "{me}: acks on {conn:?} while those of {previous:?} are not settled"
+                    );
+                }
                 let what = D2mMessage::decode(&bytes)
                     .map_or_else(|e| format!("garbage ({e})"), |m| summary(&m));
                 self.feed(&format!("{conn:?} -> {what}"), |g, now, _| {
@@ -1053,34 +1155,11 @@ impl Sim {
             return self.check_invariants();
         }
         let alive = self.links[&conn].alive;
-        // An ack whose removal succeeded can still cost the connection if the store fails on
-        // the next read (sending more): then the store decides whether it was taken.
-        let taken = |sim: &Self, tag: Tag| {
-            alive
-                || sim.links[&conn].close_cause == Some(CloseCause::StorageFailure)
-                    && !sim
-                        .group
-                        .store()
-                        .inner
-                        .read_queue(sim.dev_of_link(conn), None, usize::MAX)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|e| sim.model.tag_of.get(&e.envelope) == Some(&tag))
-        };
         match note {
             Note::Bad => ensure!(!alive, "misbehaving {conn:?} was not closed"),
-            Note::Ack(tag) if taken(self, tag) => {
-                let me = self.dev_of_link(conn);
-                let queue = self.model.queues.entry(me).or_default();
-                let index = queue.iter().position(|&t| t == tag);
-                ensure!(
-                    index.is_some(),
-                    "{me}: ack of #{tag} accepted but not queued"
-                );
-                queue.remove(index.unwrap());
-                self.model.acked.entry(me).or_default().insert(tag);
-                self.count("ack taken");
-            }
+            // Batched (taken before the input): stored by the next frame to the device or when
+            // the connection ends, which settles it by what the store holds.
+            Note::Ack(_) => self.count("ack taken"),
             Note::Shared(data) if alive => self.model.shared_device_data = data,
             _ => {}
         }
@@ -1497,9 +1576,9 @@ impl Sim {
                         self.links[&conn].dry,
                         "{id}: never dry while draining alone"
                     );
+                    self.disconnect(conn)?;
                     let left = self.model.queues.get(&id).map_or(0, VecDeque::len);
                     ensure!(left == 0, "{id}: {left} entries never delivered");
-                    self.disconnect(conn)?;
                     self.links.remove(&conn);
                     self.devices[index].link = None;
                     break;
@@ -1636,6 +1715,8 @@ fn mediator_simulation() {
         // The run must keep reaching every rule, or a passing result means little.
         for what in [
             "ack taken",
+            "batched ack stored",
+            "batched ack not stored (comes again)",
             "reflected received",
             "ephemeral received",
             "queue drained on connect",

@@ -104,6 +104,9 @@ pub(super) struct Delivery {
     pub(super) ephemeral_ids: VecDeque<u32>,
     /// Ephemeral frames waiting until the queue entries before them are sent.
     pub(super) pending_ephemeral: VecDeque<PendingEphemeral>,
+    /// Sequence numbers acked but not yet removed from the store: removed in one call before
+    /// the next frame to this connection (`docs/mediator.md` "Ack batching").
+    pub(super) acked: Vec<u64>,
 }
 
 /// An ephemeral frame placed after queue entry `after`.
@@ -319,6 +322,13 @@ impl<S: GroupStore> Group<S> {
             },
             Conn::Online(session) => {
                 let device = session.device_id;
+                // Batched acks go to the store before a frame whose handling writes and then
+                // answers, so a failure closes the connection before anything else is stored.
+                if !matches!(message, D2mMessage::ReflectedAck(_) | D2mMessage::Proxy(_))
+                    && !self.flush_acks(conn)
+                {
+                    return;
+                }
                 match message {
                     D2mMessage::Proxy(payload) => self.forward_proxy(conn, payload),
                     D2mMessage::ClientHello(_) => {
@@ -360,11 +370,51 @@ impl<S: GroupStore> Group<S> {
 
     /// Encodes and queues a frame; a frame that does not fit a container closes the connection
     /// with 1011 once the current input is handled.
+    ///
+    /// Acks of this connection still held in memory are made durable first, so a device that
+    /// sees any later frame knows its acks are stored; if that fails the connection is closed
+    /// with 1011 and the frame dropped.
     pub(super) fn send(&mut self, conn: ConnId, message: impl Into<D2mMessage>) {
+        if !self.flush_acks(conn) {
+            return;
+        }
         match message.into().encode() {
             Ok(bytes) => self.effects.push_back(Effect::Send { conn, bytes }),
             Err(_) => self.deferred_closes.push((conn, CloseCause::EncodeFailure)),
         }
+    }
+
+    /// Removes this connection's batched acks from the store in one call. `false` if the store
+    /// failed: the connection is then closed with 1011 (the entries come again).
+    pub(super) fn flush_acks(&mut self, conn: ConnId) -> bool {
+        let Some(session) = self.session_mut(conn) else {
+            return true;
+        };
+        if session.delivery.acked.is_empty() {
+            return true;
+        }
+        let device = session.device_id;
+        let seqs = core::mem::take(&mut session.delivery.acked);
+        match self.remove_acked(device, &seqs) {
+            Ok(()) => true,
+            Err(error) => {
+                self.store_failed(conn, error);
+                false
+            }
+        }
+    }
+
+    /// Removes acked entries of `device` and keeps the queue length; a slot that is gone took
+    /// its entries with it.
+    fn remove_acked(&mut self, device: DeviceId, seqs: &[u64]) -> Result<(), S::Error> {
+        if seqs.is_empty() || !self.slots.contains_key(&device) {
+            return Ok(());
+        }
+        let removed = self.store.remove_from_queue_many(device, seqs)?;
+        if let Some(slot) = self.slots.get_mut(&device) {
+            slot.queue_len = slot.queue_len.saturating_sub(removed);
+        }
+        Ok(())
     }
 
     /// Closes a connection (if the group still knows it) and forgets it at once.
@@ -395,6 +445,11 @@ impl<S: GroupStore> Group<S> {
             self.effects.push_back(Effect::CloseCsp { conn });
         }
         let device = session.device_id;
+        if let Err(error) = self.remove_acked(device, &session.delivery.acked) {
+            // Not removed: the entries come again on the next connection (spec §5: devices
+            // dedupe).
+            self.store_errors.push_back(error);
+        }
         if self.online.get(&device) == Some(&conn) {
             self.online.remove(&device);
         }

@@ -216,6 +216,22 @@ impl GroupStore for MemoryStore {
         Ok(true)
     }
 
+    fn remove_from_queue_many(
+        &mut self,
+        device_id: DeviceId,
+        seqs: &[u64],
+    ) -> Result<u64, Self::Error> {
+        let slot = self.slot_mut(device_id)?;
+        let removed: Vec<u64> = seqs
+            .iter()
+            .filter_map(|seq| slot.queue.remove(seq))
+            .collect();
+        for &envelope_id in &removed {
+            self.release(envelope_id);
+        }
+        Ok(u64::try_from(removed.len()).unwrap_or(u64::MAX))
+    }
+
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Self::Error> {
         Ok(self
             .slots
@@ -313,6 +329,28 @@ mod tests {
         assert_eq!(
             (entry.stored_at, entry.envelope.as_slice()),
             (5, &b"env"[..])
+        );
+    }
+
+    #[test]
+    fn removing_many_takes_the_listed_entries_that_exist_and_frees_their_bodies() {
+        let mut store = store_with(&[1, 2]);
+        for body in [&b"a"[..], b"b", b"c"] {
+            store.enqueue(body, 5, &[DeviceId(1)]).unwrap();
+        }
+        store.enqueue(b"d", 6, &[DeviceId(1), DeviceId(2)]).unwrap();
+        assert_eq!(
+            store
+                .remove_from_queue_many(DeviceId(1), &[3, 1, 9, 4])
+                .unwrap(),
+            3
+        );
+        assert_eq!(seqs(&store, 1), vec![2]);
+        assert_eq!(store.envelope_count(), 2, "b, and d still held by slot 2");
+        assert_eq!(store.remove_from_queue_many(DeviceId(1), &[]).unwrap(), 0);
+        assert_eq!(
+            store.remove_from_queue_many(DeviceId(7), &[1]),
+            Err(MemoryStoreError::UnknownSlot(DeviceId(7)))
         );
     }
 

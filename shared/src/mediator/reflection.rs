@@ -173,7 +173,9 @@ impl<S: GroupStore> Group<S> {
         if let Some(session) = self.session_mut(conn) {
             session.delivery.dry = true;
             self.send(conn, pb::ReflectionQueueDry {});
-            self.on_dry(conn);
+            if self.session_mut(conn).is_some() {
+                self.on_dry(conn);
+            }
         }
     }
 
@@ -244,10 +246,10 @@ impl<S: GroupStore> Group<S> {
     /// Removes an acked entry from the slot's queue (spec §5); an id not in flight on this
     /// connection is 4012, unless it was an ephemeral frame's.
     pub(super) fn on_reflected_ack(&mut self, conn: ConnId, reflected_id: u32) {
+        let window = self.config.max_in_flight.max(1);
         let Some(session) = self.session_mut(conn) else {
             return;
         };
-        let device = session.device_id;
         let delivery = &mut session.delivery;
         let Some(index) = delivery
             .in_flight
@@ -264,22 +266,20 @@ impl<S: GroupStore> Group<S> {
             }
             return self.close(conn, CloseCause::UnexpectedAck);
         };
-        let Some(&(_, seq)) = delivery.in_flight.get(index) else {
+        let Some((_, seq)) = delivery.in_flight.remove(index) else {
             return;
         };
-        match self.store.remove_from_queue(device, seq) {
-            Ok(removed) => {
-                if let Some(session) = self.session_mut(conn) {
-                    session.delivery.in_flight.remove(index);
-                }
-                if let Some(slot) = self.slots.get_mut(&device) {
-                    if removed {
-                        slot.queue_len = slot.queue_len.saturating_sub(1);
-                    }
-                }
-                self.pump(conn);
-            }
-            Err(error) => self.store_failed(conn, error),
+        // Ack batching (docs/mediator.md): the removal waits for the next frame to this
+        // connection, which refilling the window at half of it sends.
+        delivery.acked.push(seq);
+        if delivery.in_flight.len() <= window / 2 {
+            self.pump(conn);
+        }
+        if self
+            .session_mut(conn)
+            .is_some_and(|s| s.delivery.acked.len() >= window)
+        {
+            self.flush_acks(conn);
         }
     }
 }
@@ -363,12 +363,13 @@ mod tests {
         let rb = reflected(&h.take(b));
         let rc = reflected(&h.take(c));
         h.ack(b, rb[0].reflected_id);
+        h.disconnect(b); // stores the batched ack
         assert_eq!(h.queue(2).len, 0);
         assert_eq!(h.queue(3).len, 1);
         assert_eq!(h.group.store().envelope_count(), 1);
         h.ack(c, rc[0].reflected_id);
+        h.disconnect(c);
         assert_eq!(h.group.store().envelope_count(), 0);
-        assert_eq!(h.closed(b), None);
     }
 
     #[test]
@@ -602,16 +603,23 @@ mod tests {
     }
 
     #[test]
-    fn storage_failure_on_ack_closes_1011_and_the_entry_comes_again() {
+    fn storage_failure_storing_batched_acks_closes_1011_and_the_entry_comes_again() {
         let mut h = Harness::flaky(GroupConfig::default());
         let a = h.login(1);
         let b = h.login(2);
         let (_, envelope) = h.reflect(a, b"x");
         let id = reflected(&h.take(b))[0].reflected_id;
-        h.fail_writes(true);
+        h.take(b);
         h.ack(b, id);
+        assert_eq!(h.closed(b), None, "nothing written yet");
+        h.fail_writes(true);
+        h.send(b, pb::GetDevicesInfo {});
         h.fail_writes(false);
         assert_eq!(h.closed(b), Some(CloseCause::StorageFailure));
+        assert!(
+            h.take(b).is_empty(),
+            "no DevicesInfo over an ack not stored"
+        );
         let b = h.login(2);
         let again = reflected(&h.take(b));
         assert_eq!(again.len(), 1);
@@ -679,6 +687,102 @@ mod tests {
             &hex::decode("83000000 00000000 01000000".replace(' ', "")).unwrap(),
         );
         assert_eq!(h.closed(b), None);
+        h.disconnect(b);
         assert_eq!(h.queue(2).len, 0);
+    }
+
+    /// A drain of `n` queued entries to a fresh connection of slot 2 with window `window`.
+    fn queued_for_offline(window_size: usize, n: u8) -> (Harness, ConnId) {
+        let mut h = window(window_size);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.disconnect(b);
+        for i in 0..n {
+            h.reflect(a, &[i]);
+        }
+        let b = h.login(2);
+        (h, b)
+    }
+
+    #[test]
+    fn acks_stay_in_memory_until_the_window_is_half_empty_then_go_in_one_call_before_the_refill() {
+        let (mut h, b) = queued_for_offline(4, 10);
+        let first = reflected(&h.take(b));
+        assert_eq!(first.len(), 4);
+        h.ack(b, first[0].reflected_id);
+        assert!(h.take(b).is_empty(), "3 of 4 in flight: no refill yet");
+        assert_eq!(h.queue(2).len, 10, "ack held in memory");
+        h.ack(b, first[1].reflected_id);
+        let refill = reflected(&h.take(b));
+        assert_eq!(refill.len(), 2, "refilled up to the window");
+        assert_eq!(h.queue(2).len, 8, "both acks stored before the refill");
+        assert_eq!(
+            h.queued(2).first().map(|e| e.seq),
+            Some(u64::from(first[2].reflected_id))
+        );
+    }
+
+    #[test]
+    fn a_window_of_acks_is_stored_even_with_nothing_left_to_send() {
+        let (mut h, b) = queued_for_offline(4, 4);
+        let sent = reflected(&h.take(b));
+        assert_eq!(sent.len(), 4);
+        for (i, r) in sent.iter().enumerate() {
+            assert_eq!(h.queue(2).len, 4, "ack {i} still held");
+            h.ack(b, r.reflected_id);
+        }
+        assert_eq!(h.queue(2).len, 0, "the fourth ack fills the batch");
+        assert!(h.take(b).is_empty());
+    }
+
+    #[test]
+    fn batched_acks_are_stored_before_any_other_frame_to_the_device() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.reflect(a, b"1");
+        let id = reflected(&h.take(b))[0].reflected_id;
+        h.take(b);
+        h.ack(b, id);
+        assert_eq!(h.queue(2).len, 1);
+        h.send(b, pb::GetDevicesInfo {});
+        assert_eq!(names(&h.take(b)), ["DevicesInfo"]);
+        assert_eq!(h.queue(2).len, 0, "stored before DevicesInfo");
+
+        let id = {
+            h.reflect(a, b"2");
+            reflected(&h.take(b))[0].reflected_id
+        };
+        h.ack(b, id);
+        h.reflect(a, b"3");
+        assert_eq!(reflected(&h.take(b)).len(), 1);
+        assert_eq!(h.queue(2).len, 1, "only #3 left: #2's ack went before it");
+    }
+
+    #[test]
+    fn batched_acks_are_stored_when_the_device_disconnects_and_never_come_again() {
+        let (mut h, b) = queued_for_offline(64, 3);
+        let sent = reflected(&h.take(b));
+        h.ack(b, sent[0].reflected_id);
+        h.ack(b, sent[2].reflected_id);
+        assert_eq!(h.queue(2).len, 3);
+        h.disconnect(b);
+        assert_eq!(h.queue(2).len, 1);
+        let b = h.login(2);
+        let again = reflected(&h.take(b));
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].reflected_id, sent[1].reflected_id);
+    }
+
+    #[test]
+    fn batched_acks_of_a_replaced_connection_are_stored_before_the_new_one_reads_the_queue() {
+        let (mut h, b) = queued_for_offline(64, 2);
+        let sent = reflected(&h.take(b));
+        h.ack(b, sent[0].reflected_id);
+        let again = h.login(2); // same device: the older connection is closed with 4112
+        assert_eq!(h.closed(b), Some(CloseCause::DeviceIdReused));
+        let got = reflected(&h.take(again));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].reflected_id, sent[1].reflected_id);
     }
 }

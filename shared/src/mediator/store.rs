@@ -132,6 +132,15 @@ pub trait GroupStore {
     /// Removes one entry; `Ok(false)` if it was not there.
     fn remove_from_queue(&mut self, device_id: DeviceId, seq: u64) -> Result<bool, Self::Error>;
 
+    /// Removes every listed entry that is there, in one atomic call (a batch of acks, see
+    /// `docs/mediator.md` "Ack batching"); returns how many were removed. An unknown slot fails
+    /// the whole call.
+    fn remove_from_queue_many(
+        &mut self,
+        device_id: DeviceId,
+        seqs: &[u64],
+    ) -> Result<u64, Self::Error>;
+
     /// Length and newest entry of the slot's queue (empty for an unknown slot).
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Self::Error>;
 

@@ -336,6 +336,14 @@ impl GroupStore for FlakyStore {
         self.write()?;
         ok(self.inner.remove_from_queue(device_id, seq))
     }
+    fn remove_from_queue_many(
+        &mut self,
+        device_id: DeviceId,
+        seqs: &[u64],
+    ) -> Result<u64, Injected> {
+        self.write()?;
+        ok(self.inner.remove_from_queue_many(device_id, seqs))
+    }
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Injected> {
         self.read()?;
         ok(self.inner.queue_info(device_id))
