@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 
 use js_sys::Array;
+use tandem_shared::app::model::{ReadReceiptPolicy, TypingIndicatorPolicy, UserState};
 use tandem_shared::app::{
     Contact, ConversationId, ConversationSummary, DistributionList, Group, GroupId, Identity,
     Message, MessageKey, MessageState, Settings,
 };
-use tandem_shared::app::model::{ReadReceiptPolicy, TypingIndicatorPolicy, UserState};
 use tandem_shared::device::{ConnectionState, DeviceEntry};
 use tandem_shared::proto::sync;
 use wasm_bindgen::JsValue;
@@ -44,7 +44,10 @@ pub fn identity(text: &str) -> Result<Identity, ClientError> {
 /// A set of identities from a JS array of strings.
 pub fn identities(value: &JsValue) -> Result<BTreeSet<Identity>, ClientError> {
     if !Array::is_array(value) {
-        return Err(ClientError::invalid("members", "expected an array of identities"));
+        return Err(ClientError::invalid(
+            "members",
+            "expected an array of identities",
+        ));
     }
     Array::from(value)
         .iter()
@@ -76,8 +79,13 @@ pub fn conversation_from_string(text: &str) -> Result<ConversationId, ClientErro
     };
     match text.split_once('/') {
         Some(("contact", id)) => Ok(ConversationId::Contact(identity(id)?)),
-        Some(("group", rest)) => Ok(ConversationId::Group(group_from_string(rest).map_err(|_| bad())?)),
-        Some(("list", id)) => Ok(ConversationId::DistributionList(id_from_string("conversation", id)?)),
+        Some(("group", rest)) => Ok(ConversationId::Group(
+            group_from_string(rest).map_err(|_| bad())?,
+        )),
+        Some(("list", id)) => Ok(ConversationId::DistributionList(id_from_string(
+            "conversation",
+            id,
+        )?)),
         _ => Err(bad()),
     }
 }
@@ -90,9 +98,9 @@ pub fn group_to_string(id: &GroupId) -> String {
 
 /// The inverse of [`group_to_string`].
 pub fn group_from_string(text: &str) -> Result<GroupId, ClientError> {
-    let (creator, id) = text
-        .split_once('/')
-        .ok_or_else(|| ClientError::invalid("group", format!("{text:?}: expected CREATOR/HEXID")))?;
+    let (creator, id) = text.split_once('/').ok_or_else(|| {
+        ClientError::invalid("group", format!("{text:?}: expected CREATOR/HEXID"))
+    })?;
     Ok(GroupId {
         creator: identity(creator)?,
         id: id_from_string("group", id)?,
@@ -130,7 +138,10 @@ pub fn message(m: &Message) -> JsValue {
         .set("key", message_key_to_string(&m.key))
         .set("conversation", conversation_to_string(&m.conversation))
         .set("sender", m.key.sender.as_str())
-        .set("outgoing", m.direction == tandem_shared::app::Direction::Outgoing)
+        .set(
+            "outgoing",
+            m.direction == tandem_shared::app::Direction::Outgoing,
+        )
         .set("text", m.text.as_str())
         .set("createdAt", ms(m.created_at))
         .set("state", state_name(m.state))
@@ -162,7 +173,10 @@ pub fn group(g: &Group) -> JsValue {
     };
     Obj::new()
         .set("id", group_to_string(&g.id))
-        .set("conversation", conversation_to_string(&ConversationId::Group(g.id)))
+        .set(
+            "conversation",
+            conversation_to_string(&ConversationId::Group(g.id)),
+        )
         .set("creator", g.id.creator.as_str())
         .set("name", g.name.as_str())
         .set("members", strings(g.members.iter().map(Identity::as_str)))
@@ -199,12 +213,11 @@ pub fn summary(s: &ConversationSummary, last: Option<&Message>) -> JsValue {
 /// The settings the API exposes (absent fields read as the defaults).
 #[must_use]
 pub fn settings(s: &Settings) -> JsValue {
-    let blocked = s
-        .0
-        .blocked_identities
-        .as_ref()
-        .map(|b| strings(b.identities.iter().map(String::as_str)))
-        .unwrap_or_else(|| Array::new().into());
+    let blocked =
+        s.0.blocked_identities
+            .as_ref()
+            .map(|b| strings(b.identities.iter().map(String::as_str)))
+            .unwrap_or_else(|| Array::new().into());
     Obj::new()
         .set("readReceipts", s.sends_read_receipts())
         .set("typingIndicators", s.sends_typing_indicators())
@@ -218,7 +231,10 @@ pub fn settings(s: &Settings) -> JsValue {
 pub fn settings_update(value: &JsValue) -> Result<sync::Settings, ClientError> {
     let flag = |key: &'static str| -> Result<Option<bool>, ClientError> {
         get(value, key)
-            .map(|v| v.as_bool().ok_or_else(|| ClientError::invalid(key, "expected a boolean")))
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| ClientError::invalid(key, "expected a boolean"))
+            })
             .transpose()
     };
     let mut update = sync::Settings::default();
@@ -266,7 +282,12 @@ pub fn device(entry: &DeviceEntry, own_id: u64) -> JsValue {
             info.platform_details.clone(),
             info.app_version.clone(),
         ),
-        Err(_) => (String::new(), "unknown".to_owned(), String::new(), String::new()),
+        Err(_) => (
+            String::new(),
+            "unknown".to_owned(),
+            String::new(),
+            String::new(),
+        ),
     };
     let (online, since) = match entry.connection_state {
         ConnectionState::ConnectedSince(at) => (JsValue::TRUE, JsValue::from(ms(at))),
@@ -311,7 +332,14 @@ mod tests {
 
     #[test]
     fn malformed_conversation_ids_are_refused_with_the_expected_shapes() {
-        for text in ["", "contact/", "contact/abc", "group/ALICE123", "list/xyz", "chat/ALICE123"] {
+        for text in [
+            "",
+            "contact/",
+            "contact/abc",
+            "group/ALICE123",
+            "list/xyz",
+            "chat/ALICE123",
+        ] {
             let e = conversation_from_string(text).unwrap_err().to_string();
             assert!(e.starts_with("invalid "), "{text}: {e}");
         }

@@ -54,10 +54,12 @@ fn fetch(url: &str, init: &RequestInit) -> Result<Promise, ClientError> {
             url: url.to_owned(),
             reason: crate::js::describe(&e),
         })?;
-    promise.dyn_into::<Promise>().map_err(|_| ClientError::Directory {
-        url: url.to_owned(),
-        reason: "fetch did not return a promise".into(),
-    })
+    promise
+        .dyn_into::<Promise>()
+        .map_err(|_| ClientError::Directory {
+            url: url.to_owned(),
+            reason: "fetch did not return a promise".into(),
+        })
 }
 
 fn key_from_b64(url: &str, field: &str, text: &str) -> Result<PublicKey, ClientError> {
@@ -83,7 +85,11 @@ impl Directory {
     }
 
     /// One request; `Ok(None)` for 404, the parsed JSON body otherwise.
-    async fn request(&self, path: &str, body: Option<&JsValue>) -> Result<Option<JsValue>, ClientError> {
+    async fn request(
+        &self,
+        path: &str,
+        body: Option<&JsValue>,
+    ) -> Result<Option<JsValue>, ClientError> {
         let url = self.url(path);
         let err = |reason: String| ClientError::Directory {
             url: url.clone(),
@@ -124,16 +130,20 @@ impl Directory {
     /// `GET server-info`.
     pub async fn server_info(&self) -> Result<ServerInfo, ClientError> {
         let url = self.url("server-info");
-        let json = self.request("server-info", None).await?.ok_or_else(|| ClientError::Directory {
-            url: url.clone(),
-            reason: "not found (is the directory URL right?)".into(),
-        })?;
+        let json =
+            self.request("server-info", None)
+                .await?
+                .ok_or_else(|| ClientError::Directory {
+                    url: url.clone(),
+                    reason: "not found (is the directory URL right?)".into(),
+                })?;
         let key = get_string(&json, "publicKey").unwrap_or_default();
         let public_key = key_from_b64(&url, "publicKey", &key)?;
-        let server_group = get_string(&json, "serverGroup").ok_or_else(|| ClientError::Directory {
-            url,
-            reason: "serverGroup missing".into(),
-        })?;
+        let server_group =
+            get_string(&json, "serverGroup").ok_or_else(|| ClientError::Directory {
+                url,
+                reason: "serverGroup missing".into(),
+            })?;
         Ok(ServerInfo {
             public_key,
             server_group,

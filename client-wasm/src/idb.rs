@@ -64,7 +64,11 @@ fn request_done(request: &IdbRequest) -> Promise {
         });
         let req = request.clone();
         let on_error = Closure::once_into_js(move || {
-            let error = req.error().ok().flatten().map_or(JsValue::NULL, JsValue::from);
+            let error = req
+                .error()
+                .ok()
+                .flatten()
+                .map_or(JsValue::NULL, JsValue::from);
             let _ = reject.call1(&JsValue::UNDEFINED, &error);
         });
         request.set_onsuccess(Some(on_success.unchecked_ref()));
@@ -82,10 +86,9 @@ fn transaction_done(tx: &IdbTransaction) -> Promise {
         let t = tx.clone();
         let reject2 = reject.clone();
         let on_abort = Closure::once_into_js(move || {
-            let error = t.error().map_or_else(
-                || JsValue::from_str("transaction aborted"),
-                JsValue::from,
-            );
+            let error = t
+                .error()
+                .map_or_else(|| JsValue::from_str("transaction aborted"), JsValue::from);
             let _ = reject2.call1(&JsValue::UNDEFINED, &error);
         });
         tx.set_oncomplete(Some(on_complete.unchecked_ref()));
@@ -133,6 +136,10 @@ impl Database {
         let db = result
             .dyn_into::<IdbDatabase>()
             .map_err(|_| ClientError::Storage("open did not yield a database".into()))?;
+        // Another tab deleting or upgrading this database must not wait for this one forever.
+        let handle = db.clone();
+        let on_version_change = Closure::once_into_js(move || handle.close());
+        db.set_onversionchange(Some(on_version_change.unchecked_ref()));
         Ok(Self {
             db,
             name: name.to_owned(),
@@ -156,7 +163,10 @@ impl Database {
         &self.name
     }
 
-    fn transaction(&self, mode: web_sys::IdbTransactionMode) -> Result<IdbTransaction, ClientError> {
+    fn transaction(
+        &self,
+        mode: web_sys::IdbTransactionMode,
+    ) -> Result<IdbTransaction, ClientError> {
         self.db
             .transaction_with_str_sequence_and_mode(&store_names(), mode)
             .map_err(|e| ClientError::storage(&e))

@@ -51,9 +51,7 @@ pub(crate) fn describe(value: &JsValue) -> String {
     if let Some(e) = value.dyn_ref::<web_sys::DomException>() {
         return format!("{}: {}", e.name(), e.message());
     }
-    value
-        .as_string()
-        .unwrap_or_else(|| format!("{value:?}"))
+    value.as_string().unwrap_or_else(|| format!("{value:?}"))
 }
 
 /// Milliseconds since the Unix epoch, from the JS clock.

@@ -8,7 +8,10 @@
 //! - [`convert`]: JS shapes of the core's values (ids as strings, plain objects).
 //! - [`error`]: errors as JS `Error`s with a message a person can act on.
 
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing))]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
 
 pub mod client;
 pub mod convert;
