@@ -408,7 +408,9 @@ impl Inner {
             ),
             AppEvent::Dropped(reason) => self.emit(
                 "dropped",
-                Obj::new().set("reason", format!("{reason:?}")).build(),
+                Obj::new()
+                    .set("reason", convert::dropped_name(&reason))
+                    .build(),
             ),
             AppEvent::Devices(devices) => {
                 let own = self.app.state().own().device_id;

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use js_sys::Array;
 use tandem_shared::app::model::{ReadReceiptPolicy, TypingIndicatorPolicy, UserState};
 use tandem_shared::app::{
-    Contact, ConversationId, ConversationSummary, DistributionList, Group, GroupId, Identity,
-    Message, MessageKey, MessageState, Settings,
+    Contact, ConversationId, ConversationSummary, DistributionList, Dropped, Group, GroupId,
+    Identity, Message, MessageKey, MessageState, Settings,
 };
 use tandem_shared::device::{ConnectionState, DeviceEntry};
 use tandem_shared::proto::sync;
@@ -131,6 +131,39 @@ fn ms(value: u64) -> f64 {
     value as f64
 }
 
+/// Lower-case hex (kept out of `data_encoding`'s generic code to save wasm size).
+#[must_use]
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len().saturating_mul(2));
+    for b in bytes {
+        for nibble in [b >> 4, b & 0x0f] {
+            out.push(char::from(
+                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+            ));
+        }
+    }
+    out
+}
+
+/// Why something from the network was dropped, as a short name for diagnostics.
+#[must_use]
+pub const fn dropped_name(reason: &Dropped) -> &'static str {
+    match reason {
+        Dropped::NotForUs => "notForUs",
+        Dropped::ReplayedNonce => "replayedNonce",
+        Dropped::Blocked(_) => "blocked",
+        Dropped::UnknownSender(_) => "unknownSender",
+        Dropped::Undecryptable(_) => "undecryptable",
+        Dropped::BadBody(_) => "badBody",
+        Dropped::Unsupported(_) => "unsupported",
+        Dropped::ReplayedEnvelope => "replayedEnvelope",
+        Dropped::UndecryptableEnvelope(_) => "undecryptableEnvelope",
+        Dropped::InvalidEnvelope(_) => "invalidEnvelope",
+        _ => "other",
+    }
+}
+
 /// A message.
 #[must_use]
 pub fn message(m: &Message) -> JsValue {
@@ -158,7 +191,7 @@ pub fn contact(c: &Contact) -> JsValue {
         .set("firstName", c.first_name.as_str())
         .set("lastName", c.last_name.as_str())
         .set("nickname", c.nickname.as_str())
-        .set("publicKey", data_encoding::HEXLOWER.encode(&c.public_key.0))
+        .set("publicKey", hex(&c.public_key.0))
         .set("createdAt", ms(c.created_at))
         .build()
 }
@@ -343,6 +376,11 @@ mod tests {
             let e = conversation_from_string(text).unwrap_err().to_string();
             assert!(e.starts_with("invalid "), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn hex_matches_a_known_encoding() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod directory;
 pub mod error;
 pub mod idb;
 mod js;
+mod typings;
 
 pub use client::TandemClient;
 pub use error::ClientError;
