@@ -56,7 +56,7 @@ struct Inner {
     conversations_dirty: bool,
     leader: bool,
     closed: bool,
-    me: Weak<RefCell<Inner>>,
+    me: Weak<RefCell<Self>>,
 }
 
 impl Inner {

@@ -215,3 +215,81 @@ fn device_group_key_derivation_matches_the_spec_vector() {
         "e7/0a20e77d9b02195b880c1374650ec136b44e7b0b6d9e47b479dbd5d97c470acb0b401a023031"
     );
 }
+
+fn options(pairs: &[(&str, &str)]) -> wasm_bindgen::JsValue {
+    let obj = js_sys::Object::new();
+    for (k, v) in pairs {
+        js_sys::Reflect::set(&obj, &(*k).into(), &(*v).into()).unwrap();
+    }
+    obj.into()
+}
+
+fn message(e: &wasm_bindgen::JsValue) -> String {
+    use wasm_bindgen::JsCast;
+    String::from(e.dyn_ref::<js_sys::Error>().expect("a JS Error").message())
+}
+
+#[wasm_bindgen_test]
+async fn opening_an_empty_database_says_to_create_or_import() {
+    Database::delete("t-api-empty").await.unwrap();
+    let e = tandem_client::TandemClient::open(options(&[
+        ("database", "t-api-empty"),
+        ("mediatorUrl", "ws://127.0.0.1:9"),
+    ]))
+    .await
+    .unwrap_err();
+    assert_eq!(
+        message(&e),
+        "database \"t-api-empty\" holds no identity: create one or import an ID backup first"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn a_wrong_backup_password_is_named() {
+    let mut rng = rand_core::OsRng;
+    let backup = tandem_shared::id_backup::encode(
+        "ABCD1234",
+        &SecretKey::generate(&mut rng),
+        "correct horse",
+        &mut rng,
+    )
+    .unwrap();
+    let e = tandem_client::TandemClient::import_backup(options(&[
+        ("database", "t-api-backup"),
+        ("mediatorUrl", "ws://127.0.0.1:9"),
+        ("backup", &backup),
+        ("password", "wrong horse"),
+    ]))
+    .await
+    .unwrap_err();
+    assert_eq!(message(&e), "wrong backup password (or a mistyped backup)");
+}
+
+#[wasm_bindgen_test]
+async fn an_unreachable_directory_is_reported_with_its_url() {
+    Database::delete("t-api-nodir").await.unwrap();
+    let e = tandem_client::TandemClient::create(options(&[
+        ("database", "t-api-nodir"),
+        ("mediatorUrl", "ws://127.0.0.1:9"),
+    ]))
+    .await
+    .unwrap_err();
+    let text = message(&e);
+    assert!(
+        text.starts_with(
+            "directory at http://127.0.0.1:9/directory/server-info: cannot be reached"
+        ),
+        "{text}"
+    );
+}
+
+#[wasm_bindgen_test]
+async fn missing_options_are_named() {
+    let e = tandem_client::TandemClient::open(options(&[]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        message(&e),
+        "invalid database: a non-empty name is required"
+    );
+}
