@@ -759,7 +759,7 @@ fn conversation(text: &str) -> Result<ConversationId, ClientError> {
 #[wasm_bindgen]
 impl TandemClient {
     /// A new identity from the directory, in a new database.
-    #[wasm_bindgen(js_name = create, unchecked_return_type = "Promise<TandemClient>")]
+    #[wasm_bindgen(js_name = create)]
     pub async fn create(
         #[wasm_bindgen(unchecked_param_type = "CreateOptions")] options: JsValue,
     ) -> Result<Self, JsValue> {
@@ -791,7 +791,7 @@ impl TandemClient {
 
     /// An identity from a Threema ID backup, in a new database; its state comes from the
     /// identity's other devices.
-    #[wasm_bindgen(js_name = importBackup, unchecked_return_type = "Promise<TandemClient>")]
+    #[wasm_bindgen(js_name = importBackup)]
     pub async fn import_backup(
         #[wasm_bindgen(unchecked_param_type = "ImportOptions")] options: JsValue,
     ) -> Result<Self, JsValue> {
@@ -842,7 +842,7 @@ impl TandemClient {
     }
 
     /// The device stored in a database (after a reload).
-    #[wasm_bindgen(js_name = open, unchecked_return_type = "Promise<TandemClient>")]
+    #[wasm_bindgen(js_name = open)]
     pub async fn open(
         #[wasm_bindgen(unchecked_param_type = "OpenOptions")] options: JsValue,
     ) -> Result<Self, JsValue> {
@@ -929,7 +929,10 @@ impl TandemClient {
 
     /// The messages of a conversation, in order.
     #[wasm_bindgen(unchecked_return_type = "Message[]")]
-    pub fn messages(&self, conversation_id: &str) -> Result<JsValue, JsValue> {
+    pub fn messages(
+        &self,
+        #[wasm_bindgen(js_name = "conversationId")] conversation_id: &str,
+    ) -> Result<JsValue, JsValue> {
         let id = conversation(conversation_id)?;
         self.read(|i| {
             i.app
@@ -996,7 +999,11 @@ impl TandemClient {
 
     /// Sends a text; returns the message key. It is stored and shown at once.
     #[wasm_bindgen(js_name = sendText)]
-    pub fn send_text(&self, conversation_id: &str, text: &str) -> Result<String, JsValue> {
+    pub fn send_text(
+        &self,
+        #[wasm_bindgen(js_name = "conversationId")] conversation_id: &str,
+        text: &str,
+    ) -> Result<String, JsValue> {
         let id = conversation(conversation_id)?;
         self.command(|i| {
             let key = i.app.send_text(id, text, now_ms(), &mut OsRng)?;
@@ -1006,7 +1013,10 @@ impl TandemClient {
 
     /// Marks a conversation read; returns how many messages changed.
     #[wasm_bindgen(js_name = markRead)]
-    pub fn mark_read(&self, conversation_id: &str) -> Result<u32, JsValue> {
+    pub fn mark_read(
+        &self,
+        #[wasm_bindgen(js_name = "conversationId")] conversation_id: &str,
+    ) -> Result<u32, JsValue> {
         let id = conversation(conversation_id)?;
         self.command(|i| {
             Ok(u32::try_from(i.app.mark_read(id, now_ms(), &mut OsRng)).unwrap_or(u32::MAX))
@@ -1032,8 +1042,8 @@ impl TandemClient {
     pub fn rename_contact(
         &self,
         identity: &str,
-        first_name: Option<String>,
-        last_name: Option<String>,
+        #[wasm_bindgen(js_name = "firstName")] first_name: Option<String>,
+        #[wasm_bindgen(js_name = "lastName")] last_name: Option<String>,
     ) -> Result<(), JsValue> {
         let identity = convert::identity(identity)?;
         self.command(|i| {
@@ -1174,7 +1184,10 @@ impl TandemClient {
 
     /// Removes a device from the group (this device's own id unlinks it).
     #[wasm_bindgen(js_name = dropDevice)]
-    pub fn drop_device(&self, device_id: &str) -> Result<(), JsValue> {
+    pub fn drop_device(
+        &self,
+        #[wasm_bindgen(js_name = "deviceId")] device_id: &str,
+    ) -> Result<(), JsValue> {
         let id = convert::id_from_string("device id", device_id)?;
         self.command(|i| Ok(i.app.drop_device(id, now_ms(), &mut OsRng)?))
     }
