@@ -55,6 +55,9 @@ struct Inner {
     queued: Vec<(&'static str, JsValue)>,
     conversations_dirty: bool,
     leader: bool,
+    /// A batch failed to persist: nothing is confirmed any more (a later confirmation would
+    /// vouch for the lost batch too) and the device stays offline until the page reloads.
+    storage_failed: bool,
     closed: bool,
     me: Weak<RefCell<Self>>,
 }
@@ -102,16 +105,17 @@ impl Inner {
                     spawn_local(async move {
                         let result = JsFuture::from(write.done).await;
                         step(&me, |inner| match result {
+                            Ok(_) if inner.storage_failed => {}
                             Ok(_) => {
                                 if let Err(e) = inner.app.on_persisted(id) {
                                     inner.error(&e.into());
                                 }
                             }
-                            Err(e) => inner.error(&ClientError::storage(&e)),
+                            Err(e) => inner.fail_storage(&ClientError::storage(&e)),
                         });
                     });
                 }
-                Err(e) => self.error(&e),
+                Err(e) => self.fail_storage(&e),
             },
             Effect::LookupIdentity(identity) => {
                 let me = self.me.clone();
@@ -137,14 +141,33 @@ impl Inner {
                 });
             }
             Effect::CloseWebSocket(code) => self.drop_socket(code.as_u16()),
+            Effect::Connect if self.storage_failed => {}
             Effect::Connect => self.open_socket(),
             _ => {}
+        }
+    }
+
+    /// Stops the device after a lost batch: offline until the page reloads from the store.
+    fn fail_storage(&mut self, e: &ClientError) {
+        self.emit(
+            "error",
+            Obj::new()
+                .set("message", format!("{e}; reload the page to continue"))
+                .build(),
+        );
+        if !std::mem::replace(&mut self.storage_failed, true) && self.socket.is_some() {
+            self.drop_socket(1000);
+            self.app
+                .on_close(CloseCode::from_u16(1000), now_ms(), &mut OsRng);
         }
     }
 
     /// Closes the socket without reporting its close to the core (the core closed it).
     fn drop_socket(&mut self, code: u16) {
         if let Some(socket) = self.socket.take() {
+            socket.ws.set_onopen(None);
+            socket.ws.set_onmessage(None);
+            socket.ws.set_onclose(None);
             // Browsers allow only 1000 and 3000–4999 from scripts.
             let code = if (3000..=4999).contains(&code) {
                 code
@@ -701,6 +724,7 @@ impl TandemClient {
                 queued: Vec::new(),
                 conversations_dirty: false,
                 leader: false,
+                storage_failed: false,
                 closed: false,
                 me: me.clone(),
             })
