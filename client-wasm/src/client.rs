@@ -493,6 +493,17 @@ impl Inner {
     }
 }
 
+impl Drop for Inner {
+    /// `free()` from JS or a dropped client: the socket and timer must not call into freed
+    /// closures.
+    fn drop(&mut self) {
+        self.drop_socket(1000);
+        if let Some(timer) = self.timer.take() {
+            call_global("clearTimeout", &timer.handle);
+        }
+    }
+}
+
 fn stop_message(reason: &StopReason) -> String {
     match reason {
         StopReason::NeedsUserAction(code) => format!(
