@@ -24,3 +24,15 @@ if command -v rustup >/dev/null 2>&1; then
     rustup target add wasm32-unknown-unknown
   fi
 fi
+
+# The browser tests of client-wasm run in headless Chromium through chromedriver (Debian's
+# packages; Playwright's own browser download cannot work offline, DESIGN.md §6).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  say "installing chromium and chromium-driver (apt-get)"
+  if [ "$(id -u)" -eq 0 ]; then sudo_cmd=(); elif command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo); else sudo_cmd=(false); fi
+  if ! command -v apt-get >/dev/null 2>&1 \
+    || ! { "${sudo_cmd[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq chromium chromium-driver; }; then
+    echo "could not install chromium + chromium-driver: install them (Debian: apt-get install chromium chromium-driver, as root) so that /usr/bin/chromium and /usr/bin/chromedriver exist" >&2
+    exit 1
+  fi
+fi

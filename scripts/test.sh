@@ -22,3 +22,13 @@ cargo build -p tandem-shared --target wasm32-unknown-unknown --locked
 
 say "cargo test (workspace)"
 cargo test --workspace --locked
+
+say "client-wasm browser tests (headless Chromium via chromedriver)"
+# wasm-bindgen-test-runner reads client-wasm/webdriver.json (headless, no sandbox: CI runs as root).
+(
+  cd client-wasm
+  CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="${CARGO_HOME:-$HOME/.cargo}/bin/wasm-bindgen-test-runner" \
+  CHROMEDRIVER="$(command -v chromedriver || echo /usr/bin/chromedriver)" \
+  WASM_BINDGEN_TEST_TIMEOUT=120 \
+    cargo test -p tandem-client --target wasm32-unknown-unknown --locked
+)
