@@ -1,0 +1,1709 @@
+//! Mediator benchmark (not a timed test; results go to BENCHMARKS.md, "## Mediator").
+//!
+//! One `wrangler dev` (the release Worker build, local workerd, through `scripts/worker-dev.sh`)
+//! and one release chat server. Per run, each mediator measurement right next to its baseline:
+//!
+//! 1. **reflect**, 1 sender → 3 online siblings. Mediator: the sender reflects envelopes with at
+//!    most `--window` un-`ReflectAck`ed; each sibling opens every `Reflected` and acks it. Relay
+//!    (`/bench-relay/{room}` in the same workerd): frames of the same sizes, the sender keeping
+//!    at most `--window` frames not yet received by the slowest receiver. Counted: envelopes
+//!    received by all three siblings per second in the measuring window (after a warm-up), and
+//!    the one-way latency (send → decoded at a sibling, one process clock).
+//! 2. **unloaded latency**: the same with one envelope in flight (the next is sent once the
+//!    `ReflectAck` is in and all three siblings have it; relay: once all three have it).
+//! 3. **drain**: a device offline while `--drain` envelopes are reflected for it (filled through
+//!    a sibling, not timed); then from its WebSocket open to the last `Reflected` received and
+//!    acked and `ReflectionQueueDry`. Context: the relay pushing as many frames to one receiver.
+//! 4. **CSP echo**: echo request → response, one at a time, alternating between a device logged
+//!    in through the mediator's proxy and a direct TCP CSP connection to the chat server.
+//!
+//! CPU time (`/proc/<pid>/stat`) of this process (the client), of workerd and of wrangler's
+//! node is read around every measuring window, and the disk flushes of the machine
+//! (`/proc/diskstats`), so a missed target comes with what limited it.
+//!
+//! `cargo bench -p tandem-tests --bench mediator -- [--runs R] [--seconds S]
+//! [--latency-seconds S] [--window W] [--max-lag N] [--body-len B] [--drain N] [--echoes N]
+//! [--skip-reflect] [--skip-latency] [--skip-drain] [--skip-echo]`
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_debug_implementations,
+    unreachable_pub
+)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use rand::rngs::OsRng;
+use tandem_shared::csp::{
+    ClientEvent, CspClient, CspClientConfig, CspPayload, MessagePayloadVersion,
+};
+use tandem_shared::d2d::seal_envelope;
+use tandem_shared::d2m::{D2mMessage, Reflect, ReflectFlags};
+use tandem_shared::device::{DeviceConfig, DeviceSession, Event};
+use tandem_shared::keys::DeviceGroupKeys;
+use tandem_shared::proto::common::CspE2eMessageType;
+use tandem_shared::proto::d2d::{
+    conversation_id, envelope, ConversationId, Envelope, OutgoingMessage,
+};
+use tandem_shared::proto::d2m::DeviceSlotState;
+use tandem_tests::harness::{
+    build_release_chat_server, http_request, random_device_id, Device, Fixture, Identity, Mediator,
+    CHAT_SERVER_BIN_VAR,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Anything that should happen but does not within this is a failure of the run.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// Un-`ReflectAck`ed reflects while filling the drain queue (not timed).
+const FILL_WINDOW: usize = 256;
+/// Relay frames are cut from this many sealed envelopes (realistic, random padding).
+const RELAY_POOL: usize = 1024;
+/// Where the relay frames carry sequence number and send time (inside the sealed bytes).
+const STAMP_AT: usize = 16;
+/// Linux `USER_HZ`: the unit of utime/stime in `/proc/<pid>/stat`.
+const CLOCK_TICKS: f64 = 100.0;
+
+#[derive(Debug, Clone)]
+struct Args {
+    runs: usize,
+    seconds: f64,
+    latency_seconds: f64,
+    warmup_seconds: f64,
+    window: usize,
+    max_lag: u64,
+    body_len: usize,
+    drain: usize,
+    echoes: usize,
+    echo_warmup: usize,
+    skip_reflect: bool,
+    skip_latency: bool,
+    skip_drain: bool,
+    skip_echo: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        runs: 3,
+        seconds: 5.0,
+        latency_seconds: 3.0,
+        warmup_seconds: 1.0,
+        window: 64,
+        max_lag: 2_000,
+        body_len: 64,
+        drain: 10_000,
+        echoes: 500,
+        echo_warmup: 20,
+        skip_reflect: false,
+        skip_latency: false,
+        skip_drain: false,
+        skip_echo: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--runs" => a.runs = value().parse().unwrap(),
+            "--seconds" => a.seconds = value().parse().unwrap(),
+            "--latency-seconds" => a.latency_seconds = value().parse().unwrap(),
+            "--warmup-seconds" => a.warmup_seconds = value().parse().unwrap(),
+            "--window" => a.window = value().parse().unwrap(),
+            "--max-lag" => a.max_lag = value().parse().unwrap(),
+            "--body-len" => a.body_len = value().parse().unwrap(),
+            "--drain" => a.drain = value().parse().unwrap(),
+            "--echoes" => a.echoes = value().parse().unwrap(),
+            "--skip-reflect" => a.skip_reflect = true,
+            "--skip-latency" => a.skip_latency = true,
+            "--skip-drain" => a.skip_drain = true,
+            "--skip-echo" => a.skip_echo = true,
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    assert!(a.runs > 0 && a.window > 0 && a.max_lag > 0 && a.drain > 0 && a.echoes > 0);
+    assert!(
+        a.body_len >= 8,
+        "--body-len below 8 leaves no room for the send time"
+    );
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clock, CPU, disk
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ns() -> u64 {
+    u64::try_from(base().elapsed().as_nanos()).unwrap()
+}
+
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+fn micros_since(stamp_ns: u64) -> u32 {
+    u32::try_from(now_ns().saturating_sub(stamp_ns) / 1000).unwrap_or(u32::MAX)
+}
+
+/// `(comm, process group, CPU ticks)` of one process.
+fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    // After the name: state, ppid, pgrp, … utime (14th field of the line), stime (15th).
+    let pgrp = fields.get(2)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, pgrp, utime + stime))
+}
+
+/// Every process of process group `pgid`: pid → (comm, ticks).
+fn group_ticks(pgid: u32) -> HashMap<u32, (String, u64)> {
+    let mut out = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some((comm, pgrp, ticks)) = proc_stat(pid) {
+            if pgrp == pgid {
+                out.insert(pid, (comm, ticks));
+            }
+        }
+    }
+    out
+}
+
+/// Flush requests completed and ms spent flushing, summed over the whole disks (not loop, zram
+/// or partitions) of the machine.
+fn disk_flushes() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/diskstats").unwrap_or_default();
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 20)
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|f| f[2]).collect();
+    let mut flushes = 0;
+    let mut ms = 0;
+    for f in &rows {
+        let name = f[2];
+        let virtual_dev = ["loop", "ram", "zram"].iter().any(|p| name.starts_with(p));
+        let partition = names.iter().any(|n| *n != name && name.starts_with(n));
+        if virtual_dev || partition {
+            continue;
+        }
+        flushes += f[18].parse::<u64>().unwrap_or(0);
+        ms += f[19].parse::<u64>().unwrap_or(0);
+    }
+    (flushes, ms)
+}
+
+/// The server-side processes whose CPU is accounted: wrangler dev's process group (node,
+/// workerd) and the chat server.
+#[derive(Clone, Copy)]
+struct Procs {
+    wrangler_group: u32,
+    chat_server: u32,
+}
+
+#[derive(Clone)]
+struct Snapshot {
+    at: Instant,
+    client: u64,
+    wrangler: HashMap<u32, (String, u64)>,
+    chat: u64,
+    disk: (u64, u64),
+}
+
+impl Snapshot {
+    fn take(procs: Procs) -> Self {
+        Self {
+            at: Instant::now(),
+            client: proc_stat(std::process::id()).map_or(0, |s| s.2),
+            wrangler: group_ticks(procs.wrangler_group),
+            chat: proc_stat(procs.chat_server).map_or(0, |s| s.2),
+            disk: disk_flushes(),
+        }
+    }
+}
+
+/// Resources used between two snapshots.
+#[derive(Debug, Clone, Default)]
+struct Usage {
+    wall_s: f64,
+    client_s: f64,
+    /// CPU seconds per process name in wrangler's group (workerd, node, …).
+    server_s: BTreeMap<String, f64>,
+    chat_s: f64,
+    flushes: u64,
+    flush_ms: u64,
+}
+
+impl Usage {
+    fn between(a: &Snapshot, b: &Snapshot) -> Self {
+        let ticks = |t: u64| t as f64 / CLOCK_TICKS;
+        let mut server_s = BTreeMap::new();
+        for (pid, (comm, after)) in &b.wrangler {
+            let before = a.wrangler.get(pid).map_or(0, |(_, t)| *t);
+            *server_s.entry(comm.clone()).or_insert(0.0) += ticks(after.saturating_sub(before));
+        }
+        Self {
+            wall_s: b.at.duration_since(a.at).as_secs_f64(),
+            client_s: ticks(b.client.saturating_sub(a.client)),
+            server_s,
+            chat_s: ticks(b.chat.saturating_sub(a.chat)),
+            flushes: b.disk.0.saturating_sub(a.disk.0),
+            flush_ms: b.disk.1.saturating_sub(a.disk.1),
+        }
+    }
+
+    fn workerd_s(&self) -> f64 {
+        self.server_s.get("workerd").copied().unwrap_or(0.0)
+    }
+
+    /// Everything in wrangler's group that is not workerd (node, the watchdog shell).
+    fn other_s(&self) -> f64 {
+        self.server_s
+            .iter()
+            .filter(|(name, _)| name.as_str() != "workerd")
+            .map(|(_, s)| s)
+            .sum()
+    }
+
+    fn pct(&self, cpu_s: f64) -> f64 {
+        100.0 * cpu_s / self.wall_s.max(1e-9)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A lean device driver: the session, the WebSocket halves, nothing else
+
+async fn open_ws(url: &str) -> Ws {
+    let connect = tokio_tungstenite::connect_async_with_config(url, None, true);
+    match tokio::time::timeout(PATIENCE, connect).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(err)) => panic!("connect {url}: {err}"),
+        Err(_) => panic!("connect {url}: no answer within {PATIENCE:?}"),
+    }
+}
+
+/// One device connection driven directly: no backlog, no waits with deadlines, events taken
+/// straight from the session by the loops below.
+struct Lean {
+    name: String,
+    session: DeviceSession,
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    bytes_out: u64,
+    frames_out: u64,
+}
+
+impl Lean {
+    /// Opens the WebSocket and starts the session (the handshake is the caller's).
+    async fn connect(url: &str, name: &str, config: DeviceConfig) -> Self {
+        let ws = open_ws(url).await;
+        let (sink, stream) = ws.split();
+        let session = DeviceSession::new(config, now_ms(), &mut OsRng).unwrap();
+        let mut lean = Self {
+            name: name.to_owned(),
+            session,
+            sink,
+            stream,
+            bytes_out: 0,
+            frames_out: 0,
+        };
+        lean.flush().await;
+        lean
+    }
+
+    /// Connects and waits for `ServerInfo` and `ReflectionQueueDry` (a fresh or empty slot).
+    async fn online(url: &str, name: &str, config: DeviceConfig) -> Self {
+        let mut lean = Self::connect(url, name, config).await;
+        let mut info = false;
+        loop {
+            lean.read().await;
+            while let Some(event) = lean.session.poll_event() {
+                match event {
+                    Event::ServerInfo(_) => info = true,
+                    Event::QueueDry if info => return lean,
+                    Event::Closed { code, .. } => {
+                        panic!(
+                            "{}: closed with {} in the handshake",
+                            lean.name,
+                            code.as_u16()
+                        )
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Writes what the session has queued; whether there was anything.
+    async fn flush(&mut self) -> bool {
+        let mut wrote = false;
+        while let Some(bytes) = self.session.poll_transmit() {
+            self.bytes_out += bytes.len() as u64;
+            self.frames_out += 1;
+            if let Err(err) = self.sink.feed(Message::binary(bytes)).await {
+                panic!("{}: write: {err}", self.name);
+            }
+            wrote = true;
+        }
+        if wrote {
+            if let Err(err) = self.sink.flush().await {
+                panic!("{}: flush: {err}", self.name);
+            }
+        }
+        wrote
+    }
+
+    /// Waits for one message (within [`PATIENCE`]), feeds it and everything already arrived.
+    async fn read(&mut self) {
+        let message = match tokio::time::timeout(PATIENCE, self.stream.next()).await {
+            Ok(message) => message,
+            Err(_) => panic!("{}: nothing arrived within {PATIENCE:?}", self.name),
+        };
+        self.feed(message);
+        self.feed_ready();
+    }
+
+    /// Feeds the messages that have already arrived, without waiting.
+    fn feed_ready(&mut self) {
+        while let Some(message) = self.stream.next().now_or_never() {
+            self.feed(message);
+        }
+    }
+
+    fn feed(&mut self, message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+        match message {
+            Some(Ok(Message::Binary(bytes))) => {
+                // A terminal error closes the session: `Event::Closed` follows.
+                let _ = self.session.on_binary(&bytes, now_ms(), &mut OsRng);
+            }
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map_or(1005, |f| u16::from(f.code));
+                panic!("{}: the mediator closed with {code}", self.name);
+            }
+            Some(Ok(_)) => {}
+            Some(Err(err)) => panic!("{}: socket error: {err}", self.name),
+            None => panic!("{}: the socket ended", self.name),
+        }
+    }
+
+    /// Closes with 1000 and waits (briefly) for the mediator's close frame.
+    async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            if self.sink.send(Message::Close(None)).await.is_ok() {
+                while let Some(Ok(message)) = self.stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envelopes and relay frames
+
+/// A sibling sync of a sent 1:1 text message: the realistic bulk of reflections. `message_id`
+/// carries the sequence number, the first 8 body bytes the send time.
+fn envelope_template(body_len: usize) -> Envelope {
+    Envelope {
+        content: Some(envelope::Content::OutgoingMessage(OutgoingMessage {
+            conversation: Some(ConversationId {
+                id: Some(conversation_id::Id::Contact("ECHOECHO".into())),
+            }),
+            message_id: 0,
+            thread_message_id: None,
+            created_at: 1_790_000_000_000,
+            r#type: CspE2eMessageType::Text as i32,
+            body: vec![b'a'; body_len],
+            nonces: vec![vec![0x55; 24]],
+        })),
+        ..Default::default()
+    }
+}
+
+fn stamp(envelope: &mut Envelope, seq: u64, at_ns: u64) {
+    if let Some(envelope::Content::OutgoingMessage(m)) = &mut envelope.content {
+        m.message_id = seq;
+        m.body[..8].copy_from_slice(&at_ns.to_le_bytes());
+    }
+}
+
+fn stamp_of(envelope: &Envelope) -> (u64, u64) {
+    match &envelope.content {
+        Some(envelope::Content::OutgoingMessage(m)) => (
+            m.message_id,
+            u64::from_le_bytes(m.body[..8].try_into().unwrap()),
+        ),
+        other => panic!("unexpected envelope content {other:?}"),
+    }
+}
+
+/// Real `Reflect` containers (sealed under `dgrk`, random padding), so the relay carries the
+/// mediator's frame sizes. The relay never looks inside: the stamp overwrites sealed bytes.
+fn relay_pool(keys: &DeviceGroupKeys, body_len: usize) -> Vec<Vec<u8>> {
+    let mut template = envelope_template(body_len);
+    template.device_id = 1;
+    (0..RELAY_POOL)
+        .map(|i| {
+            let sealed = seal_envelope(&keys.dgrk, &template, &mut OsRng).unwrap();
+            let id = u32::try_from(i + 1).unwrap();
+            D2mMessage::Reflect(Reflect::new(id, ReflectFlags::NONE, sealed))
+                .encode()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn relay_frame(pool: &[Vec<u8>], seq: u64) -> Vec<u8> {
+    let mut frame = pool[(seq % pool.len() as u64) as usize].clone();
+    frame[STAMP_AT..STAMP_AT + 8].copy_from_slice(&seq.to_le_bytes());
+    frame[STAMP_AT + 8..STAMP_AT + 16].copy_from_slice(&now_ns().to_le_bytes());
+    frame
+}
+
+fn relay_stamp_of(frame: &[u8]) -> (u64, u64) {
+    (
+        u64::from_le_bytes(frame[STAMP_AT..STAMP_AT + 8].try_into().unwrap()),
+        u64::from_le_bytes(frame[STAMP_AT + 8..STAMP_AT + 16].try_into().unwrap()),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reflect: 1 sender → 3 siblings
+
+const SIBLINGS: usize = 3;
+
+/// What the tasks of one reflect measurement share.
+struct Flow {
+    measuring: AtomicBool,
+    stop: watch::Sender<bool>,
+    /// Envelopes each receiver has received so far (in order, so also the next sequence number).
+    received: Vec<AtomicU64>,
+    /// A receiver made progress (the sender may be waiting for the slowest).
+    progress: Notify,
+}
+
+impl Flow {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            measuring: AtomicBool::new(false),
+            stop: watch::channel(false).0,
+            received: (0..SIBLINGS).map(|_| AtomicU64::new(0)).collect(),
+            progress: Notify::new(),
+        })
+    }
+
+    fn slowest(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.received
+            .iter()
+            .map(|r| r.load(Ordering::Acquire))
+            .collect()
+    }
+
+    fn record(&self, index: usize, count: u64) {
+        self.received[index].store(count, Ordering::Release);
+        self.progress.notify_one();
+    }
+}
+
+/// The sender's side of a reflect measurement.
+#[derive(Debug, Default)]
+struct SenderStats {
+    /// Largest `sent − received by the slowest sibling` seen.
+    max_lag: u64,
+    /// Mean size of the frames the sender wrote.
+    frame_mean: f64,
+}
+
+/// One reflect measurement.
+#[derive(Debug, Clone, Default)]
+struct ReflectResult {
+    /// Envelopes received by all three siblings per second.
+    rate: f64,
+    /// Slowest and fastest sibling, envelopes per second.
+    sibling_min: f64,
+    sibling_max: f64,
+    p50_us: f64,
+    p99_us: f64,
+    usage: Usage,
+    max_lag: u64,
+    frame_mean: f64,
+}
+
+impl ReflectResult {
+    fn per_envelope_us(&self, cpu_s: f64) -> f64 {
+        cpu_s * 1e6 / (self.rate * self.usage.wall_s).max(1.0)
+    }
+
+    fn line(&self, name: &str) -> String {
+        let u = &self.usage;
+        format!(
+            "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0})   p50 {:>9}   p99 {:>9}   \
+             client {:>5.1} µs/env ({:>3.0} %)   workerd {:>6.1} µs/env ({:>3.0} %)   \
+             node {:>3.0} %   disk flushes {:>6.0}/s ({:.2}/env, {:.0} ms/s)   max lag {}   frame {:.0} B",
+            self.rate,
+            self.sibling_min,
+            self.sibling_max,
+            fmt_us(self.p50_us),
+            fmt_us(self.p99_us),
+            self.per_envelope_us(u.client_s),
+            u.pct(u.client_s),
+            self.per_envelope_us(u.workerd_s()),
+            u.pct(u.workerd_s()),
+            u.pct(u.other_s()),
+            u.flushes as f64 / u.wall_s,
+            u.flushes as f64 / (self.rate * u.wall_s).max(1.0),
+            u.flush_ms as f64 / u.wall_s,
+            self.max_lag,
+            self.frame_mean,
+        )
+    }
+}
+
+/// Warm-up, measuring window, stop; the counts and resources of the window.
+async fn measure(
+    flow: &Flow,
+    warmup: f64,
+    seconds: f64,
+    procs: Procs,
+) -> (Vec<u64>, Vec<u64>, Usage) {
+    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    let before_counts = flow.counts();
+    let before = Snapshot::take(procs);
+    flow.measuring.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    flow.measuring.store(false, Ordering::SeqCst);
+    let after_counts = flow.counts();
+    let after = Snapshot::take(procs);
+    flow.stop.send_replace(true);
+    (before_counts, after_counts, Usage::between(&before, &after))
+}
+
+fn reflect_result(
+    before: &[u64],
+    after: &[u64],
+    usage: Usage,
+    latencies: Vec<u32>,
+    sender: &SenderStats,
+) -> ReflectResult {
+    let all = |counts: &[u64]| counts.iter().copied().min().unwrap_or(0);
+    let per_sibling: Vec<f64> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (a - b) as f64 / usage.wall_s)
+        .collect();
+    let (p50_us, p99_us) = percentiles(latencies);
+    ReflectResult {
+        rate: (all(after) - all(before)) as f64 / usage.wall_s,
+        sibling_min: per_sibling.iter().copied().fold(f64::INFINITY, f64::min),
+        sibling_max: per_sibling.iter().copied().fold(0.0, f64::max),
+        p50_us,
+        p99_us,
+        usage,
+        max_lag: sender.max_lag,
+        frame_mean: sender.frame_mean,
+    }
+}
+
+async fn mediator_reflect(
+    fx: &Fixture,
+    args: &Args,
+    window: usize,
+    lag_cap: u64,
+    seconds: f64,
+    procs: Procs,
+) -> ReflectResult {
+    let id = fx.identity().await.unwrap();
+    let url = id.mediator_url(&fx.ws_base()).unwrap();
+    let mut siblings = Vec::new();
+    for i in 0..SIBLINGS {
+        let name = format!("sibling-{i}");
+        let config = id.device_config(random_device_id(), &name);
+        siblings.push(Lean::online(&url, &name, config).await);
+    }
+    let sender = Lean::online(
+        &url,
+        "sender",
+        id.device_config(random_device_id(), "sender"),
+    )
+    .await;
+    let flow = Flow::new();
+    let receivers: Vec<_> = siblings
+        .into_iter()
+        .enumerate()
+        .map(|(i, dev)| tokio::spawn(mediator_sibling(dev, Arc::clone(&flow), i)))
+        .collect();
+    let template = envelope_template(args.body_len);
+    let sending = tokio::spawn(mediator_sender(
+        sender,
+        Arc::clone(&flow),
+        window,
+        lag_cap,
+        template,
+    ));
+    let (before, after, usage) = measure(&flow, args.warmup_seconds, seconds, procs).await;
+    let stats = sending.await.unwrap();
+    let mut latencies = Vec::new();
+    for r in receivers {
+        latencies.extend(r.await.unwrap());
+    }
+    reflect_result(&before, &after, usage, latencies, &stats)
+}
+
+async fn mediator_sender(
+    mut dev: Lean,
+    flow: Arc<Flow>,
+    window: usize,
+    lag_cap: u64,
+    mut template: Envelope,
+) -> SenderStats {
+    let mut stop = flow.stop.subscribe();
+    let mut stats = SenderStats::default();
+    let mut seq = 0_u64;
+    let mut unacked = 0_usize;
+    let (bytes_before, frames_before) = (dev.bytes_out, dev.frames_out);
+    loop {
+        let mut held_by_lag = false;
+        while unacked < window {
+            if seq - flow.slowest() >= lag_cap {
+                held_by_lag = true;
+                break;
+            }
+            stamp(&mut template, seq, now_ns());
+            dev.session.reflect(&template, false, &mut OsRng).unwrap();
+            seq += 1;
+            unacked += 1;
+        }
+        stats.max_lag = stats.max_lag.max(seq - flow.slowest());
+        dev.flush().await;
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            message = dev.stream.next() => {
+                dev.feed(message);
+                dev.feed_ready();
+            }
+            () = flow.progress.notified(), if held_by_lag => {}
+        }
+        while let Some(event) = dev.session.poll_event() {
+            match event {
+                Event::ReflectAcked { .. } => unacked -= 1,
+                Event::Closed { code, .. } => panic!("sender: closed with {}", code.as_u16()),
+                _ => {}
+            }
+        }
+    }
+    stats.frame_mean =
+        (dev.bytes_out - bytes_before) as f64 / (dev.frames_out - frames_before).max(1) as f64;
+    dev.close().await;
+    stats
+}
+
+async fn mediator_sibling(mut dev: Lean, flow: Arc<Flow>, index: usize) -> Vec<u32> {
+    let mut stop = flow.stop.subscribe();
+    let mut count = 0_u64;
+    let mut latencies = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            message = dev.stream.next() => {
+                dev.feed(message);
+                dev.feed_ready();
+            }
+        }
+        let measuring = flow.measuring.load(Ordering::Relaxed);
+        while let Some(event) = dev.session.poll_event() {
+            match event {
+                Event::Reflected {
+                    reflected_id,
+                    ephemeral: false,
+                    envelope,
+                    ..
+                } => {
+                    let (seq, sent) = stamp_of(&envelope.0);
+                    assert_eq!(seq, count, "{}: envelope out of order", dev.name);
+                    count += 1;
+                    if measuring {
+                        latencies.push(micros_since(sent));
+                    }
+                    dev.session.ack_reflected(reflected_id).unwrap();
+                }
+                Event::Closed { code, .. } => {
+                    panic!("{}: closed with {}", dev.name, code.as_u16())
+                }
+                Event::DroppedReflected { reason, .. } => {
+                    panic!("{}: a Reflected did not open: {reason}", dev.name)
+                }
+                _ => {}
+            }
+        }
+        dev.flush().await;
+        flow.record(index, count);
+    }
+    dev.close().await;
+    latencies
+}
+
+async fn relay_reflect(
+    fx: &Fixture,
+    args: &Args,
+    pool: &Arc<Vec<Vec<u8>>>,
+    window: u64,
+    seconds: f64,
+    room: &str,
+    procs: Procs,
+) -> ReflectResult {
+    let url = format!("{}/bench-relay/{room}", fx.ws_base());
+    let mut receivers = Vec::new();
+    for _ in 0..SIBLINGS {
+        receivers.push(open_ws(&url).await);
+    }
+    let sender = open_ws(&url).await;
+    let flow = Flow::new();
+    let receiving: Vec<_> = receivers
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| tokio::spawn(relay_receiver(ws, Arc::clone(&flow), i)))
+        .collect();
+    let sending = tokio::spawn(relay_sender(
+        sender,
+        Arc::clone(&flow),
+        window,
+        Arc::clone(pool),
+    ));
+    let (before, after, usage) = measure(&flow, args.warmup_seconds, seconds, procs).await;
+    let stats = sending.await.unwrap();
+    let mut latencies = Vec::new();
+    for r in receiving {
+        latencies.extend(r.await.unwrap());
+    }
+    reflect_result(&before, &after, usage, latencies, &stats)
+}
+
+async fn relay_sender(
+    ws: Ws,
+    flow: Arc<Flow>,
+    window: u64,
+    pool: Arc<Vec<Vec<u8>>>,
+) -> SenderStats {
+    let (mut sink, _stream) = ws.split();
+    let mut stop = flow.stop.subscribe();
+    let mut stats = SenderStats::default();
+    let mut seq = 0_u64;
+    let mut bytes = 0_u64;
+    loop {
+        let mut wrote = false;
+        while seq - flow.slowest() < window {
+            let frame = relay_frame(&pool, seq);
+            bytes += frame.len() as u64;
+            sink.feed(Message::binary(frame)).await.unwrap();
+            seq += 1;
+            wrote = true;
+        }
+        stats.max_lag = stats.max_lag.max(seq - flow.slowest());
+        if wrote {
+            sink.flush().await.unwrap();
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            () = flow.progress.notified() => {}
+        }
+    }
+    stats.frame_mean = bytes as f64 / seq.max(1) as f64;
+    let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Message::Close(None))).await;
+    stats
+}
+
+async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
+    let (mut sink, mut stream) = ws.split();
+    let mut stop = flow.stop.subscribe();
+    let mut count = 0_u64;
+    let mut latencies = Vec::new();
+    let mut on_message = |message: Option<Result<Message, _>>, count: &mut u64| match message {
+        Some(Ok(Message::Binary(frame))) => {
+            let (seq, sent) = relay_stamp_of(&frame);
+            assert_eq!(seq, *count, "relay receiver {index}: frame out of order");
+            *count += 1;
+            if flow.measuring.load(Ordering::Relaxed) {
+                latencies.push(micros_since(sent));
+            }
+        }
+        Some(Ok(Message::Close(_))) | None => panic!("relay receiver {index}: closed"),
+        Some(Ok(_)) => {}
+        Some(Err(err)) => panic!("relay receiver {index}: {err}"),
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            message = stream.next() => on_message(message, &mut count),
+        }
+        while let Some(message) = stream.next().now_or_never() {
+            on_message(message, &mut count);
+        }
+        flow.record(index, count);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Message::Close(None))).await;
+    latencies
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drain
+
+#[derive(Debug, Clone, Default)]
+struct DrainResult {
+    /// WebSocket open → last `Reflected` received and acked and `ReflectionQueueDry`.
+    drain_s: f64,
+    /// Until `ServerInfo` (the handshake).
+    info_s: f64,
+    /// Until the first `Reflected`.
+    first_s: f64,
+    /// Until a `GetDevicesInfo` round trip after the last ack came back: every ack handled.
+    confirmed_s: f64,
+    /// Filling the queue: reflects stored for the offline sibling, per second (not the target).
+    fill_rate: f64,
+    usage: Usage,
+    /// The client's ack batches: `ReflectedAck`s written per flush.
+    acks_per_write: f64,
+}
+
+async fn group_queued(fx: &Fixture, id: &Identity) -> Option<u64> {
+    let Mediator::Wrangler(dev) = &fx.mediator else {
+        return None;
+    };
+    let path = format!("/_dev/group/{}", hex::encode(id.group_id()));
+    let response = http_request(&dev.http_addr(), "GET", &path, None, PATIENCE)
+        .await
+        .ok()?;
+    response.json(&path).ok()?.get("queued")?.as_u64()
+}
+
+async fn mediator_drain(fx: &Fixture, n: usize, procs: Procs) -> DrainResult {
+    let id = fx.identity().await.unwrap();
+    let url = id.mediator_url(&fx.ws_base()).unwrap();
+    let target_id = random_device_id();
+    // The target takes its slot and leaves.
+    Lean::online(&url, "drain target", id.device_config(target_id, "target"))
+        .await
+        .close()
+        .await;
+    // A sibling fills the target's queue.
+    let mut filler = Lean::online(
+        &url,
+        "filler",
+        id.device_config(random_device_id(), "filler"),
+    )
+    .await;
+    let mut template = envelope_template(64);
+    let fill_started = Instant::now();
+    let (mut sent, mut acked, mut unacked) = (0_usize, 0_usize, 0_usize);
+    while acked < n {
+        while unacked < FILL_WINDOW && sent < n {
+            stamp(&mut template, sent as u64, now_ns());
+            filler
+                .session
+                .reflect(&template, false, &mut OsRng)
+                .unwrap();
+            sent += 1;
+            unacked += 1;
+        }
+        filler.flush().await;
+        filler.read().await;
+        while let Some(event) = filler.session.poll_event() {
+            match event {
+                Event::ReflectAcked { .. } => {
+                    acked += 1;
+                    unacked -= 1;
+                }
+                Event::Closed { code, .. } => panic!("filler: closed with {}", code.as_u16()),
+                _ => {}
+            }
+        }
+    }
+    let fill_rate = n as f64 / fill_started.elapsed().as_secs_f64();
+    filler.close().await;
+    if let Some(queued) = group_queued(fx, &id).await {
+        assert_eq!(queued, n as u64, "entries queued for the drain target");
+    }
+
+    // The timed part.
+    let mut config = id.device_config(target_id, "target");
+    config.expected_slot_state = DeviceSlotState::Existing;
+    let before = Snapshot::take(procs);
+    let ws = open_ws(&url).await;
+    let opened = Instant::now();
+    let (sink, stream) = ws.split();
+    let mut dev = Lean {
+        name: "drain target".into(),
+        session: DeviceSession::new(config, now_ms(), &mut OsRng).unwrap(),
+        sink,
+        stream,
+        bytes_out: 0,
+        frames_out: 0,
+    };
+    dev.flush().await;
+    let (mut info_s, mut first_s) = (None, None);
+    let (mut received, mut dry, mut writes) = (0_usize, false, 0_u64);
+    while received < n || !dry {
+        dev.read().await;
+        while let Some(event) = dev.session.poll_event() {
+            match event {
+                Event::ServerInfo(info) => {
+                    info_s = Some(opened.elapsed().as_secs_f64());
+                    assert_eq!(info.reflection_queue_length as usize, n, "queue length");
+                }
+                Event::Reflected {
+                    reflected_id,
+                    ephemeral: false,
+                    envelope,
+                    ..
+                } => {
+                    first_s.get_or_insert_with(|| opened.elapsed().as_secs_f64());
+                    assert_eq!(stamp_of(&envelope.0).0, received as u64, "drain order");
+                    received += 1;
+                    dev.session.ack_reflected(reflected_id).unwrap();
+                }
+                Event::QueueDry => dry = true,
+                Event::Closed { code, .. } => panic!("drain target: closed with {}", code.as_u16()),
+                _ => {}
+            }
+        }
+        if dev.flush().await {
+            writes += 1;
+        }
+    }
+    let drain_s = opened.elapsed().as_secs_f64();
+    dev.session.get_devices_info().unwrap();
+    dev.flush().await;
+    'barrier: loop {
+        dev.read().await;
+        while let Some(event) = dev.session.poll_event() {
+            if matches!(event, Event::DevicesInfo(_)) {
+                break 'barrier;
+            }
+        }
+    }
+    let confirmed_s = opened.elapsed().as_secs_f64();
+    let usage = Usage::between(&before, &Snapshot::take(procs));
+    dev.close().await;
+    if let Some(queued) = group_queued(fx, &id).await {
+        assert_eq!(queued, 0, "entries left after the drain");
+    }
+    DrainResult {
+        drain_s,
+        info_s: info_s.unwrap_or(f64::NAN),
+        first_s: first_s.unwrap_or(f64::NAN),
+        confirmed_s,
+        fill_rate,
+        usage,
+        acks_per_write: received as f64 / writes.max(1) as f64,
+    }
+}
+
+/// The relay pushing `n` frames to one receiver: first write → last frame received.
+async fn relay_push(fx: &Fixture, n: usize, pool: &Arc<Vec<Vec<u8>>>, room: &str) -> f64 {
+    let url = format!("{}/bench-relay/{room}", fx.ws_base());
+    let (_rsink, mut stream) = open_ws(&url).await.split();
+    let (mut sink, _sstream) = open_ws(&url).await.split();
+    let receiving = tokio::spawn(async move {
+        let mut count = 0;
+        while count < n {
+            match tokio::time::timeout(PATIENCE, stream.next()).await {
+                Ok(Some(Ok(Message::Binary(_)))) => count += 1,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("relay push receiver: {other:?} after {count} frames"),
+            }
+        }
+        Instant::now()
+    });
+    let started = Instant::now();
+    for seq in 0..n as u64 {
+        sink.feed(Message::binary(relay_frame(pool, seq)))
+            .await
+            .unwrap();
+        if seq % 256 == 255 {
+            sink.flush().await.unwrap();
+        }
+    }
+    sink.flush().await.unwrap();
+    let done = receiving.await.unwrap();
+    done.duration_since(started).as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSP echo
+
+/// `shared`'s CSP client over a plain TCP connection to the chat server.
+struct DirectCsp {
+    stream: TcpStream,
+    csp: CspClient,
+    buf: Vec<u8>,
+}
+
+impl DirectCsp {
+    async fn connect(addr: SocketAddr, config: CspClientConfig) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let csp = CspClient::new(config, &mut OsRng).unwrap();
+        let mut client = Self {
+            stream,
+            csp,
+            buf: vec![0; 64 * 1024],
+        };
+        client.flush().await;
+        while client.next_event().await != ClientEvent::Established {}
+        client
+    }
+
+    async fn flush(&mut self) {
+        while let Some(unit) = self.csp.poll_transmit() {
+            self.stream.write_all(&unit).await.unwrap();
+        }
+    }
+
+    async fn next_event(&mut self) -> ClientEvent {
+        loop {
+            if let Some(event) = self.csp.poll_event() {
+                self.flush().await;
+                return event;
+            }
+            let n = match tokio::time::timeout(PATIENCE, self.stream.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                other => panic!("direct CSP: read {other:?}"),
+            };
+            self.csp.receive(&self.buf[..n]).unwrap();
+            self.flush().await;
+        }
+    }
+
+    async fn echo(&mut self, data: &[u8]) {
+        let request = CspPayload::EchoRequest(data.to_vec()).encode().unwrap();
+        self.csp.send(&request).unwrap();
+        self.flush().await;
+        loop {
+            let ClientEvent::Payload(bytes) = self.next_event().await else {
+                continue;
+            };
+            match CspPayload::decode(&bytes, MessagePayloadVersion::WithMetadataBox).unwrap() {
+                CspPayload::EchoResponse(got) if got == data => return,
+                other => panic!("direct CSP: expected the echo response, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct EchoResult {
+    mediator_p50_us: f64,
+    mediator_p99_us: f64,
+    direct_p50_us: f64,
+    direct_p99_us: f64,
+    /// workerd CPU per mediator echo, µs.
+    workerd_us: f64,
+    /// chat server CPU per echo (both paths), µs.
+    chat_us: f64,
+    client_us: f64,
+}
+
+async fn csp_echo(fx: &Fixture, args: &Args, procs: Procs) -> EchoResult {
+    let via = fx.identity().await.unwrap();
+    let direct_id = fx.identity().await.unwrap();
+    let url = via.mediator_url(&fx.ws_base()).unwrap();
+    let config = via.csp_device_config(random_device_id(), random_device_id(), "echo");
+    let (mut device, _) = Device::connect_online(&url, "echo device", config)
+        .await
+        .unwrap();
+    device.csp_established().await.unwrap();
+    let mut direct =
+        DirectCsp::connect(fx.chat.csp_addr, direct_id.csp_config(random_device_id())).await;
+    let mut via_mediator = Vec::with_capacity(args.echoes);
+    let mut direct_rtt = Vec::with_capacity(args.echoes);
+    let mut before = None;
+    for i in 0..args.echo_warmup + args.echoes {
+        if i == args.echo_warmup {
+            before = Some(Snapshot::take(procs));
+        }
+        let mut data = (i as u64).to_le_bytes().to_vec();
+        data.extend_from_slice(&[0x42; 8]);
+        // Alternate which path goes first.
+        for path in [i % 2, 1 - i % 2] {
+            let started = Instant::now();
+            if path == 0 {
+                device
+                    .csp_send(&CspPayload::EchoRequest(data.clone()))
+                    .await
+                    .unwrap();
+                let got = device.csp_payload("echo response").await.unwrap();
+                assert_eq!(got, CspPayload::EchoResponse(data.clone()), "mediator echo");
+            } else {
+                direct.echo(&data).await;
+            }
+            let rtt = u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX);
+            if i >= args.echo_warmup {
+                if path == 0 {
+                    via_mediator.push(rtt);
+                } else {
+                    direct_rtt.push(rtt);
+                }
+            }
+        }
+    }
+    let usage = Usage::between(&before.unwrap(), &Snapshot::take(procs));
+    device.disconnect().await;
+    let n = args.echoes as f64;
+    let (mediator_p50_us, mediator_p99_us) = percentiles(via_mediator);
+    let (direct_p50_us, direct_p99_us) = percentiles(direct_rtt);
+    EchoResult {
+        mediator_p50_us,
+        mediator_p99_us,
+        direct_p50_us,
+        direct_p99_us,
+        workerd_us: usage.workerd_s() * 1e6 / n,
+        chat_us: usage.chat_s * 1e6 / (2.0 * n),
+        client_us: usage.client_s * 1e6 / (2.0 * n),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics and the report
+
+fn percentiles(mut values: Vec<u32>) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    values.sort_unstable();
+    let at = |p: f64| f64::from(values[((values.len() as f64 - 1.0) * p).round() as usize]);
+    (at(0.50), at(0.99))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    if us.is_nan() {
+        "—".into()
+    } else if us < 1_000.0 {
+        format!("{us:.0} µs")
+    } else if us < 10_000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.1} ms", us / 1000.0)
+    }
+}
+
+/// An integer with thin groups of three: `60 124`.
+fn fmt_int(v: f64) -> String {
+    if v.is_nan() {
+        return "—".into();
+    }
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    if v < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Per-run values of every metric, by name, in the order first recorded.
+#[derive(Default)]
+struct Series(Vec<(String, Vec<f64>)>);
+
+impl Series {
+    fn push(&mut self, name: &str, value: f64) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => v.push(value),
+            None => self.0.push((name.to_owned(), vec![value])),
+        }
+    }
+
+    fn values(&self, name: &str) -> Vec<f64> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    fn median(&self, name: &str) -> f64 {
+        median(self.values(name))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        !self.values(name).is_empty()
+    }
+
+    fn record_reflect(&mut self, prefix: &str, r: &ReflectResult) {
+        let u = &r.usage;
+        self.push(&format!("{prefix}.rate"), r.rate);
+        self.push(&format!("{prefix}.sibling_min"), r.sibling_min);
+        self.push(&format!("{prefix}.p50"), r.p50_us);
+        self.push(&format!("{prefix}.p99"), r.p99_us);
+        self.push(
+            &format!("{prefix}.client_us"),
+            r.per_envelope_us(u.client_s),
+        );
+        self.push(&format!("{prefix}.client_pct"), u.pct(u.client_s));
+        self.push(
+            &format!("{prefix}.workerd_us"),
+            r.per_envelope_us(u.workerd_s()),
+        );
+        self.push(&format!("{prefix}.workerd_pct"), u.pct(u.workerd_s()));
+        self.push(&format!("{prefix}.node_pct"), u.pct(u.other_s()));
+        self.push(&format!("{prefix}.flushes_s"), u.flushes as f64 / u.wall_s);
+        self.push(
+            &format!("{prefix}.flushes_env"),
+            u.flushes as f64 / (r.rate * u.wall_s).max(1.0),
+        );
+        self.push(
+            &format!("{prefix}.flush_ms_s"),
+            u.flush_ms as f64 / u.wall_s,
+        );
+        self.push(&format!("{prefix}.frame"), r.frame_mean);
+        self.push(&format!("{prefix}.max_lag"), r.max_lag as f64);
+    }
+}
+
+fn verdict_at_least(ratio: f64, target: f64) -> String {
+    if ratio.is_nan() {
+        "—".into()
+    } else if ratio >= target {
+        "**met**".into()
+    } else {
+        format!("**missed** ({:.1} × short)", target / ratio)
+    }
+}
+
+fn verdict_at_most(ratio: f64, target: f64, unit: &str) -> String {
+    if ratio.is_nan() {
+        "—".into()
+    } else if ratio <= target {
+        "**met**".into()
+    } else {
+        format!("**missed** ({:.1} × the target{unit})", ratio / target)
+    }
+}
+
+fn report(s: &Series, args: &Args) -> String {
+    let mut out = String::new();
+    let w = args.window;
+    let _ = writeln!(out, "| | mediator | baseline | ratio | target | verdict |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
+    if s.has("med.rate") {
+        let (m, r) = (s.median("med.rate"), s.median("relay.rate"));
+        let _ = writeln!(
+            out,
+            "| reflect throughput, envelopes/s received by all 3 siblings (W={w}) | {} | {} (relay) | {:.3} × | ≥ 0.5 × | {} |",
+            fmt_int(m),
+            fmt_int(r),
+            m / r,
+            verdict_at_least(m / r, 0.5)
+        );
+        for (label, key, target) in [("p50", "p50", true), ("p99", "p99", false)] {
+            let (m, r) = (
+                s.median(&format!("med.{key}")),
+                s.median(&format!("relay.{key}")),
+            );
+            let (t, v) = if target {
+                ("≤ 1.5 ×".to_owned(), verdict_at_most(m / r, 1.5, ""))
+            } else {
+                ("—".to_owned(), "—".to_owned())
+            };
+            let _ = writeln!(
+                out,
+                "| one-way latency {label} (same runs) | {} | {} (relay) | {:.2} × | {t} | {v} |",
+                fmt_us(m),
+                fmt_us(r),
+                m / r
+            );
+        }
+    }
+    if s.has("med1.rate") {
+        for key in ["p50", "p99"] {
+            let (m, r) = (
+                s.median(&format!("med1.{key}")),
+                s.median(&format!("relay1.{key}")),
+            );
+            let _ = writeln!(
+                out,
+                "| unloaded one-way latency {key} (1 in flight) | {} | {} (relay) | {:.2} × | — | — |",
+                fmt_us(m),
+                fmt_us(r),
+                m / r
+            );
+        }
+    }
+    if s.has("drain.s") {
+        let d = s.median("drain.s");
+        let verdict = if d <= 2.0 {
+            "**met**".to_owned()
+        } else {
+            format!(
+                "**missed** by {:.2} s ({:.1} × the target)",
+                d - 2.0,
+                d / 2.0
+            )
+        };
+        let _ = writeln!(
+            out,
+            "| drain of {} queued envelopes (open → last acked + dry) | {:.2} s ({} env/s) | {:.3} s (relay push) | — | ≤ 2 s | {verdict} |",
+            fmt_int(args.drain as f64),
+            d,
+            fmt_int(args.drain as f64 / d),
+            s.median("push.s"),
+        );
+    }
+    if s.has("echo.med.p50") {
+        for (key, target) in [("p50", true), ("p99", false)] {
+            let (m, d) = (
+                s.median(&format!("echo.med.{key}")),
+                s.median(&format!("echo.direct.{key}")),
+            );
+            let (t, v) = if target {
+                ("≤ 2 ×".to_owned(), verdict_at_most(m / d, 2.0, ""))
+            } else {
+                ("—".to_owned(), "—".to_owned())
+            };
+            let _ = writeln!(
+                out,
+                "| CSP echo round trip {key} | {} | {} (direct TCP) | {:.2} × | {t} | {v} |",
+                fmt_us(m),
+                fmt_us(d),
+                m / d
+            );
+        }
+    }
+    out
+}
+
+fn resources(s: &Series) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| | envelopes/s | slowest sibling/s | client CPU/env | client CPU | workerd CPU/env | workerd CPU | node CPU | disk flushes/s | flushes/env | ms flushing/s | mean frame |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for (label, prefix) in [
+        ("mediator (W)", "med"),
+        ("relay (W)", "relay"),
+        ("mediator (1 in flight)", "med1"),
+        ("relay (1 in flight)", "relay1"),
+    ] {
+        if !s.has(&format!("{prefix}.rate")) {
+            continue;
+        }
+        let m = |k: &str| s.median(&format!("{prefix}.{k}"));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {} | {:.2} | {:.0} | {:.0} B |",
+            fmt_int(m("rate")),
+            fmt_int(m("sibling_min")),
+            m("client_us"),
+            m("client_pct"),
+            m("workerd_us"),
+            m("workerd_pct"),
+            m("node_pct"),
+            fmt_int(m("flushes_s")),
+            m("flushes_env"),
+            m("flush_ms_s"),
+            m("frame"),
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "date: {}\ncommit: {}\nnproc: {}\nCPU: {cpu}\n{}\n",
+        command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        command_output("git", &["rev-parse", "--short", "HEAD"]),
+        std::thread::available_parallelism().map_or(0, usize::from),
+        command_output("free", &["-h"]),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn main() {
+    let args = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    print!("{}", machine());
+    println!("load average at start: {}", loadavg());
+    if std::env::var_os(CHAT_SERVER_BIN_VAR).is_none() {
+        let bin = tokio::task::spawn_blocking(build_release_chat_server)
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("{err}"));
+        std::env::set_var(CHAT_SERVER_BIN_VAR, bin);
+    }
+    let started = Instant::now();
+    let fx = Fixture::with_wrangler(&[])
+        .await
+        .unwrap_or_else(|err| panic!("the fixture did not start: {err}"));
+    println!(
+        "fixture up in {:.1} s (scratch {})",
+        started.elapsed().as_secs_f64(),
+        fx.scratch().display()
+    );
+    let Mediator::Wrangler(dev) = &fx.mediator else {
+        unreachable!("with_wrangler serves wrangler dev")
+    };
+    let procs = Procs {
+        wrangler_group: dev.process_group().unwrap(),
+        chat_server: fx.chat.process().pid(),
+    };
+    println!(
+        "server processes: wrangler group {} ({}), chat server {}",
+        procs.wrangler_group,
+        group_ticks(procs.wrangler_group)
+            .values()
+            .map(|(comm, _)| comm.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+        procs.chat_server
+    );
+    let keys = fx.identity().await.unwrap().keys;
+    let pool = Arc::new(relay_pool(&keys, args.body_len));
+    println!(
+        "bench: {} runs, window {}, {} s per reflect measurement ({} s at 1 in flight) after {} s warm-up, \
+         envelope body {} B, drain {}, {} echoes per path; mean relay frame {:.0} B",
+        args.runs,
+        args.window,
+        args.seconds,
+        args.latency_seconds,
+        args.warmup_seconds,
+        args.body_len,
+        args.drain,
+        args.echoes,
+        pool.iter().map(Vec::len).sum::<usize>() as f64 / pool.len() as f64,
+    );
+
+    // Warm the JIT and both objects' code paths; not recorded.
+    if !args.skip_reflect {
+        let warm = Args {
+            warmup_seconds: 0.5,
+            ..args.clone()
+        };
+        let m = mediator_reflect(&fx, &warm, args.window, args.max_lag, 2.0, procs).await;
+        let r = relay_reflect(&fx, &warm, &pool, args.window as u64, 2.0, "warm-up", procs).await;
+        println!(
+            "warm-up (not recorded)\n{}\n{}",
+            m.line("mediator"),
+            r.line("relay")
+        );
+    }
+
+    let mut series = Series::default();
+    let pid = std::process::id();
+    for run in 1..=args.runs {
+        println!("run {run} (load average {})", loadavg());
+        if !args.skip_reflect {
+            let m =
+                mediator_reflect(&fx, &args, args.window, args.max_lag, args.seconds, procs).await;
+            println!("{}", m.line(&format!("mediator W={}", args.window)));
+            series.record_reflect("med", &m);
+            let room = format!("r{pid}-{run}-w");
+            let r = relay_reflect(
+                &fx,
+                &args,
+                &pool,
+                args.window as u64,
+                args.seconds,
+                &room,
+                procs,
+            )
+            .await;
+            println!("{}", r.line(&format!("relay W={}", args.window)));
+            series.record_reflect("relay", &r);
+        }
+        if !args.skip_latency {
+            let m = mediator_reflect(&fx, &args, 1, 1, args.latency_seconds, procs).await;
+            println!("{}", m.line("mediator 1"));
+            series.record_reflect("med1", &m);
+            let room = format!("r{pid}-{run}-1");
+            let r = relay_reflect(&fx, &args, &pool, 1, args.latency_seconds, &room, procs).await;
+            println!("{}", r.line("relay 1"));
+            series.record_reflect("relay1", &r);
+        }
+        if !args.skip_drain {
+            let d = mediator_drain(&fx, args.drain, procs).await;
+            let u = &d.usage;
+            println!(
+                "  drain            {} envelopes in {:.2} s ({:.0}/s; ServerInfo {:.3} s, first {:.3} s, \
+                 acks confirmed {:.2} s)   client {:.0} %   workerd {:.0} % ({:.0} µs/env)   node {:.0} %   \
+                 disk flushes {:.0}/s ({:.2}/env)   acks per write {:.1}   fill {:.0} reflects/s",
+                args.drain,
+                d.drain_s,
+                args.drain as f64 / d.drain_s,
+                d.info_s,
+                d.first_s,
+                d.confirmed_s,
+                u.pct(u.client_s),
+                u.pct(u.workerd_s()),
+                u.workerd_s() * 1e6 / args.drain as f64,
+                u.pct(u.other_s()),
+                u.flushes as f64 / u.wall_s,
+                u.flushes as f64 / args.drain as f64,
+                d.acks_per_write,
+                d.fill_rate,
+            );
+            series.push("drain.s", d.drain_s);
+            series.push("drain.confirmed_s", d.confirmed_s);
+            series.push("drain.workerd_pct", u.pct(u.workerd_s()));
+            series.push("drain.client_pct", u.pct(u.client_s));
+            series.push("drain.flushes_env", u.flushes as f64 / args.drain as f64);
+            series.push("drain.fill_rate", d.fill_rate);
+            let push = relay_push(&fx, args.drain, &pool, &format!("r{pid}-{run}-push")).await;
+            println!("  relay push       {} frames in {:.3} s", args.drain, push);
+            series.push("push.s", push);
+        }
+        if !args.skip_echo {
+            let e = csp_echo(&fx, &args, procs).await;
+            println!(
+                "  CSP echo         mediator p50 {} p99 {}   direct p50 {} p99 {}   workerd {:.0} µs/echo   \
+                 chat server {:.0} µs/echo   client {:.0} µs/echo",
+                fmt_us(e.mediator_p50_us),
+                fmt_us(e.mediator_p99_us),
+                fmt_us(e.direct_p50_us),
+                fmt_us(e.direct_p99_us),
+                e.workerd_us,
+                e.chat_us,
+                e.client_us,
+            );
+            series.push("echo.med.p50", e.mediator_p50_us);
+            series.push("echo.med.p99", e.mediator_p99_us);
+            series.push("echo.direct.p50", e.direct_p50_us);
+            series.push("echo.direct.p99", e.direct_p99_us);
+            series.push("echo.workerd_us", e.workerd_us);
+        }
+    }
+    let crashes = fx.mediator_crash_lines();
+    if !crashes.is_empty() {
+        println!("the Worker logged crashes:\n{}", crashes.join("\n"));
+    }
+    println!(
+        "\nmedians over {} runs:\n{}",
+        args.runs,
+        report(&series, &args)
+    );
+    println!("{}", resources(&series));
+    if series.has("drain.s") {
+        println!(
+            "drain: acks confirmed (GetDevicesInfo round trip after the last ack) {:.2} s; workerd {:.0} % and client {:.0} % of a core; {:.2} disk flushes per envelope; filling ran at {:.0} reflects/s",
+            series.median("drain.confirmed_s"),
+            series.median("drain.workerd_pct"),
+            series.median("drain.client_pct"),
+            series.median("drain.flushes_env"),
+            series.median("drain.fill_rate"),
+        );
+    }
+    if series.has("echo.workerd_us") {
+        println!(
+            "CSP echo: workerd {:.0} µs of CPU per mediator echo",
+            series.median("echo.workerd_us")
+        );
+    }
+    for (name, values) in &series.0 {
+        let list: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+        println!("per run {name}: {}", list.join(", "));
+    }
+    println!("load average at end: {}", loadavg());
+}
