@@ -199,6 +199,41 @@ fn group_ticks(pgid: u32) -> HashMap<u32, (String, u64)> {
     out
 }
 
+/// CPU ticks of every thread of the workerd processes in process group `pgid`: the Durable
+/// Objects run on one thread each, so the busiest thread shows whether one is CPU-bound.
+fn workerd_thread_ticks(wrangler: &HashMap<u32, (String, u64)>) -> HashMap<(u32, u32), u64> {
+    let mut out = HashMap::new();
+    for (pid, (comm, _)) in wrangler {
+        if comm != "workerd" {
+            continue;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"));
+            let ticks = stat.ok().and_then(|stat| {
+                let fields: Vec<&str> = stat
+                    .get(stat.rfind(')')? + 1..)?
+                    .split_whitespace()
+                    .collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            });
+            if let Some(ticks) = ticks {
+                out.insert((*pid, tid), ticks);
+            }
+        }
+    }
+    out
+}
+
 /// Flush requests completed and ms spent flushing, summed over the whole disks (not loop, zram
 /// or partitions) of the machine.
 fn disk_flushes() -> (u64, u64) {
@@ -237,16 +272,19 @@ struct Snapshot {
     at: Instant,
     client: u64,
     wrangler: HashMap<u32, (String, u64)>,
+    threads: HashMap<(u32, u32), u64>,
     chat: u64,
     disk: (u64, u64),
 }
 
 impl Snapshot {
     fn take(procs: Procs) -> Self {
+        let wrangler = group_ticks(procs.wrangler_group);
         Self {
             at: Instant::now(),
             client: proc_stat(std::process::id()).map_or(0, |s| s.2),
-            wrangler: group_ticks(procs.wrangler_group),
+            threads: workerd_thread_ticks(&wrangler),
+            wrangler,
             chat: proc_stat(procs.chat_server).map_or(0, |s| s.2),
             disk: disk_flushes(),
         }
@@ -260,6 +298,8 @@ struct Usage {
     client_s: f64,
     /// CPU seconds per process name in wrangler's group (workerd, node, …).
     server_s: BTreeMap<String, f64>,
+    /// CPU seconds of the busiest workerd thread.
+    busiest_thread_s: f64,
     chat_s: f64,
     flushes: u64,
     flush_ms: u64,
@@ -273,10 +313,17 @@ impl Usage {
             let before = a.wrangler.get(pid).map_or(0, |(_, t)| *t);
             *server_s.entry(comm.clone()).or_insert(0.0) += ticks(after.saturating_sub(before));
         }
+        let busiest = b
+            .threads
+            .iter()
+            .map(|(tid, after)| after.saturating_sub(a.threads.get(tid).copied().unwrap_or(0)))
+            .max()
+            .unwrap_or(0);
         Self {
             wall_s: b.at.duration_since(a.at).as_secs_f64(),
             client_s: ticks(b.client.saturating_sub(a.client)),
             server_s,
+            busiest_thread_s: ticks(busiest),
             chat_s: ticks(b.chat.saturating_sub(a.chat)),
             flushes: b.disk.0.saturating_sub(a.disk.0),
             flush_ms: b.disk.1.saturating_sub(a.disk.1),
@@ -348,6 +395,7 @@ impl Lean {
         let mut info = false;
         loop {
             lean.read().await;
+            lean.flush().await;
             while let Some(event) = lean.session.poll_event() {
                 match event {
                     Event::ServerInfo(_) => info = true,
@@ -580,7 +628,7 @@ impl ReflectResult {
         let u = &self.usage;
         format!(
             "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0})   p50 {:>9}   p99 {:>9}   \
-             client {:>5.1} µs/env ({:>3.0} %)   workerd {:>6.1} µs/env ({:>3.0} %)   \
+             client {:>5.1} µs/env ({:>3.0} %)   workerd {:>6.1} µs/env ({:>3.0} %, busiest thread {:>3.0} %)   \
              node {:>3.0} %   disk flushes {:>6.0}/s ({:.2}/env, {:.0} ms/s)   max lag {}   frame {:.0} B",
             self.rate,
             self.sibling_min,
@@ -591,6 +639,7 @@ impl ReflectResult {
             u.pct(u.client_s),
             self.per_envelope_us(u.workerd_s()),
             u.pct(u.workerd_s()),
+            u.pct(u.busiest_thread_s),
             u.pct(u.other_s()),
             u.flushes as f64 / u.wall_s,
             u.flushes as f64 / (self.rate * u.wall_s).max(1.0),
@@ -1309,6 +1358,7 @@ impl Series {
             r.per_envelope_us(u.workerd_s()),
         );
         self.push(&format!("{prefix}.workerd_pct"), u.pct(u.workerd_s()));
+        self.push(&format!("{prefix}.thread_pct"), u.pct(u.busiest_thread_s));
         self.push(&format!("{prefix}.node_pct"), u.pct(u.other_s()));
         self.push(&format!("{prefix}.flushes_s"), u.flushes as f64 / u.wall_s);
         self.push(
@@ -1440,7 +1490,7 @@ fn resources(s: &Series) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| | envelopes/s | slowest sibling/s | client CPU/env | client CPU | workerd CPU/env | workerd CPU | node CPU | disk flushes/s | flushes/env | ms flushing/s | mean frame |"
+        "| | envelopes/s | slowest sibling/s | client CPU/env | client CPU | workerd CPU/env | workerd CPU | busiest workerd thread | node CPU | disk flushes/s | flushes/env | ms flushing/s | mean frame |"
     );
     let _ = writeln!(
         out,
@@ -1458,13 +1508,14 @@ fn resources(s: &Series) -> String {
         let m = |k: &str| s.median(&format!("{prefix}.{k}"));
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {} | {:.2} | {:.0} | {:.0} B |",
+            "| {label} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {:.0} % | {} | {:.2} | {:.0} | {:.0} B |",
             fmt_int(m("rate")),
             fmt_int(m("sibling_min")),
             m("client_us"),
             m("client_pct"),
             m("workerd_us"),
             m("workerd_pct"),
+            m("thread_pct"),
             m("node_pct"),
             fmt_int(m("flushes_s")),
             m("flushes_env"),
@@ -1628,7 +1679,7 @@ async fn run(args: Args) {
             let u = &d.usage;
             println!(
                 "  drain            {} envelopes in {:.2} s ({:.0}/s; ServerInfo {:.3} s, first {:.3} s, \
-                 acks confirmed {:.2} s)   client {:.0} %   workerd {:.0} % ({:.0} µs/env)   node {:.0} %   \
+                 acks confirmed {:.2} s)   client {:.0} %   workerd {:.0} % ({:.0} µs/env, busiest thread {:.0} %)   node {:.0} %   \
                  disk flushes {:.0}/s ({:.2}/env)   acks per write {:.1}   fill {:.0} reflects/s",
                 args.drain,
                 d.drain_s,
@@ -1639,6 +1690,7 @@ async fn run(args: Args) {
                 u.pct(u.client_s),
                 u.pct(u.workerd_s()),
                 u.workerd_s() * 1e6 / args.drain as f64,
+                u.pct(u.busiest_thread_s),
                 u.pct(u.other_s()),
                 u.flushes as f64 / u.wall_s,
                 u.flushes as f64 / args.drain as f64,
@@ -1648,6 +1700,7 @@ async fn run(args: Args) {
             series.push("drain.s", d.drain_s);
             series.push("drain.confirmed_s", d.confirmed_s);
             series.push("drain.workerd_pct", u.pct(u.workerd_s()));
+            series.push("drain.thread_pct", u.pct(u.busiest_thread_s));
             series.push("drain.client_pct", u.pct(u.client_s));
             series.push("drain.flushes_env", u.flushes as f64 / args.drain as f64);
             series.push("drain.fill_rate", d.fill_rate);
@@ -1687,9 +1740,10 @@ async fn run(args: Args) {
     println!("{}", resources(&series));
     if series.has("drain.s") {
         println!(
-            "drain: acks confirmed (GetDevicesInfo round trip after the last ack) {:.2} s; workerd {:.0} % and client {:.0} % of a core; {:.2} disk flushes per envelope; filling ran at {:.0} reflects/s",
+            "drain: acks confirmed (GetDevicesInfo round trip after the last ack) {:.2} s; workerd {:.0} % (busiest thread {:.0} %) and client {:.0} % of a core; {:.2} disk flushes per envelope; filling ran at {:.0} reflects/s",
             series.median("drain.confirmed_s"),
             series.median("drain.workerd_pct"),
+            series.median("drain.thread_pct"),
             series.median("drain.client_pct"),
             series.median("drain.flushes_env"),
             series.median("drain.fill_rate"),
