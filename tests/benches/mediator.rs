@@ -23,7 +23,7 @@
 //!
 //! `cargo bench -p tandem-tests --bench mediator -- [--runs R] [--seconds S]
 //! [--latency-seconds S] [--window W] [--max-lag N] [--body-len B] [--drain N] [--echoes N]
-//! [--skip-reflect] [--skip-latency] [--skip-drain] [--skip-echo]`
+//! [--skip-reflect] [--skip-latency] [--skip-drain] [--skip-echo] [--trace]`
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -94,6 +94,7 @@ struct Args {
     skip_latency: bool,
     skip_drain: bool,
     skip_echo: bool,
+    trace: bool,
 }
 
 fn args() -> Args {
@@ -112,6 +113,7 @@ fn args() -> Args {
         skip_latency: false,
         skip_drain: false,
         skip_echo: false,
+        trace: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -130,6 +132,7 @@ fn args() -> Args {
             "--skip-latency" => a.skip_latency = true,
             "--skip-drain" => a.skip_drain = true,
             "--skip-echo" => a.skip_echo = true,
+            "--trace" => a.trace = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -562,6 +565,9 @@ struct Flow {
     received: Vec<AtomicU64>,
     /// A receiver made progress (the sender may be waiting for the slowest).
     progress: Notify,
+    /// Sent by the sender, and (mediator) `ReflectAck`ed: for `--trace`.
+    sent: AtomicU64,
+    acked: AtomicU64,
 }
 
 impl Flow {
@@ -571,6 +577,8 @@ impl Flow {
             stop: watch::channel(false).0,
             received: (0..SIBLINGS).map(|_| AtomicU64::new(0)).collect(),
             progress: Notify::new(),
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
         })
     }
 
@@ -650,18 +658,37 @@ impl ReflectResult {
     }
 }
 
+/// Sleeps `seconds`; with `--trace`, prints the flow's progress every 250 ms meanwhile.
+async fn watch_flow(flow: &Flow, seconds: f64, trace: bool) {
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    if !trace {
+        tokio::time::sleep_until(until.into()).await;
+        return;
+    }
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250).min(until - Instant::now())).await;
+        eprintln!(
+            "    trace {:>7.3} s: sent {} acked {} received {:?}",
+            base().elapsed().as_secs_f64(),
+            flow.sent.load(Ordering::Relaxed),
+            flow.acked.load(Ordering::Relaxed),
+            flow.counts()
+        );
+    }
+}
+
 /// Warm-up, measuring window, stop; the counts and resources of the window.
 async fn measure(
     flow: &Flow,
-    warmup: f64,
+    args: &Args,
     seconds: f64,
     procs: Procs,
 ) -> (Vec<u64>, Vec<u64>, Usage) {
-    tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    watch_flow(flow, args.warmup_seconds, args.trace).await;
     let before_counts = flow.counts();
     let before = Snapshot::take(procs);
     flow.measuring.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    watch_flow(flow, seconds, args.trace).await;
     flow.measuring.store(false, Ordering::SeqCst);
     let after_counts = flow.counts();
     let after = Snapshot::take(procs);
@@ -731,7 +758,7 @@ async fn mediator_reflect(
         lag_cap,
         template,
     ));
-    let (before, after, usage) = measure(&flow, args.warmup_seconds, seconds, procs).await;
+    let (before, after, usage) = measure(&flow, args, seconds, procs).await;
     let stats = sending.await.unwrap();
     let mut latencies = Vec::new();
     for r in receivers {
@@ -764,6 +791,7 @@ async fn mediator_sender(
             seq += 1;
             unacked += 1;
         }
+        flow.sent.store(seq, Ordering::Relaxed);
         stats.max_lag = stats.max_lag.max(seq - flow.slowest());
         dev.flush().await;
         tokio::select! {
@@ -777,7 +805,10 @@ async fn mediator_sender(
         }
         while let Some(event) = dev.session.poll_event() {
             match event {
-                Event::ReflectAcked { .. } => unacked -= 1,
+                Event::ReflectAcked { .. } => {
+                    unacked -= 1;
+                    flow.acked.fetch_add(1, Ordering::Relaxed);
+                }
                 Event::Closed { code, .. } => panic!("sender: closed with {}", code.as_u16()),
                 _ => {}
             }
@@ -862,7 +893,7 @@ async fn relay_reflect(
         window,
         Arc::clone(pool),
     ));
-    let (before, after, usage) = measure(&flow, args.warmup_seconds, seconds, procs).await;
+    let (before, after, usage) = measure(&flow, args, seconds, procs).await;
     let stats = sending.await.unwrap();
     let mut latencies = Vec::new();
     for r in receiving {
@@ -891,6 +922,7 @@ async fn relay_sender(
             seq += 1;
             wrote = true;
         }
+        flow.sent.store(seq, Ordering::Relaxed);
         stats.max_lag = stats.max_lag.max(seq - flow.slowest());
         if wrote {
             sink.flush().await.unwrap();
