@@ -71,6 +71,8 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 const PATIENCE: Duration = Duration::from_secs(60);
 /// Un-`ReflectAck`ed reflects while filling the drain queue (not timed).
 const FILL_WINDOW: usize = 256;
+/// Sibling 0's `GetDevicesInfo` probes are at least this far apart.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 /// Relay frames are cut from this many sealed envelopes (realistic, random padding).
 const RELAY_POOL: usize = 1024;
 /// Where the relay frames carry sequence number and send time (inside the sealed bytes).
@@ -620,8 +622,13 @@ struct ReflectResult {
     /// Slowest and fastest sibling, envelopes per second.
     sibling_min: f64,
     sibling_max: f64,
+    /// Mediator: `ReflectAck`s per second the sender got (envelopes stored).
+    acked_rate: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Mediator: sibling 0's `GetDevicesInfo` round trips, median and longest.
+    probe_p50_us: f64,
+    probe_max_us: f64,
     usage: Usage,
     max_lag: u64,
     frame_mean: f64,
@@ -635,14 +642,18 @@ impl ReflectResult {
     fn line(&self, name: &str) -> String {
         let u = &self.usage;
         format!(
-            "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0})   p50 {:>9}   p99 {:>9}   \
+            "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0}; stored {:.0}/s)   p50 {:>9}   p99 {:>9}   \
+             sibling round trip p50 {} max {}   \
              client {:>5.1} µs/env ({:>3.0} %)   workerd {:>6.1} µs/env ({:>3.0} %, busiest thread {:>3.0} %)   \
              node {:>3.0} %   disk flushes {:>6.0}/s ({:.2}/env, {:.0} ms/s)   max lag {}   frame {:.0} B",
             self.rate,
             self.sibling_min,
             self.sibling_max,
+            self.acked_rate,
             fmt_us(self.p50_us),
             fmt_us(self.p99_us),
+            fmt_us(self.probe_p50_us),
+            fmt_us(self.probe_max_us),
             self.per_envelope_us(u.client_s),
             u.pct(u.client_s),
             self.per_envelope_us(u.workerd_s()),
@@ -677,32 +688,39 @@ async fn watch_flow(flow: &Flow, seconds: f64, trace: bool) {
     }
 }
 
+/// Counts at both ends of a measuring window, and what it used.
+struct Window {
+    received_before: Vec<u64>,
+    received_after: Vec<u64>,
+    /// `ReflectAck`s the mediator sender got in the window (0 for the relay).
+    acked: u64,
+    usage: Usage,
+}
+
 /// Warm-up, measuring window, stop; the counts and resources of the window.
-async fn measure(
-    flow: &Flow,
-    args: &Args,
-    seconds: f64,
-    procs: Procs,
-) -> (Vec<u64>, Vec<u64>, Usage) {
+async fn measure(flow: &Flow, args: &Args, seconds: f64, procs: Procs) -> Window {
     watch_flow(flow, args.warmup_seconds, args.trace).await;
     let before_counts = flow.counts();
+    let acked_before = flow.acked.load(Ordering::Acquire);
     let before = Snapshot::take(procs);
     flow.measuring.store(true, Ordering::SeqCst);
     watch_flow(flow, seconds, args.trace).await;
     flow.measuring.store(false, Ordering::SeqCst);
-    let after_counts = flow.counts();
+    let received_after = flow.counts();
+    let acked_after = flow.acked.load(Ordering::Acquire);
     let after = Snapshot::take(procs);
     flow.stop.send_replace(true);
-    (before_counts, after_counts, Usage::between(&before, &after))
+    Window {
+        received_before: before_counts,
+        received_after,
+        acked: acked_after - acked_before,
+        usage: Usage::between(&before, &after),
+    }
 }
 
-fn reflect_result(
-    before: &[u64],
-    after: &[u64],
-    usage: Usage,
-    latencies: Vec<u32>,
-    sender: &SenderStats,
-) -> ReflectResult {
+fn reflect_result(measured: &Window, latencies: Vec<u32>, sender: &SenderStats) -> ReflectResult {
+    let usage = measured.usage.clone();
+    let (before, after) = (&measured.received_before, &measured.received_after);
     let all = |counts: &[u64]| counts.iter().copied().min().unwrap_or(0);
     let per_sibling: Vec<f64> = before
         .iter()
@@ -714,8 +732,11 @@ fn reflect_result(
         rate: (all(after) - all(before)) as f64 / usage.wall_s,
         sibling_min: per_sibling.iter().copied().fold(f64::INFINITY, f64::min),
         sibling_max: per_sibling.iter().copied().fold(0.0, f64::max),
+        acked_rate: measured.acked as f64 / usage.wall_s,
         p50_us,
         p99_us,
+        probe_p50_us: f64::NAN,
+        probe_max_us: f64::NAN,
         usage,
         max_lag: sender.max_lag,
         frame_mean: sender.frame_mean,
@@ -758,13 +779,18 @@ async fn mediator_reflect(
         lag_cap,
         template,
     ));
-    let (before, after, usage) = measure(&flow, args, seconds, procs).await;
+    let measured = measure(&flow, args, seconds, procs).await;
     let stats = sending.await.unwrap();
     let mut latencies = Vec::new();
+    let mut probes = Vec::new();
     for r in receivers {
-        latencies.extend(r.await.unwrap());
+        let seen = r.await.unwrap();
+        latencies.extend(seen.latencies);
+        probes.extend(seen.probes);
     }
-    reflect_result(&before, &after, usage, latencies, &stats)
+    let mut result = reflect_result(&measured, latencies, &stats);
+    (result.probe_p50_us, result.probe_max_us) = percentile_and_max(probes);
+    result
 }
 
 async fn mediator_sender(
@@ -820,10 +846,23 @@ async fn mediator_sender(
     stats
 }
 
-async fn mediator_sibling(mut dev: Lean, flow: Arc<Flow>, index: usize) -> Vec<u32> {
+/// What a sibling saw: one-way latencies, and (sibling 0) its `GetDevicesInfo` round trips.
+struct SiblingSeen {
+    latencies: Vec<u32>,
+    probes: Vec<u32>,
+}
+
+/// Receives, checks the order of and acks every `Reflected`. Sibling 0 also times a
+/// `GetDevicesInfo` round trip every [`PROBE_EVERY`] while measuring: how long this sibling's
+/// own frames wait in the mediator.
+async fn mediator_sibling(mut dev: Lean, flow: Arc<Flow>, index: usize) -> SiblingSeen {
     let mut stop = flow.stop.subscribe();
     let mut count = 0_u64;
     let mut latencies = Vec::new();
+    let mut probes = Vec::new();
+    let mut probe: Option<Instant> = None;
+    let mut last_probe = Instant::now();
+    let mut tick = tokio::time::interval(PROBE_EVERY);
     loop {
         tokio::select! {
             biased;
@@ -832,6 +871,7 @@ async fn mediator_sibling(mut dev: Lean, flow: Arc<Flow>, index: usize) -> Vec<u
                 dev.feed(message);
                 dev.feed_ready();
             }
+            _ = tick.tick(), if index == 0 => {}
         }
         let measuring = flow.measuring.load(Ordering::Relaxed);
         while let Some(event) = dev.session.poll_event() {
@@ -856,14 +896,32 @@ async fn mediator_sibling(mut dev: Lean, flow: Arc<Flow>, index: usize) -> Vec<u
                 Event::DroppedReflected { reason, .. } => {
                     panic!("{}: a Reflected did not open: {reason}", dev.name)
                 }
+                Event::DevicesInfo(_) => {
+                    if let Some(sent) = probe.take() {
+                        if measuring {
+                            probes.push(
+                                u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX),
+                            );
+                        }
+                    }
+                }
                 _ => {}
             }
+        }
+        if index == 0 && measuring && probe.is_none() && last_probe.elapsed() >= PROBE_EVERY {
+            dev.session.get_devices_info().unwrap();
+            last_probe = Instant::now();
+            probe = Some(last_probe);
         }
         dev.flush().await;
         flow.record(index, count);
     }
+    if let Some(sent) = probe {
+        // Still unanswered at the end: it waited at least this long.
+        probes.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
     dev.close().await;
-    latencies
+    SiblingSeen { latencies, probes }
 }
 
 async fn relay_reflect(
@@ -893,13 +951,13 @@ async fn relay_reflect(
         window,
         Arc::clone(pool),
     ));
-    let (before, after, usage) = measure(&flow, args, seconds, procs).await;
+    let measured = measure(&flow, args, seconds, procs).await;
     let stats = sending.await.unwrap();
     let mut latencies = Vec::new();
     for r in receiving {
         latencies.extend(r.await.unwrap());
     }
-    reflect_result(&before, &after, usage, latencies, &stats)
+    reflect_result(&measured, latencies, &stats)
 }
 
 async fn relay_sender(
@@ -908,7 +966,7 @@ async fn relay_sender(
     window: u64,
     pool: Arc<Vec<Vec<u8>>>,
 ) -> SenderStats {
-    let (mut sink, _stream) = ws.split();
+    let (mut sink, stream) = ws.split();
     let mut stop = flow.stop.subscribe();
     let mut stats = SenderStats::default();
     let mut seq = 0_u64;
@@ -934,12 +992,12 @@ async fn relay_sender(
         }
     }
     stats.frame_mean = bytes as f64 / seq.max(1) as f64;
-    let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Message::Close(None))).await;
+    close_ws(sink, stream).await;
     stats
 }
 
 async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let mut stop = flow.stop.subscribe();
     let mut count = 0_u64;
     let mut latencies = Vec::new();
@@ -967,8 +1025,23 @@ async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
         }
         flow.record(index, count);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), sink.send(Message::Close(None))).await;
+    close_ws(sink, stream).await;
     latencies
+}
+
+/// Closes with 1000 and reads (and drops) what still arrives until the server's close frame,
+/// within 5 s.
+async fn close_ws(mut sink: SplitSink<Ws, Message>, mut stream: SplitStream<Ws>) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        if sink.send(Message::Close(None)).await.is_ok() {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1127,8 +1200,8 @@ async fn mediator_drain(fx: &Fixture, n: usize, procs: Procs) -> DrainResult {
 /// The relay pushing `n` frames to one receiver: first write → last frame received.
 async fn relay_push(fx: &Fixture, n: usize, pool: &Arc<Vec<Vec<u8>>>, room: &str) -> f64 {
     let url = format!("{}/bench-relay/{room}", fx.ws_base());
-    let (_rsink, mut stream) = open_ws(&url).await.split();
-    let (mut sink, _sstream) = open_ws(&url).await.split();
+    let (receiver_sink, mut stream) = open_ws(&url).await.split();
+    let (mut sink, sender_stream) = open_ws(&url).await.split();
     let receiving = tokio::spawn(async move {
         let mut count = 0;
         while count < n {
@@ -1138,7 +1211,7 @@ async fn relay_push(fx: &Fixture, n: usize, pool: &Arc<Vec<Vec<u8>>>, room: &str
                 other => panic!("relay push receiver: {other:?} after {count} frames"),
             }
         }
-        Instant::now()
+        (Instant::now(), stream)
     });
     let started = Instant::now();
     for seq in 0..n as u64 {
@@ -1150,7 +1223,9 @@ async fn relay_push(fx: &Fixture, n: usize, pool: &Arc<Vec<Vec<u8>>>, room: &str
         }
     }
     sink.flush().await.unwrap();
-    let done = receiving.await.unwrap();
+    let (done, stream) = receiving.await.unwrap();
+    close_ws(sink, sender_stream).await;
+    close_ws(receiver_sink, stream).await;
     done.duration_since(started).as_secs_f64()
 }
 
@@ -1291,6 +1366,12 @@ async fn csp_echo(fx: &Fixture, args: &Args, procs: Procs) -> EchoResult {
 // ---------------------------------------------------------------------------------------------
 // Statistics and the report
 
+fn percentile_and_max(mut values: Vec<u32>) -> (f64, f64) {
+    values.sort_unstable();
+    let max = values.last().map_or(f64::NAN, |&v| f64::from(v));
+    (percentiles(values).0, max)
+}
+
 fn percentiles(mut values: Vec<u32>) -> (f64, f64) {
     if values.is_empty() {
         return (f64::NAN, f64::NAN);
@@ -1378,6 +1459,9 @@ impl Series {
         let u = &r.usage;
         self.push(&format!("{prefix}.rate"), r.rate);
         self.push(&format!("{prefix}.sibling_min"), r.sibling_min);
+        self.push(&format!("{prefix}.acked_rate"), r.acked_rate);
+        self.push(&format!("{prefix}.probe_p50"), r.probe_p50_us);
+        self.push(&format!("{prefix}.probe_max"), r.probe_max_us);
         self.push(&format!("{prefix}.p50"), r.p50_us);
         self.push(&format!("{prefix}.p99"), r.p99_us);
         self.push(
