@@ -8,7 +8,11 @@
 //!    (`/bench-relay/{room}` in the same workerd): frames of the same sizes, the sender keeping
 //!    at most `--window` frames not yet received by the slowest receiver. Counted: envelopes
 //!    received by all three siblings per second in the measuring window (after a warm-up), and
-//!    the one-way latency (send → decoded at a sibling, one process clock).
+//!    the one-way latency (send → decoded at a sibling, one process clock). The mediator runs
+//!    twice: with the `ReflectAck` window alone (the sender stays at most `--max-lag` ahead of
+//!    the slowest sibling only so that no queue reaches the 10 000-entry limit), and with the
+//!    relay's flow control added (at most `--window` not yet at the slowest sibling). Sibling 0
+//!    times a `GetDevicesInfo` round trip every 100 ms: how long a sibling's own frames wait.
 //! 2. **unloaded latency**: the same with one envelope in flight (the next is sent once the
 //!    `ReflectAck` is in and all three siblings have it; relay: once all three have it).
 //! 3. **drain**: a device offline while `--drain` envelopes are reflected for it (filled through
@@ -106,7 +110,7 @@ fn args() -> Args {
         latency_seconds: 3.0,
         warmup_seconds: 1.0,
         window: 64,
-        max_lag: 2_000,
+        max_lag: 5_000,
         body_len: 64,
         drain: 10_000,
         echoes: 500,
@@ -181,8 +185,11 @@ fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
     Some((comm, pgrp, utime + stime))
 }
 
-/// Every process of process group `pgid`: pid → (comm, ticks).
-fn group_ticks(pgid: u32) -> HashMap<u32, (String, u64)> {
+/// Every process of process group `pgid`: pid → (name, ticks). `wrangler dev` runs two workerd
+/// processes: the proxy on the public port (named `workerd-proxy` here) that passes every
+/// request and WebSocket frame on to the runtime serving the Worker and its objects (`workerd`).
+fn group_ticks(pgid: u32, proxy_port: u16) -> HashMap<u32, (String, u64)> {
+    let proxy_marker = format!("entry=127.0.0.1:{proxy_port}");
     let mut out = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -197,15 +204,22 @@ fn group_ticks(pgid: u32) -> HashMap<u32, (String, u64)> {
         };
         if let Some((comm, pgrp, ticks)) = proc_stat(pid) {
             if pgrp == pgid {
-                out.insert(pid, (comm, ticks));
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let proxy = String::from_utf8_lossy(&cmdline).contains(&proxy_marker);
+                let name = if comm == "workerd" && proxy {
+                    "workerd-proxy".to_owned()
+                } else {
+                    comm
+                };
+                out.insert(pid, (name, ticks));
             }
         }
     }
     out
 }
 
-/// CPU ticks of every thread of the workerd processes in process group `pgid`: the Durable
-/// Objects run on one thread each, so the busiest thread shows whether one is CPU-bound.
+/// CPU ticks of every thread of the workerd runtime (not the proxy): a Durable Object runs on
+/// one thread, so the busiest thread shows whether it is CPU-bound.
 fn workerd_thread_ticks(wrangler: &HashMap<u32, (String, u64)>) -> HashMap<(u32, u32), u64> {
     let mut out = HashMap::new();
     for (pid, (comm, _)) in wrangler {
@@ -269,6 +283,8 @@ fn disk_flushes() -> (u64, u64) {
 #[derive(Clone, Copy)]
 struct Procs {
     wrangler_group: u32,
+    /// wrangler dev's port: tells its proxy workerd from the runtime.
+    proxy_port: u16,
     chat_server: u32,
 }
 
@@ -284,7 +300,7 @@ struct Snapshot {
 
 impl Snapshot {
     fn take(procs: Procs) -> Self {
-        let wrangler = group_ticks(procs.wrangler_group);
+        let wrangler = group_ticks(procs.wrangler_group, procs.proxy_port);
         Self {
             at: Instant::now(),
             client: proc_stat(std::process::id()).map_or(0, |s| s.2),
@@ -335,15 +351,21 @@ impl Usage {
         }
     }
 
+    /// The workerd runtime serving the Worker and its objects.
     fn workerd_s(&self) -> f64 {
         self.server_s.get("workerd").copied().unwrap_or(0.0)
     }
 
-    /// Everything in wrangler's group that is not workerd (node, the watchdog shell).
+    /// wrangler dev's proxy workerd in front of it.
+    fn proxy_s(&self) -> f64 {
+        self.server_s.get("workerd-proxy").copied().unwrap_or(0.0)
+    }
+
+    /// Everything else in wrangler's group (node, esbuild, the watchdog shell).
     fn other_s(&self) -> f64 {
         self.server_s
             .iter()
-            .filter(|(name, _)| name.as_str() != "workerd")
+            .filter(|(name, _)| !name.starts_with("workerd"))
             .map(|(_, s)| s)
             .sum()
     }
@@ -645,7 +667,7 @@ impl ReflectResult {
             "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0}; stored {:.0}/s)   p50 {:>9}   p99 {:>9}   \
              sibling round trip p50 {} max {}   \
              client {:>5.1} µs/env ({:>3.0} %)   workerd {:>6.1} µs/env ({:>3.0} %, busiest thread {:>3.0} %)   \
-             node {:>3.0} %   disk flushes {:>6.0}/s ({:.2}/env, {:.0} ms/s)   max lag {}   frame {:.0} B",
+             proxy {:>3.0} %   node {:>3.0} %   disk flushes {:>6.0}/s ({:.2}/env, {:.0} ms/s)   max lag {}   frame {:.0} B",
             self.rate,
             self.sibling_min,
             self.sibling_max,
@@ -659,6 +681,7 @@ impl ReflectResult {
             self.per_envelope_us(u.workerd_s()),
             u.pct(u.workerd_s()),
             u.pct(u.busiest_thread_s),
+            u.pct(u.proxy_s()),
             u.pct(u.other_s()),
             u.flushes as f64 / u.wall_s,
             u.flushes as f64 / (self.rate * u.wall_s).max(1.0),
@@ -1032,16 +1055,21 @@ async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
 /// Closes with 1000 and reads (and drops) what still arrives until the server's close frame,
 /// within 5 s.
 async fn close_ws(mut sink: SplitSink<Ws, Message>, mut stream: SplitStream<Ws>) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let started = Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(5), async {
         if sink.send(Message::Close(None)).await.is_ok() {
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, Message::Close(_)) {
-                    break;
+                    return true;
                 }
             }
         }
+        false
     })
     .await;
+    if std::env::var_os("MEDIATOR_BENCH_CLOSE_TRACE").is_some() {
+        eprintln!("    close: {answered:?} after {:?}", started.elapsed());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1299,6 +1327,8 @@ struct EchoResult {
     direct_p99_us: f64,
     /// workerd CPU per mediator echo, µs.
     workerd_us: f64,
+    /// wrangler dev's proxy workerd per mediator echo, µs.
+    proxy_us: f64,
     /// chat server CPU per echo (both paths), µs.
     chat_us: f64,
     client_us: f64,
@@ -1358,6 +1388,7 @@ async fn csp_echo(fx: &Fixture, args: &Args, procs: Procs) -> EchoResult {
         direct_p50_us,
         direct_p99_us,
         workerd_us: usage.workerd_s() * 1e6 / n,
+        proxy_us: usage.proxy_s() * 1e6 / n,
         chat_us: usage.chat_s * 1e6 / (2.0 * n),
         client_us: usage.client_s * 1e6 / (2.0 * n),
     }
@@ -1457,36 +1488,28 @@ impl Series {
 
     fn record_reflect(&mut self, prefix: &str, r: &ReflectResult) {
         let u = &r.usage;
-        self.push(&format!("{prefix}.rate"), r.rate);
-        self.push(&format!("{prefix}.sibling_min"), r.sibling_min);
-        self.push(&format!("{prefix}.acked_rate"), r.acked_rate);
-        self.push(&format!("{prefix}.probe_p50"), r.probe_p50_us);
-        self.push(&format!("{prefix}.probe_max"), r.probe_max_us);
-        self.push(&format!("{prefix}.p50"), r.p50_us);
-        self.push(&format!("{prefix}.p99"), r.p99_us);
-        self.push(
-            &format!("{prefix}.client_us"),
-            r.per_envelope_us(u.client_s),
-        );
-        self.push(&format!("{prefix}.client_pct"), u.pct(u.client_s));
-        self.push(
-            &format!("{prefix}.workerd_us"),
-            r.per_envelope_us(u.workerd_s()),
-        );
-        self.push(&format!("{prefix}.workerd_pct"), u.pct(u.workerd_s()));
-        self.push(&format!("{prefix}.thread_pct"), u.pct(u.busiest_thread_s));
-        self.push(&format!("{prefix}.node_pct"), u.pct(u.other_s()));
-        self.push(&format!("{prefix}.flushes_s"), u.flushes as f64 / u.wall_s);
-        self.push(
-            &format!("{prefix}.flushes_env"),
+        let mut push = |key: &str, value: f64| self.push(&format!("{prefix}.{key}"), value);
+        push("rate", r.rate);
+        push("sibling_min", r.sibling_min);
+        push("acked_rate", r.acked_rate);
+        push("probe_p50", r.probe_p50_us);
+        push("probe_max", r.probe_max_us);
+        push("p50", r.p50_us);
+        push("p99", r.p99_us);
+        push("client_us", r.per_envelope_us(u.client_s));
+        push("client_pct", u.pct(u.client_s));
+        push("workerd_us", r.per_envelope_us(u.workerd_s()));
+        push("workerd_pct", u.pct(u.workerd_s()));
+        push("thread_pct", u.pct(u.busiest_thread_s));
+        push("proxy_pct", u.pct(u.proxy_s()));
+        push("node_pct", u.pct(u.other_s()));
+        push("flushes_s", u.flushes as f64 / u.wall_s);
+        push(
+            "flushes_env",
             u.flushes as f64 / (r.rate * u.wall_s).max(1.0),
         );
-        self.push(
-            &format!("{prefix}.flush_ms_s"),
-            u.flush_ms as f64 / u.wall_s,
-        );
-        self.push(&format!("{prefix}.frame"), r.frame_mean);
-        self.push(&format!("{prefix}.max_lag"), r.max_lag as f64);
+        push("frame", r.frame_mean);
+        push("max_lag", r.max_lag as f64);
     }
 }
 
@@ -1495,49 +1518,59 @@ fn verdict_at_least(ratio: f64, target: f64) -> String {
         "—".into()
     } else if ratio >= target {
         "**met**".into()
+    } else if ratio > 0.0 {
+        format!("**missed**: {:.0} × short", target / ratio)
     } else {
-        format!("**missed** ({:.1} × short)", target / ratio)
+        "**missed**: nothing arrived".into()
     }
 }
 
-fn verdict_at_most(ratio: f64, target: f64, unit: &str) -> String {
+fn verdict_at_most(ratio: f64, target: f64) -> String {
     if ratio.is_nan() {
         "—".into()
     } else if ratio <= target {
         "**met**".into()
     } else {
-        format!("**missed** ({:.1} × the target{unit})", ratio / target)
+        format!("**missed**: {:.1} × over", ratio / target)
     }
 }
 
+/// The medians table: mediator, baseline, ratio, target, verdict.
 fn report(s: &Series, args: &Args) -> String {
     let mut out = String::new();
     let w = args.window;
     let _ = writeln!(out, "| | mediator | baseline | ratio | target | verdict |");
     let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
-    if s.has("med.rate") {
-        let (m, r) = (s.median("med.rate"), s.median("relay.rate"));
+    let relay = s.median("relay.rate");
+    for (prefix, flow) in [
+        ("med", format!("≤ {w} un-ReflectAcked")),
+        ("medw", format!("≤ {w} not yet at the slowest sibling")),
+    ] {
+        if !s.has(&format!("{prefix}.rate")) {
+            continue;
+        }
+        let m = s.median(&format!("{prefix}.rate"));
         let _ = writeln!(
             out,
-            "| reflect throughput, envelopes/s received by all 3 siblings (W={w}) | {} | {} (relay) | {:.3} × | ≥ 0.5 × | {} |",
+            "| reflect throughput, 1 → 3 siblings, envelopes/s received by all 3 ({flow}) | {} | {} (relay, ≤ {w} not yet at the slowest) | {:.3} × | ≥ 0.5 × | {} |",
             fmt_int(m),
-            fmt_int(r),
-            m / r,
-            verdict_at_least(m / r, 0.5)
+            fmt_int(relay),
+            m / relay,
+            verdict_at_least(m / relay, 0.5)
         );
-        for (label, key, target) in [("p50", "p50", true), ("p99", "p99", false)] {
+        for key in ["p50", "p99"] {
             let (m, r) = (
-                s.median(&format!("med.{key}")),
+                s.median(&format!("{prefix}.{key}")),
                 s.median(&format!("relay.{key}")),
             );
-            let (t, v) = if target {
-                ("≤ 1.5 ×".to_owned(), verdict_at_most(m / r, 1.5, ""))
+            let (target, verdict) = if key == "p50" {
+                ("≤ 1.5 ×".to_owned(), verdict_at_most(m / r, 1.5))
             } else {
                 ("—".to_owned(), "—".to_owned())
             };
             let _ = writeln!(
                 out,
-                "| one-way latency {label} (same runs) | {} | {} (relay) | {:.2} × | {t} | {v} |",
+                "| one-way latency {key}, same runs | {} | {} | {:.1} × | {target} | {verdict} |",
                 fmt_us(m),
                 fmt_us(r),
                 m / r
@@ -1552,7 +1585,7 @@ fn report(s: &Series, args: &Args) -> String {
             );
             let _ = writeln!(
                 out,
-                "| unloaded one-way latency {key} (1 in flight) | {} | {} (relay) | {:.2} × | — | — |",
+                "| unloaded one-way latency {key} (1 envelope in flight) | {} | {} (relay) | {:.1} × | — | — |",
                 fmt_us(m),
                 fmt_us(r),
                 m / r
@@ -1565,34 +1598,35 @@ fn report(s: &Series, args: &Args) -> String {
             "**met**".to_owned()
         } else {
             format!(
-                "**missed** by {:.2} s ({:.1} × the target)",
-                d - 2.0,
-                d / 2.0
+                "**missed**: {:.1} × over ({:.2} s too long)",
+                d / 2.0,
+                d - 2.0
             )
         };
         let _ = writeln!(
             out,
-            "| drain of {} queued envelopes (open → last acked + dry) | {:.2} s ({} env/s) | {:.3} s (relay push) | — | ≤ 2 s | {verdict} |",
+            "| drain of {} queued envelopes (open → last acked + queue dry) | {:.2} s ({} env/s) | {:.3} s (relay pushing {} frames) | — | ≤ 2 s | {verdict} |",
             fmt_int(args.drain as f64),
             d,
             fmt_int(args.drain as f64 / d),
             s.median("push.s"),
+            fmt_int(args.drain as f64),
         );
     }
     if s.has("echo.med.p50") {
-        for (key, target) in [("p50", true), ("p99", false)] {
+        for key in ["p50", "p99"] {
             let (m, d) = (
                 s.median(&format!("echo.med.{key}")),
                 s.median(&format!("echo.direct.{key}")),
             );
-            let (t, v) = if target {
-                ("≤ 2 ×".to_owned(), verdict_at_most(m / d, 2.0, ""))
+            let (target, verdict) = if key == "p50" {
+                ("≤ 2 ×".to_owned(), verdict_at_most(m / d, 2.0))
             } else {
                 ("—".to_owned(), "—".to_owned())
             };
             let _ = writeln!(
                 out,
-                "| CSP echo round trip {key} | {} | {} (direct TCP) | {:.2} × | {t} | {v} |",
+                "| CSP echo round trip {key} | {} | {} (direct TCP) | {:.1} × | {target} | {verdict} |",
                 fmt_us(m),
                 fmt_us(d),
                 m / d
@@ -1602,40 +1636,47 @@ fn report(s: &Series, args: &Args) -> String {
     out
 }
 
-fn resources(s: &Series) -> String {
+/// What each reflect measurement used (medians).
+fn resources(s: &Series, args: &Args) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| | envelopes/s | slowest sibling/s | client CPU/env | client CPU | workerd CPU/env | workerd CPU | busiest workerd thread | node CPU | disk flushes/s | flushes/env | ms flushing/s | mean frame |"
+        "| | to all 3, env/s | stored, env/s | sibling round trip p50 / max | client CPU/env | client CPU | workerd CPU/env | workerd CPU | busiest workerd thread | proxy workerd | node | disk flushes/s | flushes/env | max lag | mean frame |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let w = args.window;
     for (label, prefix) in [
-        ("mediator (W)", "med"),
-        ("relay (W)", "relay"),
-        ("mediator (1 in flight)", "med1"),
-        ("relay (1 in flight)", "relay1"),
+        (format!("mediator, ≤ {w} un-ReflectAcked"), "med"),
+        (format!("mediator, ≤ {w} not at the slowest"), "medw"),
+        (format!("relay, ≤ {w} not at the slowest"), "relay"),
+        ("mediator, 1 in flight".to_owned(), "med1"),
+        ("relay, 1 in flight".to_owned(), "relay1"),
     ] {
         if !s.has(&format!("{prefix}.rate")) {
             continue;
         }
         let m = |k: &str| s.median(&format!("{prefix}.{k}"));
+        let relay = prefix.starts_with("relay");
+        let dash = |text: String| if relay { "—".to_owned() } else { text };
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {:.0} % | {} | {:.2} | {:.0} | {:.0} B |",
+            "| {label} | {} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {:.2} | {} | {:.0} B |",
             fmt_int(m("rate")),
-            fmt_int(m("sibling_min")),
+            dash(fmt_int(m("acked_rate"))),
+            dash(format!("{} / {}", fmt_us(m("probe_p50")), fmt_us(m("probe_max")))),
             m("client_us"),
             m("client_pct"),
             m("workerd_us"),
             m("workerd_pct"),
             m("thread_pct"),
+            m("proxy_pct"),
             m("node_pct"),
             fmt_int(m("flushes_s")),
             m("flushes_env"),
-            m("flush_ms_s"),
+            fmt_int(m("max_lag")),
             m("frame"),
         );
     }
@@ -1715,28 +1756,36 @@ async fn run(args: Args) {
     };
     let procs = Procs {
         wrangler_group: dev.process_group().unwrap(),
+        proxy_port: dev
+            .http_addr()
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .unwrap(),
         chat_server: fx.chat.process().pid(),
     };
+    let mut names: Vec<String> = group_ticks(procs.wrangler_group, procs.proxy_port)
+        .into_values()
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
     println!(
-        "server processes: wrangler group {} ({}), chat server {}",
+        "server processes: wrangler dev's group {} ({}), chat server {}",
         procs.wrangler_group,
-        group_ticks(procs.wrangler_group)
-            .values()
-            .map(|(comm, _)| comm.clone())
-            .collect::<Vec<_>>()
-            .join(", "),
+        names.join(", "),
         procs.chat_server
     );
     let keys = fx.identity().await.unwrap().keys;
     let pool = Arc::new(relay_pool(&keys, args.body_len));
     println!(
         "bench: {} runs, window {}, {} s per reflect measurement ({} s at 1 in flight) after {} s warm-up, \
-         envelope body {} B, drain {}, {} echoes per path; mean relay frame {:.0} B",
+         sender at most {} ahead of the slowest sibling, envelope body {} B, drain {}, {} echoes per path; \
+         mean relay frame {:.0} B",
         args.runs,
         args.window,
         args.seconds,
         args.latency_seconds,
         args.warmup_seconds,
+        args.max_lag,
         args.body_len,
         args.drain,
         args.echoes,
@@ -1749,8 +1798,9 @@ async fn run(args: Args) {
             warmup_seconds: 0.5,
             ..args.clone()
         };
-        let m = mediator_reflect(&fx, &warm, args.window, args.max_lag, 2.0, procs).await;
-        let r = relay_reflect(&fx, &warm, &pool, args.window as u64, 2.0, "warm-up", procs).await;
+        let w = args.window;
+        let m = mediator_reflect(&fx, &warm, w, w as u64, 2.0, procs).await;
+        let r = relay_reflect(&fx, &warm, &pool, w as u64, 2.0, "warm-up", procs).await;
         println!(
             "warm-up (not recorded)\n{}\n{}",
             m.line("mediator"),
@@ -1760,26 +1810,20 @@ async fn run(args: Args) {
 
     let mut series = Series::default();
     let pid = std::process::id();
+    let w = args.window;
     for run in 1..=args.runs {
         println!("run {run} (load average {})", loadavg());
         if !args.skip_reflect {
-            let m =
-                mediator_reflect(&fx, &args, args.window, args.max_lag, args.seconds, procs).await;
-            println!("{}", m.line(&format!("mediator W={}", args.window)));
+            let m = mediator_reflect(&fx, &args, w, args.max_lag, args.seconds, procs).await;
+            println!("{}", m.line(&format!("mediator ack≤{w}")));
             series.record_reflect("med", &m);
             let room = format!("r{pid}-{run}-w");
-            let r = relay_reflect(
-                &fx,
-                &args,
-                &pool,
-                args.window as u64,
-                args.seconds,
-                &room,
-                procs,
-            )
-            .await;
-            println!("{}", r.line(&format!("relay W={}", args.window)));
+            let r = relay_reflect(&fx, &args, &pool, w as u64, args.seconds, &room, procs).await;
+            println!("{}", r.line(&format!("relay ≤{w}")));
             series.record_reflect("relay", &r);
+            let m = mediator_reflect(&fx, &args, w, w as u64, args.seconds, procs).await;
+            println!("{}", m.line(&format!("mediator ≤{w}")));
+            series.record_reflect("medw", &m);
         }
         if !args.skip_latency {
             let m = mediator_reflect(&fx, &args, 1, 1, args.latency_seconds, procs).await;
@@ -1795,8 +1839,9 @@ async fn run(args: Args) {
             let u = &d.usage;
             println!(
                 "  drain            {} envelopes in {:.2} s ({:.0}/s; ServerInfo {:.3} s, first {:.3} s, \
-                 acks confirmed {:.2} s)   client {:.0} %   workerd {:.0} % ({:.0} µs/env, busiest thread {:.0} %)   node {:.0} %   \
-                 disk flushes {:.0}/s ({:.2}/env)   acks per write {:.1}   fill {:.0} reflects/s",
+                 acks confirmed {:.2} s)   client {:.0} %   workerd {:.0} µs/env ({:.0} %, busiest thread {:.0} %)   \
+                 proxy {:.0} %   node {:.0} %   disk flushes {:.0}/s ({:.2}/env)   acks per write {:.1}   \
+                 fill {:.0} reflects/s",
                 args.drain,
                 d.drain_s,
                 args.drain as f64 / d.drain_s,
@@ -1804,9 +1849,10 @@ async fn run(args: Args) {
                 d.first_s,
                 d.confirmed_s,
                 u.pct(u.client_s),
-                u.pct(u.workerd_s()),
                 u.workerd_s() * 1e6 / args.drain as f64,
+                u.pct(u.workerd_s()),
                 u.pct(u.busiest_thread_s),
+                u.pct(u.proxy_s()),
                 u.pct(u.other_s()),
                 u.flushes as f64 / u.wall_s,
                 u.flushes as f64 / args.drain as f64,
@@ -1815,10 +1861,14 @@ async fn run(args: Args) {
             );
             series.push("drain.s", d.drain_s);
             series.push("drain.confirmed_s", d.confirmed_s);
+            series.push("drain.workerd_us", u.workerd_s() * 1e6 / args.drain as f64);
             series.push("drain.workerd_pct", u.pct(u.workerd_s()));
             series.push("drain.thread_pct", u.pct(u.busiest_thread_s));
+            series.push("drain.proxy_pct", u.pct(u.proxy_s()));
             series.push("drain.client_pct", u.pct(u.client_s));
+            series.push("drain.flushes_s", u.flushes as f64 / u.wall_s);
             series.push("drain.flushes_env", u.flushes as f64 / args.drain as f64);
+            series.push("drain.acks_per_write", d.acks_per_write);
             series.push("drain.fill_rate", d.fill_rate);
             let push = relay_push(&fx, args.drain, &pool, &format!("r{pid}-{run}-push")).await;
             println!("  relay push       {} frames in {:.3} s", args.drain, push);
@@ -1827,13 +1877,14 @@ async fn run(args: Args) {
         if !args.skip_echo {
             let e = csp_echo(&fx, &args, procs).await;
             println!(
-                "  CSP echo         mediator p50 {} p99 {}   direct p50 {} p99 {}   workerd {:.0} µs/echo   \
-                 chat server {:.0} µs/echo   client {:.0} µs/echo",
+                "  CSP echo         mediator p50 {} p99 {}   direct p50 {} p99 {}   per mediator echo: workerd {:.0} µs, \
+                 proxy {:.0} µs   per echo: chat server {:.0} µs, client {:.0} µs",
                 fmt_us(e.mediator_p50_us),
                 fmt_us(e.mediator_p99_us),
                 fmt_us(e.direct_p50_us),
                 fmt_us(e.direct_p99_us),
                 e.workerd_us,
+                e.proxy_us,
                 e.chat_us,
                 e.client_us,
             );
@@ -1842,33 +1893,52 @@ async fn run(args: Args) {
             series.push("echo.direct.p50", e.direct_p50_us);
             series.push("echo.direct.p99", e.direct_p99_us);
             series.push("echo.workerd_us", e.workerd_us);
+            series.push("echo.proxy_us", e.proxy_us);
+            series.push("echo.chat_us", e.chat_us);
+            series.push("echo.client_us", e.client_us);
         }
     }
-    let crashes = fx.mediator_crash_lines();
-    if !crashes.is_empty() {
-        println!("the Worker logged crashes:\n{}", crashes.join("\n"));
+    let mut logged: Vec<(String, usize)> = Vec::new();
+    for line in fx.mediator_crash_lines() {
+        let line = strip_ansi(&line);
+        match logged.iter_mut().find(|(l, _)| *l == line) {
+            Some((_, n)) => *n += 1,
+            None => logged.push((line, 1)),
+        }
+    }
+    for (line, n) in &logged {
+        println!("Worker log: {n} × {}", line.trim());
     }
     println!(
         "\nmedians over {} runs:\n{}",
         args.runs,
         report(&series, &args)
     );
-    println!("{}", resources(&series));
+    println!("{}", resources(&series, &args));
     if series.has("drain.s") {
         println!(
-            "drain: acks confirmed (GetDevicesInfo round trip after the last ack) {:.2} s; workerd {:.0} % (busiest thread {:.0} %) and client {:.0} % of a core; {:.2} disk flushes per envelope; filling ran at {:.0} reflects/s",
+            "drain: acks confirmed (a GetDevicesInfo round trip after the last ack) after {:.2} s; workerd {:.0} µs/env, \
+             {:.0} % of a core (busiest thread {:.0} %), proxy {:.0} %, client {:.0} %; {:.0} disk flushes/s, {:.2} per \
+             envelope; {:.1} acks per client write; filling ran at {:.0} reflects/s",
             series.median("drain.confirmed_s"),
+            series.median("drain.workerd_us"),
             series.median("drain.workerd_pct"),
             series.median("drain.thread_pct"),
+            series.median("drain.proxy_pct"),
             series.median("drain.client_pct"),
+            series.median("drain.flushes_s"),
             series.median("drain.flushes_env"),
+            series.median("drain.acks_per_write"),
             series.median("drain.fill_rate"),
         );
     }
     if series.has("echo.workerd_us") {
         println!(
-            "CSP echo: workerd {:.0} µs of CPU per mediator echo",
-            series.median("echo.workerd_us")
+            "CSP echo: CPU per mediator echo: workerd {:.0} µs, proxy workerd {:.0} µs; per echo (either path): chat server {:.0} µs, client {:.0} µs",
+            series.median("echo.workerd_us"),
+            series.median("echo.proxy_us"),
+            series.median("echo.chat_us"),
+            series.median("echo.client_us"),
         );
     }
     for (name, values) in &series.0 {
@@ -1876,4 +1946,22 @@ async fn run(args: Args) {
         println!("per run {name}: {}", list.join(", "));
     }
     println!("load average at end: {}", loadavg());
+}
+
+/// Drops terminal colour codes (wrangler colours its error lines).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
