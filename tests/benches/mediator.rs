@@ -278,6 +278,46 @@ fn disk_flushes() -> (u64, u64) {
     (flushes, ms)
 }
 
+/// Waits (up to 3 s) until the disks stop flushing: the objects of the last measurement have
+/// committed what was still queued in them, and it does not bleed into the next one.
+async fn settle() -> Duration {
+    let started = Instant::now();
+    let mut last = disk_flushes().0;
+    while started.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = disk_flushes().0;
+        if now - last <= 2 {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed()
+}
+
+/// `write(64 B)` + `fdatasync` on a growing file in `dir` (the file system holding the Durable
+/// Objects' SQLite), `n` times: p50 and p90 in µs. One commit of an object costs at least one.
+fn fsync_latency(dir: &std::path::Path, n: usize) -> (f64, f64) {
+    use std::io::Write as _;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        file.write_all(&[0x5a; 64]).unwrap();
+        file.sync_data().unwrap();
+        samples.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    samples.sort_unstable();
+    let at = |p: f64| f64::from(samples[((samples.len() - 1) as f64 * p).round() as usize]);
+    (at(0.5), at(0.9))
+}
+
 /// The server-side processes whose CPU is accounted: wrangler dev's process group (node,
 /// workerd) and the chat server.
 #[derive(Clone, Copy)]
@@ -663,19 +703,26 @@ impl ReflectResult {
 
     fn line(&self, name: &str) -> String {
         let u = &self.usage;
+        // Only the mediator stores and answers round trips.
+        let mediator = if self.acked_rate > 0.0 || !self.probe_p50_us.is_nan() {
+            format!(
+                "; stored {:.0}/s; sibling round trip p50 {} max {}",
+                self.acked_rate,
+                fmt_us(self.probe_p50_us),
+                fmt_us(self.probe_max_us)
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0}; stored {:.0}/s)   p50 {:>9}   p99 {:>9}   \
-             sibling round trip p50 {} max {}   \
+            "  {name:<16} {:>8.0} env/s (siblings {:.0}–{:.0}{mediator})   p50 {:>9}   p99 {:>9}   \
              client {:>5.1} µs/env ({:>3.0} %)   workerd {:>6.1} µs/env ({:>3.0} %, busiest thread {:>3.0} %)   \
              proxy {:>3.0} %   node {:>3.0} %   disk flushes {:>6.0}/s ({:.2}/env, {:.0} ms/s)   max lag {}   frame {:.0} B",
             self.rate,
             self.sibling_min,
             self.sibling_max,
-            self.acked_rate,
             fmt_us(self.p50_us),
             fmt_us(self.p99_us),
-            fmt_us(self.probe_p50_us),
-            fmt_us(self.probe_max_us),
             self.per_envelope_us(u.client_s),
             u.pct(u.client_s),
             self.per_envelope_us(u.workerd_s()),
@@ -1774,6 +1821,15 @@ async fn run(args: Args) {
         names.join(", "),
         procs.chat_server
     );
+    let scratch = fx.scratch().to_path_buf();
+    let (fsync_p50, fsync_p90) = tokio::task::spawn_blocking(move || fsync_latency(&scratch, 200))
+        .await
+        .unwrap();
+    println!(
+        "fsync (64 B append + fdatasync, 200 times, in the Worker's state file system): p50 {}, p90 {}",
+        fmt_us(fsync_p50),
+        fmt_us(fsync_p90)
+    );
     let keys = fx.identity().await.unwrap().keys;
     let pool = Arc::new(relay_pool(&keys, args.body_len));
     println!(
@@ -1800,6 +1856,7 @@ async fn run(args: Args) {
         };
         let w = args.window;
         let m = mediator_reflect(&fx, &warm, w, w as u64, 2.0, procs).await;
+        settle_traced(args.trace).await;
         let r = relay_reflect(&fx, &warm, &pool, w as u64, 2.0, "warm-up", procs).await;
         println!(
             "warm-up (not recorded)\n{}\n{}",
@@ -1817,6 +1874,7 @@ async fn run(args: Args) {
             let m = mediator_reflect(&fx, &args, w, args.max_lag, args.seconds, procs).await;
             println!("{}", m.line(&format!("mediator ack≤{w}")));
             series.record_reflect("med", &m);
+            settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-w");
             let r = relay_reflect(&fx, &args, &pool, w as u64, args.seconds, &room, procs).await;
             println!("{}", r.line(&format!("relay ≤{w}")));
@@ -1824,11 +1882,13 @@ async fn run(args: Args) {
             let m = mediator_reflect(&fx, &args, w, w as u64, args.seconds, procs).await;
             println!("{}", m.line(&format!("mediator ≤{w}")));
             series.record_reflect("medw", &m);
+            settle_traced(args.trace).await;
         }
         if !args.skip_latency {
             let m = mediator_reflect(&fx, &args, 1, 1, args.latency_seconds, procs).await;
             println!("{}", m.line("mediator 1"));
             series.record_reflect("med1", &m);
+            settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-1");
             let r = relay_reflect(&fx, &args, &pool, 1, args.latency_seconds, &room, procs).await;
             println!("{}", r.line("relay 1"));
@@ -1870,6 +1930,7 @@ async fn run(args: Args) {
             series.push("drain.flushes_env", u.flushes as f64 / args.drain as f64);
             series.push("drain.acks_per_write", d.acks_per_write);
             series.push("drain.fill_rate", d.fill_rate);
+            settle_traced(args.trace).await;
             let push = relay_push(&fx, args.drain, &pool, &format!("r{pid}-{run}-push")).await;
             println!("  relay push       {} frames in {:.3} s", args.drain, push);
             series.push("push.s", push);
@@ -1946,6 +2007,13 @@ async fn run(args: Args) {
         println!("per run {name}: {}", list.join(", "));
     }
     println!("load average at end: {}", loadavg());
+}
+
+async fn settle_traced(trace: bool) {
+    let took = settle().await;
+    if trace {
+        eprintln!("    settled after {took:.1?}");
+    }
 }
 
 /// Drops terminal colour codes (wrangler colours its error lines).
