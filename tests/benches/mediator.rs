@@ -674,6 +674,9 @@ struct SenderStats {
     max_lag: u64,
     /// Mean size of the frames the sender wrote.
     frame_mean: f64,
+    /// Mediator: time in the measuring window the sender had `ReflectAck` window left but was
+    /// held by the lag limit.
+    held_s: f64,
 }
 
 /// One reflect measurement.
@@ -694,6 +697,8 @@ struct ReflectResult {
     usage: Usage,
     max_lag: u64,
     frame_mean: f64,
+    /// Mediator: share of the window the sender was held by the lag limit, %.
+    held_pct: f64,
 }
 
 impl ReflectResult {
@@ -706,10 +711,11 @@ impl ReflectResult {
         // Only the mediator stores and answers round trips.
         let mediator = if self.acked_rate > 0.0 || !self.probe_p50_us.is_nan() {
             format!(
-                "; stored {:.0}/s; sibling round trip p50 {} max {}",
+                "; stored {:.0}/s; sibling round trip p50 {} max {}; sender held by the lag limit {:.0} %",
                 self.acked_rate,
                 fmt_us(self.probe_p50_us),
-                fmt_us(self.probe_max_us)
+                fmt_us(self.probe_max_us),
+                self.held_pct
             )
         } else {
             String::new()
@@ -810,6 +816,7 @@ fn reflect_result(measured: &Window, latencies: Vec<u32>, sender: &SenderStats) 
         usage,
         max_lag: sender.max_lag,
         frame_mean: sender.frame_mean,
+        held_pct: usage.pct(sender.held_s),
     }
 }
 
@@ -890,6 +897,7 @@ async fn mediator_sender(
         flow.sent.store(seq, Ordering::Relaxed);
         stats.max_lag = stats.max_lag.max(seq - flow.slowest());
         dev.flush().await;
+        let waiting = Instant::now();
         tokio::select! {
             biased;
             _ = stop.changed() => break,
@@ -898,6 +906,9 @@ async fn mediator_sender(
                 dev.feed_ready();
             }
             () = flow.progress.notified(), if held_by_lag => {}
+        }
+        if held_by_lag && flow.measuring.load(Ordering::Relaxed) {
+            stats.held_s += waiting.elapsed().as_secs_f64();
         }
         while let Some(event) = dev.session.poll_event() {
             match event {
@@ -1557,6 +1568,7 @@ impl Series {
         );
         push("frame", r.frame_mean);
         push("max_lag", r.max_lag as f64);
+        push("held_pct", r.held_pct);
     }
 }
 
@@ -1688,11 +1700,11 @@ fn resources(s: &Series, args: &Args) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| | to all 3, env/s | stored, env/s | sibling round trip p50 / max | client CPU/env | client CPU | workerd CPU/env | workerd CPU | busiest workerd thread | proxy workerd | node | disk flushes/s | flushes/env | max lag | mean frame |"
+        "| | to all 3, env/s | stored, env/s | sibling round trip p50 / max | client CPU/env | client CPU | workerd CPU/env | workerd CPU | busiest workerd thread | proxy workerd | node | disk flushes/s | flushes/env | max lag | held by the lag limit | mean frame |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     let w = args.window;
     for (label, prefix) in [
@@ -1710,7 +1722,7 @@ fn resources(s: &Series, args: &Args) -> String {
         let dash = |text: String| if relay { "—".to_owned() } else { text };
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {:.2} | {} | {:.0} B |",
+            "| {label} | {} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {:.2} | {} | {} | {:.0} B |",
             fmt_int(m("rate")),
             dash(fmt_int(m("acked_rate"))),
             dash(format!("{} / {}", fmt_us(m("probe_p50")), fmt_us(m("probe_max")))),
@@ -1724,6 +1736,7 @@ fn resources(s: &Series, args: &Args) -> String {
             fmt_int(m("flushes_s")),
             m("flushes_env"),
             fmt_int(m("max_lag")),
+            if prefix == "med" { format!("{:.0} %", m("held_pct")) } else { "—".to_owned() },
             m("frame"),
         );
     }
