@@ -816,7 +816,7 @@ fn reflect_result(measured: &Window, latencies: Vec<u32>, sender: &SenderStats) 
         usage,
         max_lag: sender.max_lag,
         frame_mean: sender.frame_mean,
-        held_pct: usage.pct(sender.held_s),
+        held_pct: measured.usage.pct(sender.held_s),
     }
 }
 
