@@ -1487,6 +1487,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn fmt_us(us: f64) -> String {
     if us.is_nan() {
         "—".into()
+    } else if us.is_infinite() {
+        "none arrived".into()
     } else if us < 1_000.0 {
         format!("{us:.0} µs")
     } else if us < 10_000.0 {
@@ -1552,8 +1554,10 @@ impl Series {
         push("acked_rate", r.acked_rate);
         push("probe_p50", r.probe_p50_us);
         push("probe_max", r.probe_max_us);
-        push("p50", r.p50_us);
-        push("p99", r.p99_us);
+        // No envelope in the window: an unbounded latency, not a missing value.
+        let unbounded = |v: f64| if v.is_nan() { f64::INFINITY } else { v };
+        push("p50", unbounded(r.p50_us));
+        push("p99", unbounded(r.p99_us));
         push("client_us", r.per_envelope_us(u.client_s));
         push("client_pct", u.pct(u.client_s));
         push("workerd_us", r.per_envelope_us(u.workerd_s()));
@@ -1572,6 +1576,15 @@ impl Series {
     }
 }
 
+/// `1.5 ×`, or `—` when one side is missing or unbounded.
+fn fmt_ratio(ratio: f64, decimals: usize) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.decimals$} ×")
+    } else {
+        "—".into()
+    }
+}
+
 fn verdict_at_least(ratio: f64, target: f64) -> String {
     if ratio.is_nan() {
         "—".into()
@@ -1587,6 +1600,8 @@ fn verdict_at_least(ratio: f64, target: f64) -> String {
 fn verdict_at_most(ratio: f64, target: f64) -> String {
     if ratio.is_nan() {
         "—".into()
+    } else if ratio.is_infinite() {
+        "**missed**: nothing arrived".into()
     } else if ratio <= target {
         "**met**".into()
     } else {
@@ -1611,10 +1626,10 @@ fn report(s: &Series, args: &Args) -> String {
         let m = s.median(&format!("{prefix}.rate"));
         let _ = writeln!(
             out,
-            "| reflect throughput, 1 → 3 siblings, envelopes/s received by all 3 ({flow}) | {} | {} (relay, ≤ {w} not yet at the slowest) | {:.3} × | ≥ 0.5 × | {} |",
+            "| reflect throughput, 1 → 3 siblings, envelopes/s received by all 3 ({flow}) | {} | {} (relay, ≤ {w} not yet at the slowest) | {} | ≥ 0.5 × | {} |",
             fmt_int(m),
             fmt_int(relay),
-            m / relay,
+            fmt_ratio(m / relay, 3),
             verdict_at_least(m / relay, 0.5)
         );
         for key in ["p50", "p99"] {
@@ -1629,10 +1644,10 @@ fn report(s: &Series, args: &Args) -> String {
             };
             let _ = writeln!(
                 out,
-                "| one-way latency {key}, same runs | {} | {} | {:.1} × | {target} | {verdict} |",
+                "| one-way latency {key}, same runs | {} | {} | {} | {target} | {verdict} |",
                 fmt_us(m),
                 fmt_us(r),
-                m / r
+                fmt_ratio(m / r, 1)
             );
         }
     }
@@ -1644,10 +1659,10 @@ fn report(s: &Series, args: &Args) -> String {
             );
             let _ = writeln!(
                 out,
-                "| unloaded one-way latency {key} (1 envelope in flight) | {} | {} (relay) | {:.1} × | — | — |",
+                "| unloaded one-way latency {key} (1 envelope in flight) | {} | {} (relay) | {} | — | — |",
                 fmt_us(m),
                 fmt_us(r),
-                m / r
+                fmt_ratio(m / r, 1)
             );
         }
     }
@@ -1685,10 +1700,10 @@ fn report(s: &Series, args: &Args) -> String {
             };
             let _ = writeln!(
                 out,
-                "| CSP echo round trip {key} | {} | {} (direct TCP) | {:.1} × | {target} | {verdict} |",
+                "| CSP echo round trip {key} | {} | {} (direct TCP) | {} | {target} | {verdict} |",
                 fmt_us(m),
                 fmt_us(d),
-                m / d
+                fmt_ratio(m / d, 1)
             );
         }
     }
