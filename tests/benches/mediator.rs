@@ -702,8 +702,18 @@ struct ReflectResult {
 }
 
 impl ReflectResult {
+    /// Per envelope received by all three; NaN when (almost) none were.
     fn per_envelope_us(&self, cpu_s: f64) -> f64 {
-        cpu_s * 1e6 / (self.rate * self.usage.wall_s).max(1.0)
+        self.per_envelope(cpu_s * 1e6)
+    }
+
+    fn per_envelope(&self, total: f64) -> f64 {
+        let envelopes = self.rate * self.usage.wall_s;
+        if envelopes < 10.0 {
+            f64::NAN
+        } else {
+            total / envelopes
+        }
     }
 
     fn line(&self, name: &str) -> String {
@@ -737,7 +747,7 @@ impl ReflectResult {
             u.pct(u.proxy_s()),
             u.pct(u.other_s()),
             u.flushes as f64 / u.wall_s,
-            u.flushes as f64 / (self.rate * u.wall_s).max(1.0),
+            self.per_envelope(u.flushes as f64),
             u.flush_ms as f64 / u.wall_s,
             self.max_lag,
             self.frame_mean,
@@ -1566,13 +1576,19 @@ impl Series {
         push("proxy_pct", u.pct(u.proxy_s()));
         push("node_pct", u.pct(u.other_s()));
         push("flushes_s", u.flushes as f64 / u.wall_s);
-        push(
-            "flushes_env",
-            u.flushes as f64 / (r.rate * u.wall_s).max(1.0),
-        );
+        push("flushes_env", r.per_envelope(u.flushes as f64));
         push("frame", r.frame_mean);
         push("max_lag", r.max_lag as f64);
         push("held_pct", r.held_pct);
+    }
+}
+
+/// A per-envelope figure, or `—` when too few envelopes arrived to divide by.
+fn per_env(value: f64, unit: &str, decimals: usize) -> String {
+    if value.is_finite() {
+        format!("{value:.decimals$}{unit}")
+    } else {
+        "—".into()
     }
 }
 
@@ -1737,19 +1753,19 @@ fn resources(s: &Series, args: &Args) -> String {
         let dash = |text: String| if relay { "—".to_owned() } else { text };
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {} | {:.1} µs | {:.0} % | {:.1} µs | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {:.2} | {} | {} | {:.0} B |",
+            "| {label} | {} | {} | {} | {} | {:.0} % | {} | {:.0} % | {:.0} % | {:.0} % | {:.0} % | {} | {} | {} | {} | {:.0} B |",
             fmt_int(m("rate")),
             dash(fmt_int(m("acked_rate"))),
             dash(format!("{} / {}", fmt_us(m("probe_p50")), fmt_us(m("probe_max")))),
-            m("client_us"),
+            per_env(m("client_us"), " µs", 1),
             m("client_pct"),
-            m("workerd_us"),
+            per_env(m("workerd_us"), " µs", 1),
             m("workerd_pct"),
             m("thread_pct"),
             m("proxy_pct"),
             m("node_pct"),
             fmt_int(m("flushes_s")),
-            m("flushes_env"),
+            per_env(m("flushes_env"), "", 2),
             fmt_int(m("max_lag")),
             if prefix == "med" { format!("{:.0} %", m("held_pct")) } else { "—".to_owned() },
             m("frame"),
