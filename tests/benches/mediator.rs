@@ -14,7 +14,9 @@
 //!    relay's flow control added (at most `--window` not yet at the slowest sibling). Sibling 0
 //!    times a `GetDevicesInfo` round trip every 100 ms: how long a sibling's own frames wait.
 //! 2. **unloaded latency**: the same with one envelope in flight (the next is sent once the
-//!    `ReflectAck` is in and all three siblings have it; relay: once all three have it).
+//!    `ReflectAck` is in and all three siblings have it; relay: once all three have it), and
+//!    *idle*: the same with at least `--idle-pace-ms` between two envelopes, so that the
+//!    siblings' acks of the previous one are handled before the next arrives.
 //! 3. **drain**: a device offline while `--drain` envelopes are reflected for it (filled through
 //!    a sibling, not timed); then from its WebSocket open to the last `Reflected` received and
 //!    acked and `ReflectionQueueDry`. Context: the relay pushing as many frames to one receiver.
@@ -26,7 +28,8 @@
 //! (`/proc/diskstats`), so a missed target comes with what limited it.
 //!
 //! `cargo bench -p tandem-tests --bench mediator -- [--runs R] [--seconds S]
-//! [--latency-seconds S] [--window W] [--max-lag N] [--body-len B] [--drain N] [--echoes N]
+//! [--latency-seconds S] [--window W] [--max-lag N] [--idle-pace-ms P] [--body-len B] [--drain N]
+//! [--echoes N]
 //! [--skip-reflect] [--skip-latency] [--skip-drain] [--skip-echo] [--trace]`
 #![allow(
     clippy::unwrap_used,
@@ -92,6 +95,7 @@ struct Args {
     warmup_seconds: f64,
     window: usize,
     max_lag: u64,
+    idle_pace_ms: u64,
     body_len: usize,
     drain: usize,
     echoes: usize,
@@ -107,10 +111,11 @@ fn args() -> Args {
     let mut a = Args {
         runs: 3,
         seconds: 5.0,
-        latency_seconds: 3.0,
+        latency_seconds: 4.0,
         warmup_seconds: 1.0,
         window: 64,
         max_lag: 5_000,
+        idle_pace_ms: 25,
         body_len: 64,
         drain: 10_000,
         echoes: 500,
@@ -131,6 +136,7 @@ fn args() -> Args {
             "--warmup-seconds" => a.warmup_seconds = value().parse().unwrap(),
             "--window" => a.window = value().parse().unwrap(),
             "--max-lag" => a.max_lag = value().parse().unwrap(),
+            "--idle-pace-ms" => a.idle_pace_ms = value().parse().unwrap(),
             "--body-len" => a.body_len = value().parse().unwrap(),
             "--drain" => a.drain = value().parse().unwrap(),
             "--echoes" => a.echoes = value().parse().unwrap(),
@@ -621,6 +627,46 @@ fn relay_stamp_of(frame: &[u8]) -> (u64, u64) {
 
 const SIBLINGS: usize = 3;
 
+/// How the sender paces itself.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Mediator: reflects awaiting their `ReflectAck` (the relay has no acks).
+    window: usize,
+    /// Envelopes sent and not yet received by the slowest sibling.
+    lag_cap: u64,
+    /// At least this long between two sends (zero: as fast as the limits allow).
+    pace: Duration,
+}
+
+impl Shape {
+    /// The flow control: `window` un-`ReflectAck`ed, `lag_cap` only as a safety limit.
+    const fn acks(window: usize, lag_cap: u64) -> Self {
+        Self {
+            window,
+            lag_cap,
+            pace: Duration::ZERO,
+        }
+    }
+
+    /// The relay's flow control: at most `window` not yet at the slowest sibling.
+    const fn end_to_end(window: usize) -> Self {
+        Self {
+            window,
+            lag_cap: window as u64,
+            pace: Duration::ZERO,
+        }
+    }
+
+    /// One envelope in flight, the next at least `pace` after the previous one.
+    const fn paced(pace: Duration) -> Self {
+        Self {
+            window: 1,
+            lag_cap: 1,
+            pace,
+        }
+    }
+}
+
 /// What the tasks of one reflect measurement share.
 struct Flow {
     measuring: AtomicBool,
@@ -833,8 +879,7 @@ fn reflect_result(measured: &Window, latencies: Vec<u32>, sender: &SenderStats) 
 async fn mediator_reflect(
     fx: &Fixture,
     args: &Args,
-    window: usize,
-    lag_cap: u64,
+    shape: Shape,
     seconds: f64,
     procs: Procs,
 ) -> ReflectResult {
@@ -859,13 +904,7 @@ async fn mediator_reflect(
         .map(|(i, dev)| tokio::spawn(mediator_sibling(dev, Arc::clone(&flow), i)))
         .collect();
     let template = envelope_template(args.body_len);
-    let sending = tokio::spawn(mediator_sender(
-        sender,
-        Arc::clone(&flow),
-        window,
-        lag_cap,
-        template,
-    ));
+    let sending = tokio::spawn(mediator_sender(sender, Arc::clone(&flow), shape, template));
     let measured = measure(&flow, args, seconds, procs).await;
     let stats = sending.await.unwrap();
     let mut latencies = Vec::new();
@@ -883,8 +922,7 @@ async fn mediator_reflect(
 async fn mediator_sender(
     mut dev: Lean,
     flow: Arc<Flow>,
-    window: usize,
-    lag_cap: u64,
+    shape: Shape,
     mut template: Envelope,
 ) -> SenderStats {
     let mut stop = flow.stop.subscribe();
@@ -892,12 +930,21 @@ async fn mediator_sender(
     let mut seq = 0_u64;
     let mut unacked = 0_usize;
     let (bytes_before, frames_before) = (dev.bytes_out, dev.frames_out);
+    let mut next_at = Instant::now();
     loop {
         let mut held_by_lag = false;
-        while unacked < window {
-            if seq - flow.slowest() >= lag_cap {
+        let mut paced = false;
+        while unacked < shape.window {
+            if seq - flow.slowest() >= shape.lag_cap {
                 held_by_lag = true;
                 break;
+            }
+            if !shape.pace.is_zero() {
+                if Instant::now() < next_at {
+                    paced = true;
+                    break;
+                }
+                next_at = Instant::now() + shape.pace;
             }
             stamp(&mut template, seq, now_ns());
             dev.session.reflect(&template, false, &mut OsRng).unwrap();
@@ -916,6 +963,7 @@ async fn mediator_sender(
                 dev.feed_ready();
             }
             () = flow.progress.notified(), if held_by_lag => {}
+            () = tokio::time::sleep_until(next_at.into()), if paced => {}
         }
         if held_by_lag && flow.measuring.load(Ordering::Relaxed) {
             stats.held_s += waiting.elapsed().as_secs_f64();
@@ -1019,7 +1067,7 @@ async fn relay_reflect(
     fx: &Fixture,
     args: &Args,
     pool: &Arc<Vec<Vec<u8>>>,
-    window: u64,
+    shape: Shape,
     seconds: f64,
     room: &str,
     procs: Procs,
@@ -1039,7 +1087,7 @@ async fn relay_reflect(
     let sending = tokio::spawn(relay_sender(
         sender,
         Arc::clone(&flow),
-        window,
+        shape,
         Arc::clone(pool),
     ));
     let measured = measure(&flow, args, seconds, procs).await;
@@ -1054,7 +1102,7 @@ async fn relay_reflect(
 async fn relay_sender(
     ws: Ws,
     flow: Arc<Flow>,
-    window: u64,
+    shape: Shape,
     pool: Arc<Vec<Vec<u8>>>,
 ) -> SenderStats {
     let (mut sink, stream) = ws.split();
@@ -1062,9 +1110,18 @@ async fn relay_sender(
     let mut stats = SenderStats::default();
     let mut seq = 0_u64;
     let mut bytes = 0_u64;
+    let mut next_at = Instant::now();
     loop {
         let mut wrote = false;
-        while seq - flow.slowest() < window {
+        let mut paced = false;
+        while seq - flow.slowest() < shape.lag_cap {
+            if !shape.pace.is_zero() {
+                if Instant::now() < next_at {
+                    paced = true;
+                    break;
+                }
+                next_at = Instant::now() + shape.pace;
+            }
             let frame = relay_frame(&pool, seq);
             bytes += frame.len() as u64;
             sink.feed(Message::binary(frame)).await.unwrap();
@@ -1079,7 +1136,8 @@ async fn relay_sender(
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            () = flow.progress.notified() => {}
+            () = flow.progress.notified(), if !paced => {}
+            () = tokio::time::sleep_until(next_at.into()), if paced => {}
         }
     }
     stats.frame_mean = bytes as f64 / seq.max(1) as f64;
@@ -1667,15 +1725,24 @@ fn report(s: &Series, args: &Args) -> String {
             );
         }
     }
-    if s.has("med1.rate") {
+    for (prefix, what) in [
+        ("1", "1 envelope in flight".to_owned()),
+        (
+            "idle",
+            format!("idle: 1 in flight, ≥ {} ms apart", args.idle_pace_ms),
+        ),
+    ] {
+        if !s.has(&format!("med{prefix}.rate")) {
+            continue;
+        }
         for key in ["p50", "p99"] {
             let (m, r) = (
-                s.median(&format!("med1.{key}")),
-                s.median(&format!("relay1.{key}")),
+                s.median(&format!("med{prefix}.{key}")),
+                s.median(&format!("relay{prefix}.{key}")),
             );
             let _ = writeln!(
                 out,
-                "| unloaded one-way latency {key} (1 envelope in flight) | {} | {} (relay) | {} | — | — |",
+                "| one-way latency {key} ({what}) | {} | {} (relay) | {} | — | — |",
                 fmt_us(m),
                 fmt_us(r),
                 fmt_ratio(m / r, 1)
@@ -1744,6 +1811,8 @@ fn resources(s: &Series, args: &Args) -> String {
         (format!("relay, ≤ {w} not at the slowest"), "relay"),
         ("mediator, 1 in flight".to_owned(), "med1"),
         ("relay, 1 in flight".to_owned(), "relay1"),
+        ("mediator, idle".to_owned(), "medidle"),
+        ("relay, idle".to_owned(), "relayidle"),
     ] {
         if !s.has(&format!("{prefix}.rate")) {
             continue;
@@ -1899,9 +1968,18 @@ async fn run(args: Args) {
             ..args.clone()
         };
         let w = args.window;
-        let m = mediator_reflect(&fx, &warm, w, w as u64, 2.0, procs).await;
+        let m = mediator_reflect(&fx, &warm, Shape::end_to_end(w), 2.0, procs).await;
         settle_traced(args.trace).await;
-        let r = relay_reflect(&fx, &warm, &pool, w as u64, 2.0, "warm-up", procs).await;
+        let r = relay_reflect(
+            &fx,
+            &warm,
+            &pool,
+            Shape::end_to_end(w),
+            2.0,
+            "warm-up",
+            procs,
+        )
+        .await;
         println!(
             "warm-up (not recorded)\n{}\n{}",
             m.line("mediator"),
@@ -1915,28 +1993,41 @@ async fn run(args: Args) {
     for run in 1..=args.runs {
         println!("run {run} (load average {})", loadavg());
         if !args.skip_reflect {
-            let m = mediator_reflect(&fx, &args, w, args.max_lag, args.seconds, procs).await;
+            let shape = Shape::acks(w, args.max_lag);
+            let m = mediator_reflect(&fx, &args, shape, args.seconds, procs).await;
             println!("{}", m.line(&format!("mediator ack≤{w}")));
             series.record_reflect("med", &m);
             settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-w");
-            let r = relay_reflect(&fx, &args, &pool, w as u64, args.seconds, &room, procs).await;
+            let shape = Shape::end_to_end(w);
+            let r = relay_reflect(&fx, &args, &pool, shape, args.seconds, &room, procs).await;
             println!("{}", r.line(&format!("relay ≤{w}")));
             series.record_reflect("relay", &r);
-            let m = mediator_reflect(&fx, &args, w, w as u64, args.seconds, procs).await;
+            let m = mediator_reflect(&fx, &args, shape, args.seconds, procs).await;
             println!("{}", m.line(&format!("mediator ≤{w}")));
             series.record_reflect("medw", &m);
             settle_traced(args.trace).await;
         }
         if !args.skip_latency {
-            let m = mediator_reflect(&fx, &args, 1, 1, args.latency_seconds, procs).await;
+            let seconds = args.latency_seconds;
+            let shape = Shape::end_to_end(1);
+            let m = mediator_reflect(&fx, &args, shape, seconds, procs).await;
             println!("{}", m.line("mediator 1"));
             series.record_reflect("med1", &m);
             settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-1");
-            let r = relay_reflect(&fx, &args, &pool, 1, args.latency_seconds, &room, procs).await;
+            let r = relay_reflect(&fx, &args, &pool, shape, seconds, &room, procs).await;
             println!("{}", r.line("relay 1"));
             series.record_reflect("relay1", &r);
+            let shape = Shape::paced(Duration::from_millis(args.idle_pace_ms));
+            let m = mediator_reflect(&fx, &args, shape, seconds, procs).await;
+            println!("{}", m.line("mediator idle"));
+            series.record_reflect("medidle", &m);
+            settle_traced(args.trace).await;
+            let room = format!("r{pid}-{run}-idle");
+            let r = relay_reflect(&fx, &args, &pool, shape, seconds, &room, procs).await;
+            println!("{}", r.line("relay idle"));
+            series.record_reflect("relayidle", &r);
         }
         if !args.skip_drain {
             let d = mediator_drain(&fx, args.drain, procs).await;
