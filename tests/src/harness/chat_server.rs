@@ -125,21 +125,31 @@ fn binary() -> Result<PathBuf, HarnessError> {
     BINARY
         .get_or_init(|| match std::env::var_os(CHAT_SERVER_BIN_VAR) {
             Some(path) => Ok(PathBuf::from(path)),
-            None => build(),
+            None => build(false),
         })
         .clone()
         .map_err(|detail| HarnessError::process("cargo build -p tandem-chat-server", detail))
 }
 
-fn build() -> Result<PathBuf, String> {
+/// Builds `tandem-chat-server` with the release profile (a nested `cargo build --release`) and
+/// returns its path: benchmarks measure the optimised server, as deployed.
+pub fn build_release_chat_server() -> Result<PathBuf, HarnessError> {
+    build(true).map_err(|detail| {
+        HarnessError::process("cargo build --release -p tandem-chat-server", detail)
+    })
+}
+
+fn build(release: bool) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .ok_or("tests/ has no parent directory")?
         .to_path_buf();
+    let profile: &[&str] = if release { &["--release"] } else { &[] };
     let output = Command::new(cargo)
+        .arg("build")
+        .args(profile)
         .args([
-            "build",
             "-p",
             "tandem-chat-server",
             "--bin",

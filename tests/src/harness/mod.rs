@@ -25,7 +25,7 @@ mod raw;
 mod runner;
 mod worker;
 
-pub use chat_server::{ChatServer, CHAT_SERVER_BIN_VAR};
+pub use chat_server::{build_release_chat_server, ChatServer, CHAT_SERVER_BIN_VAR};
 pub use device::{Device, Received, TransactionStart, DEFAULT_WAIT};
 pub use error::HarnessError;
 pub use fixture::{Fixture, Mediator, Scratch, KEEP_SCRATCH_VAR};

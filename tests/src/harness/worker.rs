@@ -94,6 +94,12 @@ impl WranglerDev {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The process group of the running `wrangler dev` (node and workerd), for CPU accounting.
+    #[must_use]
+    pub fn process_group(&self) -> Option<u32> {
+        self.process.as_ref().map(Served::pid)
+    }
+
     /// The last `lines` lines of the current (or last) log.
     #[must_use]
     pub fn log_tail(&self, lines: usize) -> String {
