@@ -2030,16 +2030,22 @@ async fn run(args: Args) {
             series.record_reflect("relayidle", &r);
         }
         if !args.skip_drain {
+            // The disk's commit latency right now (other processes' writes move it a lot).
+            let dir = fx.scratch().to_path_buf();
+            let (fsync_p50, _) = tokio::task::spawn_blocking(move || fsync_latency(&dir, 50))
+                .await
+                .unwrap();
             let d = mediator_drain(&fx, args.drain, procs).await;
             let u = &d.usage;
             println!(
-                "  drain            {} envelopes in {:.2} s ({:.0}/s; ServerInfo {:.3} s, first {:.3} s, \
+                "  drain            {} envelopes in {:.2} s ({:.0}/s; fsync p50 just before {}; ServerInfo {:.3} s, first {:.3} s, \
                  acks confirmed {:.2} s)   client {:.0} %   workerd {:.0} µs/env ({:.0} %, busiest thread {:.0} %)   \
                  proxy {:.0} %   node {:.0} %   disk flushes {:.0}/s ({:.2}/env)   acks per write {:.1}   \
                  fill {:.0} reflects/s",
                 args.drain,
                 d.drain_s,
                 args.drain as f64 / d.drain_s,
+                fmt_us(fsync_p50),
                 d.info_s,
                 d.first_s,
                 d.confirmed_s,
@@ -2055,6 +2061,7 @@ async fn run(args: Args) {
                 d.fill_rate,
             );
             series.push("drain.s", d.drain_s);
+            series.push("drain.fsync_p50", fsync_p50);
             series.push("drain.confirmed_s", d.confirmed_s);
             series.push("drain.workerd_us", u.workerd_s() * 1e6 / args.drain as f64);
             series.push("drain.workerd_pct", u.pct(u.workerd_s()));
@@ -2113,9 +2120,10 @@ async fn run(args: Args) {
     println!("{}", resources(&series, &args));
     if series.has("drain.s") {
         println!(
-            "drain: acks confirmed (a GetDevicesInfo round trip after the last ack) after {:.2} s; workerd {:.0} µs/env, \
+            "drain: fsync p50 just before {}; acks confirmed (a GetDevicesInfo round trip after the last ack) after {:.2} s; workerd {:.0} µs/env, \
              {:.0} % of a core (busiest thread {:.0} %), proxy {:.0} %, client {:.0} %; {:.0} disk flushes/s, {:.2} per \
              envelope; {:.1} acks per client write; filling ran at {:.0} reflects/s",
+            fmt_us(series.median("drain.fsync_p50")),
             series.median("drain.confirmed_s"),
             series.median("drain.workerd_us"),
             series.median("drain.workerd_pct"),
