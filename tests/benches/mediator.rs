@@ -23,14 +23,15 @@
 //! 4. **CSP echo**: echo request → response, one at a time, alternating between a device logged
 //!    in through the mediator's proxy and a direct TCP CSP connection to the chat server.
 //!
-//! CPU time (`/proc/<pid>/stat`) of this process (the client), of workerd and of wrangler's
+//! CPU time (`/proc/<pid>/stat`) of this process (the client), of wrangler dev's two workerd
+//! processes (its proxy and the runtime, with the runtime's busiest thread) and of wrangler's
 //! node is read around every measuring window, and the disk flushes of the machine
 //! (`/proc/diskstats`), so a missed target comes with what limited it.
 //!
-//! `cargo bench -p tandem-tests --bench mediator -- [--runs R] [--seconds S]
+//! `cargo bench -p tandem-tests --bench mediator -- [--runs R] [--seconds S] [--warmup-seconds S]
 //! [--latency-seconds S] [--window W] [--max-lag N] [--idle-pace-ms P] [--body-len B] [--drain N]
-//! [--echoes N]
-//! [--skip-reflect] [--skip-latency] [--skip-drain] [--skip-echo] [--trace]`
+//! [--echoes N] [--skip-reflect] [--skip-latency] [--skip-drain] [--skip-echo] [--trace]`
+//! (BENCHMARKS.md has the defaults and the recorded results).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -292,7 +293,7 @@ async fn settle() -> Duration {
     while started.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = disk_flushes().0;
-        if now - last <= 2 {
+        if now.saturating_sub(last) <= 2 {
             break;
         }
         last = now;
@@ -539,17 +540,8 @@ impl Lean {
     }
 
     /// Closes with 1000 and waits (briefly) for the mediator's close frame.
-    async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            if self.sink.send(Message::Close(None)).await.is_ok() {
-                while let Some(Ok(message)) = self.stream.next().await {
-                    if matches!(message, Message::Close(_)) {
-                        break;
-                    }
-                }
-            }
-        })
-        .await;
+    async fn close(self) {
+        close_ws(self.sink, self.stream).await;
     }
 }
 
@@ -1181,21 +1173,16 @@ async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
 /// Closes with 1000 and reads (and drops) what still arrives until the server's close frame,
 /// within 5 s.
 async fn close_ws(mut sink: SplitSink<Ws, Message>, mut stream: SplitStream<Ws>) {
-    let started = Instant::now();
-    let answered = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
         if sink.send(Message::Close(None)).await.is_ok() {
             while let Some(Ok(message)) = stream.next().await {
                 if matches!(message, Message::Close(_)) {
-                    return true;
+                    return;
                 }
             }
         }
-        false
     })
     .await;
-    if std::env::var_os("MEDIATOR_BENCH_CLOSE_TRACE").is_some() {
-        eprintln!("    close: {answered:?} after {:?}", started.elapsed());
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1229,7 +1216,7 @@ async fn group_queued(fx: &Fixture, id: &Identity) -> Option<u64> {
     response.json(&path).ok()?.get("queued")?.as_u64()
 }
 
-async fn mediator_drain(fx: &Fixture, n: usize, procs: Procs) -> DrainResult {
+async fn mediator_drain(fx: &Fixture, n: usize, body_len: usize, procs: Procs) -> DrainResult {
     let id = fx.identity().await.unwrap();
     let url = id.mediator_url(&fx.ws_base()).unwrap();
     let target_id = random_device_id();
@@ -1245,7 +1232,7 @@ async fn mediator_drain(fx: &Fixture, n: usize, procs: Procs) -> DrainResult {
         id.device_config(random_device_id(), "filler"),
     )
     .await;
-    let mut template = envelope_template(64);
+    let mut template = envelope_template(body_len);
     let fill_started = Instant::now();
     let (mut sent, mut acked, mut unacked) = (0_usize, 0_usize, 0_usize);
     while acked < n {
@@ -2035,7 +2022,7 @@ async fn run(args: Args) {
             let (fsync_p50, _) = tokio::task::spawn_blocking(move || fsync_latency(&dir, 50))
                 .await
                 .unwrap();
-            let d = mediator_drain(&fx, args.drain, procs).await;
+            let d = mediator_drain(&fx, args.drain, args.body_len, procs).await;
             let u = &d.usage;
             println!(
                 "  drain            {} envelopes in {:.2} s ({:.0}/s; fsync p50 just before {}; ServerInfo {:.3} s, first {:.3} s, \
