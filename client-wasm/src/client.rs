@@ -559,6 +559,48 @@ fn dispatch(queued: &[(&'static str, JsValue)], listeners: &[(String, Function)]
     }
 }
 
+/// Settles at the next `connection` event that ends a connection attempt: resolves on
+/// `connected`, rejects on `disconnected` with `stopped` (a retry keeps waiting). A one-shot
+/// listener that removes itself; `renameDevice` waits on it.
+fn next_connection(shared: &Shared) -> Result<js_sys::Promise, JsValue> {
+    let mut settle = None;
+    let promise = js_sys::Promise::new(&mut |resolve, reject| settle = Some((resolve, reject)));
+    let Some((resolve, reject)) = settle else {
+        return Err(ClientError::invalid("call", "promise executor did not run").into());
+    };
+    let me = Rc::downgrade(shared);
+    let own: Rc<RefCell<Option<Function>>> = Rc::default();
+    let own_in_listener = Rc::clone(&own);
+    let listener = Closure::<dyn FnMut(JsValue)>::new(move |payload: JsValue| {
+        let state = get_string(&payload, "state");
+        let _ = match (state.as_deref(), get_string(&payload, "stopped")) {
+            (Some("connected"), _) => resolve.call0(&JsValue::UNDEFINED),
+            (Some("disconnected"), Some(why)) => reject.call1(
+                &JsValue::UNDEFINED,
+                &js_sys::Error::new(&format!(
+                    "the label is stored but the device could not reconnect: {why}"
+                )),
+            ),
+            _ => return,
+        };
+        // Listeners run after the core is released, so the client can be borrowed here.
+        if let (Some(shared), Some(function)) = (me.upgrade(), own_in_listener.borrow_mut().take())
+        {
+            if let Ok(mut inner) = shared.try_borrow_mut() {
+                inner.listeners.retain(|(_, f)| f != &function);
+            }
+        }
+    });
+    let function: Function = listener.into_js_value().unchecked_into();
+    *own.borrow_mut() = Some(function.clone());
+    shared
+        .try_borrow_mut()
+        .map_err(|_| JsValue::from(ClientError::invalid("call", "re-entered the client")))?
+        .listeners
+        .push(("connection".to_owned(), function));
+    Ok(promise)
+}
+
 /// Options shared by `create`, `importBackup` and `open`.
 struct Options {
     database: String,
@@ -1227,8 +1269,12 @@ impl TandemClient {
         self.command(|i| Ok(i.app.drop_device(id, now_ms(), &mut OsRng)?))
     }
 
-    /// Renames this device. The label is stored at once and announced to the siblings from
-    /// the next `open` (the core fixes the device info per `App`; see docs/client.md).
+    /// Renames this device. The label is stored, and a device that is connected (or connecting)
+    /// reconnects at once, because d2m can change a device's info only with a new `ClientHello`
+    /// (spec §7). The promise resolves when that connection is accepted (the `connection` event
+    /// with state `connected`): from then on a sibling's `listDevices` shows the new label.
+    /// Offline, it resolves once the label is stored and the next connection announces it. It
+    /// rejects if the reconnect logic stops (docs/client.md, "Decisions").
     #[wasm_bindgen(js_name = renameDevice)]
     pub async fn rename_device(&self, label: String) -> Result<(), JsValue> {
         if label.len() > tandem_shared::d2d::MAX_LABEL_LEN {
@@ -1241,6 +1287,15 @@ impl TandemClient {
         let db = self.read(|i| i.db.clone())?;
         db.put_client(&[("deviceLabel", label.as_str().into())])
             .await?;
+        let info = device_info(&label);
+        self.command(|i| {
+            i.app.set_device_info(info, now_ms());
+            Ok(())
+        })?;
+        // After the drain: a socket exists iff a connection is being (re)opened.
+        if self.read(|i| i.socket.is_some())? {
+            JsFuture::from(next_connection(&self.inner)?).await?;
+        }
         Ok(())
     }
 

@@ -387,6 +387,37 @@ impl App {
         }
     }
 
+    /// Replaces what this device tells its siblings about itself (label, platform, version).
+    ///
+    /// d2m has no message to change it mid-session: the mediator keeps the `DeviceInfo` of the
+    /// device's last `ClientHello` (spec §7). So a connected (or handshaking) device ends its
+    /// connection (`Effect::CloseWebSocket(1000)`, `AppEvent::Disconnected` with a retry at
+    /// `now_ms`) and asks for a new one at once (`Effect::Connect`); the new `ClientHello`
+    /// carries the new info, and once [`AppEvent::Connected`] follows, every sibling's
+    /// `request_devices` sees it. Offline, the info simply goes out with the next connection.
+    /// Returns whether a reconnect was started.
+    pub fn set_device_info(&mut self, info: DeviceInfo, now_ms: u64) -> bool {
+        self.config.device_info = info;
+        if self.session.is_none() {
+            return false;
+        }
+        let code = CloseCode::Normal;
+        self.effects.push_back(Effect::CloseWebSocket(code));
+        // A deliberate close is no failure: no backoff, reconnect now.
+        self.teardown(code, ReconnectDecision::RetryAt(now_ms));
+        self.reconnect.reset();
+        self.reconnect_at = None;
+        self.effects.push_back(Effect::Connect);
+        self.flush();
+        true
+    }
+
+    /// What this device tells its siblings about itself (see [`App::set_device_info`]).
+    #[must_use]
+    pub fn device_info(&self) -> &DeviceInfo {
+        &self.config.device_info
+    }
+
     /// Asks the mediator for the group's devices; [`AppEvent::Devices`] follows.
     pub fn request_devices(
         &mut self,
@@ -610,7 +641,12 @@ impl App {
     }
 
     fn closed(&mut self, code: CloseCode, now_ms: u64) {
-        let csp_close = self.conn.csp_close;
+        let next = self.reconnect.on_closed(code, self.conn.csp_close, now_ms);
+        self.teardown(code, next);
+    }
+
+    /// Drops everything of the connection; `next` is what the reconnect logic decided.
+    fn teardown(&mut self, code: CloseCode, next: ReconnectDecision) {
         // Read updates and re-reflections in flight go out again on the next connection.
         let mut in_flight = Vec::new();
         for (id, pending) in self.conn.reflects.drain() {
@@ -633,7 +669,6 @@ impl App {
         self.sync.on_disconnect();
         // Parked messages were never acked: the chat server sends them again.
         self.parked.clear();
-        let next = self.reconnect.on_closed(code, csp_close, now_ms);
         if let ReconnectDecision::RetryAt(at) = next {
             self.reconnect_at = Some(at);
         }
