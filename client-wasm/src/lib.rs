@@ -13,6 +13,8 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod client;
 pub mod convert;
 pub mod directory;

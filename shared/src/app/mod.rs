@@ -16,6 +16,8 @@
 //! `incoming` (leader duties), `reflected` (applying siblings' envelopes), `receipts` (read
 //! receipts, typing), `sync` (transactions), `groups`, `newdevice` (DESIGN §2.4).
 
+#[cfg(feature = "bench")]
+pub mod bench;
 mod core;
 mod event;
 mod gate;

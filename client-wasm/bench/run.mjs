@@ -1,0 +1,212 @@
+// Browser-device budgets (BENCHMARKS.md, "Browser device"; docs/client.md, "Benchmarks"):
+//
+//   1. incoming: `app::bench::IncomingBench::process` — N incoming 1:1 texts through the device
+//      path — natively (shared/benches/incoming.rs) and in wasm in headless Chromium,
+//      alternately, same seed per pair; medians and wasm speed as a fraction of native.
+//   2. open: a database with C contacts and M messages written through the real storage path
+//      (`benchPopulate`), the page reloaded, then `TandemClient.open({database})` until it
+//      resolves and the conversations and the newest conversation's messages are read.
+//
+//   node run.mjs [--messages 2000] [--runs 5] [--contacts 1000] [--stored 10000]
+//                [--open-runs 7] [--skip-build] [--only incoming|open] [--profile]
+//
+// The wasm is built like scripts/build-client.sh builds the package (release, opt-level z, fat
+// LTO, one codegen unit, panic abort, wasm-opt -Oz), plus `--features bench`; the native bench
+// with cargo's bench profile (the workspace release profile: opt-level 3). CARGO_TARGET_DIR is
+// honoured. `--profile` records a CPU profile of one open through the Chrome DevTools protocol
+// and prints the heaviest functions.
+
+import { spawnSync, execFileSync } from "node:child_process";
+import { createServer } from "node:http";
+import { readFile } from "node:fs/promises";
+import { extname, join, dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { cpus, loadavg } from "node:os";
+import { chromium } from "playwright-core";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = resolve(here, "../..");
+const args = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = args.indexOf(name);
+  return i >= 0 && args[i + 1] !== undefined ? Number(args[i + 1]) : def;
+};
+const flag = (name) => args.includes(name);
+const only = (() => {
+  const i = args.indexOf("--only");
+  return i >= 0 ? args[i + 1] : null;
+})();
+const MESSAGES = opt("--messages", 2000);
+const RUNS = opt("--runs", 5);
+const CONTACTS = opt("--contacts", 1000);
+const STORED = opt("--stored", 10000);
+const OPEN_RUNS = opt("--open-runs", 7);
+const targetDir = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+const say = (s) => console.error(`==> ${s}`);
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const fmt = (x) => x.toFixed(1);
+
+function run(cmd, argv, env = {}) {
+  const r = spawnSync(cmd, argv, { cwd: root, stdio: ["ignore", "inherit", "inherit"], env: { ...process.env, ...env } });
+  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(" ")} failed (${r.status})`);
+}
+
+function buildWasm() {
+  say("cargo build -p tandem-client --features bench (wasm32, release, build-client.sh's settings)");
+  run("cargo", ["build", "-p", "tandem-client", "--features", "bench", "--target", "wasm32-unknown-unknown", "--release", "--locked"], {
+    CARGO_PROFILE_RELEASE_OPT_LEVEL: "z",
+    CARGO_PROFILE_RELEASE_LTO: "true",
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS: "1",
+    CARGO_PROFILE_RELEASE_DEBUG: "0",
+    CARGO_PROFILE_RELEASE_PANIC: "abort",
+  });
+  const pkg = join(here, "pkg");
+  const bindgen = join(process.env.CARGO_HOME ?? join(process.env.HOME, ".cargo"), "bin", "wasm-bindgen");
+  run(bindgen, ["--target", "web", "--out-dir", pkg, "--out-name", "tandem_client", join(targetDir, "wasm32-unknown-unknown/release/tandem_client.wasm")]);
+  say("wasm-opt -Oz");
+  const wasm = join(pkg, "tandem_client_bg.wasm");
+  run(join(here, "node_modules/.bin/wasm-opt"), ["-Oz", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext", "--enable-mutable-globals", "--enable-reference-types", "--enable-multivalue", wasm, "-o", wasm]);
+}
+
+function nativeBench() {
+  say("cargo bench --no-run -p tandem-shared --features bench --bench incoming");
+  const out = execFileSync("cargo", ["bench", "--no-run", "--locked", "-p", "tandem-shared", "--features", "bench", "--bench", "incoming", "--message-format=json"], { cwd: root, encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 1 << 28 });
+  const exe = out.split("\n").filter(Boolean).map((l) => JSON.parse(l)).filter((m) => m.reason === "compiler-artifact" && m.executable && m.target?.name === "incoming").map((m) => m.executable).pop();
+  if (!exe) throw new Error("no native bench executable");
+  return exe;
+}
+
+function serve() {
+  const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
+  const server = createServer(async (req, res) => {
+    const path = join(here, decodeURIComponent(new URL(req.url, "http://x").pathname));
+    if (!path.startsWith(here)) return res.writeHead(403).end();
+    try {
+      const body = await readFile(path);
+      res.writeHead(200, { "content-type": types[extname(path)] ?? "application/octet-stream", "cache-control": "no-store" }).end(body);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
+}
+
+async function main() {
+  if (!flag("--skip-build")) buildWasm();
+  const exe = only === "open" ? null : nativeBench();
+  const server = await serve();
+  const url = `http://127.0.0.1:${server.address().port}/page.html`;
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  const page = await browser.newPage();
+  const load = async () => {
+    await page.goto(url);
+    await page.waitForFunction(() => window.benchReady === true);
+  };
+  await load();
+  const version = browser.version();
+  console.log(`machine: ${cpus().length} × ${cpus()[0].model}; Chromium ${version}; node ${process.version}`);
+  console.log(`load average at start: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+
+  if (only !== "open") {
+    const native = [];
+    const wasm = [];
+    for (let i = 0; i < RUNS; i++) {
+      const seed = i + 1;
+      const n = JSON.parse(execFileSync(exe, ["--messages", String(MESSAGES), "--runs", "1", "--seed", String(seed), "--json"], { encoding: "utf8" }).trim());
+      const w = await page.evaluate(
+        ({ messages, seed }) => {
+          const prepStart = performance.now();
+          const bench = new window.tandem.IncomingBench(messages, seed);
+          const prepareMs = performance.now() - prepStart;
+          const frames = bench.frames;
+          const t0 = performance.now();
+          bench.process();
+          const ms = performance.now() - t0;
+          const sent = bench.verify();
+          bench.free();
+          return { ms, frames, sent, prepareMs };
+        },
+        { messages: MESSAGES, seed },
+      );
+      if (w.frames !== n.frames || w.sent !== n.sent) throw new Error(`native and wasm workloads differ: ${JSON.stringify({ n, w })}`);
+      native.push(n.ms);
+      wasm.push(w.ms);
+      console.log(`incoming run ${i + 1}: native ${fmt(n.ms)} ms, wasm ${fmt(w.ms)} ms (${MESSAGES} messages, ${n.frames} containers in, ${n.sent} out; wasm/native speed ${(n.ms / w.ms).toFixed(3)})`);
+    }
+    const nm = median(native);
+    const wm = median(wasm);
+    console.log(`incoming median: native ${fmt(nm)} ms (${fmt((nm * 1000) / MESSAGES)} µs/message), wasm ${fmt(wm)} ms (${fmt((wm * 1000) / MESSAGES)} µs/message); wasm speed = ${(nm / wm).toFixed(3)} × native (budget ≥ 0.8)`);
+  }
+
+  if (only !== "incoming") {
+    const database = "bench-open";
+    say(`populating ${database}: ${CONTACTS} contacts, ${STORED} messages`);
+    const populated = await page.evaluate(
+      async ({ database, contacts, stored }) => {
+        await window.tandem.TandemClient.deleteDatabase(database);
+        const t0 = performance.now();
+        const identity = await window.tandem.benchPopulate(database, contacts, stored, "ws://127.0.0.1:9");
+        return { identity, ms: performance.now() - t0 };
+      },
+      { database, contacts: CONTACTS, stored: STORED },
+    );
+    console.log(`populated ${populated.identity} in ${fmt(populated.ms)} ms`);
+    const times = [];
+    const opens = [];
+    for (let i = 0; i < OPEN_RUNS; i++) {
+      await load();
+      const profiling = flag("--profile") && i === OPEN_RUNS - 1;
+      let cdp;
+      if (profiling) {
+        cdp = await page.context().newCDPSession(page);
+        await cdp.send("Profiler.enable");
+        await cdp.send("Profiler.setSamplingInterval", { interval: 100 });
+        await cdp.send("Profiler.start");
+      }
+      const r = await page.evaluate(async (database) => {
+        const t0 = performance.now();
+        const client = await window.tandem.TandemClient.open({ database });
+        const opened = performance.now();
+        const list = client.conversations();
+        const newest = client.messages(list[0].id);
+        const ms = performance.now() - t0;
+        const contacts = client.contacts().length;
+        let total = 0;
+        for (const c of list) total += c.unread >= 0 ? 1 : 0;
+        client.close();
+        return { ms, openMs: opened - t0, conversations: list.length, newest: newest.length, contacts, total };
+      }, database);
+      if (profiling) {
+        const { profile } = await cdp.send("Profiler.stop");
+        const self = new Map();
+        const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+        const dt = profile.timeDeltas;
+        profile.samples.forEach((id, k) => {
+          const n = byId.get(id);
+          const name = `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").pop()}`;
+          self.set(name, (self.get(name) ?? 0) + (dt[k] ?? 0) / 1000);
+        });
+        const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+        console.log("profile of the last open (self time, ms):");
+        for (const [name, ms] of top) console.log(`  ${fmt(ms).padStart(8)}  ${name}`);
+      }
+      if (r.contacts !== CONTACTS) throw new Error(`opened ${r.contacts} contacts`);
+      times.push(r.ms);
+      opens.push(r.openMs);
+      console.log(`open run ${i + 1}: ready in ${fmt(r.ms)} ms (open resolved at ${fmt(r.openMs)} ms; ${r.conversations} conversations, ${r.contacts} contacts, ${r.newest} messages in the newest)`);
+    }
+    console.log(`open median: ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
+    await page.evaluate((database) => window.tandem.TandemClient.deleteDatabase(database), database);
+  }
+  console.log(`load average at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  await browser.close();
+  server.close();
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

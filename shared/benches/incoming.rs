@@ -1,0 +1,71 @@
+//! Native side of the browser-device budget "incoming message processing in wasm ≥ 0.8× native"
+//! (BENCHMARKS.md, "Browser device"): times `app::bench::IncomingBench::process`, the very
+//! function `client-wasm/bench/run.mjs` times in Chromium.
+//!
+//! ```text
+//! cargo bench -p tandem-shared --features bench --bench incoming -- [--messages 2000] [--runs 5] [--seed 1]
+//! ```
+//!
+//! Prints one line per run (`native incoming: N messages, F frames in T ms`) and the median;
+//! with `--json` one JSON object per run instead (the driver reads those).
+
+use std::time::Instant;
+
+use tandem_shared::app::bench::IncomingBench;
+
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let messages = usize::try_from(arg(&args, "--messages", 2_000)).unwrap_or(2_000);
+    let runs = arg(&args, "--runs", 5);
+    let seed = arg(&args, "--seed", 1);
+    let json = args.iter().any(|a| a == "--json");
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let prepared = Instant::now();
+        let mut bench = match IncomingBench::prepare(messages, seed.wrapping_add(run)) {
+            Ok(bench) => bench,
+            Err(e) => {
+                eprintln!("prepare: {e}");
+                std::process::exit(1);
+            }
+        };
+        let prepare_ms = prepared.elapsed().as_secs_f64() * 1e3;
+        let started = Instant::now();
+        let processed = bench.process();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let sent = match processed.and_then(|()| bench.verify()) {
+            Ok(sent) => sent,
+            Err(e) => {
+                eprintln!("process: {e}");
+                std::process::exit(1);
+            }
+        };
+        if json {
+            println!(
+                "{{\"messages\":{messages},\"frames\":{},\"sent\":{sent},\"ms\":{ms:.3},\"prepareMs\":{prepare_ms:.1}}}",
+                bench.frames()
+            );
+        } else {
+            println!(
+                "native incoming: {messages} messages, {} frames in, {sent} out, processed in {ms:.1} ms ({:.1} µs/message; prepare {prepare_ms:.0} ms)",
+                bench.frames(),
+                ms * 1e3 / messages as f64
+            );
+        }
+        times.push(ms);
+    }
+    times.sort_by(f64::total_cmp);
+    if let Some(median) = times.get(times.len() / 2) {
+        if !json {
+            println!("native incoming median: {median:.1} ms over {runs} runs");
+        }
+    }
+}
