@@ -8,7 +8,7 @@
 //!   plus the adapter's `client` store, so `TandemClient.open` can be timed on it.
 
 use rand_core::OsRng;
-use tandem_shared::app::bench::{populated_device, IncomingBench as Workload};
+use tandem_shared::app::bench::{populated_device, x25519_agreements, IncomingBench as Workload};
 use tandem_shared::app::Identity;
 use tandem_shared::crypto::SecretKey;
 use tandem_shared::keys::ClientKey;
@@ -85,4 +85,11 @@ pub async fn bench_populate(
     .await?;
     db.close();
     Ok(identity.as_str().to_owned())
+}
+
+/// `n` X25519 key agreements (`app::bench::x25519_agreements`), for the breakdown.
+#[wasm_bindgen(js_name = benchX25519)]
+pub fn bench_x25519(n: u32, seed: u32) -> Result<u8, JsValue> {
+    let n = usize::try_from(n).map_err(|e| failed(&e))?;
+    x25519_agreements(n, u64::from(seed)).map_err(|e| failed(&e))
 }

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench -p tandem-shared --features bench --bench incoming -- [--messages 2000] [--runs 5] [--seed 1]
+//! cargo bench -p tandem-shared --features bench --bench incoming -- --x25519 2000
 //! ```
 //!
 //! Prints one line per run (`native incoming: N messages, F frames in T ms`) and the median;
@@ -11,7 +12,7 @@
 
 use std::time::Instant;
 
-use tandem_shared::app::bench::IncomingBench;
+use tandem_shared::app::bench::{x25519_agreements, IncomingBench};
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -27,6 +28,25 @@ fn main() {
     let runs = arg(&args, "--runs", 5);
     let seed = arg(&args, "--seed", 1);
     let json = args.iter().any(|a| a == "--json");
+    // `--x25519 N`: time N key agreements instead (the breakdown in BENCHMARKS.md).
+    let agreements = usize::try_from(arg(&args, "--x25519", 0)).unwrap_or(0);
+    if agreements > 0 {
+        let started = Instant::now();
+        let byte = x25519_agreements(agreements, seed);
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match byte {
+            Ok(_) if json => println!("{{\"agreements\":{agreements},\"ms\":{ms:.3}}}"),
+            Ok(_) => println!(
+                "native x25519: {agreements} agreements in {ms:.1} ms ({:.1} µs each)",
+                ms * 1e3 / agreements as f64
+            ),
+            Err(e) => {
+                eprintln!("x25519: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     let mut times = Vec::new();
     for run in 0..runs {
         let prepared = Instant::now();

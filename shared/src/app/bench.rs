@@ -281,7 +281,9 @@ impl Chat {
         };
         match payload {
             // Receipts to the peer: accepted (the peer has no device here).
-            CspPayload::OutgoingMessage(message) if !message.flags.contains(MessageFlags::DONT_ACK) => {
+            CspPayload::OutgoingMessage(message)
+                if !message.flags.contains(MessageFlags::DONT_ACK) =>
+            {
                 self.send(&CspPayload::OutgoingMessageAck(MessageAck {
                     identity: message.receiver,
                     message_id: message.message_id,
@@ -292,9 +294,9 @@ impl Chat {
                 self.deliver()?;
                 self.send(&CspPayload::QueueSendComplete)?;
             }
-            CspPayload::IncomingMessageAck(ack) => self.queue.retain(|(_, m)| {
-                !(m.sender == ack.identity && m.message_id == ack.message_id)
-            }),
+            CspPayload::IncomingMessageAck(ack) => self
+                .queue
+                .retain(|(_, m)| !(m.sender == ack.identity && m.message_id == ack.message_id)),
             CspPayload::EchoRequest(data) => self.send(&CspPayload::EchoResponse(data))?,
             _ => {}
         }
@@ -426,15 +428,18 @@ impl IncomingBench {
         let own_key = ClientKey::new(SecretKey::generate(&mut rng));
         let peer_key = ClientKey::new(SecretKey::generate(&mut rng));
         let chat_key = SecretKey::generate(&mut rng);
-        let directory = BTreeMap::from([
-            (own, own_key.public_key()),
-            (peer, peer_key.public_key()),
-        ]);
+        let directory =
+            BTreeMap::from([(own, own_key.public_key()), (peer, peer_key.public_key())]);
         let config = AppConfig::new(device_info(), chat_key.public_key());
         let dgpk = DeviceGroupKey::from_client_key(own_key.secret())
             .derive_keys()
             .dgpk_public;
-        let mut group = Group::new(GroupConfig::default(), dgpk, GroupMemoryStore::new(), NOW_MS)?;
+        let mut group = Group::new(
+            GroupConfig::default(),
+            dgpk,
+            GroupMemoryStore::new(),
+            NOW_MS,
+        )?;
         let conn = ConnId(1);
         group.on_connect(conn, NOW_MS, &mut rng);
         let (device, outbox) = Driver::create(own, &own_key, &config, seed, directory.clone())?;
@@ -550,9 +555,12 @@ impl IncomingBench {
     /// # Errors
     /// [`BenchError::Diverged`] if the replay differs from the recording.
     pub fn verify(&self) -> Result<usize, BenchError> {
-        let out = self.processed.as_ref().ok_or_else(|| no("process() result"))?;
-        if let Some(i) = (0..out.len().max(self.expected.len()))
-            .find(|&i| out.get(i) != self.expected.get(i))
+        let out = self
+            .processed
+            .as_ref()
+            .ok_or_else(|| no("process() result"))?;
+        if let Some(i) =
+            (0..out.len().max(self.expected.len())).find(|&i| out.get(i) != self.expected.get(i))
         {
             return Err(BenchError::Diverged(i));
         }
@@ -647,4 +655,26 @@ pub fn populated_device(
         id: 0,
         ops: state.take_ops(),
     })
+}
+
+/// `n` X25519 key agreements as the message path makes them
+/// ([`crate::crypto::SecretKey::box_key_contributory`]: the ladder, then HSalsa20), for the
+/// breakdown of [`IncomingBench`]: opening a message and sealing its delivery receipt make four
+/// (box key and metadata key, each way). Returns a byte of the last key so nothing is optimised
+/// away.
+///
+/// # Errors
+/// Never with these keys (both are generated, so never low-order).
+pub fn x25519_agreements(n: usize, seed: u64) -> Result<u8, BenchError> {
+    let mut rng = SeededRng::new(seed, 4);
+    let own = SecretKey::generate(&mut rng);
+    let peer = SecretKey::generate(&mut rng).public_key();
+    let mut last = 0;
+    for _ in 0..n {
+        let key = own
+            .box_key_contributory(&peer)
+            .map_err(|e| BenchError::Workload(format!("x25519: {e}")))?;
+        last ^= key.as_bytes().first().copied().unwrap_or(0);
+    }
+    Ok(last)
 }

@@ -323,8 +323,23 @@ impl App {
     }
 
     /// Advances every job the connection allows.
+    ///
+    /// Runs after every input, while a burst may keep thousands of jobs in flight (a delivery
+    /// receipt per incoming message): only jobs with something to do are collected, so a step
+    /// costs a scan of the stages instead of a lookup per job (`shared/benches/incoming.rs`).
     pub(super) fn drive_jobs(&mut self, _now_ms: u64, rng: &mut impl CryptoRngCore) {
-        let ids: Vec<u64> = self.jobs.jobs.keys().copied().collect();
+        let csp_ready = self.conn.csp_ready;
+        let ids: Vec<u64> = self
+            .jobs
+            .jobs
+            .iter()
+            .filter(|(_, job)| match job.stage {
+                Stage::Unreflected | Stage::UnreflectedSent => true,
+                Stage::Unsent => csp_ready,
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             if self.session.is_none() {
                 return;
