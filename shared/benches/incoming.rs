@@ -22,6 +22,18 @@ fn arg(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// CPU time of this thread in ms (`/proc/thread-self/stat` utime + stime, 10 ms ticks), so the
+/// driver can compare CPU rather than wall time on a machine other work shares; `None` off Linux.
+fn thread_cpu_ms() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10.0)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let messages = usize::try_from(arg(&args, "--messages", 2_000)).unwrap_or(2_000);
@@ -31,11 +43,15 @@ fn main() {
     // `--x25519 N`: time N key agreements instead (the breakdown in BENCHMARKS.md).
     let agreements = usize::try_from(arg(&args, "--x25519", 0)).unwrap_or(0);
     if agreements > 0 {
+        let cpu_before = thread_cpu_ms();
         let started = Instant::now();
         let byte = x25519_agreements(agreements, seed);
         let ms = started.elapsed().as_secs_f64() * 1e3;
+        let cpu_ms = cpu_before.zip(thread_cpu_ms()).map_or(-1.0, |(a, b)| b - a);
         match byte {
-            Ok(_) if json => println!("{{\"agreements\":{agreements},\"ms\":{ms:.3}}}"),
+            Ok(_) if json => {
+                println!("{{\"agreements\":{agreements},\"ms\":{ms:.3},\"cpuMs\":{cpu_ms:.1}}}");
+            }
             Ok(_) => println!(
                 "native x25519: {agreements} agreements in {ms:.1} ms ({:.1} µs each)",
                 ms * 1e3 / agreements as f64
@@ -58,9 +74,11 @@ fn main() {
             }
         };
         let prepare_ms = prepared.elapsed().as_secs_f64() * 1e3;
+        let cpu_before = thread_cpu_ms();
         let started = Instant::now();
         let processed = bench.process();
         let ms = started.elapsed().as_secs_f64() * 1e3;
+        let cpu_ms = cpu_before.zip(thread_cpu_ms()).map_or(-1.0, |(a, b)| b - a);
         let sent = match processed.and_then(|()| bench.verify()) {
             Ok(sent) => sent,
             Err(e) => {
@@ -70,12 +88,12 @@ fn main() {
         };
         if json {
             println!(
-                "{{\"messages\":{messages},\"frames\":{},\"sent\":{sent},\"ms\":{ms:.3},\"prepareMs\":{prepare_ms:.1}}}",
+                "{{\"messages\":{messages},\"frames\":{},\"sent\":{sent},\"ms\":{ms:.3},\"cpuMs\":{cpu_ms:.1},\"prepareMs\":{prepare_ms:.1}}}",
                 bench.frames()
             );
         } else {
             println!(
-                "native incoming: {messages} messages, {} frames in, {sent} out, processed in {ms:.1} ms ({:.1} µs/message; prepare {prepare_ms:.0} ms)",
+                "native incoming: {messages} messages, {} frames in, {sent} out, processed in {ms:.1} ms, CPU {cpu_ms:.0} ms ({:.1} µs/message; prepare {prepare_ms:.0} ms)",
                 bench.frames(),
                 ms * 1e3 / messages as f64
             );
