@@ -259,6 +259,7 @@ const SCENARIOS = {
     check(wrong?.isError && /wrong backup password/.test(wrong.message), 'an Error saying "wrong backup password"', wrong);
     const x3 = await X3.importBackup(backup, PASSWORD);
     check(x3.identity === world.X, `X3 is ${world.X}`, x3);
+    world.x3Id = x3.deviceId;
     await X3.online();
     await converge('contacts, groups, settings, nickname', X1, X3, snapshot);
     // The sibling that answered reports how many messages it sent; X3 then shows exactly the
@@ -283,7 +284,12 @@ const SCENARIOS = {
   /** A reflected envelope damaged by the mediator is rejected, acked away, and nothing breaks. */
   async tampered_reflection() {
     const { X1, X2, Y1, X, Y } = world;
-    if (world.X3?.page) await world.X3.closePage();
+    // Only X2 may receive X1's next reflection: the one-shot flip hits the first copy sent.
+    if (world.X3?.page) {
+      await world.X3.closePage();
+      await X1.until(`X3 (${world.x3Id}) shown offline`, () => window.device.client.listDevices(), null,
+        (ds) => ds.every((d) => d.id !== world.x3Id || d.online === false));
+    }
     const hex = X1.groupHex();
     const armed = await fetch(`${WORKER_HTTP}/_dev/group/${hex}/tamper-next`, { method: 'POST' });
     check(armed.status === 200, 'the tamper hook answers 200 (TANDEM_DEV_ROUTES on)', `${armed.status} ${await armed.text()}`);
