@@ -3,8 +3,9 @@
 // project's node_modules. Identity X has devices X1, X2 (later X3), identity Y has Y1; all talk to
 // the real `wrangler dev` and chat server whose URLs come from the environment.
 //
-//   TANDEM_WS_BASE      ws://host:port of the Worker (the mediator)
-//   TANDEM_WORKER_HTTP  http://host:port of the Worker (directory, dev routes)
+//   TANDEM_WORKER_HTTP  http://host:port of the Worker; the pages' own origin (server.mjs)
+//                       forwards the mediator WebSockets and `/directory/*` to it, the tamper
+//                       hook is called on it directly
 //   TANDEM_SCENARIO     comma-separated scenario names (default: all, in order)
 //   TANDEM_E2E_LOGS     directory for each device's console log (default: ./logs)
 //   CHROMIUM            the browser (default /usr/bin/chromium; never downloaded)
@@ -16,7 +17,6 @@ import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 
-const WS_BASE = need('TANDEM_WS_BASE');
 const WORKER_HTTP = need('TANDEM_WORKER_HTTP');
 const LOGS = process.env.TANDEM_E2E_LOGS ?? path.join(process.cwd(), 'logs');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -75,7 +75,8 @@ class Device {
   call(method, ...args) {
     return this.page.evaluate(([m, a]) => window.device.client[m](...a), [method, args]);
   }
-  options(extra) { return { mediatorUrl: WS_BASE, directoryUrl: SERVER, database: 'tandem', deviceLabel: this.name, ...extra }; }
+  /** The app's options: the mediator on the page's own origin, the directory by default there too. */
+  options(extra) { return { mediatorUrl: SERVER.replace(/^http/, 'ws'), database: 'tandem', deviceLabel: this.name, ...extra }; }
   async create() { return this.eval((o) => window.device.create(o), this.options()); }
   async open() { return this.eval((o) => window.device.open(o), { database: 'tandem' }); }
   async importBackup(backup, password) {

@@ -1,13 +1,14 @@
-// The fixture's static server: the pages, the project's node_modules (so the page imports
-// `tandem-client` exactly as npm installed it), and `/directory/*` forwarded to the Worker.
+// The fixture's web origin: the pages, the project's node_modules (so the page imports
+// `tandem-client` exactly as npm installed it), and everything else forwarded to the Worker —
+// `/directory/*` requests and the mediator WebSockets.
 //
-// Why a forwarding server instead of CORS in the Worker: the client's directory calls are plain
-// `fetch`es; pages served from this origin reach `/directory/*` on their own origin, so the
-// Worker needs no CORS headers for the test. A real deployment serves the web app from the
-// Worker's origin (DESIGN §2.6), where the default directory URL (the mediator's origin) works
-// without CORS too. The WebSocket goes straight to the Worker (WebSockets are not subject to
-// CORS).
+// Why one forwarding origin instead of CORS in the Worker: that is the deployment DESIGN §2.6
+// describes (the web app, the mediator and `/directory/*` on one origin), so the pages pass only
+// `mediatorUrl: ws://<this origin>` and the client's default directory URL (the mediator's
+// origin) is what runs; no CORS headers are needed or added. The WebSocket forwarding is a byte
+// pipe after the upgrade request, so the Worker sees the device's frames and closes unchanged.
 import http from 'node:http';
+import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +39,7 @@ export function startServer({ workerHttp, port = 0 }) {
   const server = http.createServer(async (req, res) => {
     try {
       const url = new URL(req.url, 'http://x');
+      if (url.pathname === '/favicon.ico') { res.writeHead(204); res.end(); return; }
       if (url.pathname.startsWith('/directory/')) {
         const body = ['GET', 'HEAD'].includes(req.method) ? undefined : await readBody(req);
         const headers = {};
@@ -65,10 +67,31 @@ export function startServer({ workerHttp, port = 0 }) {
       res.end(String(err.message ?? err));
     }
   });
+  // Mediator WebSockets: replay the upgrade request to the Worker, then pipe both ways.
+  const worker = new URL(workerHttp);
+  server.on('upgrade', (req, socket, head) => {
+    const upstream = net.connect(Number(worker.port), worker.hostname, () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        const name = req.rawHeaders[i];
+        lines.push(`${name}: ${name.toLowerCase() === 'host' ? worker.host : req.rawHeaders[i + 1]}`);
+      }
+      upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head.length > 0) upstream.write(head);
+      socket.pipe(upstream);
+      upstream.pipe(socket);
+    });
+    upstream.setNoDelay(true);
+    socket.setNoDelay(true);
+    // A clean end travels through the pipes (each side's FIN ends the other); an error ends both.
+    const end = () => { socket.destroy(); upstream.destroy(); };
+    upstream.on('error', end);
+    socket.on('error', end);
+  });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, '127.0.0.1', () => {
-      resolve({ base: `http://127.0.0.1:${server.address().port}`, close: () => server.close() });
+      resolve({ base: `http://127.0.0.1:${server.address().port}`, close: () => { server.closeAllConnections?.(); server.close(); } });
     });
   });
 }

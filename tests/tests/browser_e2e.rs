@@ -109,13 +109,11 @@ async fn tandem_client_in_chromium_against_wrangler_dev() {
         started.elapsed()
     );
 
-    let ws_base = fx.ws_base();
-    let http_base = ws_base.replacen("ws://", "http://", 1);
+    let http_base = fx.ws_base().replacen("ws://", "http://", 1);
     let logs = fx.scratch().join("browser");
     let mut cmd = Command::new("node");
     cmd.arg("driver.mjs")
         .current_dir(&browser_dir)
-        .env("TANDEM_WS_BASE", &ws_base)
         .env("TANDEM_WORKER_HTTP", &http_base)
         .env("TANDEM_E2E_LOGS", &logs)
         .env("CHROMIUM", CHROMIUM)
@@ -123,7 +121,7 @@ async fn tandem_client_in_chromium_against_wrangler_dev() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Ok(only) = std::env::var(SCENARIO_VAR) {
-        cmd.env("TANDEM_SCENARIO", only);
+        cmd.env(SCENARIO_VAR, only);
     }
     // Its own process group: the driver and its Chromium end together on a timeout.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
