@@ -117,6 +117,15 @@ function snapshot(d) {
   }).then((s) => ({ contacts: contactView(s.contacts), groups: groupView(s.groups), settings: s.settings, nickname: s.nickname }));
 }
 
+/** Where two values differ: for lists, the lengths and the first differing entries. */
+function difference(na, va, nb, vb) {
+  if (!Array.isArray(va) || !Array.isArray(vb)) return `${na}: ${short(va, 1200)}\n  ${nb}: ${short(vb, 1200)}`;
+  let i = 0;
+  while (i < va.length && i < vb.length && same(va[i], vb[i])) i++;
+  return `${na} has ${va.length} entries, ${nb} ${vb.length}; the first difference is at index ${i}:\n` +
+    `  ${na}[${i}..]: ${short(va.slice(i, i + 3), 800)}\n  ${nb}[${i}..]: ${short(vb.slice(i, i + 3), 800)}`;
+}
+
 /** Waits until two devices show the same value of `read` (read on both at each poll). */
 async function converge(what, a, b, read, ok = () => true, timeout = WAIT) {
   const deadline = Date.now() + timeout;
@@ -124,8 +133,7 @@ async function converge(what, a, b, read, ok = () => true, timeout = WAIT) {
     const [va, vb] = await Promise.all([read(a), read(b)]);
     if (same(va, vb) && ok(va)) return va;
     if (Date.now() > deadline) {
-      throw new Failure(`${what}: ${a.name} and ${b.name} equal within ${timeout} ms`,
-        `${a.name}: ${short(va, 1200)}\n  ${b.name}: ${short(vb, 1200)}`);
+      throw new Failure(`${what}: ${a.name} and ${b.name} equal within ${timeout} ms`, difference(a.name, va, b.name, vb));
     }
     await sleep(150);
   }
@@ -135,6 +143,7 @@ async function converge(what, a, b, read, ok = () => true, timeout = WAIT) {
 
 const world = {};
 let SERVER;
+let server;
 
 async function setup(browser) {
   const X1 = world.X1 = await Device.start(browser, 'X1');
@@ -295,6 +304,7 @@ const SCENARIOS = {
     const armed = await fetch(`${WORKER_HTTP}/_dev/group/${hex}/tamper-next`, { method: 'POST' });
     check(armed.status === 200, 'the tamper hook answers 200 (TANDEM_DEV_ROUTES on)', `${armed.status} ${await armed.text()}`);
     const bad = await X1.call('sendText', `contact/${Y}`, 'tampered');
+    world.tamperedKey = bad;
     await X2.until('a dropped event: undecryptableEnvelope', () => window.device.events('dropped'), null,
       (l) => l.some((e) => e.reason === 'undecryptableEnvelope'));
     const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
@@ -317,6 +327,31 @@ const SCENARIOS = {
     const errors = await X2.events('error');
     check(errors.length === 0, 'no error events on X2', errors);
   },
+
+  /** Every connection cut without a close frame: the devices report it, reconnect on their
+   * timers (no reload, no call) and messages flow again both ways. */
+  async connection_lost() {
+    const { X1, X2, Y1, X, Y } = world;
+    const open = [X1, X2, Y1];
+    const before = await Promise.all(open.map((d) => d.events('connection').then((l) => l.length)));
+    const cut = server.cutWebSockets();
+    check(cut >= open.length, `at least ${open.length} forwarded WebSockets cut`, cut);
+    for (const [i, d] of open.entries()) {
+      const seen = await d.until('a disconnect with retryAt, then online again', (n) => window.device.events('connection').slice(n), before[i],
+        (l) => { const k = l.findIndex((e) => e.state === 'disconnected'); return k >= 0 && l.slice(k + 1).some((e) => e.state === 'online'); });
+      const down = seen.find((e) => e.state === 'disconnected');
+      check(typeof down.retryAt === 'number' && down.stopped === undefined, 'the disconnect says when it retries', down);
+    }
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    const fromX = await X1.call('sendText', `contact/${Y}`, 'after the cut (X1)');
+    await Y1.until(`${fromX} on Y1`, find, [`contact/${X}`, fromX], (m) => m !== null);
+    const fromY = await Y1.call('sendText', `contact/${X}`, 'after the cut (Y1)');
+    await Y1.until(`${fromX} on Y1`, find, [`contact/${X}`, fromX], (m) => m !== null);
+    for (const d of [X1, X2]) await d.until(`${fromY} on ${d.name}`, find, [`contact/${Y}`, fromY], (m) => m !== null);
+    // X2 never shows the message whose reflection was tampered with (if that scenario ran).
+    await converge('the conversation', X1, X2,
+      (d) => d.messages(`contact/${Y}`).then((l) => view(l.filter((m) => m.key !== world.tamperedKey))));
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -327,7 +362,7 @@ const order = Object.keys(SCENARIOS).filter((n) => wanted.length === 0 || wanted
 
 fs.mkdirSync(LOGS, { recursive: true });
 if (!fs.existsSync(CHROMIUM)) { console.error(`${CHROMIUM} is missing: run scripts/bootstrap.sh (installs Debian's chromium)`); process.exit(2); }
-const server = await startServer({ workerHttp: WORKER_HTTP });
+server = await startServer({ workerHttp: WORKER_HTTP });
 SERVER = server.base;
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--headless=new', '--no-sandbox'] });
 let passed = 0; let failed = 0;

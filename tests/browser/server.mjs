@@ -69,7 +69,10 @@ export function startServer({ workerHttp, port = 0 }) {
   });
   // Mediator WebSockets: replay the upgrade request to the Worker, then pipe both ways.
   const worker = new URL(workerHttp);
+  const piped = new Set();
   server.on('upgrade', (req, socket, head) => {
+    piped.add(socket);
+    socket.on('close', () => piped.delete(socket));
     const upstream = net.connect(Number(worker.port), worker.hostname, () => {
       const lines = [`${req.method} ${req.url} HTTP/1.1`];
       for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -91,7 +94,12 @@ export function startServer({ workerHttp, port = 0 }) {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, '127.0.0.1', () => {
-      resolve({ base: `http://127.0.0.1:${server.address().port}`, close: () => { server.closeAllConnections?.(); server.close(); } });
+      resolve({
+        base: `http://127.0.0.1:${server.address().port}`,
+        /** Cuts every forwarded WebSocket at the TCP level (no close frame): the browser sees 1006. */
+        cutWebSockets: () => { const n = piped.size; for (const s of piped) s.destroy(); return n; },
+        close: () => { server.closeAllConnections?.(); server.close(); },
+      });
     });
   });
 }
