@@ -38,3 +38,28 @@ impl Tamper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flips_only_the_next_reflected_once() {
+        let tamper = Tamper::default();
+        let reflected = vec![PayloadType::Reflected as u8, 0, 0, 0, 7, 8, 9];
+        let mut unarmed = reflected.clone();
+        tamper.apply(&mut unarmed);
+        assert_eq!(unarmed, reflected, "nothing happens unless armed");
+
+        tamper.armed.set(true);
+        let mut other = vec![PayloadType::ReflectAck as u8, 0, 0, 0, 1];
+        tamper.apply(&mut other);
+        assert_eq!(other, [PayloadType::ReflectAck as u8, 0, 0, 0, 1]);
+        let mut first = reflected.clone();
+        tamper.apply(&mut first);
+        assert_eq!(first, [PayloadType::Reflected as u8, 0, 0, 0, 7, 8, 8]);
+        let mut second = reflected.clone();
+        tamper.apply(&mut second);
+        assert_eq!(second, reflected, "one shot");
+    }
+}
