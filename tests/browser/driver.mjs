@@ -40,7 +40,7 @@ function check(ok, expected, seen) { if (!ok) throw new Failure(expected, short(
 /** One device: a browser context (its own IndexedDB) and the page currently showing it. */
 class Device {
   constructor(name, context) {
-    this.name = name; this.context = context; this.page = null;
+    this.name = name; this.context = context; this.page = null; this.database = 'tandem';
     this.console = []; this.wsUrls = [];
   }
   static async start(browser, name) {
@@ -76,9 +76,9 @@ class Device {
     return this.page.evaluate(([m, a]) => window.device.client[m](...a), [method, args]);
   }
   /** The app's options: the mediator on the page's own origin, the directory by default there too. */
-  options(extra) { return { mediatorUrl: SERVER.replace(/^http/, 'ws'), database: 'tandem', deviceLabel: this.name, ...extra }; }
+  options(extra) { return { mediatorUrl: SERVER.replace(/^http/, 'ws'), database: this.database, deviceLabel: this.name, ...extra }; }
   async create() { return this.eval((o) => window.device.create(o), this.options()); }
-  async open() { return this.eval((o) => window.device.open(o), { database: 'tandem' }); }
+  async open() { return this.eval((o) => window.device.open(o), { database: this.database }); }
   async importBackup(backup, password) {
     return this.eval((o) => window.device.importBackup(o), this.options({ backup, password }));
   }
@@ -352,6 +352,57 @@ const SCENARIOS = {
     await converge('the conversation', X1, X2,
       (d) => d.messages(`contact/${Y}`).then((l) => view(l.filter((m) => m.key !== world.tamperedKey))));
   },
+
+  /** The device list names every sibling with its label; a dropped device is gone from it and,
+   * opened again, is refused by the mediator and stops (it does not retry). */
+  async devices() {
+    const { X1, X2 } = world;
+    const own = await X1.eval(() => window.device.client.deviceId);
+    const x2 = await X2.eval(() => window.device.client.deviceId);
+    const list = await X1.call('listDevices');
+    const byId = Object.fromEntries(list.map((d) => [d.id, d]));
+    check(byId[own]?.thisDevice && byId[own]?.label === 'X1' && byId[x2]?.label === 'X2' && byId[x2]?.online === true,
+      'X1 (this device) and X2 (online) with their labels', list);
+    if (!world.x3Id) return;
+    check(byId[world.x3Id]?.label === 'X3', 'X3 with its label', list);
+    await X1.call('dropDevice', world.x3Id);
+    await X1.until(`${world.x3Id} gone from the device list`, () => window.device.client.listDevices(), null,
+      (ds) => ds.every((d) => d.id !== world.x3Id));
+    const X3 = world.X3;
+    if (!X3.page) await X3.newPage();
+    await X3.open();
+    const stopped = await X3.until('a disconnect that stops (4115, no retry)', () => window.device.events('connection'), null,
+      (l) => l.some((e) => e.state === 'disconnected' && e.stopped));
+    const last = stopped.find((e) => e.state === 'disconnected' && e.stopped);
+    check(last.code === 4115 && last.retryAt === undefined, 'close code 4115 and no retryAt', last);
+    await X3.closePage();
+    const after = await X1.call('listDevices');
+    check(after.every((d) => d.id !== world.x3Id), 'the dropped slot did not come back', after);
+  },
+
+  /** Two identities in one browser context (two databases, one origin): each opens its own. */
+  async two_in_one_browser() {
+    const { Y1, Y } = world;
+    const Z1 = world.Z1 = new Device('Z1', Y1.context);
+    Z1.database = 'tandem-z';
+    await Z1.newPage();
+    const z = await Z1.create();
+    check(z.identity !== Y, 'a different identity in the same context', z);
+    await Z1.online();
+    await Z1.call('addContact', Y);
+    await Z1.until(`contact ${Y}`, () => window.device.client.contacts(), null, (cs) => cs.length === 1);
+    const key = await Z1.call('sendText', `contact/${Y}`, 'from the same browser');
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    await Y1.until(`${key} from ${z.identity}`, find, [`contact/${z.identity}`, key], (m) => m !== null);
+    // Reloading one page opens its own database, not the other's.
+    await Z1.reload();
+    const again = await Z1.open();
+    check(again.identity === z.identity && again.deviceId === z.deviceId, `Z1 opens as ${z.identity}`, again);
+    check((await Z1.messages(`contact/${Y}`)).some((m) => m.key === key), 'Z1 kept its message', await Z1.messages(`contact/${Y}`));
+    check(await Y1.eval(() => window.device.client.identity) === Y, 'Y1 is still Y', null);
+    const taken = await Z1.eval((o) => window.device.failure(() => window.TandemClient.create(o)), Z1.options({ database: 'tandem' }));
+    check(taken?.isError && /already holds identity/.test(taken.message), 'creating into a database that holds Y is refused', taken);
+  },
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -366,7 +417,7 @@ server = await startServer({ workerHttp: WORKER_HTTP });
 SERVER = server.base;
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--headless=new', '--no-sandbox'] });
 let passed = 0; let failed = 0;
-const devices = () => ['X1', 'X2', 'X3', 'Y1'].map((n) => world[n]).filter(Boolean);
+const devices = () => ['X1', 'X2', 'X3', 'Y1', 'Z1'].map((n) => world[n]).filter(Boolean);
 async function step(name, fn) {
   const started = Date.now();
   try {
