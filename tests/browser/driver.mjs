@@ -403,6 +403,81 @@ const SCENARIOS = {
     const taken = await Z1.eval((o) => window.device.failure(() => window.TandemClient.create(o)), Z1.options({ database: 'tandem' }));
     check(taken?.isError && /already holds identity/.test(taken.message), 'creating into a database that holds Y is refused', taken);
   },
+
+  /** The web app (www/, served by the Worker itself: page, mediator and directory on one origin)
+   * used as a person would, through its UI: two identities are created, a text goes from one to
+   * the other and comes back read; a second device of the first identity is linked from the ID
+   * backup (a wrong password is shown as such) and receives the history. Needs
+   * `scripts/build-www.sh` to have run (the Rust test does). */
+  async web_app(browser) {
+    const consoles = [];
+    const contexts = [];
+    const open = async (device) => {
+      const context = await browser.newContext();
+      contexts.push(context);
+      const page = await context.newPage();
+      page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
+      page.on('pageerror', (e) => consoles.push(`[web ${device}] pageerror: ${e.message}`));
+      await page.goto(`${WORKER_HTTP}/?device=${device}`);
+      return page;
+    };
+    const visible = async (page, selector, what) => {
+      try {
+        await page.waitForSelector(selector, { timeout: WAIT });
+      } catch {
+        throw new Failure(`web app: ${what} (${selector})`, `not within ${WAIT} ms; console:\n${consoles.slice(-15).join('\n')}`);
+      }
+    };
+    try {
+      const a = await open('a');
+      const b = await open('b');
+      for (const [page, name] of [[a, 'a'], [b, 'b']]) {
+        await visible(page, '#setup:not([hidden])', `the setup screen on a fresh device ${name}`);
+        await page.click('#create-form button');
+        await visible(page, '#main:not([hidden])', `device ${name} created`);
+        await visible(page, '#conn.online', `device ${name} online`);
+      }
+      const idA = await a.textContent('#me-identity');
+      const idB = await b.textContent('#me-identity');
+      check(/^[0-9A-Z]{8}$/.test(idA) && /^[0-9A-Z]{8}$/.test(idB) && idA !== idB, 'two new 8-character IDs', [idA, idB]);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await a.fill('#composer-text', 'hello through the web app');
+      await a.click('#composer button');
+      await visible(b, '#conversations li', 'the new conversation on b');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("hello through the web app")', 'the text on b');
+      await visible(a, '#messages li.mine .meta:has-text("read")', 'the read mark on a (b showed the chat)');
+
+      await a.click('#open-settings');
+      await a.fill('#backup-password', PASSWORD);
+      await a.click('#export-backup');
+      const backup = await a.inputValue('#backup-out');
+      check(backup.length === 80 + 19, 'an 80-character backup in groups of 4', backup);
+      await a.click('dialog button[value=close]');
+      const a2 = await open('a2');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen on the new device');
+      await a2.fill('#import-backup', backup);
+      await a2.fill('#import-password', 'not the password');
+      await a2.click('#import-form button');
+      await visible(a2, '#setup-error:has-text("wrong backup password")', 'the wrong-password message');
+      await a2.fill('#import-password', PASSWORD);
+      await a2.click('#import-form button');
+      await visible(a2, '#main:not([hidden])', 'the linked device');
+      check(await a2.textContent('#me-identity') === idA, `the linked device is ${idA}`, await a2.textContent('#me-identity'));
+      await visible(a2, '#conversations li', 'the conversation synced to the linked device');
+      await a2.click('#conversations li');
+      await visible(a2, '#messages li:has-text("hello through the web app")', 'the history on the linked device');
+      await a2.fill('#composer-text', 'from the linked device');
+      await a2.click('#composer button');
+      await visible(a, '#messages li:has-text("from the linked device")', 'the linked device\'s text reflected to a');
+      await visible(b, '#messages li:has-text("from the linked device")', 'the linked device\'s text on b');
+      const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
+      check(errors.length === 0, 'no page errors or console errors', errors);
+    } finally {
+      for (const c of contexts) await c.close();
+    }
+  },
 };
 
 // ---------------------------------------------------------------------------------------------

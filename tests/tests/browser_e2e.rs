@@ -1,6 +1,7 @@
-//! The browser client for real: `tandem-client` packed by `scripts/build-client.sh`, installed
-//! into the fixture project `tests/browser/` with `npm ci` (so the published package is what
-//! runs), type-checked against its `.d.ts`, and driven in headless Chromium by
+//! The browser client for real: `tandem-client` packed by `scripts/build-client.sh` (run by
+//! `scripts/build-www.sh`, which also builds the web app the Worker serves), installed into the
+//! fixture project `tests/browser/` with `npm ci` (so the published package is what runs),
+//! type-checked against its `.d.ts`, and driven in headless Chromium by
 //! `tests/browser/driver.mjs` against a real chat server and the Worker under `wrangler dev`.
 //! Each device is a browser context with its own IndexedDB (docs/testing.md, "Browser
 //! end-to-end").
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tandem_tests::harness::{Fixture, SCENARIO_VAR};
+use tandem_tests::harness::{repo_root, Fixture, SCENARIO_VAR};
 
 /// Debian's browser (`scripts/bootstrap.sh` installs it); Playwright never downloads one.
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -29,13 +30,6 @@ const LOG_CATCH_UP: Duration = Duration::from_secs(8);
 /// The error wrangler dev logs for the devices that reconnected after the `connection_lost`
 /// scenario cut their sockets (docs/testing.md); every other `Uncaught` line fails the test.
 const CONNECTION_LOST: &str = "Network connection lost.";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository root")
-        .to_path_buf()
-}
 
 /// Runs a command to the end; its combined output, or a panic naming it with that output.
 fn run(what: &str, cmd: &mut Command) -> String {
@@ -58,19 +52,19 @@ fn run(what: &str, cmd: &mut Command) -> String {
     text
 }
 
-/// Builds and packs the client (idempotent; several minutes cold) and installs the fixture
-/// project from its lockfile.
+/// Builds and packs the client and the web app around it (idempotent; several minutes cold) and
+/// installs the fixture project from its lockfile.
 fn prepare_project(browser_dir: &Path) -> PathBuf {
     let out = run(
-        "scripts/build-client.sh",
-        Command::new("scripts/build-client.sh")
+        "scripts/build-www.sh",
+        Command::new("scripts/build-www.sh")
             .current_dir(repo_root())
             .stderr(Stdio::inherit()),
     );
     let tarball = PathBuf::from(out.lines().last().unwrap_or_default().trim());
     assert!(
         tarball.is_file(),
-        "build-client.sh did not print a tarball path last:\n{out}"
+        "build-www.sh did not print a tarball path last:\n{out}"
     );
     let manifest = std::fs::read_to_string(browser_dir.join("package.json")).unwrap();
     let name = tarball.file_name().unwrap().to_string_lossy().into_owned();
@@ -102,11 +96,13 @@ async fn tandem_client_in_chromium_against_wrangler_dev() {
     );
     let browser_dir = repo_root().join("tests/browser");
     let started = Instant::now();
-    // The package build and the fixture (chat server + wrangler dev) start side by side.
+    // The package and the web app are built first: wrangler dev reads the web app's files
+    // (www/dist, the Worker's static assets) when it starts and does not see later changes.
     let dir = browser_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare_project(&dir));
+    let tarball = tokio::task::spawn_blocking(move || prepare_project(&dir))
+        .await
+        .expect("the package build panicked");
     let fixture = Fixture::with_wrangler(&["TANDEM_DEV_ROUTES:on".to_owned()]).await;
-    let tarball = prepared.await.expect("the package build panicked");
     let mut fx = fixture.unwrap_or_else(|err| panic!("the fixture did not start: {err}"));
     eprintln!(
         "package {} and fixture ready after {:.1?}",
