@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the whole Tandem system locally: the chat server and the mediator Worker under
-# `wrangler dev` (local workerd, state on disk), with embedded defaults and no account. Installs
+# Starts the whole Tandem system locally: the chat server, and the mediator Worker under
+# `wrangler dev` (local workerd, state on disk) serving the web app, with embedded defaults and
+# no account. Installs
 # what is missing first. Ctrl-C (or SIGTERM) stops everything cleanly.
 #
 #   ./scripts/run.sh
@@ -50,6 +51,10 @@ target_dir="$(cd "$repo" && cargo metadata --format-version 1 --no-deps \
   | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>console.log(JSON.parse(s).target_directory))')"
 chat_server="$target_dir/$profile_dir/tandem-chat-server"
 [ -x "$chat_server" ] || die "no chat server binary at $chat_server"
+
+# 3. The web app (the browser client package + www/), served by the mediator Worker.
+say "building the web app (browser client, wasm)"
+"$repo/scripts/build-www.sh"
 
 # Refuse to start on ports that are taken: a second copy would otherwise half-start.
 port_free() {
@@ -110,7 +115,7 @@ wait_http() {
   die "$url did not answer within $seconds s"
 }
 
-# 3. The chat server.
+# 4. The chat server.
 say "starting the chat server (CSP 127.0.0.1:$csp_port, directory http://127.0.0.1:$http_port)"
 setsid "$chat_server" \
   --csp-listen "127.0.0.1:$csp_port" \
@@ -121,7 +126,7 @@ setsid "$chat_server" \
 chat_pid=$!
 server_info="$(wait_http "http://127.0.0.1:$http_port/server-info" "$chat_pid" "$logs/chat-server.log" 60)"
 
-# 4. The mediator under wrangler dev (builds the Worker first; a cold build takes minutes).
+# 5. The mediator under wrangler dev (builds the Worker first; a cold build takes minutes).
 say "building and starting the mediator (wrangler dev on 127.0.0.1:$mediator_port; log $logs/mediator.log)"
 setsid "$repo/scripts/worker-dev.sh" "$mediator_port" "$data_dir/mediator" \
   --var "CHAT_SERVER_$server_group:127.0.0.1:$csp_port" \
@@ -139,6 +144,7 @@ cat <<EOF
 
 Tandem is running (state in $data_dir; delete it to start over).
 
+  web app      http://127.0.0.1:$mediator_port/   (?device=NAME: another device in the same browser)
   mediator     ws://127.0.0.1:$mediator_port/{first 8 hex of the group id}/{hex(ClientUrlInfo)}
                (server group $server_group; docs/worker.md)
   directory    http://127.0.0.1:$mediator_port/directory/   (forwarded to http://127.0.0.1:$http_port)
@@ -149,7 +155,7 @@ Press Ctrl-C to stop.
 tandem: ready
 EOF
 
-# 5. Run until a signal, or until one of the servers dies (then stop the other and fail).
+# 6. Run until a signal, or until one of the servers dies (then stop the other and fail).
 while :; do
   if ! kill -0 "$chat_pid" 2>/dev/null; then
     log_tail "$logs/chat-server.log"

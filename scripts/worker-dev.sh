@@ -34,6 +34,9 @@ fi
 
 mkdir -p "$state_dir"
 state_dir="$(cd "$state_dir" && pwd)"
+# wrangler.toml serves the web app from www/dist; wrangler refuses a missing folder. Without a
+# built app (scripts/build-www.sh) only the mediator and /directory/* answer.
+mkdir -p "$TANDEM_WORKER_DIR/../www/dist"
 cd "$TANDEM_WORKER_DIR"
 
 if [ "${TANDEM_WORKER_SKIP_BUILD:-}" != 1 ]; then

@@ -86,6 +86,8 @@ struct Io {
     waiting: RefCell<VecDeque<(ConnId, Waiting)>>,
     /// A task that handles `waiting` is scheduled.
     drain_scheduled: Cell<bool>,
+    /// Development fault injection (`crate::dev_tamper`).
+    tamper: crate::dev_tamper::Tamper,
 }
 
 /// A device input deferred to the next turn.
@@ -163,6 +165,7 @@ impl DurableObject for DeviceGroup {
             frames_together: Cell::new(0),
             waiting: RefCell::new(VecDeque::new()),
             drain_scheduled: Cell::new(false),
+            tamper: crate::dev_tamper::Tamper::default(),
         });
         match schema::create(&io.sql) {
             Err(err) => fail(&io, format!("creating the schema: {err}")),
@@ -189,6 +192,9 @@ impl DurableObject for DeviceGroup {
         }
         if path == STATS_PATH {
             return Response::from_json(&stats(&self.io)?);
+        }
+        if path == crate::dev_tamper::PATH {
+            return self.io.tamper.arm();
         }
         if !crate::is_websocket_upgrade(&req)? {
             return Response::error("not found", 404);
@@ -390,7 +396,8 @@ fn carry_out_all(io: &Rc<Io>, effects: Vec<Effect>, deadline: Option<u64>) {
 
 fn carry_out(io: &Rc<Io>, effect: Effect, follow_ups: &mut Vec<FollowUp>) {
     match effect {
-        Effect::Send { conn, bytes } => {
+        Effect::Send { conn, mut bytes } => {
+            io.tamper.apply(&mut bytes);
             if let Some(link) = io.links.borrow().get(&conn) {
                 // A socket already gone reports its close through the reading task.
                 if let Err(err) = link.ws.send_with_bytes(&bytes) {

@@ -13,6 +13,7 @@
 
 mod bench_relay;
 mod config;
+mod dev_tamper;
 mod group;
 mod route;
 mod runtime;
@@ -76,6 +77,13 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .id_from_name(group)?
                 .get_stub()?
                 .fetch_with_str(&format!("https://device-group{}", group::STATS_PATH))
+                .await
+        }
+        Route::DevGroupTamper(group) => {
+            env.durable_object(GROUP_BINDING)?
+                .id_from_name(group)?
+                .get_stub()?
+                .fetch_with_str(&format!("https://device-group{}", dev_tamper::PATH))
                 .await
         }
         Route::DevStoreSelftest => {

@@ -33,6 +33,8 @@ pub(crate) enum Route<'a> {
     BenchRelay(&'a str),
     /// `/_dev/group/{hex(DGPK.public)}`: the group object's counters (development routes only).
     DevGroupStats(&'a str),
+    /// `/_dev/group/{hex(DGPK.public)}/tamper-next`: arm `dev_tamper` (development routes only).
+    DevGroupTamper(&'a str),
     /// `/_dev/store-selftest`: the SQLite store's contract checks (development routes only).
     DevStoreSelftest,
     /// Anything else (later: the web app's static assets).
@@ -62,6 +64,13 @@ pub(crate) fn classify(path: &str, dev_routes: bool) -> Route<'_> {
         };
     }
     if let Some(group) = path.strip_prefix(DEV_GROUP_PREFIX) {
+        if let Some(group) = group.strip_suffix("/tamper-next") {
+            return if dev_routes && is_group_id_hex(group) {
+                Route::DevGroupTamper(group)
+            } else {
+                Route::NotFound
+            };
+        }
         return if dev_routes && is_group_id_hex(group) {
             Route::DevGroupStats(group)
         } else {
@@ -169,6 +178,9 @@ mod tests {
         assert_eq!(classify("/bench-relay/room-1", false), Route::NotFound);
         assert_eq!(classify(&stats, true), Route::DevGroupStats(&group));
         assert_eq!(classify(&stats, false), Route::NotFound);
+        let tamper = format!("{stats}/tamper-next");
+        assert_eq!(classify(&tamper, true), Route::DevGroupTamper(&group));
+        assert_eq!(classify(&tamper, false), Route::NotFound);
         assert_eq!(
             classify("/_dev/store-selftest", true),
             Route::DevStoreSelftest

@@ -1,5 +1,5 @@
 //! The README's run command, `./scripts/run.sh`, as a user runs it: it starts the chat server and
-//! the mediator under `wrangler dev`, says where to connect once both answer, keeps its state
+//! the mediator under `wrangler dev` serving the web app, says where to connect once both answer, keeps its state
 //! across a restart, refuses a taken port with a clear message, and stops everything on Ctrl-C
 //! (SIGINT) with exit status 0 and no process left behind.
 //!
@@ -13,30 +13,21 @@
 )]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tandem_tests::harness::{self, repo_root};
 
 /// The first start may build the chat server and the Worker (wasm32, wasm-opt) from cold.
 const FIRST_START_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 const RESTART_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository root")
-        .to_path_buf()
-}
-
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    harness::free_port().expect("bind an ephemeral port")
 }
 
 struct Ports {
@@ -304,6 +295,19 @@ fn run_command_starts_the_system_and_stops_it_on_ctrl_c() {
     assert_eq!(forwarded, direct);
     let (status, _) = http_get(ports.mediator, "/directory/identity/ABCD1234");
     assert_eq!(status, 404, "unknown identity through the mediator");
+    // The web app is served on the mediator's origin (DESIGN §2.6), with the client package.
+    let (status, page) = http_get(ports.mediator, "/");
+    assert_eq!(status, 200, "web app at /: {page}");
+    assert!(
+        page.contains("<title>Tandem</title>"),
+        "web app page: {page}"
+    );
+    let (status, glue) = http_get(ports.mediator, "/pkg/tandem_client.js");
+    assert_eq!(status, 200, "client package glue");
+    assert!(
+        glue.contains("TandemClient"),
+        "the glue exports TandemClient"
+    );
     // The chat server accepts CSP connections.
     TcpStream::connect(("127.0.0.1", ports.csp)).expect("CSP port accepts connections");
 

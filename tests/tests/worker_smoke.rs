@@ -30,6 +30,7 @@ use tandem_shared::device::{DeviceConfig, DeviceSession, Event, ServerInfo};
 use tandem_shared::keys::{ClientUrlInfo, DeviceGroupKey, DeviceGroupKeys};
 use tandem_shared::proto::d2d as d2d_pb;
 use tandem_shared::proto::d2m::DeviceSlotState;
+use tandem_tests::harness::repo_root;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -45,18 +46,8 @@ const IO_TIMEOUT: Duration = Duration::from_secs(20);
 /// `scripts/worker-dev.sh` exits with this when the toolchain is missing.
 const EXIT_TOOLCHAIN_MISSING: i32 = 3;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lives in the repository root")
-        .to_path_buf()
-}
-
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    tandem_tests::harness::free_port().expect("bind an ephemeral port")
 }
 
 /// The Worker served by `wrangler dev` or plain `workerd`, in its own process group, ended
@@ -144,8 +135,11 @@ impl Served {
                 }
                 panic!("the server exited with {status}:\n{}", self.log_tail());
             }
-            if let Ok(Ok((status, _))) =
-                tokio::time::timeout(Duration::from_secs(2), http_get(self.port, "/")).await
+            if let Ok(Ok((status, _))) = tokio::time::timeout(
+                Duration::from_secs(2),
+                http_get(self.port, tandem_tests::harness::READY_PROBE_PATH),
+            )
+            .await
             {
                 if status == 404 {
                     return started.elapsed();

@@ -141,10 +141,7 @@ pub fn build_release_chat_server() -> Result<PathBuf, HarnessError> {
 
 fn build(release: bool) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("tests/ has no parent directory")?
-        .to_path_buf();
+    let root = super::repo_root();
     let profile: &[&str] = if release { &["--release"] } else { &[] };
     let output = Command::new(cargo)
         .arg("build")

@@ -35,4 +35,11 @@ pub use local_mediator::LocalMediator;
 pub use process::Served;
 pub use raw::RawSocket;
 pub use runner::{Runner, ScenarioResult, SCENARIO_VAR};
-pub use worker::{WranglerDev, FIRST_START_WAIT, RESTART_WAIT};
+pub use worker::{free_port, WranglerDev, FIRST_START_WAIT, READY_PROBE_PATH, RESTART_WAIT};
+
+/// The repository's root (the scripts live under it).
+#[must_use]
+pub fn repo_root() -> std::path::PathBuf {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    tests.parent().unwrap_or(tests).to_path_buf()
+}

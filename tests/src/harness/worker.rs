@@ -20,7 +20,7 @@ pub const FIRST_START_WAIT: Duration = Duration::from_secs(20 * 60);
 pub const RESTART_WAIT: Duration = Duration::from_secs(5 * 60);
 
 /// A port nobody listens on right now.
-pub(crate) fn free_port() -> Result<u16, HarnessError> {
+pub fn free_port() -> Result<u16, HarnessError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|addr| addr.port())
@@ -129,7 +129,7 @@ impl WranglerDev {
 
     async fn launch(&mut self, build: bool, within: Duration) -> Result<Duration, HarnessError> {
         self.starts += 1;
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/worker-dev.sh");
+        let script = super::repo_root().join("scripts/worker-dev.sh");
         let mut cmd = Command::new("bash");
         cmd.arg(script)
             .arg(self.port.to_string())
@@ -160,7 +160,7 @@ impl WranglerDev {
             let probe = http_request(
                 &format!("127.0.0.1:{}", self.port),
                 "GET",
-                "/",
+                READY_PROBE_PATH,
                 None,
                 Duration::from_secs(2),
             )
@@ -178,6 +178,10 @@ impl WranglerDev {
         }
     }
 }
+
+/// A path that is neither a web app file (those are answered without the Worker) nor a Worker
+/// route: the Worker's own 404 for it means the Worker is loaded.
+pub const READY_PROBE_PATH: &str = "/_tandem/ready-probe";
 
 impl Drop for WranglerDev {
     fn drop(&mut self) {

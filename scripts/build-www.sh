@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds the web app into www/dist/: the browser client package (scripts/build-client.sh) plus
+# the app's own files. The mediator Worker serves www/dist/ as static assets (wrangler.toml
+# [assets]), so the app, the mediator WebSocket and /directory/* share one origin (DESIGN §2.6).
+# Prints, last, the client package's tarball path (as build-client.sh does).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tarball="$(scripts/build-client.sh | tail -n 1)"
+rm -rf www/dist.tmp
+mkdir -p www/dist.tmp/pkg
+cp www/index.html www/app.js www/style.css www/dist.tmp/
+cp client-wasm/pkg/tandem_client.js client-wasm/pkg/tandem_client_bg.wasm www/dist.tmp/pkg/
+rm -rf www/dist
+mv www/dist.tmp www/dist
+echo "==> web app in www/dist ($(du -sh www/dist | cut -f1))" >&2
+echo "$tarball"

@@ -1,0 +1,525 @@
+// The browser end-to-end scenarios (docs/testing.md, "Browser end-to-end"): every device is its
+// own Chromium context (so its own IndexedDB) with one page importing `tandem-client` from this
+// project's node_modules. Identity X has devices X1, X2 (later X3), identity Y has Y1; all talk to
+// the real `wrangler dev` and chat server whose URLs come from the environment.
+//
+//   TANDEM_WORKER_HTTP  http://host:port of the Worker; the pages' own origin (server.mjs)
+//                       forwards the mediator WebSockets and `/directory/*` to it, the tamper
+//                       hook is called on it directly
+//   TANDEM_SCENARIO     comma-separated scenario names (default: all, in order)
+//   TANDEM_E2E_LOGS     directory for each device's console log (default: ./logs)
+//   CHROMIUM            the browser (default /usr/bin/chromium; never downloaded)
+//
+// Prints one line per scenario and, on a failure, what was expected, what was seen and the
+// pages' console; exits 1 if a scenario failed.
+import fs from 'node:fs';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+
+const WORKER_HTTP = need('TANDEM_WORKER_HTTP');
+const LOGS = process.env.TANDEM_E2E_LOGS ?? path.join(process.cwd(), 'logs');
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const PASSWORD = 'correct horse battery staple';
+const WAIT = 30_000;
+
+function need(name) {
+  const v = process.env[name];
+  if (!v) { console.error(`${name} is not set (see the header of driver.mjs)`); process.exit(2); }
+  return v;
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const short = (v, n = 1500) => { const s = JSON.stringify(v); return s && s.length > n ? `${s.slice(0, n)}…(${s.length} chars)` : s; };
+
+/** A scenario failure: what was expected and what was seen. */
+class Failure extends Error {
+  constructor(expected, seen) { super(`expected: ${expected}\n  seen: ${seen}`); }
+}
+function check(ok, expected, seen) { if (!ok) throw new Failure(expected, short(seen)); }
+
+/** One device: a browser context (its own IndexedDB) and the page currently showing it. */
+class Device {
+  constructor(name, context) {
+    this.name = name; this.context = context; this.page = null; this.database = 'tandem';
+    this.console = []; this.wsUrls = [];
+  }
+  static async start(browser, name) {
+    const d = new Device(name, await browser.newContext());
+    await d.newPage();
+    return d;
+  }
+  /** Opens (again) the device page in this context: the same IndexedDB, a fresh JS world. */
+  async newPage() {
+    const page = await this.context.newPage();
+    this.page = page;
+    page.on('console', (m) => this.note(`${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => this.note(`pageerror: ${e.message}`));
+    page.on('websocket', (ws) => {
+      this.wsUrls.push(ws.url());
+      this.note(`websocket open ${ws.url().slice(0, 60)}…`);
+      ws.on('close', () => this.note('websocket closed'));
+    });
+    await page.goto(`${SERVER}/device.html`);
+    await page.waitForFunction(() => window.deviceReady === true, null, { timeout: WAIT });
+  }
+  async reload() {
+    this.note('--- reload ---');
+    await this.page.reload();
+    await this.page.waitForFunction(() => window.deviceReady === true, null, { timeout: WAIT });
+  }
+  async closePage() { this.note('--- page closed ---'); await this.page.close(); this.page = null; }
+  note(line) { this.console.push(`${new Date().toISOString().slice(11, 23)} [${this.name}] ${line}`); }
+
+  eval(fn, arg) { return this.page.evaluate(fn, arg); }
+  /** `client[method](...args)`, awaited in the page. */
+  call(method, ...args) {
+    return this.page.evaluate(([m, a]) => window.device.client[m](...a), [method, args]);
+  }
+  /** The app's options: the mediator on the page's own origin, the directory by default there too. */
+  options(extra) { return { mediatorUrl: SERVER.replace(/^http/, 'ws'), database: this.database, deviceLabel: this.name, ...extra }; }
+  async create() { return this.eval((o) => window.device.create(o), this.options()); }
+  async open() { return this.eval((o) => window.device.open(o), { database: this.database }); }
+  async importBackup(backup, password) {
+    return this.eval((o) => window.device.importBackup(o), this.options({ backup, password }));
+  }
+  /** Polls `probe` (run in the page) until `ok` accepts its value; fails with the last value. */
+  async until(what, probe, arg, ok, timeout = WAIT) {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      const value = await this.page.evaluate(probe, arg);
+      if (ok(value)) return value;
+      if (Date.now() > deadline) throw new Failure(`${this.name}: ${what} within ${timeout} ms`, short(value));
+      await sleep(100);
+    }
+  }
+  online() { return this.until('online', () => ({ online: window.device.online, last: window.device.events('connection').slice(-3) }), null, (v) => v.online); }
+  messages(conversation) { return this.eval((c) => window.device.client.messages(c), conversation); }
+  events(name) { return this.eval((n) => window.device.events(n), name); }
+  /** hex(DGPK.public) from the mediator URL this device last opened (`/{prefix}/{hex(ClientUrlInfo)}`). */
+  groupHex() {
+    const url = this.wsUrls.at(-1) ?? '';
+    const info = new URL(url).pathname.split('/')[2] ?? '';
+    check(info.startsWith('0a20'), 'a ClientUrlInfo starting with field 1 (32 bytes)', url);
+    return info.slice(4, 68);
+  }
+}
+
+/** What must be equal between two devices' views of a conversation. */
+const view = (list) => list.map((m) => ({ key: m.key, text: m.text, outgoing: m.outgoing, state: m.state }));
+const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+/** Devices, contacts, groups in a comparable form. */
+const contactView = (cs) => cs.map(({ identity, firstName, lastName, nickname, publicKey }) => ({ identity, firstName, lastName, nickname, publicKey }));
+const groupView = (gs) => gs.map(({ id, name, members, userState, creator }) => ({ id, name, members: [...members].sort(), userState, creator }));
+function snapshot(d) {
+  return d.eval(() => {
+    const c = window.device.client;
+    return { contacts: c.contacts(), groups: c.groups(), settings: c.settings(), nickname: c.nickname() };
+  }).then((s) => ({ contacts: contactView(s.contacts), groups: groupView(s.groups), settings: s.settings, nickname: s.nickname }));
+}
+
+/** Where two values differ: for lists, the lengths and the first differing entries. */
+function difference(na, va, nb, vb) {
+  if (!Array.isArray(va) || !Array.isArray(vb)) return `${na}: ${short(va, 1200)}\n  ${nb}: ${short(vb, 1200)}`;
+  let i = 0;
+  while (i < va.length && i < vb.length && same(va[i], vb[i])) i++;
+  return `${na} has ${va.length} entries, ${nb} ${vb.length}; the first difference is at index ${i}:\n` +
+    `  ${na}[${i}..]: ${short(va.slice(i, i + 3), 800)}\n  ${nb}[${i}..]: ${short(vb.slice(i, i + 3), 800)}`;
+}
+
+/** Waits until two devices show the same value of `read` (read on both at each poll). */
+async function converge(what, a, b, read, ok = () => true, timeout = WAIT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const [va, vb] = await Promise.all([read(a), read(b)]);
+    if (same(va, vb) && ok(va)) return va;
+    if (Date.now() > deadline) {
+      throw new Failure(`${what}: ${a.name} and ${b.name} equal within ${timeout} ms`, difference(a.name, va, b.name, vb));
+    }
+    await sleep(150);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const world = {};
+let SERVER;
+let server;
+
+async function setup(browser) {
+  const X1 = world.X1 = await Device.start(browser, 'X1');
+  const Y1 = world.Y1 = await Device.start(browser, 'Y1');
+  world.X = (await X1.create()).identity;
+  world.Y = (await Y1.create()).identity;
+  check(/^[0-9A-Z*]{8}$/.test(world.X) && world.X !== world.Y, 'two new 8-character identities', [world.X, world.Y]);
+  await X1.online();
+  await Y1.online();
+  const backup = await X1.call('exportBackup', PASSWORD);
+  world.backup = backup;
+  const X2 = world.X2 = await Device.start(browser, 'X2');
+  const x2 = await X2.importBackup(backup, PASSWORD);
+  check(x2.identity === world.X, `X2 is identity ${world.X}`, x2);
+  await X2.online();
+  await X1.call('addContact', world.Y);
+  const hasY = (cs) => cs.some((c) => c.identity === world.Y);
+  await X1.until(`contact ${world.Y} (directory lookup)`, () => window.device.client.contacts(), null, hasY);
+  await X2.until(`contact ${world.Y} reflected from X1`, () => window.device.client.contacts(), null, hasY);
+}
+
+const SCENARIOS = {
+  /** X1 → Y: X2 shows it sent, Y1 receives it, Y1 reads it, both X devices show "read". */
+  async send_receive_read() {
+    const { X1, X2, Y1, X, Y } = world;
+    const key = await X1.call('sendText', `contact/${Y}`, 'hello from X1');
+    world.firstKey = key;
+    check(key.startsWith(`${X}/`), `a message key ${X}/HEXID`, key);
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    const got = await Y1.until(`message ${key} from ${X}`, find, [`contact/${X}`, key], (m) => m !== null);
+    check(got.text === 'hello from X1' && !got.outgoing && got.sender === X, 'the text, incoming, from X', got);
+    const sent = ['sent', 'delivered', 'read'];
+    const onX2 = await X2.until(`outgoing ${key} as sent`, find, [`contact/${Y}`, key], (m) => m && sent.includes(m.state));
+    check(onX2.outgoing && onX2.text === 'hello from X1', 'the same outgoing message on X2', onX2);
+    await X1.until(`${key} sent`, find, [`contact/${Y}`, key], (m) => m && sent.includes(m.state));
+    const marked = await Y1.call('markRead', `contact/${X}`);
+    check(marked >= 1, 'markRead marks at least the one message', marked);
+    for (const d of [X1, X2]) await d.until(`${key} read`, find, [`contact/${Y}`, key], (m) => m?.state === 'read');
+    for (const d of [X1, X2]) {
+      const states = await d.events('messageState');
+      check(states.some((s) => s.key === key && s.state === 'read' && s.conversation === `contact/${Y}`),
+        `a messageState event (read) for ${key} on ${d.name}`, states);
+    }
+  },
+
+  /** A reload keeps the state and reconnects as the same slot. */
+  async reload() {
+    const { X1, Y } = world;
+    const before = await X1.eval(() => ({ id: window.device.client.deviceId }));
+    const messagesBefore = view(await X1.messages(`contact/${Y}`));
+    const devicesBefore = await X1.call('listDevices');
+    await X1.reload();
+    const opened = await X1.open();
+    check(opened.deviceId === before.id && opened.identity === world.X, `the same device ${before.id}`, opened);
+    check(same(view(await X1.messages(`contact/${Y}`)), messagesBefore), 'the same conversation after the reload',
+      await X1.messages(`contact/${Y}`));
+    await X1.online();
+    const devices = await X1.call('listDevices');
+    const ids = (ds) => ds.map((d) => d.id).sort();
+    check(same(ids(devices), ids(devicesBefore)), `the same slots as before (${ids(devicesBefore)})`, devices);
+    check(devices.filter((d) => d.thisDevice).map((d) => d.id).join() === before.id, 'this device is the old slot', devices);
+  },
+
+  /** X2 offline while X1 and Y1 exchange 200 messages; X2 catches up exactly. */
+  async offline_catch_up() {
+    const { X1, X2, Y1, X, Y } = world;
+    await X2.closePage();
+    for (let i = 0; i < 100; i++) {
+      await X1.call('sendText', `contact/${Y}`, `x${i}`);
+      await Y1.call('sendText', `contact/${X}`, `y${i}`);
+    }
+    const texts = (list) => new Set(list.map((m) => m.text));
+    const all = (list) => { const t = texts(list); for (let i = 0; i < 100; i++) if (!t.has(`x${i}`) || !t.has(`y${i}`)) return false; return true; };
+    await X1.until('all 200 messages on X1', (c) => window.device.client.messages(c), `contact/${Y}`, all, 60_000);
+    await Y1.until('all 200 messages on Y1', (c) => window.device.client.messages(c), `contact/${X}`, all, 60_000);
+    await X2.newPage();
+    await X2.open();
+    await X2.online();
+    const progress = await X2.events('syncProgress');
+    check(progress.length > 0 && Math.max(...progress.map((p) => p.total)) >= 200,
+      'syncProgress events while X2 drains a queue of at least 200 reflections', progress);
+    const last = progress.at(-1);
+    check(last.received === last.total, 'the last syncProgress reports the whole queue', progress.slice(-3));
+    await converge('the conversation (order, ids, states)', X1, X2, (d) => d.messages(`contact/${Y}`).then(view),
+      (v) => v.length >= 201, 60_000);
+  },
+
+  /** Contact, group, settings and profile changes on X1 reach X2; concurrent edits converge. */
+  async sync_changes() {
+    const { X1, X2, Y1, Y } = world;
+    await X1.call('renameContact', Y, 'Yolanda', 'Tester');
+    await X2.until('contact renamed to Yolanda Tester', (y) => window.device.client.contacts().find((c) => c.identity === y), Y,
+      (c) => c?.firstName === 'Yolanda' && c?.lastName === 'Tester');
+    const gid = await X1.call('createGroup', 'Team', [Y]);
+    world.groupId = gid;
+    const findGroup = (g) => window.device.client.groups().find((x) => x.id === g) ?? null;
+    const g2 = await X2.until(`group ${gid} on X2`, findGroup, gid, (g) => g !== null);
+    check(g2.name === 'Team' && g2.members.includes(Y), 'group Team with member Y on X2', g2);
+    await Y1.until(`group ${gid} on Y1 (member)`, findGroup, gid, (g) => g !== null && g.name === 'Team');
+    const settings = await X1.eval(() => window.device.client.settings());
+    await X1.call('updateSettings', { typingIndicators: !settings.typingIndicators });
+    await X2.until('typingIndicators flipped', () => window.device.client.settings(), null,
+      (s) => s.typingIndicators === !settings.typingIndicators);
+    await X1.call('setNickname', 'Xavier');
+    await X2.until('nickname Xavier', () => window.device.client.nickname(), null, (n) => n === 'Xavier');
+    // Both devices change the same contact at once.
+    await Promise.all([X1.call('renameContact', Y, 'One', 'Same'), X2.call('renameContact', Y, 'Two', 'Same')]);
+    const read = (d) => d.eval((y) => window.device.client.contacts().find((c) => c.identity === y), Y)
+      .then((c) => c && { firstName: c.firstName, lastName: c.lastName });
+    await converge('the concurrently renamed contact', X1, X2, read, (c) => ['One', 'Two'].includes(c?.firstName));
+    await sleep(2000);
+    await converge('the concurrently renamed contact, 2 s later', X1, X2, read, (c) => ['One', 'Two'].includes(c?.firstName), 1000);
+    await converge('contacts, groups, settings, nickname', X1, X2, snapshot);
+  },
+
+  /** X3 joins from the ID backup and gets the state and recent history from a sibling. */
+  async join_from_backup(browser) {
+    const { X1, X2, Y } = world;
+    const X3 = world.X3 = await Device.start(browser, 'X3');
+    const backup = await X1.call('exportBackup', PASSWORD);
+    const wrong = await X3.eval((o) => window.device.failure(() => window.TandemClient.importBackup(o)),
+      X3.options({ backup, password: 'not the password' }));
+    check(wrong?.isError && /wrong backup password/.test(wrong.message), 'an Error saying "wrong backup password"', wrong);
+    const x3 = await X3.importBackup(backup, PASSWORD);
+    check(x3.identity === world.X, `X3 is ${world.X}`, x3);
+    world.x3Id = x3.deviceId;
+    await X3.online();
+    await converge('contacts, groups, settings, nickname', X1, X3, snapshot);
+    // The sibling that answered reports how many messages it sent; X3 then shows exactly the
+    // newest that many of X1's conversation (ids, texts, directions, states, order).
+    const deadline = Date.now() + WAIT;
+    let answered = null;
+    let reports = [];
+    while (answered === null && Date.now() < deadline) {
+      reports = [...await X1.events('newDeviceSync'), ...await X2.events('newDeviceSync')];
+      answered = reports.find((s) => s.deviceId === x3.deviceId) ?? null;
+      if (answered === null) await sleep(100);
+    }
+    check(answered !== null && answered.messages > 0,
+      `a sibling reports newDeviceSync for ${x3.deviceId} with messages within ${WAIT} ms`, reports);
+    const n = answered.messages;
+    await converge(`the newest ${n} messages`, X1, X3, async (d) => {
+      const all = view(await d.messages(`contact/${Y}`));
+      return d === X3 ? all : all.slice(-n);
+    }, (v) => v.length > 0);
+  },
+
+  /** A reflected envelope damaged by the mediator is rejected, acked away, and nothing breaks. */
+  async tampered_reflection() {
+    const { X1, X2, Y1, X, Y } = world;
+    // Only X2 may receive X1's next reflection: the one-shot flip hits the first copy sent.
+    if (world.X3?.page) {
+      await world.X3.closePage();
+      await X1.until(`X3 (${world.x3Id}) shown offline`, () => window.device.client.listDevices(), null,
+        (ds) => ds.every((d) => d.id !== world.x3Id || d.online === false));
+    }
+    const hex = X1.groupHex();
+    const armed = await fetch(`${WORKER_HTTP}/_dev/group/${hex}/tamper-next`, { method: 'POST' });
+    check(armed.status === 200, 'the tamper hook answers 200 (TANDEM_DEV_ROUTES on)', `${armed.status} ${await armed.text()}`);
+    const bad = await X1.call('sendText', `contact/${Y}`, 'tampered');
+    world.tamperedKey = bad;
+    await X2.until('a dropped event: undecryptableEnvelope', () => window.device.events('dropped'), null,
+      (l) => l.some((e) => e.reason === 'undecryptableEnvelope'));
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    await Y1.until('the message itself still reaches Y1', find, [`contact/${X}`, bad], (m) => m !== null);
+    const good = await X1.call('sendText', `contact/${Y}`, 'after the tampering');
+    await X2.until(`${good} on X2`, find, [`contact/${Y}`, good], (m) => m !== null);
+    const without = (d) => d.messages(`contact/${Y}`).then((l) => view(l.filter((m) => m.key !== bad)));
+    await converge('the conversation apart from the tampered message', X1, X2, without);
+    check((await X2.messages(`contact/${Y}`)).every((m) => m.key !== bad), `X2 does not show ${bad}`, await X2.messages(`contact/${Y}`));
+    // Reconnect: the rejected envelope was acked, so it does not come again.
+    await X2.closePage();
+    await X2.newPage();
+    await X2.open();
+    await X2.online();
+    await sleep(1500);
+    const after = await X2.messages(`contact/${Y}`);
+    check(after.every((m) => m.key !== bad), `${bad} not delivered again after reconnecting`, after.slice(-3));
+    check(after.some((m) => m.key === good), `${good} still there`, after.slice(-3));
+    await converge('contacts, groups, settings, nickname', X1, X2, snapshot);
+    const errors = await X2.events('error');
+    check(errors.length === 0, 'no error events on X2', errors);
+  },
+
+  /** Every connection cut without a close frame: the devices report it, reconnect on their
+   * timers (no reload, no call) and messages flow again both ways. */
+  async connection_lost() {
+    const { X1, X2, Y1, X, Y } = world;
+    const open = [X1, X2, Y1];
+    const before = await Promise.all(open.map((d) => d.events('connection').then((l) => l.length)));
+    const cut = server.cutWebSockets();
+    check(cut >= open.length, `at least ${open.length} forwarded WebSockets cut`, cut);
+    for (const [i, d] of open.entries()) {
+      const seen = await d.until('a disconnect with retryAt, then online again', (n) => window.device.events('connection').slice(n), before[i],
+        (l) => { const k = l.findIndex((e) => e.state === 'disconnected'); return k >= 0 && l.slice(k + 1).some((e) => e.state === 'online'); });
+      const down = seen.find((e) => e.state === 'disconnected');
+      check(typeof down.retryAt === 'number' && down.stopped === undefined, 'the disconnect says when it retries', down);
+    }
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    const fromX = await X1.call('sendText', `contact/${Y}`, 'after the cut (X1)');
+    await Y1.until(`${fromX} on Y1`, find, [`contact/${X}`, fromX], (m) => m !== null);
+    const fromY = await Y1.call('sendText', `contact/${X}`, 'after the cut (Y1)');
+    await Y1.until(`${fromX} on Y1`, find, [`contact/${X}`, fromX], (m) => m !== null);
+    for (const d of [X1, X2]) await d.until(`${fromY} on ${d.name}`, find, [`contact/${Y}`, fromY], (m) => m !== null);
+    // X2 never shows the message whose reflection was tampered with (if that scenario ran).
+    await converge('the conversation', X1, X2,
+      (d) => d.messages(`contact/${Y}`).then((l) => view(l.filter((m) => m.key !== world.tamperedKey))));
+  },
+
+  /** The device list names every sibling with its label; a dropped device is gone from it and,
+   * opened again, is refused by the mediator and stops (it does not retry). */
+  async devices() {
+    const { X1, X2 } = world;
+    const own = await X1.eval(() => window.device.client.deviceId);
+    const x2 = await X2.eval(() => window.device.client.deviceId);
+    const list = await X1.call('listDevices');
+    const byId = Object.fromEntries(list.map((d) => [d.id, d]));
+    check(byId[own]?.thisDevice && byId[own]?.label === 'X1' && byId[x2]?.label === 'X2' && byId[x2]?.online === true,
+      'X1 (this device) and X2 (online) with their labels', list);
+    if (!world.x3Id) return;
+    check(byId[world.x3Id]?.label === 'X3', 'X3 with its label', list);
+    await X1.call('dropDevice', world.x3Id);
+    await X1.until(`${world.x3Id} gone from the device list`, () => window.device.client.listDevices(), null,
+      (ds) => ds.every((d) => d.id !== world.x3Id));
+    const X3 = world.X3;
+    if (!X3.page) await X3.newPage();
+    await X3.open();
+    const stopped = await X3.until('a disconnect that stops (4115, no retry)', () => window.device.events('connection'), null,
+      (l) => l.some((e) => e.state === 'disconnected' && e.stopped));
+    const last = stopped.find((e) => e.state === 'disconnected' && e.stopped);
+    check(last.code === 4115 && last.retryAt === undefined, 'close code 4115 and no retryAt', last);
+    await X3.closePage();
+    const after = await X1.call('listDevices');
+    check(after.every((d) => d.id !== world.x3Id), 'the dropped slot did not come back', after);
+  },
+
+  /** Two identities in one browser context (two databases, one origin): each opens its own. */
+  async two_in_one_browser() {
+    const { Y1, Y } = world;
+    const Z1 = world.Z1 = new Device('Z1', Y1.context);
+    Z1.database = 'tandem-z';
+    await Z1.newPage();
+    const z = await Z1.create();
+    check(z.identity !== Y, 'a different identity in the same context', z);
+    await Z1.online();
+    await Z1.call('addContact', Y);
+    await Z1.until(`contact ${Y}`, () => window.device.client.contacts(), null, (cs) => cs.length === 1);
+    const key = await Z1.call('sendText', `contact/${Y}`, 'from the same browser');
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    await Y1.until(`${key} from ${z.identity}`, find, [`contact/${z.identity}`, key], (m) => m !== null);
+    // Reloading one page opens its own database, not the other's.
+    await Z1.reload();
+    const again = await Z1.open();
+    check(again.identity === z.identity && again.deviceId === z.deviceId, `Z1 opens as ${z.identity}`, again);
+    check((await Z1.messages(`contact/${Y}`)).some((m) => m.key === key), 'Z1 kept its message', await Z1.messages(`contact/${Y}`));
+    check(await Y1.eval(() => window.device.client.identity) === Y, 'Y1 is still Y', null);
+    const taken = await Z1.eval((o) => window.device.failure(() => window.TandemClient.create(o)), Z1.options({ database: 'tandem' }));
+    check(taken?.isError && /already holds identity/.test(taken.message), 'creating into a database that holds Y is refused', taken);
+  },
+
+  /** The web app (www/, served by the Worker itself: page, mediator and directory on one origin)
+   * used as a person would, through its UI: two identities are created, a text goes from one to
+   * the other and comes back read; a second device of the first identity is linked from the ID
+   * backup (a wrong password is shown as such) and receives the history. Needs
+   * `scripts/build-www.sh` to have run (the Rust test does). */
+  async web_app(browser) {
+    const consoles = [];
+    const contexts = [];
+    const open = async (device) => {
+      const context = await browser.newContext();
+      contexts.push(context);
+      const page = await context.newPage();
+      page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
+      page.on('pageerror', (e) => consoles.push(`[web ${device}] pageerror: ${e.message}`));
+      await page.goto(`${WORKER_HTTP}/?device=${device}`);
+      return page;
+    };
+    const visible = async (page, selector, what) => {
+      try {
+        await page.waitForSelector(selector, { timeout: WAIT });
+      } catch {
+        throw new Failure(`web app: ${what} (${selector})`, `not within ${WAIT} ms; console:\n${consoles.slice(-15).join('\n')}`);
+      }
+    };
+    try {
+      const a = await open('a');
+      const b = await open('b');
+      for (const [page, name] of [[a, 'a'], [b, 'b']]) {
+        await visible(page, '#setup:not([hidden])', `the setup screen on a fresh device ${name}`);
+        await page.click('#create-form button');
+        await visible(page, '#main:not([hidden])', `device ${name} created`);
+        await visible(page, '#conn.online', `device ${name} online`);
+      }
+      const idA = await a.textContent('#me-identity');
+      const idB = await b.textContent('#me-identity');
+      check(/^[0-9A-Z]{8}$/.test(idA) && /^[0-9A-Z]{8}$/.test(idB) && idA !== idB, 'two new 8-character IDs', [idA, idB]);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await a.fill('#composer-text', 'hello through the web app');
+      await a.click('#composer button');
+      await visible(b, '#conversations li', 'the new conversation on b');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("hello through the web app")', 'the text on b');
+      await visible(a, '#messages li.mine .meta:has-text("read")', 'the read mark on a (b showed the chat)');
+
+      await a.click('#open-settings');
+      await a.fill('#backup-password', PASSWORD);
+      await a.click('#export-backup');
+      const backup = await a.inputValue('#backup-out');
+      check(backup.length === 80 + 19, 'an 80-character backup in groups of 4', backup);
+      await a.click('dialog button[value=close]');
+      const a2 = await open('a2');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen on the new device');
+      await a2.fill('#import-backup', backup);
+      await a2.fill('#import-password', 'not the password');
+      await a2.click('#import-form button');
+      await visible(a2, '#setup-error:has-text("wrong backup password")', 'the wrong-password message');
+      await a2.fill('#import-password', PASSWORD);
+      await a2.click('#import-form button');
+      await visible(a2, '#main:not([hidden])', 'the linked device');
+      check(await a2.textContent('#me-identity') === idA, `the linked device is ${idA}`, await a2.textContent('#me-identity'));
+      await visible(a2, '#conversations li', 'the conversation synced to the linked device');
+      await a2.click('#conversations li');
+      await visible(a2, '#messages li:has-text("hello through the web app")', 'the history on the linked device');
+      await a2.fill('#composer-text', 'from the linked device');
+      await a2.click('#composer button');
+      await visible(a, '#messages li:has-text("from the linked device")', 'the linked device\'s text reflected to a');
+      await visible(b, '#messages li:has-text("from the linked device")', 'the linked device\'s text on b');
+      const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
+      check(errors.length === 0, 'no page errors or console errors', errors);
+    } finally {
+      for (const c of contexts) await c.close();
+    }
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+
+const wanted = (process.env.TANDEM_SCENARIO ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+for (const w of wanted) if (!(w in SCENARIOS)) { console.error(`unknown scenario ${w}; known: ${Object.keys(SCENARIOS).join(', ')}`); process.exit(2); }
+const order = Object.keys(SCENARIOS).filter((n) => wanted.length === 0 || wanted.includes(n));
+
+fs.mkdirSync(LOGS, { recursive: true });
+if (!fs.existsSync(CHROMIUM)) { console.error(`${CHROMIUM} is missing: run scripts/bootstrap.sh (installs Debian's chromium)`); process.exit(2); }
+server = await startServer({ workerHttp: WORKER_HTTP });
+SERVER = server.base;
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--headless=new', '--no-sandbox'] });
+let passed = 0; let failed = 0;
+const devices = () => ['X1', 'X2', 'X3', 'Y1', 'Z1'].map((n) => world[n]).filter(Boolean);
+async function step(name, fn) {
+  const started = Date.now();
+  try {
+    await fn(browser);
+    console.log(`scenario ${name} ... ok (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    return true;
+  } catch (err) {
+    console.log(`scenario ${name} ... FAILED (${((Date.now() - started) / 1000).toFixed(1)} s)\n  ${err instanceof Failure ? err.message : err.stack}`);
+    for (const d of devices()) {
+      const file = path.join(LOGS, `console-${d.name}.log`);
+      fs.writeFileSync(file, d.console.join('\n') + '\n');
+      console.log(`--- ${d.name} console (last 25 lines; all in ${file}) ---\n${d.console.slice(-25).join('\n')}`);
+    }
+    return false;
+  }
+}
+try {
+  if (await step('setup', setup)) {
+    for (const name of order) {
+      if (await step(name, SCENARIOS[name])) passed++; else { failed++; break; }
+    }
+  } else failed++;
+  for (const d of devices()) fs.writeFileSync(path.join(LOGS, `console-${d.name}.log`), d.console.join('\n') + '\n');
+} finally {
+  await browser.close();
+  server.close();
+}
+const notRun = order.length - passed - failed;
+console.log(`browser e2e: ${passed} passed, ${failed} failed${notRun > 0 ? `, ${notRun} not run` : ''}`);
+process.exit(failed > 0 ? 1 : 0);
