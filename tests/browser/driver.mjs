@@ -380,6 +380,31 @@ const SCENARIOS = {
     check(after.every((d) => d.id !== world.x3Id), 'the dropped slot did not come back', after);
   },
 
+  /** `renameDevice` reconnects at once (d2m changes a label only with a new ClientHello): when
+   * its promise resolves, a sibling's `listDevices` already names the new label; the renamed
+   * device closed with 1000, is online again and still sends; a reload keeps the label. */
+  async rename_device() {
+    const { X1, X2, Y } = world;
+    await X2.online();
+    const x2 = await X2.eval(() => window.device.client.deviceId);
+    const before = (await X2.events('connection')).length;
+    await X2.call('renameDevice', 'X2 renamed');
+    const list = await X1.call('listDevices');
+    check(list.find((d) => d.id === x2)?.label === 'X2 renamed', 'the new label on X1 right after the promise', list);
+    const events = (await X2.events('connection')).slice(before);
+    check(events.some((e) => e.state === 'disconnected' && e.code === 1000) && events.some((e) => e.state === 'connected'),
+      'X2 closed with 1000 and connected again before the promise resolved', events);
+    await X2.online();
+    const key = await X2.call('sendText', `contact/${Y}`, 'after the rename');
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    await X1.until(`${key} on X1`, find, [`contact/${Y}`, key], (m) => m !== null);
+    await X2.reload();
+    await X2.open();
+    await X2.online();
+    const again = await X1.call('listDevices');
+    check(again.find((d) => d.id === x2)?.label === 'X2 renamed', 'the label survives a reload', again);
+  },
+
   /** Two identities in one browser context (two databases, one origin): each opens its own. */
   async two_in_one_browser() {
     const { Y1, Y } = world;
