@@ -52,6 +52,9 @@ struct Inner {
     timer: Option<Timer>,
     listeners: Vec<(String, Function)>,
     device_waiters: Vec<(Function, Function)>,
+    /// Rejects of promises waiting for the next connection (`renameDevice`); `close` calls
+    /// them (rejecting a settled promise does nothing).
+    connection_waiters: Vec<Function>,
     queued: Vec<(&'static str, JsValue)>,
     conversations_dirty: bool,
     leader: bool,
@@ -301,7 +304,11 @@ impl Inner {
     fn event(&mut self, event: AppEvent) {
         let state = |s: &str| Obj::new().set("state", s);
         match event {
-            AppEvent::Connected => self.emit("connection", state("connected").build()),
+            AppEvent::Connected => {
+                // The waiters' listeners settle on this event; their close hooks are done.
+                self.connection_waiters.clear();
+                self.emit("connection", state("connected").build());
+            }
             AppEvent::Loading { received, total } => self.emit(
                 "syncProgress",
                 Obj::new()
@@ -465,6 +472,7 @@ impl Inner {
                         payload = payload.set("retryAt", at);
                     }
                     ReconnectDecision::Stop(reason) => {
+                        self.connection_waiters.clear();
                         payload = payload.set("stopped", stop_message(&reason));
                     }
                 }
@@ -568,6 +576,7 @@ fn next_connection(shared: &Shared) -> Result<js_sys::Promise, JsValue> {
     let Some((resolve, reject)) = settle else {
         return Err(ClientError::invalid("call", "promise executor did not run").into());
     };
+    let on_close = reject.clone();
     let me = Rc::downgrade(shared);
     let own: Rc<RefCell<Option<Function>>> = Rc::default();
     let own_in_listener = Rc::clone(&own);
@@ -593,11 +602,11 @@ fn next_connection(shared: &Shared) -> Result<js_sys::Promise, JsValue> {
     });
     let function: Function = listener.into_js_value().unchecked_into();
     *own.borrow_mut() = Some(function.clone());
-    shared
+    let mut inner = shared
         .try_borrow_mut()
-        .map_err(|_| JsValue::from(ClientError::invalid("call", "re-entered the client")))?
-        .listeners
-        .push(("connection".to_owned(), function));
+        .map_err(|_| JsValue::from(ClientError::invalid("call", "re-entered the client")))?;
+    inner.listeners.push(("connection".to_owned(), function));
+    inner.connection_waiters.push(on_close);
     Ok(promise)
 }
 
@@ -774,6 +783,7 @@ impl TandemClient {
                 timer: None,
                 listeners: Vec::new(),
                 device_waiters: Vec::new(),
+                connection_waiters: Vec::new(),
                 queued: Vec::new(),
                 conversations_dirty: false,
                 leader: false,
@@ -1334,6 +1344,14 @@ impl TandemClient {
             call_global("clearTimeout", &timer.handle);
         }
         inner.closed = true;
+        // Pending `listDevices` and `renameDevice` promises settle now instead of never.
+        let closed = JsValue::from(ClientError::Closed);
+        for (_, reject) in std::mem::take(&mut inner.device_waiters) {
+            let _ = reject.call1(&JsValue::UNDEFINED, &closed);
+        }
+        for reject in std::mem::take(&mut inner.connection_waiters) {
+            let _ = reject.call1(&JsValue::UNDEFINED, &closed);
+        }
         inner.listeners.clear();
         inner.db.close();
         Ok(())
