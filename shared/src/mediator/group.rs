@@ -8,7 +8,7 @@ use rand_core::CryptoRngCore;
 
 use super::config::GroupConfig;
 use super::effect::{CloseCause, ConnId, Effect};
-use super::store::{DeviceId, GroupStore, SlotRecord};
+use super::store::{DeviceId, GroupStore, QueuedReflection, SlotRecord};
 use crate::crypto::PublicKey;
 use crate::csp::ServerUnitSplitter;
 use crate::d2m::{D2mDecodeError, D2mMessage, Reflected, ServerChallenge};
@@ -107,6 +107,13 @@ pub(super) struct Delivery {
     /// Sequence numbers acked but not yet removed from the store: removed in one call before
     /// the next frame to this connection (`docs/mediator.md` "Ack batching").
     pub(super) acked: Vec<u64>,
+    /// When `Some`: exactly the slot's queue entries after `cursor`, oldest first, kept from
+    /// the reflects that stored them, so that a connection that is caught up gets new entries
+    /// without reading them back from the store (`docs/mediator.md` "Delivery from memory").
+    /// `None`: not known in memory; the store is read.
+    pub(super) ahead: Option<VecDeque<QueuedReflection>>,
+    /// Envelope bytes in `ahead`.
+    pub(super) ahead_bytes: usize,
 }
 
 /// An ephemeral frame placed after queue entry `after`.

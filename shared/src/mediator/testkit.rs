@@ -271,6 +271,8 @@ pub(super) struct FlakyStore {
     pub(super) inner: MemoryStore,
     pub(super) fail_writes: bool,
     pub(super) fail_reads: bool,
+    /// `read_queue` calls so far.
+    pub(super) queue_reads: std::cell::Cell<u64>,
 }
 
 impl FlakyStore {
@@ -329,6 +331,7 @@ impl GroupStore for FlakyStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<QueuedReflection>, Injected> {
+        self.queue_reads.set(self.queue_reads.get() + 1);
         self.read()?;
         ok(self.inner.read_queue(device_id, after, limit))
     }
