@@ -4,10 +4,10 @@
 use super::effect::{CloseCause, ConnId};
 use super::group::{Group, PendingEphemeral};
 use super::store::{DeviceId, GroupStore, QueuedReflection};
-use std::collections::VecDeque;
 use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::d2m::{Reflect, ReflectAck, ReflectFlags, Reflected, MAX_ENCRYPTED_ENVELOPE_LEN};
 use crate::proto::d2m as pb;
+use std::collections::VecDeque;
 
 /// Shortest envelope that can be a nonce-ahead secretbox (nonce and tag, empty plaintext).
 pub const MIN_ENCRYPTED_ENVELOPE_LEN: usize = NONCE_LEN + TAG_LEN;
@@ -114,7 +114,11 @@ impl<S: GroupStore> Group<S> {
     /// before this one). Over the bounds `ahead` is dropped and the store is read instead.
     fn keep_ahead(&mut self, device: DeviceId, before: Option<u64>, seq: u64, envelope: &[u8]) {
         let stored_at = self.now;
-        let max_entries = self.config.max_in_flight.max(1).saturating_mul(AHEAD_WINDOWS);
+        let max_entries = self
+            .config
+            .max_in_flight
+            .max(1)
+            .saturating_mul(AHEAD_WINDOWS);
         let Some(&conn) = self.online.get(&device) else {
             return;
         };
@@ -464,7 +468,10 @@ mod tests {
             h.ack(b, frames[0].reflected_id);
         }
         assert_eq!(got, sent, "every entry once, in order");
-        assert!(h.group.store().queue_reads.get() > reads, "read from the store");
+        assert!(
+            h.group.store().queue_reads.get() > reads,
+            "read from the store"
+        );
         // Caught up again: the next one comes from memory.
         let reads = h.group.store().queue_reads.get();
         let (_, next) = h.reflect(a, b"next");
