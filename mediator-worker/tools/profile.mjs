@@ -56,11 +56,51 @@ const call = (method, params = {}) =>
 
 await sleep(Number(delayS) * 1000);
 await call("Profiler.enable");
+if (process.env.COUNT) {
+  // Call counts of every JS function (no sampling): the wasm-bindgen import shims in index.js
+  // are the wasm → JS crossings, `__wbg_exec_*` the SQL statements.
+  await call("Profiler.startPreciseCoverage", { callCount: true, detailed: false });
+  console.error(`counting calls for ${durationS} s`);
+  await sleep(Number(durationS) * 1000);
+  const { result } = await call("Profiler.takePreciseCoverage");
+  await call("Profiler.stopPreciseCoverage");
+  ws.close();
+  const counts = new Map();
+  for (const script of result) {
+    for (const fn of script.functions) {
+      const n = fn.ranges[0]?.count ?? 0;
+      if (n > 0 && fn.functionName) {
+        counts.set(fn.functionName, (counts.get(fn.functionName) ?? 0) + n);
+      }
+    }
+  }
+  const crossings = [...counts].filter(([n]) => n.startsWith("__wbg_") || n.startsWith("__wbindgen_"));
+  console.log(`wasm → JS crossings (import shim calls): ${crossings.reduce((a, [, n]) => a + n, 0)}`);
+  for (const [n, c] of [...counts].sort((a, b) => b[1] - a[1]).slice(0, Number(process.env.TOP ?? 40))) {
+    console.log(`${String(c).padStart(10)}  ${n}`);
+  }
+  process.exit(0);
+}
 await call("Profiler.setSamplingInterval", { interval: 50 });
 await call("Profiler.start");
 console.error(`sampling ${durationS} s`);
 await sleep(Number(durationS) * 1000);
 const { profile } = await call("Profiler.stop");
+// wasm-bindgen's import shims are anonymous functions in an object literal: name them after the
+// `__wbg_…` key on their line of the bundled index.js.
+await call("Debugger.enable");
+const sources = new Map();
+for (const n of profile.nodes) {
+  const f = n.callFrame;
+  if (f.functionName || !f.url.endsWith("index.js") || !f.scriptId) continue;
+  if (!sources.has(f.scriptId)) {
+    const { scriptSource } = await call("Debugger.getScriptSource", { scriptId: f.scriptId });
+    sources.set(f.scriptId, scriptSource.split("\n"));
+  }
+  const line = sources.get(f.scriptId)[f.lineNumber] ?? "";
+  const keys = line.match(/__wbg_[A-Za-z0-9_]+|__wbindgen_[A-Za-z0-9_]+/g);
+  if (keys) f.functionName = `shim ${keys[keys.length - 1].replace(/_[0-9a-f]{16}$/, "")}`;
+}
 ws.close();
 if (out) writeFileSync(out, JSON.stringify(profile));
 

@@ -411,6 +411,53 @@ impl<S: GroupStore> Group<S> {
         }
     }
 
+    /// [`Self::flush_acks`] for the online connections of `devices`, in one store call. If it
+    /// fails, every one of those connections is closed with 1011 (their entries come again).
+    pub(super) fn flush_acks_of(&mut self, devices: &[DeviceId]) {
+        let mut conns = Vec::new();
+        let mut batches = Vec::new();
+        for device in devices {
+            let Some(&conn) = self.online.get(device) else {
+                continue;
+            };
+            if !self.slots.contains_key(device) {
+                continue;
+            }
+            let Some(session) = self.session_mut(conn) else {
+                continue;
+            };
+            if session.delivery.acked.is_empty() {
+                continue;
+            }
+            batches.push((*device, core::mem::take(&mut session.delivery.acked)));
+            conns.push(conn);
+        }
+        if batches.len() <= 1 {
+            // One slot (or none): the plain call, no list of pairs to build.
+            if let (Some((device, seqs)), Some(conn)) = (batches.pop(), conns.pop()) {
+                if let Err(error) = self.remove_acked(device, &seqs) {
+                    self.store_failed(conn, error);
+                }
+            }
+            return;
+        }
+        match self.store.remove_from_queues(&batches) {
+            Ok(removed) => {
+                for ((device, _), n) in batches.iter().zip(removed) {
+                    if let Some(slot) = self.slots.get_mut(device) {
+                        slot.queue_len = slot.queue_len.saturating_sub(n);
+                    }
+                }
+            }
+            Err(error) => {
+                self.store_errors.push_back(error);
+                for conn in conns {
+                    self.close(conn, CloseCause::StorageFailure);
+                }
+            }
+        }
+    }
+
     /// Removes acked entries of `device` and keeps the queue length; a slot that is gone took
     /// its entries with it.
     fn remove_acked(&mut self, device: DeviceId, seqs: &[u64]) -> Result<(), S::Error> {

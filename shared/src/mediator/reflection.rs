@@ -186,8 +186,11 @@ impl<S: GroupStore> Group<S> {
         self.store.read_queue(device, cursor, limit)
     }
 
-    /// Sends what the online ones among `devices` can take now.
+    /// Sends what the online ones among `devices` can take now. Their batched acks are stored
+    /// first, all in one store call: each would otherwise be written on its own before the
+    /// first frame to its connection (`docs/mediator.md` "Ack batching").
     pub(super) fn pump_devices(&mut self, devices: &[DeviceId]) {
+        self.flush_acks_of(devices);
         for device in devices {
             if let Some(&conn) = self.online.get(device) {
                 self.pump(conn);

@@ -347,6 +347,13 @@ impl GroupStore for FlakyStore {
         self.write()?;
         ok(self.inner.remove_from_queue_many(device_id, seqs))
     }
+    fn remove_from_queues(
+        &mut self,
+        batches: &[(DeviceId, Vec<u64>)],
+    ) -> Result<Vec<u64>, Injected> {
+        self.write()?;
+        ok(self.inner.remove_from_queues(batches))
+    }
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Injected> {
         self.read()?;
         ok(self.inner.queue_info(device_id))
