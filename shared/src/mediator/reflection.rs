@@ -452,6 +452,51 @@ mod tests {
     }
 
     #[test]
+    fn siblings_acks_are_stored_together_and_a_failure_closes_each_of_them() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.take(b);
+        h.take(c);
+        h.reflect(a, b"x");
+        for conn in [b, c] {
+            let got = reflected(&h.take(conn));
+            h.ack(conn, got[0].reflected_id);
+        }
+        // Stored together before the next reflect goes out: nothing comes again.
+        let (_, y) = h.reflect(a, b"y");
+        assert_eq!(h.queue(2).len, 1, "x acked and removed, y queued");
+        assert_eq!(h.queue(3).len, 1);
+        for conn in [b, c] {
+            let got = reflected(&h.take(conn));
+            assert_eq!(got[0].envelope, y);
+            h.ack(conn, got[0].reflected_id);
+        }
+        h.group.store.fail_multi_slot_acks = true;
+        let (_, z) = h.reflect(a, b"z");
+        h.group.store.fail_multi_slot_acks = false;
+        assert_eq!(h.closed(a), None, "the reflect itself was stored and acked");
+        for (conn, id) in [(b, 2), (c, 3)] {
+            assert_eq!(h.closed(conn), Some(CloseCause::StorageFailure));
+            assert!(
+                reflected(&h.take(conn)).is_empty(),
+                "nothing over an unstored ack"
+            );
+            let again = h.login(id);
+            let got: Vec<Vec<u8>> = reflected(&h.take(again))
+                .into_iter()
+                .map(|r| r.envelope)
+                .collect();
+            assert_eq!(
+                got,
+                [y.clone(), z.clone()],
+                "y's ack was not stored: it comes again"
+            );
+        }
+    }
+
+    #[test]
     fn a_sibling_far_behind_reads_the_store_and_catches_up_in_order() {
         let config = GroupConfig {
             max_in_flight: 1,

@@ -273,6 +273,8 @@ pub(super) struct FlakyStore {
     pub(super) fail_reads: bool,
     /// `read_queue` calls so far.
     pub(super) queue_reads: std::cell::Cell<u64>,
+    /// Only `remove_from_queues` fails (the acks of several siblings at once).
+    pub(super) fail_multi_slot_acks: bool,
 }
 
 impl FlakyStore {
@@ -352,6 +354,9 @@ impl GroupStore for FlakyStore {
         batches: &[(DeviceId, Vec<u64>)],
     ) -> Result<Vec<u64>, Injected> {
         self.write()?;
+        if self.fail_multi_slot_acks {
+            return Err(Injected);
+        }
         ok(self.inner.remove_from_queues(batches))
     }
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Injected> {
