@@ -684,6 +684,10 @@ struct Stats {
     frames_ready_together: u64,
     /// Of them, proxy frames fed at once (nothing of their connection was waiting).
     proxy_frames_at_once: u64,
+    /// `sql.exec` calls of the group stores in this isolate so far.
+    sql_statements: u64,
+    /// `transactionSync` calls of the group stores in this isolate so far.
+    sql_transactions: u64,
     leader: Option<String>,
     transaction_holder: Option<String>,
     alarm_at: Option<u64>,
@@ -717,6 +721,8 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         frames: io.frames.get(),
         frames_ready_together: io.frames_together.get(),
         proxy_frames_at_once: io.proxied_at_once.get(),
+        sql_statements: crate::store::sql_calls().0,
+        sql_transactions: crate::store::sql_calls().1,
         leader,
         transaction_holder: holder,
         alarm_at: match io.alarm.get() {

@@ -10,12 +10,27 @@
 //! numbers, times and envelope ids stay far below 2^53 and travel as numbers; a larger value is
 //! refused with [`SqlStoreError::OutOfRange`] rather than rounded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tandem_shared::mediator::{DeviceId, GroupStore, QueueInfo, QueuedReflection, SlotRecord};
 use tandem_shared::proto::d2m::DeviceSlotExpirationPolicy;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{js_sys, SqlStorage, SqlStorageValue};
 
 use crate::runtime::RawStorage;
+
+/// `sql.exec` calls and `transactionSync` calls made by every store in this isolate, for the
+/// development stats (docs/worker.md "Where the time goes": statements per envelope).
+static STATEMENTS: AtomicU64 = AtomicU64::new(0);
+static TRANSACTIONS: AtomicU64 = AtomicU64::new(0);
+
+/// `(statements, transactions)` so far (development stats).
+pub(crate) fn sql_calls() -> (u64, u64) {
+    (
+        STATEMENTS.load(Ordering::Relaxed),
+        TRANSACTIONS.load(Ordering::Relaxed),
+    )
+}
 
 /// The largest integer JavaScript represents exactly (`Number.MAX_SAFE_INTEGER`).
 const MAX_EXACT: u64 = (1 << 53) - 1;
@@ -90,6 +105,7 @@ impl SqlGroupStore {
                 Ok(JsValue::UNDEFINED)
             }
         };
+        TRANSACTIONS.fetch_add(1, Ordering::Relaxed);
         let ran = self.storage.transaction_sync(&mut run);
         match (ran, outcome) {
             (Ok(_), Some(Ok(value))) => Ok(value),
@@ -447,6 +463,7 @@ impl GroupStore for SqlGroupStore {
 /// Runs one statement and reads every row it returns (a cursor left unread may leave a write
 /// statement unfinished).
 fn run(sql: &SqlStorage, query: &str, bindings: Vec<JsValue>) -> Result<Vec<Row>, SqlStoreError> {
+    STATEMENTS.fetch_add(1, Ordering::Relaxed);
     let cursor = sql.exec_raw(query, bindings)?;
     cursor
         .raw()
