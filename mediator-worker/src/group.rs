@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use rand_core::OsRng;
 use serde::Serialize;
 use tandem_shared::crypto::PublicKey;
-use tandem_shared::d2m::CloseCode;
+use tandem_shared::d2m::{CloseCode, PayloadType};
 use tandem_shared::keys::ClientUrlInfo;
 use tandem_shared::mediator::{ConnId, Effect, Group, GroupConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +82,8 @@ struct Io {
     /// was handled (development stats: whether workerd ever delivers frames together).
     frames: Cell<u64>,
     frames_together: Cell<u64>,
+    /// Proxy frames fed at once instead of in the next turn (development stats).
+    proxied_at_once: Cell<u64>,
     /// Device inputs waiting for the next turn, in arrival order (docs/worker.md "Coalescing").
     waiting: RefCell<VecDeque<(ConnId, Waiting)>>,
     /// A task that handles `waiting` is scheduled.
@@ -163,6 +165,7 @@ impl DurableObject for DeviceGroup {
             accepted: Cell::new(0),
             frames: Cell::new(0),
             frames_together: Cell::new(0),
+            proxied_at_once: Cell::new(0),
             waiting: RefCell::new(VecDeque::new()),
             drain_scheduled: Cell::new(false),
             tamper: crate::dev_tamper::Tamper::default(),
@@ -326,7 +329,15 @@ fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::Websock
         Frame::Binary(buffer) => {
             io.frames.set(io.frames.get().saturating_add(1));
             let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
-            defer(io, conn, Waiting::Binary(bytes));
+            if is_proxy(&bytes) && !io.waiting.borrow().iter().any(|(c, _)| *c == conn) {
+                // CSP bytes write nothing, so there is no commit to share: the timer hop would
+                // only add latency. Nothing of this connection waits, so order is kept.
+                io.proxied_at_once
+                    .set(io.proxied_at_once.get().saturating_add(1));
+                input(io, |group, now| group.on_binary(conn, &bytes, now));
+            } else {
+                defer(io, conn, Waiting::Binary(bytes));
+            }
             true
         }
         Frame::Text => {
@@ -345,6 +356,11 @@ fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::Websock
         }
         Frame::Closed => false,
     }
+}
+
+/// Whether a device frame is a d2m proxy container (CSP bytes for the chat server).
+fn is_proxy(frame: &[u8]) -> bool {
+    frame.first() == Some(&PayloadType::Proxy.as_u8())
 }
 
 /// Feeds one input to the group (if it is running) and carries out what it asks for.
@@ -673,6 +689,12 @@ struct Stats {
     frames: u64,
     /// Of them, frames already waiting when the one before them was handled.
     frames_ready_together: u64,
+    /// Of them, proxy frames fed at once (nothing of their connection was waiting).
+    proxy_frames_at_once: u64,
+    /// `sql.exec` calls of the group stores in this isolate so far.
+    sql_statements: u64,
+    /// `transactionSync` calls of the group stores in this isolate so far.
+    sql_transactions: u64,
     leader: Option<String>,
     transaction_holder: Option<String>,
     alarm_at: Option<u64>,
@@ -705,6 +727,9 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         connections_accepted: io.accepted.get(),
         frames: io.frames.get(),
         frames_ready_together: io.frames_together.get(),
+        proxy_frames_at_once: io.proxied_at_once.get(),
+        sql_statements: crate::store::sql_calls().0,
+        sql_transactions: crate::store::sql_calls().1,
         leader,
         transaction_holder: holder,
         alarm_at: match io.alarm.get() {

@@ -26,6 +26,14 @@ const SCHEMA: &[&str] = &[
        envelope_id INTEGER NOT NULL,
        PRIMARY KEY (device_id, seq)
      ) WITHOUT ROWID",
+    // A queue entry removed releases its body: the reference count goes down and the body goes
+    // with the last entry. Inside SQLite this costs a fraction of one more statement through
+    // the runtime's `exec`, which is what an ack batch would otherwise pay per entry
+    // (docs/worker.md "Where the time goes").
+    "CREATE TRIGGER IF NOT EXISTS queue_release AFTER DELETE ON queue BEGIN
+       UPDATE envelope SET refs = refs - 1 WHERE id = OLD.envelope_id;
+       DELETE FROM envelope WHERE id = OLD.envelope_id AND refs <= 0;
+     END",
     "CREATE TABLE IF NOT EXISTS staged (
        position  INTEGER PRIMARY KEY,
        body      BLOB    NOT NULL,

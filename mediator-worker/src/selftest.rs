@@ -43,7 +43,8 @@ pub(crate) fn run(
             failed_enqueue_rolls_back,
         ),
         (
-            "acks, one or a batch, release the body with the last reference",
+            "acks, one, a batch or batches of several slots (an unknown slot undoes all), \
+             release the body with the last reference",
             acks_release,
         ),
         ("read_queue pages after a sequence number", read_pages),
@@ -243,7 +244,43 @@ fn acks_release(store: &mut SqlGroupStore) -> Result<(), String> {
     ensure(empty == QueueInfo::default(), || {
         format!("unknown slot: {empty:?}")
     })?;
-    batched_acks_release(store)
+    batched_acks_release(store)?;
+    acks_of_several_slots(store)
+}
+
+fn acks_of_several_slots(store: &mut SqlGroupStore) -> Result<(), String> {
+    // Slots of their own (one above 2^63), deleted at the end.
+    const E: DeviceId = DeviceId(78);
+    const F: DeviceId = DeviceId(u64::MAX - 5);
+    const MISSING: DeviceId = DeviceId(79);
+    call("put_slot", store.put_slot(&slot(E.0, vec![1])))?;
+    call("put_slot", store.put_slot(&slot(F.0, vec![1])))?;
+    let before = counts(store)?;
+    let mut e = Vec::new();
+    let mut f = Vec::new();
+    for body in [[4_u8; 40], [5; 40]] {
+        let seqs = call("enqueue", store.enqueue(&body, 5, &[E, F]))?;
+        e.extend(seqs.first().copied());
+        f.extend(seqs.get(1).copied());
+    }
+    let failed = store.remove_from_queues(&[(E, e.clone()), (MISSING, vec![1])]);
+    ensure(failed == Err(SqlStoreError::UnknownSlot(MISSING)), || {
+        format!("unknown slot: {failed:?}")
+    })?;
+    let kept = seqs(store, E)?;
+    ensure(kept == e, || format!("rolled back: {kept:?} != {e:?}"))?;
+    let absent = f.iter().max().copied().unwrap_or(0).saturating_add(100);
+    let removed = call(
+        "remove_from_queues",
+        store.remove_from_queues(&[(E, e.clone()), (F, [f.clone(), vec![absent]].concat())]),
+    )?;
+    ensure(removed == [2, 2], || format!("removed {removed:?}"))?;
+    let after = counts(store)?;
+    ensure(after == before, || {
+        format!("bodies or rows not released: {before:?} → {after:?}")
+    })?;
+    call("delete_slot", store.delete_slot(E))?;
+    call("delete_slot", store.delete_slot(F))
 }
 
 fn batched_acks_release(store: &mut SqlGroupStore) -> Result<(), String> {

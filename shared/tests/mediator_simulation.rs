@@ -165,6 +165,13 @@ impl GroupStore for SimStore {
         self.write()?;
         contract(self.inner.remove_from_queue_many(device_id, seqs))
     }
+    fn remove_from_queues(
+        &mut self,
+        batches: &[(DeviceId, Vec<u64>)],
+    ) -> Result<Vec<u64>, SimStoreError> {
+        self.write()?;
+        contract(self.inner.remove_from_queues(batches))
+    }
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, SimStoreError> {
         self.read()?;
         contract(self.inner.queue_info(device_id))

@@ -132,6 +132,9 @@ async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
     // Flood: 1 sender → 3 online siblings (d, b, c), each acking as it receives.
     let mut b = online(&url, "b", id.device_config(random_device_id(), "b")).await?;
     let mut c = online(&url, "c", id.device_config(random_device_id(), "c")).await?;
+    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
+    let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
+    let before = sql_calls(&addr, &path).await;
     let started = Instant::now();
     let sender = async {
         let ids = a.reflect_all(&tags(FLOOD, DRAIN)).await?;
@@ -149,6 +152,14 @@ async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
     rc?;
     rd?;
     let flood_per_s = FLOOD as f64 / started.elapsed().as_secs_f64();
+    if let (Some(before), Some(after)) = (before, sql_calls(&addr, &path).await) {
+        // Includes the stats request's own COUNT queries (4) and the siblings' last acks.
+        eprintln!(
+            "  flood: {:.2} SQL statements and {:.2} transactionSync per envelope",
+            (after.0 - before.0) as f64 / FLOOD as f64,
+            (after.1 - before.1) as f64 / FLOOD as f64
+        );
+    }
 
     // One-way latency to the first sibling (reflect sent → Reflected received), one at a time.
     let mut samples = Vec::with_capacity(LATENCY);
@@ -164,8 +175,6 @@ async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
     let latency_p50 = samples[samples.len() / 2];
 
     // Whether the object ever found a frame already waiting after handling one (docs/worker.md).
-    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
-    let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
     if let Ok(stats) = http_request(&addr, "GET", &path, None, Duration::from_secs(10)).await {
         eprintln!("  group stats: {}", stats.body);
     }
@@ -177,6 +186,20 @@ async fn round(fx: &Fixture) -> Result<Round, HarnessError> {
         latency_p50,
         bare_p50,
     })
+}
+
+/// `(sqlStatements, sqlTransactions)` from the group's development stats.
+async fn sql_calls(addr: &str, path: &str) -> Option<(u64, u64)> {
+    let stats = http_request(addr, "GET", path, None, Duration::from_secs(10))
+        .await
+        .ok()?;
+    let body = &stats.body;
+    let json = body.get(body.find('{')?..=body.rfind('}')?)?;
+    let json: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some((
+        json["sqlStatements"].as_u64()?,
+        json["sqlTransactions"].as_u64()?,
+    ))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

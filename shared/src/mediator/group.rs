@@ -8,7 +8,7 @@ use rand_core::CryptoRngCore;
 
 use super::config::GroupConfig;
 use super::effect::{CloseCause, ConnId, Effect};
-use super::store::{DeviceId, GroupStore, SlotRecord};
+use super::store::{DeviceId, GroupStore, QueuedReflection, SlotRecord};
 use crate::crypto::PublicKey;
 use crate::csp::ServerUnitSplitter;
 use crate::d2m::{D2mDecodeError, D2mMessage, Reflected, ServerChallenge};
@@ -107,6 +107,13 @@ pub(super) struct Delivery {
     /// Sequence numbers acked but not yet removed from the store: removed in one call before
     /// the next frame to this connection (`docs/mediator.md` "Ack batching").
     pub(super) acked: Vec<u64>,
+    /// When `Some`: exactly the slot's queue entries after `cursor`, oldest first, kept from
+    /// the reflects that stored them, so that a connection that is caught up gets new entries
+    /// without reading them back from the store (`docs/mediator.md` "Delivery from memory").
+    /// `None`: not known in memory; the store is read.
+    pub(super) ahead: Option<VecDeque<QueuedReflection>>,
+    /// Envelope bytes in `ahead`.
+    pub(super) ahead_bytes: usize,
 }
 
 /// An ephemeral frame placed after queue entry `after`.
@@ -400,6 +407,53 @@ impl<S: GroupStore> Group<S> {
             Err(error) => {
                 self.store_failed(conn, error);
                 false
+            }
+        }
+    }
+
+    /// [`Self::flush_acks`] for the online connections of `devices`, in one store call. If it
+    /// fails, every one of those connections is closed with 1011 (their entries come again).
+    pub(super) fn flush_acks_of(&mut self, devices: &[DeviceId]) {
+        let mut conns = Vec::new();
+        let mut batches = Vec::new();
+        for device in devices {
+            let Some(&conn) = self.online.get(device) else {
+                continue;
+            };
+            if !self.slots.contains_key(device) {
+                continue;
+            }
+            let Some(session) = self.session_mut(conn) else {
+                continue;
+            };
+            if session.delivery.acked.is_empty() {
+                continue;
+            }
+            batches.push((*device, core::mem::take(&mut session.delivery.acked)));
+            conns.push(conn);
+        }
+        if batches.len() <= 1 {
+            // One slot (or none): the plain call, no list of pairs to build.
+            if let (Some((device, seqs)), Some(conn)) = (batches.pop(), conns.pop()) {
+                if let Err(error) = self.remove_acked(device, &seqs) {
+                    self.store_failed(conn, error);
+                }
+            }
+            return;
+        }
+        match self.store.remove_from_queues(&batches) {
+            Ok(removed) => {
+                for ((device, _), n) in batches.iter().zip(removed) {
+                    if let Some(slot) = self.slots.get_mut(device) {
+                        slot.queue_len = slot.queue_len.saturating_sub(n);
+                    }
+                }
+            }
+            Err(error) => {
+                self.store_errors.push_back(error);
+                for conn in conns {
+                    self.close(conn, CloseCause::StorageFailure);
+                }
             }
         }
     }

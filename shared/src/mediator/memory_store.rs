@@ -232,6 +232,20 @@ impl GroupStore for MemoryStore {
         Ok(u64::try_from(removed.len()).unwrap_or(u64::MAX))
     }
 
+    fn remove_from_queues(
+        &mut self,
+        batches: &[(DeviceId, Vec<u64>)],
+    ) -> Result<Vec<u64>, Self::Error> {
+        // Atomic: every slot is checked before anything is removed.
+        for (device_id, _) in batches {
+            self.slot_mut(*device_id)?;
+        }
+        batches
+            .iter()
+            .map(|(device_id, seqs)| self.remove_from_queue_many(*device_id, seqs))
+            .collect()
+    }
+
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Self::Error> {
         Ok(self
             .slots
@@ -402,6 +416,26 @@ mod tests {
         );
         assert_eq!(seqs(&store, 1), Vec::<u64>::new());
         assert_eq!(store.envelope_count(), 0);
+    }
+
+    #[test]
+    fn acks_of_several_slots_are_removed_in_one_call_or_not_at_all() {
+        let mut store = store_with(&[1, 2]);
+        let s1 = store.enqueue(b"a", 1, &[DeviceId(1), DeviceId(2)]).unwrap();
+        let s2 = store.enqueue(b"b", 1, &[DeviceId(1), DeviceId(2)]).unwrap();
+        let failed =
+            store.remove_from_queues(&[(DeviceId(1), vec![s1[0]]), (DeviceId(9), vec![1])]);
+        assert_eq!(failed, Err(MemoryStoreError::UnknownSlot(DeviceId(9))));
+        assert_eq!(seqs(&store, 1), vec![s1[0], s2[0]], "nothing removed");
+        let removed = store
+            .remove_from_queues(&[
+                (DeviceId(1), vec![s1[0], s2[0]]),
+                (DeviceId(2), vec![s1[1], 99]),
+            ])
+            .unwrap();
+        assert_eq!(removed, vec![2, 1]);
+        assert_eq!(store.envelope_count(), 1, "b is still queued for slot 2");
+        assert_eq!(seqs(&store, 2), vec![s2[1]]);
     }
 
     #[test]

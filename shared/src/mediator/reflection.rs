@@ -3,13 +3,25 @@
 
 use super::effect::{CloseCause, ConnId};
 use super::group::{Group, PendingEphemeral};
-use super::store::{DeviceId, GroupStore};
+use super::store::{DeviceId, GroupStore, QueuedReflection};
 use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::d2m::{Reflect, ReflectAck, ReflectFlags, Reflected, MAX_ENCRYPTED_ENVELOPE_LEN};
 use crate::proto::d2m as pb;
+use std::collections::VecDeque;
 
 /// Shortest envelope that can be a nonce-ahead secretbox (nonce and tag, empty plaintext).
 pub const MIN_ENCRYPTED_ENVELOPE_LEN: usize = NONCE_LEN + TAG_LEN;
+
+/// `ahead` (entries kept in memory for a caught-up connection) holds at most this many windows
+/// (`max_in_flight`) of entries; a connection further behind reads the store. A sibling of a
+/// sender that is not slowed by it runs several hundred entries behind (the bench measured up
+/// to ≈ 900 at window 64); small envelopes that far behind still come from memory, the byte
+/// bound below decides for large ones.
+pub(super) const AHEAD_WINDOWS: usize = 16;
+
+/// `ahead` holds at most this many envelope bytes per connection (16 full-size envelopes), so
+/// eight lagging siblings cost at most 8 MiB of the Durable Object's 128 MB.
+pub(super) const MAX_AHEAD_BYTES: usize = 1024 * 1024;
 
 /// How many recent ephemeral ids a connection remembers, so that a device acking them (desktop
 /// does, spec §5) is not closed with 4012.
@@ -55,10 +67,13 @@ impl<S: GroupStore> Group<S> {
             Err(error) => return self.store_failed(conn, error),
         };
         for (target, seq) in targets.iter().zip(seqs) {
-            if let Some(slot) = self.slots.get_mut(target) {
-                slot.queue_len = slot.queue_len.saturating_add(1);
-                slot.tail = Some(seq);
-            }
+            let Some(slot) = self.slots.get_mut(target) else {
+                continue;
+            };
+            let before = slot.tail;
+            slot.queue_len = slot.queue_len.saturating_add(1);
+            slot.tail = Some(seq);
+            self.keep_ahead(*target, before, seq, &reflect.envelope);
         }
         self.send(
             conn,
@@ -96,8 +111,89 @@ impl<S: GroupStore> Group<S> {
         Some(targets)
     }
 
-    /// Sends what the online ones among `devices` can take now.
+    /// Keeps a just-stored entry in memory for the online connection of `device` if that
+    /// connection's `ahead` then still holds exactly the entries after its cursor: it already
+    /// did, or the connection had sent everything up to `before` (the queue's newest entry
+    /// before this one). Over the bounds `ahead` is dropped and the store is read instead.
+    fn keep_ahead(&mut self, device: DeviceId, before: Option<u64>, seq: u64, envelope: &[u8]) {
+        let stored_at = self.now;
+        let max_entries = self
+            .config
+            .max_in_flight
+            .max(1)
+            .saturating_mul(AHEAD_WINDOWS);
+        let Some(&conn) = self.online.get(&device) else {
+            return;
+        };
+        let Some(session) = self.session_mut(conn) else {
+            return;
+        };
+        let delivery = &mut session.delivery;
+        if delivery.ahead.is_none() && reached(delivery.cursor, before) {
+            delivery.ahead = Some(VecDeque::new());
+            delivery.ahead_bytes = 0;
+        }
+        let Some(ahead) = delivery.ahead.as_mut() else {
+            return;
+        };
+        let bytes = delivery.ahead_bytes.saturating_add(envelope.len());
+        if ahead.len() >= max_entries || bytes > MAX_AHEAD_BYTES {
+            delivery.ahead = None;
+            delivery.ahead_bytes = 0;
+        } else {
+            ahead.push_back(QueuedReflection {
+                seq,
+                stored_at,
+                envelope: envelope.to_vec(),
+            });
+            delivery.ahead_bytes = bytes;
+        }
+    }
+
+    /// Drops what `device`'s online connection keeps in memory: its queue changed other than by
+    /// [`Self::keep_ahead`].
+    pub(super) fn forget_ahead(&mut self, device: DeviceId) {
+        let Some(&conn) = self.online.get(&device) else {
+            return;
+        };
+        if let Some(session) = self.session_mut(conn) {
+            session.delivery.ahead = None;
+            session.delivery.ahead_bytes = 0;
+        }
+    }
+
+    /// Up to `limit` entries after `cursor`: from `ahead` when it is known, else from the store.
+    fn next_entries(
+        &mut self,
+        conn: ConnId,
+        device: DeviceId,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<QueuedReflection>, S::Error> {
+        if let Some(session) = self.session_mut(conn) {
+            let delivery = &mut session.delivery;
+            if let Some(ahead) = delivery.ahead.as_mut() {
+                if !ahead.is_empty() {
+                    let n = limit.min(ahead.len());
+                    let entries: Vec<QueuedReflection> = ahead.drain(..n).collect();
+                    let taken: usize = entries.iter().map(|e| e.envelope.len()).sum();
+                    delivery.ahead_bytes = delivery.ahead_bytes.saturating_sub(taken);
+                    return Ok(entries);
+                }
+                // Empty although the tail is ahead of the cursor: only a store breaking its
+                // contract gets here. Forget it and ask the store.
+                delivery.ahead = None;
+                delivery.ahead_bytes = 0;
+            }
+        }
+        self.store.read_queue(device, cursor, limit)
+    }
+
+    /// Sends what the online ones among `devices` can take now. Their batched acks are stored
+    /// first, all in one store call: each would otherwise be written on its own before the
+    /// first frame to its connection (`docs/mediator.md` "Ack batching").
     pub(super) fn pump_devices(&mut self, devices: &[DeviceId]) {
+        self.flush_acks_of(devices);
         for device in devices {
             if let Some(&conn) = self.online.get(device) {
                 self.pump(conn);
@@ -201,7 +297,7 @@ impl<S: GroupStore> Group<S> {
             if reached(cursor, tail) || room == 0 {
                 return;
             }
-            let entries = match self.store.read_queue(device, cursor, room) {
+            let entries = match self.next_entries(conn, device, cursor, room) {
                 Ok(entries) => entries,
                 Err(error) => return self.store_failed(conn, error),
             };
@@ -326,6 +422,112 @@ mod tests {
         assert_eq!(h.queue(3).len, 1, "offline slots get it too");
         assert_eq!(h.queue(1).len, 0, "never to the sender");
         assert_eq!(h.group.store().envelope_count(), 1, "stored once");
+    }
+
+    #[test]
+    fn caught_up_siblings_get_new_entries_without_a_store_read() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.take(b);
+        h.take(c);
+        let reads = h.group.store().queue_reads.get();
+        let mut sent = Vec::new();
+        for i in 0..10_u8 {
+            sent.push(h.reflect(a, &[i]).1);
+            for conn in [b, c] {
+                let got = reflected(&h.take(conn));
+                assert_eq!(got.len(), 1);
+                assert_eq!(got[0].envelope, sent[usize::from(i)]);
+                h.ack(conn, got[0].reflected_id);
+            }
+        }
+        assert_eq!(h.group.store().queue_reads.get(), reads, "all from memory");
+        // Every entry delivered from memory was acked: nothing comes again.
+        h.disconnect(c);
+        let c = h.login(3);
+        assert!(reflected(&h.take(c)).is_empty());
+        assert_eq!(h.queue(3).len, 0);
+    }
+
+    #[test]
+    fn siblings_acks_are_stored_together_and_a_failure_closes_each_of_them() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        h.take(b);
+        h.take(c);
+        h.reflect(a, b"x");
+        for conn in [b, c] {
+            let got = reflected(&h.take(conn));
+            h.ack(conn, got[0].reflected_id);
+        }
+        // Stored together before the next reflect goes out: nothing comes again.
+        let (_, y) = h.reflect(a, b"y");
+        assert_eq!(h.queue(2).len, 1, "x acked and removed, y queued");
+        assert_eq!(h.queue(3).len, 1);
+        for conn in [b, c] {
+            let got = reflected(&h.take(conn));
+            assert_eq!(got[0].envelope, y);
+            h.ack(conn, got[0].reflected_id);
+        }
+        h.group.store.fail_multi_slot_acks = true;
+        let (_, z) = h.reflect(a, b"z");
+        h.group.store.fail_multi_slot_acks = false;
+        assert_eq!(h.closed(a), None, "the reflect itself was stored and acked");
+        for (conn, id) in [(b, 2), (c, 3)] {
+            assert_eq!(h.closed(conn), Some(CloseCause::StorageFailure));
+            assert!(
+                reflected(&h.take(conn)).is_empty(),
+                "nothing over an unstored ack"
+            );
+            let again = h.login(id);
+            let got: Vec<Vec<u8>> = reflected(&h.take(again))
+                .into_iter()
+                .map(|r| r.envelope)
+                .collect();
+            assert_eq!(
+                got,
+                [y.clone(), z.clone()],
+                "y's ack was not stored: it comes again"
+            );
+        }
+    }
+
+    #[test]
+    fn a_sibling_far_behind_reads_the_store_and_catches_up_in_order() {
+        let config = GroupConfig {
+            max_in_flight: 1,
+            ..GroupConfig::default()
+        };
+        let mut h = Harness::flaky(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.take(b);
+        let total = 3 * AHEAD_WINDOWS + 2;
+        let sent: Vec<Vec<u8>> = (0..total)
+            .map(|i| h.reflect(a, &[u8::try_from(i).unwrap()]).1)
+            .collect();
+        let reads = h.group.store().queue_reads.get();
+        let mut got = Vec::new();
+        while got.len() < total {
+            let frames = reflected(&h.take(b));
+            assert_eq!(frames.len(), 1, "window of one");
+            got.push(frames[0].envelope.clone());
+            h.ack(b, frames[0].reflected_id);
+        }
+        assert_eq!(got, sent, "every entry once, in order");
+        assert!(
+            h.group.store().queue_reads.get() > reads,
+            "read from the store"
+        );
+        // Caught up again: the next one comes from memory.
+        let reads = h.group.store().queue_reads.get();
+        let (_, next) = h.reflect(a, b"next");
+        assert_eq!(reflected(&h.take(b))[0].envelope, next);
+        assert_eq!(h.group.store().queue_reads.get(), reads);
     }
 
     #[test]
@@ -628,15 +830,32 @@ mod tests {
 
     #[test]
     fn storage_failure_while_reading_a_queue_closes_only_that_connection() {
-        let mut h = Harness::flaky(GroupConfig::default());
+        // A caught-up sibling gets new entries from memory; one further behind than memory
+        // keeps reads the store.
+        let config = GroupConfig {
+            max_in_flight: 1,
+            ..GroupConfig::default()
+        };
+        let mut h = Harness::flaky(config);
         let a = h.login(1);
         let b = h.login(2);
+        h.take(b);
+        let total = AHEAD_WINDOWS + 2;
+        for i in 0..total {
+            h.reflect(a, &[u8::try_from(i).unwrap()]);
+        }
+        let first = reflected(&h.take(b));
+        assert_eq!(first.len(), 1, "window of one");
         h.fail_reads(true);
-        h.reflect(a, b"x");
+        h.ack(b, first[0].reflected_id);
         h.fail_reads(false);
         assert_eq!(h.closed(b), Some(CloseCause::StorageFailure));
         assert_eq!(h.closed(a), None);
-        assert_eq!(h.queue(2).len, 1, "still queued for the next connection");
+        assert_eq!(
+            h.queue(2).len,
+            u64::try_from(total - 1).unwrap(),
+            "the rest still queued for the next connection (the ack is stored as it ends)"
+        );
     }
 
     proptest! {

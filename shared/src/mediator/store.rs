@@ -141,6 +141,14 @@ pub trait GroupStore {
         seqs: &[u64],
     ) -> Result<u64, Self::Error>;
 
+    /// [`Self::remove_from_queue_many`] for several slots in one atomic call (the batched acks
+    /// of every sibling a reflect goes to); returns how many were removed per listed slot, in
+    /// order. An unknown slot fails the whole call.
+    fn remove_from_queues(
+        &mut self,
+        batches: &[(DeviceId, Vec<u64>)],
+    ) -> Result<Vec<u64>, Self::Error>;
+
     /// Length and newest entry of the slot's queue (empty for an unknown slot).
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Self::Error>;
 

@@ -271,6 +271,10 @@ pub(super) struct FlakyStore {
     pub(super) inner: MemoryStore,
     pub(super) fail_writes: bool,
     pub(super) fail_reads: bool,
+    /// `read_queue` calls so far.
+    pub(super) queue_reads: std::cell::Cell<u64>,
+    /// Only `remove_from_queues` fails (the acks of several siblings at once).
+    pub(super) fail_multi_slot_acks: bool,
 }
 
 impl FlakyStore {
@@ -329,6 +333,7 @@ impl GroupStore for FlakyStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<QueuedReflection>, Injected> {
+        self.queue_reads.set(self.queue_reads.get() + 1);
         self.read()?;
         ok(self.inner.read_queue(device_id, after, limit))
     }
@@ -343,6 +348,16 @@ impl GroupStore for FlakyStore {
     ) -> Result<u64, Injected> {
         self.write()?;
         ok(self.inner.remove_from_queue_many(device_id, seqs))
+    }
+    fn remove_from_queues(
+        &mut self,
+        batches: &[(DeviceId, Vec<u64>)],
+    ) -> Result<Vec<u64>, Injected> {
+        self.write()?;
+        if self.fail_multi_slot_acks {
+            return Err(Injected);
+        }
+        ok(self.inner.remove_from_queues(batches))
     }
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Injected> {
         self.read()?;

@@ -101,6 +101,8 @@ impl<S: GroupStore> Group<S> {
                     slot.queue_len = slot.queue_len.saturating_add(staged);
                     slot.tail = Some(tail);
                 }
+                // Committed bodies are read from the store (they never passed through memory).
+                self.forget_ahead(*target);
             }
             targets = room;
         }
