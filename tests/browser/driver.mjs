@@ -403,6 +403,19 @@ const SCENARIOS = {
     await X2.online();
     const again = await X1.call('listDevices');
     check(again.find((d) => d.id === x2)?.label === 'X2 renamed', 'the label survives a reload', again);
+    // close() while renameDevice and listDevices wait: both promises settle (reject), none hangs.
+    const settled = await X2.eval(async () => {
+      const c = window.device.client;
+      const outcome = (p) => p.then(() => 'resolved', (e) => `rejected: ${e.message}`);
+      const waiting = Promise.all([outcome(c.renameDevice('X2 closing')), outcome(c.listDevices())]);
+      c.close();
+      return Promise.race([waiting, new Promise((r) => setTimeout(() => r('still pending after 5 s'), 5000))]);
+    });
+    check(Array.isArray(settled) && settled.every((o) => o.startsWith('rejected')),
+      'renameDevice and listDevices reject when the client is closed', settled);
+    await X2.reload();
+    await X2.open();
+    await X2.online();
   },
 
   /** Two identities in one browser context (two databases, one origin): each opens its own. */
