@@ -647,6 +647,20 @@ fn directory_from_mediator(mediator: &str) -> String {
     }
 }
 
+/// The mediator URL (required when making a new device) and the directory base (given, or the
+/// mediator's origin).
+fn new_device_endpoints(options: &Options) -> Result<(String, String), ClientError> {
+    let mediator_url = options
+        .mediator_url
+        .clone()
+        .ok_or_else(|| ClientError::invalid("mediatorUrl", "required"))?;
+    let directory_url = options
+        .directory_url
+        .clone()
+        .unwrap_or_else(|| directory_from_mediator(&mediator_url));
+    Ok((mediator_url, directory_url))
+}
+
 /// What the client store keeps besides the core's records.
 struct Setup {
     mediator_url: String,
@@ -770,6 +784,21 @@ impl core::fmt::Debug for TandemClient {
 }
 
 impl TandemClient {
+    /// A new device in an empty database: stores the setup, creates the core and persists its
+    /// first batch (the identity) before the client is handed out.
+    async fn start_new(
+        identity: tandem_shared::app::Identity,
+        ck: tandem_shared::keys::ClientKey,
+        db: Database,
+        setup: Setup,
+    ) -> Result<Self, ClientError> {
+        save_setup(&db, &setup).await?;
+        let config = AppConfig::new(device_info(&setup.device_label), setup.server.public_key);
+        let mut app = App::create(identity, ck, config, &mut OsRng);
+        persist_initial(&mut app, &db).await?;
+        Ok(Self::start(app, db, setup))
+    }
+
     fn start(app: App, db: Database, setup: Setup) -> Self {
         let inner = Rc::new_cyclic(|me| {
             RefCell::new(Inner {
@@ -851,14 +880,7 @@ impl TandemClient {
         #[wasm_bindgen(unchecked_param_type = "CreateOptions")] options: JsValue,
     ) -> Result<Self, JsValue> {
         let options = Options::parse(&options)?;
-        let mediator_url = options
-            .mediator_url
-            .clone()
-            .ok_or_else(|| ClientError::invalid("mediatorUrl", "required"))?;
-        let directory_url = options
-            .directory_url
-            .clone()
-            .unwrap_or_else(|| directory_from_mediator(&mediator_url));
+        let (mediator_url, directory_url) = new_device_endpoints(&options)?;
         let db = open_empty(&options).await?;
         let directory = Directory::new(&directory_url);
         let server = directory.server_info().await?;
@@ -869,11 +891,7 @@ impl TandemClient {
             device_label: options.device_label.clone().unwrap_or_default(),
             server,
         };
-        save_setup(&db, &setup).await?;
-        let config = AppConfig::new(device_info(&setup.device_label), setup.server.public_key);
-        let mut app = App::create(identity, ck, config, &mut OsRng);
-        persist_initial(&mut app, &db).await?;
-        Ok(Self::start(app, db, setup))
+        Ok(Self::start_new(identity, ck, db, setup).await?)
     }
 
     /// An identity from a Threema ID backup, in a new database; its state comes from the
@@ -887,18 +905,11 @@ impl TandemClient {
         let password = get_string(&options, "password")
             .ok_or_else(|| ClientError::invalid("password", "required"))?;
         let options = Options::parse(&options)?;
-        let mediator_url = options
-            .mediator_url
-            .clone()
-            .ok_or_else(|| ClientError::invalid("mediatorUrl", "required"))?;
+        let (mediator_url, directory_url) = new_device_endpoints(&options)?;
         let decoded =
             tandem_shared::id_backup::decode(&backup, &password).map_err(ClientError::from)?;
         let identity = convert::identity(&decoded.identity)?;
         let ck = tandem_shared::keys::ClientKey::new(decoded.ck);
-        let directory_url = options
-            .directory_url
-            .clone()
-            .unwrap_or_else(|| directory_from_mediator(&mediator_url));
         let directory = Directory::new(&directory_url);
         match directory.lookup(identity).await? {
             Lookup::NotFound => {
@@ -921,11 +932,7 @@ impl TandemClient {
             device_label: options.device_label.clone().unwrap_or_default(),
             server,
         };
-        save_setup(&db, &setup).await?;
-        let config = AppConfig::new(device_info(&setup.device_label), setup.server.public_key);
-        let mut app = App::create(identity, ck, config, &mut OsRng);
-        persist_initial(&mut app, &db).await?;
-        Ok(Self::start(app, db, setup))
+        Ok(Self::start_new(identity, ck, db, setup).await?)
     }
 
     /// The device stored in a database (after a reload).
