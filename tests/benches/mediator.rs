@@ -1694,21 +1694,13 @@ fn report(s: &Series, args: &Args) -> String {
             verdict_at_least(m / relay, 0.5)
         );
         for key in ["p50", "p99"] {
-            let (m, r) = (
+            latency_row(
+                &mut out,
+                &format!("one-way latency {key}, same runs"),
                 s.median(&format!("{prefix}.{key}")),
                 s.median(&format!("relay.{key}")),
-            );
-            let (target, verdict) = if key == "p50" {
-                ("≤ 1.5 ×".to_owned(), verdict_at_most(m / r, 1.5))
-            } else {
-                ("—".to_owned(), "—".to_owned())
-            };
-            let _ = writeln!(
-                out,
-                "| one-way latency {key}, same runs | {} | {} | {} | {target} | {verdict} |",
-                fmt_us(m),
-                fmt_us(r),
-                fmt_ratio(m / r, 1)
+                "",
+                (key == "p50").then_some(1.5),
             );
         }
     }
@@ -1723,16 +1715,13 @@ fn report(s: &Series, args: &Args) -> String {
             continue;
         }
         for key in ["p50", "p99"] {
-            let (m, r) = (
+            latency_row(
+                &mut out,
+                &format!("one-way latency {key} ({what})"),
                 s.median(&format!("med{prefix}.{key}")),
                 s.median(&format!("relay{prefix}.{key}")),
-            );
-            let _ = writeln!(
-                out,
-                "| one-way latency {key} ({what}) | {} | {} (relay) | {} | — | — |",
-                fmt_us(m),
-                fmt_us(r),
-                fmt_ratio(m / r, 1)
+                " (relay)",
+                None,
             );
         }
     }
@@ -1759,21 +1748,13 @@ fn report(s: &Series, args: &Args) -> String {
     }
     if s.has("echo.med.p50") {
         for key in ["p50", "p99"] {
-            let (m, d) = (
+            latency_row(
+                &mut out,
+                &format!("CSP echo round trip {key}"),
                 s.median(&format!("echo.med.{key}")),
                 s.median(&format!("echo.direct.{key}")),
-            );
-            let (target, verdict) = if key == "p50" {
-                ("≤ 2 ×".to_owned(), verdict_at_most(m / d, 2.0))
-            } else {
-                ("—".to_owned(), "—".to_owned())
-            };
-            let _ = writeln!(
-                out,
-                "| CSP echo round trip {key} | {} | {} (direct TCP) | {} | {target} | {verdict} |",
-                fmt_us(m),
-                fmt_us(d),
-                fmt_ratio(m / d, 1)
+                " (direct TCP)",
+                (key == "p50").then_some(2.0),
             );
         }
     }
@@ -2162,4 +2143,30 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// One latency row of the report: the mediator's figure, the baseline's, their ratio and, when
+/// the issue sets one, the limit on that ratio with its verdict.
+fn latency_row(
+    out: &mut String,
+    what: &str,
+    mediator: f64,
+    baseline: f64,
+    baseline_label: &str,
+    limit: Option<f64>,
+) {
+    let (target, verdict) = match limit {
+        Some(limit) => (
+            format!("≤ {limit} ×"),
+            verdict_at_most(mediator / baseline, limit),
+        ),
+        None => ("—".to_owned(), "—".to_owned()),
+    };
+    let _ = writeln!(
+        out,
+        "| {what} | {} | {}{baseline_label} | {} | {target} | {verdict} |",
+        fmt_us(mediator),
+        fmt_us(baseline),
+        fmt_ratio(mediator / baseline, 1)
+    );
 }
