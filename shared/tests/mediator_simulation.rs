@@ -92,6 +92,8 @@ struct SimStore {
     inner: MemoryStore,
     fail_write: Cell<bool>,
     fail_read: Cell<bool>,
+    /// `enqueue_batch` calls that stored two or more envelopes (coverage of batched reflects).
+    batched: Cell<u64>,
 }
 
 impl SimStore {
@@ -139,6 +141,18 @@ impl GroupStore for SimStore {
     ) -> Result<Vec<u64>, SimStoreError> {
         self.write()?;
         contract(self.inner.enqueue(envelope, stored_at, device_ids))
+    }
+    fn enqueue_batch(
+        &mut self,
+        envelopes: &[(&[u8], u64)],
+        device_ids: &[DeviceId],
+    ) -> Result<Vec<Vec<u64>>, SimStoreError> {
+        self.write()?;
+        let seqs = contract(self.inner.enqueue_batch(envelopes, device_ids))?;
+        if envelopes.len() >= 2 {
+            self.batched.set(self.batched.get() + 1);
+        }
+        Ok(seqs)
     }
     fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, SimStoreError> {
         self.write()?;
@@ -362,6 +376,11 @@ struct Sim {
     model: Model,
     slots_before: BTreeMap<DeviceId, SlotRecord>,
     faults: bool,
+    /// Between `begin_batch` and `end_batch` (the Worker's coalesced turns): reflects are held
+    /// and stored together, across any other input the simulation makes meanwhile.
+    batching: bool,
+    /// The input being fed is `end_batch`.
+    ending_batch: bool,
     trace: Vec<String>,
     verbose: bool,
     /// How often each interesting thing happened, to show the run covers the rules.
@@ -409,6 +428,8 @@ impl Sim {
             model: Model::default(),
             slots_before: BTreeMap::new(),
             faults: true,
+            batching: false,
+            ending_batch: false,
             trace: Vec::new(),
             verbose,
             stats: BTreeMap::new(),
@@ -455,6 +476,9 @@ impl Sim {
         self.log(what.to_owned());
         let now = self.now;
         f(&mut self.group, now, &mut self.crypto);
+        for _ in 0..self.group.store().batched.take() {
+            self.count("reflects stored in one batch call");
+        }
         self.reconcile_slots();
         self.process_effects()
     }
@@ -620,6 +644,9 @@ impl Sim {
                 Effect::Close { conn, code, cause } => {
                     self.log(format!("  close {conn:?} {code} ({cause})"));
                     self.count(format!("close {}", code.as_u16()));
+                    if self.ending_batch {
+                        self.count(format!("close {} storing a batch", code.as_u16()));
+                    }
                     let link = self.links.get_mut(&conn).ok_or("close of unknown conn")?;
                     ensure!(link.alive, "closed twice: {conn:?}");
                     ensure!(
@@ -1240,7 +1267,25 @@ impl Sim {
         self.send_up(conn, Reflect::new(id, flags, sealed), Note::Nothing);
     }
 
+    /// Starts or ends a batch of inputs, as the Worker does around each coalesced turn.
+    fn toggle_batch(&mut self) -> Check {
+        if self.batching {
+            self.batching = false;
+            self.ending_batch = true;
+            let ended = self.input("end batch", |g, now, _| g.end_batch(now));
+            self.ending_batch = false;
+            ended
+        } else {
+            self.batching = true;
+            self.input("begin batch", |g, _, _| g.begin_batch())
+        }
+    }
+
     fn step(&mut self) -> Check {
+        // Batches of a few to a few dozen inputs, about half of the time.
+        if self.choice.gen_ratio(1, 12) {
+            self.toggle_batch()?;
+        }
         let roll = self.choice.gen_range(0..1000);
         match roll {
             0..=299 => {
@@ -1554,6 +1599,9 @@ impl Sim {
         self.group.store().fail_write.set(false);
         self.group.store().fail_read.set(false);
         self.log("quiesce".into());
+        if self.batching {
+            self.toggle_batch()?;
+        }
         let conns: Vec<ConnId> = self.links.keys().copied().collect();
         for conn in conns {
             while self
@@ -1741,6 +1789,9 @@ fn mediator_simulation() {
             "close 4113",
             "close 4114",
             "close 4115",
+            "reflects stored in one batch call",
+            "close 4114 storing a batch",
+            "close 1011 storing a batch",
         ] {
             assert!(
                 totals.get(what).is_some_and(|&n| n > 0),

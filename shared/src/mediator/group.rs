@@ -38,6 +38,20 @@ pub struct Group<S: GroupStore> {
     pub(super) deferred_closes: Vec<(ConnId, CloseCause)>,
     /// The latest time seen; never goes back.
     pub(super) now: u64,
+    /// Between [`Group::begin_batch`] and [`Group::end_batch`]: reflects wait in
+    /// `pending_reflects` and are stored together (`docs/mediator.md` "Batched reflects").
+    pub(super) batching: bool,
+    /// Reflects received and not yet stored (neither acked nor visible), in arrival order.
+    pub(super) pending_reflects: Vec<PendingReflect>,
+}
+
+/// A reflect waiting to be stored with the rest of its batch.
+#[derive(Debug)]
+pub(super) struct PendingReflect {
+    pub(super) conn: ConnId,
+    pub(super) device: DeviceId,
+    pub(super) reflect_id: u32,
+    pub(super) envelope: Vec<u8>,
 }
 
 impl<S: GroupStore> core::fmt::Debug for Group<S> {
@@ -180,6 +194,8 @@ impl<S: GroupStore> Group<S> {
             store_errors: VecDeque::new(),
             deferred_closes: Vec::new(),
             now: now_ms,
+            batching: false,
+            pending_reflects: Vec::new(),
         })
     }
 
@@ -216,6 +232,7 @@ impl<S: GroupStore> Group<S> {
     /// A text WebSocket message: a protocol error (spec §2.1).
     pub fn on_text(&mut self, conn: ConnId, now_ms: u64) {
         self.advance(now_ms);
+        self.store_pending_reflects();
         self.close(conn, CloseCause::TextFrame);
         self.settle();
     }
@@ -223,13 +240,39 @@ impl<S: GroupStore> Group<S> {
     /// The device's WebSocket closed or failed.
     pub fn on_disconnect(&mut self, conn: ConnId, now_ms: u64) {
         self.advance(now_ms);
+        // Its reflects still waiting can never be acked: dropped like frames still in flight
+        // when the socket died (the device reflects them again, spec §5).
+        // The others are stored after it is gone, so nothing is sent to the dead socket.
+        self.pending_reflects.retain(|p| p.conn != conn);
         self.detach(conn);
+        self.store_pending_reflects();
         self.settle();
     }
 
     /// The deadline from [`Group::poll_timeout`] (or any later time) was reached.
     pub fn on_timeout(&mut self, now_ms: u64) {
         self.advance(now_ms);
+        self.store_pending_reflects();
+        self.settle();
+    }
+
+    /// Starts a batch: until [`Group::end_batch`], reflects (not ephemeral, not inside the
+    /// sender's own transaction) are held and then stored in as few store calls as possible,
+    /// acked only once stored (`docs/mediator.md` "Batched reflects"). The Worker wraps every
+    /// coalesced turn in a batch; without one each reflect is stored as it comes. Inputs that
+    /// could see the held reflects store them first (every d2m frame but a reflect, a
+    /// `ReflectedAck`, a proxy frame or a `ClientHello`; text, disconnect, timeout). A slot
+    /// created meanwhile gets them too; a sender that disconnects or is closed meanwhile has
+    /// its held reflects dropped unacked, like frames in flight when a socket dies.
+    pub fn begin_batch(&mut self) {
+        self.batching = true;
+    }
+
+    /// Ends the batch: stores the held reflects, acks them and delivers them.
+    pub fn end_batch(&mut self, now_ms: u64) {
+        self.advance(now_ms);
+        self.batching = false;
+        self.store_pending_reflects();
         self.settle();
     }
 
@@ -321,6 +364,9 @@ impl<S: GroupStore> Group<S> {
         match state {
             Conn::Handshake(_) => match message {
                 D2mMessage::Proxy(payload) => self.hold_proxy(conn, payload),
+                // Held reflects are not stored first: a slot this creates simply gets them too
+                // (they were reflected to every slot there is when they are stored), and a
+                // sender it replaces has its held reflects dropped unacked.
                 D2mMessage::ClientHello(hello) => self.on_client_hello(conn, &hello),
                 other if is_server_to_client(&other) => {
                     self.close(conn, CloseCause::ServerPayloadFromClient);
@@ -329,6 +375,17 @@ impl<S: GroupStore> Group<S> {
             },
             Conn::Online(session) => {
                 let device = session.device_id;
+                // Held reflects (earlier frames) are stored before anything whose handling
+                // could see them; that may have closed this connection.
+                if !matches!(
+                    message,
+                    D2mMessage::ReflectedAck(_) | D2mMessage::Proxy(_) | D2mMessage::Reflect(_)
+                ) {
+                    self.store_pending_reflects();
+                    if !self.conns.contains_key(&conn) {
+                        return;
+                    }
+                }
                 // Batched acks go to the store before a frame whose handling writes and then
                 // answers, so a failure closes the connection before anything else is stored.
                 if !matches!(message, D2mMessage::ReflectedAck(_) | D2mMessage::Proxy(_))

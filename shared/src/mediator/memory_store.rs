@@ -347,6 +347,38 @@ mod tests {
     }
 
     #[test]
+    fn enqueue_batch_numbers_each_queue_in_order_and_fails_whole_on_an_unknown_slot() {
+        let mut store = store_with(&[1, 2]);
+        store.enqueue(b"first", 4, &[DeviceId(2)]).unwrap();
+        let got = store
+            .enqueue_batch(
+                &[(&b"a"[..], 5), (&b"b"[..], 6)],
+                &[DeviceId(1), DeviceId(2)],
+            )
+            .unwrap();
+        assert_eq!(got, vec![vec![1, 2], vec![2, 3]]);
+        assert_eq!(seqs(&store, 2), vec![1, 2, 3]);
+        let bodies: Vec<(u64, Vec<u8>)> = store
+            .read_queue(DeviceId(1), None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.stored_at, e.envelope))
+            .collect();
+        assert_eq!(bodies, vec![(5, b"a".to_vec()), (6, b"b".to_vec())]);
+        let failed = store.enqueue_batch(&[(&b"c"[..], 7)], &[DeviceId(1), DeviceId(9)]);
+        assert_eq!(failed, Err(MemoryStoreError::UnknownSlot(DeviceId(9))));
+        assert_eq!(
+            store.envelope_count(),
+            3,
+            "nothing of the failed call stored"
+        );
+        assert_eq!(
+            store.enqueue_batch(&[(&b"d"[..], 8)], &[]).unwrap(),
+            vec![Vec::<u64>::new()]
+        );
+    }
+
+    #[test]
     fn removing_many_takes_the_listed_entries_that_exist_and_frees_their_bodies() {
         let mut store = store_with(&[1, 2]);
         for body in [&b"a"[..], b"b", b"c"] {

@@ -2,12 +2,12 @@
 //! deliver each slot's queue in order, a window at a time.
 
 use super::effect::{CloseCause, ConnId};
-use super::group::{Group, PendingEphemeral};
+use super::group::{Group, PendingEphemeral, PendingReflect};
 use super::store::{DeviceId, GroupStore, QueuedReflection};
 use crate::crypto::{NONCE_LEN, TAG_LEN};
 use crate::d2m::{Reflect, ReflectAck, ReflectFlags, Reflected, MAX_ENCRYPTED_ENVELOPE_LEN};
 use crate::proto::d2m as pb;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Shortest envelope that can be a nonce-ahead secretbox (nonce and tag, empty plaintext).
 pub const MIN_ENCRYPTED_ENVELOPE_LEN: usize = NONCE_LEN + TAG_LEN;
@@ -52,37 +52,177 @@ impl<S: GroupStore> Group<S> {
         if !(MIN_ENCRYPTED_ENVELOPE_LEN..=MAX_ENCRYPTED_ENVELOPE_LEN).contains(&len) {
             return self.close(conn, CloseCause::EnvelopeSize);
         }
-        if reflect.flags.is_ephemeral() {
-            return self.reflect_ephemeral(conn, device, &reflect.envelope);
-        }
-        if self.lock.as_ref().is_some_and(|l| l.holder == conn) {
+        if reflect.flags.is_ephemeral() || self.lock.as_ref().is_some_and(|l| l.holder == conn) {
+            // An ephemeral frame is placed after the queue's newest entry, a staged one may be
+            // committed next: both come after the reflects held before them.
+            self.store_pending_reflects();
+            if !self.conns.contains_key(&conn) {
+                return;
+            }
+            if reflect.flags.is_ephemeral() {
+                return self.reflect_ephemeral(conn, device, &reflect.envelope);
+            }
             return self.stage(conn, reflect);
         }
-        let now = self.now;
-        let Some(targets) = self.make_room(conn, device, 1) else {
-            return;
-        };
-        let seqs = match self.store.enqueue(&reflect.envelope, now, &targets) {
-            Ok(seqs) => seqs,
-            Err(error) => return self.store_failed(conn, error),
-        };
-        for (target, seq) in targets.iter().zip(seqs) {
-            let Some(slot) = self.slots.get_mut(target) else {
-                continue;
-            };
-            let before = slot.tail;
-            slot.queue_len = slot.queue_len.saturating_add(1);
-            slot.tail = Some(seq);
-            self.keep_ahead(*target, before, seq, &reflect.envelope);
-        }
-        self.send(
+        self.pending_reflects.push(PendingReflect {
             conn,
-            ReflectAck {
-                reflect_id: reflect.reflect_id,
-                timestamp: now,
-            },
-        );
-        self.pump_devices(&targets);
+            device,
+            reflect_id: reflect.reflect_id,
+            envelope: reflect.envelope,
+        });
+        if !self.batching {
+            self.store_pending_reflects();
+        }
+    }
+
+    /// Stores the held reflects (`docs/mediator.md` "Batched reflects"), then acks each to its
+    /// sender and delivers them. Consecutive reflects going to the same slots (those of one
+    /// sender, or of senders whose siblings are the same) are one store call. Every reflect is
+    /// planned first, in order: a slot whose queue would go over its limit at some reflect is
+    /// dropped (4114) before anything is stored, and gets none of the batch. A reflect whose
+    /// connection closed before it was stored is dropped unacked, as if it had been in flight
+    /// when the socket died. A failed store call closes the senders of its reflects with 1011
+    /// (nothing of that call is stored or acked; their later reflects are dropped too).
+    pub(super) fn store_pending_reflects(&mut self) {
+        if self.pending_reflects.is_empty() {
+            return;
+        }
+        let pending = core::mem::take(&mut self.pending_reflects);
+        let now = self.now;
+        let limit = self.config.max_queue_len;
+        // Plan: the targets of each reflect, dropping the slots the batch would overfill.
+        let mut added: BTreeMap<DeviceId, u64> = BTreeMap::new();
+        let mut planned: Vec<(PendingReflect, Vec<DeviceId>)> = Vec::with_capacity(pending.len());
+        for reflect in pending {
+            if !self.conns.contains_key(&reflect.conn) {
+                continue;
+            }
+            let full: Vec<DeviceId> = self
+                .slots
+                .values()
+                .filter(|s| s.record.device_id != reflect.device)
+                .filter(|s| {
+                    let extra = added.get(&s.record.device_id).copied().unwrap_or(0);
+                    s.queue_len.saturating_add(extra).saturating_add(1) > limit
+                })
+                .map(|s| s.record.device_id)
+                .collect();
+            let mut failed = false;
+            let dropped_any = !full.is_empty();
+            for victim in full {
+                if let Err(error) = self.drop_slot(victim, CloseCause::QueueLimitReached) {
+                    self.store_failed(reflect.conn, error);
+                    failed = true;
+                    break;
+                }
+                added.remove(&victim);
+            }
+            if dropped_any {
+                // A dropped slot's device may have sent earlier reflects of this batch: they
+                // will not be stored, so they do not count towards the other queues.
+                planned.retain(|(earlier, targets)| {
+                    let open = self.conns.contains_key(&earlier.conn);
+                    if !open {
+                        for target in targets {
+                            if let Some(extra) = added.get_mut(target) {
+                                *extra = extra.saturating_sub(1);
+                            }
+                        }
+                    }
+                    open
+                });
+            }
+            if failed {
+                continue;
+            }
+            let targets: Vec<DeviceId> = self
+                .slots
+                .keys()
+                .copied()
+                .filter(|&id| id != reflect.device)
+                .collect();
+            for target in &targets {
+                let extra = added.entry(*target).or_insert(0);
+                *extra = extra.saturating_add(1);
+            }
+            planned.push((reflect, targets));
+        }
+        // Slots dropped for a later reflect of the batch are gone for the earlier ones too.
+        for (_, targets) in &mut planned {
+            targets.retain(|id| self.slots.contains_key(id));
+        }
+        let mut delivered: Vec<DeviceId> = Vec::new();
+        let mut rest = planned.into_iter().peekable();
+        while let Some((first, targets)) = rest.next() {
+            if !self.conns.contains_key(&first.conn) {
+                continue;
+            }
+            let mut run = vec![first];
+            while let Some((next, next_targets)) = rest.peek() {
+                if *next_targets != targets {
+                    break;
+                }
+                if self.conns.contains_key(&next.conn) {
+                    if let Some((next, _)) = rest.next() {
+                        run.push(next);
+                    }
+                } else {
+                    rest.next();
+                }
+            }
+            self.store_run(&run, &targets, now);
+            for target in targets {
+                if !delivered.contains(&target) {
+                    delivered.push(target);
+                }
+            }
+        }
+        self.pump_devices(&delivered);
+    }
+
+    /// Stores one run of reflects going to the same `targets` in one store call, then keeps
+    /// each entry for its caught-up siblings and acks it to its sender.
+    fn store_run(&mut self, run: &[PendingReflect], targets: &[DeviceId], now: u64) {
+        let stored = if let [single] = run {
+            self.store
+                .enqueue(&single.envelope, now, targets)
+                .map(|seqs| vec![seqs])
+        } else {
+            let envelopes: Vec<(&[u8], u64)> =
+                run.iter().map(|r| (r.envelope.as_slice(), now)).collect();
+            self.store.enqueue_batch(&envelopes, targets)
+        };
+        let seqs = match stored {
+            Ok(seqs) => seqs,
+            Err(error) => {
+                self.store_errors.push_back(error);
+                for reflect in run {
+                    self.close(reflect.conn, CloseCause::StorageFailure);
+                }
+                return;
+            }
+        };
+        for (reflect, seqs) in run.iter().zip(seqs) {
+            for (target, seq) in targets.iter().zip(seqs) {
+                let Some(slot) = self.slots.get_mut(target) else {
+                    continue;
+                };
+                let before = slot.tail;
+                slot.queue_len = slot.queue_len.saturating_add(1);
+                slot.tail = Some(seq);
+                self.keep_ahead(*target, before, seq, &reflect.envelope);
+            }
+            // Acking an earlier reflect may have closed the sender (its batched acks failed).
+            if self.conns.contains_key(&reflect.conn) {
+                self.send(
+                    reflect.conn,
+                    ReflectAck {
+                        reflect_id: reflect.reflect_id,
+                        timestamp: now,
+                    },
+                );
+            }
+        }
     }
 
     /// The slots a reflect from `device` goes to, after dropping those whose queue would go over
@@ -384,7 +524,7 @@ impl<S: GroupStore> Group<S> {
 mod tests {
     use super::*;
     use crate::d2m::{CloseCode, D2mMessage};
-    use crate::mediator::testkit::{names, reflected, Harness, T0};
+    use crate::mediator::testkit::{names, reflected, FlakyStore, Harness, T0};
     use crate::mediator::GroupConfig;
     use proptest::prelude::*;
 
@@ -572,6 +712,203 @@ mod tests {
         h.ack(c, rc[0].reflected_id);
         h.disconnect(c);
         assert_eq!(h.group.store().envelope_count(), 0);
+    }
+
+    #[test]
+    fn a_batch_of_reflects_is_one_store_call_acked_only_once_stored_in_order() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        for conn in [a, b, c] {
+            h.take(conn);
+        }
+        h.group.begin_batch();
+        let mut ids = Vec::new();
+        for body in [&b"1"[..], b"2", b"3"] {
+            ids.push(h.reflect(a, body).0);
+        }
+        assert!(h.take(a).is_empty(), "nothing acked before it is stored");
+        assert!(
+            h.take(b).is_empty(),
+            "nothing delivered before it is stored"
+        );
+        assert_eq!(h.queue(2).len, 0);
+        h.tick(7);
+        h.group.end_batch(h.now);
+        h.drain();
+        assert_eq!(*h.group.store().enqueue_calls.borrow(), vec![3]);
+        let acks: Vec<(u32, u64)> = h
+            .take(a)
+            .into_iter()
+            .map(|m| match m {
+                D2mMessage::ReflectAck(ack) => (ack.reflect_id, ack.timestamp),
+                other => panic!("expected ReflectAck, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(acks, ids.iter().map(|&id| (id, T0 + 7)).collect::<Vec<_>>());
+        for (conn, device) in [(b, 2), (c, 3)] {
+            let got = reflected(&h.take(conn));
+            let seqs: Vec<u64> = h.queued(device).iter().map(|e| e.seq).collect();
+            assert_eq!(seqs, vec![1, 2, 3], "per-slot sequence numbers ascend");
+            assert_eq!(
+                got.iter().map(|r| r.reflected_id).collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
+            assert!(got.iter().all(|r| r.timestamp == T0 + 7));
+        }
+    }
+
+    #[test]
+    fn senders_with_different_siblings_keep_the_arrival_order_in_every_queue() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        h.login(3);
+        h.group.begin_batch();
+        let (_, a1) = h.reflect(a, b"a1");
+        let (_, a2) = h.reflect(a, b"a2");
+        let (_, b1) = h.reflect(b, b"b1");
+        let (_, a3) = h.reflect(a, b"a3");
+        h.group.end_batch(h.now);
+        h.drain();
+        // Runs of the same targets: [a1, a2] to {2, 3}, [b1] to {1, 3}, [a3] to {2, 3}.
+        assert_eq!(*h.group.store().enqueue_calls.borrow(), vec![2, 1, 1]);
+        let bodies = |h: &Harness<FlakyStore>, d| -> Vec<Vec<u8>> {
+            h.queued(d).into_iter().map(|e| e.envelope).collect()
+        };
+        assert_eq!(
+            bodies(&h, 3),
+            vec![a1.clone(), a2.clone(), b1.clone(), a3.clone()]
+        );
+        assert_eq!(bodies(&h, 2), vec![a1, a2, a3]);
+        assert_eq!(bodies(&h, 1), vec![b1]);
+    }
+
+    #[test]
+    fn queue_limit_reached_inside_a_batch_drops_that_slot_only() {
+        let mut config = GroupConfig::default();
+        config.max_queue_len = 3;
+        let mut h = Harness::with_config(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.disconnect(b);
+        h.reflect(a, b"0"); // b: 1 queued
+        let c = h.login(3); // c: a new slot, nothing queued
+        h.take(a);
+        h.group.begin_batch();
+        for body in [&b"1"[..], b"2", b"3"] {
+            h.reflect(a, body);
+        }
+        h.group.end_batch(h.now);
+        h.drain();
+        // b would hold 4 > 3 at the third reflect: dropped, with none of the batch.
+        assert_eq!(h.slot(2), None);
+        assert_eq!(h.closed(c), None);
+        assert_eq!(h.closed(a), None);
+        assert_eq!(h.queue(3).len, 3, "c has the whole batch");
+        assert_eq!(
+            names(&h.take(a)),
+            ["ReflectAck", "ReflectAck", "ReflectAck"]
+        );
+        assert_eq!(h.group.store().envelope_count(), 3);
+    }
+
+    #[test]
+    fn online_slot_filled_inside_a_batch_is_closed_4114_and_the_rest_stored() {
+        let mut config = GroupConfig::default();
+        config.max_queue_len = 2;
+        config.max_in_flight = 1;
+        let mut h = Harness::with_config(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.take(a);
+        h.take(b);
+        h.group.begin_batch();
+        for body in [&b"1"[..], b"2", b"3"] {
+            h.reflect(a, body);
+        }
+        h.group.end_batch(h.now);
+        h.drain();
+        assert_eq!(h.closed(b), Some(CloseCause::QueueLimitReached));
+        assert!(
+            h.take(b).is_empty(),
+            "nothing of the batch reached the dropped slot"
+        );
+        assert_eq!(h.slot(2), None);
+        assert_eq!(names(&h.take(a)).len(), 3, "every reflect acked");
+    }
+
+    #[test]
+    fn a_slot_that_vanishes_while_a_batch_waits_gets_none_of_it() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        let c = h.login(3);
+        for conn in [a, b, c] {
+            h.take(conn);
+        }
+        h.group.begin_batch();
+        h.reflect(a, b"1");
+        // c's slot is dropped by b before the batch ends: stored first, then gone.
+        h.send(b, pb::DropDevice { device_id: 3 });
+        h.reflect(a, b"2");
+        h.group.end_batch(h.now);
+        h.drain();
+        assert_eq!(h.closed(c), Some(CloseCause::DeviceDropped));
+        assert_eq!(h.slot(3), None);
+        assert_eq!(h.queue(2).len, 2);
+        assert_eq!(names(&h.take(a)), ["ReflectAck", "ReflectAck"]);
+    }
+
+    #[test]
+    fn reflects_of_a_connection_that_closes_before_the_batch_ends_are_dropped_unacked() {
+        let mut h = Harness::new();
+        let a = h.login(1);
+        let b = h.login(2);
+        h.take(a);
+        h.take(b);
+        h.group.begin_batch();
+        h.reflect(a, b"1");
+        h.disconnect(a);
+        h.reflect(b, b"2");
+        h.group.end_batch(h.now);
+        h.drain();
+        assert_eq!(
+            h.queue(2).len,
+            0,
+            "a's reflect was never acked, so never stored"
+        );
+        assert_eq!(h.queue(1).len, 1, "b's reflect is");
+        assert_eq!(names(&h.take(b)), ["RolePromotedToLeader", "ReflectAck"]);
+    }
+
+    #[test]
+    fn a_failed_batch_closes_its_senders_1011_and_stores_nothing() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let b = h.login(2);
+        h.take(a);
+        h.take(b);
+        h.group.begin_batch();
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        h.fail_writes(true);
+        h.group.end_batch(h.now);
+        h.drain();
+        h.fail_writes(false);
+        assert_eq!(h.closed(a), Some(CloseCause::StorageFailure));
+        assert!(
+            !names(&h.take(a)).contains(&"ReflectAck".to_owned()),
+            "no ReflectAck"
+        );
+        assert_eq!(h.queue(2).len, 0);
+        assert_eq!(
+            names(&h.take(b)),
+            ["RolePromotedToLeader"],
+            "nothing reflected"
+        );
+        assert_eq!(h.closed(b), None);
     }
 
     #[test]

@@ -116,6 +116,27 @@ pub trait GroupStore {
         device_ids: &[DeviceId],
     ) -> Result<Vec<u64>, Self::Error>;
 
+    /// [`Self::enqueue`] for several envelopes, in order, all going to the same `device_ids`:
+    /// one atomic call for the reflects of one coalesced batch (`docs/mediator.md` "Batched
+    /// reflects"), so a store that pays per statement writes a batch in a constant number of
+    /// them. Returns, per envelope, the sequence number it got in each queue (same order as
+    /// `device_ids`); within a queue the envelopes keep their order. With no slots nothing is
+    /// stored. A slot that does not exist fails the whole call.
+    ///
+    /// The default calls [`Self::enqueue`] per envelope; it is atomic only for a store whose
+    /// `enqueue` can fail on the first envelope alone (an unknown slot). Stores that can fail
+    /// otherwise override it.
+    fn enqueue_batch(
+        &mut self,
+        envelopes: &[(&[u8], u64)],
+        device_ids: &[DeviceId],
+    ) -> Result<Vec<Vec<u64>>, Self::Error> {
+        envelopes
+            .iter()
+            .map(|&(envelope, stored_at)| self.enqueue(envelope, stored_at, device_ids))
+            .collect()
+    }
+
     /// Uses up the slot's next sequence number without queueing anything: ephemeral `Reflected`
     /// frames need an id that no queued entry will ever share.
     fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Self::Error>;

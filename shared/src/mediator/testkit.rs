@@ -275,6 +275,8 @@ pub(super) struct FlakyStore {
     pub(super) queue_reads: std::cell::Cell<u64>,
     /// Only `remove_from_queues` fails (the acks of several siblings at once).
     pub(super) fail_multi_slot_acks: bool,
+    /// Envelopes per `enqueue` / `enqueue_batch` call, in order.
+    pub(super) enqueue_calls: std::cell::RefCell<Vec<usize>>,
 }
 
 impl FlakyStore {
@@ -321,7 +323,17 @@ impl GroupStore for FlakyStore {
         device_ids: &[DeviceId],
     ) -> Result<Vec<u64>, Injected> {
         self.write()?;
+        self.enqueue_calls.borrow_mut().push(1);
         ok(self.inner.enqueue(envelope, stored_at, device_ids))
+    }
+    fn enqueue_batch(
+        &mut self,
+        envelopes: &[(&[u8], u64)],
+        device_ids: &[DeviceId],
+    ) -> Result<Vec<Vec<u64>>, Injected> {
+        self.write()?;
+        self.enqueue_calls.borrow_mut().push(envelopes.len());
+        ok(self.inner.enqueue_batch(envelopes, device_ids))
     }
     fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Injected> {
         self.write()?;
