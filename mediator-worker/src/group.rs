@@ -311,15 +311,20 @@ fn defer(io: &Rc<Io>, conn: ConnId, what: Waiting) {
         let together = u64::try_from(batch.len().saturating_sub(1)).unwrap_or(u64::MAX);
         io.frames_together
             .set(io.frames_together.get().saturating_add(together));
-        for (conn, what) in batch {
-            match what {
-                Waiting::Binary(bytes) => {
-                    input(&io, |group, now| group.on_binary(conn, &bytes, now));
+        // One input for the whole turn: the group stores its reflects together (one
+        // `enqueue_batch`, docs/mediator.md "Batched reflects") and the per-input work (clock,
+        // effects, deadline, alarm) is paid once.
+        input(&io, |group, now| {
+            group.begin_batch();
+            for (conn, what) in batch {
+                match what {
+                    Waiting::Binary(bytes) => group.on_binary(conn, &bytes, now),
+                    Waiting::Text => group.on_text(conn, now),
+                    Waiting::Disconnect => group.on_disconnect(conn, now),
                 }
-                Waiting::Text => input(&io, |group, now| group.on_text(conn, now)),
-                Waiting::Disconnect => input(&io, |group, now| group.on_disconnect(conn, now)),
             }
-        }
+            group.end_batch(now);
+        });
     });
 }
 
@@ -695,6 +700,10 @@ struct Stats {
     sql_statements: u64,
     /// `transactionSync` calls of the group stores in this isolate so far.
     sql_transactions: u64,
+    /// `enqueue_batch` calls (two or more reflects stored together) of the group stores in
+    /// this isolate so far, and the reflects they stored (docs/mediator.md "Batched reflects").
+    reflect_batches: u64,
+    reflects_batched: u64,
     leader: Option<String>,
     transaction_holder: Option<String>,
     alarm_at: Option<u64>,
@@ -730,6 +739,8 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         proxy_frames_at_once: io.proxied_at_once.get(),
         sql_statements: crate::store::sql_calls().0,
         sql_transactions: crate::store::sql_calls().1,
+        reflect_batches: crate::store::batch_calls().0,
+        reflects_batched: crate::store::batch_calls().1,
         leader,
         transaction_holder: holder,
         alarm_at: match io.alarm.get() {

@@ -28,7 +28,7 @@ pub(crate) fn run(
     store: &mut SqlGroupStore,
 ) -> Result<Vec<&'static str>, String> {
     schema::wipe(sql).map_err(|err| format!("wiping the tables: {err}"))?;
-    let checks: [Check; 10] = [
+    let checks: [Check; 11] = [
         ("device ids round-trip exactly", ids_round_trip),
         (
             "put_slot replaces the record and keeps the queue",
@@ -59,6 +59,11 @@ pub(crate) fn run(
         (
             "shared device data starts empty and is replaced",
             shared_data,
+        ),
+        (
+            "enqueue_batch keeps order, bodies and times, numbers per slot; a failed one \
+             leaves nothing",
+            enqueue_batch_in_order,
         ),
         ("deleting every slot frees every body", delete_frees_all),
     ];
@@ -391,6 +396,58 @@ fn shared_data(store: &mut SqlGroupStore) -> Result<(), String> {
     call("set", store.set_shared_device_data(b"yz"))?;
     let data = call("shared", store.shared_device_data())?;
     ensure(data == b"yz", || format!("shared data {data:?}"))
+}
+
+fn enqueue_batch_in_order(store: &mut SqlGroupStore) -> Result<(), String> {
+    // Every byte value, the largest body a container carries, and bodies with zeros.
+    let large: Vec<u8> = (0..65_516_u32).map(|i| (i % 251) as u8).collect();
+    let all: Vec<u8> = (0..=255_u8).collect();
+    let batch: [(&[u8], u64); 3] = [(&all, 11), (&large, 12), (&[0, 0, 0], 13)];
+    let before = counts(store)?;
+    // Counters may be ahead of the queues (ephemeral ids): taking one tells where they are.
+    let first_a = call("allocate_seq", store.allocate_seq(A))? + 1;
+    let first_b = call("allocate_seq", store.allocate_seq(B))? + 1;
+    let got = call("enqueue_batch", store.enqueue_batch(&batch, &[A, B]))?;
+    let expected: Vec<Vec<u64>> = (0..3).map(|k| vec![first_a + k, first_b + k]).collect();
+    ensure(got == expected, || {
+        format!("sequence numbers {got:?}, expected {expected:?}")
+    })?;
+    let after = counts(store)?;
+    ensure(
+        after.envelopes == before.envelopes + 3 && after.queued == before.queued + 6,
+        || format!("before {before:?}, after {after:?}"),
+    )?;
+    for (id, first) in [(A, first_a), (B, first_b)] {
+        let entries = call("read_queue", store.read_queue(id, Some(first - 1), 10))?;
+        let read: Vec<(u64, u64, &[u8])> = entries
+            .iter()
+            .map(|e| (e.seq, e.stored_at, e.envelope.as_slice()))
+            .collect();
+        let want: Vec<(u64, u64, &[u8])> = batch
+            .iter()
+            .zip(first..)
+            .map(|(&(body, at), seq)| (seq, at, body))
+            .collect();
+        ensure(read == want, || {
+            format!(
+                "{id:?} reads back {} entries, not the batch in order",
+                read.len()
+            )
+        })?;
+    }
+    // A exists and comes first: only a rollback undoes its rows and the bodies.
+    let result = store.enqueue_batch(&batch, &[A, MISSING]);
+    ensure(result == Err(SqlStoreError::UnknownSlot(MISSING)), || {
+        format!("{result:?}")
+    })?;
+    let failed = counts(store)?;
+    ensure(failed == after, || {
+        format!("after the failed batch {failed:?}, was {after:?}")
+    })?;
+    let seq = call("allocate_seq", store.allocate_seq(A))?;
+    ensure(seq == first_a + 3, || {
+        format!("A's counter moved in the failed batch: next is {seq}")
+    })
 }
 
 fn delete_frees_all(store: &mut SqlGroupStore) -> Result<(), String> {

@@ -24,6 +24,18 @@ use crate::runtime::RawStorage;
 static STATEMENTS: AtomicU64 = AtomicU64::new(0);
 static TRANSACTIONS: AtomicU64 = AtomicU64::new(0);
 
+/// `enqueue_batch` calls and the envelopes they stored (development stats).
+static BATCHES: AtomicU64 = AtomicU64::new(0);
+static BATCHED: AtomicU64 = AtomicU64::new(0);
+
+/// `(enqueue_batch calls, envelopes stored by them)` so far (development stats).
+pub(crate) fn batch_calls() -> (u64, u64) {
+    (
+        BATCHES.load(Ordering::Relaxed),
+        BATCHED.load(Ordering::Relaxed),
+    )
+}
+
 /// `(statements, transactions)` so far (development stats).
 pub(crate) fn sql_calls() -> (u64, u64) {
     (
@@ -248,6 +260,78 @@ impl GroupStore for SqlGroupStore {
                         .ok_or(SqlStoreError::UnknownSlot(id))
                 })
                 .collect()
+        })
+    }
+
+    fn enqueue_batch(
+        &mut self,
+        envelopes: &[(&[u8], u64)],
+        device_ids: &[DeviceId],
+    ) -> Result<Vec<Vec<u64>>, Self::Error> {
+        if device_ids.is_empty() || envelopes.is_empty() {
+            return Ok(vec![Vec::new(); envelopes.len()]);
+        }
+        let n = u64::try_from(envelopes.len()).unwrap_or(u64::MAX);
+        let count = int(n)?;
+        let refs = int(u64::try_from(device_ids.len()).unwrap_or(u64::MAX))?;
+        let bodies = JsValue::from_str(&envelope_list(envelopes)?);
+        let ids = device_list(device_ids);
+        // Three statements for the whole batch, whatever the number of envelopes and slots
+        // (docs/worker.md "Where the time goes"): the bodies travel as one JSON text with hex
+        // (SQLite's `unhex`), the sequence numbers are taken in one UPDATE and the queue rows
+        // numbered inside SQLite.
+        self.atomically(|sql| {
+            // Inserted in array order, so the new ids ascend in that order (INTEGER PRIMARY
+            // KEY without AUTOINCREMENT: each new row gets the largest id + 1).
+            let mut envelope_ids = run(
+                sql,
+                "INSERT INTO envelope (body, stored_at, refs)                  SELECT unhex(json_extract(value, '$[0]')), json_extract(value, '$[1]'), ?                  FROM json_each(?) ORDER BY key RETURNING id",
+                vec![refs, bodies],
+            )?
+            .iter()
+            .map(|row| u64_at(row, 0))
+            .collect::<Result<Vec<_>, _>>()?;
+            envelope_ids.sort_unstable();
+            let (Some(&low), Some(&high)) = (envelope_ids.first(), envelope_ids.last()) else {
+                return Err(SqlStoreError::MalformedRow("no envelope ids returned"));
+            };
+            if u64::try_from(envelope_ids.len()).ok() != Some(n)
+                || high.checked_sub(low).and_then(|d| d.checked_add(1)) != Some(n)
+            {
+                return Err(SqlStoreError::MalformedRow("envelope ids not consecutive"));
+            }
+            let taken = run(
+                sql,
+                "UPDATE slot SET next_seq = next_seq + ? WHERE device_id IN                  (SELECT CAST(value AS INTEGER) FROM json_each(?))                  RETURNING CAST(device_id AS TEXT), next_seq - ?",
+                vec![count.clone(), ids.clone(), count.clone()],
+            )?;
+            run(
+                sql,
+                "INSERT INTO queue (device_id, seq, envelope_id)                  SELECT s.device_id,                         s.next_seq - ? - 1 + ROW_NUMBER() OVER (PARTITION BY s.device_id ORDER BY e.id),                         e.id                  FROM slot s, envelope e                  WHERE s.device_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))                  AND e.id BETWEEN ? AND ?",
+                vec![count, ids, int(low)?, int(high)?],
+            )?;
+            let taken = taken
+                .iter()
+                .map(|row| Ok((device_at(row, 0)?, u64_at(row, 1)?)))
+                .collect::<Result<Vec<_>, SqlStoreError>>()?;
+            // Unknown ids fail the call (rolled back); listed twice counts once.
+            let firsts = device_ids
+                .iter()
+                .map(|&id| {
+                    taken
+                        .iter()
+                        .find(|(taken_id, _)| *taken_id == id)
+                        .map(|&(_, first)| first)
+                        .ok_or(SqlStoreError::UnknownSlot(id))
+                })
+                .collect::<Result<Vec<u64>, _>>()?;
+            Ok((0..n)
+                .map(|k| firsts.iter().map(|first| first.saturating_add(k)).collect())
+                .collect())
+        })
+        .inspect(|_| {
+            BATCHES.fetch_add(1, Ordering::Relaxed);
+            BATCHED.fetch_add(n, Ordering::Relaxed);
         })
     }
 
@@ -545,6 +629,37 @@ fn device_list(ids: &[DeviceId]) -> JsValue {
     }
     list.push(']');
     JsValue::from_str(&list)
+}
+
+/// Envelopes as a JSON array of `["<hex body>", stored_at]` for `json_each` and `unhex`: one
+/// text crosses into the runtime instead of one `Uint8Array` per envelope.
+fn envelope_list(envelopes: &[(&[u8], u64)]) -> Result<String, SqlStoreError> {
+    let bytes: usize = envelopes.iter().map(|(body, _)| body.len()).sum();
+    let mut list = String::with_capacity(
+        bytes
+            .saturating_mul(2)
+            .saturating_add(envelopes.len().saturating_mul(24))
+            .saturating_add(2),
+    );
+    list.push('[');
+    for (i, &(body, stored_at)) in envelopes.iter().enumerate() {
+        if stored_at > MAX_EXACT {
+            return Err(SqlStoreError::OutOfRange(stored_at));
+        }
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str("[\"");
+        for &byte in body {
+            list.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+            list.push(char::from_digit(u32::from(byte & 0x0f), 16).unwrap_or('0'));
+        }
+        list.push_str("\",");
+        list.push_str(&stored_at.to_string());
+        list.push(']');
+    }
+    list.push(']');
+    Ok(list)
 }
 
 /// Numbers as a JSON array for `json_each`; each must be exact in JavaScript too.

@@ -37,8 +37,8 @@ use tandem_shared::proto::d2d::{
 use tandem_shared::proto::d2m::client_hello::DeviceSlotsExhaustedPolicy;
 use tandem_shared::proto::d2m::{DeviceSlotExpirationPolicy, DeviceSlotState};
 use tandem_tests::harness::{
-    lookup_public_key, random_device_id, Device, Fixture, HarnessError, Identity, RawSocket,
-    Received, Runner, ScenarioResult, TransactionStart,
+    http_request, lookup_public_key, random_device_id, Device, Fixture, HarnessError, Identity,
+    Mediator, RawSocket, Received, Runner, ScenarioResult, TransactionStart,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -405,6 +405,7 @@ async fn reflect(fx: &mut Fixture) -> ScenarioResult {
     let (d, _) = online(fx, &id, "d", id.device_config(d_id, "d")).await?;
     d.disconnect().await;
 
+    let batched_before = batched_reflects(fx, &id).await?;
     let started = Instant::now();
     let ids = a.reflect_all(&tags(N, 0)).await?;
     let stamps = a.reflect_acks(&ids).await?;
@@ -422,6 +423,17 @@ async fn reflect(fx: &mut Fixture) -> ScenarioResult {
     eprintln!(
         "  reflect: {N} reflects acked in {reflect_took:.2?}, delivered to 2 siblings in {deliver_took:.2?}"
     );
+    if let (Some(before), Some(after)) = (batched_before, batched_reflects(fx, &id).await?) {
+        // The pipelined reflects arrive faster than one turn each: the Worker must have stored
+        // some of them together (docs/mediator.md "Batched reflects"), and the checks below
+        // then cover that path.
+        eprintln!(
+            "  reflect: {} reflects stored in {} batch calls",
+            after.1 - before.1,
+            after.0 - before.0
+        );
+        assert!(after.1 > before.1, "no reflects stored together");
+    }
     for got in [got_b?, got_c?] {
         assert_eq!(tags_of(&got), (0..N).collect::<Vec<_>>(), "all, in order");
         assert!(got
@@ -489,6 +501,29 @@ async fn reflect(fx: &mut Fixture) -> ScenarioResult {
     assert_eq!(info.reflection_queue_length, 0, "ephemeral is never queued");
     no_reflected(&mut d, "ephemeral sent while offline").await?;
     Ok(())
+}
+
+/// Under the Worker, `(reflectBatches, reflectsBatched)` of its isolate (development stats);
+/// `None` for the in-process mediator.
+async fn batched_reflects(fx: &Fixture, id: &Identity) -> Result<Option<(u64, u64)>, HarnessError> {
+    if !matches!(fx.mediator, Mediator::Wrangler(_)) {
+        return Ok(None);
+    }
+    let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
+    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
+    let stats = http_request(&addr, "GET", &path, None, Duration::from_secs(10)).await?;
+    let body = &stats.body;
+    let json = body
+        .find('{')
+        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
+        .unwrap_or("{}");
+    let json: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+    let field = |name: &str| {
+        json[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {name} in the stats: {body}"))
+    };
+    Ok(Some((field("reflectBatches"), field("reflectsBatched"))))
 }
 
 /// A slot whose queue would exceed `max_queue_len` is dropped: 4114 when online, gone when

@@ -572,7 +572,7 @@ async fn check_store_selftest(port: u16) {
         .unwrap_or_else(|| panic!("no JSON in {body:?}"));
     let report: serde_json::Value = serde_json::from_str(json).expect("self-test JSON");
     let passed = report["passed"].as_array().expect("passed list");
-    assert_eq!(passed.len(), 10, "{report}");
+    assert_eq!(passed.len(), 11, "{report}");
 }
 
 /// A stand-in chat server: reads the device's 48-byte client-hello, answers with a server-hello
