@@ -1,6 +1,11 @@
 //! The bench-only bare relay: a Durable Object that forwards every binary frame a socket sends
 //! to all other sockets of the same object, with no protocol, storage or copies through wasm
 //! memory. It is the lower bound the mediator's own relay is measured against.
+//!
+//! For the bench's diagnostic "relay with acks" (the mediator's frame count: 4 in, 4 out per
+//! envelope) a socket may name its role in the query: `?role=acker` sends only to the sockets
+//! without a role (the sender), `?role=sibling` sends to nobody (its frames are read and
+//! dropped). Without a role nothing changes: every frame goes to every other socket.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -30,7 +35,18 @@ impl std::fmt::Debug for BenchRelay {
 struct Room {
     next_socket: Cell<u64>,
     /// Few sockets per room: a vector beats a map for the per-frame fan-out.
-    sockets: RefCell<Vec<(u64, WebSocket)>>,
+    sockets: RefCell<Vec<(u64, Role, WebSocket)>>,
+}
+
+/// Where a socket's frames go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// To every other socket.
+    Sender,
+    /// To the sockets with [`Role::Sender`] only.
+    Acker,
+    /// Nowhere.
+    Sibling,
 }
 
 impl DurableObject for BenchRelay {
@@ -47,21 +63,38 @@ impl DurableObject for BenchRelay {
         if !crate::is_websocket_upgrade(&req)? {
             return Response::error("expected a WebSocket upgrade", 426);
         }
+        let role = match req
+            .url()?
+            .query_pairs()
+            .find(|(key, _)| key == "role")
+            .map(|(_, value)| value)
+            .as_deref()
+        {
+            None => Role::Sender,
+            Some("acker") => Role::Acker,
+            Some("sibling") => Role::Sibling,
+            Some(_) => return Response::error("role is acker or sibling", 400),
+        };
         let (client, server) = ws::accept_pair()?;
         let id = self.room.next_socket.get();
         self.room.next_socket.set(id.wrapping_add(1));
-        self.room.sockets.borrow_mut().push((id, server.clone()));
+        self.room
+            .sockets
+            .borrow_mut()
+            .push((id, role, server.clone()));
         let room = Rc::clone(&self.room);
         wasm_bindgen_futures::spawn_local(async move {
-            room.serve(id, &server).await;
-            room.sockets.borrow_mut().retain(|(other, _)| *other != id);
+            room.serve(id, role, &server).await;
+            room.sockets
+                .borrow_mut()
+                .retain(|(other, _, _)| *other != id);
         });
         Response::from_websocket(client)
     }
 }
 
 impl Room {
-    async fn serve(&self, id: u64, ws: &WebSocket) {
+    async fn serve(&self, id: u64, role: Role, ws: &WebSocket) {
         let mut events = match ws.events() {
             Ok(events) => events,
             Err(err) => {
@@ -72,9 +105,14 @@ impl Room {
         while let Some(event) = events.next().await {
             match ws::frame_of(event) {
                 Frame::Binary(buffer) => {
-                    for (other, socket) in self.sockets.borrow().iter() {
+                    if role == Role::Sibling {
+                        continue;
+                    }
+                    for (other, other_role, socket) in self.sockets.borrow().iter() {
+                        let to =
+                            *other != id && (role == Role::Sender || *other_role == Role::Sender);
                         // A peer that is closing misses the frame; the bench counts what arrives.
-                        if *other != id && ws::send_buffer(socket, &buffer).is_err() {
+                        if to && ws::send_buffer(socket, &buffer).is_err() {
                             continue;
                         }
                     }

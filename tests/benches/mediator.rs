@@ -13,6 +13,10 @@
 //!    the slowest sibling only so that no queue reaches the 10 000-entry limit), and with the
 //!    relay's flow control added (at most `--window` not yet at the slowest sibling). Sibling 0
 //!    times a `GetDevicesInfo` round trip every 100 ms: how long a sibling's own frames wait.
+//!    Diagnostic floor, **relay with acks**: the relay again, its siblings answering every frame
+//!    with a `ReflectedAck`-sized frame (sibling 0's forwarded to the sender, the others taken by
+//!    the relay), i.e. the mediator's frame count per envelope (4 in, 4 out) with nothing else;
+//!    at `--window` and at 1 in flight. The plain relay stays the issue's baseline.
 //! 2. **unloaded latency**: the same with one envelope in flight (the next is sent once the
 //!    `ReflectAck` is in and all three siblings have it; relay: once all three have it), and
 //!    *idle*: the same with at least `--idle-pace-ms` between two envelopes, so that the
@@ -21,7 +25,9 @@
 //!    a sibling, not timed); then from its WebSocket open to the last `Reflected` received and
 //!    acked and `ReflectionQueueDry`. Context: the relay pushing as many frames to one receiver.
 //! 4. **CSP echo**: echo request → response, one at a time, alternating between a device logged
-//!    in through the mediator's proxy and a direct TCP CSP connection to the chat server.
+//!    in through the mediator's proxy and a direct TCP CSP connection to the chat server. Its
+//!    floor (what a mediator doing nothing would take) is reported as the relay's one-way p50 at
+//!    1 in flight plus the direct echo p50.
 //!
 //! CPU time (`/proc/<pid>/stat`) of this process (the client), of wrangler dev's two workerd
 //! processes (its proxy and the runtime, with the runtime's busiest thread) and of wrangler's
@@ -55,7 +61,7 @@ use tandem_shared::csp::{
     ClientEvent, CspClient, CspClientConfig, CspPayload, MessagePayloadVersion,
 };
 use tandem_shared::d2d::seal_envelope;
-use tandem_shared::d2m::{D2mMessage, Reflect, ReflectFlags};
+use tandem_shared::d2m::{D2mMessage, Reflect, ReflectFlags, ReflectedAck};
 use tandem_shared::device::{DeviceConfig, DeviceSession, Event};
 use tandem_shared::keys::DeviceGroupKeys;
 use tandem_shared::proto::common::CspE2eMessageType;
@@ -1055,6 +1061,21 @@ async fn mediator_sibling(mut dev: Lean, flow: Arc<Flow>, index: usize) -> Sibli
     SiblingSeen { latencies, probes }
 }
 
+/// Whether the relay's siblings answer like the mediator's do (the diagnostic "relay with
+/// acks"): every sibling answers every frame with a `ReflectedAck`-sized frame; the relay
+/// forwards sibling 0's to the sender (standing in for the one `ReflectAck`) and takes the
+/// others without forwarding them. Per envelope that is the mediator's frame count: 4 in
+/// (1 + 3 acks), 4 out (3 + 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayAcks {
+    None,
+    LikeTheMediator,
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the measurement's knobs, named at each call"
+)]
 async fn relay_reflect(
     fx: &Fixture,
     args: &Args,
@@ -1063,10 +1084,18 @@ async fn relay_reflect(
     seconds: f64,
     room: &str,
     procs: Procs,
+    acks: RelayAcks,
 ) -> ReflectResult {
     let url = format!("{}/bench-relay/{room}", fx.ws_base());
     let mut receivers = Vec::new();
-    for _ in 0..SIBLINGS {
+    for i in 0..SIBLINGS {
+        // The relay routes by role (mediator-worker/src/bench_relay.rs): without one, a
+        // socket's frames go to every other socket.
+        let url = match (acks, i) {
+            (RelayAcks::None, _) => url.clone(),
+            (RelayAcks::LikeTheMediator, 0) => format!("{url}?role=acker"),
+            (RelayAcks::LikeTheMediator, _) => format!("{url}?role=sibling"),
+        };
         receivers.push(open_ws(&url).await);
     }
     let sender = open_ws(&url).await;
@@ -1074,7 +1103,7 @@ async fn relay_reflect(
     let receiving: Vec<_> = receivers
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| tokio::spawn(relay_receiver(ws, Arc::clone(&flow), i)))
+        .map(|(i, ws)| tokio::spawn(relay_receiver(ws, Arc::clone(&flow), i, acks)))
         .collect();
     let sending = tokio::spawn(relay_sender(
         sender,
@@ -1097,12 +1126,19 @@ async fn relay_sender(
     shape: Shape,
     pool: Arc<Vec<Vec<u8>>>,
 ) -> SenderStats {
-    let (mut sink, stream) = ws.split();
+    let (mut sink, mut stream) = ws.split();
     let mut stop = flow.stop.subscribe();
     let mut stats = SenderStats::default();
     let mut seq = 0_u64;
     let mut bytes = 0_u64;
     let mut next_at = Instant::now();
+    // Frames coming back (the acks of the relay with acks): read and dropped, as the mediator's
+    // sender reads its `ReflectAck`s.
+    let read_back = |message: Option<Result<Message, _>>| match message {
+        Some(Ok(Message::Close(_))) | None => panic!("relay sender: closed"),
+        Some(Err(err)) => panic!("relay sender: {err}"),
+        Some(Ok(_)) => {}
+    };
     loop {
         let mut wrote = false;
         let mut paced = false;
@@ -1128,8 +1164,12 @@ async fn relay_sender(
         tokio::select! {
             biased;
             _ = stop.changed() => break,
+            message = stream.next() => read_back(message),
             () = flow.progress.notified(), if !paced => {}
             () = tokio::time::sleep_until(next_at.into()), if paced => {}
+        }
+        while let Some(message) = stream.next().now_or_never() {
+            read_back(message);
         }
     }
     stats.frame_mean = bytes as f64 / seq.max(1) as f64;
@@ -1137,18 +1177,25 @@ async fn relay_sender(
     stats
 }
 
-async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
-    let (sink, mut stream) = ws.split();
+async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize, acks: RelayAcks) -> Vec<u32> {
+    let (mut sink, mut stream) = ws.split();
     let mut stop = flow.stop.subscribe();
     let mut count = 0_u64;
     let mut latencies = Vec::new();
-    let mut on_message = |message: Option<Result<Message, _>>, count: &mut u64| match message {
+    let mut to_ack: Vec<u32> = Vec::new();
+    let mut on_message = |message: Option<Result<Message, _>>,
+                          count: &mut u64,
+                          to_ack: &mut Vec<u32>| match message {
         Some(Ok(Message::Binary(frame))) => {
             let (seq, sent) = relay_stamp_of(&frame);
             assert_eq!(seq, *count, "relay receiver {index}: frame out of order");
             *count += 1;
             if flow.measuring.load(Ordering::Relaxed) {
                 latencies.push(micros_since(sent));
+            }
+            if acks != RelayAcks::None {
+                #[allow(clippy::cast_possible_truncation, reason = "wraps like a reflected-id")]
+                to_ack.push(seq as u32);
             }
         }
         Some(Ok(Message::Close(_))) | None => panic!("relay receiver {index}: closed"),
@@ -1159,10 +1206,21 @@ async fn relay_receiver(ws: Ws, flow: Arc<Flow>, index: usize) -> Vec<u32> {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            message = stream.next() => on_message(message, &mut count),
+            message = stream.next() => on_message(message, &mut count, &mut to_ack),
         }
         while let Some(message) = stream.next().now_or_never() {
-            on_message(message, &mut count);
+            on_message(message, &mut count, &mut to_ack);
+        }
+        // Acked like the mediator's siblings do: every frame of the batch just read, in one
+        // flush.
+        if !to_ack.is_empty() {
+            for reflected_id in to_ack.drain(..) {
+                let ack = D2mMessage::from(ReflectedAck { reflected_id })
+                    .encode()
+                    .unwrap();
+                sink.feed(Message::binary(ack)).await.unwrap();
+            }
+            sink.flush().await.unwrap();
         }
         flow.record(index, count);
     }
@@ -1704,6 +1762,46 @@ fn report(s: &Series, args: &Args) -> String {
             );
         }
     }
+    if s.has("relayack.rate") {
+        // Diagnostic floor: the relay with the mediator's frame count (4 in, 4 out).
+        let floor = s.median("relayack.rate");
+        for (prefix, flow) in [
+            ("med", format!("≤ {w} un-ReflectAcked")),
+            ("medw", format!("≤ {w} not yet at the slowest sibling")),
+        ] {
+            if !s.has(&format!("{prefix}.rate")) {
+                continue;
+            }
+            let m = s.median(&format!("{prefix}.rate"));
+            let _ = writeln!(
+                out,
+                "| diagnostic: reflect throughput ({flow}) against the relay with acks | {} | {} (relay with acks, ≤ {w} not yet at the slowest) | {} | — | — |",
+                fmt_int(m),
+                fmt_int(floor),
+                fmt_ratio(m / floor, 3),
+            );
+        }
+        if s.has("medw.p50") {
+            latency_row(
+                &mut out,
+                &format!("diagnostic: one-way latency p50 (≤ {w} not yet at the slowest) against the relay with acks"),
+                s.median("medw.p50"),
+                s.median("relayack.p50"),
+                " (relay with acks)",
+                None,
+            );
+        }
+    }
+    if s.has("relayack1.rate") && s.has("med1.p50") {
+        latency_row(
+            &mut out,
+            "diagnostic: one-way latency p50 (1 in flight) against the relay with acks",
+            s.median("med1.p50"),
+            s.median("relayack1.p50"),
+            " (relay with acks)",
+            None,
+        );
+    }
     for (prefix, what) in [
         ("1", "1 envelope in flight".to_owned()),
         (
@@ -1757,6 +1855,27 @@ fn report(s: &Series, args: &Args) -> String {
                 (key == "p50").then_some(2.0),
             );
         }
+        if s.has("relay1.p50") {
+            // What a mediator doing no work at all would take: the WebSocket hop there and back
+            // (the relay's one-way, 1 in flight) plus the chat server's own round trip.
+            let floor = s.median("relay1.p50") + s.median("echo.direct.p50");
+            latency_row(
+                &mut out,
+                "diagnostic: CSP echo p50 against its floor (relay one-way p50, 1 in flight + direct echo p50)",
+                s.median("echo.med.p50"),
+                floor,
+                " (floor)",
+                None,
+            );
+            latency_row(
+                &mut out,
+                "diagnostic: that floor against the direct echo",
+                floor,
+                s.median("echo.direct.p50"),
+                " (direct TCP)",
+                Some(2.0),
+            );
+        }
     }
     out
 }
@@ -1777,8 +1896,13 @@ fn resources(s: &Series, args: &Args) -> String {
         (format!("mediator, ≤ {w} un-ReflectAcked"), "med"),
         (format!("mediator, ≤ {w} not at the slowest"), "medw"),
         (format!("relay, ≤ {w} not at the slowest"), "relay"),
+        (
+            format!("relay with acks, ≤ {w} not at the slowest"),
+            "relayack",
+        ),
         ("mediator, 1 in flight".to_owned(), "med1"),
         ("relay, 1 in flight".to_owned(), "relay1"),
+        ("relay with acks, 1 in flight".to_owned(), "relayack1"),
         ("mediator, idle".to_owned(), "medidle"),
         ("relay, idle".to_owned(), "relayidle"),
     ] {
@@ -1946,6 +2070,7 @@ async fn run(args: Args) {
             2.0,
             "warm-up",
             procs,
+            RelayAcks::None,
         )
         .await;
         println!(
@@ -1968,9 +2093,33 @@ async fn run(args: Args) {
             settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-w");
             let shape = Shape::end_to_end(w);
-            let r = relay_reflect(&fx, &args, &pool, shape, args.seconds, &room, procs).await;
+            let r = relay_reflect(
+                &fx,
+                &args,
+                &pool,
+                shape,
+                args.seconds,
+                &room,
+                procs,
+                RelayAcks::None,
+            )
+            .await;
             println!("{}", r.line(&format!("relay ≤{w}")));
             series.record_reflect("relay", &r);
+            let room = format!("r{pid}-{run}-wa");
+            let r = relay_reflect(
+                &fx,
+                &args,
+                &pool,
+                shape,
+                args.seconds,
+                &room,
+                procs,
+                RelayAcks::LikeTheMediator,
+            )
+            .await;
+            println!("{}", r.line(&format!("relay+acks ≤{w}")));
+            series.record_reflect("relayack", &r);
             let m = mediator_reflect(&fx, &args, shape, args.seconds, procs).await;
             println!("{}", m.line(&format!("mediator ≤{w}")));
             series.record_reflect("medw", &m);
@@ -1984,16 +2133,50 @@ async fn run(args: Args) {
             series.record_reflect("med1", &m);
             settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-1");
-            let r = relay_reflect(&fx, &args, &pool, shape, seconds, &room, procs).await;
+            let r = relay_reflect(
+                &fx,
+                &args,
+                &pool,
+                shape,
+                seconds,
+                &room,
+                procs,
+                RelayAcks::None,
+            )
+            .await;
             println!("{}", r.line("relay 1"));
             series.record_reflect("relay1", &r);
+            let room = format!("r{pid}-{run}-1a");
+            let r = relay_reflect(
+                &fx,
+                &args,
+                &pool,
+                shape,
+                seconds,
+                &room,
+                procs,
+                RelayAcks::LikeTheMediator,
+            )
+            .await;
+            println!("{}", r.line("relay+acks 1"));
+            series.record_reflect("relayack1", &r);
             let shape = Shape::paced(Duration::from_millis(args.idle_pace_ms));
             let m = mediator_reflect(&fx, &args, shape, seconds, procs).await;
             println!("{}", m.line("mediator idle"));
             series.record_reflect("medidle", &m);
             settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-idle");
-            let r = relay_reflect(&fx, &args, &pool, shape, seconds, &room, procs).await;
+            let r = relay_reflect(
+                &fx,
+                &args,
+                &pool,
+                shape,
+                seconds,
+                &room,
+                procs,
+                RelayAcks::None,
+            )
+            .await;
             println!("{}", r.line("relay idle"));
             series.record_reflect("relayidle", &r);
         }
