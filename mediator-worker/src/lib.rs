@@ -20,6 +20,7 @@ mod runtime;
 mod schema;
 mod selftest;
 mod store;
+mod tcp;
 mod ws;
 
 pub use bench_relay::BenchRelay;
