@@ -787,8 +787,10 @@ mod tests {
 
     #[test]
     fn queue_limit_reached_inside_a_batch_drops_that_slot_only() {
-        let mut config = GroupConfig::default();
-        config.max_queue_len = 3;
+        let config = GroupConfig {
+            max_queue_len: 3,
+            ..GroupConfig::default()
+        };
         let mut h = Harness::with_config(config);
         let a = h.login(1);
         let b = h.login(2);
@@ -816,9 +818,11 @@ mod tests {
 
     #[test]
     fn online_slot_filled_inside_a_batch_is_closed_4114_and_the_rest_stored() {
-        let mut config = GroupConfig::default();
-        config.max_queue_len = 2;
-        config.max_in_flight = 1;
+        let config = GroupConfig {
+            max_queue_len: 2,
+            max_in_flight: 1,
+            ..GroupConfig::default()
+        };
         let mut h = Harness::with_config(config);
         let a = h.login(1);
         let b = h.login(2);
