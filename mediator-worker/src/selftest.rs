@@ -435,6 +435,32 @@ fn enqueue_batch_in_order(store: &mut SqlGroupStore) -> Result<(), String> {
             )
         })?;
     }
+    // Over 2 MB of bodies (a long coalesced turn): split into several statements, still one
+    // call, in order.
+    let big: Vec<(&[u8], u64)> = (0..40).map(|i| (large.as_slice(), 100 + i)).collect();
+    let got = call("enqueue_batch (2.6 MB)", store.enqueue_batch(&big, &[A]))?;
+    let firsts: Vec<u64> = got
+        .iter()
+        .filter_map(|seqs| seqs.first().copied())
+        .collect();
+    let start = first_a + 3;
+    ensure(firsts == (start..start + 40).collect::<Vec<_>>(), || {
+        format!("2.6 MB batch numbered {firsts:?}")
+    })?;
+    let entries = call("read_queue", store.read_queue(A, Some(start - 1), 50))?;
+    ensure(
+        entries.len() == 40
+            && entries
+                .iter()
+                .zip(100..)
+                .all(|(e, at)| e.stored_at == at && e.envelope == large),
+        || format!("2.6 MB batch reads back {} entries", entries.len()),
+    )?;
+    call(
+        "remove_from_queue_many",
+        store.remove_from_queue_many(A, &(start..start + 40).collect::<Vec<_>>()),
+    )?;
+    let after = counts(store)?;
     // A exists and comes first: only a rollback undoes its rows and the bodies.
     let result = store.enqueue_batch(&batch, &[A, MISSING]);
     ensure(result == Err(SqlStoreError::UnknownSlot(MISSING)), || {
@@ -445,7 +471,7 @@ fn enqueue_batch_in_order(store: &mut SqlGroupStore) -> Result<(), String> {
         format!("after the failed batch {failed:?}, was {after:?}")
     })?;
     let seq = call("allocate_seq", store.allocate_seq(A))?;
-    ensure(seq == first_a + 3, || {
+    ensure(seq == first_a + 43, || {
         format!("A's counter moved in the failed batch: next is {seq}")
     })
 }

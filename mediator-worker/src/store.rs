@@ -272,62 +272,35 @@ impl GroupStore for SqlGroupStore {
             return Ok(vec![Vec::new(); envelopes.len()]);
         }
         let n = u64::try_from(envelopes.len()).unwrap_or(u64::MAX);
-        let count = int(n)?;
         let refs = int(u64::try_from(device_ids.len()).unwrap_or(u64::MAX))?;
-        let bodies = JsValue::from_str(&envelope_list(envelopes)?);
         let ids = device_list(device_ids);
-        // Three statements for the whole batch, whatever the number of envelopes and slots
-        // (docs/worker.md "Where the time goes"): the bodies travel as one JSON text with hex
-        // (SQLite's `unhex`), the sequence numbers are taken in one UPDATE and the queue rows
-        // numbered inside SQLite.
-        self.atomically(|sql| {
-            // Inserted in array order, so the new ids ascend in that order (INTEGER PRIMARY
-            // KEY without AUTOINCREMENT: each new row gets the largest id + 1).
-            let mut envelope_ids = run(
-                sql,
-                "INSERT INTO envelope (body, stored_at, refs)                  SELECT unhex(json_extract(value, '$[0]')), json_extract(value, '$[1]'), ?                  FROM json_each(?) ORDER BY key RETURNING id",
-                vec![refs, bodies],
-            )?
-            .iter()
-            .map(|row| u64_at(row, 0))
-            .collect::<Result<Vec<_>, _>>()?;
-            envelope_ids.sort_unstable();
-            let (Some(&low), Some(&high)) = (envelope_ids.first(), envelope_ids.last()) else {
-                return Err(SqlStoreError::MalformedRow("no envelope ids returned"));
-            };
-            if u64::try_from(envelope_ids.len()).ok() != Some(n)
-                || high.checked_sub(low).and_then(|d| d.checked_add(1)) != Some(n)
-            {
-                return Err(SqlStoreError::MalformedRow("envelope ids not consecutive"));
-            }
-            let taken = run(
-                sql,
-                "UPDATE slot SET next_seq = next_seq + ? WHERE device_id IN                  (SELECT CAST(value AS INTEGER) FROM json_each(?))                  RETURNING CAST(device_id AS TEXT), next_seq - ?",
-                vec![count.clone(), ids.clone(), count.clone()],
-            )?;
-            run(
-                sql,
-                "INSERT INTO queue (device_id, seq, envelope_id)                  SELECT s.device_id,                         s.next_seq - ? - 1 + ROW_NUMBER() OVER (PARTITION BY s.device_id ORDER BY e.id),                         e.id                  FROM slot s, envelope e                  WHERE s.device_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?))                  AND e.id BETWEEN ? AND ?",
-                vec![count, ids, int(low)?, int(high)?],
-            )?;
-            let taken = taken
+        // One JSON text per chunk of at most MAX_BATCH_BODY_BYTES of bodies: workerd's SQLite
+        // refuses a string over 2 MB (a coalesced turn can hold thousands of reflects).
+        let mut chunks: Vec<(u64, JsValue)> = Vec::new();
+        let mut start = 0;
+        while let Some(rest) = envelopes.get(start..).filter(|rest| !rest.is_empty()) {
+            let mut bytes = 0_usize;
+            let len = rest
                 .iter()
-                .map(|row| Ok((device_at(row, 0)?, u64_at(row, 1)?)))
-                .collect::<Result<Vec<_>, SqlStoreError>>()?;
-            // Unknown ids fail the call (rolled back); listed twice counts once.
-            let firsts = device_ids
-                .iter()
-                .map(|&id| {
-                    taken
-                        .iter()
-                        .find(|(taken_id, _)| *taken_id == id)
-                        .map(|&(_, first)| first)
-                        .ok_or(SqlStoreError::UnknownSlot(id))
+                .take_while(|(body, _)| {
+                    bytes = bytes.saturating_add(body.len());
+                    bytes <= MAX_BATCH_BODY_BYTES
                 })
-                .collect::<Result<Vec<u64>, _>>()?;
-            Ok((0..n)
-                .map(|k| firsts.iter().map(|first| first.saturating_add(k)).collect())
-                .collect())
+                .count()
+                .max(1);
+            let chunk = rest.get(..len).unwrap_or(rest);
+            let count = u64::try_from(chunk.len()).unwrap_or(u64::MAX);
+            chunks.push((count, JsValue::from_str(&envelope_list(chunk)?)));
+            start = start.saturating_add(len);
+        }
+        // Three statements per chunk, whatever the number of envelopes and slots
+        // (docs/worker.md "Where the time goes"), all in one transaction.
+        self.atomically(|sql| {
+            let mut seqs = Vec::with_capacity(envelopes.len());
+            for (count, bodies) in &chunks {
+                seqs.extend(enqueue_chunk(sql, *count, bodies, &refs, &ids, device_ids)?);
+            }
+            Ok(seqs)
         })
         .inspect(|_| {
             BATCHES.fetch_add(1, Ordering::Relaxed);
@@ -553,6 +526,81 @@ fn run(sql: &SqlStorage, query: &str, bindings: Vec<JsValue>) -> Result<Vec<Row>
         .raw()
         .map(|row| row.map_err(SqlStoreError::from))
         .collect()
+}
+
+/// Bodies per `enqueue_batch` statement: their hex (twice this) stays well under the 2 MB that
+/// workerd's SQLite allows for one string, and one 65 516-byte envelope always fits.
+const MAX_BATCH_BODY_BYTES: usize = 512 * 1024;
+
+/// Stores `count` envelopes given as one JSON text `[["<hex>", stored_at], …]` and queues them,
+/// in order, for every slot in `device_ids` (listed as `ids`): three statements, inside the
+/// caller's transaction. Per envelope, each slot's sequence number.
+fn enqueue_chunk(
+    sql: &SqlStorage,
+    count: u64,
+    bodies: &JsValue,
+    refs: &JsValue,
+    ids: &JsValue,
+    device_ids: &[DeviceId],
+) -> Result<Vec<Vec<u64>>, SqlStoreError> {
+    let n = int(count)?;
+    // Inserted in array order, so the new ids ascend in that order (INTEGER PRIMARY KEY without
+    // AUTOINCREMENT: each new row gets the largest id + 1).
+    let mut envelope_ids = run(
+        sql,
+        "INSERT INTO envelope (body, stored_at, refs) \
+         SELECT unhex(json_extract(value, '$[0]')), json_extract(value, '$[1]'), ? \
+         FROM json_each(?) ORDER BY key RETURNING id",
+        vec![refs.clone(), bodies.clone()],
+    )?
+    .iter()
+    .map(|row| u64_at(row, 0))
+    .collect::<Result<Vec<_>, _>>()?;
+    envelope_ids.sort_unstable();
+    let (Some(&low), Some(&high)) = (envelope_ids.first(), envelope_ids.last()) else {
+        return Err(SqlStoreError::MalformedRow("no envelope ids returned"));
+    };
+    if u64::try_from(envelope_ids.len()).ok() != Some(count)
+        || high.checked_sub(low).and_then(|d| d.checked_add(1)) != Some(count)
+    {
+        return Err(SqlStoreError::MalformedRow("envelope ids not consecutive"));
+    }
+    let taken = run(
+        sql,
+        "UPDATE slot SET next_seq = next_seq + ? WHERE device_id IN \
+         (SELECT CAST(value AS INTEGER) FROM json_each(?)) \
+         RETURNING CAST(device_id AS TEXT), next_seq - ?",
+        vec![n.clone(), ids.clone(), n.clone()],
+    )?;
+    run(
+        sql,
+        "INSERT INTO queue (device_id, seq, envelope_id) \
+         SELECT s.device_id, \
+                s.next_seq - ? - 1 + ROW_NUMBER() OVER (PARTITION BY s.device_id ORDER BY e.id), \
+                e.id \
+         FROM slot s, envelope e \
+         WHERE s.device_id IN (SELECT CAST(value AS INTEGER) FROM json_each(?)) \
+         AND e.id BETWEEN ? AND ?",
+        vec![n, ids.clone(), int(low)?, int(high)?],
+    )?;
+    let taken = taken
+        .iter()
+        .map(|row| Ok((device_at(row, 0)?, u64_at(row, 1)?)))
+        .collect::<Result<Vec<_>, SqlStoreError>>()?;
+    // Unknown ids fail the call (rolled back); listed twice counts once.
+    let firsts = device_ids
+        .iter()
+        .map(|&id| {
+            taken
+                .iter()
+                .find(|(taken_id, _)| *taken_id == id)
+                .map(|&(_, first)| first)
+                .ok_or(SqlStoreError::UnknownSlot(id))
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok((0..count)
+        .map(|k| firsts.iter().map(|first| first.saturating_add(k)).collect())
+        .collect())
 }
 
 /// Uses up the slot's next sequence number.
