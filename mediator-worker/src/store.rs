@@ -275,7 +275,8 @@ impl GroupStore for SqlGroupStore {
         let refs = int(u64::try_from(device_ids.len()).unwrap_or(u64::MAX))?;
         let ids = device_list(device_ids);
         // One JSON text per chunk of at most MAX_BATCH_BODY_BYTES of bodies: workerd's SQLite
-        // refuses a string over 2 MB (a coalesced turn can hold thousands of reflects).
+        // refuses a string over its length limit with SQLITE_TOOBIG (a coalesced turn can hold
+        // thousands of reflects; docs/worker.md trap 17).
         let mut chunks: Vec<(u64, JsValue)> = Vec::new();
         let mut start = 0;
         while let Some(rest) = envelopes.get(start..).filter(|rest| !rest.is_empty()) {
@@ -529,7 +530,7 @@ fn run(sql: &SqlStorage, query: &str, bindings: Vec<JsValue>) -> Result<Vec<Row>
 }
 
 /// Bodies per `enqueue_batch` statement: their hex (twice this) stays well under the 2 MB that
-/// workerd's SQLite allows for one string, and one 65 516-byte envelope always fits.
+/// Cloudflare gives as the SQLite limit for one value, and one 65 516-byte envelope always fits.
 const MAX_BATCH_BODY_BYTES: usize = 512 * 1024;
 
 /// Stores `count` envelopes given as one JSON text `[["<hex>", stored_at], …]` and queues them,
