@@ -16,8 +16,8 @@ use super::model::{ConversationId, Direction, Identity, Message, MessageKey, Mes
 use super::state::State;
 use crate::crypto::{random_nonce, Nonce};
 use crate::csp::{
-    seal_message_with_nonce, CspPayload, DeliveryStatus, E2eMessageType, GroupMemberContainer,
-    MessageAck, MessageFlags, MessageToSeal,
+    seal_message_with_keys, CspPayload, DeliveryStatus, E2eMessageType, GroupMemberContainer,
+    MessageAck, MessageFlags, MessageToSeal, SealError,
 };
 use crate::proto::d2d::{
     envelope::Content, outgoing_message_update, OutgoingMessage, OutgoingMessageUpdate,
@@ -426,22 +426,28 @@ impl App {
                 failed.push(*receiver);
                 continue;
             };
-            let sealed = seal_message_with_nonce(
-                &own.client_key,
-                &MessageToSeal {
-                    sender: *own.identity.as_bytes(),
-                    receiver: *receiver.as_bytes(),
-                    receiver_public_key: contact.public_key,
-                    message_id: job.message_id,
-                    created_at_ms: job.created_at,
-                    flags: job.flags,
-                    nickname: (!nickname.is_empty()).then_some(nickname.as_str()),
-                    message_type: job.message_type,
-                    body: &job.body,
-                },
-                nonce,
-                rng,
-            );
+            let sealed = self
+                .peer_keys
+                .get(&own.client_key, &contact.public_key)
+                .map_err(SealError::ReceiverKey)
+                .and_then(|keys| {
+                    seal_message_with_keys(
+                        keys,
+                        &MessageToSeal {
+                            sender: *own.identity.as_bytes(),
+                            receiver: *receiver.as_bytes(),
+                            receiver_public_key: contact.public_key,
+                            message_id: job.message_id,
+                            created_at_ms: job.created_at,
+                            flags: job.flags,
+                            nickname: (!nickname.is_empty()).then_some(nickname.as_str()),
+                            message_type: job.message_type,
+                            body: &job.body,
+                        },
+                        nonce,
+                        rng,
+                    )
+                });
             match sealed {
                 Ok(message) => {
                     if !self.csp_send(&CspPayload::OutgoingMessage(message)) {
