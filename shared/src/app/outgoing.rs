@@ -82,11 +82,19 @@ pub(super) struct Unstored {
     pub(super) receipt_for: Option<(DeliveryStatus, Vec<MessageKey>)>,
 }
 
-/// The jobs, in the order they were started.
+/// The jobs, in the order they were started, with two indexes so that one input costs the same
+/// with two or two thousand jobs in flight (a burst of incoming messages leaves one delivery
+/// receipt job per message waiting for its ack; scanning them all on every input made such a
+/// burst quadratic, BENCHMARKS.md "Browser device").
 #[derive(Debug, Default)]
 pub(super) struct Jobs {
     next: u64,
     jobs: BTreeMap<u64, Job>,
+    /// Jobs that may have a step to take: every job whose stage became one `drive_jobs` acts
+    /// on. A superset; `drive_jobs` drops the ids whose job waits for an ack or is gone.
+    ready: BTreeSet<u64>,
+    /// `(message id, job id)` of every job, to find the job a chat server ack is for.
+    by_message: BTreeSet<(u64, u64)>,
 }
 
 impl Jobs {
@@ -96,8 +104,22 @@ impl Jobs {
 
     pub(super) fn add(&mut self, job: Job) -> u64 {
         self.next = self.next.saturating_add(1);
+        self.by_message.insert((job.message_id, self.next));
         self.jobs.insert(self.next, job);
+        self.ready.insert(self.next);
         self.next
+    }
+
+    /// The job's stage became one `drive_jobs` acts on.
+    fn wake(&mut self, id: u64) {
+        self.ready.insert(id);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        self.ready.remove(&id);
+        self.by_message.remove(&(job.message_id, id));
+        Some(job)
     }
 
     /// Rebuilds the jobs of stored outgoing messages that are not yet sent. Only the device
@@ -141,6 +163,12 @@ impl Jobs {
     /// durability (receipts not yet reflected, typing) are kept or dropped accordingly.
     pub(super) fn on_disconnect(&mut self) {
         self.jobs.retain(|_, job| !job.ephemeral);
+        self.ready = self.jobs.keys().copied().collect();
+        self.by_message = self
+            .jobs
+            .iter()
+            .map(|(id, job)| (job.message_id, *id))
+            .collect();
         for job in self.jobs.values_mut() {
             job.stage = match job.stage {
                 Stage::Reflecting => Stage::Unreflected,
@@ -329,17 +357,21 @@ impl App {
     /// costs a scan of the stages instead of a lookup per job (`shared/benches/incoming.rs`).
     pub(super) fn drive_jobs(&mut self, _now_ms: u64, rng: &mut impl CryptoRngCore) {
         let csp_ready = self.conn.csp_ready;
-        let ids: Vec<u64> = self
-            .jobs
-            .jobs
-            .iter()
-            .filter(|(_, job)| match job.stage {
-                Stage::Unreflected | Stage::UnreflectedSent => true,
-                Stage::Unsent => csp_ready,
-                _ => false,
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let Jobs { jobs, ready, .. } = &mut self.jobs;
+        let mut ids = Vec::new();
+        ready.retain(|id| match jobs.get(id).map(|job| job.stage) {
+            Some(Stage::Unreflected | Stage::UnreflectedSent) => {
+                ids.push(*id);
+                true
+            }
+            Some(Stage::Unsent) => {
+                if csp_ready {
+                    ids.push(*id);
+                }
+                true
+            }
+            _ => false,
+        });
         for id in ids {
             if self.session.is_none() {
                 return;
@@ -378,6 +410,9 @@ impl App {
                 } else {
                     Stage::Reflecting
                 };
+                if ephemeral {
+                    self.jobs.wake(id);
+                }
             }
             if ephemeral && self.conn.csp_ready {
                 self.send_job(id, rng);
@@ -396,6 +431,10 @@ impl App {
             return;
         };
         job.stage = Stage::Unsent;
+        self.jobs.wake(id);
+        let Some(job) = self.jobs.jobs.get(&id) else {
+            return;
+        };
         if job.stored {
             let key = MessageKey {
                 sender: self.state.own().identity,
@@ -478,12 +517,18 @@ impl App {
         let Ok(receiver) = Identity::new(ack.identity) else {
             return;
         };
-        let found = self.jobs.jobs.iter_mut().find(|(_, job)| {
-            job.message_id == ack.message_id
-                && job.stage == Stage::AwaitingAcks
-                && job.unacked.contains(&receiver)
-        });
-        let Some((&id, job)) = found else {
+        let jobs = &self.jobs.jobs;
+        let found = self
+            .jobs
+            .by_message
+            .range((ack.message_id, 0)..=(ack.message_id, u64::MAX))
+            .map(|(_, id)| *id)
+            .find(|id| {
+                jobs.get(id).is_some_and(|job| {
+                    job.stage == Stage::AwaitingAcks && job.unacked.contains(&receiver)
+                })
+            });
+        let Some((id, job)) = found.and_then(|id| Some((id, self.jobs.jobs.get_mut(&id)?))) else {
             return;
         };
         job.unacked.remove(&receiver);
@@ -498,8 +543,9 @@ impl App {
         };
         if job.stored {
             job.stage = Stage::UnreflectedSent;
+            self.jobs.wake(id);
             self.reflect_sent(id, rng);
-        } else if let Some(job) = self.jobs.jobs.remove(&id) {
+        } else if let Some(job) = self.jobs.remove(id) {
             if let Some((status, keys)) = job.receipt_for {
                 for key in keys {
                     self.state.update_message(&key, |m| {
@@ -539,7 +585,7 @@ impl App {
 
     /// The `sent` update is stored by the mediator: the message is Sent everywhere.
     pub(super) fn on_sent_reflected(&mut self, id: u64, timestamp: u64) {
-        let Some(job) = self.jobs.jobs.remove(&id) else {
+        let Some(job) = self.jobs.remove(id) else {
             return;
         };
         let key = MessageKey {
