@@ -33,6 +33,7 @@ pub mod d2d;
 pub mod d2m;
 pub mod device;
 pub mod directory;
+pub mod encoding;
 pub mod id_backup;
 pub mod keys;
 pub mod mediator;

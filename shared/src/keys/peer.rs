@@ -104,9 +104,10 @@ impl PeerKeyCache {
         let found = self.entries.iter().rposition(|(key, _)| key == peer);
         match found {
             Some(index) => {
-                // Move to the most recently used end.
-                if let Some(tail) = self.entries.get_mut(index..) {
-                    tail.rotate_left(1);
+                // Move to the most recently used end (a no-op for the peer used last).
+                if index + 1 < self.entries.len() {
+                    let entry = self.entries.remove(index);
+                    self.entries.push(entry);
                 }
             }
             None => {
