@@ -27,7 +27,7 @@
 
 pub mod app;
 pub mod codec;
-pub mod crypto;
+pub use tandem_crypto as crypto;
 pub mod csp;
 pub mod d2d;
 pub mod d2m;

@@ -14,6 +14,20 @@ pub use nacl::{
 };
 pub use padding::{pad, unpad, PaddingError};
 
+/// `HMAC-SHA256(key, message)` (the nonce replay store's hash, spec §0).
+#[must_use]
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC takes keys of any length, so `new_from_slice` cannot fail.
+    match Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(mut mac) => {
+            mac.update(message);
+            mac.finalize().into_bytes().into()
+        }
+        Err(_) => [0; 32],
+    }
+}
+
 /// Constant-time equality for secrets and authenticators (cookies, challenges, responses).
 #[must_use]
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
