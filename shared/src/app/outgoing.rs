@@ -364,8 +364,8 @@ impl App {
     /// Advances every job the connection allows.
     ///
     /// Runs after every input, while a burst may keep thousands of jobs in flight (a delivery
-    /// receipt per incoming message): only jobs with something to do are collected, so a step
-    /// costs a scan of the stages instead of a lookup per job (`shared/benches/incoming.rs`).
+    /// receipt per incoming message): only the `ready` jobs are looked at, so a step costs the
+    /// same however many jobs wait for acks (`shared/benches/incoming.rs`).
     pub(super) fn drive_jobs(&mut self, _now_ms: u64, rng: &mut impl CryptoRngCore) {
         let csp_ready = self.conn.csp_ready;
         let Jobs { jobs, ready, .. } = &mut self.jobs;
