@@ -118,6 +118,8 @@ impl PeerKeyCache {
                 self.entries.push((*peer, keys));
             }
         }
+        // The entry is the last one now; the error is unreachable (the vector was just pushed
+        // to or reordered) and only avoids a panic path.
         self.entries
             .last()
             .map(|(_, keys)| &**keys)
