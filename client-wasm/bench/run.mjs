@@ -9,13 +9,15 @@
 //
 //   node run.mjs [--messages 2000] [--runs 5] [--contacts 1000] [--stored 10000]
 //                [--open-runs 7] [--skip-build] [--only incoming|open] [--profile]
-//                [--variant shipped|dalek64|o3|dalek64-o3]
+//                [--profile-incoming] [--variant shipped|o3|z] [--cargo-args '…']
+//                [--wasm-opt -O2] [--baseline DIR]
 //
-// The wasm is built like scripts/build-client.sh builds the package (release, opt-level z, fat
-// LTO, one codegen unit, panic abort, wasm-opt -Oz), plus `--features bench`; the native bench
-// with cargo's bench profile (the workspace release profile: opt-level 3). CARGO_TARGET_DIR is
-// honoured. `--profile` records a CPU profile of one open through the Chrome DevTools protocol
-// and prints the heaviest functions.
+// The wasm is built by scripts/build-client.sh itself (profile `wasm-release`, its wasm-opt
+// level) with `--features bench` added, so the bench measures the shipped settings; the native
+// bench with cargo's bench profile (the workspace release profile: opt-level 3). CARGO_TARGET_DIR
+// is honoured. `--profile` / `--profile-incoming` record a CPU profile of the last open / the
+// last incoming run through the Chrome DevTools protocol and print the heaviest functions.
+// `--baseline DIR` runs another build (DIR/pkg, DIR/incoming) alternately with this one.
 
 import { spawnSync, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
@@ -57,37 +59,38 @@ function run(cmd, argv, env = {}) {
   if (r.status !== 0) throw new Error(`${cmd} ${argv.join(" ")} failed (${r.status})`);
 }
 
-// `--variant` measures what a build setting would change; the budget figure is `shipped`.
+// `--variant` measures what other build settings would change; the budget figures use `shipped`,
+// the settings scripts/build-client.sh ships. Each variant is extra cargo arguments on top of
+// `[profile.wasm-release]` and a wasm-opt level. `--cargo-args '...'` and `--wasm-opt -O2` set
+// them directly instead.
+const pkgOpt = (name) => `--config 'profile.wasm-release.package."${name}".opt-level="z"'`;
 const VARIANTS = {
-  shipped: { opt: "z", rustflags: "" },
-  // curve25519-dalek picks its 32-bit field arithmetic on wasm32; wasm has 64-bit integers.
-  dalek64: { opt: "z", rustflags: '--cfg curve25519_dalek_bits="64"' },
-  o3: { opt: "3", rustflags: "" },
-  "dalek64-o3": { opt: "3", rustflags: '--cfg curve25519_dalek_bits="64"' },
+  shipped: { cargo: "", wasmOpt: null },
+  // Everything at opt-level 3 and wasm-opt -O3 (the speed ceiling of build settings).
+  o3: { cargo: `--config 'profile.wasm-release.opt-level=3'`, wasmOpt: "-O3" },
+  // Everything at z, as shipped before the per-crate overrides of [profile.wasm-release].
+  z: { cargo: ["tandem-crypto", "salsa20", "poly1305", "crypto_secretbox", "sha2", "hmac", "blake2"].map(pkgOpt).join(" "), wasmOpt: "-Oz" },
 };
-const variantName = (() => {
-  const i = args.indexOf("--variant");
-  return i >= 0 ? args[i + 1] : "shipped";
-})();
+const argOf = (name) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
+const variantName = argOf("--variant") ?? "shipped";
 const variant = VARIANTS[variantName];
 if (!variant) throw new Error(`unknown --variant ${variantName}; one of ${Object.keys(VARIANTS).join(", ")}`);
+const cargoArgs = argOf("--cargo-args") ?? variant.cargo;
+const wasmOpt = argOf("--wasm-opt") ?? variant.wasmOpt;
+// `--baseline DIR`: DIR/pkg (a bench build of another commit) and DIR/incoming (its native bench
+// executable) run alternately with this tree's, for before/after figures from one run.
+const baseline = argOf("--baseline");
 
 function buildWasm() {
-  say(`cargo build -p tandem-client --features bench (wasm32, release, build-client.sh's settings; variant ${variantName})`);
-  run("cargo", ["build", "-p", "tandem-client", "--features", "bench", "--target", "wasm32-unknown-unknown", "--release", "--locked"], {
-    CARGO_PROFILE_RELEASE_OPT_LEVEL: variant.opt,
-    CARGO_PROFILE_RELEASE_LTO: "true",
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS: "1",
-    CARGO_PROFILE_RELEASE_DEBUG: "0",
-    CARGO_PROFILE_RELEASE_PANIC: "abort",
-    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS: variant.rustflags,
-  });
-  const pkg = join(here, "pkg");
-  const bindgen = join(process.env.CARGO_HOME ?? join(process.env.HOME, ".cargo"), "bin", "wasm-bindgen");
-  run(bindgen, ["--target", "web", "--out-dir", pkg, "--out-name", "tandem_client", join(targetDir, "wasm32-unknown-unknown/release/tandem_client.wasm")]);
-  say("wasm-opt -Oz");
-  const wasm = join(pkg, "tandem_client_bg.wasm");
-  run(join(here, "node_modules/.bin/wasm-opt"), [variant.opt === "z" ? "-Oz" : "-O3", "--enable-bulk-memory", "--enable-nontrapping-float-to-int", "--enable-sign-ext", "--enable-mutable-globals", "--enable-reference-types", "--enable-multivalue", wasm, "-o", wasm]);
+  say(`scripts/build-client.sh with --features bench into bench/pkg (variant ${variantName}: cargo ${cargoArgs || "-"}, wasm-opt ${wasmOpt ?? "as shipped"})`);
+  const env = { TANDEM_CLIENT_FEATURES: "bench", TANDEM_CLIENT_PKG: join(here, "pkg"), TANDEM_CLIENT_NO_PACK: "1", TANDEM_CLIENT_CARGO_ARGS: cargoArgs };
+  if (wasmOpt) env.TANDEM_CLIENT_WASM_OPT = wasmOpt;
+  // The script's cargo --config arguments are split on spaces, so quotes are dropped here.
+  env.TANDEM_CLIENT_CARGO_ARGS = cargoArgs.replaceAll("'", "");
+  run("scripts/build-client.sh", [], env);
 }
 
 function nativeBench() {
@@ -101,8 +104,10 @@ function nativeBench() {
 function serve() {
   const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm" };
   const server = createServer(async (req, res) => {
-    const path = join(here, decodeURIComponent(new URL(req.url, "http://x").pathname));
-    if (!path.startsWith(here)) return res.writeHead(403).end();
+    const rel = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    const base = baseline && rel.startsWith("/baseline/") ? resolve(baseline, "pkg") : here;
+    const path = join(base, base === here ? rel : rel.slice("/baseline/".length));
+    if (!path.startsWith(base)) return res.writeHead(403).end();
     try {
       const body = await readFile(path);
       res.writeHead(200, { "content-type": types[extname(path)] ?? "application/octet-stream", "cache-control": "no-store" }).end(body);
@@ -138,6 +143,22 @@ function chromiumCpuMs(marker) {
   return procs.filter((p) => ours.has(p.pid) && p.cmd.includes("--type=renderer")).reduce((a, p) => a + p.ticks * 10, 0);
 }
 
+// Self time per function of a CDP CPU profile, heaviest first.
+function printProfile(profile, what) {
+  console.log(`profile: ${profile.samples?.length ?? 0} samples, ${profile.nodes.length} nodes`);
+  const self = new Map();
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  const dt = profile.timeDeltas;
+  profile.samples.forEach((id, k) => {
+    const n = byId.get(id);
+    const name = `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").pop()}`;
+    self.set(name, (self.get(name) ?? 0) + (dt[k] ?? 0) / 1000);
+  });
+  const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 30);
+  console.log(`profile of ${what} (self time, ms):`);
+  for (const [name, ms] of top) console.log(`  ${fmt(ms).padStart(8)}  ${name}`);
+}
+
 async function main() {
   if (!flag("--skip-build")) buildWasm();
   const exe = only === "open" ? null : nativeBench();
@@ -146,11 +167,20 @@ async function main() {
   const marker = `--tandem-bench-marker=${process.pid}`;
   const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox", marker] });
   const page = await browser.newPage();
+  const mainPage = page;
   const load = async () => {
     await page.goto(url);
     await page.waitForFunction(() => window.benchReady === true);
   };
   await load();
+  let basePage;
+  if (baseline) {
+    basePage = await browser.newPage();
+    await basePage.goto(`${url}?pkg=baseline`);
+    await basePage.waitForFunction(() => window.benchReady === true);
+    const b = readFileSync(join(baseline, "pkg/tandem_client_bg.wasm"));
+    console.log(`baseline wasm (${baseline}): ${b.length} B raw, ${gzipSync(b, { level: 9 }).length} B gzipped`);
+  }
   const version = browser.version();
   console.log(`machine: ${cpus().length} × ${cpus()[0].model}; Chromium ${version}; node ${process.version}`);
   const wasmBytes = readFileSync(join(here, "pkg/tandem_client_bg.wasm"));
@@ -158,12 +188,8 @@ async function main() {
   console.log(`load average at start: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
 
   if (only !== "open") {
-    const native = [];
-    const wasm = [];
-    const nativeCpu = [];
-    const wasmCpu = [];
-    for (let i = 0; i < RUNS; i++) {
-      const seed = i + 1;
+    // One side of a pair: the native executable, then the same seed in a page.
+    const incomingRun = async (exe, page, seed) => {
       const n = JSON.parse(execFileSync(exe, ["--messages", String(MESSAGES), "--runs", "1", "--seed", String(seed), "--json"], { encoding: "utf8" }).trim());
       const prep = await page.evaluate(
         ({ messages, seed }) => {
@@ -173,6 +199,13 @@ async function main() {
         },
         { messages: MESSAGES, seed },
       );
+      let cdp;
+      if (flag("--profile-incoming") && page === mainPage && seed === RUNS) {
+        cdp = await page.context().newCDPSession(page);
+        await cdp.send("Profiler.enable");
+        await cdp.send("Profiler.setSamplingInterval", { interval: 100 });
+        await cdp.send("Profiler.start");
+      }
       // Renderer CPU around an evaluate that only processes (the timed part).
       const cpuBefore = chromiumCpuMs(marker);
       const ms = await page.evaluate(() => {
@@ -181,6 +214,7 @@ async function main() {
         return performance.now() - t0;
       });
       const cpuMs = chromiumCpuMs(marker) - cpuBefore;
+      if (cdp) printProfile((await cdp.send("Profiler.stop")).profile, "the last incoming run");
       const sent = await page.evaluate(() => {
         const sent = window.incomingBench.verify();
         window.incomingBench.free();
@@ -189,13 +223,25 @@ async function main() {
       });
       const w = { ms, cpuMs, sent, frames: prep.frames, prepareMs: prep.prepareMs };
       if (w.frames !== n.frames || w.sent !== n.sent) throw new Error(`native and wasm workloads differ: ${JSON.stringify({ n, w })}`);
-      native.push(n.ms);
-      wasm.push(w.ms);
-      nativeCpu.push(n.cpuMs);
-      wasmCpu.push(w.cpuMs);
-      console.log(`incoming run ${i + 1}: native ${fmt(n.ms)} ms (CPU ${fmt(n.cpuMs)}), wasm ${fmt(w.ms)} ms (renderer CPU ≈ ${fmt(w.cpuMs)}) (${MESSAGES} messages, ${n.frames} containers in, ${n.sent} out; wasm/native speed ${(n.ms / w.ms).toFixed(3)})`);
+      return { n, w };
+    };
+    const sides = [{ name: "this tree", exe, page: mainPage }];
+    if (baseline) sides.unshift({ name: "baseline", exe: join(baseline, "incoming"), page: basePage });
+    const results = new Map(sides.map((side) => [side.name, { native: [], wasm: [], nativeCpu: [], wasmCpu: [] }]));
+    for (let i = 0; i < RUNS; i++) {
+      const seed = i + 1;
+      for (const side of sides) {
+        const { n, w } = await incomingRun(side.exe, side.page, seed);
+        const r = results.get(side.name);
+        r.native.push(n.ms);
+        r.wasm.push(w.ms);
+        r.nativeCpu.push(n.cpuMs);
+        r.wasmCpu.push(w.cpuMs);
+        console.log(`incoming run ${i + 1} (${side.name}): native ${fmt(n.ms)} ms (CPU ${fmt(n.cpuMs)}), wasm ${fmt(w.ms)} ms (renderer CPU ≈ ${fmt(w.cpuMs)}) (${MESSAGES} messages, ${n.frames} containers in, ${n.sent} out; wasm/native speed ${(n.ms / w.ms).toFixed(3)})`);
+      }
     }
-    // Breakdown: the X25519 key agreements (four per message: open + seal the receipt).
+    // X25519 alone: since the per-peer key cache, a run makes one agreement (the first message's
+    // sender), so this is context, not a share of the incoming time.
     const AGREEMENTS = 4000;
     const xn = [];
     const xw = [];
@@ -206,7 +252,7 @@ async function main() {
       xn.push(x.ms);
       xnc.push(x.cpuMs);
       const before = chromiumCpuMs(marker);
-      xw.push(await page.evaluate((n) => {
+      xw.push(await mainPage.evaluate((n) => {
         const t0 = performance.now();
         window.tandem.benchX25519(n, 1);
         return performance.now() - t0;
@@ -217,17 +263,17 @@ async function main() {
     const xwm = median(xw);
     const us = (ms) => fmt((ms * 1000) / AGREEMENTS);
     console.log(`x25519 median: native ${us(xnm)} µs (CPU ${us(median(xnc))}), wasm ${us(xwm)} µs (renderer CPU ≈ ${us(median(xwc))}) per agreement; wasm speed = ${(xnm / xwm).toFixed(3)} × native (by CPU ≈ ${(median(xnc) / median(xwc)).toFixed(3)})`);
-    const nm = median(native);
-    const wm = median(wasm);
-    const share = (ms, x) => `${((100 * 4 * MESSAGES * x) / AGREEMENTS / ms).toFixed(0)} %`;
-    console.log(`x25519 share of incoming by CPU (4 agreements per message): native ${share(median(nativeCpu), median(xnc))}, wasm ≈ ${share(median(wasmCpu), median(xwc))}`);
-    console.log(`incoming median: native ${fmt(nm)} ms (${fmt((nm * 1000) / MESSAGES)} µs/message), wasm ${fmt(wm)} ms (${fmt((wm * 1000) / MESSAGES)} µs/message); wasm speed = ${(nm / wm).toFixed(3)} × native (budget ≥ 0.8)`);
-    const nc = median(nativeCpu);
-    const wc = median(wasmCpu);
-    console.log(`incoming median CPU: native ${fmt(nc)} ms, wasm (renderer) ≈ ${fmt(wc)} ms; wasm speed by CPU ≈ ${(nc / wc).toFixed(3)} × native`);
-    const nmin = Math.min(...native);
-    const wmin = Math.min(...wasm);
-    console.log(`incoming fastest runs: native ${fmt(nmin)} ms, wasm ${fmt(wmin)} ms; wasm speed = ${(nmin / wmin).toFixed(3)} × native (less disturbed by other load)`);
+    for (const [name, r] of results) {
+      const nm = median(r.native);
+      const wm = median(r.wasm);
+      console.log(`incoming median (${name}): native ${fmt(nm)} ms (${fmt((nm * 1000) / MESSAGES)} µs/message), wasm ${fmt(wm)} ms (${fmt((wm * 1000) / MESSAGES)} µs/message); wasm speed = ${(nm / wm).toFixed(3)} × native (budget ≥ 0.8)`);
+      const nc = median(r.nativeCpu);
+      const wc = median(r.wasmCpu);
+      console.log(`incoming median CPU (${name}): native ${fmt(nc)} ms, wasm (renderer) ≈ ${fmt(wc)} ms; wasm speed by CPU ≈ ${(nc / wc).toFixed(3)} × native`);
+      const nmin = Math.min(...r.native);
+      const wmin = Math.min(...r.wasm);
+      console.log(`incoming fastest runs (${name}): native ${fmt(nmin)} ms, wasm ${fmt(wmin)} ms; wasm speed = ${(nmin / wmin).toFixed(3)} × native (less disturbed by other load)`);
+    }
   }
 
   if (only !== "incoming") {
@@ -269,19 +315,7 @@ async function main() {
         return { ms, openMs: opened - t0, conversations: list.length, newest: newest.length, contacts, total };
       }, database);
       if (profiling) {
-        const { profile } = await cdp.send("Profiler.stop");
-        console.log(`profile: ${profile.samples?.length ?? 0} samples, ${profile.nodes.length} nodes`);
-        const self = new Map();
-        const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-        const dt = profile.timeDeltas;
-        profile.samples.forEach((id, k) => {
-          const n = byId.get(id);
-          const name = `${n.callFrame.functionName || "(anonymous)"} ${n.callFrame.url.split("/").pop()}`;
-          self.set(name, (self.get(name) ?? 0) + (dt[k] ?? 0) / 1000);
-        });
-        const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
-        console.log("profile of the last open (self time, ms):");
-        for (const [name, ms] of top) console.log(`  ${fmt(ms).padStart(8)}  ${name}`);
+        printProfile((await cdp.send("Profiler.stop")).profile, "the last open");
       }
       if (r.contacts !== CONTACTS) throw new Error(`opened ${r.contacts} contacts`);
       times.push(r.ms);

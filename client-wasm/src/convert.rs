@@ -131,19 +131,10 @@ fn ms(value: u64) -> f64 {
     value as f64
 }
 
-/// Lower-case hex (kept out of `data_encoding`'s generic code to save wasm size).
+/// Lower-case hex.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len().saturating_mul(2));
-    for b in bytes {
-        for nibble in [b >> 4, b & 0x0f] {
-            out.push(char::from(
-                DIGITS.get(usize::from(nibble)).copied().unwrap_or(b'0'),
-            ));
-        }
-    }
-    out
+    tandem_shared::encoding::hex_encode(bytes)
 }
 
 /// Why something from the network was dropped, as a short name for diagnostics.

@@ -1,12 +1,12 @@
 //! The identity directory over `fetch` (DESIGN §2.5), below `{directoryUrl}/directory/`: the
 //! chat server's key, identity creation with the token challenge, and public-key lookups.
 
-use data_encoding::BASE64;
 use js_sys::{Promise, JSON};
 use rand_core::CryptoRngCore;
 use tandem_shared::app::Identity;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::directory::client_response;
+use tandem_shared::encoding::{base64_decode, base64_encode};
 use tandem_shared::keys::ClientKey;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
@@ -63,7 +63,7 @@ fn fetch(url: &str, init: &RequestInit) -> Result<Promise, ClientError> {
 }
 
 fn key_from_b64(url: &str, field: &str, text: &str) -> Result<PublicKey, ClientError> {
-    let bytes = BASE64.decode(text.as_bytes()).ok();
+    let bytes = base64_decode(text).ok();
     let array: Option<[u8; 32]> = bytes.and_then(|b| b.try_into().ok());
     array.map(PublicKey).ok_or_else(|| ClientError::Directory {
         url: url.to_owned(),
@@ -174,16 +174,14 @@ impl Directory {
             url: url.clone(),
             reason: reason.to_owned(),
         };
-        let public_key = BASE64.encode(ck.public_key().as_bytes());
+        let public_key = base64_encode(ck.public_key().as_bytes());
         let first = Obj::new().set("publicKey", public_key.as_str()).build();
         let challenge = self
             .request("identity/create", Some(&first))
             .await?
             .ok_or_else(|| err("not found (is the directory URL right?)"))?;
         let token = get_string(&challenge, "token").ok_or_else(|| err("token missing"))?;
-        let token_bytes = BASE64
-            .decode(token.as_bytes())
-            .map_err(|_| err("token is not base64"))?;
+        let token_bytes = base64_decode(&token).map_err(|_| err("token is not base64"))?;
         let resp_key = key_from_b64(
             &url,
             "tokenRespKeyPub",
@@ -194,7 +192,7 @@ impl Directory {
         let second = Obj::new()
             .set("publicKey", public_key.as_str())
             .set("token", token.as_str())
-            .set("response", BASE64.encode(&response).as_str())
+            .set("response", base64_encode(&response).as_str())
             .build();
         let created = self
             .request("identity/create", Some(&second))

@@ -111,7 +111,7 @@ pub fn encode(
     let mut raw = Vec::with_capacity(BACKUP_LEN);
     raw.extend_from_slice(&salt);
     raw.extend_from_slice(&data);
-    let text = data_encoding::BASE32_NOPAD.encode(&raw);
+    let text = crate::encoding::base32_encode(&raw);
     let groups: Vec<&str> = text
         .as_bytes()
         .chunks(4)
@@ -131,9 +131,7 @@ pub fn decode(backup: &str, password: &str) -> Result<IdBackup, IdBackupError> {
     if cleaned.len() != BACKUP_CHARS {
         return Err(IdBackupError::Format);
     }
-    let raw = data_encoding::BASE32_NOPAD
-        .decode(cleaned.as_bytes())
-        .map_err(|_| IdBackupError::Format)?;
+    let raw = crate::encoding::base32_decode(&cleaned).map_err(|_| IdBackupError::Format)?;
     let (salt, encrypted) = raw
         .split_at_checked(SALT_LEN)
         .ok_or(IdBackupError::Format)?;

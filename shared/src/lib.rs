@@ -27,12 +27,13 @@
 
 pub mod app;
 pub mod codec;
-pub mod crypto;
+pub use tandem_crypto as crypto;
 pub mod csp;
 pub mod d2d;
 pub mod d2m;
 pub mod device;
 pub mod directory;
+pub mod encoding;
 pub mod id_backup;
 pub mod keys;
 pub mod mediator;

@@ -146,6 +146,8 @@ pub struct App {
     pub(super) lookups: BTreeMap<Identity, Lookup>,
     pub(super) reconnect: Reconnector,
     pub(super) reconnect_at: Option<u64>,
+    /// Box and metadata keys per contact key: one X25519 agreement per peer, not per message.
+    pub(super) peer_keys: crate::keys::PeerKeyCache,
 }
 
 impl core::fmt::Debug for App {
@@ -227,6 +229,7 @@ impl App {
             lookups: BTreeMap::new(),
             reconnect,
             reconnect_at: None,
+            peer_keys: crate::keys::PeerKeyCache::default(),
         }
     }
 

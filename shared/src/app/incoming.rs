@@ -18,8 +18,9 @@ use super::outgoing::text_body;
 use super::sync::SyncOp;
 use crate::crypto::{Nonce, PublicKey};
 use crate::csp::{
-    open_message, CspPayload, DeliveryReceipt, DeliveryStatus, E2eMessageType,
-    GroupMemberContainer, MessageAck, MessageFlags, MessageWithMetadataBox, OpenedMessage,
+    open_message_with_keys, CspPayload, DeliveryReceipt, DeliveryStatus, E2eMessageType,
+    GroupMemberContainer, MessageAck, MessageFlags, MessageWithMetadataBox, OpenError,
+    OpenedMessage,
 };
 use crate::proto::d2d::{envelope::Content, IncomingMessage};
 
@@ -161,7 +162,11 @@ impl App {
             return;
         };
         let contact_nickname = contact.nickname.clone();
-        let opened = match open_message(&self.state.own().client_key, &contact.public_key, &message)
+        let opened = match self
+            .peer_keys
+            .get(&self.state.own().client_key, &contact.public_key)
+            .map_err(OpenError::SenderKey)
+            .and_then(|keys| open_message_with_keys(keys, &message))
         {
             Ok(opened) => opened,
             Err(e) => return self.drop_and_ack(&message, Dropped::Undecryptable(e)),

@@ -4,11 +4,8 @@
 
 use std::collections::HashSet;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use super::model::Identity;
-use crate::crypto::Nonce;
+use crate::crypto::{hmac_sha256, Nonce};
 
 /// Which protocol a nonce belongs to (spec §0 `NonceScope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,17 +33,6 @@ impl NonceScope {
 #[must_use]
 pub fn nonce_hash(identity: &Identity, nonce: &Nonce) -> [u8; 32] {
     hmac_sha256(identity.as_bytes(), nonce)
-}
-
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    // HMAC takes keys of any length, so `new_from_slice` cannot fail.
-    match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(message);
-            mac.finalize().into_bytes().into()
-        }
-        Err(_) => [0; 32],
-    }
 }
 
 /// One stored entry: the scope and the hash.

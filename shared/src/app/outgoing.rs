@@ -16,8 +16,8 @@ use super::model::{ConversationId, Direction, Identity, Message, MessageKey, Mes
 use super::state::State;
 use crate::crypto::{random_nonce, Nonce};
 use crate::csp::{
-    seal_message_with_nonce, CspPayload, DeliveryStatus, E2eMessageType, GroupMemberContainer,
-    MessageAck, MessageFlags, MessageToSeal,
+    seal_message_with_keys, CspPayload, DeliveryStatus, E2eMessageType, GroupMemberContainer,
+    MessageAck, MessageFlags, MessageToSeal, SealError,
 };
 use crate::proto::d2d::{
     envelope::Content, outgoing_message_update, OutgoingMessage, OutgoingMessageUpdate,
@@ -82,11 +82,22 @@ pub(super) struct Unstored {
     pub(super) receipt_for: Option<(DeliveryStatus, Vec<MessageKey>)>,
 }
 
-/// The jobs, in the order they were started.
+/// The jobs, in the order they were started, with two indexes so that one input costs the same
+/// with two or two thousand jobs in flight (a burst of incoming messages leaves one delivery
+/// receipt job per message waiting for its ack; scanning them all on every input made such a
+/// burst quadratic, BENCHMARKS.md "Browser device").
 #[derive(Debug, Default)]
 pub(super) struct Jobs {
     next: u64,
     jobs: BTreeMap<u64, Job>,
+    /// Jobs that may have a step to take, ascending: every job whose stage became one
+    /// `drive_jobs` acts on. A superset; `drive_jobs` drops the ids whose job waits for an ack
+    /// or is gone. Sorted vectors rather than B-tree sets: a new B-tree key type costs the
+    /// browser package ≈ 9 KB gzipped of monomorphised code (docs/client.md "Size").
+    ready: Vec<u64>,
+    /// `(message id, job id)` of every job, ascending, to find the job a chat server ack is
+    /// for.
+    by_message: Vec<(u64, u64)>,
 }
 
 impl Jobs {
@@ -96,8 +107,26 @@ impl Jobs {
 
     pub(super) fn add(&mut self, job: Job) -> u64 {
         self.next = self.next.saturating_add(1);
+        insert_sorted(&mut self.by_message, (job.message_id, self.next));
         self.jobs.insert(self.next, job);
+        self.wake(self.next);
         self.next
+    }
+
+    /// The job's stage became one `drive_jobs` acts on.
+    fn wake(&mut self, id: u64) {
+        insert_sorted(&mut self.ready, id);
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        if let Ok(at) = self.ready.binary_search(&id) {
+            self.ready.remove(at);
+        }
+        if let Ok(at) = self.by_message.binary_search(&(job.message_id, id)) {
+            self.by_message.remove(at);
+        }
+        Some(job)
     }
 
     /// Rebuilds the jobs of stored outgoing messages that are not yet sent. Only the device
@@ -141,6 +170,9 @@ impl Jobs {
     /// durability (receipts not yet reflected, typing) are kept or dropped accordingly.
     pub(super) fn on_disconnect(&mut self) {
         self.jobs.retain(|_, job| !job.ephemeral);
+        self.ready = self.jobs.keys().copied().collect();
+        let jobs = &self.jobs;
+        self.by_message.retain(|(_, id)| jobs.contains_key(id));
         for job in self.jobs.values_mut() {
             job.stage = match job.stage {
                 Stage::Reflecting => Stage::Unreflected,
@@ -149,6 +181,13 @@ impl Jobs {
                 other => other,
             };
         }
+    }
+}
+
+/// Inserts into an ascending vector unless present.
+fn insert_sorted<T: Ord>(sorted: &mut Vec<T>, value: T) {
+    if let Err(at) = sorted.binary_search(&value) {
+        sorted.insert(at, value);
     }
 }
 
@@ -325,21 +364,25 @@ impl App {
     /// Advances every job the connection allows.
     ///
     /// Runs after every input, while a burst may keep thousands of jobs in flight (a delivery
-    /// receipt per incoming message): only jobs with something to do are collected, so a step
-    /// costs a scan of the stages instead of a lookup per job (`shared/benches/incoming.rs`).
+    /// receipt per incoming message): only the `ready` jobs are looked at, so a step costs the
+    /// same however many jobs wait for acks (`shared/benches/incoming.rs`).
     pub(super) fn drive_jobs(&mut self, _now_ms: u64, rng: &mut impl CryptoRngCore) {
         let csp_ready = self.conn.csp_ready;
-        let ids: Vec<u64> = self
-            .jobs
-            .jobs
-            .iter()
-            .filter(|(_, job)| match job.stage {
-                Stage::Unreflected | Stage::UnreflectedSent => true,
-                Stage::Unsent => csp_ready,
-                _ => false,
-            })
-            .map(|(id, _)| *id)
-            .collect();
+        let Jobs { jobs, ready, .. } = &mut self.jobs;
+        let mut ids = Vec::new();
+        ready.retain(|id| match jobs.get(id).map(|job| job.stage) {
+            Some(Stage::Unreflected | Stage::UnreflectedSent) => {
+                ids.push(*id);
+                true
+            }
+            Some(Stage::Unsent) => {
+                if csp_ready {
+                    ids.push(*id);
+                }
+                true
+            }
+            _ => false,
+        });
         for id in ids {
             if self.session.is_none() {
                 return;
@@ -378,6 +421,9 @@ impl App {
                 } else {
                     Stage::Reflecting
                 };
+                if ephemeral {
+                    self.jobs.wake(id);
+                }
             }
             if ephemeral && self.conn.csp_ready {
                 self.send_job(id, rng);
@@ -396,6 +442,10 @@ impl App {
             return;
         };
         job.stage = Stage::Unsent;
+        self.jobs.wake(id);
+        let Some(job) = self.jobs.jobs.get(&id) else {
+            return;
+        };
         if job.stored {
             let key = MessageKey {
                 sender: self.state.own().identity,
@@ -426,22 +476,28 @@ impl App {
                 failed.push(*receiver);
                 continue;
             };
-            let sealed = seal_message_with_nonce(
-                &own.client_key,
-                &MessageToSeal {
-                    sender: *own.identity.as_bytes(),
-                    receiver: *receiver.as_bytes(),
-                    receiver_public_key: contact.public_key,
-                    message_id: job.message_id,
-                    created_at_ms: job.created_at,
-                    flags: job.flags,
-                    nickname: (!nickname.is_empty()).then_some(nickname.as_str()),
-                    message_type: job.message_type,
-                    body: &job.body,
-                },
-                nonce,
-                rng,
-            );
+            let sealed = self
+                .peer_keys
+                .get(&own.client_key, &contact.public_key)
+                .map_err(SealError::ReceiverKey)
+                .and_then(|keys| {
+                    seal_message_with_keys(
+                        keys,
+                        &MessageToSeal {
+                            sender: *own.identity.as_bytes(),
+                            receiver: *receiver.as_bytes(),
+                            receiver_public_key: contact.public_key,
+                            message_id: job.message_id,
+                            created_at_ms: job.created_at,
+                            flags: job.flags,
+                            nickname: (!nickname.is_empty()).then_some(nickname.as_str()),
+                            message_type: job.message_type,
+                            body: &job.body,
+                        },
+                        nonce,
+                        rng,
+                    )
+                });
             match sealed {
                 Ok(message) => {
                     if !self.csp_send(&CspPayload::OutgoingMessage(message)) {
@@ -472,12 +528,21 @@ impl App {
         let Ok(receiver) = Identity::new(ack.identity) else {
             return;
         };
-        let found = self.jobs.jobs.iter_mut().find(|(_, job)| {
-            job.message_id == ack.message_id
-                && job.stage == Stage::AwaitingAcks
-                && job.unacked.contains(&receiver)
-        });
-        let Some((&id, job)) = found else {
+        let jobs = &self.jobs.jobs;
+        let by_message = &self.jobs.by_message;
+        let first = by_message.partition_point(|(message_id, _)| *message_id < ack.message_id);
+        let found = by_message
+            .get(first..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|(message_id, _)| *message_id == ack.message_id)
+            .map(|(_, id)| *id)
+            .find(|id| {
+                jobs.get(id).is_some_and(|job| {
+                    job.stage == Stage::AwaitingAcks && job.unacked.contains(&receiver)
+                })
+            });
+        let Some((id, job)) = found.and_then(|id| Some((id, self.jobs.jobs.get_mut(&id)?))) else {
             return;
         };
         job.unacked.remove(&receiver);
@@ -492,8 +557,9 @@ impl App {
         };
         if job.stored {
             job.stage = Stage::UnreflectedSent;
+            self.jobs.wake(id);
             self.reflect_sent(id, rng);
-        } else if let Some(job) = self.jobs.jobs.remove(&id) {
+        } else if let Some(job) = self.jobs.remove(id) {
             if let Some((status, keys)) = job.receipt_for {
                 for key in keys {
                     self.state.update_message(&key, |m| {
@@ -533,7 +599,7 @@ impl App {
 
     /// The `sent` update is stored by the mediator: the message is Sent everywhere.
     pub(super) fn on_sent_reflected(&mut self, id: u64, timestamp: u64) {
-        let Some(job) = self.jobs.jobs.remove(&id) else {
+        let Some(job) = self.jobs.remove(id) else {
             return;
         };
         let key = MessageKey {

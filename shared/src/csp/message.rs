@@ -27,7 +27,7 @@ use zeroize::Zeroizing;
 
 use crate::codec::{Reader, Truncated};
 use crate::crypto::{random_nonce, CryptoError, Nonce, PublicKey, NONCE_LEN, TAG_LEN};
-use crate::keys::{ClientKey, IDENTITY_LEN};
+use crate::keys::{ClientKey, PeerKeys, IDENTITY_LEN};
 
 use super::e2e::{encode_e2e, E2eContainer, E2eError, E2eMessageType};
 use super::flags::MessageFlags;
@@ -460,27 +460,36 @@ pub fn seal_message_with_nonce(
     nonce: &Nonce,
     rng: &mut impl CryptoRngCore,
 ) -> Result<MessageWithMetadataBox, SealError> {
-    if !is_valid_identity(&message.sender) {
-        return Err(SealError::InvalidSender);
-    }
-    if !is_valid_identity(&message.receiver) {
-        return Err(SealError::InvalidReceiver);
-    }
-    if message.sender == message.receiver {
-        return Err(SealError::SenderIsReceiver);
-    }
-    let box_key = sender_key
-        .secret()
-        .box_key_contributory(&message.receiver_public_key)
+    check_identities(&message.sender, &message.receiver).map_err(|e| match e {
+        IdentityCheck::Sender => SealError::InvalidSender,
+        IdentityCheck::Receiver => SealError::InvalidReceiver,
+        IdentityCheck::Same => SealError::SenderIsReceiver,
+    })?;
+    let keys = sender_key
+        .peer_keys(&message.receiver_public_key)
         .map_err(SealError::ReceiverKey)?;
-    let mmk = sender_key
-        .metadata_key(&message.receiver_public_key)
-        .map_err(SealError::ReceiverKey)?;
+    seal_message_with_keys(&keys, message, nonce, rng)
+}
 
+/// [`seal_message_with_nonce`] with the keys towards the receiver computed in advance
+/// ([`ClientKey::peer_keys`], or a [`crate::keys::PeerKeyCache`]), so that a device does not
+/// redo the X25519 agreement for every message. `keys` must be the ones for
+/// `message.receiver_public_key`; the result is byte for byte what the uncached path gives.
+pub fn seal_message_with_keys(
+    keys: &PeerKeys,
+    message: &MessageToSeal<'_>,
+    nonce: &Nonce,
+    rng: &mut impl CryptoRngCore,
+) -> Result<MessageWithMetadataBox, SealError> {
+    check_identities(&message.sender, &message.receiver).map_err(|e| match e {
+        IdentityCheck::Sender => SealError::InvalidSender,
+        IdentityCheck::Receiver => SealError::InvalidReceiver,
+        IdentityCheck::Same => SealError::SenderIsReceiver,
+    })?;
     let metadata = new_metadata(message.nickname, message.message_id, message.created_at_ms);
-    let metadata = seal_metadata(&mmk, nonce, &metadata);
+    let metadata = seal_metadata(keys.metadata_key(), nonce, &metadata);
     let container = Zeroizing::new(encode_e2e(message.message_type, message.body, rng));
-    let message_box = box_key.seal(nonce, &container);
+    let message_box = keys.box_key().seal(nonce, &container);
 
     let sealed = MessageWithMetadataBox {
         sender: message.sender,
@@ -501,6 +510,30 @@ pub fn seal_message_with_nonce(
         });
     }
     Ok(sealed)
+}
+
+/// Which identity check of a message header failed.
+enum IdentityCheck {
+    Sender,
+    Receiver,
+    Same,
+}
+
+/// Identity syntax of both ends and `sender ≠ receiver`, the first checks of sealing and opening.
+fn check_identities(
+    sender: &[u8; IDENTITY_LEN],
+    receiver: &[u8; IDENTITY_LEN],
+) -> Result<(), IdentityCheck> {
+    if !is_valid_identity(sender) {
+        return Err(IdentityCheck::Sender);
+    }
+    if !is_valid_identity(receiver) {
+        return Err(IdentityCheck::Receiver);
+    }
+    if sender == receiver {
+        return Err(IdentityCheck::Same);
+    }
+    Ok(())
 }
 
 /// The legacy nickname field: filled only for Gateway IDs (`*…`), as Threema Desktop does,
@@ -629,29 +662,35 @@ pub fn open_message(
     sender_public_key: &PublicKey,
     message: &MessageWithMetadataBox,
 ) -> Result<OpenedMessage, OpenError> {
-    if !is_valid_identity(&message.sender) {
-        return Err(OpenError::InvalidSender);
-    }
-    if !is_valid_identity(&message.receiver) {
-        return Err(OpenError::InvalidReceiver);
-    }
-    if message.sender == message.receiver {
-        return Err(OpenError::SenderIsReceiver);
-    }
-    let box_key = receiver_key
-        .secret()
-        .box_key_contributory(sender_public_key)
+    check_open_identities(message)?;
+    let keys = receiver_key
+        .peer_keys(sender_public_key)
         .map_err(OpenError::SenderKey)?;
+    open_message_with_keys(&keys, message)
+}
 
+fn check_open_identities(message: &MessageWithMetadataBox) -> Result<(), OpenError> {
+    check_identities(&message.sender, &message.receiver).map_err(|e| match e {
+        IdentityCheck::Sender => OpenError::InvalidSender,
+        IdentityCheck::Receiver => OpenError::InvalidReceiver,
+        IdentityCheck::Same => OpenError::SenderIsReceiver,
+    })
+}
+
+/// [`open_message`] with the keys shared with the sender computed in advance
+/// ([`ClientKey::peer_keys`], or a [`crate::keys::PeerKeyCache`] keyed by the sender's public
+/// key), so that a device does not redo the X25519 agreement for every message.
+pub fn open_message_with_keys(
+    keys: &PeerKeys,
+    message: &MessageWithMetadataBox,
+) -> Result<OpenedMessage, OpenError> {
+    check_open_identities(message)?;
     let header_ms = u64::from(message.created_at).saturating_mul(1000);
     let (created_at_ms, nickname) = if message.metadata.is_empty() {
         (header_ms, legacy_nickname_text(&message.legacy_nickname))
     } else {
-        let mmk = receiver_key
-            .metadata_key(sender_public_key)
-            .map_err(OpenError::SenderKey)?;
-        let metadata =
-            open_metadata(&mmk, &message.nonce, &message.metadata).map_err(|e| match e {
+        let metadata = open_metadata(keys.metadata_key(), &message.nonce, &message.metadata)
+            .map_err(|e| match e {
                 MetadataError::Decrypt(e) => OpenError::MetadataDecrypt(e),
                 MetadataError::Malformed(e) => OpenError::MetadataMalformed(e),
             })?;
@@ -665,7 +704,7 @@ pub fn open_message(
     };
 
     let plain = Zeroizing::new(
-        box_key
+        keys.box_key()
             .open(&message.nonce, &message.message_box)
             .map_err(OpenError::BodyDecrypt)?,
     );
@@ -1030,6 +1069,82 @@ pub(crate) mod tests {
             "type byte plus at least 32 bytes of padded-data"
         );
         assert_eq!(&plain[1..6], b"hello");
+    }
+
+    #[test]
+    fn cached_keys_seal_and_open_byte_identically_to_the_uncached_path() {
+        let (mut rng, alice, bob) = setup();
+        let mut alice_cache = crate::keys::PeerKeyCache::new(4);
+        let mut bob_cache = crate::keys::PeerKeyCache::new(4);
+        for (i, body) in [&b"hello"[..], b"", &[0xee; 3000]].into_iter().enumerate() {
+            let nonce = [u8::try_from(i).unwrap(); 24];
+            let message = to_seal(&alice, &bob, body);
+            let seed = 7 + u64::try_from(i).unwrap();
+            let uncached = seal_message_with_nonce(
+                &alice.key,
+                &message,
+                &nonce,
+                &mut ChaCha20Rng::seed_from_u64(seed),
+            )
+            .unwrap();
+            let keys = alice_cache.get(&alice.key, &bob.key.public_key()).unwrap();
+            let cached = seal_message_with_keys(
+                keys,
+                &message,
+                &nonce,
+                &mut ChaCha20Rng::seed_from_u64(seed),
+            )
+            .unwrap();
+            assert_eq!(cached.encode().unwrap(), uncached.encode().unwrap());
+
+            let keys = bob_cache.get(&bob.key, &alice.key.public_key()).unwrap();
+            let opened = open_message_with_keys(keys, &cached).unwrap();
+            assert_eq!(
+                opened,
+                open_message(&bob.key, &alice.key.public_key(), &cached).unwrap()
+            );
+            assert_eq!(opened.body, body);
+        }
+        // The same receiver's keys open a message without metadata as the uncached path does.
+        let mut stripped =
+            seal_message(&alice.key, &to_seal(&alice, &bob, b"x"), &mut rng).unwrap();
+        stripped.metadata.clear();
+        let keys = bob_cache.get(&bob.key, &alice.key.public_key()).unwrap();
+        assert_eq!(
+            open_message_with_keys(keys, &stripped),
+            open_message(&bob.key, &alice.key.public_key(), &stripped)
+        );
+        assert_eq!(alice_cache.len(), 1);
+        assert_eq!(bob_cache.len(), 1);
+    }
+
+    #[test]
+    fn a_changed_peer_key_is_not_served_from_the_cache() {
+        let (mut rng, alice, bob) = setup();
+        let mut bob_cache = crate::keys::PeerKeyCache::new(4);
+        let old = bob_cache
+            .get(&bob.key, &alice.key.public_key())
+            .unwrap()
+            .clone();
+        // ALICE123 now has a new key (a new identity key under the same id, or a forged one).
+        let alice2 = party(b"ALICE123", &mut rng);
+        let sealed = seal_message(&alice2.key, &to_seal(&alice2, &bob, b"hi"), &mut rng).unwrap();
+        assert_eq!(
+            open_message_with_keys(&old, &sealed),
+            Err(OpenError::MetadataDecrypt(CryptoError::Decrypt))
+        );
+        let fresh = bob_cache.get(&bob.key, &alice2.key.public_key()).unwrap();
+        assert_eq!(open_message_with_keys(fresh, &sealed).unwrap().body, b"hi");
+        // And the old key's entry still opens only the old key's messages.
+        let from_old = seal_message(&alice.key, &to_seal(&alice, &bob, b"yo"), &mut rng).unwrap();
+        let keys = bob_cache.get(&bob.key, &alice.key.public_key()).unwrap();
+        assert_eq!(open_message_with_keys(keys, &from_old).unwrap().body, b"yo");
+        let keys = bob_cache.get(&bob.key, &alice2.key.public_key()).unwrap();
+        assert_eq!(
+            open_message_with_keys(keys, &from_old),
+            Err(OpenError::MetadataDecrypt(CryptoError::Decrypt))
+        );
+        assert_eq!(bob_cache.len(), 2);
     }
 
     #[test]

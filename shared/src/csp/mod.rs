@@ -46,9 +46,10 @@ pub use handshake::{
     MAX_EXTENSIONS_BOX_LEN, SERVER_CHALLENGE_RESPONSE_LEN, SERVER_HELLO_LEN,
 };
 pub use message::{
-    is_valid_identity, open_message, seal_message, seal_message_with_nonce, LegacyMessage,
-    MessageError, MessagePayloadVersion, MessageToSeal, MessageWithMetadataBox, OpenError,
-    OpenedMessage, SealError, LEGACY_NICKNAME_LEN, MAX_MESSAGE_LEN, MESSAGE_HEADER_LEN,
+    is_valid_identity, open_message, open_message_with_keys, seal_message, seal_message_with_keys,
+    seal_message_with_nonce, LegacyMessage, MessageError, MessagePayloadVersion, MessageToSeal,
+    MessageWithMetadataBox, OpenError, OpenedMessage, SealError, LEGACY_NICKNAME_LEN,
+    MAX_MESSAGE_LEN, MESSAGE_HEADER_LEN,
 };
 pub use metadata::{
     new_metadata, open_metadata, seal_metadata, MetadataError, METADATA_MIN_NICKNAME_AND_PADDING,

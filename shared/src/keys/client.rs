@@ -12,7 +12,7 @@ pub const IDENTITY_LEN: usize = 8;
 
 const CSP: &str = "3ma-csp";
 
-fn kdf(key: &[u8], salt: &'static str) -> SymmetricKey {
+pub(super) fn kdf(key: &[u8], salt: &'static str) -> SymmetricKey {
     // Keys are 32 or 64 bytes and salts are fixed constants of ≤ 8 bytes: cannot fail.
     SymmetricKey::from_bytes(
         blake2b_256(
@@ -72,7 +72,8 @@ impl ClientKey {
         derived
     }
 
-    /// Message metadata key `MMK` towards (or from) `peer` (salt `mm`).
+    /// Message metadata key `MMK` towards (or from) `peer` (salt `mm`). A device that also needs
+    /// the box key takes both from [`ClientKey::peer_keys`] with one agreement.
     pub fn metadata_key(&self, peer: &PublicKey) -> Result<SymmetricKey, CryptoError> {
         let shared = self.0.box_key_contributory(peer)?;
         Ok(kdf(shared.as_bytes(), "mm"))

@@ -90,11 +90,9 @@ impl ClientUrlInfo {
         if !is_lower_hex(prefix) || !is_lower_hex(hex_part) {
             return Err(UrlError::Hex);
         }
-        let bytes = data_encoding::HEXLOWER
-            .decode(hex_part.as_bytes())
-            .map_err(|_| UrlError::Hex)?;
+        let bytes = crate::encoding::hex_decode(hex_part).map_err(|_| UrlError::Hex)?;
         let info = Self::decode(&bytes)?;
-        if data_encoding::HEXLOWER.encode(&info.device_group_id.0[..1]) != prefix {
+        if crate::encoding::hex_encode(&info.device_group_id.0[..1]) != prefix {
             return Err(UrlError::Prefix);
         }
         Ok(info)
@@ -119,11 +117,8 @@ fn validate_server_group(group: &str) -> Result<(), UrlError> {
 /// `{prefix8}/{lowercase hex(ClientUrlInfo)}` (spec §1.2).
 #[must_use]
 pub fn mediator_path(info: &ClientUrlInfo) -> String {
-    let prefix = data_encoding::HEXLOWER.encode(&info.device_group_id.0[..1]);
-    format!(
-        "{prefix}/{}",
-        data_encoding::HEXLOWER.encode(&info.encode())
-    )
+    let prefix = crate::encoding::hex_encode(&info.device_group_id.0[..1]);
+    format!("{prefix}/{}", crate::encoding::hex_encode(&info.encode()))
 }
 
 #[cfg(test)]
