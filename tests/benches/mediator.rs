@@ -1728,6 +1728,19 @@ fn verdict_at_most(ratio: f64, target: f64) -> String {
     }
 }
 
+/// The mediator's two reflect flows that this series measured: key prefix, how the sender is
+/// limited, median rate.
+fn measured_flows(s: &Series, w: usize) -> Vec<(&'static str, String, f64)> {
+    [
+        ("med", format!("≤ {w} un-ReflectAcked")),
+        ("medw", format!("≤ {w} not yet at the slowest sibling")),
+    ]
+    .into_iter()
+    .filter(|(prefix, _)| s.has(&format!("{prefix}.rate")))
+    .map(|(prefix, flow)| (prefix, flow, s.median(&format!("{prefix}.rate"))))
+    .collect()
+}
+
 /// The medians table: mediator, baseline, ratio, target, verdict.
 fn report(s: &Series, args: &Args) -> String {
     let mut out = String::new();
@@ -1735,14 +1748,7 @@ fn report(s: &Series, args: &Args) -> String {
     let _ = writeln!(out, "| | mediator | baseline | ratio | target | verdict |");
     let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
     let relay = s.median("relay.rate");
-    for (prefix, flow) in [
-        ("med", format!("≤ {w} un-ReflectAcked")),
-        ("medw", format!("≤ {w} not yet at the slowest sibling")),
-    ] {
-        if !s.has(&format!("{prefix}.rate")) {
-            continue;
-        }
-        let m = s.median(&format!("{prefix}.rate"));
+    for (prefix, flow, m) in measured_flows(s, w) {
         let _ = writeln!(
             out,
             "| reflect throughput, 1 → 3 siblings, envelopes/s received by all 3 ({flow}) | {} | {} (relay, ≤ {w} not yet at the slowest) | {} | ≥ 0.5 × | {} |",
@@ -1765,14 +1771,7 @@ fn report(s: &Series, args: &Args) -> String {
     if s.has("relayack.rate") {
         // Diagnostic floor: the relay with the mediator's frame count (4 in, 4 out).
         let floor = s.median("relayack.rate");
-        for (prefix, flow) in [
-            ("med", format!("≤ {w} un-ReflectAcked")),
-            ("medw", format!("≤ {w} not yet at the slowest sibling")),
-        ] {
-            if !s.has(&format!("{prefix}.rate")) {
-                continue;
-            }
-            let m = s.median(&format!("{prefix}.rate"));
+        for (_, flow, m) in measured_flows(s, w) {
             let _ = writeln!(
                 out,
                 "| diagnostic: reflect throughput ({flow}) against the relay with acks | {} | {} (relay with acks, ≤ {w} not yet at the slowest) | {} | — | — |",

@@ -460,11 +460,7 @@ pub fn seal_message_with_nonce(
     nonce: &Nonce,
     rng: &mut impl CryptoRngCore,
 ) -> Result<MessageWithMetadataBox, SealError> {
-    check_identities(&message.sender, &message.receiver).map_err(|e| match e {
-        IdentityCheck::Sender => SealError::InvalidSender,
-        IdentityCheck::Receiver => SealError::InvalidReceiver,
-        IdentityCheck::Same => SealError::SenderIsReceiver,
-    })?;
+    check_seal_identities(message)?;
     let keys = sender_key
         .peer_keys(&message.receiver_public_key)
         .map_err(SealError::ReceiverKey)?;
@@ -481,11 +477,7 @@ pub fn seal_message_with_keys(
     nonce: &Nonce,
     rng: &mut impl CryptoRngCore,
 ) -> Result<MessageWithMetadataBox, SealError> {
-    check_identities(&message.sender, &message.receiver).map_err(|e| match e {
-        IdentityCheck::Sender => SealError::InvalidSender,
-        IdentityCheck::Receiver => SealError::InvalidReceiver,
-        IdentityCheck::Same => SealError::SenderIsReceiver,
-    })?;
+    check_seal_identities(message)?;
     let metadata = new_metadata(message.nickname, message.message_id, message.created_at_ms);
     let metadata = seal_metadata(keys.metadata_key(), nonce, &metadata);
     let container = Zeroizing::new(encode_e2e(message.message_type, message.body, rng));
@@ -520,6 +512,15 @@ enum IdentityCheck {
 }
 
 /// Identity syntax of both ends and `sender ≠ receiver`, the first checks of sealing and opening.
+/// The identity checks of both seal paths, before any key work.
+fn check_seal_identities(message: &MessageToSeal<'_>) -> Result<(), SealError> {
+    check_identities(&message.sender, &message.receiver).map_err(|e| match e {
+        IdentityCheck::Sender => SealError::InvalidSender,
+        IdentityCheck::Receiver => SealError::InvalidReceiver,
+        IdentityCheck::Same => SealError::SenderIsReceiver,
+    })
+}
+
 fn check_identities(
     sender: &[u8; IDENTITY_LEN],
     receiver: &[u8; IDENTITY_LEN],
