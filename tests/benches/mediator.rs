@@ -1072,6 +1072,40 @@ enum RelayAcks {
     LikeTheMediator,
 }
 
+/// What the relay measurements of one run share.
+struct RelayRun<'a> {
+    fx: &'a Fixture,
+    args: &'a Args,
+    pool: &'a Arc<Vec<Vec<u8>>>,
+    procs: Procs,
+}
+
+impl RelayRun<'_> {
+    /// The plain relay, then the relay with the mediator's acks, with the same shape: printed as
+    /// `relay {label}` / `relay+acks {label}`, recorded as `relay{key}` / `relayack{key}`.
+    async fn both(
+        &self,
+        shape: Shape,
+        seconds: f64,
+        room: &str,
+        (label, key): (&str, &str),
+        series: &mut Series,
+    ) {
+        for (acks, name, prefix, suffix) in [
+            (RelayAcks::None, "relay", "relay", ""),
+            (RelayAcks::LikeTheMediator, "relay+acks", "relayack", "a"),
+        ] {
+            let room = format!("{room}{suffix}");
+            let r = relay_reflect(
+                self.fx, self.args, self.pool, shape, seconds, &room, self.procs, acks,
+            )
+            .await;
+            println!("{}", r.line(&format!("{name} {label}")));
+            series.record_reflect(&format!("{prefix}{key}"), &r);
+        }
+    }
+}
+
 #[allow(
     clippy::too_many_arguments,
     reason = "the measurement's knobs, named at each call"
@@ -2090,35 +2124,23 @@ async fn run(args: Args) {
             println!("{}", m.line(&format!("mediator ack≤{w}")));
             series.record_reflect("med", &m);
             settle_traced(args.trace).await;
-            let room = format!("r{pid}-{run}-w");
             let shape = Shape::end_to_end(w);
-            let r = relay_reflect(
-                &fx,
-                &args,
-                &pool,
-                shape,
-                args.seconds,
-                &room,
+            let room = format!("r{pid}-{run}-w");
+            let relays = RelayRun {
+                fx: &fx,
+                args: &args,
+                pool: &pool,
                 procs,
-                RelayAcks::None,
-            )
-            .await;
-            println!("{}", r.line(&format!("relay ≤{w}")));
-            series.record_reflect("relay", &r);
-            let room = format!("r{pid}-{run}-wa");
-            let r = relay_reflect(
-                &fx,
-                &args,
-                &pool,
-                shape,
-                args.seconds,
-                &room,
-                procs,
-                RelayAcks::LikeTheMediator,
-            )
-            .await;
-            println!("{}", r.line(&format!("relay+acks ≤{w}")));
-            series.record_reflect("relayack", &r);
+            };
+            relays
+                .both(
+                    shape,
+                    args.seconds,
+                    &room,
+                    (&format!("≤{w}"), ""),
+                    &mut series,
+                )
+                .await;
             let m = mediator_reflect(&fx, &args, shape, args.seconds, procs).await;
             println!("{}", m.line(&format!("mediator ≤{w}")));
             series.record_reflect("medw", &m);
@@ -2132,33 +2154,15 @@ async fn run(args: Args) {
             series.record_reflect("med1", &m);
             settle_traced(args.trace).await;
             let room = format!("r{pid}-{run}-1");
-            let r = relay_reflect(
-                &fx,
-                &args,
-                &pool,
-                shape,
-                seconds,
-                &room,
+            let relays = RelayRun {
+                fx: &fx,
+                args: &args,
+                pool: &pool,
                 procs,
-                RelayAcks::None,
-            )
-            .await;
-            println!("{}", r.line("relay 1"));
-            series.record_reflect("relay1", &r);
-            let room = format!("r{pid}-{run}-1a");
-            let r = relay_reflect(
-                &fx,
-                &args,
-                &pool,
-                shape,
-                seconds,
-                &room,
-                procs,
-                RelayAcks::LikeTheMediator,
-            )
-            .await;
-            println!("{}", r.line("relay+acks 1"));
-            series.record_reflect("relayack1", &r);
+            };
+            relays
+                .both(shape, seconds, &room, ("1", "1"), &mut series)
+                .await;
             let shape = Shape::paced(Duration::from_millis(args.idle_pace_ms));
             let m = mediator_reflect(&fx, &args, shape, seconds, procs).await;
             println!("{}", m.line("mediator idle"));
