@@ -7,7 +7,7 @@
 //      (`benchPopulate`), the page reloaded, then `TandemClient.open({database})` until it
 //      resolves and the conversations and the newest conversation's messages are read.
 //
-//   node run.mjs [--messages 2000] [--runs 5] [--contacts 1000] [--stored 10000]
+//   node run.mjs [--messages 2000] [--runs 5] [--warmup 1] [--contacts 1000] [--stored 10000]
 //                [--open-runs 7] [--skip-build] [--only incoming|open] [--profile]
 //                [--profile-incoming] [--variant shipped|o3|z] [--cargo-args '…']
 //                [--wasm-opt -O2] [--baseline DIR]
@@ -22,7 +22,7 @@
 import { spawnSync, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { readFile } from "node:fs/promises";
-import { readFileSync, readdirSync } from "node:fs";
+import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 import { extname, join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -43,6 +43,7 @@ const only = (() => {
 })();
 const MESSAGES = opt("--messages", 2000);
 const RUNS = opt("--runs", 5);
+const WARMUP = opt("--warmup", 1);
 const CONTACTS = opt("--contacts", 1000);
 const STORED = opt("--stored", 10000);
 const OPEN_RUNS = opt("--open-runs", 7);
@@ -157,6 +158,24 @@ function printProfile(profile, what) {
   const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 30);
   console.log(`profile of ${what} (self time, ms):`);
   for (const [name, ms] of top) console.log(`  ${fmt(ms).padStart(8)}  ${name}`);
+  // Inclusive time: each sample counts once for every distinct function on its stack.
+  const parent = new Map();
+  for (const n of profile.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const incl = new Map();
+  profile.samples.forEach((id, k) => {
+    const seen = new Set();
+    for (let at = id; at !== undefined; at = parent.get(at)) {
+      const fn = byId.get(at).callFrame.functionName;
+      if (fn && !seen.has(fn)) {
+        seen.add(fn);
+        incl.set(fn, (incl.get(fn) ?? 0) + (dt[k] ?? 0) / 1000);
+      }
+    }
+  });
+  console.log(`profile of ${what} (inclusive time, ms):`);
+  for (const [name, ms] of [...incl.entries()].sort((a, b) => b[1] - a[1]).slice(0, 45)) console.log(`  ${fmt(ms).padStart(8)}  ${name}`);
+  const out = argOf("--profile-out");
+  if (out) writeFileSync(out, JSON.stringify(profile));
 }
 
 async function main() {
@@ -165,7 +184,7 @@ async function main() {
   const server = await serve();
   const url = `http://127.0.0.1:${server.address().port}/page.html`;
   const marker = `--tandem-bench-marker=${process.pid}`;
-  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox", marker] });
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", headless: true, args: ["--no-sandbox", marker, ...(argOf("--chromium-args") ?? "").split(" ").filter(Boolean)] });
   const page = await browser.newPage();
   const mainPage = page;
   const load = async () => {
@@ -227,7 +246,19 @@ async function main() {
     };
     const sides = [{ name: "this tree", exe, page: mainPage }];
     if (baseline) sides.unshift({ name: "baseline", exe: join(baseline, "incoming"), page: basePage });
-    const results = new Map(sides.map((side) => [side.name, { native: [], wasm: [], nativeCpu: [], wasmCpu: [] }]));
+    const results = new Map(sides.map((side) => [side.name, { native: [], wasm: [], nativeCpu: [], wasmCpu: [], ratios: [] }]));
+    // Untimed warm-up per page: V8 compiles wasm lazily and tiers hot functions up while they run,
+    // so a page's first run measures the compiler too; the native side is compiled ahead of time.
+    for (const side of sides) {
+      for (let i = 0; i < WARMUP; i++) {
+        await side.page.evaluate(({ messages, seed }) => {
+          const bench = new window.tandem.IncomingBench(messages, seed);
+          bench.process();
+          bench.verify();
+          bench.free();
+        }, { messages: MESSAGES, seed: 1000 + i });
+      }
+    }
     for (let i = 0; i < RUNS; i++) {
       const seed = i + 1;
       for (const side of sides) {
@@ -237,6 +268,7 @@ async function main() {
         r.wasm.push(w.ms);
         r.nativeCpu.push(n.cpuMs);
         r.wasmCpu.push(w.cpuMs);
+        r.ratios.push(n.ms / w.ms);
         console.log(`incoming run ${i + 1} (${side.name}): native ${fmt(n.ms)} ms (CPU ${fmt(n.cpuMs)}), wasm ${fmt(w.ms)} ms (renderer CPU ≈ ${fmt(w.cpuMs)}) (${MESSAGES} messages, ${n.frames} containers in, ${n.sent} out; wasm/native speed ${(n.ms / w.ms).toFixed(3)})`);
       }
     }
@@ -270,6 +302,7 @@ async function main() {
       const nc = median(r.nativeCpu);
       const wc = median(r.wasmCpu);
       console.log(`incoming median CPU (${name}): native ${fmt(nc)} ms, wasm (renderer) ≈ ${fmt(wc)} ms; wasm speed by CPU ≈ ${(nc / wc).toFixed(3)} × native`);
+      console.log(`incoming median of the per-pair ratios (${name}): wasm speed = ${median(r.ratios).toFixed(3)} × native (pairs ${Math.min(...r.ratios).toFixed(2)}–${Math.max(...r.ratios).toFixed(2)})`);
       const nmin = Math.min(...r.native);
       const wmin = Math.min(...r.wasm);
       console.log(`incoming fastest runs (${name}): native ${fmt(nmin)} ms, wasm ${fmt(wmin)} ms; wasm speed = ${(nmin / wmin).toFixed(3)} × native (less disturbed by other load)`);

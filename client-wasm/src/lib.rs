@@ -24,4 +24,9 @@ mod js;
 mod typings;
 
 pub use client::TandemClient;
+
+/// The module is single-threaded (no `atomics`), so talc's lock-free wasm allocator is sound.
+#[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 pub use error::ClientError;

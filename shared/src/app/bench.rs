@@ -201,8 +201,9 @@ impl Driver {
                 moved = true;
                 match effect {
                     Effect::Persist(batch) => {
-                        self.store.apply(&batch);
-                        self.app.on_persisted(batch.id)?;
+                        let id = batch.id;
+                        self.store.apply(batch);
+                        self.app.on_persisted(id)?;
                     }
                     Effect::LookupIdentity(identity) => {
                         let key = self.directory.get(&identity).copied();
@@ -713,7 +714,7 @@ mod tests {
         let key = ClientKey::new(SecretKey::from_bytes([5; 32]));
         let batch = populated_device(own, key, 10, 100, 1).unwrap();
         let mut store = MemoryStore::new();
-        store.apply(&batch);
+        store.apply(batch);
         let state = State::load(store.records()).unwrap();
         assert_eq!(state.contacts().len(), 10);
         assert_eq!(state.messages().len(), 100);

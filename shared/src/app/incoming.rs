@@ -29,7 +29,8 @@ use crate::proto::d2d::{envelope::Content, IncomingMessage};
 pub(super) struct IncomingAck {
     pub(super) sender: Identity,
     pub(super) message_id: u64,
-    pub(super) nonce: Nonce,
+    /// The message's nonce as the replay store keeps it (hashed once, on arrival).
+    pub(super) nonce_hash: [u8; 32],
     pub(super) flags: MessageFlags,
     /// A stored message gets its reflection time.
     pub(super) stored: bool,
@@ -143,7 +144,8 @@ impl App {
             }
             return;
         }
-        if self.state.nonce_used(NonceScope::Csp, &message.nonce) {
+        let nonce_hash = self.state.nonce_hash(&message.nonce);
+        if self.state.nonce_hash_used(NonceScope::Csp, &nonce_hash) {
             return self.drop_and_ack(&message, Dropped::ReplayedNonce);
         }
         if self.state.settings().is_blocked(&sender) {
@@ -181,13 +183,14 @@ impl App {
                 self.enqueue_sync(SyncOp::UpdateContact(sender, Box::new(update)));
             }
         }
-        self.process_opened(sender, &message.nonce, opened, now_ms, rng);
+        self.process_opened(sender, &message.nonce, nonce_hash, opened, now_ms, rng);
     }
 
     fn process_opened(
         &mut self,
         sender: Identity,
         nonce: &Nonce,
+        nonce_hash: [u8; 32],
         opened: OpenedMessage,
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
@@ -196,7 +199,7 @@ impl App {
         let ack = IncomingAck {
             sender,
             message_id: opened.message_id,
-            nonce: *nonce,
+            nonce_hash,
             flags: opened.flags,
             stored: false,
             receipt: false,
@@ -270,7 +273,7 @@ impl App {
                 });
                 // Ephemeral (spec §5): no ReflectAck will come, so the ack goes out now.
                 self.reflect(content, true, None, rng);
-                self.state.use_nonce(NonceScope::Csp, nonce);
+                self.state.use_nonce_hash(NonceScope::Csp, nonce_hash);
                 self.ack_incoming(sender, opened.message_id, opened.flags);
             }
             E2eMessageType::GROUP_SETUP
@@ -295,7 +298,7 @@ impl App {
         let ack = IncomingAck {
             sender: stored.key.sender,
             message_id: stored.key.id,
-            nonce: message.nonce,
+            nonce_hash: self.state.nonce_hash(&message.nonce),
             flags: message.flags,
             stored: true,
             receipt: matches!(stored.conversation, ConversationId::Contact(_))
@@ -322,7 +325,7 @@ impl App {
                 true
             });
         }
-        self.state.use_nonce(NonceScope::Csp, &ack.nonce);
+        self.state.use_nonce_hash(NonceScope::Csp, ack.nonce_hash);
         self.ack_incoming(ack.sender, ack.message_id, ack.flags);
         if ack.receipt {
             self.send_receipt(ack.sender, DeliveryStatus::Received, vec![key], now_ms, rng);
@@ -352,7 +355,7 @@ impl App {
     }
 
     pub(super) fn drop_ack(&mut self, ack: IncomingAck, reason: Dropped) {
-        self.state.use_nonce(NonceScope::Csp, &ack.nonce);
+        self.state.use_nonce_hash(NonceScope::Csp, ack.nonce_hash);
         self.ack_incoming(ack.sender, ack.message_id, ack.flags);
         self.events.push_back(AppEvent::Dropped(reason));
     }

@@ -1,7 +1,7 @@
 //! An in-memory record store for tests and native harnesses: the reference behaviour an
 //! IndexedDB or SQLite adapter must match (atomic batches, applied in order).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use zeroize::Zeroizing;
 
@@ -10,7 +10,9 @@ use super::records::{Batch, Op, Record, RecordKind};
 /// Records by kind and key.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MemoryStore {
-    records: BTreeMap<(RecordKind, Vec<u8>), Zeroizing<Vec<u8>>>,
+    /// Hashed, not ordered: a device puts several records per message, and `records` (read once,
+    /// at open) sorts.
+    records: HashMap<(RecordKind, Vec<u8>), Zeroizing<Vec<u8>>>,
     last_batch: Option<u64>,
 }
 
@@ -21,33 +23,36 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// Applies every write of a batch, in order.
-    pub fn apply(&mut self, batch: &Batch) {
-        for op in &batch.ops {
+    /// Applies every write of a batch, in order. Takes the batch so the records move in
+    /// instead of being copied (and the copies zeroized).
+    pub fn apply(&mut self, batch: Batch) {
+        for op in batch.ops {
             match op {
                 Op::Put(record) => {
-                    self.records
-                        .insert((record.kind, record.key.clone()), record.value.clone());
+                    self.records.insert((record.kind, record.key), record.value);
                 }
                 Op::Delete { kind, key } => {
-                    self.records.remove(&(*kind, key.clone()));
+                    self.records.remove(&(kind, key));
                 }
             }
         }
         self.last_batch = Some(batch.id);
     }
 
-    /// Every record, as an adapter reads them back at open.
+    /// Every record, ordered by kind and key, as an adapter reads them back at open.
     #[must_use]
     pub fn records(&self) -> Vec<Record> {
-        self.records
+        let mut records: Vec<Record> = self
+            .records
             .iter()
             .map(|((kind, key), value)| Record {
                 kind: *kind,
                 key: key.clone(),
                 value: value.clone(),
             })
-            .collect()
+            .collect();
+        records.sort_unstable_by(|a, b| (a.kind, &a.key).cmp(&(b.kind, &b.key)));
+        records
     }
 
     /// How many records of a kind are stored.
@@ -71,7 +76,7 @@ mod tests {
     fn puts_replace_and_deletes_remove_in_order() {
         let mut store = MemoryStore::new();
         let r = |v: u8| Record::new(RecordKind::Nonce, vec![1], vec![v]);
-        store.apply(&Batch {
+        store.apply(Batch {
             id: 1,
             ops: vec![
                 Op::Put(r(1)),

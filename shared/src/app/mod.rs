@@ -42,7 +42,7 @@ pub use model::{
     Contact, ConversationId, Direction, DistributionList, Group, GroupId, Identity, Message,
     MessageKey, MessageState, ModelError, OwnIdentity, Profile, Settings,
 };
-pub use nonce::{nonce_hash, NonceScope, NonceStore};
+pub use nonce::{nonce_hash, NonceHasher, NonceScope, NonceStore};
 pub use outgoing::MAX_TEXT_LEN;
 pub use reconnect::{ReconnectDecision, ReconnectPolicy, Reconnector, StopReason};
 pub use records::{Batch, Op, Record, RecordError, RecordKind, SINGLETON_KEY};

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::model::Identity;
-use crate::crypto::{hmac_sha256, Nonce};
+use crate::crypto::{HmacSha256, Nonce};
 
 /// Which protocol a nonce belongs to (spec §0 `NonceScope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,7 +32,47 @@ impl NonceScope {
 /// `HMAC-SHA256(key = identity as 8 ASCII bytes, msg = nonce)`.
 #[must_use]
 pub fn nonce_hash(identity: &Identity, nonce: &Nonce) -> [u8; 32] {
-    hmac_sha256(identity.as_bytes(), nonce)
+    NonceHasher::new(identity).hash(nonce)
+}
+
+/// [`nonce_hash`] for one identity with the HMAC key absorbed once: half the SHA-256 work per
+/// nonce, and a device hashes several nonces per message.
+#[derive(Clone)]
+pub struct NonceHasher {
+    identity: Identity,
+    mac: HmacSha256,
+}
+
+impl NonceHasher {
+    /// The hasher for `identity`'s store.
+    #[must_use]
+    pub fn new(identity: &Identity) -> Self {
+        Self {
+            identity: *identity,
+            mac: HmacSha256::new(identity.as_bytes()),
+        }
+    }
+
+    /// `HMAC-SHA256(key = identity, msg = nonce)`.
+    #[must_use]
+    pub fn hash(&self, nonce: &Nonce) -> [u8; 32] {
+        self.mac.mac(nonce)
+    }
+}
+
+/// Equal when keyed by the same identity (the HMAC state follows from it).
+impl PartialEq for NonceHasher {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+    }
+}
+
+impl core::fmt::Debug for NonceHasher {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NonceHasher")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One stored entry: the scope and the hash.
@@ -86,6 +126,24 @@ mod tests {
         assert_eq!(
             hex::encode(nonce_hash(&me, &[0x2a; 24])),
             "4aaf69e4c59736b055da601179251312dac3f85b6a36c06d08d04f9dc9ee75e6"
+        );
+    }
+
+    #[test]
+    fn the_kept_hasher_matches_a_fresh_hmac_for_every_nonce() {
+        let me: Identity = "MEMEMEME".parse().unwrap();
+        let hasher = NonceHasher::new(&me);
+        for i in 0..=255u8 {
+            let nonce = [i; 24];
+            assert_eq!(
+                hasher.hash(&nonce),
+                crate::crypto::hmac_sha256(me.as_bytes(), &nonce)
+            );
+        }
+        let other: Identity = "OTHER001".parse().unwrap();
+        assert_ne!(
+            NonceHasher::new(&other).hash(&[1; 24]),
+            hasher.hash(&[1; 24])
         );
     }
 

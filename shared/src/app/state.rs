@@ -10,7 +10,7 @@ use super::model::{
     Contact, ConversationId, DistributionList, Group, GroupId, Identity, Message, MessageKey,
     MessageState, OwnIdentity, Profile, Settings,
 };
-use super::nonce::{nonce_hash, NonceEntry, NonceScope, NonceStore};
+use super::nonce::{NonceEntry, NonceHasher, NonceScope, NonceStore};
 use super::records::{
     contact_key, contact_record, decode_contact, decode_group, decode_journal, decode_list,
     decode_message, decode_nonce, decode_own, decode_profile, decode_settings, group_key,
@@ -44,6 +44,8 @@ pub struct State {
     by_key: HashMap<MessageKey, u64>,
     by_conversation: HashMap<ConversationId, Vec<u64>>,
     nonces: NonceStore,
+    /// Keyed by `own.identity`, which never changes for a state.
+    nonce_hasher: NonceHasher,
     journal: Option<Vec<Content>>,
     next_seq: u64,
     ops: Vec<Op>,
@@ -53,6 +55,7 @@ impl State {
     /// A fresh device: only the identity, whose record is the first write.
     pub(crate) fn new(own: OwnIdentity) -> Self {
         let mut state = Self {
+            nonce_hasher: NonceHasher::new(&own.identity),
             own,
             contacts: BTreeMap::new(),
             groups: BTreeMap::new(),
@@ -125,6 +128,7 @@ impl State {
             .last_key_value()
             .map_or(1, |(seq, _)| seq.saturating_add(1));
         Ok(Self {
+            nonce_hasher: NonceHasher::new(&own.identity),
             own,
             contacts,
             groups,
@@ -261,8 +265,20 @@ impl State {
     /// Whether a nonce was used in `scope`.
     #[must_use]
     pub fn nonce_used(&self, scope: NonceScope, nonce: &Nonce) -> bool {
-        self.nonces
-            .contains(&(scope, nonce_hash(&self.own.identity, nonce)))
+        self.nonce_hash_used(scope, &self.nonce_hash(nonce))
+    }
+
+    /// A nonce as the replay store keeps it, for a caller that checks and later marks the same
+    /// nonce (one HMAC instead of two).
+    #[must_use]
+    pub fn nonce_hash(&self, nonce: &Nonce) -> [u8; 32] {
+        self.nonce_hasher.hash(nonce)
+    }
+
+    /// Whether a hashed nonce ([`Self::nonce_hash`]) was used in `scope`.
+    #[must_use]
+    pub fn nonce_hash_used(&self, scope: NonceScope, hash: &[u8; 32]) -> bool {
+        self.nonces.contains(&(scope, *hash))
     }
 
     /// The envelopes of an own transaction that may be committed and are not applied here.
@@ -373,7 +389,12 @@ impl State {
 
     /// Marks a nonce used; `false` if it already was.
     pub(crate) fn use_nonce(&mut self, scope: NonceScope, nonce: &Nonce) -> bool {
-        let entry: NonceEntry = (scope, nonce_hash(&self.own.identity, nonce));
+        self.use_nonce_hash(scope, self.nonce_hash(nonce))
+    }
+
+    /// [`Self::use_nonce`] for a nonce hashed by [`Self::nonce_hash`].
+    pub(crate) fn use_nonce_hash(&mut self, scope: NonceScope, hash: [u8; 32]) -> bool {
+        let entry: NonceEntry = (scope, hash);
         if self.nonces.insert(entry) {
             self.ops.push(Op::Put(nonce_record(&entry)));
             true
@@ -464,7 +485,7 @@ mod tests {
 
     fn persist(state: &mut State, store: &mut MemoryStore) {
         let ops = state.take_ops();
-        store.apply(&super::super::records::Batch { id: 0, ops });
+        store.apply(super::super::records::Batch { id: 0, ops });
     }
 
     #[test]

@@ -429,8 +429,9 @@ impl World {
         let device = self.devices.get_mut(name).unwrap();
         device.confirm_budget = None;
         for batch in std::mem::take(&mut device.held) {
-            device.store.apply(&batch);
-            device.app.as_mut().unwrap().on_persisted(batch.id).unwrap();
+            let id = batch.id;
+            device.store.apply(batch);
+            device.app.as_mut().unwrap().on_persisted(id).unwrap();
         }
         self.run();
     }
@@ -484,8 +485,9 @@ impl World {
                             }
                         };
                         if confirm && device.held.is_empty() {
-                            device.store.apply(&batch);
-                            app.on_persisted(batch.id).unwrap();
+                            let id = batch.id;
+                            device.store.apply(batch);
+                            app.on_persisted(id).unwrap();
                         } else {
                             device.held.push(batch);
                         }
