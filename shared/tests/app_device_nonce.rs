@@ -84,7 +84,7 @@ fn reflected_event_carries_the_sealing_nonce() {
             },
         )),
     };
-    let sealed = seal_envelope(&keys.dgrk, &envelope, &mut rng).unwrap();
+    let sealed = seal_envelope(&keys.dgrk, envelope, &mut rng).unwrap();
     let expected: [u8; 24] = sealed[..24].try_into().unwrap();
     session.on_binary(&reflected(sealed), 0, &mut rng).unwrap();
     let Some(Event::Reflected { nonce, .. }) = session.poll_event() else {

@@ -402,7 +402,7 @@ fn undecryptable_reflection_is_acked_and_dropped() {
     // Device 1 reflects an envelope sealed under a different key, at the d2m layer directly.
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let wrong = DeviceGroupKey::from_bytes([9; 32]).derive_keys();
-    let sealed = seal_envelope(&wrong.dgrk, &text(1), &mut rng).unwrap();
+    let sealed = seal_envelope(&wrong.dgrk, text(1), &mut rng).unwrap();
     let conn = ConnId(net.conn_of[&1]);
     let bytes = D2mMessage::Reflect(tandem_shared::d2m::Reflect::new(
         77,

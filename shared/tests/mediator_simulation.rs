@@ -1249,7 +1249,7 @@ impl Sim {
                 },
             )),
         };
-        let sealed = seal_envelope(&self.keys.dgrk, &envelope, &mut self.crypto).unwrap();
+        let sealed = seal_envelope(&self.keys.dgrk, envelope, &mut self.crypto).unwrap();
         self.model.tag_of.insert(sealed.clone(), tag);
         let link = self.links.get_mut(&conn).unwrap();
         let id = link.next_reflect_id;

@@ -597,7 +597,7 @@ fn relay_pool(keys: &DeviceGroupKeys, body_len: usize) -> Vec<Vec<u8>> {
     template.device_id = 1;
     (0..RELAY_POOL)
         .map(|i| {
-            let sealed = seal_envelope(&keys.dgrk, &template, &mut OsRng).unwrap();
+            let sealed = seal_envelope(&keys.dgrk, template.clone(), &mut OsRng).unwrap();
             let id = u32::try_from(i + 1).unwrap();
             D2mMessage::Reflect(Reflect::new(id, ReflectFlags::NONE, sealed))
                 .encode()

@@ -462,12 +462,15 @@ impl App {
     }
 
     fn send_job(&mut self, id: u64, rng: &mut impl CryptoRngCore) {
-        let Some(job) = self.jobs.jobs.get(&id).cloned() else {
+        let Some(job) = self.jobs.jobs.get(&id) else {
             return;
         };
-        let own = self.state.own().clone();
-        let nickname = self.state.profile().nickname.clone();
+        // Seal first, send after: the job, the own identity and the key cache are borrowed from
+        // separate fields, so nothing (the body, the client key) is copied per message.
+        let own = self.state.own();
+        let nickname = self.state.profile().nickname.as_str();
         let mut failed = Vec::new();
+        let mut sealed_all = Vec::with_capacity(job.receivers.len());
         for (receiver, nonce) in &job.receivers {
             if !job.unacked.contains(receiver) && !job.flags.contains(MessageFlags::DONT_ACK) {
                 continue;
@@ -490,7 +493,7 @@ impl App {
                             message_id: job.message_id,
                             created_at_ms: job.created_at,
                             flags: job.flags,
-                            nickname: (!nickname.is_empty()).then_some(nickname.as_str()),
+                            nickname: (!nickname.is_empty()).then_some(nickname),
                             message_type: job.message_type,
                             body: &job.body,
                         },
@@ -499,12 +502,13 @@ impl App {
                     )
                 });
             match sealed {
-                Ok(message) => {
-                    if !self.csp_send(&CspPayload::OutgoingMessage(message)) {
-                        return;
-                    }
-                }
+                Ok(message) => sealed_all.push(message),
                 Err(_) => failed.push(*receiver),
+            }
+        }
+        for message in sealed_all {
+            if !self.csp_send(&CspPayload::OutgoingMessage(message)) {
+                return;
             }
         }
         let Some(job) = self.jobs.jobs.get_mut(&id) else {
@@ -644,7 +648,7 @@ impl App {
             device_id: 0,
             content: Some(content),
         };
-        let id = session.reflect(&envelope, ephemeral, rng).ok()?;
+        let id = session.reflect_owned(envelope, ephemeral, rng).ok()?;
         if let (false, Some(pending)) = (ephemeral, pending) {
             self.conn.reflects.insert(id, pending);
         }

@@ -27,15 +27,16 @@ pub const MAX_ENVELOPE_PADDING: usize = 255;
 /// Whatever `envelope.padding` holds is replaced. Padding shrinks as needed to stay within
 /// [`MAX_PLAIN_ENVELOPE_LEN`]; an envelope over the limit without padding, or one with no
 /// content, is refused, because [`open_envelope`] would refuse it.
+///
+/// Takes the envelope: a message body is encoded straight from it, not copied first.
 pub fn seal_envelope(
     dgrk: &SymmetricKey,
-    envelope: &Envelope,
+    mut padded: Envelope,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Vec<u8>, D2dError> {
-    if envelope.content.is_none() {
+    if padded.content.is_none() {
         return Err(D2dError::NoContent);
     }
-    let mut padded = envelope.clone();
     padded.padding = Vec::new();
     let bare = padded.encoded_len();
     let room = MAX_PLAIN_ENVELOPE_LEN
@@ -155,7 +156,7 @@ mod tests {
                     #[test]
                     fn $name(device_id: u64, content in $strategy, seed: u64) {
                         let envelope = with_content(device_id, content);
-                        let sealed = seal_envelope(&dgrk(), &envelope, &mut rng(seed)).unwrap();
+                        let sealed = seal_envelope(&dgrk(), envelope.clone(), &mut rng(seed)).unwrap();
                         prop_assert_eq!(open_envelope(&dgrk(), &sealed).unwrap(), envelope);
                     }
                 )*
@@ -180,7 +181,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_content_round_trips_and_padding_is_zero_bytes(envelope in strategies::envelope(), seed: u64) {
-            let sealed = seal_envelope(&dgrk(), &envelope, &mut rng(seed)).unwrap();
+            let sealed = seal_envelope(&dgrk(), envelope.clone(), &mut rng(seed)).unwrap();
             let plain = raw_plain(&sealed);
             prop_assert!(plain.padding.len() <= MAX_ENVELOPE_PADDING);
             prop_assert!(plain.padding.iter().all(|&b| b == 0));
@@ -204,7 +205,7 @@ mod tests {
         let envelope = with_content(1, delete_contact("ABCDEFGH"));
         let lengths: std::collections::BTreeSet<usize> = (0..32)
             .map(|seed| {
-                raw_plain(&seal_envelope(&dgrk(), &envelope, &mut rng(seed)).unwrap())
+                raw_plain(&seal_envelope(&dgrk(), envelope.clone(), &mut rng(seed)).unwrap())
                     .padding
                     .len()
             })
@@ -216,7 +217,7 @@ mod tests {
     fn caller_padding_is_replaced() {
         let mut envelope = with_content(1, delete_contact("ABCDEFGH"));
         envelope.padding = vec![0xff; 1000];
-        let plain = raw_plain(&seal_envelope(&dgrk(), &envelope, &mut rng(1)).unwrap());
+        let plain = raw_plain(&seal_envelope(&dgrk(), envelope.clone(), &mut rng(1)).unwrap());
         assert!(plain.padding.len() <= MAX_ENVELOPE_PADDING);
         assert!(plain.padding.iter().all(|&b| b == 0));
     }
@@ -232,7 +233,7 @@ mod tests {
     fn envelope_at_the_limit_seals_without_padding() {
         let envelope = envelope_of_len(MAX_PLAIN_ENVELOPE_LEN);
         for seed in 0..8 {
-            let sealed = seal_envelope(&dgrk(), &envelope, &mut rng(seed)).unwrap();
+            let sealed = seal_envelope(&dgrk(), envelope.clone(), &mut rng(seed)).unwrap();
             assert_eq!(sealed.len(), MAX_SEALED_ENVELOPE_LEN);
             assert_eq!(open_envelope(&dgrk(), &sealed).unwrap(), envelope);
         }
@@ -244,7 +245,7 @@ mod tests {
         let envelope = envelope_of_len(MAX_PLAIN_ENVELOPE_LEN - 100);
         let mut longest = 0;
         for seed in 0..16 {
-            let sealed = seal_envelope(&dgrk(), &envelope, &mut rng(seed)).unwrap();
+            let sealed = seal_envelope(&dgrk(), envelope.clone(), &mut rng(seed)).unwrap();
             assert!(sealed.len() <= MAX_SEALED_ENVELOPE_LEN);
             longest = longest.max(raw_plain(&sealed).padding.len());
         }
@@ -258,7 +259,7 @@ mod tests {
         let envelope = envelope_of_len(MAX_PLAIN_ENVELOPE_LEN - 130);
         let mut longest = 0;
         for seed in 0..16 {
-            let sealed = seal_envelope(&dgrk(), &envelope, &mut rng(seed)).unwrap();
+            let sealed = seal_envelope(&dgrk(), envelope.clone(), &mut rng(seed)).unwrap();
             longest = longest.max(raw_plain(&sealed).padding.len());
         }
         assert_eq!(longest, 127);
@@ -268,7 +269,7 @@ mod tests {
     fn envelope_over_the_limit_is_refused() {
         let envelope = envelope_of_len(MAX_PLAIN_ENVELOPE_LEN + 1);
         assert_eq!(
-            seal_envelope(&dgrk(), &envelope, &mut rng(0)),
+            seal_envelope(&dgrk(), envelope.clone(), &mut rng(0)),
             Err(D2dError::EnvelopeTooLarge {
                 len: MAX_PLAIN_ENVELOPE_LEN + 1,
                 max: MAX_PLAIN_ENVELOPE_LEN
@@ -291,7 +292,7 @@ mod tests {
     #[test]
     fn wrong_key_is_a_decrypt_error() {
         let envelope = with_content(5, delete_contact("ABCDEFGH"));
-        let sealed = seal_envelope(&dgrk(), &envelope, &mut rng(3)).unwrap();
+        let sealed = seal_envelope(&dgrk(), envelope.clone(), &mut rng(3)).unwrap();
         let other = DeviceGroupKey::from_bytes([8; 32]).derive_keys().dgrk;
         assert_eq!(
             open_envelope(&other, &sealed),
@@ -331,7 +332,7 @@ mod tests {
             content: None,
         };
         assert_eq!(
-            seal_envelope(&dgrk(), &bare, &mut rng(0)),
+            seal_envelope(&dgrk(), bare.clone(), &mut rng(0)),
             Err(D2dError::NoContent)
         );
         let sealed = seal_nonce_ahead(&dgrk(), &mut rng(0), &bare.encode_to_vec());

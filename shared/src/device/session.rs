@@ -170,11 +170,20 @@ impl DeviceSession {
         ephemeral: bool,
         rng: &mut impl CryptoRngCore,
     ) -> Result<u32, DeviceError> {
+        self.reflect_owned(envelope.clone(), ephemeral, rng)
+    }
+
+    /// [`Self::reflect`] for an envelope the caller no longer needs (no copy of its body).
+    pub fn reflect_owned(
+        &mut self,
+        mut envelope: Envelope,
+        ephemeral: bool,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<u32, DeviceError> {
         self.require_authenticated()?;
-        let mut envelope = envelope.clone();
         envelope.device_id = self.config.device_id;
         let sealed =
-            seal_envelope(&self.config.keys.dgrk, &envelope, rng).map_err(DeviceError::Seal)?;
+            seal_envelope(&self.config.keys.dgrk, envelope, rng).map_err(DeviceError::Seal)?;
         let flags = if ephemeral {
             ReflectFlags::EPHEMERAL
         } else {

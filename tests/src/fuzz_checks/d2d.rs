@@ -93,7 +93,7 @@ pub fn d2d_envelope(data: &[u8]) {
 fn check_envelope(dgrk: &tandem_shared::crypto::SymmetricKey, envelope: &pb::Envelope) {
     assert!(envelope.padding.is_empty() && envelope.content.is_some());
     let mut rng = rng(0xe11);
-    match d2d::seal_envelope(dgrk, envelope, &mut rng) {
+    match d2d::seal_envelope(dgrk, envelope.clone(), &mut rng) {
         Ok(sealed) => assert_eq!(d2d::open_envelope(dgrk, &sealed).as_ref(), Ok(envelope)),
         Err(D2dError::EnvelopeTooLarge { len, max }) => {
             assert_eq!(max, MAX_PLAIN_ENVELOPE_LEN);

@@ -254,7 +254,8 @@ fn d2d_envelope() -> Vec<Seed> {
     ));
     let keys = group_keys();
     let mut rng = rng(0x5eed);
-    let sealed = d2d::seal_envelope(&keys.dgrk, &incoming, &mut rng).expect("small envelope");
+    let sealed =
+        d2d::seal_envelope(&keys.dgrk, incoming.clone(), &mut rng).expect("small envelope");
     vec![
         (t, "outgoing-message", outgoing.encode_to_vec()),
         (t, "incoming-message", incoming.encode_to_vec()),
