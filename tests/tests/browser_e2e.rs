@@ -27,8 +27,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const DRIVER_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// How long wrangler may take to write an error line after the event.
 const LOG_CATCH_UP: Duration = Duration::from_secs(8);
-/// The error wrangler dev logs for the devices that reconnected after the `connection_lost`
-/// scenario cut their sockets (docs/testing.md); every other `Uncaught` line fails the test.
+/// What wrangler dev logs when a client closes a Worker's WebSocket cleanly (workerd's own line,
+/// also for a bare relay; docs/testing.md): here for the devices that reconnected after the
+/// `connection_lost` scenario cut their sockets. Every other `Uncaught` line fails the test.
 const CONNECTION_LOST: &str = "Network connection lost.";
 
 /// Runs a command to the end; its combined output, or a panic naming it with that output.
