@@ -24,9 +24,10 @@ mod js;
 mod typings;
 
 pub use client::TandemClient;
+pub use error::ClientError;
 
-/// The module is single-threaded (no `atomics`), so talc's lock-free wasm allocator is sound.
+/// talc instead of the default dlmalloc: 2.9 KB smaller at the same speed (docs/client.md
+/// "Size"). The module is single-threaded (no `atomics`), so its lock-free wasm variant is sound.
 #[cfg(all(not(target_feature = "atomics"), target_family = "wasm"))]
 #[global_allocator]
 static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
-pub use error::ClientError;
