@@ -214,6 +214,9 @@ function wire() {
   });
   client.on('devices', () => { if ($('settings').open) renderDevices(); });
   client.on('newDeviceSync', ({ messages }) => toast(`Sent your data and ${messages} recent messages to a new device.`));
+  client.on('syncFailed', ({ scope }) => toast(scope === 'NEW_DEVICE_SYNC'
+    ? 'Could not send everything to your new device; it keeps what arrived.'
+    : 'A change could not be synced to your devices and was not applied. Please try again.'));
   client.on('alert', ({ text }) => toast(text));
   client.on('dropped', ({ reason }) => toast(`This device was removed: ${reason}`, true));
   client.on('error', ({ message }) => toast(message, true));

@@ -460,6 +460,14 @@ impl Inner {
                     .set("messages", messages)
                     .build(),
             ),
+            AppEvent::SyncFailed { scope, code } => self.emit(
+                "syncFailed",
+                Obj::new()
+                    .set("scope", scope.as_str_name())
+                    .set("code", code.as_u16())
+                    .set("reason", code.reason())
+                    .build(),
+            ),
             AppEvent::Alert(text) => self.emit("alert", Obj::new().set("text", text).build()),
             AppEvent::Disconnected { code, next } => {
                 let mut payload = state("disconnected")

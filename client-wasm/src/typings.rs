@@ -75,6 +75,8 @@ export interface TandemEvents {
   typing: { identity: string; typing: boolean };
   devices: Device[];
   newDeviceSync: { deviceId: string; messages: number };
+  /** A change to shared state was given up after the mediator refused it three times in a row. */
+  syncFailed: { scope: string; code: number; reason: string };
   alert: { text: string };
   dropped: { reason: string };
   error: { message: string };

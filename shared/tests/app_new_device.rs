@@ -132,19 +132,25 @@ fn new_device_receives_state_and_history_from_a_sibling() {
         .any(|e| matches!(e, AppEvent::NewDeviceSyncSent { .. })));
 }
 
+/// The same new device, asking for `cap` history messages.
+fn with_history_cap(w: &mut World, name: &str, cap: u32) {
+    let identity = w.devices[name].identity;
+    let mut config = w.devices[name].config.clone();
+    config.max_history_messages = cap;
+    let key = w.client_key(&identity);
+    let app = tandem_shared::app::App::create(identity, key, config.clone(), &mut w.rng);
+    let device = w.dev(name);
+    device.app = Some(app);
+    device.config = config;
+    w.run();
+}
+
 #[test]
 fn history_is_capped_to_the_most_recent_messages() {
     let mut w = lived_in();
     let x = w.devices["X1"].identity;
     w.device("X2", x);
-    // The same device, configured for a short history.
-    let mut config = w.devices["X2"].config.clone();
-    config.max_history_messages = 3;
-    let app = tandem_shared::app::App::create(x, w.client_key(&x), config.clone(), &mut w.rng);
-    let device = w.dev("X2");
-    device.app = Some(app);
-    device.config = config;
-    w.run();
+    with_history_cap(&mut w, "X2", 3);
     w.connect("X2");
     let y = w.devices["Y1"].identity;
     let to_y = ConversationId::Contact(y);
@@ -245,4 +251,146 @@ fn drops_reconnect_with_backoff_and_41xx_waits_for_the_user() {
         "{events:?}"
     );
     assert_eq!(w.app("X1").poll_timeout(), None, "no retry scheduled");
+}
+
+/// X1 has `n` texts to Y, each delivered: three envelopes apiece in a new device's answer.
+fn long_history(n: usize, max_queue_len: u64) -> World {
+    let mut w = World::new(7);
+    w.group_config.max_queue_len = max_queue_len;
+    let x = w.identity("XXXXXXXX");
+    let y = w.identity("YYYYYYYY");
+    w.device("X1", x);
+    w.device("Y1", y);
+    w.connect("X1");
+    w.connect("Y1");
+    w.app("X1").add_contact(y).unwrap();
+    w.run();
+    let mut rng = rand::thread_rng();
+    for i in 0..n {
+        let now = w.now;
+        w.app("X1")
+            .send_text(ConversationId::Contact(y), &format!("x{i}"), now, &mut rng)
+            .unwrap();
+    }
+    w.run();
+    assert_eq!(w.app_ref("X1").state().messages().len(), n);
+    w
+}
+
+/// Connects X1 again whenever the mediator closed it, up to `times`; returns the close codes
+/// it saw and every other event.
+fn keep_x1_connected(w: &mut World, times: usize) -> (Vec<u16>, Vec<AppEvent>) {
+    let mut codes = Vec::new();
+    let mut events = Vec::new();
+    for _ in 0..times {
+        for event in w.take_events("X1") {
+            match event {
+                AppEvent::Disconnected { code, .. } => codes.push(code.as_u16()),
+                other => events.push(other),
+            }
+        }
+        if w.devices["X1"].conn.is_none() {
+            w.connect("X1");
+        }
+    }
+    (codes, events)
+}
+
+#[test]
+fn a_history_larger_than_a_transaction_goes_in_parts() {
+    // The mediator stages at most 300 reflects per transaction: a part (200) fits, the whole
+    // answer (600) does not. Before parts, X1 was closed with 4010 at every try, for ever.
+    let mut w = long_history(200, 300);
+    let x = w.devices["X1"].identity;
+    let y = w.devices["Y1"].identity;
+    w.device("X2", x);
+    w.connect("X2");
+    let (codes, events) = keep_x1_connected(&mut w, 5);
+    assert!(codes.is_empty(), "X1 was closed: {codes:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AppEvent::NewDeviceSyncSent { messages: 200, .. })),
+        "{events:?}"
+    );
+    let to_y = ConversationId::Contact(y);
+    assert_eq!(
+        summary(&w.conversation("X2", &to_y)),
+        summary(&w.conversation("X1", &to_y))
+    );
+    // The lock is free again: a later change reaches the new device.
+    let now = w.now;
+    w.app("X1")
+        .rename_contact(y, Some("Yann"), None, now, &mut rand::thread_rng())
+        .unwrap();
+    w.run();
+    let name = |w: &World, d: &str| w.app_ref(d).state().contact(&y).unwrap().first_name.clone();
+    assert_eq!(name(&w, "X2"), "Yann");
+    assert_eq!(name(&w, "X1"), name(&w, "X2"));
+}
+
+#[test]
+fn a_part_the_mediator_keeps_refusing_is_dropped_visibly_and_the_next_change_goes_on() {
+    // 50 staged reflects at most: even one part (200) is refused with 4010, every time.
+    let mut w = long_history(100, 50);
+    let x = w.devices["X1"].identity;
+    let y = w.devices["Y1"].identity;
+    w.device("X2", x);
+    w.connect("X2");
+    // A change queued behind the answer.
+    let now = w.now;
+    w.app("X1")
+        .set_nickname("Xena", now, &mut rand::thread_rng());
+    w.run();
+    let (codes, events) = keep_x1_connected(&mut w, 10);
+    let max = usize::try_from(tandem_shared::app::MAX_SAME_CLOSE).unwrap();
+    assert_eq!(
+        codes,
+        vec![4010; max],
+        "closed until the answer was dropped"
+    );
+    let failed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            AppEvent::SyncFailed { scope, code } => Some((*scope, code.as_u16())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec![(tandem_shared::d2d::Scope::NewDeviceSync, 4010)],
+        "the user is told once"
+    );
+    let nickname = |w: &World, d: &str| w.app_ref(d).state().profile().nickname.clone();
+    assert_eq!(nickname(&w, "X1"), "Xena");
+    assert_eq!(
+        nickname(&w, "X2"),
+        "Xena",
+        "the change behind it went through"
+    );
+    assert_eq!(w.app("X1").pending_sync(), 0);
+    // Nothing of the refused part was committed: the new device has no contact from it.
+    assert!(w.app_ref("X2").state().contact(&y).is_none());
+}
+
+#[test]
+fn an_answer_is_capped_whatever_the_new_device_asks_for() {
+    let cap = tandem_shared::app::NEW_DEVICE_SYNC_MAX_HISTORY;
+    let n = usize::try_from(cap).unwrap() + 20;
+    let mut w = long_history(n, 10_000);
+    let x = w.devices["X1"].identity;
+    w.device("X2", x);
+    with_history_cap(&mut w, "X2", u32::MAX);
+    w.connect("X2");
+    let events = w.take_events("X1");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, AppEvent::NewDeviceSyncSent { messages, .. } if *messages == cap)),
+        "{events:?}"
+    );
+    assert_eq!(
+        w.app_ref("X2").state().messages().len(),
+        usize::try_from(cap).unwrap()
+    );
 }

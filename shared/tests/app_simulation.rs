@@ -1,6 +1,9 @@
-//! Random interleavings of sends, reads, disconnects, stalled storage and crashes; after the
-//! world heals, every device of an identity holds the same messages in the same states, every
-//! message arrived exactly once, and the chat server holds nothing unacked.
+//! Random interleavings of sends, reads, disconnects, stalled storage and crashes, with faults
+//! aimed at the lock holder between any two steps of the world (its network drops, its tab dies,
+//! its transaction's TTL runs out) while messages flow both ways; the lock stays exclusive
+//! throughout, and after the world heals every device of an identity holds the same messages in
+//! the same states, every message arrived exactly once, every message a device acked to the chat
+//! server is on every device of its identity, and the chat server holds nothing unacked.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -12,7 +15,7 @@ mod app_support;
 
 use std::collections::BTreeMap;
 
-use app_support::World;
+use app_support::{Faults, World};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use tandem_shared::app::{ConversationId, Direction, Identity, MessageKey, MessageState};
@@ -49,6 +52,7 @@ fn simulate(seed: u64, steps: usize) {
     w.app("X1").add_contact(y).unwrap();
     w.app("Y1").add_contact(x).unwrap();
     w.run();
+    w.faults = Some(Faults::new(seed ^ 0xfa17, 0.05));
     let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
     let mut sent = 0;
     for step in 0..steps {
@@ -100,9 +104,11 @@ fn simulate(seed: u64, steps: usize) {
             }
         }
         w.run();
+        w.check_lock();
     }
 
-    // Heal: storage keeps up again, every device comes back, time lets retries happen.
+    // Heal: no more faults, storage keeps up again, every device comes back.
+    w.faults = None;
     for name in DEVICES {
         if w.devices[name].app.is_none() {
             w.reopen(name);
@@ -119,6 +125,26 @@ fn simulate(seed: u64, steps: usize) {
     }
     w.run();
 
+    // What a device acked to the chat server exists nowhere else: every device has it. (Texts
+    // are the acked messages their sender's devices store; receipts are not stored as messages.)
+    for (receiver, sender, id) in &w.chat.acked {
+        let key = MessageKey {
+            sender: Identity::new(*sender).unwrap(),
+            id: *id,
+        };
+        let is_text = DEVICES.iter().any(|name| {
+            w.devices[name].identity.as_bytes() == sender
+                && w.app_ref(name).state().message(&key).is_some()
+        });
+        for name in DEVICES {
+            if is_text && w.devices[name].identity.as_bytes() == receiver {
+                assert!(
+                    w.app_ref(name).state().message(&key).is_some(),
+                    "seed {seed}: {name} lacks {key:?}, acked to the chat server"
+                );
+            }
+        }
+    }
     assert_eq!(w.chat.queued(&x), 0, "seed {seed}: X's queue");
     assert_eq!(w.chat.queued(&y), 0, "seed {seed}: Y's queue");
     for (a, b) in [("X1", "X2"), ("Y1", "Y2")] {

@@ -121,6 +121,9 @@ pub(super) struct Conn {
     pub(super) next_echo_at: Option<u64>,
     /// This device's `NewDeviceSyncRequest` went out on this connection.
     pub(super) new_device_sync_requested: bool,
+    /// Reflects made while this device awaited or held the lock, in order: the mediator would
+    /// stage them with the transaction and could still discard them (see `App::reflect`).
+    pub(super) deferred: VecDeque<(crate::proto::d2d::envelope::Content, Option<Pending>)>,
 }
 
 /// The device core; see the module docs.
@@ -557,7 +560,10 @@ impl App {
                 }
             }
             Event::TransactionBegun => self.on_transaction_begun(now_ms, rng),
-            Event::TransactionRejected { scope, .. } => self.sync.on_rejected(scope),
+            Event::TransactionRejected { scope, .. } => {
+                self.sync.on_rejected(scope);
+                self.release_deferred(rng);
+            }
             Event::TransactionEnded { scope, .. } => self.sync.on_ended(scope),
             Event::CommitAcked => self.on_commit_acked(now_ms, rng),
             Event::DevicesInfo(devices) => self.events.push_back(AppEvent::Devices(devices)),
@@ -633,6 +639,7 @@ impl App {
         if !self.conn.online {
             return;
         }
+        self.release_deferred(rng);
         if core::mem::take(&mut self.receipts_to_resume) {
             self.resume_receipts(now_ms, rng);
         }
@@ -651,17 +658,24 @@ impl App {
     /// Drops everything of the connection; `next` is what the reconnect logic decided.
     fn teardown(&mut self, code: CloseCode, next: ReconnectDecision) {
         // Read updates and re-reflections in flight go out again on the next connection.
+        // Deferred ones come after every reflect in flight (ids beyond any real one); the rest
+        // (outgoing jobs, incoming messages) restart from their own state.
         let mut in_flight = Vec::new();
-        for (id, pending) in self.conn.reflects.drain() {
+        let deferred = core::mem::take(&mut self.conn.deferred)
+            .into_iter()
+            .filter_map(|(_, pending)| pending)
+            .zip(u64::from(u32::MAX) + 1..);
+        let reflects = self.conn.reflects.drain().map(|(id, p)| (p, u64::from(id)));
+        for (pending, order) in reflects.chain(deferred) {
             match pending {
-                Pending::Read(update) => in_flight.push((id, update)),
+                Pending::Read(update) => in_flight.push((order, update)),
                 Pending::Unreflected(key) => {
                     self.unreflected.insert(key);
                 }
                 _ => {}
             }
         }
-        in_flight.sort_by_key(|(id, _)| *id);
+        in_flight.sort_by_key(|(order, _)| *order);
         for (_, update) in in_flight.into_iter().rev() {
             self.reads.queue.push_front(update);
         }
@@ -669,7 +683,12 @@ impl App {
         self.conn = Conn::default();
         self.gate.clear();
         self.jobs.on_disconnect();
-        self.sync.on_disconnect();
+        if let Some(op) = self.sync.on_disconnect(code) {
+            self.events.push_back(AppEvent::SyncFailed {
+                scope: op.scope(),
+                code,
+            });
+        }
         // Parked messages were never acked: the chat server sends them again.
         self.parked.clear();
         if let ReconnectDecision::RetryAt(at) = next {

@@ -121,6 +121,15 @@ pub enum AppEvent {
         /// History messages replayed.
         messages: u32,
     },
+    /// A change to shared state was given up, because the mediator closed its transaction
+    /// with the same code [`super::MAX_SAME_CLOSE`] times in a row (for a new device's
+    /// answer: the rest of that answer). The ops queued behind it go on.
+    SyncFailed {
+        /// What the change was about.
+        scope: crate::d2d::Scope,
+        /// The close that kept ending it.
+        code: CloseCode,
+    },
     /// The chat server sent a message for the user (spec §9.4 0xe1).
     Alert(String),
     /// The connection ended.

@@ -89,10 +89,7 @@ impl App {
             let Some(content) = content else {
                 continue;
             };
-            if self
-                .reflect(content, false, Some(Pending::Unreflected(key)), rng)
-                .is_none()
-            {
+            if !self.reflect(content, false, Some(Pending::Unreflected(key)), rng) {
                 self.unreflected.insert(key);
             }
         }

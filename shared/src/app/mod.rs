@@ -47,3 +47,7 @@ pub use outgoing::MAX_TEXT_LEN;
 pub use reconnect::{ReconnectDecision, ReconnectPolicy, Reconnector, StopReason};
 pub use records::{Batch, Op, Record, RecordError, RecordKind, SINGLETON_KEY};
 pub use state::{ConversationSummary, State};
+pub use sync::{
+    MAX_SAME_CLOSE, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES,
+    NEW_DEVICE_SYNC_PART_ENVELOPES,
+};

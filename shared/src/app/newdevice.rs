@@ -10,7 +10,9 @@ use super::core::{App, Pending};
 use super::event::AppEvent;
 use super::model::{ConversationId, Direction, Message, MessageState, Settings};
 use super::outgoing::text_body;
-use super::sync::SyncOp;
+use super::sync::{
+    SyncOp, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES, NEW_DEVICE_SYNC_PART_ENVELOPES,
+};
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
     contact_sync, distribution_list_sync, envelope::Content, group_sync, incoming_message_update,
@@ -30,10 +32,7 @@ impl App {
         let content = Content::NewDeviceSyncRequest(NewDeviceSyncRequest {
             max_history_messages: self.config.max_history_messages,
         });
-        if self
-            .reflect(content, false, Some(Pending::NewDeviceSyncRequest), rng)
-            .is_some()
-        {
+        if self.reflect(content, false, Some(Pending::NewDeviceSyncRequest), rng) {
             self.conn.new_device_sync_requested = true;
         }
     }
@@ -55,8 +54,51 @@ impl App {
         });
     }
 
-    /// Everything a new device needs, as the envelopes a sibling would have reflected.
-    pub(super) fn new_device_sync_envelopes(&self, max_history_messages: u32) -> Vec<Content> {
+    /// The answer to a new device as transactions of bounded size, in order: profile,
+    /// settings, contacts, groups and lists first, then the history, oldest first. Every
+    /// envelope is idempotent, so a part that a sibling already applied changes nothing there.
+    pub(super) fn new_device_sync_parts(
+        &self,
+        device_id: u64,
+        max_history_messages: u32,
+    ) -> Vec<SyncOp> {
+        let history = max_history_messages.min(NEW_DEVICE_SYNC_MAX_HISTORY);
+        let (contents, messages) = self.new_device_sync_envelopes(history);
+        let mut parts: Vec<Vec<Content>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for content in contents {
+            let len = content.encoded_len();
+            if let Some(current) = parts.last_mut() {
+                let full = current.len() >= NEW_DEVICE_SYNC_PART_ENVELOPES
+                    || (!current.is_empty() && bytes + len > NEW_DEVICE_SYNC_PART_BYTES);
+                if !full {
+                    bytes += len;
+                    current.push(content);
+                    continue;
+                }
+            }
+            bytes = len;
+            parts.push(vec![content]);
+        }
+        let count = parts.len();
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, contents)| SyncOp::NewDeviceSyncPart {
+                device_id,
+                part: u32::try_from(i).unwrap_or(u32::MAX),
+                contents,
+                last_of: (i + 1 == count).then_some(messages),
+            })
+            .collect()
+    }
+
+    /// Everything a new device needs, as the envelopes a sibling would have reflected, and the
+    /// number of history messages among them.
+    pub(super) fn new_device_sync_envelopes(
+        &self,
+        max_history_messages: u32,
+    ) -> (Vec<Content>, u32) {
         let mut out = Vec::new();
         let profile = self.state.profile();
         if !profile.nickname.is_empty() {
@@ -105,17 +147,15 @@ impl App {
         let mut recent: Vec<&Message> =
             self.state.messages().values().rev().take(history).collect();
         recent.reverse();
+        let messages = u32::try_from(recent.len()).unwrap_or(u32::MAX);
         for message in recent {
             history_envelopes(message, &mut out);
         }
-        out
+        (out, messages)
     }
 
-    /// The answer is committed.
-    pub(super) fn new_device_sync_done(&mut self, device_id: u64, max_history_messages: u32) {
-        let messages = u32::try_from(self.state.messages().len())
-            .unwrap_or(u32::MAX)
-            .min(max_history_messages);
+    /// The answer's last part is committed.
+    pub(super) fn new_device_sync_done(&mut self, device_id: u64, messages: u32) {
         self.events.push_back(AppEvent::NewDeviceSyncSent {
             device_id,
             messages,

@@ -414,7 +414,7 @@ impl App {
         });
         let ephemeral = job.ephemeral;
         let pending = (!ephemeral).then_some(Pending::Outgoing(id));
-        if self.reflect(content, ephemeral, pending, rng).is_some() {
+        if self.reflect(content, ephemeral, pending, rng) {
             if let Some(job) = self.jobs.jobs.get_mut(&id) {
                 job.stage = if ephemeral {
                     Stage::Unsent
@@ -591,10 +591,7 @@ impl App {
                 )),
             }],
         });
-        if self
-            .reflect(content, false, Some(Pending::OutgoingSent(id)), rng)
-            .is_some()
-        {
+        if self.reflect(content, false, Some(Pending::OutgoingSent(id)), rng) {
             if let Some(job) = self.jobs.jobs.get_mut(&id) {
                 job.stage = Stage::ReflectingSent;
             }
@@ -634,24 +631,66 @@ impl App {
     }
 
     /// Reflects an envelope; non-ephemeral ones are remembered with `pending` until acked.
-    /// `None` when the session refused (it then reports why).
+    /// `false` when the session refused (it then reports why).
+    ///
+    /// While this device awaits or holds the group lock, the mediator stages every
+    /// non-ephemeral reflect of it and acks it at once, but throws the staged ones away if the
+    /// transaction dies. An ack the app relies on (the CSP message-ack, "sent") must never be for
+    /// something the mediator may still discard (`docs/app.md` "Transactions and other
+    /// reflects"), so every reflect that is not the transaction's own waits in
+    /// [`super::core::Conn::deferred`] until the lock is released, and goes out then, in order.
     pub(super) fn reflect(
         &mut self,
         content: Content,
         ephemeral: bool,
         pending: Option<Pending>,
         rng: &mut impl CryptoRngCore,
-    ) -> Option<u32> {
-        let session = self.session.as_mut()?;
+    ) -> bool {
+        if self.session.is_none() {
+            return false;
+        }
+        let transactional = matches!(pending, Some(Pending::Sync));
+        if !ephemeral && !transactional && self.sync.locks_reflects() {
+            self.conn.deferred.push_back((content, pending));
+            return true;
+        }
+        self.reflect_now(content, ephemeral, pending, rng)
+    }
+
+    /// Reflects the envelopes deferred while the lock was awaited or held, oldest first.
+    pub(super) fn release_deferred(&mut self, rng: &mut impl CryptoRngCore) {
+        while !self.sync.locks_reflects() {
+            let Some((content, pending)) = self.conn.deferred.pop_front() else {
+                return;
+            };
+            if !self.reflect_now(content, false, pending, rng) {
+                // The session refused and is closing; teardown requeues what is left.
+                return;
+            }
+        }
+    }
+
+    fn reflect_now(
+        &mut self,
+        content: Content,
+        ephemeral: bool,
+        pending: Option<Pending>,
+        rng: &mut impl CryptoRngCore,
+    ) -> bool {
+        let Some(session) = self.session.as_mut() else {
+            return false;
+        };
         let envelope = crate::proto::d2d::Envelope {
             padding: Vec::new(),
             device_id: 0,
             content: Some(content),
         };
-        let id = session.reflect_owned(envelope, ephemeral, rng).ok()?;
+        let Ok(id) = session.reflect_owned(envelope, ephemeral, rng) else {
+            return false;
+        };
         if let (false, Some(pending)) = (ephemeral, pending) {
             self.conn.reflects.insert(id, pending);
         }
-        Some(id)
+        true
     }
 }

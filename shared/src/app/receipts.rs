@@ -129,10 +129,7 @@ impl App {
                     })
                     .collect(),
             });
-            if self
-                .reflect(content, false, Some(Pending::Read(update.clone())), rng)
-                .is_none()
-            {
+            if !self.reflect(content, false, Some(Pending::Read(update.clone())), rng) {
                 waiting.push_back(update);
                 break;
             }

@@ -14,6 +14,7 @@ use super::event::AppError;
 use super::groups::Announce;
 use super::model::{Contact, DistributionList, Group, GroupId, Identity};
 use crate::d2d::Scope;
+use crate::d2m::CloseCode;
 use crate::proto::d2d::{
     contact_sync, distribution_list_sync, envelope::Content, group_sync, settings_sync,
     user_profile_sync, ContactSync, DistributionListSync, GroupSync, SettingsSync, UserProfileSync,
@@ -44,17 +45,31 @@ pub(super) enum SyncOp {
     /// Envelopes of an own transaction that may have been committed before a crash: reflected
     /// again (idempotent for every device) and applied. No precondition.
     Replay(Vec<Content>),
-    /// Answer a new device (DESIGN §2.4); precondition: nobody answered yet.
+    /// Answer a new device (DESIGN §2.4); precondition: nobody answered yet. When it reaches
+    /// the front it is cut into [`SyncOp::NewDeviceSyncPart`]s from the state of that moment.
     NewDeviceSync {
         /// The new device.
         device_id: u64,
         /// Its history cap.
         max_history_messages: u32,
     },
+    /// One transaction of an answer to a new device. The first part's precondition is that
+    /// nobody answered yet; a later part's is that this device committed the first.
+    NewDeviceSyncPart {
+        /// The new device.
+        device_id: u64,
+        /// 0-based.
+        part: u32,
+        /// The envelopes of this part.
+        contents: Vec<Content>,
+        /// History messages in the whole answer (reported with the last part), or `None` for
+        /// every part but the last.
+        last_of: Option<u32>,
+    },
 }
 
 impl SyncOp {
-    fn scope(&self) -> Scope {
+    pub(super) fn scope(&self) -> Scope {
         match self {
             Self::CreateContact(_) | Self::UpdateContact(..) => Scope::ContactSync,
             Self::Settings(_) => Scope::SettingsSync,
@@ -63,7 +78,7 @@ impl SyncOp {
                 Scope::DistributionListSync
             }
             Self::CreateGroup(..) | Self::UpdateGroup(..) => Scope::GroupSync,
-            Self::NewDeviceSync { .. } => Scope::NewDeviceSync,
+            Self::NewDeviceSync { .. } | Self::NewDeviceSyncPart { .. } => Scope::NewDeviceSync,
             Self::Replay(contents) => match contents.first() {
                 Some(Content::ContactSync(_)) => Scope::ContactSync,
                 Some(Content::GroupSync(_)) => Scope::GroupSync,
@@ -104,7 +119,28 @@ pub(super) struct SyncRunner {
     answered: BTreeSet<u64>,
     /// The new device the current lock holder is taken to be answering.
     answering: Option<u64>,
+    /// New devices whose answer this device began (its first part committed).
+    answering_own: BTreeSet<u64>,
+    /// The mediator close that ended the front op's transaction last, and how many times in a
+    /// row it did.
+    failures: Option<(CloseCode, u32)>,
 }
+
+/// An op whose transaction the mediator closed this many times in a row with the same code is
+/// dropped (`AppEvent::SyncFailed`): it would fail again, and every op behind it would wait.
+pub const MAX_SAME_CLOSE: u32 = 3;
+
+/// Envelopes per NEW_DEVICE_SYNC transaction. A mediator stages at most its queue limit per
+/// transaction (10 000 by default, `docs/mediator.md`), and every sibling's queue takes the
+/// whole commit at once: small parts keep both far from their limits.
+pub const NEW_DEVICE_SYNC_PART_ENVELOPES: usize = 200;
+
+/// Envelope bytes (before sealing) per NEW_DEVICE_SYNC transaction, for the same reason.
+pub const NEW_DEVICE_SYNC_PART_BYTES: usize = 256 * 1024;
+
+/// History messages a device answers with at most, whatever the new device asked for (its
+/// `max_history_messages` is any u32 on the wire).
+pub const NEW_DEVICE_SYNC_MAX_HISTORY: u32 = 1_000;
 
 impl SyncRunner {
     /// Another device holds the lock. If it is answering a new device while this device wants
@@ -113,9 +149,15 @@ impl SyncRunner {
         if self.tx == Tx::Beginning {
             self.tx = Tx::Rejected;
             self.answering = match (scope, self.queue.front()) {
-                (Some(Scope::NewDeviceSync), Some(SyncOp::NewDeviceSync { device_id, .. })) => {
-                    Some(*device_id)
-                }
+                (
+                    Some(Scope::NewDeviceSync),
+                    Some(
+                        SyncOp::NewDeviceSync { device_id, .. }
+                        | SyncOp::NewDeviceSyncPart {
+                            device_id, part: 0, ..
+                        },
+                    ),
+                ) => Some(*device_id),
                 _ => None,
             };
         }
@@ -133,10 +175,46 @@ impl SyncRunner {
         }
     }
 
-    /// The mediator discards a transaction whose holder disconnects; the change is retried.
-    pub(super) fn on_disconnect(&mut self) {
+    /// The mediator discards a transaction whose holder disconnects; the change is retried,
+    /// unless the mediator closed its transaction [`MAX_SAME_CLOSE`] times in a row with the
+    /// same code: then it is dropped and returned (with every later part of the same answer).
+    pub(super) fn on_disconnect(&mut self, code: CloseCode) -> Option<SyncOp> {
+        let active = self.locks_reflects();
         self.tx = Tx::Idle;
         self.staged.clear();
+        // Only a close the mediator chose says something about the op; a network drop does not.
+        if !active || code.as_u16() < 4000 {
+            return None;
+        }
+        let count = match self.failures {
+            Some((last, n)) if last == code => n.saturating_add(1),
+            _ => 1,
+        };
+        if count < MAX_SAME_CLOSE {
+            self.failures = Some((code, count));
+            return None;
+        }
+        self.failures = None;
+        let dropped = self.queue.pop_front()?;
+        if let SyncOp::NewDeviceSyncPart { device_id, .. } = &dropped {
+            let device_id = *device_id;
+            self.queue.retain(
+                |op| !matches!(op, SyncOp::NewDeviceSyncPart { device_id: d, .. } if *d == device_id),
+            );
+            // Answered as far as anyone will: another request for it is not taken up again.
+            self.answered.insert(device_id);
+            self.answering_own.remove(&device_id);
+        }
+        Some(dropped)
+    }
+
+    /// Whether the mediator may stage this device's reflects now: from `BeginTransaction` until
+    /// `CommitTransactionAck` (a commit on its way is still discarded if the TTL ends first).
+    pub(super) const fn locks_reflects(&self) -> bool {
+        matches!(
+            self.tx,
+            Tx::Beginning | Tx::Held { .. } | Tx::Committing { .. }
+        )
     }
 
     /// Changes not yet committed.
@@ -172,7 +250,13 @@ impl App {
             }
             SyncOp::CreateGroup(g, _) => self.state.group(&g.id).is_none(),
             SyncOp::UpdateGroup(id, ..) => self.state.group(id).is_some(),
-            SyncOp::NewDeviceSync { device_id, .. } => !self.sync.answered.contains(device_id),
+            SyncOp::NewDeviceSync { device_id, .. }
+            | SyncOp::NewDeviceSyncPart {
+                device_id, part: 0, ..
+            } => !self.sync.answered.contains(device_id),
+            SyncOp::NewDeviceSyncPart { device_id, .. } => {
+                self.sync.answering_own.contains(device_id)
+            }
             SyncOp::Replay(_) => true,
         }
     }
@@ -238,11 +322,11 @@ impl App {
                     group: Some((**update).clone()),
                 })),
             })],
-            SyncOp::NewDeviceSync {
-                max_history_messages,
-                ..
-            } => self.new_device_sync_envelopes(*max_history_messages),
-            SyncOp::Replay(contents) => contents.clone(),
+            // Cut into parts before it begins (`drive_sync`); nothing to reflect as a whole.
+            SyncOp::NewDeviceSync { .. } => Vec::new(),
+            SyncOp::NewDeviceSyncPart { contents, .. } | SyncOp::Replay(contents) => {
+                contents.clone()
+            }
         }
     }
 
@@ -255,6 +339,18 @@ impl App {
             if !self.precondition(&op) {
                 self.sync.queue.pop_front();
                 self.after_sync(&op, false, now_ms, rng);
+                continue;
+            }
+            if let SyncOp::NewDeviceSync {
+                device_id,
+                max_history_messages,
+            } = op
+            {
+                self.sync.queue.pop_front();
+                let parts = self.new_device_sync_parts(device_id, max_history_messages);
+                for part in parts.into_iter().rev() {
+                    self.sync.queue.push_front(part);
+                }
                 continue;
             }
             let Some(session) = self.session.as_mut() else {
@@ -281,16 +377,13 @@ impl App {
             return;
         }
         let envelopes = self.sync_envelopes(&op);
-        if !matches!(op, SyncOp::NewDeviceSync { .. }) {
+        if !matches!(op, SyncOp::NewDeviceSyncPart { .. }) {
             // Durable before any of them leaves (the gate holds the reflects behind this batch).
             self.state.put_journal(envelopes.clone());
         }
         let mut outstanding = 0;
         for content in &envelopes {
-            if self
-                .reflect(content.clone(), false, Some(Pending::Sync), rng)
-                .is_some()
-            {
+            if self.reflect(content.clone(), false, Some(Pending::Sync), rng) {
                 outstanding += 1;
             }
         }
@@ -327,11 +420,14 @@ impl App {
             return;
         };
         self.sync.tx = Tx::Idle;
+        self.sync.failures = None;
+        // What waited for the lock goes out before anything this commit leads to.
+        self.release_deferred(rng);
         let staged = core::mem::take(&mut self.sync.staged);
         let Some(op) = self.sync.queue.pop_front() else {
             return;
         };
-        if executed && !matches!(op, SyncOp::NewDeviceSync { .. }) {
+        if executed && !matches!(op, SyncOp::NewDeviceSyncPart { .. }) {
             for content in staged {
                 // Own envelopes were built from valid state; a failure would only repeat what
                 // a sibling reports when applying them.
@@ -354,10 +450,21 @@ impl App {
             SyncOp::CreateGroup(_, announce) | SyncOp::UpdateGroup(_, _, announce) if executed => {
                 self.announce(announce, now_ms, rng);
             }
-            SyncOp::NewDeviceSync {
+            SyncOp::NewDeviceSyncPart {
                 device_id,
-                max_history_messages,
-            } if executed => self.new_device_sync_done(*device_id, *max_history_messages),
+                part,
+                last_of,
+                ..
+            } if executed => {
+                if *part == 0 {
+                    self.sync.answered.insert(*device_id);
+                    self.sync.answering_own.insert(*device_id);
+                }
+                if let Some(messages) = last_of {
+                    self.sync.answering_own.remove(device_id);
+                    self.new_device_sync_done(*device_id, *messages);
+                }
+            }
             _ => {}
         }
     }
@@ -494,6 +601,12 @@ impl App {
         self.enqueue_sync(SyncOp::DeleteList(id));
         self.pump(now_ms, rng);
         Ok(())
+    }
+
+    /// Whether this device holds the group lock (its transaction is open or committing).
+    #[must_use]
+    pub const fn holds_lock(&self) -> bool {
+        matches!(self.sync.tx, Tx::Held { .. } | Tx::Committing { .. })
     }
 
     /// Changes not yet committed (for a "syncing…" indicator and tests).

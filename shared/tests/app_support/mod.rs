@@ -58,6 +58,9 @@ pub struct ChatServer {
     next_seq: u64,
     /// Every message a client sent, in order (for replay tests).
     pub log: Vec<MessageWithMetadataBox>,
+    /// `(receiver, sender, message id)` of every message a receiver acked: the chat server
+    /// forgot it, so the receiver's devices are all that hold it.
+    pub acked: Vec<([u8; 8], [u8; 8], u64)>,
 }
 
 impl ChatServer {
@@ -69,6 +72,7 @@ impl ChatServer {
             queues: BTreeMap::new(),
             next_seq: 0,
             log: Vec::new(),
+            acked: Vec::new(),
         }
     }
 
@@ -169,10 +173,14 @@ impl ChatServer {
             }
             CspPayload::IncomingMessageAck(ack) => {
                 if let Some(queue) = self.queues.get_mut(&me) {
+                    let before = queue.len();
                     queue.retain(|q| {
                         !(q.message.sender == ack.identity
                             && q.message.message_id == ack.message_id)
                     });
+                    if queue.len() < before {
+                        self.acked.push((me, ack.identity, ack.message_id));
+                    }
                 }
             }
             CspPayload::EchoRequest(data) => self.send(conn, &CspPayload::EchoResponse(data)),
@@ -274,6 +282,26 @@ pub struct Device {
     pub directory_down: bool,
 }
 
+/// Faults [`World::run`] injects between any two of its steps, aimed at the devices that hold
+/// a group's lock: so that a transaction dies in the middle while messages flow.
+pub struct Faults {
+    pub rng: ChaCha20Rng,
+    /// Chance of a fault after each step.
+    pub per_step: f64,
+    /// Faults injected so far: (network drops, crashes, TTL expiries).
+    pub injected: (u32, u32, u32),
+}
+
+impl Faults {
+    pub fn new(seed: u64, per_step: f64) -> Self {
+        Self {
+            rng: ChaCha20Rng::seed_from_u64(seed),
+            per_step,
+            injected: (0, 0, 0),
+        }
+    }
+}
+
 /// The whole world, moved by [`World::run`].
 pub struct World {
     pub rng: ChaCha20Rng,
@@ -281,6 +309,9 @@ pub struct World {
     pub chat: ChatServer,
     pub groups: BTreeMap<Identity, Group<MemoryStore>>,
     pub devices: BTreeMap<&'static str, Device>,
+    /// The mediator's limits for groups created from now on.
+    pub group_config: GroupConfig,
+    pub faults: Option<Faults>,
     keys: BTreeMap<Identity, ClientKey>,
     next_conn: u64,
 }
@@ -304,6 +335,8 @@ impl World {
             chat,
             groups: BTreeMap::new(),
             devices: BTreeMap::new(),
+            group_config: GroupConfig::default(),
+            faults: None,
             keys: BTreeMap::new(),
             next_conn: 0,
         }
@@ -317,7 +350,13 @@ impl World {
         let dgpk = DeviceGroupKey::from_client_key(key.secret())
             .derive_keys()
             .dgpk_public;
-        let group = Group::new(GroupConfig::default(), dgpk, MemoryStore::new(), self.now).unwrap();
+        let group = Group::new(
+            self.group_config.clone(),
+            dgpk,
+            MemoryStore::new(),
+            self.now,
+        )
+        .unwrap();
         self.groups.insert(identity, group);
         self.keys.insert(identity, key);
         identity
@@ -387,6 +426,11 @@ impl World {
 
     /// The network drops: both ends see the connection go.
     pub fn disconnect(&mut self, name: &str) {
+        self.drop_link(name);
+        self.run();
+    }
+
+    fn drop_link(&mut self, name: &str) {
         let device = self.devices.get_mut(name).unwrap();
         if let Some(conn) = device.conn.take() {
             let identity = device.identity;
@@ -398,11 +442,15 @@ impl World {
                 .unwrap()
                 .on_disconnect(conn, self.now);
         }
-        self.run();
     }
 
     /// The tab dies: unconfirmed batches are lost, the connection drops.
     pub fn crash(&mut self, name: &str) {
+        self.kill(name);
+        self.run();
+    }
+
+    fn kill(&mut self, name: &str) {
         let device = self.devices.get_mut(name).unwrap();
         device.app = None;
         device.held.clear();
@@ -413,7 +461,68 @@ impl World {
                 .unwrap()
                 .on_disconnect(conn, self.now);
         }
-        self.run();
+    }
+
+    /// The device that holds `identity`'s lock at the mediator, if one does.
+    pub fn lock_holder(&self, identity: &Identity) -> Option<&'static str> {
+        let group = &self.groups[identity];
+        let holder = group.transaction_holder()?;
+        self.devices
+            .iter()
+            .find(|(_, d)| d.conn.is_some_and(|c| group.device_of(c) == Some(holder)))
+            .map(|(name, _)| *name)
+    }
+
+    /// The lock is exclusive: a device that takes itself to hold it is the mediator's holder.
+    pub fn check_lock(&self) {
+        for (name, device) in &self.devices {
+            let Some(app) = device.app.as_ref() else {
+                continue;
+            };
+            if app.holds_lock() && device.conn.is_some() {
+                assert_eq!(
+                    self.lock_holder(&device.identity),
+                    Some(*name),
+                    "{name} takes itself to hold the lock"
+                );
+            }
+        }
+    }
+
+    /// A fault, maybe: the lock holder's network drops, its tab dies, or its transaction's TTL
+    /// runs out at the mediator.
+    fn inject_fault(&mut self) {
+        let Some(faults) = self.faults.as_mut() else {
+            return;
+        };
+        if !rand::Rng::gen_bool(&mut faults.rng, faults.per_step) {
+            return;
+        }
+        let kind = rand::Rng::gen_range(&mut faults.rng, 0..3);
+        let identities: Vec<Identity> = self.groups.keys().copied().collect();
+        let Some(name) = identities.iter().find_map(|i| self.lock_holder(i)) else {
+            return;
+        };
+        let faults = self.faults.as_mut().unwrap();
+        match kind {
+            0 => {
+                faults.injected.0 += 1;
+                self.drop_link(name);
+            }
+            1 => {
+                faults.injected.1 += 1;
+                self.kill(name);
+            }
+            _ => {
+                faults.injected.2 += 1;
+                let ttl_ms = u64::from(self.group_config.max_transaction_ttl_s) * 1000;
+                self.now += ttl_ms + 1;
+                let now = self.now;
+                for group in self.groups.values_mut() {
+                    group.on_timeout(now);
+                }
+            }
+        }
     }
 
     /// The tab starts again from what the store holds.
@@ -459,6 +568,7 @@ impl World {
             if !self.step() {
                 return;
             }
+            self.inject_fault();
         }
         panic!("the world does not settle");
     }
