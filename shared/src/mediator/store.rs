@@ -137,10 +137,6 @@ pub trait GroupStore {
             .collect()
     }
 
-    /// Uses up the slot's next sequence number without queueing anything: ephemeral `Reflected`
-    /// frames need an id that no queued entry will ever share.
-    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Self::Error>;
-
     /// Up to `limit` entries of the slot's queue with a sequence number above `after` (all when
     /// `None`), oldest first.
     fn read_queue(
