@@ -400,8 +400,9 @@ fn enqueue_batch_in_order(store: &mut SqlGroupStore) -> Result<(), String> {
     // once, tells where they are.
     let (first_a, first_b) = match call("enqueue", store.enqueue(b"probe", 10, &[A, B]))?[..] {
         [a, b] => {
-            call("remove", store.remove_from_queue(A, a))?;
-            call("remove", store.remove_from_queue(B, b))?;
+            let removed = call("remove", store.remove_from_queue(A, a))?
+                && call("remove", store.remove_from_queue(B, b))?;
+            ensure(removed, || "probe entries missing".into())?;
             (a + 1, b + 1)
         }
         ref other => return Err(format!("probe numbered {other:?}")),
@@ -474,7 +475,9 @@ fn enqueue_batch_in_order(store: &mut SqlGroupStore) -> Result<(), String> {
         [seq] => seq,
         ref other => return Err(format!("probe numbered {other:?}")),
     };
-    call("remove", store.remove_from_queue(A, seq))?;
+    ensure(call("remove", store.remove_from_queue(A, seq))?, || {
+        "probe entry missing".into()
+    })?;
     ensure(seq == first_a + 43, || {
         format!("A's counter moved in the failed batch: next is {seq}")
     })
