@@ -242,8 +242,9 @@ impl<S: GroupStore> Group<S> {
     }
 
     /// The slots a reflect from `device` goes to, after dropping those whose queue would go over
-    /// its limit with `adding` more entries (4114, DESIGN §3). `None` if a drop failed; `conn`
-    /// is then closed with 1011 and nothing may be stored.
+    /// its limit with `adding` more entries (4114, DESIGN §3), counting the acks they hold in
+    /// memory once stored ([`Self::over_limit`]). `None` if a drop failed; `conn` is then
+    /// closed with 1011 and nothing may be stored.
     pub(super) fn make_room(
         &mut self,
         conn: ConnId,

@@ -62,7 +62,8 @@ impl fmt::Debug for SlotRecord {
 /// One entry of a slot's reflection queue.
 #[derive(Clone, PartialEq, Eq)]
 pub struct QueuedReflection {
-    /// The slot's sequence number; the wire `reflected-id` is its low 32 bits.
+    /// The slot's sequence number; the wire `reflected-id` is derived from it, outside the
+    /// range kept for ephemeral frames (`docs/mediator.md` "Reflected ids").
     pub seq: u64,
     /// Unix ms when the envelope was stored (the `Reflected` timestamp, spec §2.4).
     pub stored_at: u64,
