@@ -309,10 +309,6 @@ impl GroupStore for SqlGroupStore {
         })
     }
 
-    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Self::Error> {
-        take_seq(&self.sql, device_id)
-    }
-
     fn read_queue(
         &self,
         device_id: DeviceId,
@@ -602,20 +598,6 @@ fn enqueue_chunk(
     Ok((0..count)
         .map(|k| firsts.iter().map(|first| first.saturating_add(k)).collect())
         .collect())
-}
-
-/// Uses up the slot's next sequence number.
-fn take_seq(sql: &SqlStorage, device_id: DeviceId) -> Result<u64, SqlStoreError> {
-    let rows = run(
-        sql,
-        "UPDATE slot SET next_seq = next_seq + 1 WHERE device_id = CAST(? AS INTEGER) \
-         RETURNING next_seq - 1",
-        vec![device(device_id)],
-    )?;
-    match rows.first() {
-        Some(row) => u64_at(row, 0),
-        None => Err(SqlStoreError::UnknownSlot(device_id)),
-    }
 }
 
 /// Removes one queue entry (the `queue_release` trigger releases its body when no queue holds

@@ -154,10 +154,6 @@ impl GroupStore for SimStore {
         }
         Ok(seqs)
     }
-    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, SimStoreError> {
-        self.write()?;
-        contract(self.inner.allocate_seq(device_id))
-    }
     fn read_queue(
         &self,
         device_id: DeviceId,

@@ -116,6 +116,9 @@ pub(super) struct Delivery {
     pub(super) in_flight: VecDeque<(u32, u64)>,
     /// Ids of recent ephemeral frames, whose (forbidden but common) acks are ignored.
     pub(super) ephemeral_ids: VecDeque<u32>,
+    /// Ephemeral frames given an id on this connection so far (wrapping): the next one gets
+    /// the id after it in the ephemeral range (`reflection::EPHEMERAL_IDS`).
+    pub(super) ephemeral_count: u32,
     /// Ephemeral frames waiting until the queue entries before them are sent.
     pub(super) pending_ephemeral: VecDeque<PendingEphemeral>,
     /// Sequence numbers acked but not yet removed from the store: removed in one call before

@@ -172,13 +172,6 @@ impl GroupStore for MemoryStore {
         Ok(self.append(id, device_ids))
     }
 
-    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Self::Error> {
-        let slot = self.slot_mut(device_id)?;
-        let seq = slot.next_seq;
-        slot.next_seq = slot.next_seq.saturating_add(1);
-        Ok(seq)
-    }
-
     fn read_queue(
         &self,
         device_id: DeviceId,
@@ -417,8 +410,9 @@ mod tests {
         let mut store = store_with(&[1]);
         store.enqueue(b"a", 1, &[DeviceId(1)]).unwrap();
         store.remove_from_queue(DeviceId(1), 1).unwrap();
-        assert_eq!(store.allocate_seq(DeviceId(1)).unwrap(), 2);
-        assert_eq!(store.enqueue(b"b", 2, &[DeviceId(1)]).unwrap(), vec![3]);
+        assert_eq!(store.enqueue(b"b", 2, &[DeviceId(1)]).unwrap(), vec![2]);
+        store.remove_from_queue(DeviceId(1), 2).unwrap();
+        assert_eq!(store.enqueue(b"c", 3, &[DeviceId(1)]).unwrap(), vec![3]);
         assert_eq!(
             store.queue_info(DeviceId(1)).unwrap(),
             QueueInfo {

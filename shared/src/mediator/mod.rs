@@ -56,6 +56,8 @@ pub use effect::{CloseCause, ConnId, Effect};
 pub use group::{Group, PROTOCOL_VERSION};
 pub use handshake::MAX_ENCRYPTED_DEVICE_INFO_LEN;
 pub use memory_store::{MemoryStore, MemoryStoreError};
-pub use reflection::{EPHEMERAL_IDS_REMEMBERED, MIN_ENCRYPTED_ENVELOPE_LEN};
+pub use reflection::{
+    EPHEMERAL_IDS, EPHEMERAL_IDS_REMEMBERED, FIRST_EPHEMERAL_ID, MIN_ENCRYPTED_ENVELOPE_LEN,
+};
 pub use store::{DeviceId, GroupStore, QueueInfo, QueuedReflection, SlotRecord};
 pub use transaction::MAX_ENCRYPTED_SCOPE_LEN;

@@ -27,13 +27,36 @@ pub(super) const MAX_AHEAD_BYTES: usize = 1024 * 1024;
 /// does, spec §5) is not closed with 4012.
 pub const EPHEMERAL_IDS_REMEMBERED: usize = 256;
 
-/// The wire `reflected-id` of a sequence number: its low 32 bits (spec §2.4: "may wrap").
+/// Ephemeral `Reflected` frames take their ids from the top `EPHEMERAL_IDS` values of the u32
+/// `reflected-id` (`FIRST_EPHEMERAL_ID..=u32::MAX`); queue entries never get one of them (see
+/// [`wire_id`]). So an ephemeral id needs no sequence number from the store (a typing indicator
+/// writes nothing) and still never equals the id of a queued entry on the same connection: an
+/// ack for it can only be the ephemeral frame's. The range is far larger than the ids a
+/// connection remembers ([`EPHEMERAL_IDS_REMEMBERED`]) plus those it holds back
+/// (`max_pending_ephemeral`), so no two of those share an id either.
+pub const EPHEMERAL_IDS: u32 = 1 << 16;
+
+/// The lowest ephemeral `reflected-id` (`docs/mediator.md` "Reflected ids").
+pub const FIRST_EPHEMERAL_ID: u32 = u32::MAX - (EPHEMERAL_IDS - 1);
+
+/// How many wire ids queue entries cycle through: `1..FIRST_EPHEMERAL_ID`.
+const QUEUE_IDS: u64 = FIRST_EPHEMERAL_ID as u64 - 1;
+
+/// The wire `reflected-id` of a sequence number. Sequence numbers start at 1 and map to the same
+/// id until `FIRST_EPHEMERAL_ID - 1`; after that they wrap to 1 (spec §2.4: "may wrap"), so a
+/// queue entry never gets 0 or an id of the ephemeral range.
 #[expect(
     clippy::cast_possible_truncation,
-    reason = "wrapping to 32 bits is the wire format"
+    reason = "the value is below FIRST_EPHEMERAL_ID by construction"
 )]
 pub(super) const fn wire_id(seq: u64) -> u32 {
-    seq as u32
+    (seq.wrapping_sub(1) % QUEUE_IDS + 1) as u32
+}
+
+/// The `n`-th ephemeral `reflected-id` of a connection (counting from 0, wrapping within the
+/// range): never a queue entry's id, see [`EPHEMERAL_IDS`].
+const fn ephemeral_id(n: u32) -> u32 {
+    FIRST_EPHEMERAL_ID + n % EPHEMERAL_IDS
 }
 
 /// Whether a connection whose last sent entry is `cursor` has passed entry `mark` (`None`: the
@@ -89,7 +112,6 @@ impl<S: GroupStore> Group<S> {
         }
         let pending = core::mem::take(&mut self.pending_reflects);
         let now = self.now;
-        let limit = self.config.max_queue_len;
         // Plan: the targets of each reflect, dropping the slots the batch would overfill.
         let mut added: BTreeMap<DeviceId, u64> = BTreeMap::new();
         let mut planned: Vec<(PendingReflect, Vec<DeviceId>)> = Vec::with_capacity(pending.len());
@@ -97,18 +119,12 @@ impl<S: GroupStore> Group<S> {
             if !self.conns.contains_key(&reflect.conn) {
                 continue;
             }
-            let full: Vec<DeviceId> = self
-                .slots
-                .values()
-                .filter(|s| s.record.device_id != reflect.device)
-                .filter(|s| {
-                    let extra = added.get(&s.record.device_id).copied().unwrap_or(0);
-                    s.queue_len.saturating_add(extra).saturating_add(1) > limit
-                })
-                .map(|s| s.record.device_id)
-                .collect();
+            let (full, flushed) = self.over_limit(reflect.device, |id| {
+                added.get(&id).copied().unwrap_or(0).saturating_add(1)
+            });
             let mut failed = false;
-            let dropped_any = !full.is_empty();
+            // A failed ack flush closed connections too (1011), maybe earlier senders.
+            let dropped_any = !full.is_empty() || flushed;
             for victim in full {
                 if let Err(error) = self.drop_slot(victim, CloseCause::QueueLimitReached) {
                     self.store_failed(reflect.conn, error);
@@ -226,29 +242,75 @@ impl<S: GroupStore> Group<S> {
     }
 
     /// The slots a reflect from `device` goes to, after dropping those whose queue would go over
-    /// its limit with `adding` more entries (4114, DESIGN §3). `None` if a drop failed; `conn`
-    /// is then closed with 1011 and nothing may be stored.
+    /// its limit with `adding` more entries (4114, DESIGN §3), counting the acks they hold in
+    /// memory once stored ([`Self::over_limit`]). `None` if a drop failed; `conn` is then
+    /// closed with 1011 and nothing may be stored.
     pub(super) fn make_room(
         &mut self,
         conn: ConnId,
         device: DeviceId,
         adding: u64,
     ) -> Option<Vec<DeviceId>> {
-        let limit = self.config.max_queue_len;
-        let (full, targets): (Vec<&super::group::Slot>, Vec<&super::group::Slot>) = self
-            .slots
-            .values()
-            .filter(|s| s.record.device_id != device)
-            .partition(|s| s.queue_len.saturating_add(adding) > limit);
-        let full: Vec<DeviceId> = full.iter().map(|s| s.record.device_id).collect();
-        let targets: Vec<DeviceId> = targets.iter().map(|s| s.record.device_id).collect();
+        let (full, _) = self.over_limit(device, |_| adding);
         for victim in full {
             if let Err(error) = self.drop_slot(victim, CloseCause::QueueLimitReached) {
                 self.store_failed(conn, error);
                 return None;
             }
         }
-        Some(targets)
+        Some(
+            self.slots
+                .keys()
+                .copied()
+                .filter(|&id| id != device)
+                .collect(),
+        )
+    }
+
+    /// The slots other than `device`'s whose queue would go over `max_queue_len` with
+    /// `adding(slot)` more entries, and whether acks were flushed on the way.
+    ///
+    /// A slot's queue length counts an acked entry only once its removal is stored, and acks
+    /// wait in memory for up to a window (`docs/mediator.md` "Ack batching"). So before a slot
+    /// is judged full, the held acks of every slot that looks full are stored (one call) and
+    /// the check is made again: a device draining a full queue is not dropped with 4114 for
+    /// entries it has already acked. The acks are durable before they count, never the other
+    /// way round. If that store call fails, those connections are closed with 1011 (as in
+    /// [`Self::flush_acks_of`]) and their slots keep the length the store holds.
+    fn over_limit(
+        &mut self,
+        device: DeviceId,
+        adding: impl Fn(DeviceId) -> u64,
+    ) -> (Vec<DeviceId>, bool) {
+        let full = |group: &Self| -> Vec<DeviceId> {
+            let limit = group.config.max_queue_len;
+            group
+                .slots
+                .values()
+                .filter(|s| s.record.device_id != device)
+                .filter(|s| s.queue_len.saturating_add(adding(s.record.device_id)) > limit)
+                .map(|s| s.record.device_id)
+                .collect()
+        };
+        let candidates = full(self);
+        let holding: Vec<DeviceId> = candidates
+            .iter()
+            .copied()
+            .filter(|id| {
+                self.online
+                    .get(id)
+                    .and_then(|conn| match self.conns.get(conn) {
+                        Some(super::group::Conn::Online(session)) => Some(session),
+                        _ => None,
+                    })
+                    .is_some_and(|session| !session.delivery.acked.is_empty())
+            })
+            .collect();
+        if holding.is_empty() {
+            return (candidates, false);
+        }
+        self.flush_acks_of(&holding);
+        (full(self), true)
     }
 
     /// Keeps a just-stored entry in memory for the online connection of `device` if that
@@ -342,6 +404,9 @@ impl<S: GroupStore> Group<S> {
     }
 
     /// Ephemeral: to online siblings only, in queue position, never stored, no ack (spec §5).
+    /// Nothing is written: the id comes from the connection's own counter in the ephemeral id
+    /// range ([`EPHEMERAL_IDS`]), not from the slot's sequence numbers, because a typing
+    /// indicator to N siblings would otherwise cost N durable writes.
     fn reflect_ephemeral(&mut self, conn: ConnId, device: DeviceId, envelope: &[u8]) {
         let now = self.now;
         let max_pending = self.config.max_pending_ephemeral;
@@ -352,29 +417,20 @@ impl<S: GroupStore> Group<S> {
             if target == device {
                 continue;
             }
-            let seq = match self.store.allocate_seq(target) {
-                Ok(seq) => seq,
-                Err(error) => {
-                    self.store_failed(sibling, error);
-                    continue;
-                }
-            };
             let after = self.slots.get(&target).and_then(|s| s.tail);
             let Some(session) = self.session_mut(sibling) else {
                 continue;
             };
-            let pending = &mut session.delivery.pending_ephemeral;
+            let delivery = &mut session.delivery;
+            let id = ephemeral_id(delivery.ephemeral_count);
+            delivery.ephemeral_count = delivery.ephemeral_count.wrapping_add(1);
+            let pending = &mut delivery.pending_ephemeral;
             if pending.len() >= max_pending {
                 pending.pop_front();
             }
             pending.push_back(PendingEphemeral {
                 after,
-                reflected: Reflected::new(
-                    wire_id(seq),
-                    ReflectFlags::EPHEMERAL,
-                    now,
-                    envelope.to_vec(),
-                ),
+                reflected: Reflected::new(id, ReflectFlags::EPHEMERAL, now, envelope.to_vec()),
             });
             self.flush_ephemeral(sibling);
         }
@@ -1016,7 +1072,92 @@ mod tests {
             .map(|r| r.reflected_id)
             .collect();
         assert_eq!(ids.len(), 3);
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let (q1, e, q2) = (ids[0], ids[1], ids[2]);
+        assert!(q1 < q2, "queue ids increase: {ids:?}");
+        assert!(
+            q2 < FIRST_EPHEMERAL_ID && e >= FIRST_EPHEMERAL_ID,
+            "disjoint ranges: {ids:?}"
+        );
+        // Each ack is taken for its own frame: acking the ephemeral one removes no entry.
+        h.ack(b, e);
+        h.disconnect(b);
+        assert_eq!(h.queue(2).len, 2, "both queue entries still there");
+        let b = h.login(2);
+        let again: Vec<u32> = reflected(&h.take(b))
+            .iter()
+            .map(|r| r.reflected_id)
+            .collect();
+        assert_eq!(again, [q1, q2]);
+        for id in again {
+            h.ack(b, id);
+        }
+        assert_eq!(h.closed(b), None);
+        h.disconnect(b);
+        assert_eq!(h.queue(2).len, 0);
+    }
+
+    #[test]
+    fn ephemeral_reflect_to_online_siblings_writes_nothing_to_the_store() {
+        let mut h = Harness::flaky(GroupConfig::default());
+        let a = h.login(1);
+        let siblings: Vec<ConnId> = (2..=5).map(|id| h.login(id)).collect();
+        h.take(a);
+        for &s in &siblings {
+            h.take(s);
+        }
+        let (writes, reads) = (
+            h.group.store().writes.get(),
+            h.group.store().queue_reads.get(),
+        );
+        for n in 0..3_u32 {
+            h.reflect_flags(a, b"typing", ReflectFlags::EPHEMERAL);
+            for &s in &siblings {
+                let got = reflected(&h.take(s));
+                assert_eq!(got.len(), 1);
+                assert!(got[0].flags.is_ephemeral());
+                assert_eq!(got[0].reflected_id, FIRST_EPHEMERAL_ID + n);
+                // Desktop acks it (spec §5): ignored, and nothing written either.
+                h.ack(s, got[0].reflected_id);
+                assert_eq!(h.closed(s), None);
+            }
+        }
+        assert_eq!(h.group.store().writes.get(), writes, "no store write");
+        assert_eq!(h.group.store().queue_reads.get(), reads, "no queue read");
+        for id in 2..=5 {
+            assert_eq!(h.queue(id).len, 0);
+        }
+    }
+
+    #[test]
+    fn queue_ids_skip_the_ephemeral_range_and_0_when_they_wrap() {
+        let first = u64::from(FIRST_EPHEMERAL_ID);
+        assert_eq!(wire_id(1), 1, "the first entry of a slot");
+        assert_eq!(wire_id(first - 1), FIRST_EPHEMERAL_ID - 1);
+        assert_eq!(wire_id(first), 1, "wraps before the ephemeral range");
+        assert_eq!(wire_id(2 * (first - 1) + 1), 1);
+        assert_eq!(ephemeral_id(0), FIRST_EPHEMERAL_ID);
+        assert_eq!(ephemeral_id(EPHEMERAL_IDS - 1), u32::MAX);
+        assert_eq!(
+            ephemeral_id(EPHEMERAL_IDS),
+            FIRST_EPHEMERAL_ID,
+            "wraps inside"
+        );
+        assert_eq!(ephemeral_id(u32::MAX), u32::MAX);
+        assert!(
+            usize::try_from(EPHEMERAL_IDS).unwrap()
+                > EPHEMERAL_IDS_REMEMBERED + GroupConfig::default().max_pending_ephemeral
+        );
+    }
+
+    proptest! {
+        /// No sequence number maps to 0 or into the ephemeral range, so a queue entry and an
+        /// ephemeral frame never share an id on any connection.
+        #[test]
+        fn no_sequence_number_gets_an_ephemeral_id(seq in any::<u64>(), n in any::<u32>()) {
+            let id = wire_id(seq);
+            prop_assert!((1..FIRST_EPHEMERAL_ID).contains(&id));
+            prop_assert!(ephemeral_id(n) >= FIRST_EPHEMERAL_ID);
+        }
     }
 
     #[test]
@@ -1093,6 +1234,36 @@ mod tests {
         );
         assert!(h.slot(2).is_none());
         assert_eq!(h.group.store().envelope_count(), 0);
+    }
+
+    #[test]
+    fn a_sibling_draining_a_full_queue_is_not_dropped_for_entries_it_acked() {
+        let (mut h, a, b) = Harness::two_queued_with_held_acks(2, 2);
+        let (_, third) = h.reflect(a, b"3");
+        assert_eq!(h.closed(b), None, "acked entries do not count");
+        assert_eq!(h.slot(2).map(|s| s.device_id), Some(DeviceId(2)));
+        assert_eq!(reflected(&h.take(b))[0].envelope, third);
+        assert_eq!(h.queue(2).len, 1, "the acks were stored first");
+    }
+
+    #[test]
+    fn a_sibling_still_over_the_limit_after_its_acks_are_stored_is_closed_4114() {
+        let (mut h, a, b) = Harness::two_queued_with_held_acks(2, 1);
+        h.take(a);
+        // One entry left after the ack; a batch of two would make three.
+        h.group.begin_batch();
+        h.reflect(a, b"3");
+        h.reflect(a, b"4");
+        h.group.end_batch(h.now);
+        h.drain();
+        assert_eq!(h.closed(b), Some(CloseCause::QueueLimitReached));
+        assert!(h.slot(2).is_none());
+        assert_eq!(names(&h.take(a)), ["ReflectAck", "ReflectAck"]);
+        assert_eq!(
+            h.group.store().envelope_count(),
+            0,
+            "no queue holds anything"
+        );
     }
 
     #[test]

@@ -62,7 +62,8 @@ impl fmt::Debug for SlotRecord {
 /// One entry of a slot's reflection queue.
 #[derive(Clone, PartialEq, Eq)]
 pub struct QueuedReflection {
-    /// The slot's sequence number; the wire `reflected-id` is its low 32 bits.
+    /// The slot's sequence number; the wire `reflected-id` is derived from it, outside the
+    /// range kept for ephemeral frames (`docs/mediator.md` "Reflected ids").
     pub seq: u64,
     /// Unix ms when the envelope was stored (the `Reflected` timestamp, spec §2.4).
     pub stored_at: u64,
@@ -136,10 +137,6 @@ pub trait GroupStore {
             .map(|&(envelope, stored_at)| self.enqueue(envelope, stored_at, device_ids))
             .collect()
     }
-
-    /// Uses up the slot's next sequence number without queueing anything: ephemeral `Reflected`
-    /// frames need an id that no queued entry will ever share.
-    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Self::Error>;
 
     /// Up to `limit` entries of the slot's queue with a sequence number above `after` (all when
     /// `None`), oldest first.

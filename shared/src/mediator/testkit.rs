@@ -277,10 +277,13 @@ pub(super) struct FlakyStore {
     pub(super) fail_multi_slot_acks: bool,
     /// Envelopes per `enqueue` / `enqueue_batch` call, in order.
     pub(super) enqueue_calls: std::cell::RefCell<Vec<usize>>,
+    /// Calls of writing methods so far (each a durable write and commit in the Worker).
+    pub(super) writes: std::cell::Cell<u64>,
 }
 
 impl FlakyStore {
     fn write(&self) -> Result<(), Injected> {
+        self.writes.set(self.writes.get() + 1);
         if self.fail_writes {
             Err(Injected)
         } else {
@@ -334,10 +337,6 @@ impl GroupStore for FlakyStore {
         self.write()?;
         self.enqueue_calls.borrow_mut().push(envelopes.len());
         ok(self.inner.enqueue_batch(envelopes, device_ids))
-    }
-    fn allocate_seq(&mut self, device_id: DeviceId) -> Result<u64, Injected> {
-        self.write()?;
-        ok(self.inner.allocate_seq(device_id))
     }
     fn read_queue(
         &self,
@@ -394,6 +393,32 @@ impl GroupStore for FlakyStore {
     fn set_shared_device_data(&mut self, data: &[u8]) -> Result<(), Injected> {
         self.write()?;
         ok(self.inner.set_shared_device_data(data))
+    }
+}
+
+impl Harness {
+    /// Devices 1 and 2 online under queue limit `max_queue_len`; 1 has reflected two entries,
+    /// 2 has received both and acked the first `acked`, and those acks are still held in
+    /// memory (not yet stored). Returns the harness and the connections of 1 and 2.
+    pub(super) fn two_queued_with_held_acks(
+        max_queue_len: u64,
+        acked: usize,
+    ) -> (Self, ConnId, ConnId) {
+        let config = GroupConfig {
+            max_queue_len,
+            ..GroupConfig::default()
+        };
+        let mut h = Self::with_config(config);
+        let a = h.login(1);
+        let b = h.login(2);
+        h.take(b);
+        h.reflect(a, b"1");
+        h.reflect(a, b"2");
+        for r in reflected(&h.take(b)).iter().take(acked) {
+            h.ack(b, r.reflected_id);
+        }
+        assert_eq!(h.queue(2).len, 2, "acks held in memory, not stored");
+        (h, a, b)
     }
 }
 

@@ -382,6 +382,39 @@ mod tests {
         assert_eq!(h.closed(b), None);
     }
 
+    /// A group with queue limit 3 where device 2 has received two entries and acked
+    /// `acked` of them (held in memory), and device 1 holds the lock with `staged` writes.
+    fn commit_against_held_acks(acked: usize, staged: u8) -> (Harness, ConnId, ConnId) {
+        let (mut h, a, b) = Harness::two_queued_with_held_acks(3, acked);
+        h.send(a, begin(0));
+        for i in 0..staged {
+            h.reflect(a, &[b't', i]);
+        }
+        h.take(a);
+        h.send(a, pb::CommitTransaction {});
+        (h, a, b)
+    }
+
+    #[test]
+    fn a_commit_counts_the_acks_a_sibling_has_sent_before_it_drops_it() {
+        let (mut h, a, b) = commit_against_held_acks(2, 2);
+        assert_eq!(names(&h.take(a)), ["CommitTransactionAck"]);
+        assert_eq!(h.closed(b), None, "2 acked + 2 committed fits 3");
+        assert_eq!(
+            names(&h.take(b)),
+            ["Reflected", "Reflected", "TransactionEnded"]
+        );
+        assert_eq!(h.queue(2).len, 2, "only the committed writes are left");
+    }
+
+    #[test]
+    fn a_commit_still_drops_a_sibling_over_the_limit_after_its_acks_are_stored() {
+        let (mut h, a, b) = commit_against_held_acks(1, 3);
+        assert_eq!(names(&h.take(a)), ["CommitTransactionAck"]);
+        assert_eq!(h.closed(b), Some(CloseCause::QueueLimitReached));
+        assert!(h.slot(2).is_none());
+    }
+
     #[test]
     fn failed_commit_discards_everything() {
         let mut h = Harness::flaky(GroupConfig::default());
