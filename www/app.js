@@ -145,7 +145,8 @@ function renderHeader() {
 function setConnection(event) {
   const conn = $('conn');
   conn.classList.toggle('online', event.state === 'online');
-  $('retry').hidden = event.state !== 'disconnected' || Boolean(event.stopped);
+  // retryNow() works in both cases: after a stop, and to skip a pending retry's wait.
+  $('retry').hidden = event.state !== 'disconnected';
   if (event.state === 'disconnected') {
     if (event.stopped) {
       conn.textContent = 'stopped';

@@ -530,9 +530,6 @@ fn stop_message(reason: &StopReason) -> String {
         StopReason::ChatServerRefused => {
             "the chat server refused the login; call retryNow() to try again".to_owned()
         }
-        StopReason::TooManyFailures(n) => {
-            format!("gave up after {n} failed connections; call retryNow() to try again")
-        }
         _ => "stopped; call retryNow() to try again".to_owned(),
     }
 }
@@ -1339,7 +1336,8 @@ impl TandemClient {
         .map_err(|e| ClientError::from(e).into())
     }
 
-    /// Connects again now after the reconnect logic stopped.
+    /// Connects now: after the reconnect logic stopped (41xx, a refused login), or instead of
+    /// waiting for a pending retry, whose timer it cancels (`App::retry_now`).
     #[wasm_bindgen(js_name = retryNow)]
     pub fn retry_now(&self) -> Result<(), JsValue> {
         self.command(|i| {

@@ -4,6 +4,13 @@
 //! runs readwrite transactions with overlapping scopes in creation order, so batches complete
 //! (and are confirmed) in the order they were polled. The database name is the caller's, so
 //! several devices live side by side in one browser.
+//!
+//! Every readwrite transaction is opened with `durability: "strict"`: a batch's `complete`
+//! confirms it to the core, which then releases acks (CSP message-ack, `ReflectedAck`) after
+//! which the servers delete their copy. With the default ("relaxed" in Chromium since 121, as in
+//! Firefox and Safari) `complete` fires once the data is in the OS's buffers, so a power cut or
+//! OS crash could lose a message both sides consider delivered. The adapter's own `client` store gets the same
+//! rule: it is written before the first connection, and so before any ack.
 
 use js_sys::{Array, Promise, Uint8Array};
 use tandem_shared::app::{Batch, Op, Record, RecordKind};
@@ -34,6 +41,27 @@ pub struct Write {
     pub transaction: IdbTransaction,
     /// Settles when the transaction does.
     pub done: Promise,
+}
+
+/// A readwrite transaction over `store_names` with `durability: "strict"` (see the module docs).
+///
+/// web-sys 0.3.107 has `IdbTransactionOptions`, `IdbTransactionDurability` and
+/// `transaction_with_str_sequence_and_mode_and_options` only behind
+/// `--cfg=web_sys_unstable_apis`, a RUSTFLAGS switch every build of the workspace would need; so
+/// the options object is built with `js_sys::Reflect` and `IDBDatabase.transaction` called
+/// through `Function::call3`. A browser without the option ignores the member.
+fn strict_readwrite(db: &IdbDatabase, store_names: &Array) -> Result<IdbTransaction, JsValue> {
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(
+        &options,
+        &JsValue::from_str("durability"),
+        &JsValue::from_str("strict"),
+    )?;
+    let transaction: js_sys::Function =
+        js_sys::Reflect::get(db, &JsValue::from_str("transaction"))?.dyn_into()?;
+    transaction
+        .call3(db, store_names, &JsValue::from_str("readwrite"), &options)?
+        .dyn_into()
 }
 
 fn factory() -> Result<IdbFactory, ClientError> {
@@ -163,13 +191,19 @@ impl Database {
         &self.name
     }
 
+    /// A transaction over every store; readwrite ones are strict (see the module docs), since
+    /// each of them precedes acks.
     fn transaction(
         &self,
         mode: web_sys::IdbTransactionMode,
     ) -> Result<IdbTransaction, ClientError> {
-        self.db
-            .transaction_with_str_sequence_and_mode(&store_names(), mode)
-            .map_err(|e| ClientError::storage(&e))
+        let result = if mode == web_sys::IdbTransactionMode::Readwrite {
+            strict_readwrite(&self.db, &store_names())
+        } else {
+            self.db
+                .transaction_with_str_sequence_and_mode(&store_names(), mode)
+        };
+        result.map_err(|e| ClientError::storage(&e))
     }
 
     fn store(tx: &IdbTransaction, name: &str) -> Result<IdbObjectStore, ClientError> {
@@ -217,8 +251,8 @@ impl Database {
         Ok(records)
     }
 
-    /// Starts writing `batch` in one readwrite transaction; every put and delete is issued
-    /// before this returns, so the transaction's order is the batch's.
+    /// Starts writing `batch` in one strict readwrite transaction; every put and delete is
+    /// issued before this returns, so the transaction's order is the batch's.
     pub fn write(&self, batch: &Batch) -> Result<Write, ClientError> {
         let tx = self.transaction(web_sys::IdbTransactionMode::Readwrite)?;
         let done = transaction_done(&tx);

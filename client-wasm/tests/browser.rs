@@ -98,6 +98,67 @@ async fn an_aborted_batch_leaves_nothing() {
     db.close();
 }
 
+/// A batch's `complete` releases acks, so its transaction must be flushed to disk first
+/// (docs/client.md "Storage"): `durability` reads "strict", for the batch's transaction and
+/// for every other readwrite one (the `client` store is written before any ack too).
+#[wasm_bindgen_test]
+async fn every_readwrite_transaction_is_strict() {
+    use wasm_bindgen::JsValue;
+    let db = fresh("t-strict").await;
+    let batch = Batch {
+        id: 1,
+        ops: vec![put(RecordKind::Contact, b"ALICE123", b"v1")],
+    };
+    let write = db.write(&batch).unwrap();
+    let durability =
+        js_sys::Reflect::get(&write.transaction, &JsValue::from_str("durability")).unwrap();
+    assert_eq!(durability.as_string().as_deref(), Some("strict"));
+    JsFuture::from(write.done).await.unwrap();
+
+    // Every transaction the database opens, seen through a wrapper of the prototype's method.
+    let spy = js_sys::Function::new_no_args(
+        "const proto = IDBDatabase.prototype;
+         const original = proto.transaction;
+         const seen = [];
+         proto.transaction = function (...args) {
+           const tx = original.apply(this, args);
+           seen.push(tx.mode + ' ' + tx.durability);
+           return tx;
+         };
+         return { seen, restore() { proto.transaction = original; } };",
+    )
+    .call0(&JsValue::UNDEFINED)
+    .unwrap();
+    let second = Batch {
+        id: 2,
+        ops: vec![put(RecordKind::Contact, b"BOB45678", b"v1")],
+    };
+    let applied = db.apply(&second).await;
+    let stored = db
+        .put_client(&[("deviceLabel", JsValue::from_str("test"))])
+        .await;
+    let read = db.read_all().await;
+    let restore: js_sys::Function = js_sys::Reflect::get(&spy, &JsValue::from_str("restore"))
+        .unwrap()
+        .into();
+    restore.call0(&spy).unwrap();
+    applied.unwrap();
+    stored.unwrap();
+    assert_eq!(read.unwrap().len(), 2);
+    let seen: Vec<String> =
+        js_sys::Array::from(&js_sys::Reflect::get(&spy, &JsValue::from_str("seen")).unwrap())
+            .iter()
+            .filter_map(|v| v.as_string())
+            .collect();
+    let readwrite: Vec<&String> = seen.iter().filter(|s| s.starts_with("readwrite")).collect();
+    assert_eq!(readwrite.len(), 2, "{seen:?}");
+    assert!(
+        readwrite.iter().all(|s| s.as_str() == "readwrite strict"),
+        "{seen:?}"
+    );
+    db.close();
+}
+
 #[wasm_bindgen_test]
 async fn reopening_gives_back_equal_records() {
     let db = fresh("t-reload").await;

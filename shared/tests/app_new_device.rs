@@ -223,7 +223,12 @@ fn drops_reconnect_with_backoff_and_41xx_waits_for_the_user() {
         panic!("{events:?}")
     };
     let at = *at;
-    assert_eq!(at, w.now + 5_000, "first retry after one step");
+    let policy = tandem_shared::app::ReconnectPolicy::default();
+    assert!(
+        (w.now + policy.floor_ms..=w.now + policy.bound_ms(1)).contains(&at),
+        "first retry within the first window: {}",
+        at - w.now
+    );
     let app = w.app("X1");
     assert_eq!(app.poll_timeout(), Some(at));
     let mut rng = rand::thread_rng();
@@ -251,6 +256,51 @@ fn drops_reconnect_with_backoff_and_41xx_waits_for_the_user() {
         "{events:?}"
     );
     assert_eq!(w.app("X1").poll_timeout(), None, "no retry scheduled");
+
+    // The user may still ask: `retry_now` connects at once after a stop.
+    w.app("X1").retry_now();
+    assert_eq!(w.app("X1").poll_effect(), Some(Effect::Connect));
+}
+
+/// `retry_now` while a retry timer is pending cancels the timer and connects at once; many
+/// failures in a row never stop the retries.
+#[test]
+fn retry_now_skips_a_pending_retry_and_failures_never_stop() {
+    let mut w = World::new(6);
+    let x = w.identity("XXXXXXXX");
+    w.device("X1", x);
+    w.connect("X1");
+    w.disconnect("X1");
+    let mut rng = rand::thread_rng();
+    let now = w.now;
+    let app = w.app("X1");
+    for n in 0..200 {
+        // The socket could not be opened (5001): a failure like any other.
+        app.on_close(CloseCode::from_u16(5001), now, &mut rng);
+        assert_eq!(app.poll_effect(), None, "failure {n}: only the timer");
+        let Some(at) = app.poll_timeout() else {
+            panic!("failure {n}: no retry scheduled");
+        };
+        assert!(at > now && at <= now + 60_000, "failure {n}: {}", at - now);
+    }
+    let events: Vec<AppEvent> = std::iter::from_fn(|| app.poll_event()).collect();
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            AppEvent::Disconnected {
+                next: ReconnectDecision::Stop(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(app.poll_timeout().is_some(), "a retry is pending");
+    app.retry_now();
+    assert_eq!(app.poll_timeout(), None, "the pending retry is cancelled");
+    assert_eq!(app.poll_effect(), Some(Effect::Connect), "connects now");
+    assert_eq!(app.poll_effect(), None);
+    w.connect("X1");
+    assert!(w.app("X1").is_online());
 }
 
 /// X1 has `n` texts to Y, each delivered: three envelopes apiece in a new device's answer.

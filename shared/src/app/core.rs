@@ -7,7 +7,8 @@
 //!     ──Reflected…──► apply + persist, ReflectedAck behind the batch ──QueueDry──► Online
 //!     ──RolePromotedToLeader + CSP login──► unblock-incoming-messages ──► leader duties
 //!  Online: outgoing jobs (reflect → CSP send → acks → reflect sent), transactions, receipts
-//!  close ──► Disconnected{next: RetryAt | Stop} ──timeout──► Effect::Connect
+//!  close ──► Disconnected{next: RetryAt (jittered backoff) | Stop (41xx, refused)}
+//!     ──timeout or retry_now──► Effect::Connect
 //! ```
 //!
 //! Every input ends with `flush`: the writes of the step become one [`Batch`] and the containers
@@ -48,7 +49,7 @@ pub struct AppConfig {
     pub client_info: String,
     /// History a new device asks its siblings for (DESIGN §2.4).
     pub max_history_messages: u32,
-    /// Reconnect backoff.
+    /// Reconnect backoff (exponential, full jitter, no limit on attempts).
     pub reconnect: ReconnectPolicy,
 }
 
@@ -361,7 +362,7 @@ impl App {
                 self.pump(now_ms, rng);
             }
             None => {
-                self.closed(code, now_ms);
+                self.closed(code, now_ms, rng);
                 self.flush();
             }
         }
@@ -384,7 +385,10 @@ impl App {
         self.pump(now_ms, rng);
     }
 
-    /// The user wants to connect again after a stop.
+    /// The user wants to connect now: after a stop (41xx, a refused login), or instead of
+    /// waiting for a pending retry, whose timer this cancels. Always available: the backoff
+    /// starts over and, unless a connection is open, `Effect::Connect` follows at once (the
+    /// wasm adapter drops a socket it was still opening, so a second `Connect` does no harm).
     pub fn retry_now(&mut self) {
         self.reconnect.reset();
         self.reconnect_at = None;
@@ -571,7 +575,7 @@ impl App {
                 if origin == crate::device::CloseOrigin::Local && !code.is_local_only() {
                     self.effects.push_back(Effect::CloseWebSocket(code));
                 }
-                self.closed(code, now_ms);
+                self.closed(code, now_ms, rng);
             }
             _ => {}
         }
@@ -650,8 +654,11 @@ impl App {
         self.drive_sync(now_ms, rng);
     }
 
-    fn closed(&mut self, code: CloseCode, now_ms: u64) {
-        let next = self.reconnect.on_closed(code, self.conn.csp_close, now_ms);
+    /// The connection is gone; `rng` draws the retry's jitter (see [`Reconnector::on_closed`]).
+    fn closed(&mut self, code: CloseCode, now_ms: u64, rng: &mut impl CryptoRngCore) {
+        let next = self
+            .reconnect
+            .on_closed(code, self.conn.csp_close, now_ms, rng);
         self.teardown(code, next);
     }
 
