@@ -912,6 +912,77 @@ async fn end_to_end(fx: &mut Fixture) -> ScenarioResult {
         matches!(e, Event::Reflected { .. } | Event::CspPayload(_))
     })
     .await?;
+    for device in [x1, x2, y2] {
+        device.disconnect().await;
+    }
+    metadata_clean(fx, &[&x, &y], &[text.as_bytes()])
+}
+
+/// Two identities with two devices each have chatted: the mediator's storage (the Durable
+/// Objects' SQLite files, WAL included) and both servers' logs name neither identity, nor its
+/// public key (raw, hex or base64), nor any plaintext (DESIGN §1 and §3 "Metadata"). The chat
+/// server's own database (`chat-data/`) is left out: it is the directory, whose job is to map
+/// identities to keys, and holds only sealed messages.
+fn metadata_clean(fx: &Fixture, identities: &[&Identity], plaintexts: &[&[u8]]) -> ScenarioResult {
+    let mut needles: Vec<(String, Vec<u8>)> = Vec::new();
+    for id in identities {
+        let name = id.id_str();
+        let key = *id.client_key.public_key().as_bytes();
+        needles.push((format!("identity {name}"), name.clone().into_bytes()));
+        needles.push((format!("{name}'s public key"), key.to_vec()));
+        for (form, text) in [
+            ("hex", tandem_shared::encoding::hex_encode(&key)),
+            (
+                "HEX",
+                tandem_shared::encoding::hex_encode(&key).to_uppercase(),
+            ),
+            ("base64", tandem_shared::encoding::base64_encode(&key)),
+        ] {
+            needles.push((format!("{name}'s public key in {form}"), text.into_bytes()));
+        }
+    }
+    for text in plaintexts {
+        needles.push(("a plaintext".to_owned(), text.to_vec()));
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![fx.scratch().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n == "chat-data") {
+                continue;
+            }
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let sqlite = files
+        .iter()
+        .filter(|p| p.to_string_lossy().contains(".sqlite"))
+        .count();
+    if fx.mediator_kind() == "wrangler dev" && sqlite == 0 {
+        return Err(format!(
+            "no Durable Object SQLite file under {}",
+            fx.scratch().display()
+        )
+        .into());
+    }
+    for file in &files {
+        let bytes = std::fs::read(file)?;
+        for (what, needle) in &needles {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                return Err(format!("{} holds {what}", file.display()).into());
+            }
+        }
+    }
+    eprintln!(
+        "[{}] metadata: {} files ({sqlite} SQLite) hold no identity, key or plaintext",
+        fx.mediator_kind(),
+        files.len()
+    );
     Ok(())
 }
 

@@ -27,7 +27,6 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
 use crate::store::Store;
-use crate::types::Id;
 
 use super::{Directory, IdentityRecord, TokenError, Tokens};
 
@@ -207,7 +206,7 @@ async fn create_inner(state: &HttpState, body: &[u8]) -> Result<Response, ApiErr
                     device_cookie: None,
                     cookie_changed: false,
                 });
-                info!(identity = %Id(&created.identity), "identity created");
+                info!("identity created");
             }
             Ok(Json(json!({
                 "success": true,

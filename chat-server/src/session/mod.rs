@@ -279,9 +279,10 @@ impl Conn {
             pending_store: 0,
             delivery: None,
         });
+        // No identity in info/warn logs (docs/chat-server.md "Logs"): the conn number ties a
+        // session's lines together.
         info!(
             conn = self.id,
-            identity = %Id(&identity),
             device_id = format_args!("{device_id:#018x}"),
             version = requested,
             "session established"
@@ -489,7 +490,10 @@ impl Conn {
                         self.ack_outgoing(ack, receiver, message_id)?;
                     }
                     StoreOutcome::QueueFull => {
-                        warn!(conn = self.id, receiver = %Id(&receiver), "receiver queue full; message not stored nor acked");
+                        warn!(
+                            conn = self.id,
+                            "receiver queue full; message not stored nor acked"
+                        );
                     }
                     StoreOutcome::Failed => return Err(CloseReason::StorageFailure),
                 }
@@ -638,18 +642,12 @@ impl Conn {
                 );
                 info!(
                     conn = self.id,
-                    identity = %Id(&session.identity),
                     device_id = format_args!("{:#018x}", session.device_id),
                     reason = %reason,
                     "session closed"
                 );
             }
-            None => match self.login {
-                Some(identity) => {
-                    info!(conn = self.id, identity = %Id(&identity), reason = %reason, "handshake failed");
-                }
-                None => info!(conn = self.id, reason = %reason, "handshake failed"),
-            },
+            None => info!(conn = self.id, reason = %reason, "handshake failed"),
         }
     }
 }

@@ -16,7 +16,7 @@ use tracing::{debug, error, warn};
 use crate::directory::generate_identity;
 use crate::mailbox::{CloseRequest, MailItem, Mailbox, StoreOutcome};
 use crate::registry::Registry;
-use crate::types::{now_ms, Id, Identity, QueuedMessage};
+use crate::types::{now_ms, Identity, QueuedMessage};
 
 use super::schema::{from_sql, to_sql};
 use super::{Command, Created, Enqueue, StoreConfig, StoreError};
@@ -314,7 +314,7 @@ fn apply_one(
                 )
                 .and_then(|mut s| s.execute(params![&cookie[..], changed, &identity[..]]))
             {
-                warn!(error = %e, identity = %Id(&identity), "device cookie update failed");
+                warn!(error = %e, "device cookie update failed");
             }
             None
         }
