@@ -647,7 +647,14 @@ impl Conn {
                     "session closed"
                 );
             }
-            None => info!(conn = self.id, reason = %reason, "handshake failed"),
+            // The identity only when the operator asked for debug lines (docs/chat-server.md
+            // "Logs").
+            None => match self.login {
+                Some(identity) if tracing::enabled!(tracing::Level::DEBUG) => {
+                    debug!(conn = self.id, identity = %Id(&identity), reason = %reason, "handshake failed");
+                }
+                _ => info!(conn = self.id, reason = %reason, "handshake failed"),
+            },
         }
     }
 }
