@@ -663,8 +663,10 @@ impl App {
             let Some((content, pending)) = self.conn.deferred.pop_front() else {
                 return;
             };
-            if !self.reflect_now(content, false, pending, rng) {
-                // The session refused and is closing; teardown requeues what is left.
+            if !self.reflect_now(content.clone(), false, pending.clone(), rng) {
+                // The session refused and is closing; teardown requeues what is left, this one
+                // included.
+                self.conn.deferred.push_front((content, pending));
                 return;
             }
         }
