@@ -16,3 +16,4 @@
 pub mod conformance;
 pub mod fuzz_checks;
 pub mod harness;
+pub mod reliability;

@@ -109,6 +109,15 @@ impl ChatServer {
         self.http_addr.to_string()
     }
 
+    /// Ends the process: SIGKILL with `crash`, else SIGTERM (then SIGKILL after a grace).
+    pub fn stop(&mut self, crash: bool) {
+        if crash {
+            self.process.kill();
+        } else {
+            self.process.stop();
+        }
+    }
+
     /// The process (log, pid).
     #[must_use]
     pub const fn process(&self) -> &Served {

@@ -9,6 +9,7 @@ use tandem_shared::mediator::GroupConfig;
 
 use super::chat_server::ChatServer;
 use super::error::HarnessError;
+use super::fault_proxy::FaultProxy;
 use super::identity::Identity;
 use super::local_mediator::LocalMediator;
 use super::worker::WranglerDev;
@@ -84,6 +85,24 @@ impl Fixture {
     /// Starts the chat server, then builds and starts the Worker under `wrangler dev` with
     /// `CHAT_SERVER_<server group>` and `DIRECTORY_URL` pointing at it, plus `extra_vars`.
     pub async fn with_wrangler(extra_vars: &[String]) -> Result<Self, HarnessError> {
+        Self::wrangler_to(extra_vars, None).await
+    }
+
+    /// As [`Self::with_wrangler`], with the mediator's chat server connections going through
+    /// a [`FaultProxy`] (returned, and told where the chat server is).
+    pub async fn with_wrangler_behind_proxy(
+        extra_vars: &[String],
+    ) -> Result<(Self, FaultProxy), HarnessError> {
+        // The proxy needs a target before the chat server runs; it gets the real one below.
+        let proxy = FaultProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 9))).await?;
+        let fx = Self::wrangler_to(extra_vars, Some(&proxy)).await?;
+        Ok((fx, proxy))
+    }
+
+    async fn wrangler_to(
+        extra_vars: &[String],
+        proxy: Option<&FaultProxy>,
+    ) -> Result<Self, HarnessError> {
         let scratch = Scratch::new("mediator-it")?;
         let mut timings = Vec::new();
         let started = Instant::now();
@@ -93,8 +112,15 @@ impl Fixture {
             started.elapsed(),
         ));
         let server_group = server_group(&chat).await?;
+        let csp_addr = match proxy {
+            Some(proxy) => {
+                proxy.retarget(chat.csp_addr);
+                proxy.addr
+            }
+            None => chat.csp_addr,
+        };
         let mut vars = vec![
-            format!("CHAT_SERVER_{server_group}:{}", chat.csp_addr),
+            format!("CHAT_SERVER_{server_group}:{csp_addr}"),
             format!("DIRECTORY_URL:http://{}", chat.http_addr),
         ];
         vars.extend_from_slice(extra_vars);
@@ -172,6 +198,22 @@ impl Fixture {
         Ok(took)
     }
 
+    /// Stops the chat server (SIGKILL with `crash`, else SIGTERM) and starts it again on the
+    /// same data directory; it listens on new ports (a [`FaultProxy`] in front is retargeted by
+    /// the caller). Returns the time until it answered.
+    pub async fn restart_chat_server(&mut self, crash: bool) -> Result<Duration, HarnessError> {
+        let started = Instant::now();
+        self.chat.stop(crash);
+        // The new process's start lines are read from the top of a fresh log.
+        let log = self.chat.process().log_path().to_path_buf();
+        let mut old = log.clone();
+        old.set_extension(format!("log.{}", unix_ms_now()));
+        std::fs::rename(&log, &old)
+            .map_err(|err| HarnessError::io(format!("move {}", log.display()), err))?;
+        self.chat = ChatServer::start(self.scratch.path()).await?;
+        Ok(started.elapsed())
+    }
+
     /// The scratch directory (logs, chat server data, Worker state).
     #[must_use]
     pub fn scratch(&self) -> &Path {
@@ -225,4 +267,11 @@ async fn server_group(chat: &ChatServer) -> Result<String, HarnessError> {
             request: "GET /server-info".into(),
             detail: format!("no serverGroup in {json}"),
         })
+}
+
+fn unix_ms_now() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
 }

@@ -10,12 +10,16 @@
 //!   with everything it started when dropped.
 //! - [`Fixture`]: a chat server plus a mediator, with logs in a scratch directory.
 //! - [`Runner`]: named scenarios in sequence, timed, one failure not stopping the rest.
+//! - [`AppDevice`]: the whole device core over a real WebSocket, with a store that survives a
+//!   kill; [`FaultProxy`]: a misbehaving TCP path between the mediator and the chat server.
 //!
 //! How it fits together and how to run one scenario: `docs/testing.md`.
 
+mod app_device;
 mod chat_server;
 mod device;
 mod error;
+mod fault_proxy;
 mod fixture;
 mod http;
 mod identity;
@@ -25,9 +29,11 @@ mod raw;
 mod runner;
 mod worker;
 
+pub use app_device::{unix_ms, AppDevice};
 pub use chat_server::{build_release_chat_server, ChatServer, CHAT_SERVER_BIN_VAR};
 pub use device::{Device, Received, TransactionStart, DEFAULT_WAIT};
 pub use error::HarnessError;
+pub use fault_proxy::{FaultProxy, ProxyMode};
 pub use fixture::{Fixture, Mediator, Scratch, KEEP_SCRATCH_VAR};
 pub use http::{http_request, HttpResponse};
 pub use identity::{lookup_public_key, random_device_id, Identity};

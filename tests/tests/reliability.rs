@@ -1,0 +1,34 @@
+//! The fault matrix once per row, on real processes (RELIABILITY.md has the figures of longer
+//! runs): every message sent while a fault strikes shows on every device exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use tandem_tests::reliability::{run_matrix, table, Matrix};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_loses_nothing_and_shows_nothing_twice() {
+    let mut matrix = match Matrix::start().await {
+        Ok(m) => m,
+        Err(err) => panic!("the matrix did not start: {err}"),
+    };
+    let rows = match run_matrix(&mut matrix, 1, 10).await {
+        Ok(rows) => rows,
+        Err(err) => {
+            matrix.fx.keep_scratch();
+            panic!(
+                "a run failed: {err}\nlogs kept in {}\n{}",
+                matrix.fx.scratch().display(),
+                matrix.fx.log_tails(40)
+            );
+        }
+    };
+    let report = table(&rows);
+    eprintln!("{report}");
+    if rows.iter().any(|(_, t)| !t.clean()) {
+        matrix.fx.keep_scratch();
+        panic!(
+            "{report}\nshown per device: {:?}\nlogs kept in {}",
+            matrix.shown(),
+            matrix.fx.scratch().display()
+        );
+    }
+}
