@@ -12,7 +12,8 @@ use std::collections::BTreeSet;
 
 use app_support::World;
 use tandem_shared::app::{
-    AppError, AppEvent, ConversationId, GroupId, Identity, ECHO_INTERVAL_MS, MAX_TEXT_LEN,
+    AppError, AppEvent, ConversationId, GroupId, Identity, ECHO_INTERVAL_MS, ECHO_TIMEOUT_MS,
+    MAX_TEXT_LEN,
 };
 use tandem_shared::device::DeviceError;
 
@@ -191,7 +192,72 @@ fn chat_server_connection_is_kept_alive_with_echoes() {
         .poll_transmit()
         .expect("an echo-request in a proxy container");
     assert_eq!(echo[0], 0x00, "proxy container");
-    assert_eq!(app.poll_timeout(), Some(now + 2 * ECHO_INTERVAL_MS));
+    // Next: the echo's deadline, before the next echo.
+    assert_eq!(
+        app.poll_timeout(),
+        Some(now + ECHO_INTERVAL_MS + ECHO_TIMEOUT_MS)
+    );
+}
+
+#[test]
+fn an_answered_echo_keeps_the_connection() {
+    let (mut w, _, _) = world();
+    w.connect("X1");
+    w.advance(ECHO_INTERVAL_MS);
+    let now = w.now;
+    w.app("X1").on_timeout(now, &mut rand::thread_rng());
+    w.run();
+    w.advance(ECHO_TIMEOUT_MS);
+    let now = w.now;
+    w.app("X1").on_timeout(now, &mut rand::thread_rng());
+    w.run();
+    assert!(w.app_ref("X1").is_connected(), "the chat server answered");
+    assert_eq!(
+        w.app_ref("X1").poll_timeout(),
+        Some(now - ECHO_TIMEOUT_MS + ECHO_INTERVAL_MS),
+        "only the next echo is due"
+    );
+}
+
+#[test]
+fn an_unanswered_echo_ends_a_half_open_connection() {
+    let (mut w, _, _) = world();
+    w.connect("X1");
+    let now = w.now;
+    let app = w.app("X1");
+    app.on_timeout(now + ECHO_INTERVAL_MS, &mut rand::thread_rng());
+    // The path swallows the echo-request: no answer ever comes, no socket closes.
+    while app.poll_transmit().is_some() {}
+    while app.poll_effect().is_some() {}
+    app.on_timeout(
+        now + ECHO_INTERVAL_MS + ECHO_TIMEOUT_MS - 1,
+        &mut rand::thread_rng(),
+    );
+    assert!(app.is_connected());
+    app.on_timeout(
+        now + ECHO_INTERVAL_MS + ECHO_TIMEOUT_MS,
+        &mut rand::thread_rng(),
+    );
+    assert!(!app.is_connected());
+    let code = tandem_shared::d2m::CloseCode::CspClosed;
+    let effects: Vec<_> = std::iter::from_fn(|| app.poll_effect()).collect();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, tandem_shared::app::Effect::CloseWebSocket(c) if *c == code)),
+        "{effects:?}"
+    );
+    let events: Vec<_> = std::iter::from_fn(|| app.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            AppEvent::Disconnected {
+                code: c,
+                next: tandem_shared::app::ReconnectDecision::RetryAt(_)
+            } if *c == code
+        )),
+        "{events:?}"
+    );
 }
 
 #[test]

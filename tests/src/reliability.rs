@@ -31,6 +31,9 @@ pub enum Fault {
     /// The path swallows every byte for 5 s without closing, then the links are cut (as TCP
     /// eventually does).
     ProxyHalfOpen,
+    /// The open links go half-open for good (they swallow everything and never close); only the
+    /// devices' echo timeout can notice.
+    ProxyHalfOpenForGood,
     /// The chat server is SIGKILLed and started again on its data.
     ChatServerKill,
     /// `wrangler dev` is stopped (SIGTERM) and started again on its state.
@@ -45,12 +48,13 @@ pub enum Fault {
 
 impl Fault {
     /// Every row of the matrix, in order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::None,
         Self::ProxyCut,
         Self::ProxyDelay,
         Self::ProxyCutMidFrame,
         Self::ProxyHalfOpen,
+        Self::ProxyHalfOpenForGood,
         Self::ChatServerKill,
         Self::WranglerRestart,
         Self::WranglerKill,
@@ -67,6 +71,7 @@ impl Fault {
             Self::ProxyDelay => "mediator-chat path 300 ms slow for 3 s",
             Self::ProxyCutMidFrame => "link cut mid-frame",
             Self::ProxyHalfOpen => "half-open path 5 s, then cut",
+            Self::ProxyHalfOpenForGood => "half-open path, never closed",
             Self::ChatServerKill => "chat server SIGKILL + restart",
             Self::WranglerRestart => "wrangler dev restart",
             Self::WranglerKill => "wrangler dev SIGKILL + restart",
@@ -283,6 +288,7 @@ impl Matrix {
                 .set_mode(ProxyMode::Delay(Duration::from_millis(300))),
             Fault::ProxyCutMidFrame => self.proxy.cut_next_frame(),
             Fault::ProxyHalfOpen => self.proxy.set_mode(ProxyMode::Blackhole),
+            Fault::ProxyHalfOpenForGood => self.proxy.half_open_existing(),
             Fault::ChatServerKill => {
                 self.fx.restart_chat_server(true).await?;
                 self.proxy.retarget(self.fx.chat.csp_addr);
@@ -540,7 +546,7 @@ pub async fn soak(
         ..SoakReport::default()
     };
     let started = Instant::now();
-    let early_at = Duration::from_secs((secs / 10).max(secs.min(60)));
+    let early_at = Duration::from_secs((secs / 10).min(60));
     let mut texts: Vec<(usize, String)> = Vec::new();
     let mut tick = 0_u64;
     while started.elapsed() < Duration::from_secs(secs) {

@@ -51,6 +51,11 @@ pub struct AppConfig {
     pub max_history_messages: u32,
     /// Reconnect backoff (exponential, full jitter, no limit on attempts).
     pub reconnect: ReconnectPolicy,
+    /// Interval of CSP echo-requests ([`ECHO_INTERVAL_MS`] by default).
+    pub echo_interval_ms: u64,
+    /// An echo-request unanswered this long ends the connection ([`ECHO_TIMEOUT_MS`] by
+    /// default): the path to the chat server is dead though no socket says so (half-open).
+    pub echo_timeout_ms: u64,
 }
 
 impl AppConfig {
@@ -63,6 +68,8 @@ impl AppConfig {
             client_info: "0.1;Q;en/US;tandem".to_owned(),
             max_history_messages: 1_000,
             reconnect: ReconnectPolicy::default(),
+            echo_interval_ms: ECHO_INTERVAL_MS,
+            echo_timeout_ms: ECHO_TIMEOUT_MS,
         }
     }
 }
@@ -70,6 +77,12 @@ impl AppConfig {
 /// Interval of CSP echo-requests: well inside the chat server's default idle timeout of 300 s
 /// (spec §9.4 0x30).
 pub const ECHO_INTERVAL_MS: u64 = 60_000;
+
+/// How long an echo-request may go unanswered. The mediator's TCP socket to the chat server
+/// can be half-open (a NAT or a dead host drops the path silently): no close ever comes, while
+/// outgoing messages wait for acks and incoming ones never arrive. 20 s is far above any round
+/// trip and bounds such a dead path to interval + timeout (80 s) instead of TCP's minutes.
+pub const ECHO_TIMEOUT_MS: u64 = 20_000;
 
 /// What a non-ephemeral reflect of this connection was for; resumed on its `ReflectAck`.
 #[derive(Debug, Clone)]
@@ -120,6 +133,8 @@ pub(super) struct Conn {
     pub(super) reflects: HashMap<u32, Pending>,
     /// When the next CSP echo-request keeps the chat server connection alive.
     pub(super) next_echo_at: Option<u64>,
+    /// When the oldest unanswered echo-request makes the path count as dead.
+    pub(super) echo_deadline: Option<u64>,
     /// This device's `NewDeviceSyncRequest` went out on this connection.
     pub(super) new_device_sync_requested: bool,
     /// Reflects made while this device awaited or held the lock, in order: the mediator would
@@ -304,6 +319,7 @@ impl App {
             self.session.as_ref().and_then(DeviceSession::poll_timeout),
             self.reconnect_at,
             self.conn.next_echo_at,
+            self.conn.echo_deadline,
         ]
         .into_iter()
         .flatten()
@@ -373,10 +389,22 @@ impl App {
         if let Some(session) = self.session.as_mut() {
             let _ = session.on_timeout(now_ms);
         }
+        if self.session.is_some() && self.conn.echo_deadline.is_some_and(|at| now_ms >= at) {
+            // The chat server stopped answering: end the connection, so that the mediator drops
+            // its socket and the next connection gets a fresh one (docs/app.md §4).
+            let code = CloseCode::CspClosed;
+            self.effects.push_back(Effect::CloseWebSocket(code));
+            self.closed(code, now_ms, rng);
+            self.flush();
+            return;
+        }
         if self.conn.next_echo_at.is_some_and(|at| now_ms >= at) {
             // Keeps the chat server connection from idling out (spec §9.4 0x00).
             self.csp_send(&CspPayload::EchoRequest(now_ms.to_le_bytes().to_vec()));
-            self.conn.next_echo_at = Some(now_ms.saturating_add(ECHO_INTERVAL_MS));
+            self.conn.next_echo_at = Some(now_ms.saturating_add(self.config.echo_interval_ms));
+            if self.conn.echo_deadline.is_none() {
+                self.conn.echo_deadline = Some(now_ms.saturating_add(self.config.echo_timeout_ms));
+            }
         }
         if self.reconnect_at.is_some_and(|at| now_ms >= at) && self.session.is_none() {
             self.reconnect_at = None;
@@ -532,7 +560,7 @@ impl App {
             }
             Event::CspEstablished => {
                 self.conn.csp_ready = true;
-                self.conn.next_echo_at = Some(now_ms.saturating_add(ECHO_INTERVAL_MS));
+                self.conn.next_echo_at = Some(now_ms.saturating_add(self.config.echo_interval_ms));
             }
             Event::CspPayload(payload) => self.on_csp_payload(&payload.0, now_ms, rng),
             Event::Reflected {
@@ -615,6 +643,8 @@ impl App {
             CspPayload::EchoRequest(data) => {
                 self.csp_send(&CspPayload::EchoResponse(data));
             }
+            // Any answer shows the path lives; the chat server answers in order.
+            CspPayload::EchoResponse(_) => self.conn.echo_deadline = None,
             CspPayload::CloseError { can_reconnect, .. } => {
                 self.conn.csp_close = Some(can_reconnect);
             }

@@ -35,7 +35,7 @@ mod reflected;
 pub mod state;
 mod sync;
 
-pub use self::core::{App, AppConfig, ECHO_INTERVAL_MS};
+pub use self::core::{App, AppConfig, ECHO_INTERVAL_MS, ECHO_TIMEOUT_MS};
 pub use event::{AppError, AppEvent, Dropped, Effect};
 pub use memory::MemoryStore;
 pub use model::{

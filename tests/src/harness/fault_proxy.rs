@@ -4,6 +4,7 @@
 //! can be moved, so a chat server restarted on another port stays behind the same address.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,8 +32,16 @@ struct State {
     mode: ProxyMode,
     /// The next chunk from the chat server is forwarded in part, then both ends close.
     cut_next_frame: bool,
-    links: Vec<JoinHandle<()>>,
+    links: Vec<Link>,
     accepted: u64,
+}
+
+/// One proxied connection.
+#[derive(Debug)]
+struct Link {
+    task: JoinHandle<()>,
+    /// Swallow everything from now on, close nothing (this link only).
+    dead: Arc<AtomicBool>,
 }
 
 /// See the module docs; dropped, it ends every link.
@@ -85,7 +94,15 @@ impl FaultProxy {
     /// Closes every open link at once (both sockets drop).
     pub fn cut_all(&self) {
         for link in self.lock().links.drain(..) {
-            link.abort();
+            link.task.abort();
+        }
+    }
+
+    /// Every open link goes half-open: it swallows all bytes and never closes, while new links
+    /// work (a path through a NAT that forgot it, or to a host that died without a word).
+    pub fn half_open_existing(&self) {
+        for link in &self.lock().links {
+            link.dead.store(true, Ordering::Relaxed);
         }
     }
 
@@ -120,11 +137,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
         let target = {
             let mut s = lock(&state);
             s.accepted += 1;
-            s.links.retain(|l| !l.is_finished());
+            s.links.retain(|l| !l.task.is_finished());
             s.target
         };
         let link_state = Arc::clone(&state);
-        let link = tokio::spawn(async move {
+        let dead = Arc::new(AtomicBool::new(false));
+        let link_dead = Arc::clone(&dead);
+        let task = tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(target).await else {
                 return;
             };
@@ -132,48 +151,65 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<State>>) {
             let _ = server.set_nodelay(true);
             let (client_read, client_write) = client.into_split();
             let (server_read, server_write) = server.into_split();
+            let up = Pump {
+                state: Arc::clone(&link_state),
+                dead: Arc::clone(&link_dead),
+                from_server: false,
+            };
+            let down = Pump {
+                state: link_state,
+                dead: link_dead,
+                from_server: true,
+            };
             // Either direction ending ends the link, as a proxy that lost one side does.
             tokio::select! {
-                () = pump(client_read, server_write, Arc::clone(&link_state), false) => {}
-                () = pump(server_read, client_write, link_state, true) => {}
+                () = up.run(client_read, server_write) => {}
+                () = down.run(server_read, client_write) => {}
             }
         });
-        lock(&state).links.push(link);
+        lock(&state).links.push(Link { task, dead });
     }
 }
 
-async fn pump(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
+/// One direction of a link.
+struct Pump {
     state: Arc<Mutex<State>>,
+    dead: Arc<AtomicBool>,
     from_server: bool,
-) {
-    let mut buf = vec![0_u8; 16 * 1024];
-    loop {
-        let Ok(n) = from.read(&mut buf).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        let (mode, cut) = {
-            let mut s = lock(&state);
-            let cut = from_server && std::mem::take(&mut s.cut_next_frame);
-            (s.mode, cut)
-        };
-        let chunk = buf.get(..n).unwrap_or_default();
-        match mode {
-            ProxyMode::Blackhole => continue,
-            ProxyMode::Delay(by) => tokio::time::sleep(by).await,
-            ProxyMode::Pass => {}
-        }
-        if cut {
-            let part = chunk.get(..n.div_ceil(2)).unwrap_or_default();
-            let _ = to.write_all(part).await;
-            return;
-        }
-        if to.write_all(chunk).await.is_err() {
-            return;
+}
+
+impl Pump {
+    async fn run(self, mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
+        let mut buf = vec![0_u8; 16 * 1024];
+        loop {
+            let Ok(n) = from.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            let (mode, cut) = {
+                let mut s = lock(&self.state);
+                let cut = self.from_server && std::mem::take(&mut s.cut_next_frame);
+                (s.mode, cut)
+            };
+            let chunk = buf.get(..n).unwrap_or_default();
+            if self.dead.load(Ordering::Relaxed) {
+                continue;
+            }
+            match mode {
+                ProxyMode::Blackhole => continue,
+                ProxyMode::Delay(by) => tokio::time::sleep(by).await,
+                ProxyMode::Pass => {}
+            }
+            if cut {
+                let part = chunk.get(..n.div_ceil(2)).unwrap_or_default();
+                let _ = to.write_all(part).await;
+                return;
+            }
+            if to.write_all(chunk).await.is_err() {
+                return;
+            }
         }
     }
 }
