@@ -70,8 +70,7 @@ use tandem_shared::proto::d2d::{
 };
 use tandem_shared::proto::d2m::DeviceSlotState;
 use tandem_tests::harness::{
-    build_release_chat_server, http_request, random_device_id, Device, Fixture, Identity, Mediator,
-    CHAT_SERVER_BIN_VAR,
+    http_request, random_device_id, use_release_chat_server, Device, Fixture, Identity, Mediator,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -2020,13 +2019,9 @@ fn main() {
 async fn run(args: Args) {
     print!("{}", machine());
     println!("load average at start: {}", loadavg());
-    if std::env::var_os(CHAT_SERVER_BIN_VAR).is_none() {
-        let bin = tokio::task::spawn_blocking(build_release_chat_server)
-            .await
-            .unwrap()
-            .unwrap_or_else(|err| panic!("{err}"));
-        std::env::set_var(CHAT_SERVER_BIN_VAR, bin);
-    }
+    use_release_chat_server()
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
     let started = Instant::now();
     let fx = Fixture::with_wrangler(&[])
         .await

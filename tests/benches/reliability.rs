@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tandem_tests::harness::{build_release_chat_server, CHAT_SERVER_BIN_VAR};
+use tandem_tests::harness::use_release_chat_server;
 use tandem_tests::reliability::{run_matrix, soak, table, Matrix};
 
 #[derive(Parser, Debug)]
@@ -58,13 +58,9 @@ async fn run(args: Args) {
             .unwrap_or_default()
             .trim()
     );
-    if std::env::var_os(CHAT_SERVER_BIN_VAR).is_none() {
-        let bin = tokio::task::spawn_blocking(build_release_chat_server)
-            .await
-            .unwrap()
-            .unwrap_or_else(|err| panic!("{err}"));
-        std::env::set_var(CHAT_SERVER_BIN_VAR, bin);
-    }
+    use_release_chat_server()
+        .await
+        .unwrap_or_else(|err| panic!("{err}"));
     let started = Instant::now();
     let mut matrix = Matrix::start()
         .await

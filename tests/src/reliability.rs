@@ -100,7 +100,30 @@ pub struct Tally {
     pub worst_settle: Duration,
 }
 
+/// What one device shows: each text and how many times.
+type Texts = BTreeMap<String, u64>;
+
+fn texts_shown(device: &AppDevice) -> Texts {
+    let mut m = Texts::new();
+    for message in device.messages() {
+        *m.entry(message.text).or_insert(0) += 1;
+    }
+    m
+}
+
 impl Tally {
+    /// Counts `text` on one device that should show it once.
+    fn count(&mut self, shown: &Texts, text: &str) {
+        self.expected += 1;
+        match shown.get(text).copied().unwrap_or(0) {
+            0 => self.lost += 1,
+            n => {
+                self.delivered += 1;
+                self.duplicates += n - 1;
+            }
+        }
+    }
+
     /// Whether nothing was lost or shown twice.
     #[must_use]
     pub const fn clean(&self) -> bool {
@@ -253,27 +276,10 @@ impl Matrix {
     /// Counts, for each sent text, on how many of the four devices it shows, and how often.
     fn count(&self, texts: &[(usize, String)]) -> (bool, Tally) {
         let mut t = Tally::default();
-        let shown: Vec<BTreeMap<String, u64>> = self
-            .devices
-            .iter()
-            .map(|d| {
-                let mut m = BTreeMap::new();
-                for message in d.messages() {
-                    *m.entry(message.text).or_insert(0) += 1;
-                }
-                m
-            })
-            .collect();
+        let shown: Vec<Texts> = self.devices.iter().map(texts_shown).collect();
         for (_, text) in texts {
             for copies in &shown {
-                t.expected += 1;
-                match copies.get(text).copied().unwrap_or(0) {
-                    0 => t.lost += 1,
-                    n => {
-                        t.delivered += 1;
-                        t.duplicates += n - 1;
-                    }
-                }
+                t.count(copies, text);
             }
         }
         (t.lost == 0, t)
@@ -577,32 +583,14 @@ pub async fn soak(
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let mut t = Tally::default();
-        let shown: Vec<Vec<BTreeMap<String, u64>>> = devices
+        let shown: Vec<Vec<Texts>> = devices
             .iter()
-            .map(|group| {
-                group
-                    .iter()
-                    .map(|d| {
-                        let mut m = BTreeMap::new();
-                        for message in d.messages() {
-                            *m.entry(message.text).or_insert(0) += 1;
-                        }
-                        m
-                    })
-                    .collect()
-            })
+            .map(|group| group.iter().map(texts_shown).collect())
             .collect();
         for (g, text) in &texts {
             for group in [*g, (*g + 1) % groups] {
                 for copies in shown.get(group).into_iter().flatten() {
-                    t.expected += 1;
-                    match copies.get(text).copied().unwrap_or(0) {
-                        0 => t.lost += 1,
-                        n => {
-                            t.delivered += 1;
-                            t.duplicates += n - 1;
-                        }
-                    }
+                    t.count(copies, text);
                 }
             }
         }

@@ -140,6 +140,18 @@ fn binary() -> Result<PathBuf, HarnessError> {
         .map_err(|detail| HarnessError::process("cargo build -p tandem-chat-server", detail))
 }
 
+/// Points [`CHAT_SERVER_BIN_VAR`] at a release build unless it is set: benchmarks measure the
+/// optimised server, as deployed. Call it before any other thread runs (it sets the variable).
+pub async fn use_release_chat_server() -> Result<(), HarnessError> {
+    if std::env::var_os(CHAT_SERVER_BIN_VAR).is_none() {
+        let bin = tokio::task::spawn_blocking(build_release_chat_server)
+            .await
+            .map_err(|err| HarnessError::process("cargo build --release", err.to_string()))??;
+        std::env::set_var(CHAT_SERVER_BIN_VAR, bin);
+    }
+    Ok(())
+}
+
 /// Builds `tandem-chat-server` with the release profile (a nested `cargo build --release`) and
 /// returns its path: benchmarks measure the optimised server, as deployed.
 pub fn build_release_chat_server() -> Result<PathBuf, HarnessError> {

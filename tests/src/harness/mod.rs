@@ -30,7 +30,9 @@ mod runner;
 mod worker;
 
 pub use app_device::{unix_ms, AppDevice};
-pub use chat_server::{build_release_chat_server, ChatServer, CHAT_SERVER_BIN_VAR};
+pub use chat_server::{
+    build_release_chat_server, use_release_chat_server, ChatServer, CHAT_SERVER_BIN_VAR,
+};
 pub use device::{Device, Received, TransactionStart, DEFAULT_WAIT};
 pub use error::HarnessError;
 pub use fault_proxy::{FaultProxy, ProxyMode};
