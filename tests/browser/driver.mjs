@@ -353,6 +353,37 @@ const SCENARIOS = {
       (d) => d.messages(`contact/${Y}`).then((l) => view(l.filter((m) => m.key !== world.tamperedKey))));
   },
 
+  /**
+   * The leader's tab closes in the middle of the flow (Y1 writing to X, X's other device writing
+   * to Y) and opens again: every text shows on X1, X2 and Y1, each exactly once (RELIABILITY.md).
+   */
+  async leader_closed_mid_flow() {
+    const { X1, X2, Y1, X, Y } = world;
+    const leads = async (d) => (await d.events('leader')).at(-1)?.leader === true;
+    const leader = (await leads(X2)) ? X2 : X1;
+    const other = leader === X1 ? X2 : X1;
+    check(await leads(leader), 'X1 or X2 leads (its last leader event)', await leader.events('leader'));
+    const texts = [];
+    for (let i = 0; i < 30; i++) {
+      if (i === 15) await leader.closePage();
+      for (const [d, to, t] of [[Y1, `contact/${X}`, `mid-y${i}`], [other, `contact/${Y}`, `mid-x${i}`]]) {
+        await d.call('sendText', to, t);
+        texts.push(t);
+      }
+      await sleep(30);
+    }
+    await leader.newPage();
+    await leader.open();
+    await leader.online();
+    for (const [d, conv] of [[X1, `contact/${Y}`], [X2, `contact/${Y}`], [Y1, `contact/${X}`]]) {
+      const shown = await d.until(`all ${texts.length} texts on ${d.name}`,
+        (c) => window.device.client.messages(c).map((m) => m.text), conv,
+        (ts) => { const k = new Set(ts); return texts.every((t) => k.has(t)); }, 60_000);
+      const twice = texts.filter((t) => shown.filter((u) => u === t).length > 1);
+      check(twice.length === 0, `no text shown twice on ${d.name}`, twice);
+    }
+  },
+
   /** The device list names every sibling with its label; a dropped device is gone from it and,
    * opened again, is refused by the mediator and stops (it does not retry). */
   async devices() {

@@ -338,6 +338,8 @@ impl App {
             };
             if !self.precondition(&op) {
                 self.sync.queue.pop_front();
+                // Its closes say nothing about the op behind it.
+                self.sync.failures = None;
                 self.after_sync(&op, false, now_ms, rng);
                 continue;
             }
