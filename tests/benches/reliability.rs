@@ -112,5 +112,9 @@ async fn run(args: Args) {
             report.rss_end_kib.1,
             growth(report.rss_early_kib.1, report.rss_end_kib.1),
         );
+        println!(
+            "RSS samples (s, workerd KiB, chat server KiB): {:?}",
+            report.rss_samples
+        );
     }
 }

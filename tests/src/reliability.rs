@@ -447,6 +447,9 @@ pub struct SoakReport {
     pub rss_early_kib: (u64, u64),
     /// As above, after the run.
     pub rss_end_kib: (u64, u64),
+    /// (seconds into the run, workerd KiB, chat server KiB) once a minute (every tenth of a
+    /// shorter run), to tell growth that levels off from a leak.
+    pub rss_samples: Vec<(u64, u64, u64)>,
 }
 
 /// Resident set size of `pid` in KiB, from `/proc`.
@@ -576,6 +579,12 @@ pub async fn soak(
         tick += 1;
         if report.rss_early_kib == (0, 0) && started.elapsed() >= early_at {
             report.rss_early_kib = rss_pair(fx);
+        }
+        let sample_every = (secs / 10).clamp(1, 60);
+        let at = started.elapsed().as_secs();
+        if at / sample_every > report.rss_samples.last().map_or(0, |s| s.0 / sample_every) {
+            let (workerd, chat) = rss_pair(fx);
+            report.rss_samples.push((at, workerd, chat));
         }
         tokio::time::sleep(interval).await;
     }

@@ -11,7 +11,8 @@ use super::event::AppEvent;
 use super::model::{ConversationId, Direction, Message, MessageState, Settings};
 use super::outgoing::text_body;
 use super::sync::{
-    SyncOp, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES, NEW_DEVICE_SYNC_PART_ENVELOPES,
+    NdsCursor, NdsHistory, SyncOp, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES,
+    NEW_DEVICE_SYNC_PART_ENVELOPES,
 };
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
@@ -21,6 +22,7 @@ use crate::proto::d2d::{
     OutgoingMessageUpdate, SettingsSync, UserProfileSync,
 };
 use crate::proto::sync;
+use core::ops::Bound::{Excluded, Unbounded};
 
 impl App {
     /// A device created empty asks its siblings once, after its queue is dry; the flag is
@@ -54,51 +56,131 @@ impl App {
         });
     }
 
-    /// The answer to a new device as transactions of bounded size, in order: profile,
-    /// settings, contacts, groups and lists first, then the history, oldest first. Every
-    /// envelope is idempotent, so a part that a sibling already applied changes nothing there.
-    pub(super) fn new_device_sync_parts(
+    /// The first part of the answer to a new device. Which history messages the answer holds
+    /// is fixed now (the newest `max_history_messages`, capped); what each part says of them,
+    /// and of contacts, groups and lists, is read when that part's transaction holds the lock.
+    pub(super) fn new_device_sync_first(
         &self,
         device_id: u64,
         max_history_messages: u32,
-    ) -> Vec<SyncOp> {
-        let history = max_history_messages.min(NEW_DEVICE_SYNC_MAX_HISTORY);
-        let (contents, messages) = self.new_device_sync_envelopes(history);
-        let mut parts: Vec<Vec<Content>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for content in contents {
-            let len = content.encoded_len();
-            if let Some(current) = parts.last_mut() {
-                let full = current.len() >= NEW_DEVICE_SYNC_PART_ENVELOPES
-                    || (!current.is_empty() && bytes + len > NEW_DEVICE_SYNC_PART_BYTES);
-                if !full {
-                    bytes += len;
-                    current.push(content);
-                    continue;
-                }
-            }
-            bytes = len;
-            parts.push(vec![content]);
+    ) -> SyncOp {
+        let want = max_history_messages.min(NEW_DEVICE_SYNC_MAX_HISTORY);
+        let want = usize::try_from(want).unwrap_or(usize::MAX);
+        let messages = self.state.messages();
+        let newest: Vec<u64> = messages.keys().rev().take(want).copied().collect();
+        let history = NdsHistory {
+            first_seq: newest.last().copied().unwrap_or(u64::MAX),
+            last_seq: newest.first().copied().unwrap_or(0),
+            count: u32::try_from(newest.len()).unwrap_or(u32::MAX),
+        };
+        SyncOp::NewDeviceSyncPart {
+            device_id,
+            part: 0,
+            cursor: NdsCursor::Start,
+            history,
         }
-        let count = parts.len();
-        parts
-            .into_iter()
-            .enumerate()
-            .map(|(i, contents)| SyncOp::NewDeviceSyncPart {
-                device_id,
-                part: u32::try_from(i).unwrap_or(u32::MAX),
-                contents,
-                last_of: (i + 1 == count).then_some(messages),
-            })
-            .collect()
     }
 
-    /// Everything a new device needs, as the envelopes a sibling would have reflected, and the
-    /// number of history messages among them.
-    pub(super) fn new_device_sync_envelopes(
+    /// The envelopes of the part starting at `cursor`, read from the current state, and where
+    /// the next part starts. Items are whole (a message with its updates is never split); a
+    /// part holds at least one item and stops before [`NEW_DEVICE_SYNC_PART_ENVELOPES`] or
+    /// [`NEW_DEVICE_SYNC_PART_BYTES`] would be passed. Cursors are keys, not positions: an item
+    /// added or removed meanwhile shifts nothing (one added behind the cursor reaches the new
+    /// device as an ordinary reflection, its slot exists by now).
+    pub(super) fn new_device_sync_part(
         &self,
-        max_history_messages: u32,
-    ) -> (Vec<Content>, u32) {
+        cursor: &NdsCursor,
+        history: &NdsHistory,
+    ) -> (Vec<Content>, NdsCursor) {
+        let mut part = Part::default();
+        let mut cursor = cursor.clone();
+        loop {
+            let (item, next) = match &cursor {
+                NdsCursor::Start => (self.profile_and_settings(), NdsCursor::Contacts(None)),
+                NdsCursor::Contacts(after) => {
+                    let contacts = self.state.contacts();
+                    let found = match after {
+                        Some(a) => contacts.range((Excluded(*a), Unbounded)).next(),
+                        None => contacts.iter().next(),
+                    };
+                    match found {
+                        Some((id, contact)) => (
+                            vec![Content::ContactSync(ContactSync {
+                                action: Some(contact_sync::Action::Create(contact_sync::Create {
+                                    contact: Some(contact.to_sync()),
+                                })),
+                            })],
+                            NdsCursor::Contacts(Some(*id)),
+                        ),
+                        None => (Vec::new(), NdsCursor::Groups(None)),
+                    }
+                }
+                NdsCursor::Groups(after) => {
+                    let groups = self.state.groups();
+                    let found = match after {
+                        Some(a) => groups.range((Excluded(*a), Unbounded)).next(),
+                        None => groups.iter().next(),
+                    };
+                    match found {
+                        Some((id, group)) => (
+                            vec![Content::GroupSync(GroupSync {
+                                action: Some(group_sync::Action::Create(group_sync::Create {
+                                    group: Some(group.to_sync()),
+                                })),
+                            })],
+                            NdsCursor::Groups(Some(*id)),
+                        ),
+                        None => (Vec::new(), NdsCursor::Lists(None)),
+                    }
+                }
+                NdsCursor::Lists(after) => {
+                    let lists = self.state.distribution_lists();
+                    let found = match after {
+                        Some(a) => lists.range((Excluded(*a), Unbounded)).next(),
+                        None => lists.iter().next(),
+                    };
+                    match found {
+                        Some((id, list)) => (
+                            vec![Content::DistributionListSync(DistributionListSync {
+                                action: Some(distribution_list_sync::Action::Create(
+                                    distribution_list_sync::Create {
+                                        distribution_list: Some(list.to_sync()),
+                                    },
+                                )),
+                            })],
+                            NdsCursor::Lists(Some(*id)),
+                        ),
+                        None => (Vec::new(), NdsCursor::Messages(history.first_seq)),
+                    }
+                }
+                NdsCursor::Messages(from) => {
+                    let found = self
+                        .state
+                        .messages()
+                        .range(*from..)
+                        .next()
+                        .filter(|(seq, _)| **seq <= history.last_seq);
+                    match found {
+                        Some((seq, message)) => {
+                            let mut out = Vec::new();
+                            history_envelopes(message, &mut out);
+                            (out, NdsCursor::Messages(seq.saturating_add(1)))
+                        }
+                        None => (Vec::new(), NdsCursor::Done),
+                    }
+                }
+                NdsCursor::Done => return (part.contents, NdsCursor::Done),
+            };
+            if !part.fits(&item) {
+                return (part.contents, cursor);
+            }
+            part.add(item);
+            cursor = next;
+        }
+    }
+
+    /// The own nickname (if set) and settings (if not default).
+    fn profile_and_settings(&self) -> Vec<Content> {
         let mut out = Vec::new();
         let profile = self.state.profile();
         if !profile.nickname.is_empty() {
@@ -120,38 +202,7 @@ impl App {
                 })),
             }));
         }
-        for contact in self.state.contacts().values() {
-            out.push(Content::ContactSync(ContactSync {
-                action: Some(contact_sync::Action::Create(contact_sync::Create {
-                    contact: Some(contact.to_sync()),
-                })),
-            }));
-        }
-        for group in self.state.groups().values() {
-            out.push(Content::GroupSync(GroupSync {
-                action: Some(group_sync::Action::Create(group_sync::Create {
-                    group: Some(group.to_sync()),
-                })),
-            }));
-        }
-        for list in self.state.distribution_lists().values() {
-            out.push(Content::DistributionListSync(DistributionListSync {
-                action: Some(distribution_list_sync::Action::Create(
-                    distribution_list_sync::Create {
-                        distribution_list: Some(list.to_sync()),
-                    },
-                )),
-            }));
-        }
-        let history = usize::try_from(max_history_messages).unwrap_or(usize::MAX);
-        let mut recent: Vec<&Message> =
-            self.state.messages().values().rev().take(history).collect();
-        recent.reverse();
-        let messages = u32::try_from(recent.len()).unwrap_or(u32::MAX);
-        for message in recent {
-            history_envelopes(message, &mut out);
-        }
-        (out, messages)
+        out
     }
 
     /// The answer's last part is committed.
@@ -237,5 +288,29 @@ fn history_envelopes(message: &Message, out: &mut Vec<Content>) {
                 }));
             }
         }
+    }
+}
+
+/// The envelopes of one part being filled, and their size.
+#[derive(Default)]
+struct Part {
+    contents: Vec<Content>,
+    bytes: usize,
+}
+
+impl Part {
+    /// Whether `item` still fits; an empty part takes any item, so every part moves on.
+    fn fits(&self, item: &[Content]) -> bool {
+        if self.contents.is_empty() {
+            return true;
+        }
+        let bytes: usize = item.iter().map(Content::encoded_len).sum();
+        self.contents.len() + item.len() <= NEW_DEVICE_SYNC_PART_ENVELOPES
+            && self.bytes + bytes <= NEW_DEVICE_SYNC_PART_BYTES
+    }
+
+    fn add(&mut self, item: Vec<Content>) {
+        self.bytes += item.iter().map(Content::encoded_len).sum::<usize>();
+        self.contents.extend(item);
     }
 }

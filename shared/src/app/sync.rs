@@ -53,19 +53,49 @@ pub(super) enum SyncOp {
         /// Its history cap.
         max_history_messages: u32,
     },
-    /// One transaction of an answer to a new device. The first part's precondition is that
-    /// nobody answered yet; a later part's is that this device committed the first.
+    /// One transaction of an answer to a new device, its envelopes read from the state when it
+    /// holds the lock (a snapshot taken earlier could undo a sibling's change committed in
+    /// between: a `create` of an existing contact overwrites it). The first part's
+    /// precondition is that nobody answered yet; a later part's is that this device committed
+    /// the first.
     NewDeviceSyncPart {
         /// The new device.
         device_id: u64,
         /// 0-based.
         part: u32,
-        /// The envelopes of this part.
-        contents: Vec<Content>,
-        /// History messages in the whole answer (reported with the last part), or `None` for
-        /// every part but the last.
-        last_of: Option<u32>,
+        /// Where this part starts.
+        cursor: NdsCursor,
+        /// Which messages the answer replays.
+        history: NdsHistory,
     },
+}
+
+/// Where a part of an answer to a new device starts: the stage and the key after which it goes
+/// on (keys, not positions, so that changes between parts shift nothing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum NdsCursor {
+    /// Profile and settings come first.
+    Start,
+    /// Contacts after this identity.
+    Contacts(Option<Identity>),
+    /// Groups after this one.
+    Groups(Option<GroupId>),
+    /// Distribution lists after this id.
+    Lists(Option<u64>),
+    /// History messages from this sequence number on.
+    Messages(u64),
+    /// Nothing left.
+    Done,
+}
+
+/// The history messages an answer replays: sequence numbers `first_seq..=last_seq` (fixed when
+/// the answer starts; later messages reach the new device as ordinary reflections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct NdsHistory {
+    pub(super) first_seq: u64,
+    pub(super) last_seq: u64,
+    /// How many messages that is, for `NewDeviceSyncSent`.
+    pub(super) count: u32,
 }
 
 impl SyncOp {
@@ -124,6 +154,8 @@ pub(super) struct SyncRunner {
     /// The mediator close that ended the front op's transaction last, and how many times in a
     /// row it did.
     failures: Option<(CloseCode, u32)>,
+    /// Where the next part of the answer being reflected starts (set when its part begins).
+    next_cursor: Option<NdsCursor>,
 }
 
 /// An op whose transaction the mediator closed this many times in a row with the same code is
@@ -322,11 +354,12 @@ impl App {
                     group: Some((**update).clone()),
                 })),
             })],
-            // Cut into parts before it begins (`drive_sync`); nothing to reflect as a whole.
+            // Turned into its first part before it begins (`drive_sync`).
             SyncOp::NewDeviceSync { .. } => Vec::new(),
-            SyncOp::NewDeviceSyncPart { contents, .. } | SyncOp::Replay(contents) => {
-                contents.clone()
-            }
+            SyncOp::NewDeviceSyncPart {
+                cursor, history, ..
+            } => self.new_device_sync_part(cursor, history).0,
+            SyncOp::Replay(contents) => contents.clone(),
         }
     }
 
@@ -349,10 +382,8 @@ impl App {
             } = op
             {
                 self.sync.queue.pop_front();
-                let parts = self.new_device_sync_parts(device_id, max_history_messages);
-                for part in parts.into_iter().rev() {
-                    self.sync.queue.push_front(part);
-                }
+                let first = self.new_device_sync_first(device_id, max_history_messages);
+                self.sync.queue.push_front(first);
                 continue;
             }
             let Some(session) = self.session.as_mut() else {
@@ -378,7 +409,16 @@ impl App {
             self.commit(false);
             return;
         }
-        let envelopes = self.sync_envelopes(&op);
+        let envelopes = match &op {
+            SyncOp::NewDeviceSyncPart {
+                cursor, history, ..
+            } => {
+                let (envelopes, next) = self.new_device_sync_part(cursor, history);
+                self.sync.next_cursor = Some(next);
+                envelopes
+            }
+            other => self.sync_envelopes(other),
+        };
         if !matches!(op, SyncOp::NewDeviceSyncPart { .. }) {
             // Durable before any of them leaves (the gate holds the reflects behind this batch).
             self.state.put_journal(envelopes.clone());
@@ -426,9 +466,35 @@ impl App {
         // What waited for the lock goes out before anything this commit leads to.
         self.release_deferred(rng);
         let staged = core::mem::take(&mut self.sync.staged);
+        let next_cursor = self.sync.next_cursor.take();
         let Some(op) = self.sync.queue.pop_front() else {
             return;
         };
+        if let (
+            true,
+            SyncOp::NewDeviceSyncPart {
+                device_id,
+                part,
+                history,
+                ..
+            },
+        ) = (executed, &op)
+        {
+            match next_cursor {
+                Some(cursor) if cursor != NdsCursor::Done => {
+                    self.sync.queue.push_front(SyncOp::NewDeviceSyncPart {
+                        device_id: *device_id,
+                        part: part.saturating_add(1),
+                        cursor,
+                        history: *history,
+                    });
+                }
+                _ => {
+                    self.sync.answering_own.remove(device_id);
+                    self.new_device_sync_done(*device_id, history.count);
+                }
+            }
+        }
         if executed && !matches!(op, SyncOp::NewDeviceSyncPart { .. }) {
             for content in staged {
                 // Own envelopes were built from valid state; a failure would only repeat what
@@ -453,18 +519,14 @@ impl App {
                 self.announce(announce, now_ms, rng);
             }
             SyncOp::NewDeviceSyncPart {
-                device_id,
-                part,
-                last_of,
-                ..
+                device_id, part: 0, ..
             } if executed => {
-                if *part == 0 {
-                    self.sync.answered.insert(*device_id);
+                self.sync.answered.insert(*device_id);
+                // A later part is queued exactly when more is left (`on_commit_acked`).
+                if self.sync.queue.front().is_some_and(|next| {
+                    matches!(next, SyncOp::NewDeviceSyncPart { device_id: d, .. } if d == device_id)
+                }) {
                     self.sync.answering_own.insert(*device_id);
-                }
-                if let Some(messages) = last_of {
-                    self.sync.answering_own.remove(device_id);
-                    self.new_device_sync_done(*device_id, *messages);
                 }
             }
             _ => {}
