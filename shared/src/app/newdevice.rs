@@ -23,6 +23,7 @@ use crate::proto::d2d::{
 };
 use crate::proto::sync;
 use core::ops::Bound::{Excluded, Unbounded};
+use std::collections::BTreeMap;
 
 impl App {
     /// A device created empty asks its siblings once, after its queue is dry; the flag is
@@ -97,49 +98,30 @@ impl App {
         loop {
             let (item, next) = match &cursor {
                 NdsCursor::Start => (self.profile_and_settings(), NdsCursor::Contacts(None)),
-                NdsCursor::Contacts(after) => {
-                    let contacts = self.state.contacts();
-                    let found = match after {
-                        Some(a) => contacts.range((Excluded(*a), Unbounded)).next(),
-                        None => contacts.iter().next(),
-                    };
-                    match found {
-                        Some((id, contact)) => (
-                            vec![Content::ContactSync(ContactSync {
-                                action: Some(contact_sync::Action::Create(contact_sync::Create {
-                                    contact: Some(contact.to_sync()),
-                                })),
-                            })],
-                            NdsCursor::Contacts(Some(*id)),
-                        ),
-                        None => (Vec::new(), NdsCursor::Groups(None)),
-                    }
-                }
-                NdsCursor::Groups(after) => {
-                    let groups = self.state.groups();
-                    let found = match after {
-                        Some(a) => groups.range((Excluded(*a), Unbounded)).next(),
-                        None => groups.iter().next(),
-                    };
-                    match found {
-                        Some((id, group)) => (
-                            vec![Content::GroupSync(GroupSync {
-                                action: Some(group_sync::Action::Create(group_sync::Create {
-                                    group: Some(group.to_sync()),
-                                })),
-                            })],
-                            NdsCursor::Groups(Some(*id)),
-                        ),
-                        None => (Vec::new(), NdsCursor::Lists(None)),
-                    }
-                }
+                NdsCursor::Contacts(after) => match next_after(self.state.contacts(), *after) {
+                    Some((id, contact)) => (
+                        vec![Content::ContactSync(ContactSync {
+                            action: Some(contact_sync::Action::Create(contact_sync::Create {
+                                contact: Some(contact.to_sync()),
+                            })),
+                        })],
+                        NdsCursor::Contacts(Some(id)),
+                    ),
+                    None => (Vec::new(), NdsCursor::Groups(None)),
+                },
+                NdsCursor::Groups(after) => match next_after(self.state.groups(), *after) {
+                    Some((id, group)) => (
+                        vec![Content::GroupSync(GroupSync {
+                            action: Some(group_sync::Action::Create(group_sync::Create {
+                                group: Some(group.to_sync()),
+                            })),
+                        })],
+                        NdsCursor::Groups(Some(id)),
+                    ),
+                    None => (Vec::new(), NdsCursor::Lists(None)),
+                },
                 NdsCursor::Lists(after) => {
-                    let lists = self.state.distribution_lists();
-                    let found = match after {
-                        Some(a) => lists.range((Excluded(*a), Unbounded)).next(),
-                        None => lists.iter().next(),
-                    };
-                    match found {
+                    match next_after(self.state.distribution_lists(), *after) {
                         Some((id, list)) => (
                             vec![Content::DistributionListSync(DistributionListSync {
                                 action: Some(distribution_list_sync::Action::Create(
@@ -148,7 +130,7 @@ impl App {
                                     },
                                 )),
                             })],
-                            NdsCursor::Lists(Some(*id)),
+                            NdsCursor::Lists(Some(id)),
                         ),
                         None => (Vec::new(), NdsCursor::Messages(history.first_seq)),
                     }
@@ -313,4 +295,14 @@ impl Part {
         self.bytes += item.iter().map(Content::encoded_len).sum::<usize>();
         self.contents.extend(item);
     }
+}
+
+/// The first entry of `map` after the key `after` (the first of all for `None`): one cursor
+/// step of an answer.
+fn next_after<K: Ord + Copy, V>(map: &BTreeMap<K, V>, after: Option<K>) -> Option<(K, &V)> {
+    match after {
+        Some(a) => map.range((Excluded(a), Unbounded)).next(),
+        None => map.iter().next(),
+    }
+    .map(|(k, v)| (*k, v))
 }

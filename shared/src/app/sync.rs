@@ -354,11 +354,9 @@ impl App {
                     group: Some((**update).clone()),
                 })),
             })],
-            // Turned into its first part before it begins (`drive_sync`).
-            SyncOp::NewDeviceSync { .. } => Vec::new(),
-            SyncOp::NewDeviceSyncPart {
-                cursor, history, ..
-            } => self.new_device_sync_part(cursor, history).0,
+            // The request becomes its first part in `drive_sync`; a part is read under its lock
+            // in `on_transaction_begun`, which also keeps where the next one starts.
+            SyncOp::NewDeviceSync { .. } | SyncOp::NewDeviceSyncPart { .. } => Vec::new(),
             SyncOp::Replay(contents) => contents.clone(),
         }
     }
