@@ -380,6 +380,50 @@ fn a_history_larger_than_a_transaction_goes_in_parts() {
 }
 
 #[test]
+fn an_answer_cut_short_by_a_crash_resumes_when_the_answering_device_opens_again() {
+    // 300 messages: 900 envelopes, five parts. X1's tab dies after the first parts are in.
+    let n = 300;
+    let mut w = long_history(n, 10_000);
+    let x = w.devices["X1"].identity;
+    let y = w.devices["Y1"].identity;
+    w.device("X2", x);
+    w.link("X2");
+    let part_of_it = w.run_until(|w| {
+        let got = w.app_ref("X2").state().messages().len();
+        got > 0 && got < n
+    });
+    assert!(part_of_it, "the answer came in one piece: nothing to cut");
+    w.crash("X1");
+    let got = w.app_ref("X2").state().messages().len();
+    assert!(got < n, "{got}");
+    // Before the answer was stored as owed, X1 opened without it and X2 kept a part for ever.
+    w.reopen("X1");
+    w.connect("X1");
+    w.run();
+    let to_y = ConversationId::Contact(y);
+    assert_eq!(w.app_ref("X2").state().messages().len(), n);
+    assert_eq!(
+        summary(&w.conversation("X2", &to_y)),
+        summary(&w.conversation("X1", &to_y))
+    );
+    assert!(
+        w.take_events("X1").iter().any(
+            |e| matches!(e, AppEvent::NewDeviceSyncSent { messages, .. } if *messages as usize == n)
+        ),
+        "the answer ran to its end"
+    );
+    assert_eq!(w.app("X1").pending_sync(), 0);
+    // Nothing is owed any more: another restart answers nobody.
+    w.crash("X1");
+    w.reopen("X1");
+    assert_eq!(
+        w.app("X1").pending_sync(),
+        0,
+        "the owed answer was forgotten"
+    );
+}
+
+#[test]
 fn a_part_the_mediator_keeps_refusing_is_dropped_visibly_and_the_next_change_goes_on() {
     // 50 staged reflects at most: even one part (200) is refused with 4010, every time.
     let mut w = long_history(100, 50);

@@ -721,6 +721,9 @@ impl App {
         self.gate.clear();
         self.jobs.on_disconnect();
         if let Some(op) = self.sync.on_disconnect(code) {
+            if let Some(device_id) = op.answers() {
+                self.state.clear_answer_owed(device_id);
+            }
             self.events.push_back(AppEvent::SyncFailed {
                 scope: op.scope(),
                 code,

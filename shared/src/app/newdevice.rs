@@ -51,34 +51,30 @@ impl App {
         if device_id == self.state.own().device_id {
             return;
         }
+        // Stored with the batch that acks the request: an answer that dies with this device
+        // (a crash mid-answer) resumes when it opens again, though the siblings it rejected
+        // take the request as answered.
+        self.state.put_answer_owed(device_id, max_history_messages);
         self.enqueue_sync(SyncOp::NewDeviceSync {
             device_id,
             max_history_messages,
         });
     }
 
-    /// The first part of the answer to a new device. Which history messages the answer holds
-    /// is fixed now (the newest `max_history_messages`, capped); what each part says of them,
-    /// and of contacts, groups and lists, is read when that part's transaction holds the lock.
-    pub(super) fn new_device_sync_first(
-        &self,
-        device_id: u64,
-        max_history_messages: u32,
-    ) -> SyncOp {
+    /// Which history messages an answer replays: the newest `max_history_messages` (capped)
+    /// of this moment. Fixed when the answer's first transaction holds the lock: by then this
+    /// device has every message reflected before the new device's slot existed (the mediator
+    /// acks a lock only after the queue entries before it, `docs/mediator.md`); later ones
+    /// reach the new device as ordinary reflections.
+    pub(super) fn new_device_sync_history(&self, max_history_messages: u32) -> NdsHistory {
         let want = max_history_messages.min(NEW_DEVICE_SYNC_MAX_HISTORY);
         let want = usize::try_from(want).unwrap_or(usize::MAX);
         let messages = self.state.messages();
         let newest: Vec<u64> = messages.keys().rev().take(want).copied().collect();
-        let history = NdsHistory {
+        NdsHistory {
             first_seq: newest.last().copied().unwrap_or(u64::MAX),
             last_seq: newest.first().copied().unwrap_or(0),
             count: u32::try_from(newest.len()).unwrap_or(u32::MAX),
-        };
-        SyncOp::NewDeviceSyncPart {
-            device_id,
-            part: 0,
-            cursor: NdsCursor::Start,
-            history,
         }
     }
 

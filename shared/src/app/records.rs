@@ -42,8 +42,10 @@ pub enum RecordKind {
     Settings,
     /// One record, key `self`. Value: `sync.UserProfile` (nickname only).
     Profile,
-    /// At most one record, key `self`: the envelopes of an own transaction that may have been
-    /// committed but were not yet applied here; replayed after a restart.
+    /// Sync work that must survive a restart. Key `self` (at most one): the envelopes of an own
+    /// transaction that may have been committed but were not yet applied here; replayed after
+    /// a restart. Key `answer` ‖ device id (u64 big-endian): a new device's request this
+    /// device has seen and not seen answered in full; value: the request's `d2d.Envelope`.
     SyncJournal,
 }
 
@@ -394,6 +396,51 @@ pub(crate) fn decode_profile(record: &Record) -> Result<Profile, RecordError> {
 }
 
 // ---- sync journal -----------------------------------------------------------------------------
+
+/// The key prefix of an answer owed to a new device, in the journal's store.
+const ANSWER_KEY_PREFIX: &[u8] = b"answer";
+
+/// Whether a journal-store record is an answer owed (else it is the transaction journal).
+pub(crate) fn is_answer_record(record: &Record) -> bool {
+    record.key.starts_with(ANSWER_KEY_PREFIX)
+}
+
+/// The key of the answer owed to `device_id`.
+pub(crate) fn answer_key(device_id: u64) -> Vec<u8> {
+    [ANSWER_KEY_PREFIX, &device_id.to_be_bytes()].concat()
+}
+
+/// An answer owed to the new device `device_id`, which asked for `max_history_messages`.
+pub(crate) fn answer_record(device_id: u64, max_history_messages: u32) -> Record {
+    let value = Envelope {
+        padding: Vec::new(),
+        device_id,
+        content: Some(Content::NewDeviceSyncRequest(
+            crate::proto::d2d::NewDeviceSyncRequest {
+                max_history_messages,
+            },
+        )),
+    };
+    put(
+        RecordKind::SyncJournal,
+        answer_key(device_id),
+        value.encode_to_vec(),
+    )
+}
+
+/// The new device and its history cap of an answer owed.
+pub(crate) fn decode_answer(record: &Record) -> Result<(u64, u32), RecordError> {
+    let kind = RecordKind::SyncJournal;
+    let envelope: Envelope = decode_pb(kind, &record.value)?;
+    match envelope.content {
+        Some(Content::NewDeviceSyncRequest(request))
+            if record.key == answer_key(envelope.device_id) =>
+        {
+            Ok((envelope.device_id, request.max_history_messages))
+        }
+        _ => Err(RecordError::Key { kind }),
+    }
+}
 
 /// The stored shape of the journal: each entry an encoded `d2d.Envelope` with only `content`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -1065,6 +1112,24 @@ pub(crate) mod tests {
         let r = Record::new(RecordKind::SyncJournal, b"x".to_vec(), raw.encode_to_vec());
         assert_eq!(
             decode_journal(&r),
+            Err(RecordError::Key {
+                kind: RecordKind::SyncJournal
+            })
+        );
+    }
+
+    #[test]
+    fn an_answer_owed_round_trips_beside_the_journal_and_a_mismatched_key_is_refused() {
+        for (device_id, max) in [(0, 0), (7, 1_000), (u64::MAX, u32::MAX)] {
+            let r = answer_record(device_id, max);
+            assert!(is_answer_record(&r));
+            assert_eq!(decode_answer(&r), Ok((device_id, max)));
+        }
+        assert!(!is_answer_record(&journal_record(&[])));
+        let mut r = answer_record(7, 10);
+        r.key = answer_key(8);
+        assert_eq!(
+            decode_answer(&r),
             Err(RecordError::Key {
                 kind: RecordKind::SyncJournal
             })

@@ -12,10 +12,11 @@ use super::model::{
 };
 use super::nonce::{NonceEntry, NonceHasher, NonceScope, NonceStore};
 use super::records::{
-    contact_key, contact_record, decode_contact, decode_group, decode_journal, decode_list,
-    decode_message, decode_nonce, decode_own, decode_profile, decode_settings, group_key,
-    group_record, journal_record, list_key, list_record, message_record, nonce_record, own_record,
-    profile_record, settings_record, Op, Record, RecordError, RecordKind,
+    answer_key, answer_record, contact_key, contact_record, decode_answer, decode_contact,
+    decode_group, decode_journal, decode_list, decode_message, decode_nonce, decode_own,
+    decode_profile, decode_settings, group_key, group_record, is_answer_record, journal_record,
+    list_key, list_record, message_record, nonce_record, own_record, profile_record,
+    settings_record, Op, Record, RecordError, RecordKind,
 };
 use crate::crypto::Nonce;
 use crate::proto::d2d::envelope::Content;
@@ -47,6 +48,8 @@ pub struct State {
     /// Keyed by `own.identity`, which never changes for a state.
     nonce_hasher: NonceHasher,
     journal: Option<Vec<Content>>,
+    /// New devices owed an answer: device id → history cap (`RecordKind::SyncJournal`).
+    answers_owed: BTreeMap<u64, u32>,
     next_seq: u64,
     ops: Vec<Op>,
 }
@@ -67,6 +70,7 @@ impl State {
             by_conversation: HashMap::new(),
             nonces: NonceStore::default(),
             journal: None,
+            answers_owed: BTreeMap::new(),
             next_seq: 1,
             ops: Vec::new(),
         };
@@ -85,6 +89,7 @@ impl State {
         let mut messages = BTreeMap::new();
         let mut nonces = NonceStore::default();
         let mut journal = None;
+        let mut answers_owed = BTreeMap::new();
         for record in records {
             match record.kind {
                 RecordKind::Identity => own = Some(decode_own(&record)?),
@@ -108,6 +113,10 @@ impl State {
                 RecordKind::Message => {
                     let m = decode_message(&record)?;
                     messages.insert(m.seq, m);
+                }
+                RecordKind::SyncJournal if is_answer_record(&record) => {
+                    let (device_id, max) = decode_answer(&record)?;
+                    answers_owed.insert(device_id, max);
                 }
                 RecordKind::SyncJournal => journal = Some(decode_journal(&record)?),
             }
@@ -140,6 +149,7 @@ impl State {
             by_conversation,
             nonces,
             journal,
+            answers_owed,
             next_seq,
             ops: Vec::new(),
         })
@@ -301,6 +311,30 @@ impl State {
             self.ops.push(Op::Delete {
                 kind: RecordKind::SyncJournal,
                 key: super::records::SINGLETON_KEY.to_vec(),
+            });
+        }
+    }
+
+    /// New devices this device owes an answer (device id → history cap).
+    pub(crate) const fn answers_owed(&self) -> &BTreeMap<u64, u32> {
+        &self.answers_owed
+    }
+
+    /// A new device asked: until its answer is seen in full (or taken over by a sibling), a
+    /// restart must not forget it.
+    pub(crate) fn put_answer_owed(&mut self, device_id: u64, max_history_messages: u32) {
+        if self.answers_owed.insert(device_id, max_history_messages) != Some(max_history_messages) {
+            self.ops
+                .push(Op::Put(answer_record(device_id, max_history_messages)));
+        }
+    }
+
+    /// The answer to `device_id` is no longer this device's to give.
+    pub(crate) fn clear_answer_owed(&mut self, device_id: u64) {
+        if self.answers_owed.remove(&device_id).is_some() {
+            self.ops.push(Op::Delete {
+                kind: RecordKind::SyncJournal,
+                key: answer_key(device_id),
             });
         }
     }

@@ -45,23 +45,24 @@ pub(super) enum SyncOp {
     /// Envelopes of an own transaction that may have been committed before a crash: reflected
     /// again (idempotent for every device) and applied. No precondition.
     Replay(Vec<Content>),
-    /// Answer a new device (DESIGN §2.4); precondition: nobody answered yet. When it reaches
-    /// the front it is cut into [`SyncOp::NewDeviceSyncPart`]s from the state of that moment.
+    /// Answer a new device (DESIGN §2.4): the answer's first transaction; precondition: nobody
+    /// answered yet. Which history messages the answer replays is fixed when it holds the lock
+    /// (the holder has then applied every commit and reflection queued before its lock,
+    /// `docs/mediator.md`); what is left goes into [`SyncOp::NewDeviceSyncPart`]s.
     NewDeviceSync {
         /// The new device.
         device_id: u64,
         /// Its history cap.
         max_history_messages: u32,
     },
-    /// One transaction of an answer to a new device, its envelopes read from the state when it
-    /// holds the lock (a snapshot taken earlier could undo a sibling's change committed in
-    /// between: a `create` of an existing contact overwrites it). The first part's
-    /// precondition is that nobody answered yet; a later part's is that this device committed
-    /// the first.
+    /// A later transaction of an answer to a new device, its envelopes read from the state when
+    /// it holds the lock (a snapshot taken earlier could undo a sibling's change committed in
+    /// between: a `create` of an existing contact overwrites it). Precondition: this device
+    /// committed the answer's first transaction.
     NewDeviceSyncPart {
         /// The new device.
         device_id: u64,
-        /// 0-based.
+        /// 1-based (the first transaction is the `NewDeviceSync` op itself).
         part: u32,
         /// Where this part starts.
         cursor: NdsCursor,
@@ -99,6 +100,21 @@ pub(super) struct NdsHistory {
 }
 
 impl SyncOp {
+    /// A transaction of an answer to a new device (applied nowhere: every device has it).
+    const fn is_answer(&self) -> bool {
+        self.answers().is_some()
+    }
+
+    /// The new device this op answers.
+    pub(super) const fn answers(&self) -> Option<u64> {
+        match self {
+            Self::NewDeviceSync { device_id, .. } | Self::NewDeviceSyncPart { device_id, .. } => {
+                Some(*device_id)
+            }
+            _ => None,
+        }
+    }
+
     pub(super) fn scope(&self) -> Scope {
         match self {
             Self::CreateContact(_) | Self::UpdateContact(..) => Scope::ContactSync,
@@ -154,8 +170,9 @@ pub(super) struct SyncRunner {
     /// The mediator close that ended the front op's transaction last, and how many times in a
     /// row it did.
     failures: Option<(CloseCode, u32)>,
-    /// Where the next part of the answer being reflected starts (set when its part begins).
-    next_cursor: Option<NdsCursor>,
+    /// Where the next part of the answer being reflected starts, and the history it replays
+    /// (set when its part begins).
+    next_part: Option<(NdsCursor, NdsHistory)>,
 }
 
 /// An op whose transaction the mediator closed this many times in a row with the same code is
@@ -181,15 +198,9 @@ impl SyncRunner {
         if self.tx == Tx::Beginning {
             self.tx = Tx::Rejected;
             self.answering = match (scope, self.queue.front()) {
-                (
-                    Some(Scope::NewDeviceSync),
-                    Some(
-                        SyncOp::NewDeviceSync { device_id, .. }
-                        | SyncOp::NewDeviceSyncPart {
-                            device_id, part: 0, ..
-                        },
-                    ),
-                ) => Some(*device_id),
+                (Some(Scope::NewDeviceSync), Some(SyncOp::NewDeviceSync { device_id, .. })) => {
+                    Some(*device_id)
+                }
                 _ => None,
             };
         }
@@ -214,8 +225,12 @@ impl SyncRunner {
         let active = self.locks_reflects();
         self.tx = Tx::Idle;
         self.staged.clear();
-        // Only a close the mediator chose says something about the op; a network drop does not.
-        if !active || code.as_u16() < 4000 {
+        // Only a close the mediator chose for the op says something about it; a network drop
+        // does not, and neither does 4011: a part is bounded far below what a TTL allows, so a
+        // TTL that runs out is the holder being slow (its storage, its network), which the ops
+        // behind would meet just the same. Counting it dropped answers a flaky device would
+        // finish on its next try.
+        if !active || code.as_u16() < 4000 || code == CloseCode::TransactionTtlExceeded {
             return None;
         }
         let count = match self.failures {
@@ -228,7 +243,9 @@ impl SyncRunner {
         }
         self.failures = None;
         let dropped = self.queue.pop_front()?;
-        if let SyncOp::NewDeviceSyncPart { device_id, .. } = &dropped {
+        if let SyncOp::NewDeviceSync { device_id, .. }
+        | SyncOp::NewDeviceSyncPart { device_id, .. } = &dropped
+        {
             let device_id = *device_id;
             self.queue.retain(
                 |op| !matches!(op, SyncOp::NewDeviceSyncPart { device_id: d, .. } if *d == device_id),
@@ -256,12 +273,25 @@ impl SyncRunner {
 }
 
 impl App {
-    /// After a restart: a journaled transaction goes first.
+    /// After a restart: a journaled transaction goes first, then the answers owed to new
+    /// devices, each from its start (every envelope of an answer is idempotent).
     pub(super) fn resume_journal(&mut self) {
         if let Some(contents) = self.state.journal() {
             self.sync
                 .queue
                 .push_front(SyncOp::Replay(contents.to_vec()));
+        }
+        let owed: Vec<(u64, u32)> = self
+            .state
+            .answers_owed()
+            .iter()
+            .map(|(&device_id, &max)| (device_id, max))
+            .collect();
+        for (device_id, max_history_messages) in owed {
+            self.enqueue_sync(SyncOp::NewDeviceSync {
+                device_id,
+                max_history_messages,
+            });
         }
     }
 
@@ -282,10 +312,7 @@ impl App {
             }
             SyncOp::CreateGroup(g, _) => self.state.group(&g.id).is_none(),
             SyncOp::UpdateGroup(id, ..) => self.state.group(id).is_some(),
-            SyncOp::NewDeviceSync { device_id, .. }
-            | SyncOp::NewDeviceSyncPart {
-                device_id, part: 0, ..
-            } => !self.sync.answered.contains(device_id),
+            SyncOp::NewDeviceSync { device_id, .. } => !self.sync.answered.contains(device_id),
             SyncOp::NewDeviceSyncPart { device_id, .. } => {
                 self.sync.answering_own.contains(device_id)
             }
@@ -354,8 +381,8 @@ impl App {
                     group: Some((**update).clone()),
                 })),
             })],
-            // The request becomes its first part in `drive_sync`; a part is read under its lock
-            // in `on_transaction_begun`, which also keeps where the next one starts.
+            // A part is read under its lock in `on_transaction_begun`, which also keeps where the
+            // next one starts.
             SyncOp::NewDeviceSync { .. } | SyncOp::NewDeviceSyncPart { .. } => Vec::new(),
             SyncOp::Replay(contents) => contents.clone(),
         }
@@ -372,16 +399,6 @@ impl App {
                 // Its closes say nothing about the op behind it.
                 self.sync.failures = None;
                 self.after_sync(&op, false, now_ms, rng);
-                continue;
-            }
-            if let SyncOp::NewDeviceSync {
-                device_id,
-                max_history_messages,
-            } = op
-            {
-                self.sync.queue.pop_front();
-                let first = self.new_device_sync_first(device_id, max_history_messages);
-                self.sync.queue.push_front(first);
                 continue;
             }
             let Some(session) = self.session.as_mut() else {
@@ -408,16 +425,25 @@ impl App {
             return;
         }
         let envelopes = match &op {
+            SyncOp::NewDeviceSync {
+                max_history_messages,
+                ..
+            } => {
+                let history = self.new_device_sync_history(*max_history_messages);
+                let (envelopes, next) = self.new_device_sync_part(&NdsCursor::Start, &history);
+                self.sync.next_part = Some((next, history));
+                envelopes
+            }
             SyncOp::NewDeviceSyncPart {
                 cursor, history, ..
             } => {
                 let (envelopes, next) = self.new_device_sync_part(cursor, history);
-                self.sync.next_cursor = Some(next);
+                self.sync.next_part = Some((next, *history));
                 envelopes
             }
             other => self.sync_envelopes(other),
         };
-        if !matches!(op, SyncOp::NewDeviceSyncPart { .. }) {
+        if !op.is_answer() {
             // Durable before any of them leaves (the gate holds the reflects behind this batch).
             self.state.put_journal(envelopes.clone());
         }
@@ -464,36 +490,34 @@ impl App {
         // What waited for the lock goes out before anything this commit leads to.
         self.release_deferred(rng);
         let staged = core::mem::take(&mut self.sync.staged);
-        let next_cursor = self.sync.next_cursor.take();
+        let next_part = self.sync.next_part.take();
         let Some(op) = self.sync.queue.pop_front() else {
             return;
         };
-        if let (
-            true,
+        let answer = match &op {
+            SyncOp::NewDeviceSync { device_id, .. } => Some((*device_id, 0)),
             SyncOp::NewDeviceSyncPart {
-                device_id,
-                part,
-                history,
-                ..
-            },
-        ) = (executed, &op)
+                device_id, part, ..
+            } => Some((*device_id, *part)),
+            _ => None,
+        };
+        if let (true, Some((device_id, part)), Some((cursor, history))) =
+            (executed, answer, next_part)
         {
-            match next_cursor {
-                Some(cursor) if cursor != NdsCursor::Done => {
-                    self.sync.queue.push_front(SyncOp::NewDeviceSyncPart {
-                        device_id: *device_id,
-                        part: part.saturating_add(1),
-                        cursor,
-                        history: *history,
-                    });
-                }
-                _ => {
-                    self.sync.answering_own.remove(device_id);
-                    self.new_device_sync_done(*device_id, history.count);
-                }
+            if cursor == NdsCursor::Done {
+                self.sync.answering_own.remove(&device_id);
+                self.state.clear_answer_owed(device_id);
+                self.new_device_sync_done(device_id, history.count);
+            } else {
+                self.sync.queue.push_front(SyncOp::NewDeviceSyncPart {
+                    device_id,
+                    part: part.saturating_add(1),
+                    cursor,
+                    history,
+                });
             }
         }
-        if executed && !matches!(op, SyncOp::NewDeviceSyncPart { .. }) {
+        if executed && !op.is_answer() {
             for content in staged {
                 // Own envelopes were built from valid state; a failure would only repeat what
                 // a sibling reports when applying them.
@@ -511,14 +535,16 @@ impl App {
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
     ) {
+        if let (false, Some(device_id)) = (executed, op.answers()) {
+            // Answered by a sibling (or this device's answer is over): not owed any more.
+            self.state.clear_answer_owed(device_id);
+        }
         match op {
             SyncOp::CreateContact(c) => self.resume_parked(c.identity, now_ms, rng),
             SyncOp::CreateGroup(_, announce) | SyncOp::UpdateGroup(_, _, announce) if executed => {
                 self.announce(announce, now_ms, rng);
             }
-            SyncOp::NewDeviceSyncPart {
-                device_id, part: 0, ..
-            } if executed => {
+            SyncOp::NewDeviceSync { device_id, .. } if executed => {
                 self.sync.answered.insert(*device_id);
                 // A later part is queued exactly when more is left (`on_commit_acked`).
                 if self.sync.queue.front().is_some_and(|next| {

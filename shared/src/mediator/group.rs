@@ -121,6 +121,10 @@ pub(super) struct Delivery {
     pub(super) ephemeral_count: u32,
     /// Ephemeral frames waiting until the queue entries before them are sent.
     pub(super) pending_ephemeral: VecDeque<PendingEphemeral>,
+    /// `Some(after)`: this connection holds the lock, and its `BeginTransactionAck` waits
+    /// until the queue entries up to `after` (the slot's newest at the grant) are sent
+    /// (`docs/mediator.md` "The lock holder has seen every commit before its lock").
+    pub(super) lock_ack_after: Option<Option<u64>>,
     /// Sequence numbers acked but not yet removed from the store: removed in one call before
     /// the next frame to this connection (`docs/mediator.md` "Ack batching").
     pub(super) acked: Vec<u64>,

@@ -432,15 +432,23 @@ impl<S: GroupStore> Group<S> {
                 after,
                 reflected: Reflected::new(id, ReflectFlags::EPHEMERAL, now, envelope.to_vec()),
             });
-            self.flush_ephemeral(sibling);
+            self.flush_placed(sibling);
         }
     }
 
-    /// Sends the ephemeral frames whose place in the queue this connection has reached.
-    fn flush_ephemeral(&mut self, conn: ConnId) {
+    /// Sends the ephemeral frames and the held `BeginTransactionAck` whose place in the queue
+    /// this connection has reached.
+    pub(super) fn flush_placed(&mut self, conn: ConnId) {
         let mut ready = Vec::new();
+        let mut lock_ack = false;
         if let Some(session) = self.session_mut(conn) {
             let delivery = &mut session.delivery;
+            if let Some(after) = delivery.lock_ack_after {
+                if reached(delivery.cursor, after) {
+                    delivery.lock_ack_after = None;
+                    lock_ack = true;
+                }
+            }
             while delivery
                 .pending_ephemeral
                 .front()
@@ -457,6 +465,9 @@ impl<S: GroupStore> Group<S> {
         }
         for reflected in ready {
             self.send(conn, reflected);
+        }
+        if lock_ack {
+            self.send(conn, pb::BeginTransactionAck {});
         }
     }
 
@@ -477,7 +488,7 @@ impl<S: GroupStore> Group<S> {
         // A window of 0 would never send anything: it counts as 1.
         let window = self.config.max_in_flight.max(1);
         loop {
-            self.flush_ephemeral(conn);
+            self.flush_placed(conn);
             let Some(session) = self.session_mut(conn) else {
                 return;
             };
@@ -527,7 +538,7 @@ impl<S: GroupStore> Group<S> {
                     conn,
                     Reflected::new(id, ReflectFlags::NONE, entry.stored_at, entry.envelope),
                 );
-                self.flush_ephemeral(conn);
+                self.flush_placed(conn);
                 if dry_now {
                     self.mark_dry(conn);
                 }

@@ -52,7 +52,15 @@ impl<S: GroupStore> Group<S> {
                 .saturating_add(u64::from(ttl_s).saturating_mul(1000)),
             staged: 0,
         });
-        self.send(conn, pb::BeginTransactionAck {});
+        // The ack goes after every queue entry the slot held at the grant, so the holder has
+        // applied every commit made before its lock when it reads its state to build the
+        // transaction (a window full of unacked entries would otherwise let the ack overtake
+        // them, and the holder would write from a state older than the group's).
+        let after = self.slots.get(&device).and_then(|s| s.tail);
+        if let Some(session) = self.session_mut(conn) {
+            session.delivery.lock_ack_after = Some(after);
+        }
+        self.flush_placed(conn);
     }
 
     /// A reflect by the lock holder: stored and acked now, visible at commit.
@@ -229,6 +237,49 @@ mod tests {
             [e1, e2]
         );
         assert_eq!(h.group.transaction_holder(), None);
+    }
+
+    #[test]
+    fn the_lock_is_acked_only_after_every_entry_queued_before_it() {
+        // Window 2: b has a committed transaction of 3 entries in its queue, 2 sent, unacked.
+        let mut h = Harness::with_config(GroupConfig {
+            max_in_flight: 2,
+            ..GroupConfig::default()
+        });
+        let a = h.login(1);
+        let b = h.login(2);
+        h.take(a);
+        h.take(b);
+        h.send(a, begin(0));
+        h.take(a);
+        let envelopes: Vec<Vec<u8>> = [b"c1", b"c2", b"c3"]
+            .iter()
+            .map(|body| h.reflect(a, *body).1)
+            .collect();
+        h.send(a, pb::CommitTransaction {});
+        h.take(a);
+        let first = h.take(b);
+        assert_eq!(
+            names(&first),
+            ["Reflected", "Reflected", "TransactionEnded"]
+        );
+        // b takes the lock at once, but learns it only after the third entry: it then holds
+        // the lock with the group's newest state applied.
+        h.send(b, begin(0));
+        assert_eq!(h.group.transaction_holder(), Some(DeviceId(2)));
+        assert!(
+            h.take(b).is_empty(),
+            "the ack waits for the entries before it"
+        );
+        let ids: Vec<u32> = reflected(&first).iter().map(|r| r.reflected_id).collect();
+        h.ack(b, ids[0]);
+        h.ack(b, ids[1]);
+        let rest = h.take(b);
+        assert_eq!(names(&rest), ["Reflected", "BeginTransactionAck"]);
+        assert_eq!(reflected(&rest)[0].envelope, envelopes[2]);
+        // Entries reflected after the grant do not hold it back (a sibling's live message).
+        h.send(b, pb::CommitTransaction {});
+        assert_eq!(names(&h.take(b)), ["CommitTransactionAck"]);
     }
 
     #[test]

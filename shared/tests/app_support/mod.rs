@@ -405,6 +405,12 @@ impl World {
 
     /// Opens the WebSocket and runs until quiet.
     pub fn connect(&mut self, name: &str) {
+        self.link(name);
+        self.run();
+    }
+
+    /// Opens the WebSocket; nothing moves yet.
+    pub fn link(&mut self, name: &str) {
         self.next_conn += 1;
         let conn = ConnId(self.next_conn);
         let identity = self.devices[name].identity;
@@ -421,7 +427,6 @@ impl World {
             .unwrap()
             .connect(now, &mut self.rng)
             .unwrap();
-        self.run();
     }
 
     /// The network drops: both ends see the connection go.
@@ -567,6 +572,20 @@ impl World {
         for _ in 0..100_000 {
             if !self.step() {
                 return;
+            }
+            self.inject_fault();
+        }
+        panic!("the world does not settle");
+    }
+
+    /// Moves until `done` holds (true) or nothing moves (false).
+    pub fn run_until(&mut self, done: impl Fn(&Self) -> bool) -> bool {
+        for _ in 0..100_000 {
+            if done(self) {
+                return true;
+            }
+            if !self.step() {
+                return done(self);
             }
             self.inject_fault();
         }
