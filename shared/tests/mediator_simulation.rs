@@ -10,7 +10,9 @@
 //! acknowledgements:
 //! - at most one leader, promoted only after its `ReflectionQueueDry`, and one whenever a dry
 //!   device is connected;
-//! - the transaction lock is exclusive (a grant only while free; rejections name the holder);
+//! - the transaction lock is exclusive (a grant only while free; rejections name the holder),
+//!   and its `BeginTransactionAck` reaches the holder only after every entry queued for it
+//!   before the grant;
 //! - every slot's stored queue is exactly the model's: each acked reflect, for every slot that
 //!   existed when it became visible, in order, until that slot acks it or is dropped; stored
 //!   bodies are freed when no queue holds them. Acks are batched (docs/mediator.md "Ack
@@ -229,6 +231,8 @@ enum Note {
     Ack(Tag),
     /// `SetSharedDeviceData`.
     Shared(Vec<u8>),
+    /// `BeginTransaction` (valid): granted when it arrives if the lock is free.
+    Begin,
     /// Deliberately invalid: the group must close the connection.
     Bad,
 }
@@ -272,6 +276,9 @@ struct Link {
     next_reflect_id: u32,
     outstanding: BTreeMap<u32, Tag>,
     txn: Txn,
+    /// The entries queued for this slot when its lock was granted: the `BeginTransactionAck`
+    /// may come only after every one of them.
+    grant_queue: Option<Vec<Tag>>,
     /// Plain reflects sent while a `BeginTransaction` was pending: the group stages them too,
     /// so the device keeps the transaction below the queue limit.
     reflects_while_requested: u8,
@@ -308,6 +315,7 @@ impl Link {
             next_reflect_id: 1,
             outstanding: BTreeMap::new(),
             txn: Txn::Idle,
+            grant_queue: None,
             reflects_while_requested: 0,
             pre_auth_proxies: 0,
             csp_expected: VecDeque::new(),
@@ -346,6 +354,8 @@ struct Model {
     /// Bumped whenever a slot disappears; frames of an older incarnation are not checked.
     incarnation: BTreeMap<DeviceId, u64>,
     holder: Option<ConnId>,
+    /// The connection whose `BeginTransaction` the group is handling on a free lock.
+    granting: Option<ConnId>,
     staged: Vec<Tag>,
     discarded: BTreeSet<Tag>,
     last_ended: Option<DeviceId>,
@@ -773,12 +783,10 @@ impl Sim {
             }
             D2mMessage::BeginTransactionAck(_) => {
                 ensure!(
-                    self.model.holder.is_none(),
-                    "lock granted to {device} while {:?} holds it",
+                    self.model.holder == Some(conn) || self.model.granting == Some(conn),
+                    "lock acked to {device} while {:?} holds it",
                     self.model.holder
                 );
-                self.model.holder = Some(conn);
-                self.model.staged.clear();
             }
             D2mMessage::CommitTransactionAck(_) => {
                 ensure!(
@@ -1089,7 +1097,17 @@ impl Sim {
                     link.txn == Txn::Requested,
                     "{me}: unasked BeginTransactionAck"
                 );
+                let queued = link.grant_queue.take().unwrap_or_default();
+                let missing: Vec<Tag> = queued
+                    .into_iter()
+                    .filter(|tag| !link.received.contains(tag))
+                    .collect();
+                ensure!(
+                    missing.is_empty(),
+                    "{me}: BeginTransactionAck before {missing:?}, queued before the grant"
+                );
                 link.txn = Txn::Held(0);
+                self.count("lock acked");
             }
             (Phase::Online, D2mMessage::TransactionRejected(_)) => {
                 let link = self.links.get_mut(&conn).unwrap();
@@ -1173,11 +1191,33 @@ impl Sim {
                         "{me}: acks on {conn:?} while those of {previous:?} are not settled"
                     );
                 }
+                // A begin on a free lock is granted by this input, after the reflects held
+                // before it are stored (their acks are not staged).
+                let granting =
+                    matches!(note, Note::Begin) && was_alive && self.model.holder.is_none();
+                if granting {
+                    self.model.granting = Some(conn);
+                }
                 let what = D2mMessage::decode(&bytes)
                     .map_or_else(|e| format!("garbage ({e})"), |m| summary(&m));
                 self.feed(&format!("{conn:?} -> {what}"), |g, now, _| {
                     g.on_binary(conn, &bytes, now);
                 })?;
+                self.model.granting = None;
+                if granting && self.links[&conn].alive {
+                    // The lock is the requester's from now; its ack waits for the entries
+                    // queued before (docs/mediator.md).
+                    let me = self.dev_of_link(conn);
+                    let queued: Vec<Tag> = self
+                        .model
+                        .queues
+                        .get(&me)
+                        .map(|q| q.iter().copied().collect())
+                        .unwrap_or_default();
+                    self.model.holder = Some(conn);
+                    self.model.staged.clear();
+                    self.links.get_mut(&conn).unwrap().grant_queue = Some(queued);
+                }
                 note
             }
         };
@@ -1473,7 +1513,7 @@ impl Sim {
                         encrypted_scope: scope,
                         ttl,
                     },
-                    Note::Nothing,
+                    Note::Begin,
                 );
             }
             Txn::Held(writes) if writes < 3 && self.choice.gen_bool(0.5) => {
