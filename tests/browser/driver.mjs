@@ -355,32 +355,58 @@ const SCENARIOS = {
 
   /**
    * The leader's tab closes in the middle of the flow (Y1 writing to X, X's other device writing
-   * to Y) and opens again: every text shows on X1, X2 and Y1, each exactly once (RELIABILITY.md).
+   * to Y) and opens again: every text shows on X1, X2 and Y1, each exactly once. Counted like a
+   * row of RELIABILITY.md's fault matrix (one `reliability-row` line per run);
+   * `TANDEM_LEADER_CLOSE_RUNS=N` repeats it N times (default 1).
    */
   async leader_closed_mid_flow() {
     const { X1, X2, Y1, X, Y } = world;
+    const runs = Number(process.env.TANDEM_LEADER_CLOSE_RUNS ?? 1);
     const leads = async (d) => (await d.events('leader')).at(-1)?.leader === true;
-    const leader = (await leads(X2)) ? X2 : X1;
-    const other = leader === X1 ? X2 : X1;
-    check(await leads(leader), 'X1 or X2 leads (its last leader event)', await leader.events('leader'));
-    const texts = [];
-    for (let i = 0; i < 30; i++) {
-      if (i === 15) await leader.closePage();
-      for (const [d, to, t] of [[Y1, `contact/${X}`, `mid-y${i}`], [other, `contact/${Y}`, `mid-x${i}`]]) {
-        await d.call('sendText', to, t);
-        texts.push(t);
+    for (let run = 0; run < runs; run++) {
+      // The leader of this run: the one whose last leader event says so (after a reopen the
+      // role may have moved).
+      let leader = null;
+      for (let tries = 0; tries < 100 && leader === null; tries++) {
+        for (const d of [X1, X2]) if (leader === null && await leads(d)) leader = d;
+        if (leader === null) await sleep(100);
       }
-      await sleep(30);
-    }
-    await leader.newPage();
-    await leader.open();
-    await leader.online();
-    for (const [d, conv] of [[X1, `contact/${Y}`], [X2, `contact/${Y}`], [Y1, `contact/${X}`]]) {
-      const shown = await d.until(`all ${texts.length} texts on ${d.name}`,
-        (c) => window.device.client.messages(c).map((m) => m.text), conv,
-        (ts) => { const k = new Set(ts); return texts.every((t) => k.has(t)); }, 60_000);
-      const twice = texts.filter((t) => shown.filter((u) => u === t).length > 1);
-      check(twice.length === 0, `no text shown twice on ${d.name}`, twice);
+      check(leader !== null, 'X1 or X2 leads (its last leader event)', [await X1.events('leader'), await X2.events('leader')]);
+      const other = leader === X1 ? X2 : X1;
+      const texts = [];
+      for (let i = 0; i < 30; i++) {
+        if (i === 15) await leader.closePage();
+        for (const [d, to, t] of [[Y1, `contact/${X}`, `mid${run}-y${i}`], [other, `contact/${Y}`, `mid${run}-x${i}`]]) {
+          await d.call('sendText', to, t);
+          texts.push(t);
+        }
+        await sleep(30);
+      }
+      await leader.newPage();
+      await leader.open();
+      await leader.online();
+      const healed = Date.now();
+      let delivered = 0; let duplicates = 0; let lost = 0; let settle = 0;
+      for (const [d, conv] of [[X1, `contact/${Y}`], [X2, `contact/${Y}`], [Y1, `contact/${X}`]]) {
+        const probe = (c) => window.device.client.messages(c).map((m) => m.text);
+        let shown;
+        try {
+          shown = await d.until(`all ${texts.length} texts on ${d.name}`, probe, conv,
+            (ts) => { const k = new Set(ts); return texts.every((t) => k.has(t)); }, 60_000);
+        } catch (err) {
+          if (!(err instanceof Failure)) throw err;
+          shown = await d.eval(probe, conv);
+        }
+        settle = Math.max(settle, Date.now() - healed);
+        for (const t of texts) {
+          const n = shown.filter((u) => u === t).length;
+          if (n === 0) lost++; else delivered++;
+          if (n > 1) duplicates += n - 1;
+        }
+      }
+      const row = { row: 'leader tab closed mid-flow (browser)', run, leader: leader.name, sent: texts.length, delivered, duplicates, lost, settle_ms: settle };
+      console.log(`reliability-row ${JSON.stringify(row)}`);
+      check(lost === 0 && duplicates === 0, 'every text on X1, X2 and Y1, none twice', row);
     }
   },
 

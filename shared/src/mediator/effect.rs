@@ -133,6 +133,9 @@ pub enum CloseCause {
     CspUnreachable,
     /// The chat server sent bytes that do not split into CSP units.
     CspStreamInvalid,
+    /// Chat server data waiting behind this device's unsent queue entries passed its bound
+    /// (`MAX_HELD_PROXY_BYTES`): the device does not keep up.
+    CspBacklog,
     /// A store call failed.
     StorageFailure,
     /// A frame to send did not fit a container.
@@ -169,7 +172,7 @@ impl CloseCause {
             Self::HandshakeTimeout => CloseCode::ClientTimeout,
             Self::CspClosed => CloseCode::CspClosed,
             Self::CspUnreachable => CloseCode::CspUnableToEstablish,
-            Self::CspStreamInvalid => CloseCode::CspInternalError,
+            Self::CspStreamInvalid | Self::CspBacklog => CloseCode::CspInternalError,
             Self::StorageFailure | Self::EncodeFailure => CloseCode::ServerInternalError,
         }
     }
@@ -204,6 +207,7 @@ impl CloseCause {
             Self::CspClosed => "chat server connection closed",
             Self::CspUnreachable => "chat server unreachable",
             Self::CspStreamInvalid => "chat server stream invalid",
+            Self::CspBacklog => "chat server data backlog",
             Self::StorageFailure => "storage failure",
             Self::EncodeFailure => "internal error",
         }

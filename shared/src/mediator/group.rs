@@ -81,7 +81,9 @@ pub(super) struct Slot {
 #[derive(Debug)]
 pub(super) enum Conn {
     Handshake(Handshake),
-    Online(Session),
+    /// Boxed: most of a group's connections are online, and a session is several times a
+    /// handshake's size.
+    Online(Box<Session>),
 }
 
 /// Between `ServerHello` and a valid `ClientHello`.
@@ -125,6 +127,11 @@ pub(super) struct Delivery {
     /// until the queue entries up to `after` (the slot's newest at the grant) are sent
     /// (`docs/mediator.md` "The lock holder has seen every commit before its lock").
     pub(super) lock_ack_after: Option<Option<u64>>,
+    /// Chat server units waiting until the queue entries stored before they arrived are sent
+    /// (`docs/mediator.md` "Chat server data after the reflections before it"), oldest first.
+    pub(super) pending_proxy: VecDeque<(Option<u64>, Vec<u8>)>,
+    /// Bytes in `pending_proxy`.
+    pub(super) pending_proxy_bytes: usize,
     /// Sequence numbers acked but not yet removed from the store: removed in one call before
     /// the next frame to this connection (`docs/mediator.md` "Ack batching").
     pub(super) acked: Vec<u64>,

@@ -100,7 +100,7 @@ impl<S: GroupStore> Group<S> {
         };
         self.conns.insert(
             conn,
-            Conn::Online(Session {
+            Conn::Online(Box::new(Session {
                 device_id: device,
                 connected_since: self.now,
                 csp: None,
@@ -108,7 +108,7 @@ impl<S: GroupStore> Group<S> {
                     dry_boundary: tail,
                     ..Delivery::default()
                 },
-            }),
+            })),
         );
         self.online.insert(device, conn);
         self.send(

@@ -5,7 +5,13 @@ use super::effect::{CloseCause, ConnId, Effect};
 use super::group::Group;
 use super::store::GroupStore;
 use crate::csp::ServerUnitSplitter;
-use crate::d2m::D2mMessage;
+
+/// Chat server bytes held for one device behind its unsent queue entries. A device that is
+/// caught up holds none; one whose window is full of unacked entries (slow storage) holds what
+/// the chat server sends meanwhile. 1 MiB is dozens of full CSP frames: past it the device is
+/// too far behind, and closing it (the chat server redelivers everything unacked) bounds the
+/// object's memory.
+pub const MAX_HELD_PROXY_BYTES: usize = 1024 * 1024;
 
 impl<S: GroupStore> Group<S> {
     /// Writes a device's proxy payload to its chat server connection, opening it first if this
@@ -35,13 +41,39 @@ impl<S: GroupStore> Group<S> {
             failed = splitter.feed(bytes).is_err();
             units.extend(core::iter::from_fn(|| splitter.pop()));
         }
-        for unit in units {
-            self.send(conn, D2mMessage::Proxy(unit));
+        if !units.is_empty() {
+            self.place_proxy(conn, units);
         }
         if failed {
             self.close(conn, CloseCause::CspStreamInvalid);
         }
         self.settle();
+    }
+
+    /// Sends chat server units to the device after every queue entry its slot holds now: a
+    /// receipt (or a group message) never reaches a leader before the reflection of the message
+    /// (or group) it refers to, which a sibling stored before the chat server had it. Over
+    /// [`MAX_HELD_PROXY_BYTES`] waiting, the device does not keep up: closed with 4009.
+    fn place_proxy(&mut self, conn: ConnId, units: Vec<Vec<u8>>) {
+        let Some(device) = self.device_of(conn) else {
+            return;
+        };
+        let after = self.slots.get(&device).and_then(|s| s.tail);
+        let Some(session) = self.session_mut(conn) else {
+            return;
+        };
+        let delivery = &mut session.delivery;
+        for unit in units {
+            delivery.pending_proxy_bytes = delivery.pending_proxy_bytes.saturating_add(unit.len());
+            delivery.pending_proxy.push_back((after, unit));
+        }
+        self.flush_placed(conn);
+        if self
+            .session_mut(conn)
+            .is_some_and(|s| s.delivery.pending_proxy_bytes > MAX_HELD_PROXY_BYTES)
+        {
+            self.close(conn, CloseCause::CspBacklog);
+        }
     }
 
     /// The chat server closed the connection of `conn`: the device is closed with 4000.
@@ -68,8 +100,9 @@ impl<S: GroupStore> Group<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::d2m::{CloseCode, PayloadType};
-    use crate::mediator::testkit::Harness;
+    use crate::d2m::{CloseCode, D2mMessage, PayloadType};
+    use crate::mediator::testkit::{names, reflected, Harness};
+    use crate::mediator::GroupConfig;
     use proptest::prelude::*;
 
     fn server_stream() -> (Vec<u8>, Vec<Vec<u8>>) {
@@ -126,6 +159,67 @@ mod tests {
         let got = h.take(a);
         assert!(got.iter().all(|m| m.payload_type() == PayloadType::Proxy));
         assert_eq!(proxies(&got), units);
+    }
+
+    /// Device 2 (window 1) has one queue entry sent and unacked and one not yet sent.
+    fn behind_by_one() -> (Harness, ConnId, ConnId, u32) {
+        let mut h = Harness::with_config(GroupConfig {
+            max_in_flight: 1,
+            ..GroupConfig::default()
+        });
+        let a = h.login(1);
+        let b = h.login(2);
+        h.send(b, D2mMessage::Proxy(vec![1; 48]));
+        h.take(a);
+        h.take(b);
+        h.reflect(a, b"m1");
+        h.reflect(a, b"m2");
+        let first = reflected(&h.take(b));
+        assert_eq!(first.len(), 1, "window of one");
+        (h, a, b, first[0].reflected_id)
+    }
+
+    #[test]
+    fn chat_server_data_waits_behind_the_reflections_stored_before_it() {
+        // A receipt must not reach a leader before the reflection of the message it names.
+        let (mut h, _, b, id) = behind_by_one();
+        let (bytes, units) = server_stream();
+        h.group.on_csp_bytes(b, &bytes, h.now);
+        h.drain();
+        assert!(h.take(b).is_empty(), "held behind m2, not sent yet");
+        h.ack(b, id);
+        let rest = h.take(b);
+        assert_eq!(names(&rest), ["Reflected", "Proxy", "Proxy", "Proxy"]);
+        assert_eq!(proxies(&rest), units);
+        // Caught up: chat server data goes at once.
+        let mut frame = 20_u16.to_le_bytes().to_vec();
+        frame.extend([9; 20]);
+        h.group.on_csp_bytes(b, &frame, h.now);
+        h.drain();
+        assert_eq!(proxies(&h.take(b)), [frame]);
+    }
+
+    #[test]
+    fn a_device_that_does_not_keep_up_with_chat_server_data_is_closed_4009() {
+        let (mut h, a, b, _) = behind_by_one();
+        h.group.on_csp_bytes(b, &[0; 112], h.now);
+        let mut frame = 8_000_u16.to_le_bytes().to_vec();
+        frame.extend([7; 8_000]);
+        let frames = MAX_HELD_PROXY_BYTES / frame.len() + 1;
+        for _ in 0..frames {
+            h.group.on_csp_bytes(b, &frame, h.now);
+        }
+        h.drain();
+        assert_eq!(h.closed(b), Some(CloseCause::CspBacklog));
+        assert_eq!(CloseCause::CspBacklog.code(), CloseCode::CspInternalError);
+        // The sibling goes on.
+        h.take(a);
+        let (id, _) = h.reflect(a, b"m3");
+        assert!(h
+            .take(a)
+            .iter()
+            .any(|m| matches!(m, D2mMessage::ReflectAck(ack) if ack.reflect_id == id)));
+        assert_eq!(h.closed(a), None);
     }
 
     #[test]

@@ -5,7 +5,9 @@ use super::effect::{CloseCause, ConnId};
 use super::group::{Group, PendingEphemeral, PendingReflect};
 use super::store::{DeviceId, GroupStore, QueuedReflection};
 use crate::crypto::{NONCE_LEN, TAG_LEN};
-use crate::d2m::{Reflect, ReflectAck, ReflectFlags, Reflected, MAX_ENCRYPTED_ENVELOPE_LEN};
+use crate::d2m::{
+    D2mMessage, Reflect, ReflectAck, ReflectFlags, Reflected, MAX_ENCRYPTED_ENVELOPE_LEN,
+};
 use crate::proto::d2m as pb;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -436,17 +438,29 @@ impl<S: GroupStore> Group<S> {
         }
     }
 
-    /// Sends the ephemeral frames and the held `BeginTransactionAck` whose place in the queue
-    /// this connection has reached.
+    /// Sends the ephemeral frames, the held `BeginTransactionAck` and the chat server units
+    /// whose place in the queue this connection has reached.
     pub(super) fn flush_placed(&mut self, conn: ConnId) {
         let mut ready = Vec::new();
         let mut lock_ack = false;
+        let mut proxies = Vec::new();
         if let Some(session) = self.session_mut(conn) {
             let delivery = &mut session.delivery;
             if let Some(after) = delivery.lock_ack_after {
                 if reached(delivery.cursor, after) {
                     delivery.lock_ack_after = None;
                     lock_ack = true;
+                }
+            }
+            while delivery
+                .pending_proxy
+                .front()
+                .is_some_and(|(after, _)| reached(delivery.cursor, *after))
+            {
+                if let Some((_, unit)) = delivery.pending_proxy.pop_front() {
+                    delivery.pending_proxy_bytes =
+                        delivery.pending_proxy_bytes.saturating_sub(unit.len());
+                    proxies.push(unit);
                 }
             }
             while delivery
@@ -468,6 +482,9 @@ impl<S: GroupStore> Group<S> {
         }
         if lock_ack {
             self.send(conn, pb::BeginTransactionAck {});
+        }
+        for unit in proxies {
+            self.send(conn, D2mMessage::Proxy(unit));
         }
     }
 
