@@ -1191,10 +1191,10 @@ impl Sim {
                         "{me}: acks on {conn:?} while those of {previous:?} are not settled"
                     );
                 }
-                // A begin on a free lock is granted by this input, after the reflects held
-                // before it are stored (their acks are not staged).
-                let granting =
-                    matches!(note, Note::Begin) && was_alive && self.model.holder.is_none();
+                // A begin is granted by this input if the lock is free once the reflects held
+                // before it are stored (their acks are not staged; storing them may drop the
+                // holder with 4114 and so free the lock).
+                let granting = matches!(note, Note::Begin) && was_alive;
                 if granting {
                     self.model.granting = Some(conn);
                 }
@@ -1204,7 +1204,7 @@ impl Sim {
                     g.on_binary(conn, &bytes, now);
                 })?;
                 self.model.granting = None;
-                if granting && self.links[&conn].alive {
+                if granting && self.links[&conn].alive && self.model.holder.is_none() {
                     // The lock is the requester's from now; its ack waits for the entries
                     // queued before (docs/mediator.md).
                     let me = self.dev_of_link(conn);
