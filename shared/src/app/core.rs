@@ -709,6 +709,17 @@ impl App {
                 Pending::Unreflected(key) => {
                     self.unreflected.insert(key);
                 }
+                // Stored here, its reflection lost with the connection: the chat server
+                // delivers it again, but maybe to another leader, which finds it reflected (the
+                // mediator may have stored this reflect after all) and does not reflect it; this
+                // device then never learns its reflection is stored and would hold back reads of
+                // it. So it reflects it again itself, as after a restart.
+                Pending::Incoming(ack) if ack.stored => {
+                    self.unreflected.insert(super::model::MessageKey {
+                        sender: ack.sender,
+                        id: ack.message_id,
+                    });
+                }
                 _ => {}
             }
         }

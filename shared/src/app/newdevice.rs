@@ -84,13 +84,42 @@ impl App {
     /// [`NEW_DEVICE_SYNC_PART_BYTES`] would be passed. Cursors are keys, not positions: an item
     /// added or removed meanwhile shifts nothing (one added behind the cursor reaches the new
     /// device as an ordinary reflection, its slot exists by now).
+    ///
+    /// `refresh` (sequence numbers) go first: messages an earlier part carried whose state
+    /// changed while that part was in flight (see [`PartOut::carried`]).
     pub(super) fn new_device_sync_part(
         &self,
         cursor: &NdsCursor,
         history: &NdsHistory,
-    ) -> (Vec<Content>, NdsCursor) {
+        refresh: &[u64],
+    ) -> PartOut {
         let mut part = Part::default();
+        let mut carried = Vec::new();
+        let mut refresh = refresh.iter().copied().peekable();
+        while let Some(&seq) = refresh.peek() {
+            let mut item = Vec::new();
+            if let Some(message) = self.state.messages().get(&seq) {
+                history_envelopes(message, &mut item);
+            }
+            if !part.fits(&item) {
+                break;
+            }
+            if !item.is_empty() {
+                carried.push(seq);
+            }
+            part.add(item);
+            refresh.next();
+        }
+        let refresh: Vec<u64> = refresh.collect();
         let mut cursor = cursor.clone();
+        if !refresh.is_empty() {
+            return PartOut {
+                contents: part.contents,
+                next: cursor,
+                refresh,
+                carried,
+            };
+        }
         loop {
             let (item, next) = match &cursor {
                 NdsCursor::Start => (self.profile_and_settings(), NdsCursor::Contacts(None)),
@@ -147,10 +176,27 @@ impl App {
                         None => (Vec::new(), NdsCursor::Done),
                     }
                 }
-                NdsCursor::Done => return (part.contents, NdsCursor::Done),
+                NdsCursor::Done => {
+                    return PartOut {
+                        contents: part.contents,
+                        next: NdsCursor::Done,
+                        refresh: Vec::new(),
+                        carried,
+                    }
+                }
             };
             if !part.fits(&item) {
-                return (part.contents, cursor);
+                return PartOut {
+                    contents: part.contents,
+                    next: cursor,
+                    refresh: Vec::new(),
+                    carried,
+                };
+            }
+            if let (NdsCursor::Messages(_), NdsCursor::Messages(after)) = (&cursor, &next) {
+                if !item.is_empty() {
+                    carried.push(after.saturating_sub(1));
+                }
             }
             part.add(item);
             cursor = next;
@@ -267,6 +313,20 @@ fn history_envelopes(message: &Message, out: &mut Vec<Content>) {
             }
         }
     }
+}
+
+/// One part of an answer, read under its lock.
+pub(super) struct PartOut {
+    pub(super) contents: Vec<Content>,
+    /// Where the next part starts.
+    pub(super) next: NdsCursor,
+    /// Messages to carry again that did not fit this part.
+    pub(super) refresh: Vec<u64>,
+    /// The messages this part carries (sequence numbers). Their state may still change before
+    /// the part is committed (a read, a receipt, `sent`: none of them waits for the lock); the
+    /// new device may then have got that update before the message and ignored it, so the
+    /// next part carries every message whose state changed again.
+    pub(super) carried: Vec<u64>,
 }
 
 /// The envelopes of one part being filled, and their size.

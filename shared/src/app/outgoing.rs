@@ -476,6 +476,13 @@ impl App {
                 continue;
             }
             let Some(contact) = self.state.contact(receiver) else {
+                if matches!(job.conversation, ConversationId::Contact(_)) {
+                    // A 1:1 message to someone this device does not know yet (a receipt for a
+                    // message from a sender whose contact is still on its way here through
+                    // sync) waits for the contact; dropping it would settle the receipt that
+                    // no one sent. Group members without a key are skipped, as below.
+                    return;
+                }
                 failed.push(*receiver);
                 continue;
             };

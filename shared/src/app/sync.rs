@@ -12,7 +12,7 @@ use rand_core::CryptoRngCore;
 use super::core::{App, Pending};
 use super::event::AppError;
 use super::groups::Announce;
-use super::model::{Contact, DistributionList, Group, GroupId, Identity};
+use super::model::{Contact, DistributionList, Group, GroupId, Identity, MessageState};
 use crate::d2d::Scope;
 use crate::d2m::CloseCode;
 use crate::proto::d2d::{
@@ -68,6 +68,9 @@ pub(super) enum SyncOp {
         cursor: NdsCursor,
         /// Which messages the answer replays.
         history: NdsHistory,
+        /// Messages an earlier part carried to carry again first (their state changed while
+        /// that part was in flight), by sequence number.
+        refresh: Vec<u64>,
     },
 }
 
@@ -87,6 +90,17 @@ pub(super) enum NdsCursor {
     Messages(u64),
     /// Nothing left.
     Done,
+}
+
+/// What follows the part of an answer in flight.
+#[derive(Debug)]
+pub(super) struct NextPart {
+    cursor: NdsCursor,
+    history: NdsHistory,
+    /// Messages still to carry again (did not fit the part).
+    refresh: Vec<u64>,
+    /// The messages the part carries, with the state it carries them in.
+    carried: Vec<(u64, MessageState)>,
 }
 
 /// The history messages an answer replays: sequence numbers `first_seq..=last_seq` (fixed when
@@ -170,9 +184,8 @@ pub(super) struct SyncRunner {
     /// The mediator close that ended the front op's transaction last, and how many times in a
     /// row it did.
     failures: Option<(CloseCode, u32)>,
-    /// Where the next part of the answer being reflected starts, and the history it replays
-    /// (set when its part begins).
-    next_part: Option<(NdsCursor, NdsHistory)>,
+    /// Where the next part of the answer being reflected starts (set when its part begins).
+    next_part: Option<NextPart>,
 }
 
 /// An op whose transaction the mediator closed this many times in a row with the same code is
@@ -430,17 +443,14 @@ impl App {
                 ..
             } => {
                 let history = self.new_device_sync_history(*max_history_messages);
-                let (envelopes, next) = self.new_device_sync_part(&NdsCursor::Start, &history);
-                self.sync.next_part = Some((next, history));
-                envelopes
+                self.begin_answer_part(&NdsCursor::Start, history, &[])
             }
             SyncOp::NewDeviceSyncPart {
-                cursor, history, ..
-            } => {
-                let (envelopes, next) = self.new_device_sync_part(cursor, history);
-                self.sync.next_part = Some((next, *history));
-                envelopes
-            }
+                cursor,
+                history,
+                refresh,
+                ..
+            } => self.begin_answer_part(cursor, *history, refresh),
             other => self.sync_envelopes(other),
         };
         if !op.is_answer() {
@@ -459,6 +469,28 @@ impl App {
         } else {
             self.sync.tx = Tx::Held { outstanding };
         }
+    }
+
+    /// Reads an answer's part under its lock and remembers what follows it.
+    fn begin_answer_part(
+        &mut self,
+        cursor: &NdsCursor,
+        history: NdsHistory,
+        refresh: &[u64],
+    ) -> Vec<Content> {
+        let out = self.new_device_sync_part(cursor, &history, refresh);
+        let carried = out
+            .carried
+            .iter()
+            .filter_map(|seq| Some((*seq, self.state.messages().get(seq)?.state)))
+            .collect();
+        self.sync.next_part = Some(NextPart {
+            cursor: out.next,
+            history,
+            refresh: out.refresh,
+            carried,
+        });
+        out.contents
     }
 
     pub(super) fn on_sync_reflected(&mut self, _rng: &mut impl CryptoRngCore) {
@@ -501,19 +533,24 @@ impl App {
             } => Some((*device_id, *part)),
             _ => None,
         };
-        if let (true, Some((device_id, part)), Some((cursor, history))) =
-            (executed, answer, next_part)
-        {
-            if cursor == NdsCursor::Done {
+        if let (true, Some((device_id, part)), Some(next)) = (executed, answer, next_part) {
+            // Carried in a state that has moved on since: carry again (idempotent elsewhere).
+            let mut refresh = next.refresh;
+            refresh.extend(next.carried.into_iter().filter_map(|(seq, state)| {
+                let now = self.state.messages().get(&seq).map(|m| m.state);
+                (now.is_some() && now != Some(state)).then_some(seq)
+            }));
+            if next.cursor == NdsCursor::Done && refresh.is_empty() {
                 self.sync.answering_own.remove(&device_id);
                 self.state.clear_answer_owed(device_id);
-                self.new_device_sync_done(device_id, history.count);
+                self.new_device_sync_done(device_id, next.history.count);
             } else {
                 self.sync.queue.push_front(SyncOp::NewDeviceSyncPart {
                     device_id,
                     part: part.saturating_add(1),
-                    cursor,
-                    history,
+                    cursor: next.cursor,
+                    history: next.history,
+                    refresh,
                 });
             }
         }
