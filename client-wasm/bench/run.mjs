@@ -17,7 +17,8 @@
 // bench with cargo's bench profile (the workspace release profile: opt-level 3). CARGO_TARGET_DIR
 // is honoured. `--profile` / `--profile-incoming` record a CPU profile of the last open / the
 // last incoming run through the Chrome DevTools protocol and print the heaviest functions.
-// `--baseline DIR` runs another build (DIR/pkg, DIR/incoming) alternately with this one.
+// `--baseline DIR` runs another build (DIR/pkg, DIR/incoming) alternately with this one, for
+// both the incoming pairs and the opens.
 
 import { spawnSync, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
@@ -322,40 +323,46 @@ async function main() {
       { database, contacts: CONTACTS, stored: STORED },
     );
     console.log(`populated ${populated.identity} in ${fmt(populated.ms)} ms`);
-    const times = [];
-    const opens = [];
+    // With --baseline both builds open the same database, alternately (one origin, so one
+    // IndexedDB; both read the same record format), each page reloaded before its run.
+    const openSides = [{ name: "this tree", page: mainPage, url }];
+    if (baseline) openSides.unshift({ name: "baseline", page: basePage, url: `${url}?pkg=baseline` });
+    const openResults = new Map(openSides.map((side) => [side.name, { times: [], opens: [] }]));
     for (let i = 0; i < OPEN_RUNS; i++) {
-      await load();
-      const profiling = flag("--profile") && i === OPEN_RUNS - 1;
-      let cdp;
-      if (profiling) {
-        cdp = await page.context().newCDPSession(page);
-        await cdp.send("Profiler.enable");
-        await cdp.send("Profiler.setSamplingInterval", { interval: 100 });
-        await cdp.send("Profiler.start");
+      for (const side of openSides) {
+        await side.page.goto(side.url);
+        await side.page.waitForFunction(() => window.benchReady === true);
+        const profiling = flag("--profile") && i === OPEN_RUNS - 1 && side.page === mainPage;
+        let cdp;
+        if (profiling) {
+          cdp = await side.page.context().newCDPSession(side.page);
+          await cdp.send("Profiler.enable");
+          await cdp.send("Profiler.setSamplingInterval", { interval: 100 });
+          await cdp.send("Profiler.start");
+        }
+        const r = await side.page.evaluate(async (database) => {
+          const t0 = performance.now();
+          const client = await window.tandem.TandemClient.open({ database });
+          const opened = performance.now();
+          const list = client.conversations();
+          const newest = client.messages(list[0].id);
+          const ms = performance.now() - t0;
+          const contacts = client.contacts().length;
+          client.close();
+          return { ms, openMs: opened - t0, conversations: list.length, newest: newest.length, contacts };
+        }, database);
+        if (profiling) {
+          printProfile((await cdp.send("Profiler.stop")).profile, "the last open");
+        }
+        if (r.contacts !== CONTACTS) throw new Error(`opened ${r.contacts} contacts`);
+        openResults.get(side.name).times.push(r.ms);
+        openResults.get(side.name).opens.push(r.openMs);
+        console.log(`open run ${i + 1} (${side.name}): ready in ${fmt(r.ms)} ms (open resolved at ${fmt(r.openMs)} ms; ${r.conversations} conversations, ${r.contacts} contacts, ${r.newest} messages in the newest)`);
       }
-      const r = await page.evaluate(async (database) => {
-        const t0 = performance.now();
-        const client = await window.tandem.TandemClient.open({ database });
-        const opened = performance.now();
-        const list = client.conversations();
-        const newest = client.messages(list[0].id);
-        const ms = performance.now() - t0;
-        const contacts = client.contacts().length;
-        let total = 0;
-        for (const c of list) total += c.unread >= 0 ? 1 : 0;
-        client.close();
-        return { ms, openMs: opened - t0, conversations: list.length, newest: newest.length, contacts, total };
-      }, database);
-      if (profiling) {
-        printProfile((await cdp.send("Profiler.stop")).profile, "the last open");
-      }
-      if (r.contacts !== CONTACTS) throw new Error(`opened ${r.contacts} contacts`);
-      times.push(r.ms);
-      opens.push(r.openMs);
-      console.log(`open run ${i + 1}: ready in ${fmt(r.ms)} ms (open resolved at ${fmt(r.openMs)} ms; ${r.conversations} conversations, ${r.contacts} contacts, ${r.newest} messages in the newest)`);
     }
-    console.log(`open median: ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
+    for (const [name, { times, opens }] of openResults) {
+      console.log(`open median (${name}): ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
+    }
     await page.evaluate((database) => window.tandem.TandemClient.deleteDatabase(database), database);
   }
   console.log(`load average at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
