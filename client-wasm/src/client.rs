@@ -4,14 +4,8 @@
 //! listeners only after the core is released, so a listener may call the client again.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
 
-use futures_core::Stream;
-use futures_sink::Sink;
-use gloo_net::websocket::futures::WebSocket as SocketReader;
-use gloo_net::websocket::{Message, State, WebSocketError};
 use js_sys::{Array, Function, Uint8Array};
 use rand_core::OsRng;
 use tandem_shared::app::{
@@ -24,7 +18,7 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::{spawn_local, JsFuture};
-use web_sys::WebSocket;
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 use crate::convert;
 use crate::directory::{Directory, Lookup, ServerInfo};
@@ -34,13 +28,11 @@ use crate::js::{get_string, now_ms, Obj};
 
 type Shared = Rc<RefCell<Inner>>;
 
-/// The open WebSocket. gloo-net reads it ([`read_socket`]: `open`, binary messages, the close
-/// event with its code); sends and closes go to this handle of the same browser socket, because
-/// gloo-net 0.7's `Sink` wraps every frame in a `Blob` (two more copies, read asynchronously by
-/// the browser) and closes only by consuming the socket (docs/client.md "gloo-net").
+/// The open WebSocket and the handlers that must live as long as it.
 struct Socket {
     ws: WebSocket,
     generation: u64,
+    _handlers: Vec<Closure<dyn FnMut(JsValue)>>,
 }
 
 struct Timer {
@@ -173,10 +165,12 @@ impl Inner {
         }
     }
 
-    /// Closes the socket without reporting its close to the core (the core closed it): its
-    /// reader still gets the close event, but the socket is no longer current.
+    /// Closes the socket without reporting its close to the core (the core closed it).
     fn drop_socket(&mut self, code: u16) {
         if let Some(socket) = self.socket.take() {
+            socket.ws.set_onopen(None);
+            socket.ws.set_onmessage(None);
+            socket.ws.set_onclose(None);
             // Browsers allow only 1000 and 3000–4999 from scripts.
             let code = if (3000..=4999).contains(&code) {
                 code
@@ -198,29 +192,67 @@ impl Inner {
         };
         let url = format!("{}/{path}", self.mediator_url.trim_end_matches('/'));
         self.emit("connection", Obj::new().set("state", "connecting").build());
-        // gloo-net reads the socket; `Socket` keeps the handle it sends and closes with.
-        let opened = WebSocket::new(&url)
-            .map_err(|e| crate::js::describe(&e))
-            .and_then(|ws| match SocketReader::try_from(ws.clone()) {
-                Ok(reader) => Ok((ws, reader)),
-                Err(e) => {
-                    let _ = ws.close();
-                    Err(e.message)
-                }
-            });
-        let (ws, reader) = match opened {
-            Ok(pair) => pair,
-            Err(reason) => {
-                self.error(&ClientError::invalid("mediatorUrl", reason));
+        let ws = match WebSocket::new(&url) {
+            Ok(ws) => ws,
+            Err(e) => {
+                self.error(&ClientError::invalid(
+                    "mediatorUrl",
+                    crate::js::describe(&e),
+                ));
                 self.app
                     .on_close(CloseCode::from_u16(5001), now_ms(), &mut OsRng);
                 return;
             }
         };
+        ws.set_binary_type(BinaryType::Arraybuffer);
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
-        spawn_local(read_socket(self.me.clone(), generation, reader));
-        self.socket = Some(Socket { ws, generation });
+        let me = self.me.clone();
+        let on_open = Closure::<dyn FnMut(JsValue)>::new(move |_| {
+            step(&me, |inner| {
+                if inner.current(generation) {
+                    if let Err(e) = inner.app.connect(now_ms(), &mut OsRng) {
+                        inner.error(&e.into());
+                    }
+                }
+            });
+        });
+        let me = self.me.clone();
+        let on_message = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let Some(data) = event
+                .dyn_ref::<MessageEvent>()
+                .map(MessageEvent::data)
+                .and_then(|d| d.dyn_into::<js_sys::ArrayBuffer>().ok())
+            else {
+                return;
+            };
+            let bytes = Uint8Array::new(&data).to_vec();
+            step(&me, |inner| {
+                if inner.current(generation) {
+                    inner.app.on_binary(&bytes, now_ms(), &mut OsRng);
+                }
+            });
+        });
+        let me = self.me.clone();
+        let on_close = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
+            let code = event.dyn_ref::<CloseEvent>().map_or(1006, CloseEvent::code);
+            step(&me, |inner| {
+                if inner.current(generation) {
+                    inner.socket = None;
+                    inner
+                        .app
+                        .on_close(CloseCode::from_u16(code), now_ms(), &mut OsRng);
+                }
+            });
+        });
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        self.socket = Some(Socket {
+            ws,
+            generation,
+            _handlers: vec![on_open, on_message, on_close],
+        });
     }
 
     fn current(&self, generation: u64) -> bool {
@@ -509,43 +541,6 @@ fn call_global(name: &str, arg: &JsValue) {
         .and_then(|f| f.dyn_into::<Function>().ok())
     {
         let _ = f.call1(&global, arg);
-    }
-}
-
-/// Feeds one socket's events to the core, in order, until its close event; the events of a
-/// socket the core no longer uses (`Inner::current`) are dropped.
-async fn read_socket(me: Weak<RefCell<Inner>>, generation: u64, mut reader: SocketReader) {
-    // gloo-net's stream has no item for `open`: its sink turns ready at the `open` event, or at
-    // a failure before it (the socket is closed then, and the stream brings the close event).
-    let _ = poll_fn(|cx| Pin::new(&mut reader).poll_ready(cx)).await;
-    if matches!(reader.state(), State::Open) {
-        step(&me, |inner| {
-            if inner.current(generation) {
-                if let Err(e) = inner.app.connect(now_ms(), &mut OsRng) {
-                    inner.error(&e.into());
-                }
-            }
-        });
-    }
-    while let Some(item) = poll_fn(|cx| Pin::new(&mut reader).poll_next(cx)).await {
-        match item {
-            Ok(Message::Bytes(bytes)) => step(&me, |inner| {
-                if inner.current(generation) {
-                    inner.app.on_binary(&bytes, now_ms(), &mut OsRng);
-                }
-            }),
-            Err(WebSocketError::ConnectionClose(event)) => step(&me, |inner| {
-                if inner.current(generation) {
-                    inner.socket = None;
-                    inner
-                        .app
-                        .on_close(CloseCode::from_u16(event.code), now_ms(), &mut OsRng);
-                }
-            }),
-            // d2m is binary only: a text frame is ignored. An `error` event is always followed
-            // by the close event (code 1006), which the core acts on.
-            _ => {}
-        }
     }
 }
 
