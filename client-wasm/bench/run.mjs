@@ -312,21 +312,23 @@ async function main() {
 
   if (only !== "incoming") {
     const database = "bench-open";
-    say(`populating ${database}: ${CONTACTS} contacts, ${STORED} messages`);
-    const populated = await page.evaluate(
-      async ({ database, contacts, stored }) => {
-        await window.tandem.TandemClient.deleteDatabase(database);
-        const t0 = performance.now();
-        const identity = await window.tandem.benchPopulate(database, contacts, stored, "ws://127.0.0.1:9");
-        return { identity, ms: performance.now() - t0 };
-      },
-      { database, contacts: CONTACTS, stored: STORED },
-    );
-    console.log(`populated ${populated.identity} in ${fmt(populated.ms)} ms`);
-    // With --baseline both builds open the same database, alternately (one origin, so one
-    // IndexedDB; both read the same record format), each page reloaded before its run.
+    // With --baseline each build populates and opens its own copy (Playwright gives each page
+    // its own context, so its own IndexedDB), alternately, each page reloaded before its run.
     const openSides = [{ name: "this tree", page: mainPage, url }];
     if (baseline) openSides.unshift({ name: "baseline", page: basePage, url: `${url}?pkg=baseline` });
+    for (const side of openSides) {
+      say(`populating ${database} (${side.name}): ${CONTACTS} contacts, ${STORED} messages`);
+      const populated = await side.page.evaluate(
+        async ({ database, contacts, stored }) => {
+          await window.tandem.TandemClient.deleteDatabase(database);
+          const t0 = performance.now();
+          const identity = await window.tandem.benchPopulate(database, contacts, stored, "ws://127.0.0.1:9");
+          return { identity, ms: performance.now() - t0 };
+        },
+        { database, contacts: CONTACTS, stored: STORED },
+      );
+      console.log(`populated ${populated.identity} (${side.name}) in ${fmt(populated.ms)} ms`);
+    }
     const openResults = new Map(openSides.map((side) => [side.name, { times: [], opens: [] }]));
     for (let i = 0; i < OPEN_RUNS; i++) {
       for (const side of openSides) {
@@ -363,7 +365,9 @@ async function main() {
     for (const [name, { times, opens }] of openResults) {
       console.log(`open median (${name}): ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
     }
-    await page.evaluate((database) => window.tandem.TandemClient.deleteDatabase(database), database);
+    for (const side of openSides) {
+      await side.page.evaluate((database) => window.tandem.TandemClient.deleteDatabase(database), database);
+    }
   }
   console.log(`load average at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   await browser.close();
