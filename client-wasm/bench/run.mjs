@@ -262,7 +262,10 @@ async function main() {
     }
     for (let i = 0; i < RUNS; i++) {
       const seed = i + 1;
-      for (const side of sides) {
+      // With a baseline the order alternates per pair: in an A/A run (one build against a copy
+      // of itself, always in the same order, load ≈ 4) the side that ran second was 0.83 × as
+      // fast by medians.
+      for (const side of i % 2 === 1 ? [...sides].reverse() : sides) {
         const { n, w } = await incomingRun(side.exe, side.page, seed);
         const r = results.get(side.name);
         r.native.push(n.ms);
@@ -296,6 +299,12 @@ async function main() {
     const xwm = median(xw);
     const us = (ms) => fmt((ms * 1000) / AGREEMENTS);
     console.log(`x25519 median: native ${us(xnm)} µs (CPU ${us(median(xnc))}), wasm ${us(xwm)} µs (renderer CPU ≈ ${us(median(xwc))}) per agreement; wasm speed = ${(xnm / xwm).toFixed(3)} × native (by CPU ≈ ${(median(xnc) / median(xwc)).toFixed(3)})`);
+    if (baseline) {
+      const b = results.get("baseline").wasm;
+      const t = results.get("this tree").wasm;
+      const rel = b.map((ms, k) => ms / t[k]);
+      console.log(`incoming wasm, this tree against the baseline (> 1: this tree faster): ${(median(b) / median(t)).toFixed(3)} × by medians, ${median(rel).toFixed(3)} × by the median of the per-pair ratios (pairs ${Math.min(...rel).toFixed(2)}–${Math.max(...rel).toFixed(2)}), ${(Math.min(...b) / Math.min(...t)).toFixed(3)} × by the fastest runs`);
+    }
     for (const [name, r] of results) {
       const nm = median(r.native);
       const wm = median(r.wasm);
@@ -331,7 +340,7 @@ async function main() {
     }
     const openResults = new Map(openSides.map((side) => [side.name, { times: [], opens: [] }]));
     for (let i = 0; i < OPEN_RUNS; i++) {
-      for (const side of openSides) {
+      for (const side of i % 2 === 1 ? [...openSides].reverse() : openSides) {
         await side.page.goto(side.url);
         await side.page.waitForFunction(() => window.benchReady === true);
         const profiling = flag("--profile") && i === OPEN_RUNS - 1 && side.page === mainPage;
@@ -361,6 +370,12 @@ async function main() {
         openResults.get(side.name).opens.push(r.openMs);
         console.log(`open run ${i + 1} (${side.name}): ready in ${fmt(r.ms)} ms (open resolved at ${fmt(r.openMs)} ms; ${r.conversations} conversations, ${r.contacts} contacts, ${r.newest} messages in the newest)`);
       }
+    }
+    if (baseline) {
+      const b = openResults.get("baseline").times;
+      const t = openResults.get("this tree").times;
+      const rel = b.map((ms, k) => ms / t[k]);
+      console.log(`open, this tree against the baseline (> 1: this tree faster): ${(median(b) / median(t)).toFixed(3)} × by medians, ${median(rel).toFixed(3)} × by the median of the per-run ratios (${Math.min(...rel).toFixed(2)}–${Math.max(...rel).toFixed(2)})`);
     }
     for (const [name, { times, opens }] of openResults) {
       console.log(`open median (${name}): ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
