@@ -17,7 +17,8 @@
 // bench with cargo's bench profile (the workspace release profile: opt-level 3). CARGO_TARGET_DIR
 // is honoured. `--profile` / `--profile-incoming` record a CPU profile of the last open / the
 // last incoming run through the Chrome DevTools protocol and print the heaviest functions.
-// `--baseline DIR` runs another build (DIR/pkg, DIR/incoming) alternately with this one.
+// `--baseline DIR` runs another build (DIR/pkg, DIR/incoming) alternately with this one, for
+// both the incoming pairs and the opens.
 
 import { spawnSync, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
@@ -261,7 +262,10 @@ async function main() {
     }
     for (let i = 0; i < RUNS; i++) {
       const seed = i + 1;
-      for (const side of sides) {
+      // With a baseline the order alternates per pair: in an A/A run (one build against a copy
+      // of itself, always in the same order, load ≈ 4) the side that ran second was 0.83 × as
+      // fast by medians.
+      for (const side of i % 2 === 1 ? [...sides].reverse() : sides) {
         const { n, w } = await incomingRun(side.exe, side.page, seed);
         const r = results.get(side.name);
         r.native.push(n.ms);
@@ -295,6 +299,12 @@ async function main() {
     const xwm = median(xw);
     const us = (ms) => fmt((ms * 1000) / AGREEMENTS);
     console.log(`x25519 median: native ${us(xnm)} µs (CPU ${us(median(xnc))}), wasm ${us(xwm)} µs (renderer CPU ≈ ${us(median(xwc))}) per agreement; wasm speed = ${(xnm / xwm).toFixed(3)} × native (by CPU ≈ ${(median(xnc) / median(xwc)).toFixed(3)})`);
+    if (baseline) {
+      const b = results.get("baseline").wasm;
+      const t = results.get("this tree").wasm;
+      const rel = b.map((ms, k) => ms / t[k]);
+      console.log(`incoming wasm, this tree against the baseline (> 1: this tree faster): ${(median(b) / median(t)).toFixed(3)} × by medians, ${median(rel).toFixed(3)} × by the median of the per-pair ratios (pairs ${Math.min(...rel).toFixed(2)}–${Math.max(...rel).toFixed(2)}), ${(Math.min(...b) / Math.min(...t)).toFixed(3)} × by the fastest runs`);
+    }
     for (const [name, r] of results) {
       const nm = median(r.native);
       const wm = median(r.wasm);
@@ -311,52 +321,68 @@ async function main() {
 
   if (only !== "incoming") {
     const database = "bench-open";
-    say(`populating ${database}: ${CONTACTS} contacts, ${STORED} messages`);
-    const populated = await page.evaluate(
-      async ({ database, contacts, stored }) => {
-        await window.tandem.TandemClient.deleteDatabase(database);
-        const t0 = performance.now();
-        const identity = await window.tandem.benchPopulate(database, contacts, stored, "ws://127.0.0.1:9");
-        return { identity, ms: performance.now() - t0 };
-      },
-      { database, contacts: CONTACTS, stored: STORED },
-    );
-    console.log(`populated ${populated.identity} in ${fmt(populated.ms)} ms`);
-    const times = [];
-    const opens = [];
-    for (let i = 0; i < OPEN_RUNS; i++) {
-      await load();
-      const profiling = flag("--profile") && i === OPEN_RUNS - 1;
-      let cdp;
-      if (profiling) {
-        cdp = await page.context().newCDPSession(page);
-        await cdp.send("Profiler.enable");
-        await cdp.send("Profiler.setSamplingInterval", { interval: 100 });
-        await cdp.send("Profiler.start");
-      }
-      const r = await page.evaluate(async (database) => {
-        const t0 = performance.now();
-        const client = await window.tandem.TandemClient.open({ database });
-        const opened = performance.now();
-        const list = client.conversations();
-        const newest = client.messages(list[0].id);
-        const ms = performance.now() - t0;
-        const contacts = client.contacts().length;
-        let total = 0;
-        for (const c of list) total += c.unread >= 0 ? 1 : 0;
-        client.close();
-        return { ms, openMs: opened - t0, conversations: list.length, newest: newest.length, contacts, total };
-      }, database);
-      if (profiling) {
-        printProfile((await cdp.send("Profiler.stop")).profile, "the last open");
-      }
-      if (r.contacts !== CONTACTS) throw new Error(`opened ${r.contacts} contacts`);
-      times.push(r.ms);
-      opens.push(r.openMs);
-      console.log(`open run ${i + 1}: ready in ${fmt(r.ms)} ms (open resolved at ${fmt(r.openMs)} ms; ${r.conversations} conversations, ${r.contacts} contacts, ${r.newest} messages in the newest)`);
+    // With --baseline each build populates and opens its own copy (Playwright gives each page
+    // its own context, so its own IndexedDB), alternately, each page reloaded before its run.
+    const openSides = [{ name: "this tree", page: mainPage, url }];
+    if (baseline) openSides.unshift({ name: "baseline", page: basePage, url: `${url}?pkg=baseline` });
+    for (const side of openSides) {
+      say(`populating ${database} (${side.name}): ${CONTACTS} contacts, ${STORED} messages`);
+      const populated = await side.page.evaluate(
+        async ({ database, contacts, stored }) => {
+          await window.tandem.TandemClient.deleteDatabase(database);
+          const t0 = performance.now();
+          const identity = await window.tandem.benchPopulate(database, contacts, stored, "ws://127.0.0.1:9");
+          return { identity, ms: performance.now() - t0 };
+        },
+        { database, contacts: CONTACTS, stored: STORED },
+      );
+      console.log(`populated ${populated.identity} (${side.name}) in ${fmt(populated.ms)} ms`);
     }
-    console.log(`open median: ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
-    await page.evaluate((database) => window.tandem.TandemClient.deleteDatabase(database), database);
+    const openResults = new Map(openSides.map((side) => [side.name, { times: [], opens: [] }]));
+    for (let i = 0; i < OPEN_RUNS; i++) {
+      for (const side of i % 2 === 1 ? [...openSides].reverse() : openSides) {
+        await side.page.goto(side.url);
+        await side.page.waitForFunction(() => window.benchReady === true);
+        const profiling = flag("--profile") && i === OPEN_RUNS - 1 && side.page === mainPage;
+        let cdp;
+        if (profiling) {
+          cdp = await side.page.context().newCDPSession(side.page);
+          await cdp.send("Profiler.enable");
+          await cdp.send("Profiler.setSamplingInterval", { interval: 100 });
+          await cdp.send("Profiler.start");
+        }
+        const r = await side.page.evaluate(async (database) => {
+          const t0 = performance.now();
+          const client = await window.tandem.TandemClient.open({ database });
+          const opened = performance.now();
+          const list = client.conversations();
+          const newest = client.messages(list[0].id);
+          const ms = performance.now() - t0;
+          const contacts = client.contacts().length;
+          client.close();
+          return { ms, openMs: opened - t0, conversations: list.length, newest: newest.length, contacts };
+        }, database);
+        if (profiling) {
+          printProfile((await cdp.send("Profiler.stop")).profile, "the last open");
+        }
+        if (r.contacts !== CONTACTS) throw new Error(`opened ${r.contacts} contacts`);
+        openResults.get(side.name).times.push(r.ms);
+        openResults.get(side.name).opens.push(r.openMs);
+        console.log(`open run ${i + 1} (${side.name}): ready in ${fmt(r.ms)} ms (open resolved at ${fmt(r.openMs)} ms; ${r.conversations} conversations, ${r.contacts} contacts, ${r.newest} messages in the newest)`);
+      }
+    }
+    if (baseline) {
+      const b = openResults.get("baseline").times;
+      const t = openResults.get("this tree").times;
+      const rel = b.map((ms, k) => ms / t[k]);
+      console.log(`open, this tree against the baseline (> 1: this tree faster): ${(median(b) / median(t)).toFixed(3)} × by medians, ${median(rel).toFixed(3)} × by the median of the per-run ratios (${Math.min(...rel).toFixed(2)}–${Math.max(...rel).toFixed(2)})`);
+    }
+    for (const [name, { times, opens }] of openResults) {
+      console.log(`open median (${name}): ${fmt(median(times))} ms until ready (open() alone ${fmt(median(opens))} ms) with ${CONTACTS} contacts and ${STORED} messages (budget ≤ 1500 ms)`);
+    }
+    for (const side of openSides) {
+      await side.page.evaluate((database) => window.tandem.TandemClient.deleteDatabase(database), database);
+    }
   }
   console.log(`load average at end: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   await browser.close();

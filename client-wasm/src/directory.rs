@@ -1,16 +1,21 @@
 //! The identity directory over `fetch` (DESIGN §2.5), below `{directoryUrl}/directory/`: the
 //! chat server's key, identity creation with the token challenge, and public-key lookups.
+//! `fetch` and its `Response` are `gloo_net::http`'s, which binds the global `fetch`, so the same
+//! code runs in a page and in a worker; bodies stay the browser's `JSON` (no serde_json in the
+//! package). The request itself is a `web_sys::Request` handed to gloo-net: its
+//! `RequestBuilder` parses every URL again for query parameters (`Url`, `URLSearchParams`),
+//! which the directory never has, for 1 675 B more gzipped (docs/client.md "gloo-net").
 
-use js_sys::{Promise, JSON};
+use gloo_net::http::Request;
+use js_sys::JSON;
 use rand_core::CryptoRngCore;
 use tandem_shared::app::Identity;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::directory::client_response;
 use tandem_shared::encoding::{base64_decode, base64_encode};
 use tandem_shared::keys::ClientKey;
-use wasm_bindgen::{JsCast, JsValue};
-use wasm_bindgen_futures::JsFuture;
-use web_sys::{RequestInit, Response};
+use wasm_bindgen::JsValue;
+use web_sys::RequestInit;
 
 use crate::error::ClientError;
 use crate::js::{get_string, Obj};
@@ -39,27 +44,13 @@ pub struct Directory {
     base: String,
 }
 
-fn fetch(url: &str, init: &RequestInit) -> Result<Promise, ClientError> {
-    let global = js_sys::global();
-    let fetch = js_sys::Reflect::get(&global, &JsValue::from_str("fetch"))
-        .ok()
-        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
-        .ok_or_else(|| ClientError::Directory {
-            url: url.to_owned(),
-            reason: "fetch is not available in this context".into(),
-        })?;
-    let promise = fetch
-        .call2(&global, &JsValue::from_str(url), init)
-        .map_err(|e| ClientError::Directory {
-            url: url.to_owned(),
-            reason: crate::js::describe(&e),
-        })?;
-    promise
-        .dyn_into::<Promise>()
-        .map_err(|_| ClientError::Directory {
-            url: url.to_owned(),
-            reason: "fetch did not return a promise".into(),
-        })
+/// What a gloo-net failure says: the JS error's message (`Failed to fetch`, …) without its
+/// class name, as the directory's errors said it before.
+fn describe(e: &gloo_net::Error) -> String {
+    match e {
+        gloo_net::Error::JsError(js) => js.message.clone(),
+        other => other.to_string(),
+    }
 }
 
 fn key_from_b64(url: &str, field: &str, text: &str) -> Result<PublicKey, ClientError> {
@@ -103,18 +94,17 @@ impl Directory {
             let headers = Obj::new().set("Content-Type", "application/json").build();
             init.set_headers(&headers);
         }
-        let response: Response = JsFuture::from(fetch(&url, &init)?)
+        let request: Request = web_sys::Request::new_with_str_and_init(&url, &init)
+            .map_err(|e| err(crate::js::describe(&e)))?
+            .into();
+        let response = request
+            .send()
             .await
-            .map_err(|e| err(format!("cannot be reached ({})", crate::js::describe(&e))))?
-            .dyn_into()
-            .map_err(|_| err("fetch did not return a Response".into()))?;
+            .map_err(|e| err(format!("cannot be reached ({})", describe(&e))))?;
         if response.status() == 404 {
             return Ok(None);
         }
-        let text = JsFuture::from(response.text().map_err(|e| err(crate::js::describe(&e)))?)
-            .await
-            .map_err(|e| err(crate::js::describe(&e)))?;
-        let text = text.as_string().unwrap_or_default();
+        let text = response.text().await.map_err(|e| err(describe(&e)))?;
         let json = JSON::parse(&text).ok();
         if !response.ok() {
             let reason = json

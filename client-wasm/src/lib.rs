@@ -1,10 +1,11 @@
 //! Tandem in a browser tab (DESIGN §1 `client-wasm/`, `docs/client.md`): a thin adapter around
 //! `tandem_shared::app::App` that moves bytes over a native WebSocket, persists records in
-//! IndexedDB, asks the directory with `fetch` and tells the time. Every protocol decision is
+//! IndexedDB, asks the directory with `fetch` (through gloo-net) and tells the time. Every protocol decision is
 //! the core's (`docs/app.md` §5 is this crate's checklist).
 //!
 //! - [`idb`]: IndexedDB, one object store per record kind, one transaction per batch.
-//! - [`client`]: `TandemClient`, the JS API.
+//! - [`client`]: `TandemClient`, the JS API, and the WebSocket (web-sys).
+//! - [`directory`]: the identity directory over `gloo_net::http`.
 //! - [`convert`]: JS shapes of the core's values (ids as strings, plain objects).
 //! - [`error`]: errors as JS `Error`s with a message a person can act on.
 

@@ -1,7 +1,14 @@
 //! Storage and crypto inside headless Chromium (`scripts/test.sh` runs these with
-//! wasm-bindgen-test-runner; on the host this file is empty).
+//! wasm-bindgen-test-runner; on the host this file is empty), in a page; plus the checks every
+//! global scope must pass (`every_scope/`, also run in workers by `dedicated_worker.rs` and
+//! `shared_worker.rs`).
 #![cfg(target_arch = "wasm32")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use tandem_client::idb::Database;
 use tandem_shared::app::{Batch, Op, Record, RecordKind};
@@ -9,6 +16,12 @@ use tandem_shared::crypto::{random_nonce, SecretKey};
 use tandem_shared::keys::{ClientUrlInfo, DeviceGroupKey};
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+
+mod every_scope;
+use every_scope::{message, options};
+
+/// The global scope `every_scope` checks for.
+const SCOPE: &str = "Window";
 
 wasm_bindgen_test_configure!(run_in_browser);
 
@@ -277,19 +290,6 @@ fn device_group_key_derivation_matches_the_spec_vector() {
     );
 }
 
-fn options(pairs: &[(&str, &str)]) -> wasm_bindgen::JsValue {
-    let obj = js_sys::Object::new();
-    for (k, v) in pairs {
-        js_sys::Reflect::set(&obj, &(*k).into(), &(*v).into()).unwrap();
-    }
-    obj.into()
-}
-
-fn message(e: &wasm_bindgen::JsValue) -> String {
-    use wasm_bindgen::JsCast;
-    String::from(e.dyn_ref::<js_sys::Error>().expect("a JS Error").message())
-}
-
 #[wasm_bindgen_test]
 async fn opening_an_empty_database_says_to_create_or_import() {
     Database::delete("t-api-empty").await.unwrap();
@@ -324,24 +324,6 @@ async fn a_wrong_backup_password_is_named() {
     .await
     .unwrap_err();
     assert_eq!(message(&e), "wrong backup password (or a mistyped backup)");
-}
-
-#[wasm_bindgen_test]
-async fn an_unreachable_directory_is_reported_with_its_url() {
-    Database::delete("t-api-nodir").await.unwrap();
-    let e = tandem_client::TandemClient::create(options(&[
-        ("database", "t-api-nodir"),
-        ("mediatorUrl", "ws://127.0.0.1:9"),
-    ]))
-    .await
-    .unwrap_err();
-    let text = message(&e);
-    assert!(
-        text.starts_with(
-            "directory at http://127.0.0.1:9/directory/server-info: cannot be reached"
-        ),
-        "{text}"
-    );
 }
 
 #[wasm_bindgen_test]

@@ -499,6 +499,36 @@ const SCENARIOS = {
     check(taken?.isError && /already holds identity/.test(taken.message), 'creating into a database that holds Y is refused', taken);
   },
 
+  /** One device in two tabs (one database, so one device id): the mediator closes the older
+   * connection with 4112 and the close code reaches the core, which stops that page (41xx: no
+   * retry, so the two tabs do not take the slot from each other in turns) while the newer page
+   * stays online; closing the newer one and reloading the older makes it the device again. */
+  async device_id_reused() {
+    const { X1, X, Y } = world;
+    await X1.online();
+    const before = (await X1.events('connection')).length;
+    const X1b = world.X1b = new Device('X1b', X1.context);
+    await X1b.newPage();
+    const opened = await X1b.open();
+    await X1b.online();
+    const events = await X1.until('X1 stopped by the newer tab (4112)', () => window.device.events('connection'), null,
+      (l) => l.slice(before).some((e) => e.state === 'disconnected'));
+    const down = events.slice(before).find((e) => e.state === 'disconnected');
+    check(down.code === 4112 && down.retryAt === undefined && typeof down.stopped === 'string',
+      'X1 disconnected with 4112, stopped, no retryAt', down);
+    await sleep(2000);
+    const later = (await X1.events('connection')).slice(before);
+    check(later.filter((e) => e.state === 'connecting').length === 0, 'the stopped page does not reconnect by itself', later);
+    check(await X1b.eval(() => window.device.online), 'the newer page is still online', opened);
+    await X1b.closePage();
+    await X1.reload();
+    await X1.open();
+    await X1.online();
+    const key = await X1.call('sendText', `contact/${Y}`, 'after the other tab');
+    const find = ([c, k]) => (window.device.client.messages(c).find((m) => m.key === k) ?? null);
+    await world.Y1.until(`${key} on Y1`, find, [`contact/${X}`, key], (m) => m !== null);
+  },
+
   /** The web app (www/, served by the Worker itself: page, mediator and directory on one origin)
    * used as a person would, through its UI: two identities are created, a text goes from one to
    * the other and comes back read; a second device of the first identity is linked from the ID
@@ -587,7 +617,7 @@ server = await startServer({ workerHttp: WORKER_HTTP });
 SERVER = server.base;
 const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--headless=new', '--no-sandbox'] });
 let passed = 0; let failed = 0;
-const devices = () => ['X1', 'X2', 'X3', 'Y1', 'Z1'].map((n) => world[n]).filter(Boolean);
+const devices = () => ['X1', 'X1b', 'X2', 'X3', 'Y1', 'Z1'].map((n) => world[n]).filter(Boolean);
 async function step(name, fn) {
   const started = Date.now();
   try {
