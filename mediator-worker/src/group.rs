@@ -715,6 +715,19 @@ struct Stats {
     leader: Option<String>,
     transaction_holder: Option<String>,
     alarm_at: Option<u64>,
+    /// The isolate's wasm linear memory (shared by every object in it; it never shrinks), to
+    /// tell its growth from the rest of workerd's in the soak (RELIABILITY.md).
+    wasm_memory_bytes: u64,
+}
+
+#[cfg(target_arch = "wasm32")]
+fn wasm_memory_bytes() -> u64 {
+    (core::arch::wasm32::memory_size::<0>() as u64).saturating_mul(65_536)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+const fn wasm_memory_bytes() -> u64 {
+    0
 }
 
 fn stats(io: &Io) -> worker::Result<Stats> {
@@ -755,6 +768,7 @@ fn stats(io: &Io) -> worker::Result<Stats> {
             Armed::At(at) => Some(at),
             Armed::None | Armed::Unknown => None,
         },
+        wasm_memory_bytes: wasm_memory_bytes(),
     })
 }
 

@@ -116,5 +116,6 @@ async fn run(args: Args) {
             "RSS samples (s, workerd KiB, chat server KiB): {:?}",
             report.rss_samples
         );
+        println!("wasm memory samples (s, bytes): {:?}", report.wasm_samples);
     }
 }

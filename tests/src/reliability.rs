@@ -450,6 +450,9 @@ pub struct SoakReport {
     /// (seconds into the run, workerd KiB, chat server KiB) once a minute (every tenth of a
     /// shorter run), to tell growth that levels off from a leak.
     pub rss_samples: Vec<(u64, u64, u64)>,
+    /// (seconds into the run, bytes) of the Worker's wasm linear memory, with each RSS sample
+    /// (from the first group's development stats; it is the isolate's, shared by every object).
+    pub wasm_samples: Vec<(u64, u64)>,
 }
 
 /// Resident set size of `pid` in KiB, from `/proc`.
@@ -497,6 +500,22 @@ fn rss_pair(fx: &Fixture) -> (u64, u64) {
         crate::harness::Mediator::Local(_) => 0,
     };
     (workerd, rss_kib(fx.chat.process().pid()).unwrap_or(0))
+}
+
+/// The Worker isolate's wasm memory, from the first group's development stats.
+async fn wasm_memory(fx: &Fixture, identities: &[crate::harness::Identity]) -> Option<u64> {
+    let first = identities.first()?;
+    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
+    let path = format!("/_dev/group/{}", hex::encode(first.keys.dgpk_public.0));
+    let stats = crate::harness::http_request(&addr, "GET", &path, None, Duration::from_secs(10))
+        .await
+        .ok()?;
+    let body = &stats.body;
+    let json = body.get(body.find('{')?..=body.rfind('}')?)?;
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()?
+        .get("wasmMemoryBytes")?
+        .as_u64()
 }
 
 /// `groups` identities with `per_group` devices each, in a ring: every identity writes to the
@@ -585,6 +604,9 @@ pub async fn soak(
         if at / sample_every > report.rss_samples.last().map_or(0, |s| s.0 / sample_every) {
             let (workerd, chat) = rss_pair(fx);
             report.rss_samples.push((at, workerd, chat));
+            if let Some(bytes) = wasm_memory(fx, &identities).await {
+                report.wasm_samples.push((at, bytes));
+            }
         }
         tokio::time::sleep(interval).await;
     }
