@@ -109,6 +109,7 @@ fn tagged(tag: u64, attempt: u32) -> Envelope {
     Envelope {
         padding: Vec::new(),
         device_id: 0,
+        protocol_version: 0,
         content: Some(Content::OutgoingMessage(OutgoingMessage {
             conversation: Some(contact("ECHOECHO")),
             message_id: tag,

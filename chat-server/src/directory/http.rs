@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::store::Store;
 
-use super::{Directory, IdentityRecord, TokenError, Tokens};
+use super::{fetch_bulk, Directory, IdentityRecord, TokenError, Tokens};
 
 /// Largest request body.
 pub(super) const MAX_BODY: usize = 4096;
@@ -73,6 +73,7 @@ impl HttpState {
 pub fn router(state: HttpState, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .route("/identity/create", post(create))
+        .route("/identity/fetch_bulk", post(fetch_bulk_handler))
         .route("/identity/{id}", get(lookup))
         .route("/server-info", get(server_info))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path").into_response() })
@@ -234,6 +235,13 @@ async fn lookup(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
         }))
         .into_response(),
         None => error(StatusCode::NOT_FOUND, "unknown identity").into_response(),
+    }
+}
+
+async fn fetch_bulk_handler(State(state): State<HttpState>, body: Bytes) -> Response {
+    match fetch_bulk(&body, |identity| state.inner.directory.public_key(identity)) {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => bad(e.to_string()).into_response(),
     }
 }
 

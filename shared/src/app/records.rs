@@ -410,6 +410,7 @@ pub(crate) fn journal_record(contents: &[Content]) -> Record {
                 Envelope {
                     padding: Vec::new(),
                     device_id: 0,
+                    protocol_version: crate::d2d::PROTOCOL_VERSION,
                     content: Some(content.clone()),
                 }
                 .encode_to_vec()

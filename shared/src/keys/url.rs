@@ -80,11 +80,13 @@ impl ClientUrlInfo {
     }
 
     /// Parses the request path of a mediator WebSocket upgrade (`/{prefix8}/{hex}`, with or
-    /// without the leading slash).
+    /// without the leading slash). The prefix may be one hex digit when the group id's first
+    /// byte is below 0x10: some current clients do not zero-pad it, and the prefix is only a
+    /// routing hint that must name the same byte (docs/protocol.md "Protocol version 23").
     pub fn from_path(path: &str) -> Result<Self, UrlError> {
         let path = path.strip_prefix('/').unwrap_or(path);
         let (prefix, hex_part) = path.split_once('/').ok_or(UrlError::PathShape)?;
-        if prefix.len() != 2 || hex_part.is_empty() || hex_part.contains('/') {
+        if !(1..=2).contains(&prefix.len()) || hex_part.is_empty() || hex_part.contains('/') {
             return Err(UrlError::PathShape);
         }
         if !is_lower_hex(prefix) || !is_lower_hex(hex_part) {
@@ -92,7 +94,8 @@ impl ClientUrlInfo {
         }
         let bytes = crate::encoding::hex_decode(hex_part).map_err(|_| UrlError::Hex)?;
         let info = Self::decode(&bytes)?;
-        if crate::encoding::hex_encode(&info.device_group_id.0[..1]) != prefix {
+        let first = info.device_group_id.0.first().copied();
+        if u8::from_str_radix(prefix, 16).ok() != first {
             return Err(UrlError::Prefix);
         }
         Ok(info)
@@ -142,6 +145,35 @@ mod tests {
         assert_eq!(ClientUrlInfo::from_path(&format!("/{path}")).unwrap(), info);
     }
 
+    /// Leniency (protocol version 23 clients): a first byte below 0x10 may come without its
+    /// leading zero; both spellings name the same group, any other digit is still refused.
+    #[test]
+    fn one_digit_prefix_is_accepted_for_a_first_byte_below_0x10() {
+        let mut id = [0x11; 32];
+        id[0] = 0x07;
+        let info = ClientUrlInfo::new(PublicKey(id), "1").unwrap();
+        let hex_part = data_encoding::HEXLOWER.encode(&info.encode());
+        assert_eq!(
+            info.path(),
+            format!("07/{hex_part}"),
+            "we still write two digits"
+        );
+        for prefix in ["07", "7"] {
+            assert_eq!(
+                ClientUrlInfo::from_path(&format!("/{prefix}/{hex_part}")),
+                Ok(info.clone()),
+                "{prefix}"
+            );
+        }
+        for prefix in ["8", "70", "0"] {
+            assert_eq!(
+                ClientUrlInfo::from_path(&format!("/{prefix}/{hex_part}")),
+                Err(UrlError::Prefix),
+                "{prefix}"
+            );
+        }
+    }
+
     #[test]
     fn rejects_bad_paths() {
         let info = ClientUrlInfo::new(PublicKey([0xab; 32]), "01").unwrap();
@@ -155,6 +187,14 @@ mod tests {
             Err(UrlError::Hex)
         );
         assert_eq!(ClientUrlInfo::from_path("/ab"), Err(UrlError::PathShape));
+        assert_eq!(
+            ClientUrlInfo::from_path(&format!("/b/{hex_part}")),
+            Err(UrlError::Prefix)
+        );
+        assert_eq!(
+            ClientUrlInfo::from_path(&format!("/0ab/{hex_part}")),
+            Err(UrlError::PathShape)
+        );
         assert_eq!(
             ClientUrlInfo::from_path("/ab/0a"),
             Err(UrlError::Decode(

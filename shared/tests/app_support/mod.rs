@@ -26,8 +26,8 @@ use tandem_shared::app::{
 };
 use tandem_shared::crypto::{PublicKey, SecretKey};
 use tandem_shared::csp::{
-    CspPayload, CspServer, CspServerConfig, MessageAck, MessageFlags, MessagePayloadVersion,
-    MessageWithMetadataBox, ServerEvent,
+    CspPayload, CspServer, CspServerConfig, LoginAck, MessageAck, MessageFlags,
+    MessagePayloadVersion, MessageWithMetadataBox, ServerEvent,
 };
 use tandem_shared::d2d::{DeviceInfo, Platform};
 use tandem_shared::d2m::CloseCode;
@@ -61,6 +61,8 @@ pub struct ChatServer {
     /// `(receiver, sender, message id)` of every message a receiver acked: the chat server
     /// forgot it, so the receiver's devices are all that hold it.
     pub acked: Vec<([u8; 8], [u8; 8], u64)>,
+    /// The time the server puts into login-ack (spec §12); `None`: the old zero layout.
+    pub login_ack_time_ms: Option<u64>,
 }
 
 impl ChatServer {
@@ -73,6 +75,7 @@ impl ChatServer {
             next_seq: 0,
             log: Vec::new(),
             acked: Vec::new(),
+            login_ack_time_ms: None,
         }
     }
 
@@ -122,8 +125,19 @@ impl ChatServer {
                     let key = Identity::new(identity)
                         .ok()
                         .and_then(|i| self.directory.get(&i).copied());
+                    let ack = LoginAck {
+                        server_time_ms: self.login_ack_time_ms.unwrap_or(0),
+                        queued_messages: u32::try_from(
+                            self.queues.get(&identity).map_or(0, VecDeque::len),
+                        )
+                        .unwrap(),
+                    };
                     let session = self.sessions.get_mut(&conn).unwrap();
-                    if session.server.provide_identity_key(key).is_err() {
+                    if session
+                        .server
+                        .provide_identity_key_with_ack(key, ack)
+                        .is_err()
+                    {
                         self.sessions.remove(&conn);
                         return;
                     }
