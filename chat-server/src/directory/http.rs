@@ -1,7 +1,10 @@
 //! The directory's HTTP API (DESIGN §2.5), JSON with base64 for bytes.
 //!
+//! Routes: `POST /identity/create` (two steps), `GET /identity/{ID}`, `POST /identity/fetch_bulk`
+//! (protocol version 23, [`super::bulk`]), `GET /server-info`.
+//!
 //! Status codes: 200 success; 400 malformed request (JSON, base64, lengths, identity syntax,
-//! low-order key, incomplete step two); 403 well-formed but refused (unknown, used or expired
+//! low-order key, incomplete step two, more than 256 names in a bulk lookup); 403 well-formed but refused (unknown, used or expired
 //! token, token of another key, wrong response); 404 unknown identity or path; 413 body over
 //! [`MAX_BODY`]; 503 too many pending tokens; 500 storage failure. Every error body is
 //! `{"error": reason}`.
