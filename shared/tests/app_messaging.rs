@@ -10,7 +10,9 @@
 mod app_support;
 
 use app_support::{summary, World};
-use tandem_shared::app::{AppEvent, ConversationId, Direction, Dropped, MessageState, RecordKind};
+use tandem_shared::app::{
+    AppEvent, ConversationId, Direction, Dropped, MessageState, ReconnectDecision, RecordKind,
+};
 
 /// X has devices X1 and X2, Y has Y1; everyone is online and knows everyone (Y learns X
 /// from X's first message, except where a test adds it first).
@@ -435,4 +437,35 @@ fn a_clock_off_by_more_than_twenty_minutes_is_reported_once_per_login() {
     w.connect("X3");
     w.run();
     assert_eq!(clock_events(&mut w, "X3"), vec![-21 * 60 * 1000]);
+}
+
+/// A chat server of before protocol version 23 reads the feature byte as a payload version and
+/// refuses 3 with a close-error that forbids reconnecting. The device treats that one refusal
+/// as reconnectable and announces Desktop's `1` from then on, so it logs in on the next try
+/// (docs/protocol.md "Protocol version 23").
+#[test]
+fn an_old_chat_server_refusing_feature_bits_gets_desktops_byte_on_the_next_login() {
+    let mut w = World::new(8);
+    let x = w.identity("XXXXXXXX");
+    w.device("X1", x);
+    w.chat.payload_version_only = true;
+    w.connect("X1");
+    w.run();
+    assert_eq!(w.chat.logins, vec![Some(3)]);
+    let events = w.take_events("X1");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            AppEvent::Disconnected {
+                next: ReconnectDecision::RetryAt(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(!w.app("X1").is_leader());
+    w.connect("X1");
+    w.run();
+    assert_eq!(w.chat.logins, vec![Some(3), Some(1)]);
+    assert!(w.app("X1").is_leader(), "logged in with Desktop's byte");
 }

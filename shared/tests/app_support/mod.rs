@@ -63,6 +63,13 @@ pub struct ChatServer {
     pub acked: Vec<([u8; 8], [u8; 8], u64)>,
     /// The time the server puts into login-ack (spec §12); `None`: the old zero layout.
     pub login_ack_time_ms: Option<u64>,
+    /// Behave like a chat server of before protocol version 23: a feature byte other than 0 or
+    /// 1 gets close-error "unsupported message payload version N" and the connection ends.
+    pub payload_version_only: bool,
+    /// The feature byte of every login, in order (`None`: no extension).
+    pub logins: Vec<Option<u8>>,
+    /// Sessions the server ended, for the world to tell their mediator.
+    closed: Vec<ConnId>,
 }
 
 impl ChatServer {
@@ -76,6 +83,9 @@ impl ChatServer {
             log: Vec::new(),
             acked: Vec::new(),
             login_ack_time_ms: None,
+            payload_version_only: false,
+            logins: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -142,8 +152,24 @@ impl ChatServer {
                         return;
                     }
                 }
-                ServerEvent::Authenticated { identity, .. } => {
+                ServerEvent::Authenticated {
+                    identity,
+                    extensions,
+                } => {
                     self.sessions.get_mut(&conn).unwrap().identity = Some(identity);
+                    let bits = extensions.features.map(|f| f.0);
+                    self.logins.push(bits);
+                    if self.payload_version_only && bits.unwrap_or(0) > 1 {
+                        let bits = bits.unwrap_or(0);
+                        self.send(
+                            conn,
+                            &CspPayload::CloseError {
+                                can_reconnect: false,
+                                message: format!("unsupported message payload version {bits}"),
+                            },
+                        );
+                        self.closed.push(conn);
+                    }
                 }
                 ServerEvent::Payload(bytes) => self.on_payload(conn, &bytes),
                 _ => {}
@@ -660,6 +686,16 @@ impl World {
                     .get_mut(&identity)
                     .unwrap()
                     .on_csp_bytes(conn, &bytes, now);
+            }
+        }
+        for conn in std::mem::take(&mut self.chat.closed) {
+            moved = true;
+            self.chat.close(conn);
+            if let Some(identity) = self.identity_of(conn) {
+                self.groups
+                    .get_mut(&identity)
+                    .unwrap()
+                    .on_csp_closed(conn, now);
             }
         }
         moved
