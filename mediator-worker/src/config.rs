@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use tandem_shared::keys::server_group_spellings;
 use tandem_shared::mediator::GroupConfig;
 
 /// Name of the var holding the chat server address of server group `group`.
@@ -10,23 +11,13 @@ pub(crate) fn chat_server_var(group: &str) -> String {
     format!("CHAT_SERVER_{group}")
 }
 
-/// The vars tried, in order, for the chat server of `group`: the group as sent, then for a
-/// decimal group its two-digit zero-padded spelling and its spelling without leading zeros.
-/// Some current clients send `"1"` where the configuration (and Threema's own) says `01`; both
-/// can only mean one group (docs/protocol.md "Protocol version 23", leniencies).
+/// The vars tried, in order, for the chat server of `group`: one per spelling of
+/// [`server_group_spellings`] (a decimal group also finds its zero-padded var).
 pub(crate) fn chat_server_vars(group: &str) -> Vec<String> {
-    let mut names = vec![chat_server_var(group)];
-    if group.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(n) = group.parse::<u64>() {
-            for spelling in [format!("{n:02}"), n.to_string()] {
-                let name = chat_server_var(&spelling);
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
-    }
-    names
+    server_group_spellings(group)
+        .iter()
+        .map(|spelling| chat_server_var(spelling))
+        .collect()
 }
 
 /// Var holding the base URL the `/directory/*` routes are forwarded to.
@@ -243,20 +234,7 @@ mod tests {
     fn decimal_server_groups_find_the_zero_padded_var() {
         assert_eq!(chat_server_vars("1"), ["CHAT_SERVER_1", "CHAT_SERVER_01"]);
         assert_eq!(chat_server_vars("01"), ["CHAT_SERVER_01", "CHAT_SERVER_1"]);
-        assert_eq!(
-            chat_server_vars("001"),
-            ["CHAT_SERVER_001", "CHAT_SERVER_01", "CHAT_SERVER_1"]
-        );
-        assert_eq!(chat_server_vars("12"), ["CHAT_SERVER_12"]);
-        assert_eq!(chat_server_vars("0"), ["CHAT_SERVER_0", "CHAT_SERVER_00"]);
-        // Not decimal: only the group as sent.
-        assert_eq!(chat_server_vars("1a"), ["CHAT_SERVER_1a"]);
         assert_eq!(chat_server_vars("ab"), ["CHAT_SERVER_ab"]);
-        // Too large for a number: as sent.
-        assert_eq!(
-            chat_server_vars("99999999999999999999"),
-            ["CHAT_SERVER_99999999999999999999"]
-        );
     }
 
     #[test]

@@ -117,6 +117,25 @@ fn validate_server_group(group: &str) -> Result<(), UrlError> {
     Ok(())
 }
 
+/// The spellings of a server group to look its chat server up under, in order: as sent, then
+/// for a decimal group its two-digit zero-padded and its unpadded spellings. Some current
+/// clients send `"1"` where the configuration (and Threema's own) says `01`; both can only mean
+/// one group (docs/protocol.md "Protocol version 23", leniencies). Other groups: as sent.
+#[must_use]
+pub fn server_group_spellings(group: &str) -> Vec<String> {
+    let mut out = vec![group.to_owned()];
+    if group.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = group.parse::<u64>() {
+            for spelling in [format!("{n:02}"), n.to_string()] {
+                if !out.contains(&spelling) {
+                    out.push(spelling);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `{prefix8}/{lowercase hex(ClientUrlInfo)}` (spec §1.2).
 #[must_use]
 pub fn mediator_path(info: &ClientUrlInfo) -> String {
@@ -172,6 +191,21 @@ mod tests {
                 "{prefix}"
             );
         }
+    }
+
+    /// Leniency: a decimal server group is also looked up zero-padded and unpadded.
+    #[test]
+    fn decimal_server_groups_have_their_padded_spellings() {
+        assert_eq!(server_group_spellings("1"), ["1", "01"]);
+        assert_eq!(server_group_spellings("01"), ["01", "1"]);
+        assert_eq!(server_group_spellings("001"), ["001", "01", "1"]);
+        assert_eq!(server_group_spellings("12"), ["12"]);
+        assert_eq!(server_group_spellings("0"), ["0", "00"]);
+        assert_eq!(server_group_spellings("1a"), ["1a"]);
+        assert_eq!(
+            server_group_spellings("99999999999999999999"),
+            ["99999999999999999999"]
+        );
     }
 
     #[test]
