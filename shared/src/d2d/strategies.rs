@@ -553,11 +553,13 @@ pub(crate) fn content() -> BoxedStrategy<Content> {
 
 /// An envelope with content and no padding: what [`super::open_envelope`] returns.
 pub(crate) fn envelope() -> BoxedStrategy<Envelope> {
-    (any::<u64>(), content())
-        .prop_map(|(device_id, content)| Envelope {
+    // Protocol version 23's `protocol_version`: the known values and any other.
+    let version = prop_oneof![0..=3_u32, any::<u32>()];
+    (any::<u64>(), version, content())
+        .prop_map(|(device_id, protocol_version, content)| Envelope {
             padding: Vec::new(),
             device_id,
-            protocol_version: crate::d2d::PROTOCOL_VERSION,
+            protocol_version,
             content: Some(content),
         })
         .boxed()
