@@ -45,22 +45,30 @@ say "cargo build -p tandem-client (wasm32, profile wasm-release, simd128) ${FEAT
 cargo build -p tandem-client --target wasm32-unknown-unknown --profile wasm-release --locked \
   "${FEATURES[@]}" "${EXTRA[@]}" >&2
 
+# Everything below is written into a directory of this run's own, next to the package directory,
+# and moved into place at the end: two builds of one checkout at once (CI jobs, a test and the
+# run command) never write the same file, and a reader never sees a half-written package.
+PKG="${PKG%/}"
+PKG_PARENT="$(dirname "$PKG")"
+mkdir -p "$PKG_PARENT"
+OUT="$(mktemp -d "$PKG_PARENT/.pkg-build.XXXXXX")"
+trap 'rm -rf "$OUT"' EXIT
+
 say "wasm-bindgen --target web"
-rm -rf "$PKG"
-"$WASM_BINDGEN_BIN" --target web --out-dir "$PKG" --out-name tandem_client \
+"$WASM_BINDGEN_BIN" --target web --out-dir "$OUT" --out-name tandem_client \
   "$TARGET_DIR/wasm32-unknown-unknown/wasm-release/tandem_client.wasm"
 
 say "wasm-opt ${WASM_OPT_LEVEL[*]}"
 "$WASM_OPT_BIN" "${WASM_OPT_LEVEL[@]}" --enable-bulk-memory --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
-  --enable-simd "$PKG/tandem_client_bg.wasm" -o "$PKG/tandem_client_bg.wasm.opt"
-mv "$PKG/tandem_client_bg.wasm.opt" "$PKG/tandem_client_bg.wasm"
+  --enable-simd "$OUT/tandem_client_bg.wasm" -o "$OUT/tandem_client_bg.wasm.opt"
+mv "$OUT/tandem_client_bg.wasm.opt" "$OUT/tandem_client_bg.wasm"
 
 VERSION="$(cargo metadata --no-deps --format-version 1 --locked \
   | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const p=JSON.parse(s).packages.find(p=>p.name==="tandem-client");process.stdout.write(p.version)})')"
 
 say "package.json (tandem-client $VERSION)"
-cat > "$PKG/package.json" <<JSON
+cat > "$OUT/package.json" <<JSON
 {
   "name": "tandem-client",
   "version": "$VERSION",
@@ -88,13 +96,13 @@ cat > "$PKG/package.json" <<JSON
   "sideEffects": false
 }
 JSON
-cp client-wasm/README.md "$PKG/README.md"
-rm -f "$PKG/.gitignore"
+cp client-wasm/README.md "$OUT/README.md"
+rm -f "$OUT/.gitignore"
 
-raw_wasm=$(wc -c < "$PKG/tandem_client_bg.wasm")
-raw_js=$(wc -c < "$PKG/tandem_client.js")
-gz_wasm=$(gzip -9 -c "$PKG/tandem_client_bg.wasm" | wc -c)
-gz_js=$(gzip -9 -c "$PKG/tandem_client.js" | wc -c)
+raw_wasm=$(wc -c < "$OUT/tandem_client_bg.wasm")
+raw_js=$(wc -c < "$OUT/tandem_client.js")
+gz_wasm=$(gzip -9 -c "$OUT/tandem_client_bg.wasm" | wc -c)
+gz_js=$(gzip -9 -c "$OUT/tandem_client.js" | wc -c)
 total=$((gz_wasm + gz_js))
 say "sizes: wasm $raw_wasm B raw / $gz_wasm B gzip; JS glue $raw_js B raw / $gz_js B gzip; wasm + JS gzipped $total B (budget 250000, stretch 150000)"
 if [ "$total" -gt 250000 ]; then
@@ -104,7 +112,21 @@ if [ "$total" -gt 250000 ]; then
   if [ "${TANDEM_CLIENT_SIZE_STRICT:-0}" = 1 ]; then exit 1; fi
 fi
 
-if [ "${TANDEM_CLIENT_NO_PACK:-0}" = 1 ]; then exit 0; fi
-say "npm pack"
-tarball="$(cd "$PKG" && npm pack --silent --pack-destination . | tail -n 1)"
-echo "$(pwd)/$PKG/$tarball"
+tarball=""
+if [ "${TANDEM_CLIENT_NO_PACK:-0}" != 1 ]; then
+  say "npm pack"
+  tarball="$(cd "$OUT" && npm pack --silent --pack-destination . | tail -n 1)"
+fi
+
+# Into place, one build at a time (flock on a file beside the package): the old package moves
+# aside, the new one takes its name, the old one goes. Builds of the same sources make the same
+# files, so whichever finishes last leaves a complete package.
+chmod 755 "$OUT"
+exec 9> "$PKG_PARENT/.pkg-build.lock"
+flock 9
+OLD="$(mktemp -d "$PKG_PARENT/.pkg-build.XXXXXX")"
+if [ -e "$PKG" ]; then mv "$PKG" "$OLD/pkg"; fi
+mv "$OUT" "$PKG"
+rm -rf "$OLD"
+flock -u 9
+if [ -n "$tarball" ]; then echo "$(pwd)/$PKG/$tarball"; fi

@@ -219,6 +219,11 @@ function wire() {
     ? 'Could not send everything to your new device; it keeps what arrived.'
     : 'A change could not be synced to your devices and was not applied. Please try again.'));
   client.on('alert', ({ text }) => toast(text));
+  client.on('clockOffset', ({ offsetMs }) => {
+    const minutes = Math.round(Math.abs(offsetMs) / 60000);
+    toast(`This device's clock is ${minutes} minutes ${offsetMs > 0 ? 'ahead of' : 'behind'} the server's. `
+      + 'Please set the correct time, or message times will be off.', true);
+  });
   client.on('dropped', ({ reason }) => toast(`This device was removed: ${reason}`, true));
   client.on('error', ({ message }) => toast(message, true));
   document.addEventListener('visibilitychange', markReadIfVisible);

@@ -250,3 +250,62 @@ async fn identities_persist_across_restarts() {
     assert_eq!(status, 200);
     assert_eq!(body["publicKey"], B64.encode(key.public_key().as_bytes()));
 }
+
+/// Spec §12: the bulk lookup current clients use, over real HTTP: known identities with the
+/// fields they read, unknown ones left out, a 400 with a reason for every malformed request,
+/// at most 256 names, and POST only.
+#[tokio::test]
+async fn fetch_bulk_answers_known_identities_and_refuses_malformed_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &[]);
+    let (ka, kb) = (fresh_key(), fresh_key());
+    let a = String::from_utf8(create_identity(server.http, &ka).await.to_vec()).unwrap();
+    let b = String::from_utf8(create_identity(server.http, &kb).await.to_vec()).unwrap();
+    let (status, body) = http_json(
+        server.http,
+        "POST",
+        "/identity/fetch_bulk",
+        Some(json!({ "identities": [b, "NOBODY00", a] })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let entry = |id: &str, key: &ClientKey| {
+        json!({
+            "identity": id,
+            "type": 0,
+            "publicKey": B64.encode(key.public_key().as_bytes()),
+            "state": 0,
+            "featureMask": 2,
+        })
+    };
+    assert_eq!(
+        body,
+        json!({ "identities": [entry(&b, &kb), entry(&a, &ka)] })
+    );
+
+    for (request, needle) in [
+        (&b"{"[..], "malformed request"),
+        (b"{\"identities\": 3}", "malformed request"),
+        (b"{\"identities\": [\"toolongname\"]}", "identities[0]"),
+    ] {
+        let (status, text) = http(server.http, "POST", "/identity/fetch_bulk", Some(request)).await;
+        assert_eq!(status, 400, "{text}");
+        let reason: Value = serde_json::from_str(&text).unwrap();
+        assert!(reason["error"].as_str().unwrap().contains(needle), "{text}");
+    }
+    let names = vec!["NOBODY00"; 257];
+    let (status, body) = http_json(
+        server.http,
+        "POST",
+        "/identity/fetch_bulk",
+        Some(json!({ "identities": names })),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("at most 256"),
+        "{body}"
+    );
+    let (status, _) = http(server.http, "GET", "/identity/fetch_bulk", None).await;
+    assert_eq!(status, 405);
+}

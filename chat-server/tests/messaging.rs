@@ -11,8 +11,14 @@ mod support;
 
 use std::time::Duration;
 
-use support::{now_ms, open_text, text_message, Account, Client, ServerProcess};
-use tandem_shared::csp::{CspPayload, MessageAck, MessageFlags, MessageWithMetadataBox};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use support::{http_json, now_ms, open_text, text_message, Account, Client, ServerProcess};
+use tandem_shared::crypto::PublicKey;
+use tandem_shared::csp::{
+    clock_warning, open_message, CspFeatures, CspPayload, MessageAck, MessageFlags,
+    MessageWithMetadataBox,
+};
 
 struct World {
     server: ServerProcess,
@@ -461,15 +467,127 @@ async fn protocol_violations_end_with_a_close_error() {
     send_acked(&mut a, nobody).await;
 }
 
+/// Spec §12: login extension 0x02 is a feature bit field. Every value logs in (the Desktop
+/// snapshot's server refused anything but 0 and 1 with a close-error); bit 0 picks the message
+/// struct, other bits do not matter for it.
 #[tokio::test]
-async fn unsupported_message_payload_version_completes_the_handshake_then_closes() {
+async fn every_feature_byte_logs_in_and_bit_0_picks_the_message_struct() {
     let w = world(&[]).await;
+    let mut a = w.connect(&w.a, 1).await;
+    for (device, bits, metadata) in [
+        (1, 3_u8, true),
+        (2, 2, false),
+        (3, 9, true),
+        (4, 0xfe, false),
+    ] {
+        let m = text_message(&w.a, &w.b, device, MessageFlags::NONE, "bits");
+        send_acked(&mut a, m).await;
+        let mut config = w.b.config(&w.server.public_key, device);
+        config.extensions.features = Some(CspFeatures(bits));
+        let mut b = Client::connect(w.server.csp, config).await.unwrap();
+        b.send(&CspPayload::EchoRequest(vec![bits])).await;
+        assert_eq!(b.expect().await, CspPayload::EchoResponse(vec![bits]));
+        b.send(&CspPayload::UnblockIncomingMessages).await;
+        let got = expect_incoming(&mut b).await;
+        assert_eq!(got.message_id, device, "bits {bits:#04x}");
+        assert_eq!(!got.metadata.is_empty(), metadata, "bits {bits:#04x}");
+        ack_incoming(&mut b, &got).await;
+        assert_eq!(b.expect().await, CspPayload::QueueSendComplete);
+    }
+}
+
+/// The walk-through of a current Threema client (spec §12): it announces feature bits 3,
+/// learns the server's time and its queue length from login-ack, has its echo requests answered
+/// and answers the server's, receives its queue, looks the unknown sender up with
+/// `fetch_bulk`, opens the message with the key it got, and acks.
+#[tokio::test]
+async fn a_current_client_logs_in_echoes_receives_looks_up_the_sender_and_acks() {
+    let w = world(&["--idle-timeout-s", "2"]).await;
+    let mut a = w.connect(&w.a, 1).await;
+    for id in [1, 2] {
+        send_acked(
+            &mut a,
+            text_message(&w.a, &w.b, id, MessageFlags::NONE, "hi"),
+        )
+        .await;
+    }
+    drop(a);
+
+    let mut config = w.b.config(&w.server.public_key, 7);
+    config.extensions.features = Some(CspFeatures(3));
+    let before = now_ms();
+    let mut b = Client::connect(w.server.csp, config.clone()).await.unwrap();
+    let after = now_ms();
+    assert_eq!(b.login_ack.queued_messages, 2);
+    let server_time = b.login_ack.server_time_ms;
+    assert!(
+        (before.saturating_sub(1000)..=after + 1000).contains(&server_time),
+        "server time {server_time} outside {before}..={after}"
+    );
+    assert_eq!(clock_warning(&b.login_ack, after), None);
+    // Our echo request is answered.
+    b.send(&CspPayload::EchoRequest(vec![1, 2, 3])).await;
+    assert_eq!(b.expect().await, CspPayload::EchoResponse(vec![1, 2, 3]));
+    // Silent for half the idle timeout (1 s of 2 s), we get an echo request; answering it keeps
+    // the session alive past the idle timeout, three times over.
+    for _ in 0..3 {
+        match b.recv_within(Duration::from_millis(1800)).await.unwrap() {
+            CspPayload::EchoRequest(data) => b.send(&CspPayload::EchoResponse(data)).await,
+            other => panic!("expected an echo request, got {other:?}"),
+        }
+    }
+    // The queue, then the sender looked up in bulk (B has never seen A).
+    let backlog = unblock(&mut b).await;
+    assert_eq!(backlog.len(), 2);
+    let (status, answer) = http_json(
+        w.server.http,
+        "POST",
+        "/identity/fetch_bulk",
+        Some(serde_json::json!({
+            "identities": [String::from_utf8_lossy(&backlog[0].sender), "NOBODY00"]
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let entries = answer["identities"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{answer}");
+    assert_eq!(
+        entries[0]["identity"],
+        String::from_utf8_lossy(&w.a.identity).as_ref()
+    );
+    assert_eq!(entries[0]["type"], 0);
+    assert_eq!(entries[0]["state"], 0);
+    assert!(entries[0]["featureMask"].is_u64());
+    let sender_key = PublicKey::from_slice(
+        &B64.decode(entries[0]["publicKey"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    for m in &backlog {
+        let opened = open_message(&w.b.key, &sender_key, m).unwrap();
+        assert_eq!(opened.body, b"hi");
+        ack_incoming(&mut b, m).await;
+    }
+    b.send(&CspPayload::EchoRequest(vec![9])).await;
+    assert_eq!(b.expect().await, CspPayload::EchoResponse(vec![9]));
+    drop(b);
+    // Acked means gone: the next login-ack counts nothing.
+    let b = Client::connect(w.server.csp, config).await.unwrap();
+    assert_eq!(b.login_ack.queued_messages, 0);
+}
+
+/// A client without feature bit 1 (Desktop's snapshot sends `1`) gets no echo request: the
+/// server stays silent and the idle timeout ends the session as before.
+#[tokio::test]
+async fn a_client_without_the_echo_bit_gets_no_echo_request() {
+    let w = world(&["--idle-timeout-s", "2"]).await;
     let mut config = w.a.config(&w.server.public_key, 1);
-    config.extensions.message_payload_version = Some(9);
+    config.extensions.features = Some(CspFeatures::DESKTOP);
     let mut a = Client::connect(w.server.csp, config).await.unwrap();
-    let (can_reconnect, text) = a.expect_close().await.unwrap();
-    assert!(!can_reconnect);
-    assert_eq!(text, "unsupported message payload version 9");
+    match a.recv_within(Duration::from_secs(10)).await.unwrap() {
+        CspPayload::CloseError { message, .. } => assert_eq!(message, "idle timeout"),
+        other => panic!("expected the idle timeout, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -480,7 +598,7 @@ async fn legacy_session_gets_messages_without_metadata() {
     assert!(!m.metadata.is_empty());
     send_acked(&mut a, m).await;
     let mut config = w.b.config(&w.server.public_key, 1);
-    config.extensions.message_payload_version = None;
+    config.extensions.features = None;
     let mut b = Client::connect(w.server.csp, config).await.unwrap();
     b.send(&CspPayload::UnblockIncomingMessages).await;
     // The client decodes as with-metadata; a legacy body reads as L = 0.

@@ -469,6 +469,12 @@ impl Inner {
                     .build(),
             ),
             AppEvent::Alert(text) => self.emit("alert", Obj::new().set("text", text).build()),
+            AppEvent::ClockOffset { offset_ms } => {
+                // Far below 2^53 for any real clock; a number is what a UI compares.
+                #[allow(clippy::cast_precision_loss)]
+                let offset_ms = offset_ms as f64;
+                self.emit("clockOffset", Obj::new().set("offsetMs", offset_ms).build());
+            }
             AppEvent::Disconnected { code, next } => {
                 let mut payload = state("disconnected")
                     .set("code", code.as_u16())

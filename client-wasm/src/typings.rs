@@ -78,6 +78,12 @@ export interface TandemEvents {
   /** A change to shared state was given up after the mediator refused it three times in a row. */
   syncFailed: { scope: string; code: number; reason: string };
   alert: { text: string };
+  /**
+   * The chat server's clock (from its login-ack) differs from this device's by more than 20
+   * minutes; `offsetMs` is this device's clock minus the server's (positive: ahead). A notice:
+   * nothing stops. Not sent when the server gives no time.
+   */
+  clockOffset: { offsetMs: number };
   dropped: { reason: string };
   error: { message: string };
 }

@@ -3,11 +3,21 @@
 
 use std::fmt;
 
+use tandem_shared::keys::server_group_spellings;
 use tandem_shared::mediator::GroupConfig;
 
 /// Name of the var holding the chat server address of server group `group`.
 pub(crate) fn chat_server_var(group: &str) -> String {
     format!("CHAT_SERVER_{group}")
+}
+
+/// The vars tried, in order, for the chat server of `group`: one per spelling of
+/// [`server_group_spellings`] (a decimal group also finds its zero-padded var).
+pub(crate) fn chat_server_vars(group: &str) -> Vec<String> {
+    server_group_spellings(group)
+        .iter()
+        .map(|spelling| chat_server_var(spelling))
+        .collect()
 }
 
 /// Var holding the base URL the `/directory/*` routes are forwarded to.
@@ -217,6 +227,14 @@ mod tests {
     #[test]
     fn var_name_carries_the_server_group() {
         assert_eq!(chat_server_var("01"), "CHAT_SERVER_01");
+    }
+
+    /// Leniency: a decimal server group finds its var however many leading zeros it has.
+    #[test]
+    fn decimal_server_groups_find_the_zero_padded_var() {
+        assert_eq!(chat_server_vars("1"), ["CHAT_SERVER_1", "CHAT_SERVER_01"]);
+        assert_eq!(chat_server_vars("01"), ["CHAT_SERVER_01", "CHAT_SERVER_1"]);
+        assert_eq!(chat_server_vars("ab"), ["CHAT_SERVER_ab"]);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use worker::{
     Request, Response, SqlStorage, State, WebSocket,
 };
 
-use crate::config::{self, chat_server_var, ChatServerAddr};
+use crate::config::{self, chat_server_vars, ChatServerAddr};
 use crate::runtime::{self, RawStorage};
 use crate::schema;
 use crate::selftest;
@@ -223,10 +223,10 @@ impl DurableObject for DeviceGroup {
 impl DeviceGroup {
     /// Accepts a device WebSocket of this group and starts the task reading it.
     fn accept_device(&self, info: &ClientUrlInfo) -> worker::Result<Response> {
-        let chat_server = self
-            .env
-            .var(&chat_server_var(&info.server_group))
-            .map_err(|_| format!("no chat server for server group {}", info.server_group))
+        let chat_server = chat_server_vars(&info.server_group)
+            .iter()
+            .find_map(|name| self.env.var(name).ok())
+            .ok_or_else(|| format!("no chat server for server group {}", info.server_group))
             .and_then(|var| ChatServerAddr::parse(&var.to_string()).map_err(|e| e.to_string()));
         let (client, server) = ws::accept_pair()?;
         let conn = ConnId(self.io.next_conn.get());

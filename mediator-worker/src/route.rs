@@ -86,12 +86,15 @@ pub(crate) fn classify(path: &str, dev_routes: bool) -> Route<'_> {
     Route::NotFound
 }
 
-/// A first segment of exactly two lowercase hex digits followed by `/` claims the mediator
-/// namespace, so malformed device URLs get a reason instead of a bare 404.
+/// A first segment of one or two lowercase hex digits followed by `/` claims the mediator
+/// namespace, so malformed device URLs get a reason instead of a bare 404 (one digit: clients
+/// that do not zero-pad a first byte below 0x10, see `ClientUrlInfo::from_path`).
 fn looks_like_mediator_path(path: &str) -> bool {
     let path = path.strip_prefix('/').unwrap_or(path);
     match path.split_once('/') {
-        Some((prefix, _)) => prefix.len() == 2 && prefix.bytes().all(is_lower_hex_digit),
+        Some((prefix, _)) => {
+            (1..=2).contains(&prefix.len()) && prefix.bytes().all(is_lower_hex_digit)
+        }
         None => false,
     }
 }
@@ -136,6 +139,26 @@ mod tests {
         assert_eq!(
             group_object_name(&info),
             "ab00000000000000000000000000000000000000000000000000000000000001"
+        );
+    }
+
+    /// Leniency: the group id's first byte without its leading zero still routes to the group.
+    #[test]
+    fn one_digit_prefix_routes_to_its_group() {
+        let mut id = [0u8; 32];
+        id[0] = 0x0e;
+        let info = ClientUrlInfo::new(PublicKey(id), "1").unwrap();
+        let hex_part = info.path().split_once('/').unwrap().1.to_owned();
+        for prefix in ["0e", "e"] {
+            assert_eq!(
+                classify(&format!("/{prefix}/{hex_part}"), false),
+                Route::Mediator(info.clone()),
+                "{prefix}"
+            );
+        }
+        assert_eq!(
+            classify(&format!("/f/{hex_part}"), false),
+            Route::BadMediatorPath(UrlError::Prefix)
         );
     }
 

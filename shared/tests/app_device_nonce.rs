@@ -78,6 +78,7 @@ fn reflected_event_carries_the_sealing_nonce() {
     let envelope = pb::Envelope {
         padding: Vec::new(),
         device_id: 2,
+        protocol_version: 0,
         content: Some(pb::envelope::Content::NewDeviceSyncRequest(
             pb::NewDeviceSyncRequest {
                 max_history_messages: 1,

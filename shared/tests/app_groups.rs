@@ -72,7 +72,7 @@ fn created_group_reaches_members_and_siblings() {
     // Y learned Z (and X) only through the group: looked up, acquainted through the group.
     let z_on_y = w.app_ref("Y1").state().contact(&z).cloned().unwrap();
     assert_eq!(z_on_y.public_key, w.client_key(&z).public_key());
-    assert_eq!(z_on_y.acquaintance_level, AcquaintanceLevel::Group);
+    assert_eq!(z_on_y.acquaintance_level, AcquaintanceLevel::GroupOrDeleted);
     assert!(w.app_ref("Y1").state().contact(&x).is_some());
     assert_eq!(w.app("X1").pending_sync(), 0);
 }

@@ -10,7 +10,9 @@
 mod app_support;
 
 use app_support::{summary, World};
-use tandem_shared::app::{AppEvent, ConversationId, Direction, Dropped, MessageState, RecordKind};
+use tandem_shared::app::{
+    AppEvent, ConversationId, Direction, Dropped, MessageState, ReconnectDecision, RecordKind,
+};
 
 /// X has devices X1 and X2, Y has Y1; everyone is online and knows everyone (Y learns X
 /// from X's first message, except where a test adds it first).
@@ -399,4 +401,71 @@ fn read_receipts_follow_the_policy() {
         vec![MessageState::Delivered],
         "no read receipt went out"
     );
+}
+
+/// Spec §12: the server's time in login-ack; the device tells the user when its clock is more
+/// than 20 minutes off, and says nothing when the server sent no time (old layout) or the clocks
+/// agree well enough.
+#[test]
+fn a_clock_off_by_more_than_twenty_minutes_is_reported_once_per_login() {
+    let clock_events = |w: &mut World, name: &str| -> Vec<i64> {
+        w.take_events(name)
+            .into_iter()
+            .filter_map(|e| match e {
+                AppEvent::ClockOffset { offset_ms } => Some(offset_ms),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut w = World::new(7);
+    let x = w.identity("XXXXXXXX");
+    w.device("X1", x);
+    w.device("X2", x);
+    w.device("X3", x);
+    // Old layout (zero time): unknown, no notice.
+    w.connect("X1");
+    w.run();
+    assert!(w.app("X1").is_leader(), "the CSP login went through");
+    assert_eq!(clock_events(&mut w, "X1"), Vec::<i64>::new());
+    // 19 minutes off: within the bound.
+    w.chat.login_ack_time_ms = Some(w.now + 19 * 60 * 1000);
+    w.connect("X2");
+    w.run();
+    assert_eq!(clock_events(&mut w, "X2"), Vec::<i64>::new());
+    // The server is 21 minutes ahead: this device is behind, negative offset.
+    w.chat.login_ack_time_ms = Some(w.now + 21 * 60 * 1000);
+    w.connect("X3");
+    w.run();
+    assert_eq!(clock_events(&mut w, "X3"), vec![-21 * 60 * 1000]);
+}
+
+/// A chat server of before protocol version 23 reads the feature byte as a payload version and
+/// refuses 3 with a close-error that forbids reconnecting. The device treats that one refusal
+/// as reconnectable and announces Desktop's `1` from then on, so it logs in on the next try
+/// (docs/protocol.md "Protocol version 23").
+#[test]
+fn an_old_chat_server_refusing_feature_bits_gets_desktops_byte_on_the_next_login() {
+    let mut w = World::new(8);
+    let x = w.identity("XXXXXXXX");
+    w.device("X1", x);
+    w.chat.payload_version_only = true;
+    w.connect("X1");
+    w.run();
+    assert_eq!(w.chat.logins, vec![Some(3)]);
+    let events = w.take_events("X1");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            AppEvent::Disconnected {
+                next: ReconnectDecision::RetryAt(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(!w.app("X1").is_leader());
+    w.connect("X1");
+    w.run();
+    assert_eq!(w.chat.logins, vec![Some(3), Some(1)]);
+    assert!(w.app("X1").is_leader(), "logged in with Desktop's byte");
 }

@@ -1277,6 +1277,7 @@ impl Sim {
         let envelope = d2d_pb::Envelope {
             padding: Vec::new(),
             device_id: me.0,
+            protocol_version: 0,
             content: Some(d2d_pb::envelope::Content::OutgoingMessage(
                 d2d_pb::OutgoingMessage {
                     message_id: tag,

@@ -1482,7 +1482,7 @@ impl DirectCsp {
             buf: vec![0; 64 * 1024],
         };
         client.flush().await;
-        while client.next_event().await != ClientEvent::Established {}
+        while !matches!(client.next_event().await, ClientEvent::Established(_)) {}
         client
     }
 

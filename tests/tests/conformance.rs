@@ -309,18 +309,21 @@ fn d2d_messages_round_trip_with_spec_field_numbers() {
         envelope
     );
 
-    // contact_sync (field 6, tag 0x32) → delete (field 3, tag 0x1a) → delete_identity (1).
-    let delete =
-        json!({"deviceId": "7", "contactSync": {"delete": {"deleteIdentity": "ECHOECHO"}}});
-    let hex = shim(&["proto-encode", "d2d.Envelope", &delete.to_string()]).unwrap()["hex"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(hex.contains("320c1a0a0a084543484f4543484f"), "{hex}");
+    // contact_sync (field 6, tag 0x32) → delete (field 3, tag 0x1a) → delete_identity (1): the
+    // Desktop snapshot's ContactSync.delete, which protocol version 23 dropped (field 3 is
+    // reserved), reads as a contact sync without an action.
+    let old_delete = "690700000000000000320c1a0a0a084543484f4543484f";
     assert_eq!(
-        shim(&["proto-decode", "d2d.Envelope", &hex]).unwrap(),
-        delete
+        shim(&["proto-decode", "d2d.Envelope", old_delete]).unwrap(),
+        json!({"deviceId": "7", "contactSync": {}})
     );
+    assert!(shim(&[
+        "proto-encode",
+        "d2d.Envelope",
+        r#"{"contactSync": {"delete": {"deleteIdentity": "ECHOECHO"}}}"#
+    ])
+    .unwrap_err()
+    .contains("delete"));
 
     // Tandem's NewDeviceSyncRequest extension is Envelope field 100 (tag a2 06).
     let request = json!({"newDeviceSyncRequest": {"maxHistoryMessages": 50}});
@@ -360,4 +363,76 @@ fn d2d_messages_round_trip_with_spec_field_numbers() {
     assert!(shim(&["proto-decode", "d2d.Envelope", "ff"])
         .unwrap_err()
         .contains("decode failed"));
+}
+
+/// Protocol version 23 (spec §12), vectors written by hand: the feature byte of login extension
+/// 0x02 under both readings, and the login-ack in both layouts.
+#[test]
+fn csp_feature_byte_and_login_ack_layouts() {
+    // client-info "1.0;Q;de/CH", csp-device-id 0x1122334455667788, features 3.
+    let ext = "000b00312e303b513b64652f4348 0108008877665544332211 02010003".replace(' ', "");
+    assert_eq!(
+        shim(&["csp-extensions-decode", &ext]).unwrap(),
+        json!({
+            "clientInfo": "1.0;Q;de/CH",
+            "cspDeviceId": "1234605616436508552",
+            "features": {"bits": 3, "messageWithMetadataBox": true, "receivesEchoRequests": true},
+        })
+    );
+    // Desktop's message-payload-version 1 and 0: the same meaning as before.
+    for (byte, metadata) in [("01", true), ("00", false)] {
+        let out = shim(&["csp-extensions-decode", &format!("020100{byte}")]).unwrap();
+        assert_eq!(
+            out["features"]["messageWithMetadataBox"], metadata,
+            "{byte}"
+        );
+        assert_eq!(out["features"]["receivesEchoRequests"], false, "{byte}");
+    }
+    assert!(shim(&["csp-extensions-decode", "020200"]).is_err());
+
+    // Old layout: 16 zero bytes, no time.
+    assert_eq!(
+        shim(&["csp-login-ack-decode", &"00".repeat(16)]).unwrap(),
+        json!({ "serverTimeMs": null, "queuedMessages": 0 })
+    );
+    // Current layout: reserved ‖ 2026-12-07T15:00:00Z ‖ 3 queued.
+    assert_eq!(
+        shim(&["csp-login-ack-decode", "0000000080d10451a201000003000000"]).unwrap(),
+        json!({ "serverTimeMs": "1796655600000", "queuedMessages": 3 })
+    );
+    assert!(shim(&["csp-login-ack-decode", &"00".repeat(15)])
+        .unwrap_err()
+        .contains("login-ack"));
+}
+
+/// Protocol version 23's d2d changes through the proto3 JSON mapping: `Envelope.protocolVersion`
+/// (field 3), `GroupSync.Update.memberStateChanges` (a map), the new transaction scopes.
+#[test]
+fn d2d_protocol_version_23_fields_round_trip() {
+    let envelope = json!({
+        "deviceId": "5",
+        "protocolVersion": 1,
+        "groupSync": {"update": {"memberStateChanges": {"ABCDEFGH": 1}}},
+    });
+    let hex = shim(&["proto-encode", "d2d.Envelope", &envelope.to_string()]).unwrap()["hex"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(hex.contains("1801"), "protocol_version is field 3: {hex}");
+    assert_eq!(
+        shim(&["proto-decode", "d2d.Envelope", &hex]).unwrap(),
+        envelope
+    );
+    for scope in [7, 8] {
+        let json = json!({ "scope": scope }).to_string();
+        let hex = shim(&["proto-encode", "d2d.TransactionScope", &json]).unwrap()["hex"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(hex, format!("080{scope}"));
+        assert_eq!(
+            shim(&["proto-decode", "d2d.TransactionScope", &hex]).unwrap(),
+            json!({ "scope": scope })
+        );
+    }
 }

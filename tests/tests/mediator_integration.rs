@@ -86,6 +86,7 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("restart", restart(fx, false)).await;
     runner.run("crash", restart(fx, true)).await;
     runner.run("bad_input", bad_input(fx)).await;
+    runner.run("lenient_urls", lenient_urls(fx)).await;
     runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -109,6 +110,7 @@ fn tagged(tag: u64, attempt: u32) -> Envelope {
     Envelope {
         padding: Vec::new(),
         device_id: 0,
+        protocol_version: 0,
         content: Some(Content::OutgoingMessage(OutgoingMessage {
             conversation: Some(contact("ECHOECHO")),
             message_id: tag,
@@ -758,6 +760,49 @@ async fn csp_device(
         );
     }
     Ok(device)
+}
+
+/// Protocol version 23 leniencies of the URL (docs/protocol.md): a device whose group id starts
+/// below 0x10 connects with a one-digit prefix and server group "1" while the chat server is
+/// configured as group "01"; it gets its group (ServerInfo, queue dry) and reaches the chat
+/// server through the proxy (CSP login-ack, which now carries the server's time).
+async fn lenient_urls(fx: &mut Fixture) -> ScenarioResult {
+    let mut id = fx.identity().await?;
+    // One group id in 16 starts below 0x10; identities are cheap on the local directory.
+    for _ in 0..400 {
+        if id.group_id()[0] < 0x10 {
+            break;
+        }
+        id = fx.identity().await?;
+    }
+    assert!(
+        id.group_id()[0] < 0x10,
+        "no group id below 0x10 in 400 tries"
+    );
+    assert_eq!(id.server_group, "01", "the fixture's chat server group");
+    id.server_group = "1".into();
+    let first = id.group_id()[0];
+    let url = url(fx, &id).replacen(&format!("/{first:02x}/"), &format!("/{first:x}/"), 1);
+    assert!(url.contains(&format!("/{first:x}/")), "{url}");
+    let config = id.csp_device_config(random_device_id(), random_device_id(), "lenient");
+    let (mut device, info) = Device::connect_online(&url, "lenient", config).await?;
+    if info.reflection_queue_length == 0 {
+        device.queue_dry().await?;
+    }
+    let ack = device
+        .wait_for("CSP login-ack", Duration::from_secs(30), |e| match e {
+            Event::CspEstablished(ack) => Some(*ack),
+            _ => None,
+        })
+        .await?;
+    let now = now_ms();
+    assert!(
+        ack.server_time_ms.abs_diff(now) < 60_000,
+        "login-ack carries the server's time: {} vs {now}",
+        ack.server_time_ms
+    );
+    device.disconnect().await;
+    Ok(())
 }
 
 /// End to end through the proxy (spec §9.6): X's non-leader device sends Y a text; X's other

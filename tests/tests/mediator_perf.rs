@@ -31,6 +31,7 @@ fn tagged(tag: u64) -> Envelope {
     Envelope {
         padding: Vec::new(),
         device_id: 0,
+        protocol_version: 0,
         content: Some(Content::OutgoingMessage(OutgoingMessage {
             conversation: Some(ConversationId {
                 id: Some(conversation_id::Id::Contact("ECHOECHO".to_owned())),

@@ -461,6 +461,7 @@ fn message(tag: u64) -> d2d_pb::Envelope {
     d2d_pb::Envelope {
         padding: Vec::new(),
         device_id: 0,
+        protocol_version: 0,
         content: Some(d2d_pb::envelope::Content::OutgoingMessage(
             d2d_pb::OutgoingMessage {
                 message_id: tag,

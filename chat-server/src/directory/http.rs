@@ -1,7 +1,10 @@
 //! The directory's HTTP API (DESIGN §2.5), JSON with base64 for bytes.
 //!
+//! Routes: `POST /identity/create` (two steps), `GET /identity/{ID}`, `POST /identity/fetch_bulk`
+//! (protocol version 23, [`super::bulk`]), `GET /server-info`.
+//!
 //! Status codes: 200 success; 400 malformed request (JSON, base64, lengths, identity syntax,
-//! low-order key, incomplete step two); 403 well-formed but refused (unknown, used or expired
+//! low-order key, incomplete step two, more than 256 names in a bulk lookup); 403 well-formed but refused (unknown, used or expired
 //! token, token of another key, wrong response); 404 unknown identity or path; 413 body over
 //! [`MAX_BODY`]; 503 too many pending tokens; 500 storage failure. Every error body is
 //! `{"error": reason}`.
@@ -28,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::store::Store;
 
-use super::{Directory, IdentityRecord, TokenError, Tokens};
+use super::{fetch_bulk, Directory, IdentityRecord, TokenError, Tokens};
 
 /// Largest request body.
 pub(super) const MAX_BODY: usize = 4096;
@@ -73,6 +76,7 @@ impl HttpState {
 pub fn router(state: HttpState, cors_origins: &[String]) -> Router {
     let router = Router::new()
         .route("/identity/create", post(create))
+        .route("/identity/fetch_bulk", post(fetch_bulk_handler))
         .route("/identity/{id}", get(lookup))
         .route("/server-info", get(server_info))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path").into_response() })
@@ -234,6 +238,13 @@ async fn lookup(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
         }))
         .into_response(),
         None => error(StatusCode::NOT_FOUND, "unknown identity").into_response(),
+    }
+}
+
+async fn fetch_bulk_handler(State(state): State<HttpState>, body: Bytes) -> Response {
+    match fetch_bulk(&body, |identity| state.inner.directory.public_key(identity)) {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => bad(e.to_string()).into_response(),
     }
 }
 

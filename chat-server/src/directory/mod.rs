@@ -2,6 +2,7 @@
 //! used for the vouch check at login. Every identity is in SQLite before it is handed out; this
 //! in-memory copy only makes logins fast.
 
+mod bulk;
 mod http;
 mod tokens;
 
@@ -13,6 +14,10 @@ use tandem_shared::crypto::PublicKey;
 
 use crate::types::Identity;
 
+pub use bulk::{
+    fetch_bulk, BulkError, FEATURE_MASK, IDENTITY_STATE_ACTIVE, IDENTITY_TYPE_REGULAR,
+    MAX_BULK_IDENTITIES,
+};
 pub use http::{router, HttpState};
 pub use tokens::{TokenError, Tokens, MAX_TOKENS, TOKEN_LEN, TOKEN_TTL};
 

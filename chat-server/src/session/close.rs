@@ -24,8 +24,6 @@ pub enum CloseReason {
     Payload(PayloadError),
     /// A well-formed payload breaks a server rule.
     Protocol(&'static str),
-    /// The login announced a message payload version we do not support (spec §9.3).
-    UnsupportedPayloadVersion(u8),
     /// No frame within the idle timeout.
     IdleTimeout,
     /// A newer session with the same identity and csp-device-id logged in.
@@ -47,9 +45,6 @@ impl fmt::Display for CloseReason {
             Self::Csp(e) => write!(f, "protocol error: {e}"),
             Self::Payload(e) => write!(f, "bad payload: {e}"),
             Self::Protocol(what) => write!(f, "protocol violation: {what}"),
-            Self::UnsupportedPayloadVersion(v) => {
-                write!(f, "unsupported message payload version {v}")
-            }
             Self::IdleTimeout => f.write_str("idle timeout"),
             Self::Replaced => {
                 f.write_str("another connection with the same identity and device id took over")
@@ -72,11 +67,7 @@ impl CloseReason {
             Self::ClientClosed | Self::Io(_) | Self::WriteTimeout | Self::HandshakeTimeout => {
                 return None
             }
-            Self::Csp(_)
-            | Self::Payload(_)
-            | Self::Protocol(_)
-            | Self::UnsupportedPayloadVersion(_)
-            | Self::Replaced => false,
+            Self::Csp(_) | Self::Payload(_) | Self::Protocol(_) | Self::Replaced => false,
             Self::Truncated | Self::IdleTimeout | Self::Shutdown | Self::StorageFailure => true,
         };
         Some((can_reconnect, self.to_string()))

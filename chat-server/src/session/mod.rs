@@ -17,7 +17,7 @@ use std::time::Duration;
 use rand::rngs::OsRng;
 use tandem_shared::crypto::SecretKey;
 use tandem_shared::csp::{
-    check_idle_timeout, CspPayload, CspServer, CspServerConfig, Extensions, MessageAck,
+    check_idle_timeout, CspPayload, CspServer, CspServerConfig, Extensions, LoginAck, MessageAck,
     MessageFlags, MessagePayloadVersion, MessageWithMetadataBox, PayloadContainer, PayloadType,
     ServerEvent,
 };
@@ -93,6 +93,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>) {
         out: Vec::new(),
         login: None,
         session: None,
+        probe_at: None,
     };
     let reason = conn.run().await;
     conn.finish(reason).await;
@@ -106,6 +107,8 @@ struct Session {
     session_id: u64,
     mailbox: Arc<Mailbox>,
     version: MessagePayloadVersion,
+    /// The client announced feature bit 1 (spec §12): it answers echo requests.
+    echo_requests: bool,
     idle_timeout: Duration,
     pending_store: usize,
     delivery: Option<Delivery>,
@@ -125,6 +128,9 @@ struct Conn {
     /// The identity named in login-data, for logs before the session exists.
     login: Option<Identity>,
     session: Option<Session>,
+    /// When to send an echo request to a silent client that receives them (half its idle
+    /// timeout after its last frame; `None`: sent already, or the client does not take them).
+    probe_at: Option<Instant>,
 }
 
 enum Read {
@@ -173,9 +179,14 @@ impl Conn {
     }
 
     fn on_timer(&mut self) -> Result<(), CloseReason> {
-        if Instant::now() < self.deadline {
-            let deadline = self.deadline;
-            self.timer.as_mut().reset(deadline);
+        let now = Instant::now();
+        if self.probe_at.is_some_and(|at| now >= at) {
+            self.probe_at = None;
+            self.send_echo_request()?;
+        }
+        if now < self.deadline {
+            let wake = self.next_wake();
+            self.timer.as_mut().reset(wake);
             return Ok(());
         }
         Err(if self.session.is_some() {
@@ -188,10 +199,32 @@ impl Conn {
     /// Moves the deadline; the timer follows when it fires (it only ever moves later, except
     /// when the client shortens its idle timeout, which re-arms it at once).
     fn set_deadline(&mut self, deadline: Instant) {
-        if deadline < self.deadline {
-            self.timer.as_mut().reset(deadline);
-        }
         self.deadline = deadline;
+        let wake = self.next_wake();
+        if wake < self.timer.deadline() {
+            self.timer.as_mut().reset(wake);
+        }
+    }
+
+    /// A frame arrived from a logged-in client: its idle timeout starts over, and so does the
+    /// wait before an echo request if it takes them.
+    fn client_active(&mut self, idle: Duration, echo_requests: bool) {
+        let now = Instant::now();
+        self.probe_at = echo_requests.then(|| now + idle / 2);
+        self.set_deadline(now + idle);
+    }
+
+    fn next_wake(&self) -> Instant {
+        self.probe_at
+            .map_or(self.deadline, |at| at.min(self.deadline))
+    }
+
+    /// Asks a silent client that announced feature bit 1 whether it is still there (spec §12);
+    /// its answer, like any frame, moves the idle deadline. Clients without the bit never get
+    /// one (Desktop's snapshot does not expect them).
+    fn send_echo_request(&mut self) -> Result<(), CloseReason> {
+        debug!(conn = self.id, "echo request to a silent client");
+        self.send(&CspPayload::EchoRequest(now_ms().to_le_bytes().to_vec()))
     }
 
     async fn on_readable(&mut self) -> Result<(), CloseReason> {
@@ -237,8 +270,23 @@ impl Conn {
                 ServerEvent::NeedIdentityKey { identity } => {
                     self.login = Some(identity);
                     let key = self.ctx.directory.public_key(&identity);
+                    // The current login-ack layout (spec §12): our clock and the queue length,
+                    // which clients of either generation accept (docs/protocol.md).
+                    let queued_messages = match key {
+                        Some(_) => self
+                            .ctx
+                            .store
+                            .queue_length(identity)
+                            .await
+                            .map_err(|_| CloseReason::StorageFailure)?,
+                        None => 0,
+                    };
+                    let ack = LoginAck {
+                        server_time_ms: now_ms(),
+                        queued_messages,
+                    };
                     self.csp
-                        .provide_identity_key(key)
+                        .provide_identity_key_with_ack(key, ack)
                         .map_err(CloseReason::Csp)?;
                 }
                 ServerEvent::Authenticated {
@@ -257,9 +305,11 @@ impl Conn {
         identity: Identity,
         extensions: &Extensions,
     ) -> Result<(), CloseReason> {
-        let requested = extensions.effective_message_payload_version();
-        let version = MessagePayloadVersion::try_from(requested)
-            .map_err(|_| CloseReason::UnsupportedPayloadVersion(requested))?;
+        // Every feature byte is accepted: bit 0 picks the message struct as Desktop's payload
+        // version did, bit 1 allows echo requests, other bits are ignored (spec §12).
+        let features = extensions.effective_features();
+        let version = MessagePayloadVersion::from(features);
+        let echo_requests = features.receives_echo_requests();
         // No csp-device-id: a single-device client, device id 0.
         let device_id = extensions.csp_device_id.unwrap_or(0);
         let mailbox = Mailbox::new();
@@ -268,13 +318,14 @@ impl Conn {
             .registry
             .register(identity, device_id, Arc::clone(&mailbox));
         let idle_timeout = self.ctx.idle_timeout;
-        self.set_deadline(Instant::now() + idle_timeout);
+        self.client_active(idle_timeout, echo_requests);
         self.session = Some(Session {
             identity,
             device_id,
             session_id,
             mailbox,
             version,
+            echo_requests,
             idle_timeout,
             pending_store: 0,
             delivery: None,
@@ -284,7 +335,7 @@ impl Conn {
         info!(
             conn = self.id,
             device_id = format_args!("{device_id:#018x}"),
-            version = requested,
+            features = features.0,
             "session established"
         );
         let cookie = extensions.device_cookie.as_ref().map(|c| c.0);
@@ -314,7 +365,8 @@ impl Conn {
         let session = logged_in(&mut self.session)?;
         let idle = session.idle_timeout;
         let version = session.version;
-        self.set_deadline(Instant::now() + idle);
+        let echo_requests = session.echo_requests;
+        self.client_active(idle, echo_requests);
         let payload = CspPayload::decode(bytes, version).map_err(CloseReason::Payload)?;
         match payload {
             CspPayload::EchoRequest(data) => self.send(&CspPayload::EchoResponse(data)),
@@ -327,7 +379,8 @@ impl Conn {
                 let session = self.session()?;
                 session.idle_timeout = Duration::from_secs(u64::from(seconds));
                 let idle = session.idle_timeout;
-                self.set_deadline(Instant::now() + idle);
+                let echo_requests = session.echo_requests;
+                self.client_active(idle, echo_requests);
                 Ok(())
             }
             CspPayload::SetPushNotificationToken(_)

@@ -119,6 +119,13 @@ pub enum Command {
     Purge,
     /// Answered once everything before it is committed (tests, shutdown).
     Flush(oneshot::Sender<()>),
+    /// How many messages wait in a receiver's queue (for login-ack, spec §12).
+    QueueLength {
+        /// The receiver.
+        receiver: Identity,
+        /// Where the count goes.
+        reply: oneshot::Sender<u32>,
+    },
 }
 
 /// A handle to the storage worker.
@@ -186,6 +193,14 @@ impl Store {
         self.send(Command::CreateIdentity { public_key, reply })
             .await?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// How many messages wait in `receiver`'s queue, counted after everything sent before is
+    /// committed (short-lived ones not yet purged included).
+    pub async fn queue_length(&self, receiver: Identity) -> Result<u32, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::QueueLength { receiver, reply }).await?;
+        rx.await.map_err(|_| StoreError::Stopped)
     }
 
     /// Waits until everything sent before is committed.

@@ -61,6 +61,10 @@ enum Output {
         result: Result<Created, StoreError>,
     },
     Flushed(oneshot::Sender<()>),
+    QueueLength {
+        reply: oneshot::Sender<u32>,
+        count: u32,
+    },
 }
 
 impl State {
@@ -146,7 +150,7 @@ impl State {
                     Output::Stored { outcome, .. } => *outcome = StoreOutcome::Failed,
                     Output::Fetched { result, .. } => *result = Err(StoreError::Stopped),
                     Output::Created { result, .. } => *result = Err(StoreError::Stopped),
-                    Output::Flushed(_) => {}
+                    Output::Flushed(_) | Output::QueueLength { .. } => {}
                 }
             }
         }
@@ -202,6 +206,9 @@ impl State {
                 }
                 Output::Flushed(reply) => {
                     let _ = reply.send(());
+                }
+                Output::QueueLength { reply, count } => {
+                    let _ = reply.send(count);
                 }
             }
         }
@@ -325,6 +332,10 @@ fn apply_one(
             None
         }
         Command::Flush(reply) => Some(Output::Flushed(reply)),
+        Command::QueueLength { receiver, reply } => Some(Output::QueueLength {
+            reply,
+            count: counts.get(&receiver).copied().unwrap_or(0),
+        }),
     }
 }
 

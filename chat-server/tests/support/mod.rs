@@ -23,8 +23,8 @@ use base64::Engine;
 use rand::rngs::OsRng;
 use tandem_shared::crypto::{PublicKey, SecretKey};
 use tandem_shared::csp::{
-    ClientEvent, CspClient, CspClientConfig, CspError, CspPayload, Extensions, MessageFlags,
-    MessagePayloadVersion, MessageWithMetadataBox, PayloadError,
+    ClientEvent, CspClient, CspClientConfig, CspError, CspPayload, Extensions, LoginAck,
+    MessageFlags, MessagePayloadVersion, MessageWithMetadataBox, PayloadError,
 };
 use tandem_shared::keys::ClientKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -310,6 +310,8 @@ pub enum ClientError {
 pub struct Client {
     pub stream: TcpStream,
     pub csp: CspClient,
+    /// What login-ack carried (spec §12).
+    pub login_ack: LoginAck,
     events: VecDeque<ClientEvent>,
 }
 
@@ -320,7 +322,10 @@ impl Client {
         client.flush().await?;
         loop {
             match client.next_event().await? {
-                ClientEvent::Established => return Ok(client),
+                ClientEvent::Established(ack) => {
+                    client.login_ack = ack;
+                    return Ok(client);
+                }
                 other => client.events.push_back(other),
             }
         }
@@ -334,6 +339,7 @@ impl Client {
         Self {
             stream,
             csp,
+            login_ack: LoginAck::default(),
             events: VecDeque::new(),
         }
     }

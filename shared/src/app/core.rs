@@ -29,7 +29,8 @@ use super::state::State;
 use super::sync::SyncRunner;
 use crate::crypto::PublicKey;
 use crate::csp::{
-    CspClientConfig, CspPayload, Extensions, MessagePayloadVersion, MessageWithMetadataBox,
+    clock_warning, CspClientConfig, CspFeatures, CspPayload, Extensions, MessagePayloadVersion,
+    MessageWithMetadataBox,
 };
 use crate::d2d::DeviceInfo;
 use crate::d2m::CloseCode;
@@ -142,6 +143,10 @@ pub(super) struct Conn {
     pub(super) deferred: VecDeque<(crate::proto::d2d::envelope::Content, Option<Pending>)>,
 }
 
+/// How a chat server of before protocol version 23 starts its close-error when it reads the
+/// feature byte as a message payload version and does not know the value.
+const OLD_SERVER_REFUSES_FEATURES: &str = "unsupported message payload version";
+
 /// The device core; see the module docs.
 pub struct App {
     pub(super) config: AppConfig,
@@ -165,6 +170,9 @@ pub struct App {
     pub(super) lookups: BTreeMap<Identity, Lookup>,
     pub(super) reconnect: Reconnector,
     pub(super) reconnect_at: Option<u64>,
+    /// A chat server of before protocol version 23 refused the feature bits (close-error
+    /// "unsupported message payload version 3"): later logins announce Desktop's byte `1`.
+    pub(super) desktop_features: bool,
     /// Box and metadata keys per contact key: one X25519 agreement per peer, not per message.
     pub(super) peer_keys: crate::keys::PeerKeyCache,
 }
@@ -248,6 +256,7 @@ impl App {
             lookups: BTreeMap::new(),
             reconnect,
             reconnect_at: None,
+            desktop_features: false,
             peer_keys: crate::keys::PeerKeyCache::default(),
         }
     }
@@ -348,6 +357,9 @@ impl App {
         };
         let mut extensions = Extensions::new(self.config.client_info.clone());
         extensions.csp_device_id = Some(own.csp_device_id);
+        if self.desktop_features {
+            extensions.features = Some(CspFeatures::DESKTOP);
+        }
         config.csp = Some(CspClientConfig {
             identity: *own.identity.as_bytes(),
             client_key: own.client_key.clone(),
@@ -558,7 +570,10 @@ impl App {
                 self.conn.leader = true;
                 self.events.push_back(AppEvent::Leader);
             }
-            Event::CspEstablished => {
+            Event::CspEstablished(ack) => {
+                if let Some(offset_ms) = clock_warning(&ack, now_ms) {
+                    self.events.push_back(AppEvent::ClockOffset { offset_ms });
+                }
                 self.conn.csp_ready = true;
                 self.conn.next_echo_at = Some(now_ms.saturating_add(self.config.echo_interval_ms));
             }
@@ -645,8 +660,19 @@ impl App {
             }
             // Any answer shows the path lives; the chat server answers in order.
             CspPayload::EchoResponse(_) => self.conn.echo_deadline = None,
-            CspPayload::CloseError { can_reconnect, .. } => {
-                self.conn.csp_close = Some(can_reconnect);
+            CspPayload::CloseError {
+                can_reconnect,
+                message,
+            } => {
+                // An older Tandem chat server reads the feature byte as a payload version and
+                // refuses 3; its text is the only signal it gives. Retry with Desktop's byte,
+                // which every server accepts (docs/protocol.md "Protocol version 23").
+                let refused_features =
+                    !self.desktop_features && message.starts_with(OLD_SERVER_REFUSES_FEATURES);
+                if refused_features {
+                    self.desktop_features = true;
+                }
+                self.conn.csp_close = Some(can_reconnect || refused_features);
             }
             CspPayload::Alert(text) => self.events.push_back(AppEvent::Alert(text)),
             _ => {}

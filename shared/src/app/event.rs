@@ -85,7 +85,8 @@ pub enum AppEvent {
     },
     /// A contact was added or changed.
     ContactChanged(Identity),
-    /// A contact was removed.
+    /// A contact was removed. Not emitted since protocol version 23 dropped
+    /// `ContactSync.delete` (docs/protocol.md); kept so that the JS event API stays the same.
     ContactRemoved(Identity),
     /// The directory does not know an identity the user tried to add.
     ContactNotFound(Identity),
@@ -132,6 +133,13 @@ pub enum AppEvent {
     },
     /// The chat server sent a message for the user (spec §9.4 0xe1).
     Alert(String),
+    /// The chat server's clock (from login-ack, spec §12) differs from this device's by more
+    /// than [`crate::csp::MAX_CLOCK_OFFSET_MS`]; the user should set the clock. Nothing stops:
+    /// it is a notice.
+    ClockOffset {
+        /// This device's clock minus the server's, in ms (positive: this device is ahead).
+        offset_ms: i64,
+    },
     /// The connection ended.
     Disconnected {
         /// The close code.

@@ -375,7 +375,7 @@ impl App {
                 } else {
                     let mut contact = Contact::new(identity, key, now_ms);
                     if reason == Lookup::GroupMember {
-                        contact.acquaintance_level = AcquaintanceLevel::Group;
+                        contact.acquaintance_level = AcquaintanceLevel::GroupOrDeleted;
                     }
                     self.enqueue_sync(SyncOp::CreateContact(Box::new(contact)));
                 }

@@ -692,6 +692,7 @@ impl App {
         let envelope = crate::proto::d2d::Envelope {
             padding: Vec::new(),
             device_id: 0,
+            protocol_version: crate::d2d::PROTOCOL_VERSION,
             content: Some(content),
         };
         let Ok(id) = session.reflect_owned(envelope, ephemeral, rng) else {

@@ -415,6 +415,7 @@ pub(crate) fn answer_record(device_id: u64, max_history_messages: u32) -> Record
     let value = Envelope {
         padding: Vec::new(),
         device_id,
+        protocol_version: crate::d2d::PROTOCOL_VERSION,
         content: Some(Content::NewDeviceSyncRequest(
             crate::proto::d2d::NewDeviceSyncRequest {
                 max_history_messages,
@@ -457,6 +458,7 @@ pub(crate) fn journal_record(contents: &[Content]) -> Record {
                 Envelope {
                     padding: Vec::new(),
                     device_id: 0,
+                    protocol_version: crate::d2d::PROTOCOL_VERSION,
                     content: Some(content.clone()),
                 }
                 .encode_to_vec()

@@ -328,18 +328,11 @@ impl App {
                     self.events.push_back(AppEvent::ContactChanged(identity));
                     Ok(())
                 }
-                Some(contact_sync::Action::Delete(contact_sync::Delete { delete_identity })) => {
-                    let identity: Identity =
-                        delete_identity.parse().map_err(|_| "contact identity")?;
-                    self.state.delete_contact(&identity);
-                    self.events.push_back(AppEvent::ContactRemoved(identity));
-                    Ok(())
-                }
                 _ => Err("empty contact sync"),
             },
             Content::GroupSync(sync) => match sync.action {
                 Some(group_sync::Action::Create(group_sync::Create { group: Some(g) }))
-                | Some(group_sync::Action::Update(group_sync::Update { group: Some(g) })) => {
+                | Some(group_sync::Action::Update(group_sync::Update { group: Some(g), .. })) => {
                     let id = GroupId::from_proto(g.group_identity.as_ref().ok_or("group id")?)
                         .map_err(|_| "group id")?;
                     let group = match self.state.group(&id) {

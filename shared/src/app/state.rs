@@ -12,11 +12,11 @@ use super::model::{
 };
 use super::nonce::{NonceEntry, NonceHasher, NonceScope, NonceStore};
 use super::records::{
-    answer_key, answer_record, contact_key, contact_record, decode_answer, decode_contact,
-    decode_group, decode_journal, decode_list, decode_message, decode_nonce, decode_own,
-    decode_profile, decode_settings, group_key, group_record, is_answer_record, journal_record,
-    list_key, list_record, message_record, nonce_record, own_record, profile_record,
-    settings_record, Op, Record, RecordError, RecordKind,
+    answer_key, answer_record, contact_record, decode_answer, decode_contact, decode_group,
+    decode_journal, decode_list, decode_message, decode_nonce, decode_own, decode_profile,
+    decode_settings, group_key, group_record, is_answer_record, journal_record, list_key,
+    list_record, message_record, nonce_record, own_record, profile_record, settings_record, Op,
+    Record, RecordError, RecordKind,
 };
 use crate::crypto::Nonce;
 use crate::proto::d2d::envelope::Content;
@@ -355,16 +355,6 @@ impl State {
         }
         self.ops.push(Op::Put(contact_record(&contact)));
         self.contacts.insert(contact.identity, contact);
-    }
-
-    /// Removes a contact (its messages stay).
-    pub(crate) fn delete_contact(&mut self, identity: &Identity) {
-        if self.contacts.remove(identity).is_some() {
-            self.ops.push(Op::Delete {
-                kind: RecordKind::Contact,
-                key: contact_key(identity),
-            });
-        }
     }
 
     /// Inserts or replaces a group.

@@ -392,6 +392,9 @@ impl App {
             SyncOp::UpdateGroup(_, update, _) => vec![Content::GroupSync(GroupSync {
                 action: Some(group_sync::Action::Update(group_sync::Update {
                     group: Some((**update).clone()),
+                    // Protocol version 23's status-line hints; receivers derive the same from
+                    // the member list, which is authoritative (docs/protocol.md).
+                    member_state_changes: std::collections::BTreeMap::new(),
                 })),
             })],
             // A part is read under its lock in `on_transaction_begun`, which also keeps where the

@@ -25,8 +25,8 @@ use crate::keys::{ClientKey, IDENTITY_LEN};
 use super::extension::Extensions;
 use super::frame::{CipherState, FRAME_HEADER_LEN};
 use super::handshake::{
-    validate_identity, vouch, ClientHello, ClientInfoField, Cookie, CspError, LoginData,
-    ServerHello, LOGIN_ACK_LEN, LOGIN_ACK_PLAINTEXT, SERVER_HELLO_LEN,
+    validate_identity, vouch, ClientHello, ClientInfoField, Cookie, CspError, LoginAck, LoginData,
+    ServerHello, LOGIN_ACK_LEN, SERVER_HELLO_LEN,
 };
 use super::unit::{Assembler, Expect};
 
@@ -47,8 +47,9 @@ pub struct CspClientConfig {
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientEvent {
-    /// login-ack arrived: frames may be sent and will be received.
-    Established,
+    /// login-ack arrived: frames may be sent and will be received. Carries the server's time and
+    /// queue length when the server sent them (spec §12; zeros from an older server).
+    Established(LoginAck),
     /// A frame's plaintext: one payload container (spec §9.4).
     Payload(Vec<u8>),
 }
@@ -56,7 +57,7 @@ pub enum ClientEvent {
 impl fmt::Debug for ClientEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Established => f.write_str("Established"),
+            Self::Established(ack) => write!(f, "Established({ack:?})"),
             Self::Payload(bytes) => write!(f, "Payload({} bytes)", bytes.len()),
         }
     }
@@ -221,10 +222,8 @@ impl CspClient {
             }
             State::AwaitingLoginAck { tx, mut rx } => {
                 let plain = rx.open_handshake(unit)?.ok_or(CspError::LoginAckDecrypt)?;
-                if plain != LOGIN_ACK_PLAINTEXT {
-                    return Err(CspError::LoginAckMalformed);
-                }
-                self.events.push_back(ClientEvent::Established);
+                let ack = LoginAck::decode(&plain)?;
+                self.events.push_back(ClientEvent::Established(ack));
                 State::Established { tx, rx }
             }
             State::Established { tx, mut rx } => {
@@ -291,8 +290,8 @@ mod tests {
     use crate::crypto::BoxKey;
     use crate::csp::testkit::{client_config, client_key, rng, server_key, FixedRng, Pair};
     use crate::csp::{
-        encode_frame, nonce, CspServer, CspServerConfig, DeviceCookie, ServerChallengeResponse,
-        ServerEvent, MAX_FRAME_PLAINTEXT_LEN,
+        encode_frame, nonce, CspFeatures, CspServer, CspServerConfig, DeviceCookie,
+        ServerChallengeResponse, ServerEvent, MAX_FRAME_PLAINTEXT_LEN,
     };
     use proptest::prelude::*;
 
@@ -300,7 +299,7 @@ mod tests {
         Extensions {
             client_info: Some("1.0;Q;de/CH".into()),
             csp_device_id: Some(0x1122_3344_5566_7788),
-            message_payload_version: Some(1),
+            features: Some(CspFeatures(1)),
             device_cookie: Some(DeviceCookie([0xdc; 16])),
         }
     }
@@ -378,7 +377,10 @@ mod tests {
         let ack = server.poll_transmit().unwrap();
         assert_eq!(ack, h(LOGIN_ACK));
         client.receive(&ack).unwrap();
-        assert_eq!(client.poll_event(), Some(ClientEvent::Established));
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Established(LoginAck::default()))
+        );
 
         client.send(&h("0000000070696e67")).unwrap();
         let frame = client.poll_transmit().unwrap();
@@ -402,7 +404,10 @@ mod tests {
         pair.run(chunks).unwrap();
         assert!(pair.client.is_established());
         assert!(pair.server.is_established());
-        assert_eq!(pair.client_events, vec![ClientEvent::Established]);
+        assert_eq!(
+            pair.client_events,
+            vec![ClientEvent::Established(LoginAck::default())]
+        );
     }
 
     fn authenticated_extensions(pair: &Pair) -> Extensions {
@@ -426,7 +431,7 @@ mod tests {
             let extensions = Extensions {
                 client_info: full.client_info.filter(|_| mask & 1 != 0),
                 csp_device_id: full.csp_device_id.filter(|_| mask & 2 != 0),
-                message_payload_version: full.message_payload_version.filter(|_| mask & 4 != 0),
+                features: full.features.filter(|_| mask & 4 != 0),
                 device_cookie: full.device_cookie.filter(|_| mask & 8 != 0),
             };
             for chunks in [&[][..], &[1][..]] {
@@ -584,23 +589,27 @@ mod tests {
     }
 
     #[test]
-    fn login_ack_must_be_zeros_under_ssn_2() {
+    fn login_ack_takes_either_layout_under_ssn_2() {
+        let current = LoginAck {
+            server_time_ms: 1_796_655_600_000,
+            queued_messages: 7,
+        };
         for (seq, plain, expected) in [
-            (2, [0_u8; 16], Ok(())),
-            (2, [1; 16], Err(CspError::LoginAckMalformed)),
+            (2, [0_u8; 16], Ok(LoginAck::default())),
+            (2, current.encode(), Ok(current)),
             (1, [0; 16], Err(CspError::LoginAckDecrypt)),
-            (3, [0; 16], Err(CspError::LoginAckDecrypt)),
+            (3, current.encode(), Err(CspError::LoginAckDecrypt)),
         ] {
             let mut client = fresh_client();
             let server = ManualServer::new(&mut client);
             client.receive(&server.honest_hello()).unwrap();
             assert!(client.poll_transmit().is_some());
-            assert_eq!(
-                client.receive(&server.seal(seq, &plain)),
-                expected,
-                "seq {seq}"
-            );
+            let result = client.receive(&server.seal(seq, &plain));
+            assert_eq!(result, expected.map(|_| ()), "seq {seq}");
             assert_eq!(client.is_established(), expected.is_ok());
+            if let Ok(ack) = expected {
+                assert_eq!(client.poll_event(), Some(ClientEvent::Established(ack)));
+            }
         }
     }
 
@@ -640,7 +649,10 @@ mod tests {
         let server = ManualServer::new(&mut client);
         client.receive(&server.honest_hello()).unwrap();
         client.receive(&server.seal(2, &[0; 16])).unwrap();
-        assert_eq!(client.poll_event(), Some(ClientEvent::Established));
+        assert_eq!(
+            client.poll_event(),
+            Some(ClientEvent::Established(LoginAck::default()))
+        );
         (client, server)
     }
 

@@ -6,11 +6,18 @@
 //!   extensions without being locked out by an older server.
 //! - A known type that appears twice is refused: two device ids or two cookies in one login have
 //!   no meaning we could pick from.
-//! - Fixed-size payloads must have exactly their size (csp-device-id 8, message-payload-version 1,
+//! - Fixed-size payloads must have exactly their size (csp-device-id 8, features 1,
 //!   device-cookie 16); client-info must be UTF-8.
 //!
 //! Encoding writes the known extensions in the order Desktop sends them (client-info,
-//! csp-device-id, message-payload-version, device-cookie), leaving out the absent ones.
+//! csp-device-id, features, device-cookie), leaving out the absent ones.
+//!
+//! Extension 0x02 was `message-payload-version` in the Desktop snapshot (0 legacy, 1 with
+//! metadata box, anything else refused); Threema's current clients send a feature bit field in
+//! the same byte (spec §12). Both readings agree on 0 and 1, so Tandem reads the byte as
+//! [`CspFeatures`] only: bit 0 chooses the message struct exactly as the old version did, bit 1
+//! allows the server to send echo requests, unknown bits are ignored (docs/protocol.md
+//! "Protocol version 23").
 
 use core::fmt;
 
@@ -25,16 +32,41 @@ use super::frame::MAX_FRAME_PLAINTEXT_LEN;
 pub const EXT_CLIENT_INFO: u8 = 0x00;
 /// Extension type of csp-device-id (u64-le).
 pub const EXT_CSP_DEVICE_ID: u8 = 0x01;
-/// Extension type of message-payload-version (u8).
-pub const EXT_MESSAGE_PAYLOAD_VERSION: u8 = 0x02;
+/// Extension type of the feature bit field (u8), formerly message-payload-version.
+pub const EXT_FEATURES: u8 = 0x02;
 /// Extension type of device-cookie (16 bytes).
 pub const EXT_DEVICE_COOKIE: u8 = 0x03;
 
 /// Largest extensions plaintext: its box must fit the 8192-byte bound we also apply to frames.
 pub const MAX_EXTENSIONS_LEN: usize = MAX_FRAME_PLAINTEXT_LEN;
 
-/// message-payload-version `0x01`, message-with-metadata-box, which Desktop sends (spec §9.3).
-pub const MESSAGE_PAYLOAD_VERSION_WITH_METADATA: u8 = 0x01;
+/// The CSP features a client announces in login extension 0x02 (spec §12): a bit field whose
+/// bit 0 is the old message-payload-version 1, so Desktop's `1` keeps its meaning.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CspFeatures(pub u8);
+
+impl CspFeatures {
+    /// Bit 0: the session carries message-with-metadata-box (else legacy-message).
+    pub const MESSAGE_WITH_METADATA_BOX: u8 = 0b0000_0001;
+    /// Bit 1: the client answers echo requests the server sends.
+    pub const RECEIVES_ECHO_REQUESTS: u8 = 0b0000_0010;
+    /// What Tandem's client announces, and what Android and libthreema send: both bits.
+    pub const CURRENT: Self = Self(Self::MESSAGE_WITH_METADATA_BOX | Self::RECEIVES_ECHO_REQUESTS);
+    /// What Threema Desktop's snapshot (and iOS) sends: message-payload-version 1.
+    pub const DESKTOP: Self = Self(Self::MESSAGE_WITH_METADATA_BOX);
+
+    /// Whether messages travel as message-with-metadata-box.
+    #[must_use]
+    pub const fn message_with_metadata_box(self) -> bool {
+        self.0 & Self::MESSAGE_WITH_METADATA_BOX != 0
+    }
+
+    /// Whether the server may send echo requests to this client.
+    #[must_use]
+    pub const fn receives_echo_requests(self) -> bool {
+        self.0 & Self::RECEIVES_ECHO_REQUESTS != 0
+    }
+}
 
 /// Why a packed extension list could not be encoded or decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -95,27 +127,27 @@ pub struct Extensions {
     pub client_info: Option<String>,
     /// Which of the group's devices owns this session (0x01).
     pub csp_device_id: Option<u64>,
-    /// 0x00 legacy-message, 0x01 message-with-metadata-box (0x02).
-    pub message_payload_version: Option<u8>,
+    /// The feature bit field (0x02); absent reads as no features (spec §9.3: version 0).
+    pub features: Option<CspFeatures>,
     /// The device's cookie, if it has one (0x03).
     pub device_cookie: Option<DeviceCookie>,
 }
 
 impl Extensions {
-    /// What a current client sends: client-info and message-payload-version 1.
+    /// What a current client sends: client-info and both feature bits (spec §12).
     #[must_use]
     pub fn new(client_info: impl Into<String>) -> Self {
         Self {
             client_info: Some(client_info.into()),
-            message_payload_version: Some(MESSAGE_PAYLOAD_VERSION_WITH_METADATA),
+            features: Some(CspFeatures::CURRENT),
             ..Self::default()
         }
     }
 
-    /// The version the server must assume: 0 when the extension is absent (spec §9.3).
+    /// The features the server must assume: none when the extension is absent (spec §9.3).
     #[must_use]
-    pub fn effective_message_payload_version(&self) -> u8 {
-        self.message_payload_version.unwrap_or(0)
+    pub fn effective_features(&self) -> CspFeatures {
+        self.features.unwrap_or_default()
     }
 
     /// Packs the present extensions in Desktop's order.
@@ -127,8 +159,8 @@ impl Extensions {
         if let Some(id) = self.csp_device_id {
             push(&mut out, EXT_CSP_DEVICE_ID, &id.to_le_bytes())?;
         }
-        if let Some(version) = self.message_payload_version {
-            push(&mut out, EXT_MESSAGE_PAYLOAD_VERSION, &[version])?;
+        if let Some(features) = self.features {
+            push(&mut out, EXT_FEATURES, &[features.0])?;
         }
         if let Some(cookie) = &self.device_cookie {
             push(&mut out, EXT_DEVICE_COOKIE, &cookie.0)?;
@@ -158,9 +190,9 @@ impl Extensions {
                     let id = u64::from_le_bytes(fixed(ext_type, payload)?);
                     set_once(&mut out.csp_device_id, ext_type, id)?;
                 }
-                EXT_MESSAGE_PAYLOAD_VERSION => {
-                    let [version] = fixed(ext_type, payload)?;
-                    set_once(&mut out.message_payload_version, ext_type, version)?;
+                EXT_FEATURES => {
+                    let [bits] = fixed(ext_type, payload)?;
+                    set_once(&mut out.features, ext_type, CspFeatures(bits))?;
                 }
                 EXT_DEVICE_COOKIE => {
                     let cookie = DeviceCookie(fixed(ext_type, payload)?);
@@ -210,7 +242,7 @@ mod tests {
         Extensions {
             client_info: Some("2.0;Q;de/CH;tandem".into()),
             csp_device_id: Some(0x0102_0304_0506_0708),
-            message_payload_version: Some(1),
+            features: Some(CspFeatures(1)),
             device_cookie: Some(DeviceCookie([0xdc; 16])),
         }
     }
@@ -227,7 +259,7 @@ mod tests {
             "0807060504030201", // csp-device-id
             "02",
             "0100",
-            "01", // message-payload-version
+            "01", // features (message-payload-version 1 in Desktop's reading)
             "03",
             "1000",
             "dcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdc", // device-cookie
@@ -237,12 +269,51 @@ mod tests {
         assert_eq!(Extensions::decode(&expected).unwrap(), full());
     }
 
+    /// Conformance vectors, written by hand from spec §9.3 and §12: the one byte of extension
+    /// 0x02 under both readings.
+    #[test]
+    fn feature_byte_reads_the_same_under_both_readings() {
+        // (bytes, metadata box, echo requests)
+        for (hex_bytes, metadata_box, echo) in [
+            ("02010000", false, false), // Desktop: message-payload-version 0 (legacy)
+            ("02010001", true, false),  // Desktop and iOS: version 1
+            ("02010003", true, true),   // Android and libthreema: bits 0 and 1
+            ("02010002", false, true),  // legacy messages, echo requests
+            ("020100fd", true, false),  // unknown bits ignored
+        ] {
+            let ext = Extensions::decode(&hex::decode(hex_bytes).unwrap()).unwrap();
+            let features = ext.effective_features();
+            assert_eq!(
+                features.message_with_metadata_box(),
+                metadata_box,
+                "{hex_bytes}"
+            );
+            assert_eq!(features.receives_echo_requests(), echo, "{hex_bytes}");
+            assert_eq!(hex::encode(ext.encode().unwrap()), hex_bytes);
+        }
+        // Absent extension: version 0, no echo requests.
+        let none = Extensions::decode(&[]).unwrap().effective_features();
+        assert!(!none.message_with_metadata_box() && !none.receives_echo_requests());
+        // What Tandem's client sends.
+        assert_eq!(
+            hex::encode(
+                Extensions {
+                    features: Some(CspFeatures::CURRENT),
+                    ..Extensions::default()
+                }
+                .encode()
+                .unwrap()
+            ),
+            "02010003"
+        );
+    }
+
     #[test]
     fn empty_list_is_no_extensions() {
         assert_eq!(Extensions::default().encode().unwrap(), Vec::<u8>::new());
         assert_eq!(Extensions::decode(&[]).unwrap(), Extensions::default());
-        assert_eq!(Extensions::default().effective_message_payload_version(), 0);
-        assert_eq!(Extensions::new("x").effective_message_payload_version(), 1);
+        assert_eq!(Extensions::default().effective_features(), CspFeatures(0));
+        assert_eq!(Extensions::new("x").effective_features(), CspFeatures(3));
     }
 
     #[test]
@@ -258,7 +329,7 @@ mod tests {
         assert_eq!(
             ext,
             Extensions {
-                message_payload_version: Some(0),
+                features: Some(CspFeatures(0)),
                 ..Extensions::default()
             }
         );
@@ -332,7 +403,7 @@ mod tests {
             Err(ExtensionError::TooLarge(MAX_EXTENSIONS_LEN + 4))
         );
         let ext = Extensions {
-            message_payload_version: None,
+            features: None,
             ..Extensions::new("x".repeat(MAX_EXTENSIONS_LEN - 3))
         };
         assert_eq!(ext.encode().unwrap().len(), MAX_EXTENSIONS_LEN);
@@ -356,10 +427,10 @@ mod tests {
             proptest::option::of(any::<[u8; 16]>()),
         )
             .prop_map(
-                |(client_info, csp_device_id, message_payload_version, cookie)| Extensions {
+                |(client_info, csp_device_id, features, cookie)| Extensions {
                     client_info,
                     csp_device_id,
-                    message_payload_version,
+                    features: features.map(CspFeatures),
                     device_cookie: cookie.map(DeviceCookie),
                 },
             )

@@ -37,8 +37,8 @@ pub const LOGIN_ACK_LEN: usize = 32;
 pub const MAX_EXTENSIONS_BOX_LEN: usize = MAX_FRAME_BOX_LEN;
 /// Magic at the start of the extension indicator (spec §9.2).
 pub const EXTENSION_MAGIC: &[u8; 30] = b"threema-clever-extension-field";
-/// Plaintext of login-ack.
-pub const LOGIN_ACK_PLAINTEXT: [u8; 16] = [0; 16];
+/// Length of the login-ack plaintext (both layouts, see [`LoginAck`]).
+pub const LOGIN_ACK_PLAINTEXT_LEN: usize = 16;
 
 /// Why a CSP connection cannot go on. Every variant is terminal for the machine that reports it;
 /// `Display` is short and stable because the chat server turns it into a close reason.
@@ -90,8 +90,8 @@ pub enum CspError {
     /// login-ack did not open.
     #[error("login-ack does not decrypt")]
     LoginAckDecrypt,
-    /// login-ack opened but is not 16 zero bytes.
-    #[error("login-ack not zero")]
+    /// login-ack opened but its plaintext is not 16 bytes.
+    #[error("login-ack malformed")]
     LoginAckMalformed,
     /// A fixed-size unit was handed over with the wrong length.
     #[error("{unit} has {len} bytes, expected {expected}")]
@@ -413,6 +413,61 @@ impl LoginData {
     }
 }
 
+/// The login-ack plaintext (spec §9.2, §12). The Desktop snapshot sends 16 zero bytes; current
+/// servers send `reserved (4) ‖ server time u64-le (ms) ‖ queued messages u32-le`. One reading
+/// covers both: a zero time means "unknown" (no server is at the Unix epoch), so a client accepts
+/// either layout. The reserved bytes are written as zeros and ignored on receipt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoginAck {
+    /// The server's clock in ms since the Unix epoch; 0 = not sent (old layout).
+    pub server_time_ms: u64,
+    /// Messages waiting in the identity's queue at login (0 in the old layout too).
+    pub queued_messages: u32,
+}
+
+impl LoginAck {
+    /// The 16 plaintext bytes.
+    #[must_use]
+    pub fn encode(&self) -> [u8; LOGIN_ACK_PLAINTEXT_LEN] {
+        let mut out = [0; LOGIN_ACK_PLAINTEXT_LEN];
+        let fields = self
+            .server_time_ms
+            .to_le_bytes()
+            .into_iter()
+            .chain(self.queued_messages.to_le_bytes());
+        for (slot, byte) in out.iter_mut().skip(4).zip(fields) {
+            *slot = byte;
+        }
+        out
+    }
+
+    /// Reads either layout; anything but 16 bytes is [`CspError::LoginAckMalformed`].
+    pub fn decode(plain: &[u8]) -> Result<Self, CspError> {
+        if plain.len() != LOGIN_ACK_PLAINTEXT_LEN {
+            return Err(CspError::LoginAckMalformed);
+        }
+        let mut r = Reader::new(plain);
+        let mut parse = || -> Result<Self, crate::codec::Truncated> {
+            r.take(4)?;
+            Ok(Self {
+                server_time_ms: r.u64_le()?,
+                queued_messages: r.u32_le()?,
+            })
+        };
+        parse().map_err(|_| CspError::LoginAckMalformed)
+    }
+
+    /// The server's time, if the server sent one.
+    #[must_use]
+    pub const fn server_time_ms(&self) -> Option<u64> {
+        if self.server_time_ms == 0 {
+            None
+        } else {
+            Some(self.server_time_ms)
+        }
+    }
+}
+
 /// `vouch = BLAKE2b-256(key = VouchKey, input = SCK ‖ TCK.public)` (spec §9.2), no salt or personal.
 #[must_use]
 pub fn vouch(vouch_key: &SymmetricKey, sck: &Cookie, tck_public: &PublicKey) -> [u8; 32] {
@@ -445,6 +500,38 @@ pub fn check_extensions_box_len(len: u16) -> Result<usize, CspError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Conformance vectors written by hand from spec §9.2 (old layout) and §12 (current).
+    #[test]
+    fn login_ack_reads_both_layouts() {
+        // Old layout: 16 zero bytes, no time, no count.
+        let old = LoginAck::decode(&[0; 16]).unwrap();
+        assert_eq!(old, LoginAck::default());
+        assert_eq!(old.server_time_ms(), None);
+        // Current layout: reserved ‖ 2026-12-07T15:00:00Z (1 796 655 600 000 ms) ‖ 3 queued.
+        let bytes = hex::decode("00000000 80d10451 a2010000 03000000".replace(' ', "")).unwrap();
+        let ack = LoginAck::decode(&bytes).unwrap();
+        assert_eq!(
+            ack,
+            LoginAck {
+                server_time_ms: 1_796_655_600_000,
+                queued_messages: 3
+            }
+        );
+        assert_eq!(ack.server_time_ms(), Some(1_796_655_600_000));
+        assert_eq!(ack.encode().to_vec(), bytes);
+        // Reserved bytes are ignored on receipt.
+        let mut reserved = bytes.clone();
+        reserved[..4].copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(LoginAck::decode(&reserved), Ok(ack));
+        // Any other length is malformed.
+        for len in [0, 15, 17, 32] {
+            assert_eq!(
+                LoginAck::decode(&vec![0; len]),
+                Err(CspError::LoginAckMalformed)
+            );
+        }
+    }
     use crate::crypto::SecretKey;
     use crate::keys::ClientKey;
     use proptest::prelude::*;

@@ -30,6 +30,7 @@ use crate::crypto::{random_nonce, CryptoError, Nonce, PublicKey, NONCE_LEN, TAG_
 use crate::keys::{ClientKey, PeerKeys, IDENTITY_LEN};
 
 use super::e2e::{encode_e2e, E2eContainer, E2eError, E2eMessageType};
+use super::extension::CspFeatures;
 use super::flags::MessageFlags;
 use super::metadata::{new_metadata, open_metadata, seal_metadata, MetadataError};
 use super::payload::MAX_PAYLOAD_DATA_LEN;
@@ -43,8 +44,9 @@ pub const MESSAGE_HEADER_LEN: usize = 64;
 /// A message struct travels as the data of one payload container, so it is at most this long.
 pub const MAX_MESSAGE_LEN: usize = MAX_PAYLOAD_DATA_LEN;
 
-/// Which message struct a CSP session carries in payloads 0x01 / 0x02 (spec §9.3
-/// `message-payload-version`; absent extension means [`MessagePayloadVersion::Legacy`]).
+/// Which message struct a CSP session carries in payloads 0x01 / 0x02: bit 0 of the login's
+/// feature byte (spec §9.3 `message-payload-version`, §12 feature bits; absent extension means
+/// [`MessagePayloadVersion::Legacy`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[repr(u8)]
 pub enum MessagePayloadVersion {
@@ -55,14 +57,13 @@ pub enum MessagePayloadVersion {
     WithMetadataBox = 0x01,
 }
 
-impl TryFrom<u8> for MessagePayloadVersion {
-    type Error = MessageError;
-
-    fn try_from(value: u8) -> Result<Self, MessageError> {
-        match value {
-            0x00 => Ok(Self::Legacy),
-            0x01 => Ok(Self::WithMetadataBox),
-            other => Err(MessageError::UnsupportedPayloadVersion(other)),
+impl From<CspFeatures> for MessagePayloadVersion {
+    /// Every byte value is a valid feature set, so no login is refused for it (spec §12).
+    fn from(features: CspFeatures) -> Self {
+        if features.message_with_metadata_box() {
+            Self::WithMetadataBox
+        } else {
+            Self::Legacy
         }
     }
 }
@@ -92,9 +93,6 @@ pub enum MessageError {
     /// A message with metadata cannot be expressed as a legacy-message.
     #[error("a message with metadata has no legacy-message form")]
     HasMetadata,
-    /// The session announced a message payload version this code does not know (unsupported).
-    #[error("unsupported message payload version {0}")]
-    UnsupportedPayloadVersion(u8),
 }
 
 /// The `message-with-metadata-box` struct, still encrypted.
@@ -943,19 +941,20 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn payload_version_bytes_match_the_login_extension() {
-        assert_eq!(
-            MessagePayloadVersion::try_from(0),
-            Ok(MessagePayloadVersion::Legacy)
-        );
-        assert_eq!(
-            MessagePayloadVersion::try_from(1),
-            Ok(MessagePayloadVersion::WithMetadataBox)
-        );
-        assert_eq!(
-            MessagePayloadVersion::try_from(2),
-            Err(MessageError::UnsupportedPayloadVersion(2))
-        );
+    fn payload_version_follows_bit_0_of_the_feature_byte() {
+        for (bits, expected) in [
+            (0, MessagePayloadVersion::Legacy),
+            (1, MessagePayloadVersion::WithMetadataBox),
+            (2, MessagePayloadVersion::Legacy),
+            (3, MessagePayloadVersion::WithMetadataBox),
+            (0xff, MessagePayloadVersion::WithMetadataBox),
+        ] {
+            assert_eq!(
+                MessagePayloadVersion::from(CspFeatures(bits)),
+                expected,
+                "{bits}"
+            );
+        }
         assert_eq!(
             MessagePayloadVersion::default(),
             MessagePayloadVersion::Legacy

@@ -10,6 +10,7 @@
 //! - message / metadata / e2e / receipt / group / flags: §9.5.
 
 mod client;
+mod clock;
 mod e2e;
 mod extension;
 mod flags;
@@ -27,11 +28,11 @@ mod unit;
 mod testkit;
 
 pub use client::{ClientEvent, CspClient, CspClientConfig};
+pub use clock::{clock_offset_ms, clock_warning, MAX_CLOCK_OFFSET_MS};
 pub use e2e::{encode_e2e, E2eContainer, E2eError, E2eMessageType, E2E_MIN_PADDED_LEN};
 pub use extension::{
-    DeviceCookie, ExtensionError, Extensions, EXT_CLIENT_INFO, EXT_CSP_DEVICE_ID,
-    EXT_DEVICE_COOKIE, EXT_MESSAGE_PAYLOAD_VERSION, MAX_EXTENSIONS_LEN,
-    MESSAGE_PAYLOAD_VERSION_WITH_METADATA,
+    CspFeatures, DeviceCookie, ExtensionError, Extensions, EXT_CLIENT_INFO, EXT_CSP_DEVICE_ID,
+    EXT_DEVICE_COOKIE, EXT_FEATURES, MAX_EXTENSIONS_LEN,
 };
 pub use flags::MessageFlags;
 pub use frame::{
@@ -41,9 +42,9 @@ pub use frame::{
 pub use group::{GroupCreatorContainer, GroupMemberContainer};
 pub use handshake::{
     check_extensions_box_len, validate_identity, vouch, ClientHello, ClientInfoField, Cookie,
-    CspError, LoginData, ServerChallengeResponse, ServerHello, CLIENT_HELLO_LEN, COOKIE_LEN,
-    EXTENSION_MAGIC, LOGIN_ACK_LEN, LOGIN_ACK_PLAINTEXT, LOGIN_BOX_LEN, LOGIN_DATA_LEN,
-    MAX_EXTENSIONS_BOX_LEN, SERVER_CHALLENGE_RESPONSE_LEN, SERVER_HELLO_LEN,
+    CspError, LoginAck, LoginData, ServerChallengeResponse, ServerHello, CLIENT_HELLO_LEN,
+    COOKIE_LEN, EXTENSION_MAGIC, LOGIN_ACK_LEN, LOGIN_ACK_PLAINTEXT_LEN, LOGIN_BOX_LEN,
+    LOGIN_DATA_LEN, MAX_EXTENSIONS_BOX_LEN, SERVER_CHALLENGE_RESPONSE_LEN, SERVER_HELLO_LEN,
 };
 pub use message::{
     is_valid_identity, open_message, open_message_with_keys, seal_message, seal_message_with_keys,

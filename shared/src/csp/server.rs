@@ -36,8 +36,7 @@ use super::extension::Extensions;
 use super::frame::{CipherState, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 use super::handshake::{
     check_extensions_box_len, validate_identity, vouch, ClientHello, ClientInfoField, Cookie,
-    CspError, LoginData, ServerChallengeResponse, CLIENT_HELLO_LEN, LOGIN_ACK_PLAINTEXT,
-    LOGIN_BOX_LEN,
+    CspError, LoginAck, LoginData, ServerChallengeResponse, CLIENT_HELLO_LEN, LOGIN_BOX_LEN,
 };
 use super::unit::{Assembler, Expect};
 
@@ -202,12 +201,24 @@ impl CspServer {
     }
 
     /// Answers [`ServerEvent::NeedIdentityKey`]: `None` means the directory does not know the
-    /// identity. Checks the vouch, queues login-ack and processes bytes held meanwhile.
+    /// identity. Checks the vouch, queues login-ack in the old layout (16 zero bytes, spec §9.2)
+    /// and processes bytes held meanwhile.
     pub fn provide_identity_key(&mut self, key: Option<PublicKey>) -> Result<(), CspError> {
+        self.provide_identity_key_with_ack(key, LoginAck::default())
+    }
+
+    /// Like [`Self::provide_identity_key`], with the current login-ack layout (spec §12): the
+    /// server's time and queue length come from the caller, since this machine has no clock
+    /// and no storage.
+    pub fn provide_identity_key_with_ack(
+        &mut self,
+        key: Option<PublicKey>,
+        ack: LoginAck,
+    ) -> Result<(), CspError> {
         if self.is_failed() {
             return Err(CspError::AfterFailure);
         }
-        let result = self.authenticate(key).and_then(|()| {
+        let result = self.authenticate(key, ack).and_then(|()| {
             let held = core::mem::take(&mut self.held);
             self.receive_units(&mut held.as_slice())
         });
@@ -376,7 +387,7 @@ impl CspServer {
         Ok(())
     }
 
-    fn authenticate(&mut self, key: Option<PublicKey>) -> Result<(), CspError> {
+    fn authenticate(&mut self, key: Option<PublicKey>, ack: LoginAck) -> Result<(), CspError> {
         let State::AwaitingIdentityKey {
             mut session,
             login,
@@ -402,8 +413,8 @@ impl CspServer {
         if !ct_eq(&expected, &login.vouch) {
             return Err(CspError::BadVouch);
         }
-        let ack = session.tx.seal(&LOGIN_ACK_PLAINTEXT)?;
-        self.transmits.push_back(ack);
+        let sealed = session.tx.seal(&ack.encode())?;
+        self.transmits.push_back(sealed);
         self.events.push_back(ServerEvent::Authenticated {
             identity: login.identity,
             extensions,

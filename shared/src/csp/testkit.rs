@@ -144,7 +144,7 @@ impl Pair {
             .iter()
             .filter_map(|e| match e {
                 ClientEvent::Payload(p) => Some(p.clone()),
-                ClientEvent::Established => None,
+                ClientEvent::Established(_) => None,
             })
             .collect();
         let server = self

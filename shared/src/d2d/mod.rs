@@ -30,5 +30,10 @@ pub use envelope::{
     MAX_SEALED_ENVELOPE_LEN,
 };
 pub use error::D2dError;
+
+/// The d2d `ProtocolVersion` every envelope this device reflects carries (protocol version 23's
+/// `Envelope.protocol_version`): V0.1, because siblings apply group control from reflected CSP
+/// messages (docs/protocol.md "Protocol version 23").
+pub const PROTOCOL_VERSION: u32 = crate::proto::d2d::ProtocolVersion::V01 as u32;
 pub use shared_device_data::{open_shared_device_data, seal_shared_device_data, SharedDeviceData};
 pub use transaction_scope::{open_transaction_scope, seal_transaction_scope, Scope};

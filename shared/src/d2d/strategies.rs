@@ -460,11 +460,10 @@ pub(crate) fn user_profile_sync() -> BoxedStrategy<d2d::UserProfileSync> {
 }
 
 pub(crate) fn contact_sync() -> BoxedStrategy<d2d::ContactSync> {
-    use d2d::contact_sync::{Action, Create, Delete, Update};
+    use d2d::contact_sync::{Action, Create, Update};
     prop_oneof![
         of(contact()).prop_map(|contact| Action::Create(Create { contact })),
         of(contact()).prop_map(|contact| Action::Update(Update { contact })),
-        identity().prop_map(|delete_identity| Action::Delete(Delete { delete_identity })),
     ]
     .prop_map(|action| d2d::ContactSync {
         action: Some(action),
@@ -476,7 +475,14 @@ pub(crate) fn group_sync() -> BoxedStrategy<d2d::GroupSync> {
     use d2d::group_sync::{Action, Create, Delete, Update};
     prop_oneof![
         of(group()).prop_map(|group| Action::Create(Create { group })),
-        of(group()).prop_map(|group| Action::Update(Update { group })),
+        (
+            of(group()),
+            proptest::collection::btree_map(identity(), 0..3_i32, 0..3)
+        )
+            .prop_map(|(group, member_state_changes)| Action::Update(Update {
+                group,
+                member_state_changes
+            })),
         of(group_identity()).prop_map(|group_identity| Action::Delete(Delete { group_identity })),
     ]
     .prop_map(|action| d2d::GroupSync {
@@ -547,10 +553,13 @@ pub(crate) fn content() -> BoxedStrategy<Content> {
 
 /// An envelope with content and no padding: what [`super::open_envelope`] returns.
 pub(crate) fn envelope() -> BoxedStrategy<Envelope> {
-    (any::<u64>(), content())
-        .prop_map(|(device_id, content)| Envelope {
+    // Protocol version 23's `protocol_version`: the known values and any other.
+    let version = prop_oneof![0..=3_u32, any::<u32>()];
+    (any::<u64>(), version, content())
+        .prop_map(|(device_id, protocol_version, content)| Envelope {
             padding: Vec::new(),
             device_id,
+            protocol_version,
             content: Some(content),
         })
         .boxed()

@@ -49,7 +49,7 @@ mod tests {
         ChaCha20Rng::seed_from_u64(seed)
     }
 
-    const ALL: [Scope; 7] = [
+    const ALL: [Scope; 9] = [
         Scope::UserProfileSync,
         Scope::ContactSync,
         Scope::GroupSync,
@@ -57,6 +57,8 @@ mod tests {
         Scope::SettingsSync,
         Scope::MdmParameterSync,
         Scope::NewDeviceSync,
+        Scope::DropDevice,
+        Scope::WorkSyncDelta,
     ];
 
     proptest! {
@@ -81,7 +83,8 @@ mod tests {
     #[test]
     fn scope_values_are_the_spec_table() {
         let values: Vec<i32> = ALL.iter().map(|&s| i32::from(s)).collect();
-        assert_eq!(values, [0, 1, 2, 3, 4, 5, 6]);
+        // 7 and 8 are protocol version 23's additions.
+        assert_eq!(values, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
     #[test]
@@ -98,11 +101,11 @@ mod tests {
 
     #[test]
     fn unknown_scope_is_refused() {
-        // scope: field 1 varint -> 0x08, value 7.
-        let sealed = seal_nonce_ahead(&dgtsk(), &mut rng(0), &[0x08, 0x07]);
+        // scope: field 1 varint -> 0x08, value 9 (8 is the last one protocol version 23 has).
+        let sealed = seal_nonce_ahead(&dgtsk(), &mut rng(0), &[0x08, 0x09]);
         assert_eq!(
             open_transaction_scope(&dgtsk(), &sealed),
-            Err(D2dError::UnknownScope(7))
+            Err(D2dError::UnknownScope(9))
         );
         // -1 as a ten-byte varint.
         let minus_one = hex::decode("08ffffffffffffffffff01").unwrap();

@@ -164,3 +164,50 @@ fn sync_enum_values() {
     assert_eq!(i32::from(sync::group::notification_trigger_policy_override::policy::NotificationTriggerPolicy::Never), 1);
     assert_eq!(i32::from(d2d::device_info::Platform::Web), 4);
 }
+
+/// Protocol version 23 (docs/protocol.md): `GroupSync.Update.member_state_changes` is field 2,
+/// a map string → enum (entry: key field 1, value field 2).
+#[test]
+fn group_sync_update_member_state_changes_is_a_map_at_field_2() {
+    use d2d::group_sync::{self, update::MemberStateChange};
+    let envelope = Envelope {
+        content: Some(Content::GroupSync(d2d::GroupSync {
+            action: Some(group_sync::Action::Update(group_sync::Update {
+                group: None,
+                member_state_changes: [("ABCDEFGH".to_owned(), MemberStateChange::Kicked as i32)]
+                    .into(),
+            })),
+        })),
+        ..Default::default()
+    };
+    // entry 0a08 "ABCDEFGH" 1001 (12) → 120c…; Update (14) → GroupSync.update 120e…;
+    // Envelope.group_sync field 7 → 3a10….
+    let expected = "3a10120e120c0a0841424344454647481001";
+    assert_eq!(hex_of(&envelope), expected);
+    assert_eq!(
+        Envelope::decode(hex::decode(expected).unwrap().as_slice()).unwrap(),
+        envelope
+    );
+}
+
+/// Protocol version 23: `TransactionScope` gains DROP_DEVICE = 7 and WORK_SYNC_DELTA = 8;
+/// `AcquaintanceLevel` 1 is GROUP_OR_DELETED; `CspE2eMessageType` has WORK_SYNC_DELTA = 0xfd.
+#[test]
+fn protocol_version_23_enum_values() {
+    use d2d::transaction_scope::Scope;
+    let scope = |s: Scope| d2d::TransactionScope { scope: s as i32 };
+    assert_eq!(hex_of(&scope(Scope::DropDevice)), "0807");
+    assert_eq!(hex_of(&scope(Scope::WorkSyncDelta)), "0808");
+    assert_eq!(
+        d2d::TransactionScope::decode(&[0x08, 0x08][..])
+            .unwrap()
+            .scope(),
+        Scope::WorkSyncDelta
+    );
+    assert_eq!(contact::AcquaintanceLevel::GroupOrDeleted as i32, 1);
+    assert_eq!(CspE2eMessageType::WorkSyncDelta as i32, 0xfd);
+    assert_eq!(
+        crate::proto::common::CspFeatureMaskFlag::GroupSupport as i32,
+        0x0002
+    );
+}

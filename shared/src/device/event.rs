@@ -3,7 +3,7 @@
 use core::fmt;
 
 use crate::crypto::Nonce;
-use crate::csp::CspError;
+use crate::csp::{CspError, LoginAck};
 use crate::d2d::{D2dError, DeviceInfo, Scope, SharedDeviceData};
 use crate::d2m::{
     ChallengeError, CloseCode, D2mDecodeError, D2mEncodeError, PayloadType, Reconnect,
@@ -159,8 +159,9 @@ pub enum Event {
         /// The dropped device.
         device_id: u64,
     },
-    /// CSP login-ack arrived through the proxy.
-    CspEstablished,
+    /// CSP login-ack arrived through the proxy, with the server's time and queue length when
+    /// the server sent them (spec §12).
+    CspEstablished(LoginAck),
     /// One decrypted CSP payload container.
     CspPayload(CspPayload),
     /// The connection is over; nothing more comes.

@@ -182,6 +182,7 @@ impl DeviceSession {
     ) -> Result<u32, DeviceError> {
         self.require_authenticated()?;
         envelope.device_id = self.config.device_id;
+        envelope.protocol_version = crate::d2d::PROTOCOL_VERSION;
         let sealed =
             seal_envelope(&self.config.keys.dgrk, envelope, rng).map_err(DeviceError::Seal)?;
         let flags = if ephemeral {
@@ -538,7 +539,7 @@ impl DeviceSession {
         while let Some(event) = client.poll_event() {
             self.events.push_back(match event {
                 ClientEvent::Payload(bytes) => Event::CspPayload(CspPayload(bytes)),
-                _ => Event::CspEstablished,
+                ClientEvent::Established(ack) => Event::CspEstablished(ack),
             });
         }
         for unit in units {

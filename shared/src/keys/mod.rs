@@ -13,4 +13,4 @@ pub use client::{ClientKey, IDENTITY_LEN};
 pub use device_group::{DeviceGroupKey, DeviceGroupKeys};
 pub use identity::is_valid_identity;
 pub use peer::{PeerKeyCache, PeerKeys};
-pub use url::{mediator_path, ClientUrlInfo, UrlError};
+pub use url::{mediator_path, server_group_spellings, ClientUrlInfo, UrlError};

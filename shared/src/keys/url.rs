@@ -80,11 +80,13 @@ impl ClientUrlInfo {
     }
 
     /// Parses the request path of a mediator WebSocket upgrade (`/{prefix8}/{hex}`, with or
-    /// without the leading slash).
+    /// without the leading slash). The prefix may be one hex digit when the group id's first
+    /// byte is below 0x10: some current clients do not zero-pad it, and the prefix is only a
+    /// routing hint that must name the same byte (docs/protocol.md "Protocol version 23").
     pub fn from_path(path: &str) -> Result<Self, UrlError> {
         let path = path.strip_prefix('/').unwrap_or(path);
         let (prefix, hex_part) = path.split_once('/').ok_or(UrlError::PathShape)?;
-        if prefix.len() != 2 || hex_part.is_empty() || hex_part.contains('/') {
+        if !(1..=2).contains(&prefix.len()) || hex_part.is_empty() || hex_part.contains('/') {
             return Err(UrlError::PathShape);
         }
         if !is_lower_hex(prefix) || !is_lower_hex(hex_part) {
@@ -92,7 +94,8 @@ impl ClientUrlInfo {
         }
         let bytes = crate::encoding::hex_decode(hex_part).map_err(|_| UrlError::Hex)?;
         let info = Self::decode(&bytes)?;
-        if crate::encoding::hex_encode(&info.device_group_id.0[..1]) != prefix {
+        let first = info.device_group_id.0.first().copied();
+        if u8::from_str_radix(prefix, 16).ok() != first {
             return Err(UrlError::Prefix);
         }
         Ok(info)
@@ -112,6 +115,25 @@ fn validate_server_group(group: &str) -> Result<(), UrlError> {
         return Err(UrlError::ServerGroup);
     }
     Ok(())
+}
+
+/// The spellings of a server group to look its chat server up under, in order: as sent, then
+/// for a decimal group its two-digit zero-padded and its unpadded spellings. Some current
+/// clients send `"1"` where the configuration (and Threema's own) says `01`; both can only mean
+/// one group (docs/protocol.md "Protocol version 23", leniencies). Other groups: as sent.
+#[must_use]
+pub fn server_group_spellings(group: &str) -> Vec<String> {
+    let mut out = vec![group.to_owned()];
+    if group.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(n) = group.parse::<u64>() {
+            for spelling in [format!("{n:02}"), n.to_string()] {
+                if !out.contains(&spelling) {
+                    out.push(spelling);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `{prefix8}/{lowercase hex(ClientUrlInfo)}` (spec §1.2).
@@ -142,6 +164,50 @@ mod tests {
         assert_eq!(ClientUrlInfo::from_path(&format!("/{path}")).unwrap(), info);
     }
 
+    /// Leniency (protocol version 23 clients): a first byte below 0x10 may come without its
+    /// leading zero; both spellings name the same group, any other digit is still refused.
+    #[test]
+    fn one_digit_prefix_is_accepted_for_a_first_byte_below_0x10() {
+        let mut id = [0x11; 32];
+        id[0] = 0x07;
+        let info = ClientUrlInfo::new(PublicKey(id), "1").unwrap();
+        let hex_part = data_encoding::HEXLOWER.encode(&info.encode());
+        assert_eq!(
+            info.path(),
+            format!("07/{hex_part}"),
+            "we still write two digits"
+        );
+        for prefix in ["07", "7"] {
+            assert_eq!(
+                ClientUrlInfo::from_path(&format!("/{prefix}/{hex_part}")),
+                Ok(info.clone()),
+                "{prefix}"
+            );
+        }
+        for prefix in ["8", "70", "0"] {
+            assert_eq!(
+                ClientUrlInfo::from_path(&format!("/{prefix}/{hex_part}")),
+                Err(UrlError::Prefix),
+                "{prefix}"
+            );
+        }
+    }
+
+    /// Leniency: a decimal server group is also looked up zero-padded and unpadded.
+    #[test]
+    fn decimal_server_groups_have_their_padded_spellings() {
+        assert_eq!(server_group_spellings("1"), ["1", "01"]);
+        assert_eq!(server_group_spellings("01"), ["01", "1"]);
+        assert_eq!(server_group_spellings("001"), ["001", "01", "1"]);
+        assert_eq!(server_group_spellings("12"), ["12"]);
+        assert_eq!(server_group_spellings("0"), ["0", "00"]);
+        assert_eq!(server_group_spellings("1a"), ["1a"]);
+        assert_eq!(
+            server_group_spellings("99999999999999999999"),
+            ["99999999999999999999"]
+        );
+    }
+
     #[test]
     fn rejects_bad_paths() {
         let info = ClientUrlInfo::new(PublicKey([0xab; 32]), "01").unwrap();
@@ -155,6 +221,14 @@ mod tests {
             Err(UrlError::Hex)
         );
         assert_eq!(ClientUrlInfo::from_path("/ab"), Err(UrlError::PathShape));
+        assert_eq!(
+            ClientUrlInfo::from_path(&format!("/b/{hex_part}")),
+            Err(UrlError::Prefix)
+        );
+        assert_eq!(
+            ClientUrlInfo::from_path(&format!("/0ab/{hex_part}")),
+            Err(UrlError::PathShape)
+        );
         assert_eq!(
             ClientUrlInfo::from_path("/ab/0a"),
             Err(UrlError::Decode(

@@ -26,8 +26,8 @@ use tandem_shared::app::{
 };
 use tandem_shared::crypto::{PublicKey, SecretKey};
 use tandem_shared::csp::{
-    CspPayload, CspServer, CspServerConfig, MessageAck, MessageFlags, MessagePayloadVersion,
-    MessageWithMetadataBox, ServerEvent,
+    CspPayload, CspServer, CspServerConfig, LoginAck, MessageAck, MessageFlags,
+    MessagePayloadVersion, MessageWithMetadataBox, ServerEvent,
 };
 use tandem_shared::d2d::{DeviceInfo, Platform};
 use tandem_shared::d2m::CloseCode;
@@ -61,6 +61,15 @@ pub struct ChatServer {
     /// `(receiver, sender, message id)` of every message a receiver acked: the chat server
     /// forgot it, so the receiver's devices are all that hold it.
     pub acked: Vec<([u8; 8], [u8; 8], u64)>,
+    /// The time the server puts into login-ack (spec §12); `None`: the old zero layout.
+    pub login_ack_time_ms: Option<u64>,
+    /// Behave like a chat server of before protocol version 23: a feature byte other than 0 or
+    /// 1 gets close-error "unsupported message payload version N" and the connection ends.
+    pub payload_version_only: bool,
+    /// The feature byte of every login, in order (`None`: no extension).
+    pub logins: Vec<Option<u8>>,
+    /// Sessions the server ended, for the world to tell their mediator.
+    closed: Vec<ConnId>,
 }
 
 impl ChatServer {
@@ -73,6 +82,10 @@ impl ChatServer {
             next_seq: 0,
             log: Vec::new(),
             acked: Vec::new(),
+            login_ack_time_ms: None,
+            payload_version_only: false,
+            logins: Vec::new(),
+            closed: Vec::new(),
         }
     }
 
@@ -122,14 +135,41 @@ impl ChatServer {
                     let key = Identity::new(identity)
                         .ok()
                         .and_then(|i| self.directory.get(&i).copied());
+                    let ack = LoginAck {
+                        server_time_ms: self.login_ack_time_ms.unwrap_or(0),
+                        queued_messages: u32::try_from(
+                            self.queues.get(&identity).map_or(0, VecDeque::len),
+                        )
+                        .unwrap(),
+                    };
                     let session = self.sessions.get_mut(&conn).unwrap();
-                    if session.server.provide_identity_key(key).is_err() {
+                    if session
+                        .server
+                        .provide_identity_key_with_ack(key, ack)
+                        .is_err()
+                    {
                         self.sessions.remove(&conn);
                         return;
                     }
                 }
-                ServerEvent::Authenticated { identity, .. } => {
+                ServerEvent::Authenticated {
+                    identity,
+                    extensions,
+                } => {
                     self.sessions.get_mut(&conn).unwrap().identity = Some(identity);
+                    let bits = extensions.features.map(|f| f.0);
+                    self.logins.push(bits);
+                    if self.payload_version_only && bits.unwrap_or(0) > 1 {
+                        let bits = bits.unwrap_or(0);
+                        self.send(
+                            conn,
+                            &CspPayload::CloseError {
+                                can_reconnect: false,
+                                message: format!("unsupported message payload version {bits}"),
+                            },
+                        );
+                        self.closed.push(conn);
+                    }
                 }
                 ServerEvent::Payload(bytes) => self.on_payload(conn, &bytes),
                 _ => {}
@@ -665,6 +705,16 @@ impl World {
                     .get_mut(&identity)
                     .unwrap()
                     .on_csp_bytes(conn, &bytes, now);
+            }
+        }
+        for conn in std::mem::take(&mut self.chat.closed) {
+            moved = true;
+            self.chat.close(conn);
+            if let Some(identity) = self.identity_of(conn) {
+                self.groups
+                    .get_mut(&identity)
+                    .unwrap()
+                    .on_csp_closed(conn, now);
             }
         }
         moved

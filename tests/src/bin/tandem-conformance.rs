@@ -36,6 +36,10 @@ enum Sub {
     ProtoDecode { name: String, hex: String },
     /// Encode proto3 JSON as a protobuf message.
     ProtoEncode { name: String, json: String },
+    /// Decode a CSP login extensions plaintext (the feature byte read as bits).
+    CspExtensionsDecode { hex: String },
+    /// Decode a CSP login-ack plaintext (16 bytes, either layout).
+    CspLoginAckDecode { hex: String },
     /// Decode an ID backup.
     IdBackupDecode { backup: String, password: String },
     /// Encode an ID backup (random salt).
@@ -69,6 +73,8 @@ fn main() -> ExitCode {
         Sub::D2mEncode { json } => Command::D2mEncode { json },
         Sub::ProtoDecode { name, hex } => Command::ProtoDecode { name, hex },
         Sub::ProtoEncode { name, json } => Command::ProtoEncode { name, json },
+        Sub::CspExtensionsDecode { hex } => Command::CspExtensionsDecode { hex },
+        Sub::CspLoginAckDecode { hex } => Command::CspLoginAckDecode { hex },
         Sub::IdBackupDecode { backup, password } => Command::IdBackupDecode { backup, password },
         Sub::IdBackupEncode {
             identity,

@@ -4,12 +4,14 @@
 //! Every command answers one JSON object, or fails with a [`ShimError`] whose `Display` is a
 //! single line.
 
+mod csp;
 mod d2m;
 mod json;
 mod keys;
 
 use serde_json::Value;
 
+pub use csp::{csp_extensions_decode, csp_login_ack_decode};
 pub use d2m::{d2m_decode, d2m_encode};
 pub use json::{proto_decode, proto_encode, PROTO_NAMES};
 pub use keys::{dgk, group_keys, id_backup_decode, id_backup_encode};
@@ -30,6 +32,10 @@ pub enum Command {
     ProtoDecode { name: String, hex: String },
     /// `proto-encode <name> <json>`
     ProtoEncode { name: String, json: String },
+    /// `csp-extensions-decode <hex>`
+    CspExtensionsDecode { hex: String },
+    /// `csp-login-ack-decode <hex>`
+    CspLoginAckDecode { hex: String },
     /// `id-backup-decode <backup> <password>`
     IdBackupDecode { backup: String, password: String },
     /// `id-backup-encode <identity> <ck-hex> <password>`
@@ -104,6 +110,10 @@ pub fn run(command: &Command) -> Result<Value, ShimError> {
         Command::D2mEncode { json } => d2m_encode(&parse_json(json)?),
         Command::ProtoDecode { name, hex } => proto_decode(name, &decode_hex("hex", hex)?),
         Command::ProtoEncode { name, json } => proto_encode(name, &parse_json(json)?),
+        Command::CspExtensionsDecode { hex } => {
+            csp_extensions_decode(&decode_hex("extensions", hex)?)
+        }
+        Command::CspLoginAckDecode { hex } => csp_login_ack_decode(&decode_hex("login-ack", hex)?),
         Command::IdBackupDecode { backup, password } => id_backup_decode(backup, password),
         Command::IdBackupEncode {
             identity,

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 use tandem_shared::crypto::{BoxKey, PublicKey, SecretKey, TAG_LEN};
 use tandem_shared::csp::{
     validate_identity, vouch, CipherState, ClientEvent, ClientHello, ClientInfoField, Cookie,
-    CspClient, CspClientConfig, CspError, CspServer, CspServerConfig, Extensions, LoginData,
-    ServerEvent, ServerHello, CLIENT_HELLO_LEN, MAX_FRAME_LEN, MAX_FRAME_PLAINTEXT_LEN,
+    CspClient, CspClientConfig, CspError, CspServer, CspServerConfig, Extensions, LoginAck,
+    LoginData, ServerEvent, ServerHello, CLIENT_HELLO_LEN, MAX_FRAME_LEN, MAX_FRAME_PLAINTEXT_LEN,
     SERVER_HELLO_LEN,
 };
 use tandem_shared::keys::{ClientKey, IDENTITY_LEN};
@@ -105,7 +105,7 @@ pub fn csp_client(data: &[u8]) {
             let mut stream = fixture.server_stream.clone();
             let (key, sck) = &fixture.server_tx;
             let mut tx = CipherState::starting_at(key.clone(), *sck, FIRST_FRAME_SEQ);
-            let mut events = vec![ClientEvent::Established];
+            let mut events = vec![ClientEvent::Established(LoginAck::default())];
             for payload in payloads(&mut input) {
                 stream.extend(tx.seal_frame(payload).expect("payload fits a frame"));
                 events.push(ClientEvent::Payload(payload.to_vec()));
@@ -518,7 +518,7 @@ mod tests {
         assert_eq!(
             run.events,
             [
-                ClientEvent::Established,
+                ClientEvent::Established(LoginAck::default()),
                 ClientEvent::Payload(vec![0xd0, 0, 0, 0])
             ]
         );

@@ -8,9 +8,9 @@
 use prost::Message;
 use tandem_shared::crypto::{seal_nonce_ahead, SecretKey};
 use tandem_shared::csp::{
-    encode_e2e, CspPayload, DeliveryReceipt, DeliveryStatus, DeviceCookie, E2eMessageType,
-    Extensions, GroupMemberContainer, MessageAck, MessageFlags, MessageWithMetadataBox, PushToken,
-    PushTokenType,
+    encode_e2e, CspFeatures, CspPayload, DeliveryReceipt, DeliveryStatus, DeviceCookie,
+    E2eMessageType, Extensions, GroupMemberContainer, MessageAck, MessageFlags,
+    MessageWithMetadataBox, PushToken, PushTokenType,
 };
 use tandem_shared::d2d;
 use tandem_shared::d2m::{D2mMessage, Reflect, ReflectAck, ReflectFlags, Reflected, ReflectedAck};
@@ -198,6 +198,7 @@ fn d2d_envelope() -> Vec<Seed> {
     let envelope = |content: d2d_pb::envelope::Content| d2d_pb::Envelope {
         padding: vec![0; 5],
         device_id: 0x1111_2222_3333_4444,
+        protocol_version: 1,
         content: Some(content),
     };
     let outgoing = envelope(d2d_pb::envelope::Content::OutgoingMessage(
@@ -326,7 +327,7 @@ fn csp_server() -> Vec<Seed> {
     let extensions = Extensions {
         client_info: Some("Tandem fuzz seed".to_owned()),
         csp_device_id: Some(0x0102_0304_0506_0708),
-        message_payload_version: Some(1),
+        features: Some(CspFeatures(1)),
         device_cookie: Some(DeviceCookie([0x0c; 16])),
     }
     .encode()

@@ -398,7 +398,7 @@ impl Device {
     /// CSP login-ack through the proxy.
     pub async fn csp_established(&mut self) -> Result<(), HarnessError> {
         self.wait_for("CSP login-ack", DEFAULT_WAIT, |e| {
-            matches!(e, Event::CspEstablished).then_some(())
+            matches!(e, Event::CspEstablished(_)).then_some(())
         })
         .await
     }

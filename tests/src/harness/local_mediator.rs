@@ -392,7 +392,10 @@ fn apply_effects(
             }
             Effect::OpenCsp { conn } => {
                 if let (Some(state), Some(inputs)) = (conns.get_mut(&conn), inputs.upgrade()) {
-                    let addr = shared.chat_servers.get(&state.server_group).copied();
+                    // The Worker's lookup, leniency included (docs/protocol.md).
+                    let addr = tandem_shared::keys::server_group_spellings(&state.server_group)
+                        .iter()
+                        .find_map(|group| shared.chat_servers.get(group).copied());
                     let (tx, rx) = mpsc::unbounded_channel();
                     let task = tokio::spawn(run_csp(addr, conn, rx, inputs));
                     shared.track(task.abort_handle());
