@@ -48,8 +48,10 @@ pub struct State {
     /// Keyed by `own.identity`, which never changes for a state.
     nonce_hasher: NonceHasher,
     journal: Option<Vec<Content>>,
-    /// New devices owed an answer: device id → history cap (`RecordKind::SyncJournal`).
-    answers_owed: BTreeMap<u64, u32>,
+    /// New devices owed an answer: (device id, history cap) (`RecordKind::SyncJournal`). A
+    /// vector: there are a handful at most, and a map of its own would cost the browser
+    /// package a monomorphised B-tree.
+    answers_owed: Vec<(u64, u32)>,
     next_seq: u64,
     ops: Vec<Op>,
 }
@@ -70,7 +72,7 @@ impl State {
             by_conversation: HashMap::new(),
             nonces: NonceStore::default(),
             journal: None,
-            answers_owed: BTreeMap::new(),
+            answers_owed: Vec::new(),
             next_seq: 1,
             ops: Vec::new(),
         };
@@ -89,7 +91,7 @@ impl State {
         let mut messages = BTreeMap::new();
         let mut nonces = NonceStore::default();
         let mut journal = None;
-        let mut answers_owed = BTreeMap::new();
+        let mut answers_owed = Vec::new();
         for record in records {
             match record.kind {
                 RecordKind::Identity => own = Some(decode_own(&record)?),
@@ -116,7 +118,7 @@ impl State {
                 }
                 RecordKind::SyncJournal if is_answer_record(&record) => {
                     let (device_id, max) = decode_answer(&record)?;
-                    answers_owed.insert(device_id, max);
+                    answers_owed.push((device_id, max));
                 }
                 RecordKind::SyncJournal => journal = Some(decode_journal(&record)?),
             }
@@ -316,22 +318,28 @@ impl State {
     }
 
     /// New devices this device owes an answer (device id → history cap).
-    pub(crate) const fn answers_owed(&self) -> &BTreeMap<u64, u32> {
+    pub(crate) fn answers_owed(&self) -> &[(u64, u32)] {
         &self.answers_owed
     }
 
     /// A new device asked: until its answer is seen in full (or taken over by a sibling), a
     /// restart must not forget it.
     pub(crate) fn put_answer_owed(&mut self, device_id: u64, max_history_messages: u32) {
-        if self.answers_owed.insert(device_id, max_history_messages) != Some(max_history_messages) {
-            self.ops
-                .push(Op::Put(answer_record(device_id, max_history_messages)));
+        let entry = (device_id, max_history_messages);
+        if self.answers_owed.contains(&entry) {
+            return;
         }
+        self.answers_owed.retain(|(id, _)| *id != device_id);
+        self.answers_owed.push(entry);
+        self.ops
+            .push(Op::Put(answer_record(device_id, max_history_messages)));
     }
 
     /// The answer to `device_id` is no longer this device's to give.
     pub(crate) fn clear_answer_owed(&mut self, device_id: u64) {
-        if self.answers_owed.remove(&device_id).is_some() {
+        let before = self.answers_owed.len();
+        self.answers_owed.retain(|(id, _)| *id != device_id);
+        if self.answers_owed.len() != before {
             self.ops.push(Op::Delete {
                 kind: RecordKind::SyncJournal,
                 key: answer_key(device_id),

@@ -294,12 +294,7 @@ impl App {
                 .queue
                 .push_front(SyncOp::Replay(contents.to_vec()));
         }
-        let owed: Vec<(u64, u32)> = self
-            .state
-            .answers_owed()
-            .iter()
-            .map(|(&device_id, &max)| (device_id, max))
-            .collect();
+        let owed = self.state.answers_owed().to_vec();
         for (device_id, max_history_messages) in owed {
             self.enqueue_sync(SyncOp::NewDeviceSync {
                 device_id,
