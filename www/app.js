@@ -160,10 +160,18 @@ function setConnection(event) {
   }
 }
 
-async function renderDevices() {
+/**
+ * Asks the mediator for the group's devices once; the answer comes back as a `devices` event,
+ * which only renders. (Rendering must never ask again: a `devices` handler that called
+ * `listDevices` sent GetDevicesInfo in a loop, ≈ 1 000 frames a second with Settings open.)
+ */
+function refreshDevices() {
+  client.listDevices().catch((e) => toast(e.message, true));
+}
+
+function showDevices(devices) {
   const ul = $('devices');
   ul.replaceChildren();
-  const devices = await client.listDevices().catch((e) => { toast(e.message, true); return []; });
   for (const d of devices) {
     const li = document.createElement('li');
     const what = document.createElement('span');
@@ -178,7 +186,7 @@ async function renderDevices() {
       drop.addEventListener('click', () => {
         if (confirm(`Remove device "${d.label || d.id}"? It loses access and its queue.`)) {
           attempt(() => client.dropDevice(d.id));
-          setTimeout(renderDevices, 500);
+          setTimeout(refreshDevices, 500);
         }
       });
       li.append(drop);
@@ -213,7 +221,7 @@ function wire() {
     else typingPeers.delete(identity);
     if (current) renderChatHead();
   });
-  client.on('devices', () => { if ($('settings').open) renderDevices(); });
+  client.on('devices', (devices) => { if ($('settings').open) showDevices(devices); });
   client.on('newDeviceSync', ({ messages }) => toast(`Sent your data and ${messages} recent messages to a new device.`));
   client.on('syncFailed', ({ scope }) => toast(scope === 'NEW_DEVICE_SYNC'
     ? 'Could not send everything to your new device; it keeps what arrived.'
@@ -301,7 +309,7 @@ function wire() {
     $('backup-out').hidden = true;
     $('backup-out').value = '';
     $('settings').showModal();
-    renderDevices();
+    refreshDevices();
   });
   $('save-settings').addEventListener('click', () => {
     const nickname = $('set-nickname').value.trim();
@@ -318,7 +326,7 @@ function wire() {
     try {
       await client.renameDevice(label);
       toast('Device renamed.');
-      renderDevices();
+      refreshDevices();
     } catch (e) {
       toast(e.message, true);
     }

@@ -537,10 +537,14 @@ const SCENARIOS = {
   async web_app(browser) {
     const consoles = [];
     const contexts = [];
+    // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
+    const framesSent = new Map();
     const open = async (device) => {
       const context = await browser.newContext();
       contexts.push(context);
       const page = await context.newPage();
+      framesSent.set(page, 0);
+      page.on('websocket', (ws) => ws.on('framesent', () => framesSent.set(page, framesSent.get(page) + 1)));
       page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
       page.on('pageerror', (e) => consoles.push(`[web ${device}] pageerror: ${e.message}`));
       await page.goto(`${WORKER_HTTP}/?device=${device}`);
@@ -575,6 +579,12 @@ const SCENARIOS = {
       await visible(a, '#messages li.mine .meta:has-text("read")', 'the read mark on a (b showed the chat)');
 
       await a.click('#open-settings');
+      // Settings open and idle: the device list is asked for once, not in a loop.
+      await visible(a, '#devices li:has-text("this device")', 'this device in the settings\' device list');
+      const before = framesSent.get(a);
+      await a.waitForTimeout(10_000);
+      const idle = framesSent.get(a) - before;
+      check(idle <= 5, 'at most a handful of frames sent in 10 s with Settings open and idle', idle);
       await a.fill('#backup-password', PASSWORD);
       await a.click('#export-backup');
       const backup = await a.inputValue('#backup-out');
