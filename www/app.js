@@ -38,6 +38,8 @@ function attempt(fn) {
 
 const shortTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 const STATE_MARK = { pending: '…', sent: '✓', delivered: '✓✓', received: '', read: '✓✓ read' };
+// What a screen reader says instead of the marks ("check mark check mark" otherwise).
+const STATE_WORDS = { pending: 'sending', sent: 'sent', delivered: 'delivered', received: '', read: 'read' };
 
 function conversationName(id) {
   const [kind, rest] = [id.slice(0, id.indexOf('/')), id.slice(id.indexOf('/') + 1)];
@@ -60,22 +62,29 @@ function renderConversations() {
     const li = document.createElement('li');
     li.dataset.id = conv.id;
     li.classList.toggle('active', conv.id === current);
-    const text = document.createElement('div');
+    // A button, so Tab reaches every conversation and Enter or Space opens it.
+    const open = document.createElement('button');
+    open.type = 'button';
+    if (conv.id === current) open.setAttribute('aria-current', 'true');
+    const text = document.createElement('span');
     text.className = 'text';
     const name = document.createElement('strong');
     name.textContent = conversationName(conv.id);
-    const last = document.createElement('div');
+    const last = document.createElement('span');
     last.className = 'last muted';
+    last.style.display = 'block';
     last.textContent = conv.lastMessage ? conv.lastMessage.text : '';
     text.append(name, last);
-    li.append(text);
+    open.append(text);
     if (conv.unread > 0) {
       const badge = document.createElement('span');
       badge.className = 'unread';
       badge.textContent = String(conv.unread);
-      li.append(badge);
+      badge.setAttribute('aria-label', `${conv.unread} unread`);
+      open.append(badge);
     }
-    li.addEventListener('click', () => show(conv.id));
+    open.addEventListener('click', () => show(conv.id));
+    li.append(open);
     ul.append(li);
   }
 }
@@ -86,14 +95,25 @@ function renderMessages() {
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
   ol.replaceChildren();
   const isGroup = current.startsWith('group/');
+  // Group senders by name where one is known (one contacts() call per render, not per message).
+  const names = new Map(isGroup ? client.contacts().map((c) => [c.identity, c.displayName || c.identity]) : []);
   for (const m of attempt(() => client.messages(current)) || []) {
     const li = document.createElement('li');
     li.className = m.outgoing ? 'mine' : '';
     li.dataset.key = m.key;
-    li.textContent = isGroup && !m.outgoing ? `${m.sender}: ${m.text}` : m.text;
+    li.textContent = isGroup && !m.outgoing ? `${names.get(m.sender) ?? m.sender}: ${m.text}` : m.text;
     const meta = document.createElement('span');
     meta.className = 'meta';
-    meta.textContent = `${shortTime(m.createdAt)} ${m.outgoing ? STATE_MARK[m.state] ?? m.state : ''}`;
+    meta.textContent = shortTime(m.createdAt);
+    if (m.outgoing) {
+      const mark = document.createElement('span');
+      mark.textContent = ` ${STATE_MARK[m.state] ?? m.state}`;
+      mark.setAttribute('aria-hidden', 'true');
+      const words = document.createElement('span');
+      words.className = 'visually-hidden';
+      words.textContent = `, ${STATE_WORDS[m.state] ?? m.state}`;
+      meta.append(mark, words);
+    }
     li.append(meta);
     ol.append(li);
   }
@@ -116,6 +136,7 @@ function markReadIfVisible() {
 function show(id) {
   stopTyping();
   current = id;
+  $('main').classList.add('in-chat'); // at phone width, the chat replaces the list
   $('chat-empty').hidden = true;
   $('chat').hidden = false;
   renderChatHead();
@@ -125,6 +146,53 @@ function show(id) {
   markReadIfVisible();
   renderConversations();
   $('composer-text').focus();
+}
+
+/** Back to the conversation list (the only way back at phone width, where the chat covers it). */
+function closeChat() {
+  stopTyping();
+  const was = current;
+  current = null;
+  $('main').classList.remove('in-chat');
+  $('chat').hidden = true;
+  $('chat-empty').hidden = false;
+  renderConversations();
+  const li = [...$('conversations').children].find((el) => el.dataset.id === was);
+  (li?.querySelector('button') ?? $('new-chat-id')).focus();
+}
+
+/**
+ * Splits a text longer than one message may be into parts of at most `max` UTF-8 bytes, at a
+ * line break or a space in the second half of a part where there is one, else between
+ * characters (never inside one).
+ */
+function splitText(text, max) {
+  const encoder = new TextEncoder();
+  const parts = [];
+  let rest = text;
+  while (encoder.encode(rest).length > max) {
+    let bytes = 0;
+    let end = 0;
+    for (const ch of rest) {
+      const n = encoder.encode(ch).length;
+      if (bytes + n > max) break;
+      bytes += n;
+      end += ch.length;
+    }
+    const space = Math.max(rest.lastIndexOf('\n', end - 1), rest.lastIndexOf(' ', end - 1));
+    const cut = space >= end / 2 ? space + 1 : end;
+    parts.push(rest.slice(0, cut));
+    rest = rest.slice(cut);
+  }
+  parts.push(rest);
+  return parts.filter((p) => p.trim());
+}
+
+/** Grows the composer with its text, up to its CSS max-height. */
+function fitComposer() {
+  const box = $('composer-text');
+  box.style.height = 'auto';
+  box.style.height = `${box.scrollHeight + 2}px`;
 }
 
 function stopTyping() {
@@ -183,6 +251,7 @@ function showDevices(devices) {
       drop.type = 'button';
       drop.className = 'link';
       drop.textContent = 'remove';
+      drop.setAttribute('aria-label', `Remove device ${d.label || d.id}`);
       drop.addEventListener('click', () => {
         if (confirm(`Remove device "${d.label || d.id}"? It loses access and its queue.`)) {
           attempt(() => client.dropDevice(d.id));
@@ -204,7 +273,10 @@ function wire() {
     $('sync').textContent = `syncing ${received}/${total}`;
   });
   client.on('conversations', renderConversations);
-  client.on('message', ({ conversation }) => {
+  client.on('message', ({ conversation, message }) => {
+    if (message && !message.outgoing) {
+      $('announce').textContent = `New message from ${conversationName(conversation)}: ${message.text}`;
+    }
     if (conversation === current) {
       renderMessages();
       markReadIfVisible();
@@ -237,6 +309,10 @@ function wire() {
   document.addEventListener('visibilitychange', markReadIfVisible);
 
   $('retry').addEventListener('click', () => attempt(() => client.retryNow()));
+  $('chat-back').addEventListener('click', closeChat);
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && current && !$('settings').open) closeChat();
+  });
   $('new-chat').addEventListener('submit', (e) => {
     e.preventDefault();
     const id = $('new-chat-id').value.trim().toUpperCase();
@@ -259,14 +335,27 @@ function wire() {
     e.preventDefault();
     const text = $('composer-text').value;
     if (!text.trim() || !current) return;
+    // Never cut a long paste short without a word: offer to send it in parts.
+    const parts = splitText(text, client.maxTextBytes);
+    if (parts.length > 1 && !confirm(`This text (${text.length} characters) is too long for one message. `
+      + `Send it as ${parts.length} messages?`)) return;
     stopTyping();
-    if (attempt(() => client.sendText(current, text)) !== undefined) {
-      $('composer-text').value = '';
-      renderMessages();
-      $('messages').scrollTop = $('messages').scrollHeight;
+    let sent = 0;
+    while (sent < parts.length && attempt(() => client.sendText(current, parts[sent])) !== undefined) sent += 1;
+    // What was not sent stays in the composer.
+    $('composer-text').value = sent === 0 ? text : parts.slice(sent).join('');
+    fitComposer();
+    renderMessages();
+    $('messages').scrollTop = $('messages').scrollHeight;
+  });
+  $('composer-text').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      $('composer').requestSubmit();
     }
   });
   $('composer-text').addEventListener('input', () => {
+    fitComposer();
     if (!current?.startsWith('contact/') || !client.settings().typingIndicators) return;
     if (!typingSent) {
       typingSent = Boolean(attempt(() => { client.sendTyping(current.slice(8), true); return true; }));

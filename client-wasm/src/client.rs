@@ -1014,6 +1014,13 @@ impl TandemClient {
         self.read(|i| i.app.is_online())
     }
 
+    /// The longest text `sendText` accepts, in UTF-8 bytes (`new TextEncoder().encode(text).length`):
+    /// an app can split or warn before a paste is refused.
+    #[wasm_bindgen(getter, js_name = maxTextBytes)]
+    pub fn max_text_bytes(&self) -> u32 {
+        u32::try_from(tandem_shared::app::MAX_TEXT_LEN).unwrap_or(u32::MAX)
+    }
+
     /// Whether this device receives for the group.
     #[wasm_bindgen(getter, js_name = isLeader)]
     pub fn is_leader(&self) -> Result<bool, JsValue> {

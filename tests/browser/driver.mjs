@@ -19,6 +19,8 @@ import { startServer } from './server.mjs';
 
 const WORKER_HTTP = need('TANDEM_WORKER_HTTP');
 const LOGS = process.env.TANDEM_E2E_LOGS ?? path.join(process.cwd(), 'logs');
+// Screenshots of the web app's screens, at desktop and phone width.
+const SHOTS = process.env.TANDEM_E2E_SHOTS ?? LOGS;
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const PASSWORD = 'correct horse battery staple';
 const WAIT = 30_000;
@@ -540,7 +542,7 @@ const SCENARIOS = {
     // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
     const framesSent = new Map();
     const open = async (device) => {
-      const context = await browser.newContext();
+      const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
       contexts.push(context);
       const page = await context.newPage();
       framesSent.set(page, 0);
@@ -557,9 +559,19 @@ const SCENARIOS = {
         throw new Failure(`web app: ${what} (${selector})`, `not within ${WAIT} ms; console:\n${consoles.slice(-15).join('\n')}`);
       }
     };
+    fs.mkdirSync(SHOTS, { recursive: true });
+    const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, `web-app-${name}.png`) });
+    const bothWidths = async (page, name) => {
+      await shot(page, `${name}-1280`);
+      await page.setViewportSize({ width: 390, height: 844 });
+      await shot(page, `${name}-390`);
+      await page.setViewportSize({ width: 1280, height: 800 });
+    };
     try {
       const a = await open('a');
       const b = await open('b');
+      await visible(a, '#setup:not([hidden])', 'the setup screen on a fresh device a');
+      await bothWidths(a, 'setup');
       for (const [page, name] of [[a, 'a'], [b, 'b']]) {
         await visible(page, '#setup:not([hidden])', `the setup screen on a fresh device ${name}`);
         await page.click('#create-form button');
@@ -585,6 +597,7 @@ const SCENARIOS = {
       await a.waitForTimeout(10_000);
       const idle = framesSent.get(a) - before;
       check(idle <= 5, 'at most a handful of frames sent in 10 s with Settings open and idle', idle);
+      await bothWidths(a, 'settings');
       await a.fill('#backup-password', PASSWORD);
       await a.click('#export-backup');
       const backup = await a.inputValue('#backup-out');
@@ -607,6 +620,40 @@ const SCENARIOS = {
       await a2.click('#composer button');
       await visible(a, '#messages li:has-text("from the linked device")', 'the linked device\'s text reflected to a');
       await visible(b, '#messages li:has-text("from the linked device")', 'the linked device\'s text on b');
+
+      // A 10 000-character paste: offered as several messages, nothing cut off.
+      const long = `BEGIN ${'lorem ipsum dolor sit amet '.repeat(370)}END!`; // 10 000 characters
+      let asked = null;
+      a.once('dialog', (d) => { asked = d.message(); d.accept(); });
+      await a.fill('#composer-text', long);
+      await a.click('#composer button');
+      await visible(b, '#messages li:has-text("dolor sit amet END!")', 'the end of the long paste on b');
+      check(/too long for one message.*as 2 messages/.test(asked ?? ''), 'asked before sending a long paste in parts', asked);
+      const texts = await b.evaluate(() => [...document.querySelectorAll('#messages li')].map((li) => li.firstChild.textContent));
+      const from = texts.findIndex((t) => t.startsWith('BEGIN '));
+      check(from >= 0 && texts.slice(from).join('') === long, 'the long paste whole on b, in order, in 2 messages', texts.slice(from).map((t) => t.length));
+      check(await a.inputValue('#composer-text') === '', 'the composer empty after sending every part', await a.inputValue('#composer-text'));
+
+      // Phone width (390 × 844): the list and the chat are two screens; by keyboard too.
+      await shot(b, 'chat-1280');
+      await b.setViewportSize({ width: 390, height: 844 });
+      await shot(b, 'chat-390');
+      const send = await b.locator('#composer button').boundingBox();
+      check(send !== null && send.x >= 0 && send.x + send.width <= 390, 'Send inside a 390 px wide screen', send);
+      const pane = await b.locator('#messages').boundingBox();
+      check(pane !== null && pane.width >= 350, 'the messages use the screen\'s width at 390 px', pane);
+      check(!(await b.isVisible('#conversations')), 'the conversation list hidden while a chat is open at 390 px', true);
+      await b.click('#chat-back');
+      await visible(b, '#conversations li', 'the conversation list after "back" at 390 px');
+      check(!(await b.isVisible('#messages')), 'the chat hidden on the list screen at 390 px', true);
+      await shot(b, 'list-390');
+      const focused = await b.evaluate(() => document.activeElement?.closest('#conversations li') !== null);
+      check(focused, 'focus back on the conversation after "back"', focused);
+      await b.keyboard.press('Enter');
+      await visible(b, '#messages li:has-text("from the linked device")', 'the chat opened with Enter at 390 px');
+      await b.keyboard.press('Escape');
+      await visible(b, '#conversations li', 'the list again after Escape');
+      await b.setViewportSize({ width: 1280, height: 800 });
       const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
       check(errors.length === 0, 'no page errors or console errors', errors);
     } finally {

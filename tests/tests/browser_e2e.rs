@@ -118,6 +118,11 @@ async fn tandem_client_in_chromium_against_wrangler_dev() {
         .current_dir(&browser_dir)
         .env("TANDEM_WORKER_HTTP", &http_base)
         .env("TANDEM_E2E_LOGS", &logs)
+        // Kept after the run (the scratch directory is not): look at them (docs/web-app.md).
+        .env(
+            "TANDEM_E2E_SHOTS",
+            repo_root().join("target/browser-screenshots"),
+        )
         .env("CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
