@@ -304,7 +304,16 @@ function wire() {
     toast(`This device's clock is ${minutes} minutes ${offsetMs > 0 ? 'ahead of' : 'behind'} the server's. `
       + 'Please set the correct time, or message times will be off.', true);
   });
-  client.on('dropped', ({ reason }) => toast(`This device was removed: ${reason}`, true));
+  // Something from the network was skipped (docs/protocol.md). Message types this app does not
+  // show (edits, deletions, reactions, calls of current Threema clients) are expected: logged
+  // only, the conversation stays as it was. The rest is told as what it is.
+  client.on('dropped', ({ reason }) => {
+    if (reason === 'unsupported') {
+      console.info('tandem: skipped a message of a type this app does not show');
+      return;
+    }
+    toast(`A message could not be shown (${reason}).`, true);
+  });
   client.on('error', ({ message }) => toast(message, true));
   document.addEventListener('visibilitychange', markReadIfVisible);
 

@@ -469,3 +469,224 @@ fn an_old_chat_server_refusing_feature_bits_gets_desktops_byte_on_the_next_login
     assert_eq!(w.chat.logins, vec![Some(3), Some(1)]);
     assert!(w.app("X1").is_leader(), "logged in with Desktop's byte");
 }
+
+/// Protocol version 23's message types Tandem does not act on (edit, delete, reaction, group
+/// call start, Work sync delta; docs/protocol.md): from the chat server each is acked and dropped
+/// as `Unsupported` without being stored or reflected; a sibling's reflection of one (as a
+/// current Threema device sends it) applies as nothing. The messages around them are untouched.
+#[test]
+fn protocol_version_23_types_tandem_does_not_act_on_are_acked_and_skipped() {
+    use prost::Message as _;
+    use tandem_shared::app::Effect as AppEffect;
+    use tandem_shared::csp::{
+        seal_message_with_nonce, E2eMessageType, MessageFlags, MessageToSeal,
+    };
+    use tandem_shared::d2d::seal_envelope;
+    use tandem_shared::d2m::{D2mMessage, ReflectFlags, Reflected};
+    use tandem_shared::keys::DeviceGroupKey;
+    use tandem_shared::proto::{common, csp_e2e, d2d};
+
+    let (mut w, to_y, to_x) = world();
+    let x = w.devices["X1"].identity;
+    let y = w.devices["Y1"].identity;
+    w.device("Y2", y);
+    w.connect("Y2");
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    w.app("X1")
+        .send_text(to_y, "before", now, &mut rng)
+        .unwrap();
+    w.run();
+    let before = w.conversation("Y1", &to_x)[0].key.id;
+    w.take_events("Y1");
+
+    let thumbs = b"\xf0\x9f\x91\x8d".to_vec();
+    let bodies: [(E2eMessageType, Vec<u8>); 6] = [
+        (
+            E2eMessageType::EDIT_MESSAGE,
+            csp_e2e::EditMessage {
+                message_id: before,
+                text: "edited".to_owned(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            E2eMessageType::DELETE_MESSAGE,
+            csp_e2e::DeleteMessage { message_id: before }.encode_to_vec(),
+        ),
+        (
+            E2eMessageType::REACTION,
+            csp_e2e::Reaction {
+                message_id: before,
+                action: Some(csp_e2e::reaction::Action::Apply(thumbs)),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            E2eMessageType::GROUP_CALL_START,
+            csp_e2e::GroupCallStart {
+                protocol_version: 1,
+                gck: vec![7; 32],
+                sfu_base_url: "https://sfu.example".to_owned(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            E2eMessageType::WORK_SYNC_DELTA,
+            csp_e2e::WorkSyncDelta {
+                action: Some(csp_e2e::work_sync_delta::Action::RequireWorkSync(
+                    common::Unit {},
+                )),
+            }
+            .encode_to_vec(),
+        ),
+        // Not even a valid body: still only skipped.
+        (E2eMessageType::REACTION, vec![0xff]),
+    ];
+    let y_key = w.client_key(&y).public_key();
+    for (i, (message_type, body)) in (1_u8..).zip(&bodies) {
+        let sealed = seal_message_with_nonce(
+            &w.client_key(&x),
+            &MessageToSeal {
+                sender: *x.as_bytes(),
+                receiver: *y.as_bytes(),
+                receiver_public_key: y_key,
+                message_id: 7_000 + u64::from(i),
+                created_at_ms: now,
+                flags: MessageFlags::NONE,
+                nickname: None,
+                message_type: *message_type,
+                body,
+            },
+            &[i; 24],
+            &mut rng,
+        )
+        .unwrap();
+        w.chat.enqueue(sealed);
+    }
+    let now = w.now;
+    w.app("X1").send_text(to_y, "after", now, &mut rng).unwrap();
+    w.run();
+
+    for device in ["Y1", "Y2"] {
+        let texts: Vec<String> = w
+            .conversation(device, &to_x)
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(
+            texts,
+            ["before", "after"],
+            "{device}: nothing edited, deleted or added"
+        );
+    }
+    assert_eq!(w.chat.queued(&y), 0, "every one was acked");
+    let dropped: Vec<AppEvent> = w
+        .take_events("Y1")
+        .into_iter()
+        .filter(|e| matches!(e, AppEvent::Dropped(_)))
+        .collect();
+    let expected: Vec<AppEvent> = bodies
+        .iter()
+        .map(|(t, _)| AppEvent::Dropped(Dropped::Unsupported(*t)))
+        .collect();
+    assert_eq!(dropped, expected);
+
+    // A current Threema sibling of X reflects its own reaction and edit as OutgoingMessage, and
+    // as leader an incoming edit as IncomingMessage.
+    let dgrk = DeviceGroupKey::from_client_key(w.client_key(&x).secret())
+        .derive_keys()
+        .dgrk;
+    let ConversationId::Contact(y_identity) = to_y else {
+        panic!()
+    };
+    let conversation = d2d::ConversationId {
+        id: Some(d2d::conversation_id::Id::Contact(y_identity.to_string())),
+    };
+    let outgoing = |(message_type, body): &(E2eMessageType, Vec<u8>)| {
+        d2d::envelope::Content::OutgoingMessage(d2d::OutgoingMessage {
+            conversation: Some(conversation.clone()),
+            message_id: 8_000,
+            created_at: now,
+            r#type: i32::from(message_type.0),
+            body: body.clone(),
+            nonces: vec![vec![9; 24]],
+            ..Default::default()
+        })
+    };
+    let incoming = d2d::envelope::Content::IncomingMessage(d2d::IncomingMessage {
+        sender_identity: y_identity.to_string(),
+        message_id: 8_001,
+        created_at: now,
+        r#type: i32::from(E2eMessageType::EDIT_MESSAGE.0),
+        body: bodies[0].1.clone(),
+        nonce: vec![10; 24],
+    });
+    let contents = [outgoing(&bodies[2]), outgoing(&bodies[0]), incoming];
+    let state_before = w.app("X2").state().messages().clone();
+    w.take_events("X2");
+    let device = w.dev("X2");
+    let app = device.app.as_mut().unwrap();
+    for (reflected_id, content) in (9_000_u32..).zip(contents) {
+        let envelope = d2d::Envelope {
+            device_id: 1,
+            protocol_version: tandem_shared::d2d::PROTOCOL_VERSION,
+            content: Some(content),
+            ..Default::default()
+        };
+        let sealed = seal_envelope(&dgrk, envelope, &mut rng).unwrap();
+        let container = D2mMessage::Reflected(Reflected::new(
+            reflected_id,
+            ReflectFlags::NONE,
+            now,
+            sealed,
+        ))
+        .encode()
+        .unwrap();
+        app.on_binary(&container, now, &mut rng);
+    }
+    // Confirm the storage batches here; the ReflectedAcks they release are for ids the real
+    // mediator never sent, so they must not reach it.
+    loop {
+        let mut moved = false;
+        while let Some(effect) = app.poll_effect() {
+            moved = true;
+            if let AppEffect::Persist(batch) = effect {
+                let id = batch.id;
+                device.store.apply(batch);
+                app.on_persisted(id).unwrap();
+            }
+        }
+        while app.poll_transmit().is_some() {
+            moved = true;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let mut events = Vec::new();
+    while let Some(e) = app.poll_event() {
+        events.push(e);
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, AppEvent::Dropped(_))),
+        "applied as nothing, not refused: {events:?}"
+    );
+    assert_eq!(w.app("X2").state().messages(), &state_before);
+    // Later messages still flow both ways.
+    let now = w.now;
+    w.app("Y2").send_text(to_x, "reply", now, &mut rng).unwrap();
+    w.run();
+    let on_x2: Vec<String> = w
+        .conversation("X2", &to_y)
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(on_x2, ["before", "after", "reply"]);
+    assert!(
+        !w.take_events("X2")
+            .iter()
+            .any(|e| matches!(e, AppEvent::Disconnected { .. })),
+        "X2 stayed connected"
+    );
+}

@@ -537,28 +537,7 @@ const SCENARIOS = {
    * backup (a wrong password is shown as such) and receives the history. Needs
    * `scripts/build-www.sh` to have run (the Rust test does). */
   async web_app(browser) {
-    const consoles = [];
-    const contexts = [];
-    // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
-    const framesSent = new Map();
-    const open = async (device) => {
-      const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-      contexts.push(context);
-      const page = await context.newPage();
-      framesSent.set(page, 0);
-      page.on('websocket', (ws) => ws.on('framesent', () => framesSent.set(page, framesSent.get(page) + 1)));
-      page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
-      page.on('pageerror', (e) => consoles.push(`[web ${device}] pageerror: ${e.message}`));
-      await page.goto(`${WORKER_HTTP}/?device=${device}`);
-      return page;
-    };
-    const visible = async (page, selector, what) => {
-      try {
-        await page.waitForSelector(selector, { timeout: WAIT });
-      } catch {
-        throw new Failure(`web app: ${what} (${selector})`, `not within ${WAIT} ms; console:\n${consoles.slice(-15).join('\n')}`);
-      }
-    };
+    const { open, visible, consoles, close, framesSent } = webApp(browser);
     fs.mkdirSync(SHOTS, { recursive: true });
     const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, `web-app-${name}.png`) });
     const bothWidths = async (page, name) => {
@@ -572,15 +551,7 @@ const SCENARIOS = {
       const b = await open('b');
       await visible(a, '#setup:not([hidden])', 'the setup screen on a fresh device a');
       await bothWidths(a, 'setup');
-      for (const [page, name] of [[a, 'a'], [b, 'b']]) {
-        await visible(page, '#setup:not([hidden])', `the setup screen on a fresh device ${name}`);
-        await page.click('#create-form button');
-        await visible(page, '#main:not([hidden])', `device ${name} created`);
-        await visible(page, '#conn.online', `device ${name} online`);
-      }
-      const idA = await a.textContent('#me-identity');
-      const idB = await b.textContent('#me-identity');
-      check(/^[0-9A-Z]{8}$/.test(idA) && /^[0-9A-Z]{8}$/.test(idB) && idA !== idB, 'two new 8-character IDs', [idA, idB]);
+      const [idA, idB] = await createTwo(a, b, visible);
       await a.fill('#new-chat-id', idB);
       await a.click('#new-chat button');
       await a.fill('#composer-text', 'hello through the web app');
@@ -657,10 +628,118 @@ const SCENARIOS = {
       const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
       check(errors.length === 0, 'no page errors or console errors', errors);
     } finally {
-      for (const c of contexts) await c.close();
+      await close();
+    }
+  },
+
+  /** The clock notice of protocol version 23 (docs/protocol.md): the web app's device a runs with
+   * `Date` 30 minutes ahead (Playwright init script), b with the true time; both log in to the
+   * chat server, whose login-ack carries its time. a shows the notice in the toasts' live region
+   * with its user-facing text; b never shows one, although its CSP login is proven by receiving
+   * a's text. Every toast either page shows is recorded from the moment it is added (they go away
+   * after a few seconds). */
+  async clock_notice(browser) {
+    const shiftMinutes = 30;
+    const { open, visible, consoles, close } = webApp(browser);
+    try {
+      const a = await open('clock-a', shiftMinutes * 60_000);
+      const b = await open('clock-b');
+      check(await a.evaluate(() => Date.now() - performance.timeOrigin - performance.now()) > 29 * 60_000,
+        'device a\'s Date runs 30 minutes ahead', await a.evaluate(() => new Date().toISOString()));
+      const [, idB] = await createTwo(a, b, visible);
+      const notice = `This device's clock is ${shiftMinutes} minutes ahead of the server's. `
+        + 'Please set the correct time, or message times will be off.';
+      await visible(a, `#toasts[aria-live] .toast.error:has-text("clock is ${shiftMinutes} minutes ahead")`, 'the clock notice on a');
+      const onA = await toastsOf(a);
+      const clockA = onA.filter((t) => t.text.includes('clock'));
+      check(clockA.length >= 1 && clockA.every((t) => t.text === notice && t.live === 'polite' && t.error),
+        `a's clock notice reads "${notice}", shown as an error in the polite live region`, onA);
+
+      // b's CSP login is done once it has received a message from the chat server.
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await a.fill('#composer-text', 'the time on b is right');
+      await a.click('#composer button');
+      await visible(b, '#conversations li', 'a\'s conversation on b (b is logged in to the chat server)');
+      const onB = await toastsOf(b);
+      check(!onB.some((t) => /clock/i.test(t.text)), 'no clock notice on b, whose clock is right', onB);
+      const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
+      check(errors.length === 0, 'no page errors or console errors', errors);
+    } finally {
+      await close();
     }
   },
 };
+
+/** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
+ * a page adds is recorded in `window.__toasts` (text, error, the region's aria-live). `open(name,
+ * shiftMs)` moves the page's `Date` (and `Date.now`) by `shiftMs`. */
+function webApp(browser) {
+  const consoles = [];
+  const contexts = [];
+  // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
+  const framesSent = new Map();
+  const open = async (device, shiftMs = 0) => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    contexts.push(context);
+    if (shiftMs !== 0) {
+      await context.addInitScript((shift) => {
+        const RealDate = Date;
+        const realNow = () => RealDate.now();
+        class ShiftedDate extends RealDate {
+          constructor(...args) { if (args.length === 0) super(realNow() + shift); else super(...args); }
+          static now() { return realNow() + shift; }
+        }
+        globalThis.Date = ShiftedDate;
+      }, shiftMs);
+    }
+    await context.addInitScript(() => {
+      window.__toasts = [];
+      new MutationObserver((records) => {
+        for (const r of records) {
+          for (const n of r.addedNodes) {
+            if (n.nodeType === 1 && n.parentElement && n.parentElement.id === 'toasts') {
+              window.__toasts.push({ text: n.textContent, error: n.classList.contains('error'), live: n.parentElement.getAttribute('aria-live') });
+            }
+          }
+        }
+      }).observe(document, { childList: true, subtree: true });
+    });
+    const page = await context.newPage();
+    framesSent.set(page, 0);
+    page.on('websocket', (ws) => ws.on('framesent', () => framesSent.set(page, framesSent.get(page) + 1)));
+    page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
+    page.on('pageerror', (e) => consoles.push(`[web ${device}] pageerror: ${e.message}`));
+    await page.goto(`${WORKER_HTTP}/?device=${device}`);
+    return page;
+  };
+  const visible = async (page, selector, what) => {
+    try {
+      await page.waitForSelector(selector, { timeout: WAIT });
+    } catch {
+      throw new Failure(`web app: ${what} (${selector})`, `not within ${WAIT} ms; console:\n${consoles.slice(-15).join('\n')}`);
+    }
+  };
+  const close = async () => { for (const c of contexts) await c.close(); };
+  return { open, visible, consoles, close, framesSent };
+}
+
+/** Every toast a web app page has shown so far (see `webApp`). */
+const toastsOf = (page) => page.evaluate(() => window.__toasts);
+
+/** Creates a new identity on each of two fresh web app pages and waits until both are online;
+ * their IDs. */
+async function createTwo(a, b, visible) {
+  for (const [page, name] of [[a, 'a'], [b, 'b']]) {
+    await visible(page, '#setup:not([hidden])', `the setup screen on a fresh device ${name}`);
+    await page.click('#create-form button');
+    await visible(page, '#main:not([hidden])', `device ${name} created`);
+    await visible(page, '#conn.online', `device ${name} online`);
+  }
+  const ids = [await a.textContent('#me-identity'), await b.textContent('#me-identity')];
+  check(ids.every((id) => /^[0-9A-Z]{8}$/.test(id)) && ids[0] !== ids[1], 'two new 8-character IDs', ids);
+  return ids;
+}
 
 // ---------------------------------------------------------------------------------------------
 

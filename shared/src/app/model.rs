@@ -281,11 +281,16 @@ impl Contact {
                 }),
             }),
             notification_trigger_policy_override: None,
-            notification_sound_policy_override: None,
+            #[cfg(not(target_arch = "wasm32"))]
+            deprecated_notification_sound_policy_override: None,
             contact_defined_profile_picture: None,
             user_defined_profile_picture: None,
             conversation_category: Some(self.conversation_category.into()),
             conversation_visibility: Some(self.conversation_visibility.into()),
+            #[cfg(not(target_arch = "wasm32"))]
+            work_last_full_sync_at: None,
+            #[cfg(not(target_arch = "wasm32"))]
+            work_availability_status: None,
         }
     }
 
@@ -440,7 +445,8 @@ impl Group {
             profile_picture: None,
             member_identities: Some(identity_list(&self.members)),
             notification_trigger_policy_override: None,
-            notification_sound_policy_override: None,
+            #[cfg(not(target_arch = "wasm32"))]
+            deprecated_notification_sound_policy_override: None,
         }
     }
 

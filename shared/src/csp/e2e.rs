@@ -90,6 +90,10 @@ impl E2eMessageType {
     pub const DELIVERY_RECEIPT: Self = Self(0x80);
     /// Group delivery receipt.
     pub const GROUP_DELIVERY_RECEIPT: Self = Self(0x81);
+    /// 1:1 reaction (`csp_e2e.Reaction`; protocol version 23, Tandem does not act on it).
+    pub const REACTION: Self = Self(0x82);
+    /// Group reaction.
+    pub const GROUP_REACTION: Self = Self(0x83);
     /// Typing indicator.
     pub const TYPING_INDICATOR: Self = Self(0x90);
     /// 1:1 edit message.
@@ -104,6 +108,8 @@ impl E2eMessageType {
     pub const FORWARD_SECURITY_ENVELOPE: Self = Self(0xa0);
     /// Empty message (no content, used to carry metadata or flags alone).
     pub const EMPTY: Self = Self(0xfc);
+    /// Threema Work's sync delta (`csp_e2e.WorkSyncDelta`; protocol version 23).
+    pub const WORK_SYNC_DELTA: Self = Self(0xfd);
     /// Web session resume.
     pub const WEB_SESSION_RESUME: Self = Self(0xfe);
 
@@ -296,16 +302,22 @@ mod tests {
             (0x52, "GROUP_POLL_SETUP"),
             (0x53, "GROUP_POLL_VOTE"),
             (0x81, "GROUP_DELIVERY_RECEIPT"),
+            (0x82, "REACTION"),
+            (0x83, "GROUP_REACTION"),
             (0x93, "GROUP_EDIT_MESSAGE"),
             (0x94, "GROUP_DELETE_MESSAGE"),
             (0xa0, "FORWARD_SECURITY_ENVELOPE"),
             (0xfc, "EMPTY"),
+            (0xfd, "WORK_SYNC_DELTA"),
             (0xfe, "WEB_SESSION_RESUME"),
         ];
         for &(value, name) in expected {
             assert_eq!(E2eMessageType(value).name(), Some(name), "{value:#04x}");
         }
         assert_eq!(E2eMessageType(0x7f).name(), None);
+        // Group join request and response lost their names in protocol version 23.
+        assert_eq!(E2eMessageType(0x4d).name(), None);
+        assert_eq!(E2eMessageType(0x4e).name(), None);
         assert_eq!(
             format!("{:?}", E2eMessageType::TEXT),
             "E2eMessageType::TEXT"

@@ -31,6 +31,14 @@ fn unit() -> impl Strategy<Value = Unit> {
     Just(Unit {})
 }
 
+/// Protocol version 23's Work availability (category 0..=2, or an unknown one).
+fn work_availability() -> impl Strategy<Value = sync::WorkAvailabilityStatus> {
+    (enum_value(3), text()).prop_map(|(category, description)| sync::WorkAvailabilityStatus {
+        category,
+        description,
+    })
+}
+
 pub(crate) fn identities() -> BoxedStrategy<Identities> {
     vec(identity(), 0..4)
         .prop_map(|identities| Identities { identities })
@@ -178,14 +186,27 @@ pub(crate) fn user_profile() -> BoxedStrategy<sync::UserProfile> {
             description,
         });
     let links = vec(link, 0..3).prop_map(|links| IdentityLinks { links });
-    (of(text()), of(delta_image()), of(share_with), of(links))
+    (
+        of(text()),
+        of(delta_image()),
+        of(share_with),
+        of(links),
+        of(work_availability()),
+    )
         .prop_map(
-            |(nickname, profile_picture, profile_picture_share_with, identity_links)| {
+            |(
+                nickname,
+                profile_picture,
+                profile_picture_share_with,
+                identity_links,
+                work_availability_status,
+            )| {
                 sync::UserProfile {
                     nickname,
                     profile_picture,
                     profile_picture_share_with,
                     identity_links,
+                    work_availability_status,
                 }
             },
         )
@@ -194,12 +215,12 @@ pub(crate) fn user_profile() -> BoxedStrategy<sync::UserProfile> {
 
 pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
     use sync::contact::{
-        notification_sound_policy_override as sound,
+        deprecated_notification_sound_policy_override as sound,
         notification_trigger_policy_override as trigger, read_receipt_policy_override as read,
         typing_indicator_policy_override as typing,
     };
     use sync::contact::{
-        NotificationSoundPolicyOverride, NotificationTriggerPolicyOverride,
+        DeprecatedNotificationSoundPolicyOverride, NotificationTriggerPolicyOverride,
         ReadReceiptPolicyOverride, TypingIndicatorPolicyOverride,
     };
     let read = of(prop_oneof![
@@ -219,11 +240,8 @@ pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
         }),
     ])
     .prop_map(|r#override| NotificationTriggerPolicyOverride { r#override });
-    let sound = of(prop_oneof![
-        unit().prop_map(sound::Override::Default),
-        enum_value(1).prop_map(sound::Override::Policy),
-    ])
-    .prop_map(|r#override| NotificationSoundPolicyOverride { r#override });
+    let sound = of(unit().prop_map(sound::Override::Default))
+        .prop_map(|r#override| DeprecatedNotificationSoundPolicyOverride { r#override });
 
     let names = (
         identity(),
@@ -243,13 +261,14 @@ pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
         of(enum_value(3)),
     );
     let policies = (of(read), of(typing), of(trigger), of(sound));
+    let work = (of(any::<u64>()), of(work_availability()));
     let looks = (
         of(delta_image()),
         of(delta_image()),
         of(enum_value(2)),
         of(enum_value(3)),
     );
-    (names, levels, policies, looks)
+    (names, levels, policies, looks, work)
         .prop_map(
             |(
                 (identity, public_key, created_at, first_name, last_name, nickname),
@@ -266,7 +285,7 @@ pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
                     read_receipt_policy_override,
                     typing_indicator_policy_override,
                     notification_trigger_policy_override,
-                    notification_sound_policy_override,
+                    deprecated_notification_sound_policy_override,
                 ),
                 (
                     contact_defined_profile_picture,
@@ -274,6 +293,7 @@ pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
                     conversation_category,
                     conversation_visibility,
                 ),
+                (work_last_full_sync_at, work_availability_status),
             )| sync::Contact {
                 identity,
                 public_key,
@@ -291,11 +311,13 @@ pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
                 read_receipt_policy_override,
                 typing_indicator_policy_override,
                 notification_trigger_policy_override,
-                notification_sound_policy_override,
+                deprecated_notification_sound_policy_override,
                 contact_defined_profile_picture,
                 user_defined_profile_picture,
                 conversation_category,
                 conversation_visibility,
+                work_last_full_sync_at,
+                work_availability_status,
             },
         )
         .boxed()
@@ -303,10 +325,12 @@ pub(crate) fn contact() -> BoxedStrategy<sync::Contact> {
 
 pub(crate) fn group() -> BoxedStrategy<sync::Group> {
     use sync::group::{
-        notification_sound_policy_override as sound,
+        deprecated_notification_sound_policy_override as sound,
         notification_trigger_policy_override as trigger,
     };
-    use sync::group::{NotificationSoundPolicyOverride, NotificationTriggerPolicyOverride};
+    use sync::group::{
+        DeprecatedNotificationSoundPolicyOverride, NotificationTriggerPolicyOverride,
+    };
     let trigger = of(prop_oneof![
         unit().prop_map(trigger::Override::Default),
         (enum_value(2), of(any::<u64>())).prop_map(|(policy, expires_at)| {
@@ -314,11 +338,8 @@ pub(crate) fn group() -> BoxedStrategy<sync::Group> {
         }),
     ])
     .prop_map(|r#override| NotificationTriggerPolicyOverride { r#override });
-    let sound = of(prop_oneof![
-        unit().prop_map(sound::Override::Default),
-        enum_value(1).prop_map(sound::Override::Policy),
-    ])
-    .prop_map(|r#override| NotificationSoundPolicyOverride { r#override });
+    let sound = of(unit().prop_map(sound::Override::Default))
+        .prop_map(|r#override| DeprecatedNotificationSoundPolicyOverride { r#override });
     (
         of(group_identity()),
         of(text()),
@@ -342,7 +363,7 @@ pub(crate) fn group() -> BoxedStrategy<sync::Group> {
                 profile_picture,
                 member_identities,
                 notification_trigger_policy_override,
-                notification_sound_policy_override,
+                deprecated_notification_sound_policy_override,
             )| sync::Group {
                 group_identity,
                 name,
@@ -353,7 +374,7 @@ pub(crate) fn group() -> BoxedStrategy<sync::Group> {
                 profile_picture,
                 member_identities,
                 notification_trigger_policy_override,
-                notification_sound_policy_override,
+                deprecated_notification_sound_policy_override,
             },
         )
         .boxed()

@@ -206,8 +206,192 @@ fn protocol_version_23_enum_values() {
     );
     assert_eq!(contact::AcquaintanceLevel::GroupOrDeleted as i32, 1);
     assert_eq!(CspE2eMessageType::WorkSyncDelta as i32, 0xfd);
+    // Group join request and response (0x4d, 0x4e) are no longer named.
+    assert!(CspE2eMessageType::try_from(0x4d).is_err());
+    assert!(CspE2eMessageType::try_from(0x4e).is_err());
     assert_eq!(
         crate::proto::common::CspFeatureMaskFlag::GroupSupport as i32,
         0x0002
+    );
+}
+
+/// Encodes to `expected` and decodes back to the same message.
+fn assert_wire<M: Message + Default + PartialEq + core::fmt::Debug>(message: &M, expected: &str) {
+    assert_eq!(hex_of(message), expected, "{message:?}");
+    assert_eq!(
+        &M::decode(hex::decode(expected).unwrap().as_slice()).unwrap(),
+        message,
+        "{expected}"
+    );
+}
+
+/// Protocol version 23's `common` additions: `BlobData`, `Timespan`, `Resolution`.
+#[test]
+fn common_protocol_version_23_messages() {
+    use crate::proto::common::{BlobData, Resolution, Timespan};
+    // id: field 1 LEN 0a 02 0102; data: field 2 LEN 12 01 03.
+    let blob = BlobData {
+        id: vec![1, 2],
+        data: vec![3],
+    };
+    assert_wire(&blob, "0a020102120103");
+    // from: field 1 varint 08 01; to: field 2 varint 10 02.
+    assert_wire(&Timespan { from: 1, to: 2 }, "08011002");
+    // 640 = varint 80 05, 480 = varint e0 03.
+    let resolution = Resolution {
+        width: 640,
+        height: 480,
+    };
+    assert_wire(&resolution, "08800510e003");
+}
+
+/// Protocol version 23's CSP e2e bodies (`csp_e2e`): edit, delete, group call start, reaction.
+#[test]
+fn csp_e2e_protocol_version_23_bodies() {
+    use crate::proto::csp_e2e::{reaction, DeleteMessage, EditMessage, GroupCallStart, Reaction};
+    // message_id: field 1 fixed64 -> 09 + 8 bytes little-endian; text: field 2 LEN -> 12.
+    let edit = EditMessage {
+        message_id: 0x0102_0304_0506_0708,
+        text: "hi".to_owned(),
+    };
+    assert_wire(&edit, "09080706050403020112026869");
+    assert_wire(&DeleteMessage { message_id: 1 }, "090100000000000000");
+    // protocol_version: 08 01; gck: 12 02 aaaa; sfu_base_url: 1a 01 "x".
+    let call = GroupCallStart {
+        protocol_version: 1,
+        gck: vec![0xaa, 0xaa],
+        sfu_base_url: "x".to_owned(),
+    };
+    assert_wire(&call, "08011202aaaa1a0178");
+    // The emoji 👍 (f0 9f 91 8d) applied (field 2) and withdrawn (field 3); an empty apply is
+    // still present.
+    let thumbs = vec![0xf0, 0x9f, 0x91, 0x8d];
+    for (action, hex) in [
+        (reaction::Action::Apply(thumbs.clone()), "12"),
+        (reaction::Action::Withdraw(thumbs), "1a"),
+    ] {
+        let message = Reaction {
+            message_id: 2,
+            action: Some(action),
+        };
+        assert_wire(&message, &format!("090200000000000000{hex}04f09f918d"));
+    }
+    let empty = Reaction {
+        message_id: 2,
+        action: Some(reaction::Action::Apply(Vec::new())),
+    };
+    assert_wire(&empty, "0902000000000000001200");
+}
+
+/// `csp_e2e.WorkSyncDelta`, nested down to `sync.WorkAvailabilityStatus`.
+#[test]
+fn csp_e2e_work_sync_delta() {
+    use crate::proto::csp_e2e::work_sync_delta::{self as wsd, contact_sync, delta};
+    use crate::proto::csp_e2e::WorkSyncDelta;
+    // require_work_sync: field 1 LEN, an empty Unit.
+    let require = WorkSyncDelta {
+        action: Some(wsd::Action::RequireWorkSync(Unit {})),
+    };
+    assert_wire(&require, "0a00");
+    let busy = sync::WorkAvailabilityStatus {
+        category: sync::WorkAvailabilityStatusCategory::Busy as i32,
+        description: "x".to_owned(),
+    };
+    let update = wsd::ContactSync {
+        action: Some(contact_sync::Action::Update(contact_sync::Update {
+            identity: "ABCDEFGH".to_owned(),
+            availability_status: Some(busy),
+        })),
+    };
+    let apply = WorkSyncDelta {
+        action: Some(wsd::Action::Apply(wsd::Apply {
+            deltas: vec![wsd::Delta {
+                applied_at: 5,
+                action: Some(delta::Action::ContactSync(update)),
+            }],
+        })),
+    };
+    // status 0802 120178 (5) → Update: 0a08 "ABCDEFGH" 1205… (17) → ContactSync: 0a11… (19)
+    // → Delta: 0805 1213… (23) → Apply: 0a17… (25) → WorkSyncDelta.apply: 1219….
+    assert_wire(
+        &apply,
+        "12190a17080512130a110a08414243444546474812050802120178",
+    );
+}
+
+/// Protocol version 23's Work fields in `sync` (Contact 26 and 27, UserProfile 5) and
+/// `ThreemaWorkCredentials`.
+#[test]
+fn sync_work_fields() {
+    // identity 0a08…; work_last_full_sync_at: field 26 varint -> tag 208 = d0 01, a present 0;
+    // work_availability_status: field 27 LEN -> tag 218 = da 01, { category UNAVAILABLE 0801 }.
+    let contact = sync::Contact {
+        identity: "ABCDEFGH".to_owned(),
+        work_last_full_sync_at: Some(0),
+        work_availability_status: Some(sync::WorkAvailabilityStatus {
+            category: sync::WorkAvailabilityStatusCategory::Unavailable as i32,
+            description: String::new(),
+        }),
+        ..Default::default()
+    };
+    assert_wire(&contact, "0a084142434445464748d00100da01020801");
+    // work_availability_status: field 5 LEN -> 2a; an all-default status (the reset) is present
+    // and empty.
+    let profile = sync::UserProfile {
+        work_availability_status: Some(sync::WorkAvailabilityStatus::default()),
+        ..Default::default()
+    };
+    assert_wire(&profile, "2a00");
+    let credentials = sync::ThreemaWorkCredentials {
+        username: "u".to_owned(),
+        password: "p".to_owned(),
+    };
+    assert_wire(&credentials, "0a0175120170");
+    assert_eq!(sync::WorkAvailabilityStatusCategory::Busy as i32, 2);
+}
+
+/// The notification sound override of protocol version 23 keeps only `default` (field 1). A
+/// snapshot device's `policy MUTED` (field 2, varint 0) still decodes: the override is present
+/// without a choice, the unknown field is skipped.
+#[test]
+fn deprecated_notification_sound_override() {
+    use sync::contact::{
+        deprecated_notification_sound_policy_override as sound,
+        DeprecatedNotificationSoundPolicyOverride,
+    };
+    // Contact field 20 LEN -> tag 162 = a2 01.
+    let default = sync::Contact {
+        identity: "ABCDEFGH".to_owned(),
+        deprecated_notification_sound_policy_override: Some(
+            DeprecatedNotificationSoundPolicyOverride {
+                r#override: Some(sound::Override::Default(Unit {})),
+            },
+        ),
+        ..Default::default()
+    };
+    assert_wire(&default, "0a084142434445464748a201020a00");
+    let muted = hex::decode("0a084142434445464748a201021000").unwrap();
+    let contact = sync::Contact::decode(muted.as_slice()).unwrap();
+    assert_eq!(
+        contact.deprecated_notification_sound_policy_override,
+        Some(DeprecatedNotificationSoundPolicyOverride { r#override: None })
+    );
+    // Group field 10 LEN -> 52.
+    let group = sync::Group::decode(&[0x52, 0x02, 0x10, 0x00][..]).unwrap();
+    assert_eq!(
+        group.deprecated_notification_sound_policy_override,
+        Some(sync::group::DeprecatedNotificationSoundPolicyOverride { r#override: None })
+    );
+}
+
+/// d2m `ProtocolVersion` 0 is named `V0` since protocol version 23 (`INITIAL` before).
+#[test]
+fn d2m_protocol_version_v0() {
+    use crate::proto::d2m::ProtocolVersion;
+    assert_eq!(ProtocolVersion::V0 as i32, 0);
+    assert_eq!(ProtocolVersion::V0.as_str_name(), "V0");
+    assert_eq!(
+        u32::try_from(ProtocolVersion::V0 as i32).ok(),
+        Some(crate::mediator::PROTOCOL_VERSION)
     );
 }

@@ -14,7 +14,7 @@ use crate::csp::ServerUnitSplitter;
 use crate::d2m::{D2mDecodeError, D2mMessage, Reflected, ServerChallenge};
 use crate::proto::d2m::{self as pb, DeviceSlotExpirationPolicy};
 
-/// The only d2m protocol version (spec §2.5 `ProtocolVersion.INITIAL`).
+/// The only d2m protocol version (spec §2.5 `ProtocolVersion.INITIAL`, `V0` since protocol version 23).
 pub const PROTOCOL_VERSION: u32 = 0;
 
 /// One device group's mediator, sans-IO (DESIGN §3): feed it connection events, bytes and time;

@@ -16,12 +16,26 @@ use tandem_shared::proto;
 use super::ShimError;
 
 /// The message names `proto-decode` / `proto-encode` accept.
-pub const PROTO_NAMES: [&str; 5] = [
+pub const PROTO_NAMES: [&str; 17] = [
     "d2m.ClientUrlInfo",
     "d2d.Envelope",
     "d2d.DeviceInfo",
     "d2d.SharedDeviceData",
     "d2d.TransactionScope",
+    // Protocol version 23 (docs/protocol.md): the messages it added or changed that no envelope
+    // content reaches on its own.
+    "common.BlobData",
+    "common.Timespan",
+    "common.Resolution",
+    "csp_e2e.EditMessage",
+    "csp_e2e.DeleteMessage",
+    "csp_e2e.GroupCallStart",
+    "csp_e2e.Reaction",
+    "csp_e2e.WorkSyncDelta",
+    "sync.Contact",
+    "sync.Group",
+    "sync.UserProfile",
+    "sync.ThreemaWorkCredentials",
 ];
 
 static POOL: LazyLock<Result<DescriptorPool, String>> =
@@ -74,6 +88,18 @@ fn through_library(name: &str, bytes: &[u8]) -> Result<Vec<u8>, ShimError> {
         "d2d.DeviceInfo" => plain::<proto::d2d::DeviceInfo>(bytes),
         "d2d.SharedDeviceData" => plain::<proto::d2d::SharedDeviceData>(bytes),
         "d2d.TransactionScope" => plain::<proto::d2d::TransactionScope>(bytes),
+        "common.BlobData" => plain::<proto::common::BlobData>(bytes),
+        "common.Timespan" => plain::<proto::common::Timespan>(bytes),
+        "common.Resolution" => plain::<proto::common::Resolution>(bytes),
+        "csp_e2e.EditMessage" => plain::<proto::csp_e2e::EditMessage>(bytes),
+        "csp_e2e.DeleteMessage" => plain::<proto::csp_e2e::DeleteMessage>(bytes),
+        "csp_e2e.GroupCallStart" => plain::<proto::csp_e2e::GroupCallStart>(bytes),
+        "csp_e2e.Reaction" => plain::<proto::csp_e2e::Reaction>(bytes),
+        "csp_e2e.WorkSyncDelta" => plain::<proto::csp_e2e::WorkSyncDelta>(bytes),
+        "sync.Contact" => plain::<proto::sync::Contact>(bytes),
+        "sync.Group" => plain::<proto::sync::Group>(bytes),
+        "sync.UserProfile" => plain::<proto::sync::UserProfile>(bytes),
+        "sync.ThreemaWorkCredentials" => plain::<proto::sync::ThreemaWorkCredentials>(bytes),
         other => Err(ShimError::UnknownName(other.to_owned())),
     }
 }
