@@ -20,7 +20,7 @@ use serde::Serialize;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::d2m::{CloseCode, PayloadType};
 use tandem_shared::keys::ClientUrlInfo;
-use tandem_shared::mediator::{ConnId, Effect, Group, GroupConfig};
+use tandem_shared::mediator::{frame_fits, ConnId, Effect, Group, GroupConfig};
 use worker::{
     console_error, console_warn, durable_object, js_sys, wasm_bindgen_futures, DurableObject, Env,
     Request, Response, SqlStorage, State, WebSocket,
@@ -95,6 +95,8 @@ struct Io {
 /// A device input deferred to the next turn.
 enum Waiting {
     Binary(Vec<u8>),
+    /// A binary frame too long for any container, not copied (only its length was read).
+    Oversize,
     Text,
     Disconnect,
 }
@@ -319,6 +321,7 @@ fn defer(io: &Rc<Io>, conn: ConnId, what: Waiting) {
             for (conn, what) in batch {
                 match what {
                     Waiting::Binary(bytes) => group.on_binary(conn, &bytes, now),
+                    Waiting::Oversize => group.on_oversize_frame(conn, now),
                     Waiting::Text => group.on_text(conn, now),
                     Waiting::Disconnect => group.on_disconnect(conn, now),
                 }
@@ -333,6 +336,13 @@ fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::Websock
     match ws::frame_of(event) {
         Frame::Binary(buffer) => {
             io.frames.set(io.frames.get().saturating_add(1));
+            // Checked before the copy: Cloudflare accepts frames up to 32 MiB, and wasm memory
+            // that grows for one never shrinks (docs/worker.md "Limits").
+            let fits = usize::try_from(buffer.byte_length()).is_ok_and(frame_fits);
+            if !fits {
+                defer(io, conn, Waiting::Oversize);
+                return true;
+            }
             let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
             if is_proxy(&bytes) && !io.waiting.borrow().iter().any(|(c, _)| *c == conn) {
                 // CSP bytes write nothing, so there is no commit to share: the timer hop would

@@ -508,6 +508,26 @@ async fn reflect(fx: &mut Fixture) -> ScenarioResult {
 /// Under the Worker, `(reflectBatches, reflectsBatched)` of its isolate (development stats);
 /// `None` for the in-process mediator.
 async fn batched_reflects(fx: &Fixture, id: &Identity) -> Result<Option<(u64, u64)>, HarnessError> {
+    let Some(field) = dev_stats(fx, id).await? else {
+        return Ok(None);
+    };
+    Ok(Some((field("reflectBatches"), field("reflectsBatched"))))
+}
+
+/// Under the Worker, the isolate's wasm memory in bytes (development stats); `None` for the
+/// in-process mediator.
+async fn wasm_memory(fx: &Fixture, id: &Identity) -> Result<Option<u64>, HarnessError> {
+    Ok(dev_stats(fx, id)
+        .await?
+        .map(|field| field("wasmMemoryBytes")))
+}
+
+/// Under the Worker, a reader of the group object's development stats (a missing field
+/// panics, naming it); `None` for the in-process mediator.
+async fn dev_stats(
+    fx: &Fixture,
+    id: &Identity,
+) -> Result<Option<impl Fn(&str) -> u64>, HarnessError> {
     if !matches!(fx.mediator, Mediator::Wrangler(_)) {
         return Ok(None);
     }
@@ -520,12 +540,12 @@ async fn batched_reflects(fx: &Fixture, id: &Identity) -> Result<Option<(u64, u6
         .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
         .unwrap_or("{}");
     let json: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let field = |name: &str| {
+    let body = body.clone();
+    Ok(Some(move |name: &str| {
         json[name]
             .as_u64()
             .unwrap_or_else(|| panic!("no {name} in the stats: {body}"))
-    };
-    Ok(Some((field("reflectBatches"), field("reflectsBatched"))))
+    }))
 }
 
 /// A slot whose queue would exceed `max_queue_len` is dropped: 4114 when online, gone when
@@ -1215,6 +1235,21 @@ async fn bad_input(fx: &mut Fixture) -> ScenarioResult {
         m.send_raw(message).await?;
         assert_eq!(m.closed(CLOSE_WAIT).await?.as_u16(), code, "{what}");
         group_works!();
+    }
+
+    // An 8 MiB frame (Cloudflare takes up to 32 MiB; the local mediator's WebSocket up to
+    // 16 MiB): refused by its length, 4010, and under the Worker never copied into the isolate's
+    // wasm memory, which would keep the 8 MiB for good.
+    let before = wasm_memory(fx, &id).await?;
+    let (mut m, _) = online(fx, &id, "mallory (8 MiB frame)", mallory(false)).await?;
+    m.send_raw(Message::binary(vec![0x80; 8 << 20])).await?;
+    assert_eq!(m.closed(CLOSE_WAIT).await?.as_u16(), 4010, "8 MiB frame");
+    group_works!();
+    if let (Some(before), Some(after)) = (before, wasm_memory(fx, &id).await?) {
+        assert!(
+            after < before + (1 << 20),
+            "wasm memory grew from {before} to {after} B for a refused 8 MiB frame"
+        );
     }
 
     // Garbage on the proxy channel: the chat server refuses it, the mediator closes with 4000.

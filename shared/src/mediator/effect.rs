@@ -85,6 +85,9 @@ pub enum CloseCause {
     TextFrame,
     /// Bytes that are not a valid container or payload.
     MalformedFrame,
+    /// A binary frame longer than any container (`MAX_CONTAINER_LEN`): refused by its length,
+    /// before the adapter copies it out of the runtime (docs/worker.md "Limits").
+    FrameTooLarge,
     /// A type byte spec §2.3 does not define.
     UnknownPayloadType,
     /// A payload type only the mediator sends.
@@ -149,6 +152,7 @@ impl CloseCause {
         match self {
             Self::TextFrame
             | Self::MalformedFrame
+            | Self::FrameTooLarge
             | Self::UnknownPayloadType
             | Self::ServerPayloadFromClient
             | Self::FrameBeforeHandshake
@@ -183,6 +187,7 @@ impl CloseCause {
         match self {
             Self::TextFrame => "text frame",
             Self::MalformedFrame => "malformed frame",
+            Self::FrameTooLarge => "frame too large",
             Self::UnknownPayloadType => "unknown payload type",
             Self::ServerPayloadFromClient => "server payload type from client",
             Self::FrameBeforeHandshake => "frame before handshake",

@@ -11,11 +11,19 @@ use super::effect::{CloseCause, ConnId, Effect};
 use super::store::{DeviceId, GroupStore, QueuedReflection, SlotRecord};
 use crate::crypto::PublicKey;
 use crate::csp::ServerUnitSplitter;
-use crate::d2m::{D2mDecodeError, D2mMessage, Reflected, ServerChallenge};
+use crate::d2m::{D2mDecodeError, D2mMessage, Reflected, ServerChallenge, MAX_CONTAINER_LEN};
 use crate::proto::d2m::{self as pb, DeviceSlotExpirationPolicy};
 
 /// The only d2m protocol version (spec §2.5 `ProtocolVersion.INITIAL`, `V0` since protocol version 23).
 pub const PROTOCOL_VERSION: u32 = 0;
+
+/// Whether a binary frame of `len` bytes can be a d2m container at all. Adapters ask before
+/// copying a frame out of their runtime and report a frame that cannot with
+/// [`Group::on_oversize_frame`].
+#[must_use]
+pub const fn frame_fits(len: usize) -> bool {
+    len <= MAX_CONTAINER_LEN
+}
 
 /// One device group's mediator, sans-IO (DESIGN §3): feed it connection events, bytes and time;
 /// take [`Effect`]s and the next deadline out. See the module documentation for the flow.
@@ -245,9 +253,20 @@ impl<S: GroupStore> Group<S> {
 
     /// A text WebSocket message: a protocol error (spec §2.1).
     pub fn on_text(&mut self, conn: ConnId, now_ms: u64) {
+        self.refuse_frame(conn, CloseCause::TextFrame, now_ms);
+    }
+
+    /// A binary message longer than [`MAX_CONTAINER_LEN`], reported by its length alone: an
+    /// adapter checks [`frame_fits`] before it copies a frame, so a runtime that accepts 32 MiB
+    /// frames (Cloudflare) never has one copied into the isolate's memory.
+    pub fn on_oversize_frame(&mut self, conn: ConnId, now_ms: u64) {
+        self.refuse_frame(conn, CloseCause::FrameTooLarge, now_ms);
+    }
+
+    fn refuse_frame(&mut self, conn: ConnId, cause: CloseCause, now_ms: u64) {
         self.advance(now_ms);
         self.store_pending_reflects();
-        self.close(conn, CloseCause::TextFrame);
+        self.close(conn, cause);
         self.settle();
     }
 
@@ -734,6 +753,24 @@ mod tests {
             assert_eq!(h.closed(conn), Some(CloseCause::TextFrame));
         }
         assert_eq!(CloseCause::TextFrame.code(), CloseCode::ProtocolError);
+    }
+
+    #[test]
+    fn frames_too_long_for_a_container_are_refused_by_length_with_4010() {
+        assert!(frame_fits(MAX_CONTAINER_LEN));
+        assert!(!frame_fits(MAX_CONTAINER_LEN + 1));
+        let mut h = Harness::new();
+        let early = h.connect();
+        let late = h.login(1);
+        let other = h.login(2);
+        for conn in [early, late] {
+            h.group.on_oversize_frame(conn, h.now);
+            h.drain();
+            assert_eq!(h.closed(conn), Some(CloseCause::FrameTooLarge));
+        }
+        assert_eq!(h.closed(other), None, "the group's other device stays");
+        assert_eq!(CloseCause::FrameTooLarge.code(), CloseCode::ProtocolError);
+        assert_eq!(CloseCause::FrameTooLarge.reason(), "frame too large");
     }
 
     #[test]

@@ -53,7 +53,7 @@ mod testkit;
 pub use config::GroupConfig;
 pub use devices::MAX_SHARED_DEVICE_DATA_LEN;
 pub use effect::{CloseCause, ConnId, Effect};
-pub use group::{Group, PROTOCOL_VERSION};
+pub use group::{frame_fits, Group, PROTOCOL_VERSION};
 pub use handshake::MAX_ENCRYPTED_DEVICE_INFO_LEN;
 pub use memory_store::{MemoryStore, MemoryStoreError};
 pub use proxy::MAX_HELD_PROXY_BYTES;

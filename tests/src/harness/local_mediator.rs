@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::OsRng;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::keys::ClientUrlInfo;
-use tandem_shared::mediator::{ConnId, Effect, Group, GroupConfig, MemoryStore};
+use tandem_shared::mediator::{frame_fits, ConnId, Effect, Group, GroupConfig, MemoryStore};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -345,6 +345,10 @@ async fn run_group(
                     },
                 );
                 group.on_connect(conn, now, &mut OsRng);
+            }
+            // As the Worker does: a frame no container fits is refused by its length.
+            Some(Input::Binary(conn, bytes)) if !frame_fits(bytes.len()) => {
+                group.on_oversize_frame(conn, now);
             }
             Some(Input::Binary(conn, bytes)) => group.on_binary(conn, &bytes, now),
             Some(Input::Text(conn)) => group.on_text(conn, now),
