@@ -14,6 +14,7 @@
 mod bench_relay;
 mod config;
 mod dev_tamper;
+mod directory;
 mod group;
 mod route;
 mod runtime;
@@ -27,25 +28,12 @@ pub use bench_relay::BenchRelay;
 pub use group::DeviceGroup;
 
 use route::Route;
-use worker::{event, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+use worker::{event, Context, Env, Request, Response};
 
 /// Durable Object binding of the device groups (`wrangler.toml`).
 const GROUP_BINDING: &str = "DEVICE_GROUP";
 /// Durable Object binding of the bench relay (`wrangler.toml`).
 const BENCH_RELAY_BINDING: &str = "BENCH_RELAY";
-
-/// Request headers not passed on to the directory: hop-by-hop, or set by the runtime.
-const NOT_FORWARDED: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "proxy-connection",
-    "content-length",
-];
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
@@ -65,7 +53,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .await
         }
         Route::BadMediatorPath(err) => Response::error(format!("bad mediator path: {err}"), 400),
-        Route::Directory(rest) => forward_to_directory(req, &env, rest).await,
+        Route::Directory(rest) => directory::forward(req, &env, rest).await,
         Route::BenchRelay(name) => {
             env.durable_object(BENCH_RELAY_BINDING)?
                 .id_from_name(name)?
@@ -104,34 +92,4 @@ pub(crate) fn is_websocket_upgrade(req: &Request) -> worker::Result<bool> {
         .headers()
         .get("upgrade")?
         .is_some_and(|value| value.eq_ignore_ascii_case("websocket")))
-}
-
-/// Passes a `/directory/*` request on to the chat server's HTTP directory (DESIGN.md §2.5).
-async fn forward_to_directory(mut req: Request, env: &Env, rest: &str) -> worker::Result<Response> {
-    let Ok(base) = env.var(config::DIRECTORY_URL_VAR) else {
-        return Response::error("directory not configured", 503);
-    };
-    let url = req.url()?;
-    let target = config::directory_target(&base.to_string(), rest, url.query().unwrap_or(""));
-
-    let headers = Headers::new();
-    for (name, value) in req.headers().entries() {
-        if !NOT_FORWARDED.contains(&name.to_ascii_lowercase().as_str()) {
-            headers.set(&name, &value)?;
-        }
-    }
-    let method = req.method();
-    let mut init = RequestInit::new();
-    init.with_method(method.clone()).with_headers(headers);
-    if !matches!(method, Method::Get | Method::Head) {
-        let body = req.bytes().await?;
-        init.with_body(Some(
-            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
-        ));
-    }
-    let upstream = Request::new_with_init(&target, &init)?;
-    match Fetch::Request(upstream).send().await {
-        Ok(response) => Ok(response),
-        Err(err) => Response::error(format!("directory unreachable: {err}"), 502),
-    }
 }

@@ -187,13 +187,15 @@ impl Drop for Served {
 /// A minimal HTTP/1.1 GET: status code and body (wrangler keeps the connection open, so the
 /// body is read by its `content-length`).
 async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    http_raw(port, request.as_bytes()).await
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) as it is: status code and body.
+async fn http_raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
+    stream.write_all(request).await?;
     let mut raw = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
@@ -236,8 +238,8 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// An HTTP server answering every request with its request line as the body, standing in for
-/// the chat server's directory.
+/// An HTTP server answering every request with its request line and headers as the body,
+/// standing in for the chat server's directory.
 fn directory_server() -> u16 {
     let listener = StdListener::bind("127.0.0.1:0").expect("bind directory");
     let port = listener.local_addr().expect("directory addr").port();
@@ -249,8 +251,25 @@ fn directory_server() -> u16 {
                 head.push(byte[0]);
             }
             let head = String::from_utf8_lossy(&head);
-            let line = head.lines().next().unwrap_or_default().to_owned();
-            let body = format!("directory saw: {line}");
+            let mut lines = head.lines();
+            let line = lines.next().unwrap_or_default().to_owned();
+            let headers: Vec<String> = lines
+                .filter(|l| !l.is_empty())
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let length = headers.iter().find_map(|h| {
+                h.strip_prefix("content-length:")?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            });
+            let mut request_body = vec![0; length.unwrap_or(0)];
+            let _ = stream.read_exact(&mut request_body);
+            let body = format!(
+                "directory saw: {line}\nheaders: {}\nbody bytes: {}",
+                headers.join(" | "),
+                request_body.len()
+            );
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
@@ -815,6 +834,130 @@ async fn check_http_routes(port: u16) {
     );
 }
 
+/// A POST to `/directory{path}` with `headers` (name, value) and `body`: status and body.
+async fn directory_post(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut request = format!(
+        "POST /directory{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    http_raw(port, &request).await.expect("directory POST")
+}
+
+/// `/directory/*` passes on only the headers the directory needs (never the client's address or
+/// cookies), refuses bodies over 64 KiB (declared or chunked) with 413, and, where the runtime
+/// has the rate limiter binding (`limited`: wrangler dev), answers identity creation past 60
+/// requests a minute from one address with 429 while other addresses and lookups go on.
+async fn check_directory_forwarding(port: u16, limited: bool) {
+    let (status, body) = directory_post(
+        port,
+        "/identity/fetch_bulk",
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+            ("CF-Connecting-IP", "203.0.113.9"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Real-IP", "203.0.113.9"),
+            ("Cookie", "session=secret"),
+            ("User-Agent", "Threema/6.0"),
+        ],
+        br#"{"identities":["ECHOECHO"]}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("directory saw: POST /identity/fetch_bulk"),
+        "{body}"
+    );
+    assert!(body.contains("content-type: application/json"), "{body}");
+    assert!(body.contains("body bytes: 27"), "{body}");
+    for leak in [
+        "203.0.113.9",
+        "cookie",
+        "secret",
+        "x-forwarded-for",
+        "user-agent",
+    ] {
+        assert!(!body.contains(leak), "{leak} reached the directory: {body}");
+    }
+
+    let big = vec![b'x'; 64 * 1024 + 1];
+    let (status, body) = directory_post(port, "/identity/fetch_bulk", &[], &big).await;
+    assert_eq!(status, 413, "declared length over 64 KiB: {body}");
+    let mut chunked = format!(
+        "POST /directory/identity/fetch_bulk HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for _ in 0..9 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 8 * 1024).as_bytes());
+        chunked.extend(std::iter::repeat_n(b'y', 8 * 1024));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let (status, body) = http_raw(port, &chunked).await.expect("chunked POST");
+    assert_eq!(status, 413, "chunked body over 64 KiB: {body}");
+
+    if !limited {
+        return;
+    }
+    let create = |address: &'static str| async move {
+        directory_post(
+            port,
+            "/identity/create",
+            &[("CF-Connecting-IP", address)],
+            b"{}",
+        )
+        .await
+    };
+    // The limiter counts in fixed windows of a minute (Cloudflare's, and wrangler's simulation:
+    // buckets cleared at each whole minute since the epoch): all 61 requests go in one window.
+    let into_minute = now_ms() % 60_000;
+    if into_minute > 40_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into_minute + 200)).await;
+    }
+    for n in 1..=60 {
+        let (status, body) = create("198.51.100.1").await;
+        assert_eq!(status, 200, "creation request {n} of 60: {body}");
+    }
+    let (status, body) = create("198.51.100.1").await;
+    assert_eq!(status, 429, "the 61st creation request in a minute: {body}");
+    assert!(body.contains("too many identities"), "{body}");
+    // A spelling the chat server might read the same way counts too.
+    let (status, _) = directory_post(
+        port,
+        "/identity/create/",
+        &[("CF-Connecting-IP", "198.51.100.1")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(
+        status, 429,
+        "a trailing slash does not step around the limit"
+    );
+    let (status, body) = create("198.51.100.2").await;
+    assert_eq!(status, 200, "another address is not limited: {body}");
+    let (status, body) = directory_post(
+        port,
+        "/identity/fetch_bulk",
+        &[("CF-Connecting-IP", "198.51.100.1")],
+        b"{}",
+    )
+    .await;
+    assert_eq!(status, 200, "lookups are not creation: {body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -841,6 +984,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     eprintln!("wrangler dev answered after {first_start:?} (first start, includes the build)");
 
     check_http_routes(dev.port).await;
+    check_directory_forwarding(dev.port, true).await;
     check_store_selftest(dev.port).await;
     let first = check_first_reflect(dev.port).await;
     let stats = group_stats(dev.port, group_keys(GROUP_SEED).dgpk_public.0).await;
@@ -887,6 +1031,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let started = workerd.wait_ready(RESTART_TIMEOUT).await;
     eprintln!("workerd answered after {started:?}");
     check_http_routes(workerd.port).await;
+    check_directory_forwarding(workerd.port, false).await;
     let third = check_queue_then_reflect(workerd.port, &[(2, second)], 3).await;
     check_store_selftest(workerd.port).await;
     check_proxy(workerd.port, 4, &mut chat_reports).await;

@@ -1,0 +1,172 @@
+//! `/directory/*`: the identity directory, forwarded to the chat server (DESIGN.md §2.5).
+//!
+//! The Worker stands between devices and the chat server, and DESIGN.md §1 keeps device
+//! addresses from the chat server: on Cloudflare every request carries `cf-connecting-ip`,
+//! `x-forwarded-for`, `x-real-ip`, `cf-ipcountry`, cookies and more. So only the headers the
+//! directory needs are passed on (an allowlist, not a blocklist: a header Cloudflare adds
+//! tomorrow stays here too), bodies are read up to a bound, and identity creation is
+//! rate-limited per client address here, where the address is known (docs/worker.md "Limits").
+
+use futures_util::StreamExt;
+use worker::{console_warn, Env, Fetch, Headers, Method, Request, RequestInit, Response};
+
+use crate::config;
+
+/// Request headers passed on to the directory; every other header stays at the Worker.
+const FORWARDED: &[&str] = &["accept", "content-type"];
+
+/// Longest request body passed on. The largest legitimate one is a `fetch_bulk` of 256 IDs
+/// (≈ 3.6 KiB of JSON); 64 KiB leaves room without letting a client make the Worker buffer
+/// megabytes.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+/// How much of a body without a declared length is read (and dropped) past [`MAX_BODY`] before
+/// the 413: stopping in the middle of a request body breaks the connection it came on (under
+/// `wrangler dev` the next request on it fails with 503 "Your worker restarted mid-request"),
+/// so a body that ends soon after the bound is read to its end. Past this, reading stops.
+const MAX_DRAINED: usize = 1024 * 1024;
+
+/// The rate limiter binding (`wrangler.toml` `[[ratelimits]]`) for identity creation, keyed
+/// by the client's address.
+const CREATION_LIMITER: &str = "IDENTITY_CREATION";
+
+/// The one POST that is not identity creation. Every other POST counts against the creation
+/// limit, whatever its spelling (`/identity/create/`, `//identity/create`, percent-encoding):
+/// the limit cannot be stepped around by a path the chat server might read the same way.
+const LOOKUP_POST: &str = "/identity/fetch_bulk";
+
+/// Whether a request header goes on to the chat server.
+pub(crate) fn forwarded(name: &str) -> bool {
+    FORWARDED.iter().any(|f| f.eq_ignore_ascii_case(name))
+}
+
+/// Whether a directory request counts against the identity creation limit.
+pub(crate) fn counts_as_creation(method: &Method, rest: &str) -> bool {
+    *method == Method::Post && rest != LOOKUP_POST
+}
+
+/// Passes a `/directory/*` request on to the chat server's HTTP directory.
+pub(crate) async fn forward(mut req: Request, env: &Env, rest: &str) -> worker::Result<Response> {
+    let Ok(base) = env.var(config::DIRECTORY_URL_VAR) else {
+        return Response::error("directory not configured", 503);
+    };
+    let method = req.method();
+    if counts_as_creation(&method, rest) && !creation_allowed(&req, env).await? {
+        return Response::error(
+            "too many identities created from this address; try again in a minute",
+            429,
+        );
+    }
+    let url = req.url()?;
+    let target = config::directory_target(&base.to_string(), rest, url.query().unwrap_or(""));
+
+    let headers = Headers::new();
+    for (name, value) in req.headers().entries() {
+        if forwarded(&name) {
+            headers.set(&name, &value)?;
+        }
+    }
+    let mut init = RequestInit::new();
+    init.with_method(method.clone()).with_headers(headers);
+    if !matches!(method, Method::Get | Method::Head) {
+        let Some(body) = read_body(&mut req).await? else {
+            return Response::error(format!("request body over {MAX_BODY} bytes"), 413);
+        };
+        init.with_body(Some(
+            worker::js_sys::Uint8Array::from(body.as_slice()).into(),
+        ));
+    }
+    let upstream = Request::new_with_init(&target, &init)?;
+    match Fetch::Request(upstream).send().await {
+        Ok(response) => Ok(response),
+        Err(err) => Response::error(format!("directory unreachable: {err}"), 502),
+    }
+}
+
+/// The body, or `None` past [`MAX_BODY`]: a declared length is checked first, and a body
+/// without one (chunked) is read only up to the bound.
+async fn read_body(req: &mut Request) -> worker::Result<Option<Vec<u8>>> {
+    let declared = req
+        .headers()
+        .get("content-length")?
+        .and_then(|len| len.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY as u64) {
+        return Ok(None);
+    }
+    let Ok(mut stream) = req.stream() else {
+        // No body at all.
+        return Ok(Some(Vec::new()));
+    };
+    let mut body = Vec::new();
+    let mut seen = 0_usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > MAX_BODY.saturating_add(MAX_DRAINED) {
+            return Ok(None);
+        }
+        if seen <= MAX_BODY {
+            body.extend_from_slice(&chunk);
+        }
+    }
+    Ok((seen <= MAX_BODY).then_some(body))
+}
+
+/// Asks the creation limiter about this client's address. Without the binding (plain workerd,
+/// docs/worker.md "Self-hosting") creation is not limited here, and that is logged.
+async fn creation_allowed(req: &Request, env: &Env) -> worker::Result<bool> {
+    let Ok(limiter) = env.rate_limiter(CREATION_LIMITER) else {
+        console_warn!("no {CREATION_LIMITER} rate limiter bound: identity creation is not limited");
+        return Ok(true);
+    };
+    // Cloudflare sets it on every request; without it (local tools) all share one bucket.
+    let address = req.headers().get("cf-connecting-ip")?.unwrap_or_default();
+    Ok(limiter.limit(address).await?.success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_directory_headers_are_forwarded() {
+        for name in ["Accept", "content-type", "CONTENT-TYPE"] {
+            assert!(forwarded(name), "{name}");
+        }
+        for name in [
+            "cf-connecting-ip",
+            "x-forwarded-for",
+            "x-real-ip",
+            "cf-ipcountry",
+            "cf-ray",
+            "true-client-ip",
+            "cookie",
+            "authorization",
+            "user-agent",
+            "referer",
+            "origin",
+            "host",
+            "content-length",
+            "transfer-encoding",
+        ] {
+            assert!(!forwarded(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_post_but_the_bulk_lookup_counts_as_creation() {
+        for rest in [
+            "/identity/create",
+            "/identity/create/",
+            "//identity/create",
+            "/identity%2Fcreate",
+            "/IDENTITY/CREATE",
+            "",
+        ] {
+            assert!(counts_as_creation(&Method::Post, rest), "{rest}");
+        }
+        assert!(!counts_as_creation(&Method::Post, "/identity/fetch_bulk"));
+        assert!(!counts_as_creation(&Method::Get, "/identity/create"));
+        assert!(!counts_as_creation(&Method::Get, "/identity/ECHOECHO"));
+    }
+}
