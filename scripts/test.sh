@@ -16,12 +16,17 @@ cargo fmt --all -- --check
 
 say "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The mediator's development routes (feature `dev`, docs/worker.md): linted and unit-tested
+# with the feature too (the workspace runs build it without, as a deploy does).
+cargo clippy -p tandem-mediator --all-targets --features dev --locked -- -D warnings
+cargo clippy -p tandem-mediator --target wasm32-unknown-unknown --features dev --locked -- -D warnings
 
 say "shared builds for wasm32-unknown-unknown"
 cargo build -p tandem-shared --target wasm32-unknown-unknown --locked
 
 say "cargo test (workspace)"
 cargo test --workspace --locked
+cargo test -p tandem-mediator --features dev --locked
 
 say "client-wasm browser tests (headless Chromium via chromedriver)"
 # wasm-bindgen-test-runner reads client-wasm/webdriver.json (headless, no sandbox: CI runs as root).

@@ -4,12 +4,14 @@
 #   scripts/worker-dev.sh PORT STATE_DIR [extra `wrangler dev` arguments...]
 #
 # STATE_DIR holds the Durable Objects' SQLite files; starting again on the same directory keeps
-# them. The development routes (/bench-relay/{name}, /_dev/group/{id}) are on. Chat servers are
+# them. The development routes (/bench-relay/{name}, /_dev/group/{id}) are built in (cargo
+# feature `dev`, which `wrangler deploy`'s release build lacks) and on. Chat servers are
 # `--var CHAT_SERVER_<group>:host:port`, the directory `--var DIRECTORY_URL:http://host:port`.
 #
 # Environment:
-#   TANDEM_WORKER_BUILD_ARGS  worker-build arguments (default `--release`; `--release --no-opt`
-#                             skips wasm-opt, `--dev` builds unoptimised wasm)
+#   TANDEM_WORKER_BUILD_ARGS  worker-build arguments (default `--release --features dev`;
+#                             add `--no-opt` to skip wasm-opt; without `--features dev` the
+#                             build is the one `wrangler deploy` makes, with no development routes)
 #   TANDEM_WORKER_SKIP_BUILD  1: serve the existing mediator-worker/build as it is
 #
 # The script execs wrangler, so its process group is wrangler's: stop it with `kill -- -PGID`
@@ -42,7 +44,7 @@ cd "$TANDEM_WORKER_DIR"
 if [ "${TANDEM_WORKER_SKIP_BUILD:-}" != 1 ]; then
   started=$SECONDS
   # shellcheck disable=SC2086 # the arguments are a word list
-  worker-build ${TANDEM_WORKER_BUILD_ARGS:---release} >&2
+  worker-build ${TANDEM_WORKER_BUILD_ARGS:---release --features dev} >&2
   echo "worker-dev: worker-build took $((SECONDS - started)) s" >&2
 fi
 if [ ! -f build/index.js ] || [ ! -f build/index_bg.wasm ]; then

@@ -60,6 +60,11 @@ impl DurableObject for BenchRelay {
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
+        // The class stays in every build (wrangler.toml binds it and its migration created it);
+        // without the `dev` feature it relays nothing, and the code below is compiled away.
+        if !cfg!(feature = "dev") {
+            return Response::error("not found", 404);
+        }
         if !crate::is_websocket_upgrade(&req)? {
             return Response::error("expected a WebSocket upgrade", 426);
         }

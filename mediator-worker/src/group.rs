@@ -16,6 +16,7 @@ use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
 use rand_core::OsRng;
+#[cfg(feature = "dev")]
 use serde::Serialize;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::d2m::{CloseCode, PayloadType};
@@ -29,14 +30,17 @@ use worker::{
 use crate::config::{self, chat_server_vars, ChatServerAddr};
 use crate::runtime::{self, RawStorage};
 use crate::schema;
+#[cfg(feature = "dev")]
 use crate::selftest;
 use crate::store::SqlGroupStore;
 use crate::tcp;
 use crate::ws::{self, Frame};
 
 /// Path of the development-only stats request the Worker sends to the object.
+#[cfg(feature = "dev")]
 pub(crate) const STATS_PATH: &str = "/_dev/stats";
 /// Path of the development-only store self-test (run in an object that serves no group).
+#[cfg(feature = "dev")]
 pub(crate) const SELFTEST_PATH: &str = "/_dev/store-selftest";
 
 /// Bytes from one device waiting to be written to its chat server socket. Beyond this the
@@ -89,6 +93,7 @@ struct Io {
     /// A task that handles `waiting` is scheduled.
     drain_scheduled: Cell<bool>,
     /// Development fault injection (`crate::dev_tamper`).
+    #[cfg(feature = "dev")]
     tamper: crate::dev_tamper::Tamper,
 }
 
@@ -170,6 +175,7 @@ impl DurableObject for DeviceGroup {
             proxied_at_once: Cell::new(0),
             waiting: RefCell::new(VecDeque::new()),
             drain_scheduled: Cell::new(false),
+            #[cfg(feature = "dev")]
             tamper: crate::dev_tamper::Tamper::default(),
         });
         match schema::create(&io.sql) {
@@ -189,15 +195,18 @@ impl DurableObject for DeviceGroup {
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
         let path = req.path();
+        #[cfg(feature = "dev")]
         if path == SELFTEST_PATH {
             return self.store_selftest();
         }
         if let GroupState::Failed(reason) = &*self.io.group.borrow() {
             return Response::error(format!("device group unavailable: {reason}"), 500);
         }
+        #[cfg(feature = "dev")]
         if path == STATS_PATH {
             return Response::from_json(&stats(&self.io)?);
         }
+        #[cfg(feature = "dev")]
         if path == crate::dev_tamper::PATH {
             return self.io.tamper.arm();
         }
@@ -254,6 +263,7 @@ impl DeviceGroup {
     }
 
     /// Runs the store's contract checks on this object's tables, which must serve no group.
+    #[cfg(feature = "dev")]
     fn store_selftest(&self) -> worker::Result<Response> {
         if !matches!(&*self.io.group.borrow(), GroupState::Unknown) {
             return Response::error(
@@ -427,8 +437,13 @@ fn carry_out_all(io: &Rc<Io>, effects: Vec<Effect>, deadline: Option<u64>) {
 
 fn carry_out(io: &Rc<Io>, effect: Effect, follow_ups: &mut Vec<FollowUp>) {
     match effect {
-        Effect::Send { conn, mut bytes } => {
-            io.tamper.apply(&mut bytes);
+        Effect::Send { conn, bytes } => {
+            #[cfg(feature = "dev")]
+            let bytes = {
+                let mut bytes = bytes;
+                io.tamper.apply(&mut bytes);
+                bytes
+            };
             if let Some(link) = io.links.borrow().get(&conn) {
                 // A socket already gone reports its close through the reading task.
                 if let Err(err) = link.ws.send_with_bytes(&bytes) {
@@ -695,6 +710,7 @@ fn group_id_of_name(name: &str) -> Option<PublicKey> {
 }
 
 /// What the development stats route reports about a group.
+#[cfg(feature = "dev")]
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Stats {
@@ -730,16 +746,17 @@ struct Stats {
     wasm_memory_bytes: u64,
 }
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(feature = "dev", target_arch = "wasm32"))]
 fn wasm_memory_bytes() -> u64 {
     (core::arch::wasm32::memory_size::<0>() as u64).saturating_mul(65_536)
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "dev", not(target_arch = "wasm32")))]
 const fn wasm_memory_bytes() -> u64 {
     0
 }
 
+#[cfg(feature = "dev")]
 fn stats(io: &Io) -> worker::Result<Stats> {
     let state = io.group.borrow();
     let (name, counts, leader, holder) = match &*state {

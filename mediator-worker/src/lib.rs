@@ -13,12 +13,14 @@
 
 mod bench_relay;
 mod config;
+#[cfg(feature = "dev")]
 mod dev_tamper;
 mod directory;
 mod group;
 mod route;
 mod runtime;
 mod schema;
+#[cfg(feature = "dev")]
 mod selftest;
 mod store;
 mod tcp;
@@ -33,14 +35,14 @@ use worker::{event, Context, Env, Request, Response};
 /// Durable Object binding of the device groups (`wrangler.toml`).
 const GROUP_BINDING: &str = "DEVICE_GROUP";
 /// Durable Object binding of the bench relay (`wrangler.toml`).
+#[cfg(feature = "dev")]
 const BENCH_RELAY_BINDING: &str = "BENCH_RELAY";
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
     let path = req.path();
-    let dev_routes = env
-        .var(config::DEV_ROUTES_VAR)
-        .is_ok_and(|var| var.to_string() == "on");
+    let dev_routes =
+        dev_routes_enabled(env.var(config::DEV_ROUTES_VAR).ok().map(|v| v.to_string()));
     match route::classify(&path, dev_routes) {
         Route::Mediator(info) => {
             if !is_websocket_upgrade(&req)? {
@@ -54,6 +56,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         }
         Route::BadMediatorPath(err) => Response::error(format!("bad mediator path: {err}"), 400),
         Route::Directory(rest) => directory::forward(req, &env, rest).await,
+        #[cfg(feature = "dev")]
         Route::BenchRelay(name) => {
             env.durable_object(BENCH_RELAY_BINDING)?
                 .id_from_name(name)?
@@ -61,6 +64,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .fetch_with_request(req)
                 .await
         }
+        #[cfg(feature = "dev")]
         Route::DevGroupStats(group) => {
             env.durable_object(GROUP_BINDING)?
                 .id_from_name(group)?
@@ -68,6 +72,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .fetch_with_str(&format!("https://device-group{}", group::STATS_PATH))
                 .await
         }
+        #[cfg(feature = "dev")]
         Route::DevGroupTamper(group) => {
             env.durable_object(GROUP_BINDING)?
                 .id_from_name(group)?
@@ -75,6 +80,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .fetch_with_str(&format!("https://device-group{}", dev_tamper::PATH))
                 .await
         }
+        #[cfg(feature = "dev")]
         Route::DevStoreSelftest => {
             env.durable_object(GROUP_BINDING)?
                 .id_from_name(route::SELFTEST_OBJECT)?
@@ -82,8 +88,19 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
                 .fetch_with_str(&format!("https://device-group{}", group::SELFTEST_PATH))
                 .await
         }
+        #[cfg(not(feature = "dev"))]
+        Route::BenchRelay(_)
+        | Route::DevGroupStats(_)
+        | Route::DevGroupTamper(_)
+        | Route::DevStoreSelftest => Response::error("not found", 404),
         Route::NotFound => Response::error("not found", 404),
     }
+}
+
+/// Whether the development routes answer: only in a build with the `dev` feature, and there only
+/// with `TANDEM_DEV_ROUTES=on` (`var`). A release build never has them, whatever its vars say.
+fn dev_routes_enabled(var: Option<String>) -> bool {
+    cfg!(feature = "dev") && var.as_deref() == Some("on")
 }
 
 /// `Upgrade: websocket`, case-insensitively.
@@ -92,4 +109,21 @@ pub(crate) fn is_websocket_upgrade(req: &Request) -> worker::Result<bool> {
         .headers()
         .get("upgrade")?
         .is_some_and(|value| value.eq_ignore_ascii_case("websocket")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The release build (no `dev` feature) has no development routes, whatever its vars say.
+    #[test]
+    fn dev_routes_need_the_feature_and_the_var() {
+        assert_eq!(
+            dev_routes_enabled(Some("on".to_owned())),
+            cfg!(feature = "dev")
+        );
+        assert!(!dev_routes_enabled(Some("off".to_owned())));
+        assert!(!dev_routes_enabled(Some("ON".to_owned())));
+        assert!(!dev_routes_enabled(None));
+    }
 }

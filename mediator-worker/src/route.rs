@@ -14,6 +14,7 @@ const DEV_GROUP_PREFIX: &str = "/_dev/group/";
 const DEV_STORE_SELFTEST: &str = "/_dev/store-selftest";
 
 /// Durable Object name of the store self-test: not 64 hex digits, so no device group can use it.
+#[cfg(feature = "dev")]
 pub(crate) const SELFTEST_OBJECT: &str = "store-selftest";
 
 /// Longest bench relay room name accepted; names are only used as Durable Object names.

@@ -80,6 +80,7 @@ pub(crate) fn remember_group_id(sql: &SqlStorage, id: &PublicKey) -> worker::Res
 }
 
 /// Empties every group table (the development store self-test's object only).
+#[cfg(feature = "dev")]
 pub(crate) fn wipe(sql: &SqlStorage) -> worker::Result<()> {
     for table in ["slot", "envelope", "queue", "staged", "shared", "meta"] {
         sql.exec(&format!("DELETE FROM {table}"), None)?;

@@ -29,6 +29,7 @@ static BATCHES: AtomicU64 = AtomicU64::new(0);
 static BATCHED: AtomicU64 = AtomicU64::new(0);
 
 /// `(enqueue_batch calls, envelopes stored by them)` so far (development stats).
+#[cfg(feature = "dev")]
 pub(crate) fn batch_calls() -> (u64, u64) {
     (
         BATCHES.load(Ordering::Relaxed),
@@ -37,6 +38,7 @@ pub(crate) fn batch_calls() -> (u64, u64) {
 }
 
 /// `(statements, transactions)` so far (development stats).
+#[cfg(feature = "dev")]
 pub(crate) fn sql_calls() -> (u64, u64) {
     (
         STATEMENTS.load(Ordering::Relaxed),
@@ -130,6 +132,7 @@ impl SqlGroupStore {
     }
 
     /// Rows of every table, for the development stats route.
+    #[cfg(feature = "dev")]
     pub(crate) fn counts(&self) -> Result<StoreCounts, SqlStoreError> {
         let count = |table: &'static str| -> Result<u64, SqlStoreError> {
             let rows = run(&self.sql, &format!("SELECT COUNT(*) FROM {table}"), vec![])?;
@@ -145,6 +148,7 @@ impl SqlGroupStore {
 }
 
 /// Row counts of the store's tables.
+#[cfg(feature = "dev")]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct StoreCounts {
     pub(crate) slots: u64,

@@ -1050,5 +1050,51 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
     );
     workerd.stop();
 
+    check_deploy_dry_run(&scratch.join("deploy"));
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// `wrangler deploy --dry-run` (`scripts/worker-deploy-check.sh`) accepts wrangler.toml and
+/// builds what a deploy uploads: the release build, without the `dev` feature, so none of the
+/// development routes' code is in its wasm (docs/worker.md "Deploying to Cloudflare"). Last in
+/// the test: it leaves that build in mediator-worker/build.
+fn check_deploy_dry_run(out: &Path) {
+    let output = Command::new("bash")
+        .arg(repo_root().join("scripts/worker-deploy-check.sh"))
+        .arg(out)
+        .env_remove("TANDEM_WORKER_PREBUILT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run worker-deploy-check.sh");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "wrangler deploy --dry-run failed:\n{log}"
+    );
+    assert!(log.contains("--dry-run: exiting now"), "{log}");
+    for binding in ["DEVICE_GROUP", "IDENTITY_CREATION"] {
+        assert!(log.contains(binding), "binding {binding} missing:\n{log}");
+    }
+    let wasm = std::fs::read_dir(out)
+        .expect("the dry run's output directory")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "wasm"))
+        .unwrap_or_else(|| panic!("no wasm in {}:\n{log}", out.display()));
+    let wasm = std::fs::read(&wasm).expect("read the deploy's wasm");
+    let has = |needle: &str| wasm.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        has("frame too large"),
+        "the deploy's wasm is not the mediator"
+    );
+    for dev in ["/_dev/", "tamper-next", "store-selftest", "store self-test"] {
+        assert!(
+            !has(dev),
+            "the deploy's wasm has development code ({dev:?})"
+        );
+    }
 }
