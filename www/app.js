@@ -747,7 +747,7 @@ if (tabs) {
 }
 
 async function setup() {
-  if (deviceName !== 'default') $('setup-where').textContent = ` This is the device “${deviceName}” of this browser.`;
+  if (deviceName !== 'default') $('setup-where').textContent = ` This page is the device “${deviceName}” of this browser (several can live side by side).`;
   $('setup').hidden = false;
   $('setup-label').value = deviceName === 'default' ? 'Web browser' : `Web browser (${deviceName})`;
   const busy = (on) => { for (const b of document.querySelectorAll('#setup button')) b.disabled = on; };

@@ -587,6 +587,8 @@ const SCENARIOS = {
       await visible(a2, '#conversations li', 'the conversation synced to the linked device');
       await a2.click('#conversations li');
       await visible(a2, '#messages li:has-text("hello through the web app")', 'the history on the linked device');
+      const syncShown = await a2.evaluate(() => window.__syncShown);
+      check(syncShown.length === 0, 'no sync line flashing while the linked device catches up (under a second)', syncShown);
       await a2.fill('#composer-text', 'from the linked device');
       await a2.click('#composer button');
       await visible(a, '#messages li:has-text("from the linked device")', 'the linked device\'s text reflected to a');
@@ -671,9 +673,11 @@ const SCENARIOS = {
   },
 
   /** Issue 15's words trap: the setup screen, the main screen and Settings of the web app show no
-   * developer words (database names, "leader", sync counters, API names, close codes). */
+   * developer words (database names, "leader", sync counters, API names, close codes), and a
+   * linked device that comes back to three queued changes catches up without flashing a sync
+   * line. */
   async web_app_words(browser) {
-    await withWebApp(browser, async ({ open, visible }) => {
+    await withWebApp(browser, async ({ open, tab, visible }) => {
       const a = await open('words-a');
       await visible(a, '#setup:not([hidden])', 'the setup screen');
       await noDevWords(a, 'the setup screen');
@@ -684,6 +688,27 @@ const SCENARIOS = {
       await a.click('#open-settings');
       await visible(a, '#devices li:has-text("this device")', 'this device in Settings');
       await noDevWords(a, 'Settings');
+      await a.click('dialog button[value=close]');
+      // A device that comes back to a queue of changes catches up without flashing a counter.
+      const backup = await exportBackup(a);
+      const a2 = await open('words-a2');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen on a2');
+      await a2.fill('#import-backup', backup);
+      await a2.fill('#import-password', PASSWORD);
+      await a2.click('#import-form button');
+      await visible(a2, '#conn.online', 'the linked device online');
+      await a2.close();
+      for (const nickname of ['One', 'Two', 'Three']) {
+        await a.click('#open-settings');
+        await a.fill('#set-nickname', nickname);
+        await a.click('#save-settings');
+        await visible(a, `#me-nickname:has-text("${nickname}")`, `nickname ${nickname} on a`);
+      }
+      const again = await tab(a2, 'words-a2');
+      await visible(again, '#me-nickname:has-text("Three")', 'the queued changes on a2 after it comes back');
+      const syncShown = await again.evaluate(() => window.__syncShown);
+      check(syncShown.length === 0, 'no sync counter flashing while a2 catches up (under a second)', syncShown);
+      await noDevWords(again, 'the main screen after catching up');
     });
   },
 
@@ -699,6 +724,7 @@ const SCENARIOS = {
       await visible(a, '#new-chat-status:has-text("No Tandem ID ZZZZZZZZ exists")', 'the sentence for an ID that does not exist', 10_000);
       check(!(await a.isVisible('#chat')), 'no chat opened for an ID that does not exist', await a.textContent('#chat-title'));
       check(await a.locator('#conversations li').count() === 0, 'no conversation for it in the list', await a.textContent('#conversations'));
+      await bothWidths(a, 'unknown-id');
       await a.fill('#new-chat-id', idB);
       await a.click('#new-chat button');
       await visible(a, `#chat:not([hidden]) #chat-title:has-text("${idB}")`, 'the chat with b after adding b');
@@ -856,6 +882,13 @@ function webApp(browser) {
           }
         }
       }).observe(document, { childList: true, subtree: true });
+      // Every time the "Updating…" line appears (it must not flash for a quick catch-up).
+      window.__syncShown = [];
+      new MutationObserver((records) => {
+        for (const r of records) {
+          if (r.target.id === 'sync' && !r.target.hidden) window.__syncShown.push(r.target.textContent);
+        }
+      }).observe(document, { attributes: true, attributeFilter: ['hidden'], subtree: true });
     });
     return openIn(context, device);
   };
