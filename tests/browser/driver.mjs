@@ -690,13 +690,7 @@ const SCENARIOS = {
       await noDevWords(a, 'Settings');
       await a.click('dialog button[value=close]');
       // A device that comes back to a queue of changes catches up without flashing a counter.
-      const backup = await exportBackup(a);
-      const a2 = await open('words-a2');
-      await visible(a2, '#setup:not([hidden])', 'the setup screen on a2');
-      await a2.fill('#import-backup', backup);
-      await a2.fill('#import-password', PASSWORD);
-      await a2.click('#import-form button');
-      await visible(a2, '#conn.online', 'the linked device online');
+      const a2 = await linkSecond(a, open, visible, 'words-a2');
       await a2.close();
       for (const nickname of ['One', 'Two', 'Three']) {
         await a.click('#open-settings');
@@ -797,13 +791,7 @@ const SCENARIOS = {
     await withWebApp(browser, async ({ open, visible }) => {
       const a = await open('rm-a');
       await createOne(a, visible);
-      const backup = await exportBackup(a);
-      const a2 = await open('rm-a2');
-      await visible(a2, '#setup:not([hidden])', 'the setup screen on a2');
-      await a2.fill('#import-backup', backup);
-      await a2.fill('#import-password', PASSWORD);
-      await a2.click('#import-form button');
-      await visible(a2, '#conn.online', 'the linked device online');
+      const a2 = await linkSecond(a, open, visible, 'rm-a2');
       await a.click('#open-settings');
       a.once('dialog', (d) => d.accept());
       await a.click('#devices button[aria-label*="rm-a2"]');
@@ -971,6 +959,19 @@ async function createOne(page, visible) {
   await visible(page, '#setup:not([hidden])', 'the setup screen');
   await page.click('#create-form button');
   await visible(page, '#conn.online', 'the new device online');
+}
+
+/** Links a new web app device (page `name`) to `first`'s identity through the ID backup, as a
+ * person would; waits until it is online. */
+async function linkSecond(first, open, visible, name) {
+  const backup = await exportBackup(first);
+  const page = await open(name);
+  await visible(page, '#setup:not([hidden])', `the setup screen on ${name}`);
+  await page.fill('#import-backup', backup);
+  await page.fill('#import-password', PASSWORD);
+  await page.click('#import-form button');
+  await visible(page, '#conn.online', `the linked device ${name} online`);
+  return page;
 }
 
 /** Creates a new identity on each of two fresh web app pages and waits until both are online;
