@@ -20,6 +20,7 @@ const typingPeers = new Map(); // identity -> timeout
 let pendingAdd = null; // the Tandem ID being looked up for "Add contact"
 let syncTimer = null; // shows "Updating…" only when a sync takes longer than a second
 let connTick = null; // repaints the retry countdown
+let startedAt = 0; // when this tab opened the device (Date.now()); the newer tab keeps it
 // One device can be open in one tab at a time (the mediator closes the older connection with
 // 4112). The tab that opens it says so here, and the others step aside (docs/web-app.md).
 const tabs = 'BroadcastChannel' in window ? new BroadcastChannel(`tandem-tab-${database}`) : null;
@@ -27,7 +28,7 @@ const tabs = 'BroadcastChannel' in window ? new BroadcastChannel(`tandem-tab-${d
 // client keeps no such messages, so the app notes what it saw, in this browser only.
 const NOTES_KEY = `tandem-notes-${database}`;
 let notes = {};
-try { notes = JSON.parse(localStorage.getItem(NOTES_KEY) || '{}'); } catch { notes = {}; }
+try { notes = JSON.parse(localStorage.getItem(NOTES_KEY) || '{}') || {}; } catch { notes = {}; }
 const groupSeen = new Map(); // group id -> { name, members, userState } as last shown
 const removedHere = new Set(); // "group id/identity" this tab removed from a group
 
@@ -429,6 +430,10 @@ function closeClient() {
   if (!client) return;
   try { client.close(); } catch { /* already closed */ }
   client = null;
+  // Nothing may call the closed client later (Escape, a typing timer, the tab becoming visible).
+  clearTimeout(typingTimer);
+  typingSent = false;
+  current = null;
 }
 
 /**
@@ -730,7 +735,8 @@ function addStatus(text, error = false) {
 function start(c) {
   client = c;
   // This tab runs the device now: another tab with it open steps aside (see otherTab).
-  tabs?.postMessage({ type: 'here' });
+  startedAt = Date.now();
+  tabs?.postMessage({ type: 'here', at: startedAt });
   for (const g of client.groups()) groupSeen.set(g.id, groupShape(g));
   $('setup').hidden = true;
   $('main').hidden = false;
@@ -741,8 +747,9 @@ function start(c) {
 
 if (tabs) {
   tabs.onmessage = ({ data }) => {
-    // Another tab opened this device, or wiped it: stop here (the setup screen stays as it is).
-    if (client && (data?.type === 'here' || data?.type === 'wipe')) otherTab();
+    // Another tab opened this device (later than this one: two tabs opening at once must not
+    // both step aside), or wiped it: stop here (the setup screen stays as it is).
+    if (client && (data?.type === 'wipe' || (data?.type === 'here' && data.at >= startedAt))) otherTab();
   };
 }
 
