@@ -688,6 +688,15 @@ const SCENARIOS = {
       await a.click('#open-settings');
       await visible(a, '#devices li:has-text("this device")', 'this device in Settings');
       await noDevWords(a, 'Settings');
+      // The Content-Security-Policy applies: an inline script added to the page does not run.
+      const blocked = await a.evaluate(() => new Promise((resolve) => {
+        document.addEventListener('securitypolicyviolation', (e) => resolve(e.violatedDirective), { once: true });
+        const script = document.createElement('script');
+        script.textContent = 'window.__inlineRan = true;';
+        document.body.append(script);
+        setTimeout(() => resolve(window.__inlineRan ? 'ran' : 'no violation reported'), 1000);
+      }));
+      check(blocked.startsWith('script-src'), 'an inline script refused by the page\'s Content-Security-Policy', blocked);
       await a.click('dialog button[value=close]');
       // A device that comes back to a queue of changes catches up without flashing a counter.
       const a2 = await linkSecond(a, open, visible, 'words-a2');
@@ -703,6 +712,8 @@ const SCENARIOS = {
       const syncShown = await again.evaluate(() => window.__syncShown);
       check(syncShown.length === 0, 'no sync counter flashing while a2 catches up (under a second)', syncShown);
       await noDevWords(again, 'the main screen after catching up');
+      // The one CSP violation expected is the test's own inline script.
+      return (l) => !l.includes('Executing inline script violates');
     });
   },
 
@@ -833,21 +844,32 @@ const SCENARIOS = {
       await visible(a, '#conn.online', 'the first tab online again after "Use here"');
       await visible(a2, screen, 'the second tab steps aside', 10_000);
       check(await a.textContent('#me-identity') === id, 'the same device', await a.textContent('#me-identity'));
+
+      // Without BroadcastChannel the mediator's 4112 leads to the same screen.
+      const b = await open('tab-b', 0, () => { delete window.BroadcastChannel; });
+      await createOne(b, visible);
+      const b2 = await tab(b, 'tab-b');
+      await visible(b2, '#conn.online', 'the second tab online (no BroadcastChannel)');
+      await visible(b, screen, 'the first tab steps aside on 4112 (no BroadcastChannel)', 10_000);
+      check(await b.evaluate(() => !('BroadcastChannel' in window)), 'no BroadcastChannel in this context', true);
+      await noDevWords(b, 'the other-tab screen after 4112');
     });
   },
 };
 
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
  * a page adds is recorded in `window.__toasts` (text, error, the region's aria-live). `open(name,
- * shiftMs)` moves the page's `Date` (and `Date.now`) by `shiftMs`. */
+ * shiftMs, init)` moves the page's `Date` (and `Date.now`) by `shiftMs` and runs `init` (a
+ * function) in every page of the context before the app. */
 function webApp(browser) {
   const consoles = [];
   const contexts = [];
   // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
   const framesSent = new Map();
-  const open = async (device, shiftMs = 0) => {
+  const open = async (device, shiftMs = 0, init = null) => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     contexts.push(context);
+    if (init) await context.addInitScript(init);
     if (shiftMs !== 0) {
       await context.addInitScript((shift) => {
         const RealDate = Date;
