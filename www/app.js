@@ -453,11 +453,14 @@ function removed(text) {
   halt('This device was removed from your identity', text, 'Wipe this device', async () => {
     $('halt-action').disabled = true;
     tabs?.postMessage({ type: 'wipe' });
+    // The browser deletes the database once no tab holds it open (the others were told above).
+    const slow = setTimeout(() => toast('Still wiping: close the other tabs that have Tandem open.'), 3000);
     try {
       await TandemClient.deleteDatabase(database);
       localStorage.removeItem(NOTES_KEY);
       location.reload();
     } catch (e) {
+      clearTimeout(slow);
       $('halt-action').disabled = false;
       toast(`Could not wipe this device: ${sentence(e.message || e)} Close its other tabs and try again.`, true);
     }
