@@ -17,6 +17,20 @@ let current = null; // conversation id shown
 let typingSent = false;
 let typingTimer = null;
 const typingPeers = new Map(); // identity -> timeout
+let pendingAdd = null; // the Tandem ID being looked up for "Add contact"
+let syncTimer = null; // shows "Updating…" only when a sync takes longer than a second
+let connTick = null; // repaints the retry countdown
+let startedAt = 0; // when this tab opened the device (Date.now()); the newer tab keeps it
+// One device can be open in one tab at a time (the mediator closes the older connection with
+// 4112). The tab that opens it says so here, and the others step aside (docs/web-app.md).
+const tabs = 'BroadcastChannel' in window ? new BroadcastChannel(`tandem-tab-${database}`) : null;
+// Lines the app shows in a chat for what happened to a group (renamed, someone left): the
+// client keeps no such messages, so the app notes what it saw, in this browser only.
+const NOTES_KEY = `tandem-notes-${database}`;
+let notes = {};
+try { notes = JSON.parse(localStorage.getItem(NOTES_KEY) || '{}') || {}; } catch { notes = {}; }
+const groupSeen = new Map(); // group id -> { name, members, userState } as last shown
+const removedHere = new Set(); // "group id/identity" this tab removed from a group
 
 function toast(text, error = false) {
   const el = document.createElement('div');
@@ -26,12 +40,44 @@ function toast(text, error = false) {
   setTimeout(() => el.remove(), error ? 8000 : 4000);
 }
 
-// Runs a client call; a thrown Error (the package's messages are meant for people) becomes a toast.
+// The package's error messages, in the words of this app (no IDs of internal objects, no API
+// names); anything not listed keeps its text, without the internal parts.
+const SENTENCES = [
+  [/^identity (\S+) not found in the directory/, (id) => `No Tandem ID ${id} exists.`],
+  [/^invalid identity/, () => 'A Tandem ID has 8 characters: letters A–Z and digits.'],
+  [/^cannot message the own identity/, () => 'That is your own Tandem ID.'],
+  [/^unknown contact (\S+)/, (id) => `${id} is not one of your contacts yet: add it with "Add contact" first.`],
+  [/^only the creator may change group/, () => 'Only the person who created this group can change its name or members.'],
+  [/^not a member of group/, () => 'You are no longer in this group.'],
+  [/^unknown group/, () => 'This group is not on this device.'],
+  [/^no members/, () => 'A group needs at least one other member.'],
+  [/^text of \d+ bytes exceeds/, () => 'This text is too long for one message.'],
+  [/^empty text/, () => 'Type a message first.'],
+  [/^not connected/, () => 'Not connected right now. Try again when the device is online.'],
+  [/^the directory could not be reached to look up (\S+)/, (id) => `Could not look up ${id}: the Tandem directory did not answer. Check the connection and try again.`],
+  [/^directory at /, () => 'The Tandem directory did not answer. Check the connection and try again.'],
+  [/^storage: /, () => 'This browser refused to store Tandem\'s data (private window, or the disk is full?).'],
+  [/^database .* already holds identity/, () => 'This browser already holds this device\'s identity. Reload the page.'],
+  [/^wrong backup password/, () => 'Wrong backup password (or a mistyped backup).'],
+  [/^this client was closed/, () => 'This tab no longer runs Tandem. Reload the page.'],
+  [/^disconnected before the device list came/, () => 'The connection dropped before the list of devices arrived. Open Settings again when online.'],
+];
+function sentence(message) {
+  const text = String(message);
+  for (const [pattern, say] of SENTENCES) {
+    const m = pattern.exec(text);
+    if (m) return say(m[1]);
+  }
+  const plain = text.replace(/GroupId \{.*\}/, 'this group').replace(/;? ?call retryNow\(\)[^.]*/, '');
+  return plain.charAt(0).toUpperCase() + plain.slice(1);
+}
+
+// Runs a client call; a thrown Error becomes a toast, in the app's words.
 function attempt(fn) {
   try {
     return fn();
   } catch (e) {
-    toast(e.message || String(e), true);
+    toast(sentence(e.message || e), true);
     return undefined;
   }
 }
@@ -49,16 +95,82 @@ function conversationName(id) {
   }
   if (kind === 'group') {
     const g = client.groups().find((g) => g.id === rest);
-    return g ? `${g.name || 'Unnamed group'} (${g.members.length + 1})` : 'Group';
+    return g ? `${g.name || 'Unnamed group'} (${groupPeople(g).count})` : 'Group';
   }
   const l = client.distributionLists().find((l) => l.id === rest);
   return l ? `${l.name} (list)` : 'Distribution list';
 }
 
+/** A contact's name where one is known, else the ID. */
+function nameOf(identity) {
+  const c = client.contacts().find((c) => c.identity === identity);
+  return c?.displayName || identity;
+}
+
+/**
+ * Who is in a group as this device knows it. The client's `members` leave out both the creator
+ * and this user (so a member saw "(1)" and an empty list); the creator is `creator`, and this
+ * user counts while `userState` is "member".
+ */
+function groupPeople(g) {
+  const me = client.identity;
+  const others = [...new Set([g.creator, ...g.members])].filter((id) => id !== me);
+  const inIt = g.userState === 'member';
+  return { others, inIt, count: others.length + (inIt ? 1 : 0) };
+}
+
+const groupOf = (conversationId) => client.groups().find((g) => g.conversation === conversationId);
+
+/** A line in a chat for something that happened (not a message); kept in this browser. */
+function addNote(conversationId, text) {
+  const list = (notes[conversationId] ??= []);
+  list.push({ at: Date.now(), text });
+  if (list.length > 100) list.splice(0, list.length - 100);
+  try { localStorage.setItem(NOTES_KEY, JSON.stringify(notes)); } catch { /* storage full: shown, not kept */ }
+  if (conversationId === current) renderMessages();
+}
+
+const groupShape = (g) => ({ name: g.name, members: [...g.members], userState: g.userState });
+
+/** Notes what changed in a group since it was last seen (the `group` event carries the result). */
+function noteGroupChange(id, g) {
+  const before = groupSeen.get(id);
+  if (!g) { groupSeen.delete(id); return; }
+  groupSeen.set(id, groupShape(g));
+  if (!before) return;
+  const me = client.identity;
+  const conv = g.conversation;
+  const mine = g.creator === me;
+  if (g.name !== before.name) {
+    const who = mine ? 'You' : nameOf(g.creator);
+    addNote(conv, g.name ? `${who} renamed the group to “${g.name}”.` : `${who} removed the group's name.`);
+  }
+  if (before.userState === 'member' && g.userState === 'left') addNote(conv, 'You left the group.');
+  if (before.userState === 'member' && g.userState === 'kicked') addNote(conv, 'You were removed from the group, or its creator ended it.');
+  if (before.userState !== 'member' && g.userState === 'member') addNote(conv, `${nameOf(g.creator)} added you to the group again.`);
+  if (g.userState !== 'member' || before.userState !== 'member') return;
+  for (const id2 of before.members.filter((m) => !g.members.includes(m))) {
+    const here = removedHere.delete(`${id}/${id2}`);
+    // A member who leaves is removed by the client as well; only a removal this tab made is
+    // known as one (docs/web-app.md).
+    addNote(conv, here ? `You removed ${nameOf(id2)}.` : mine ? `${nameOf(id2)} left the group.` : `${nameOf(id2)} is no longer in the group.`);
+  }
+  for (const id2 of g.members.filter((m) => !before.members.includes(m))) {
+    addNote(conv, `${mine ? 'You' : nameOf(g.creator)} added ${nameOf(id2)}.`);
+  }
+}
+
 function renderConversations() {
   const ul = $('conversations');
   ul.replaceChildren();
-  for (const conv of client.conversations()) {
+  // A group shows as soon as one is in it, before its first message (the client lists
+  // conversations that have messages).
+  const list = client.conversations();
+  const listed = new Set(list.map((c) => c.id));
+  for (const g of client.groups()) {
+    if (g.userState === 'member' && !listed.has(g.conversation)) list.push({ id: g.conversation, unread: 0, lastMessage: null });
+  }
+  for (const conv of list) {
     const li = document.createElement('li');
     li.dataset.id = conv.id;
     li.classList.toggle('active', conv.id === current);
@@ -97,7 +209,18 @@ function renderMessages() {
   const isGroup = current.startsWith('group/');
   // Group senders by name where one is known (one contacts() call per render, not per message).
   const names = new Map(isGroup ? client.contacts().map((c) => [c.identity, c.displayName || c.identity]) : []);
+  // The app's own notes (group renamed, someone left) go between the messages by time.
+  const pending = [...(notes[current] ?? [])];
+  const noteUntil = (at) => {
+    while (pending.length > 0 && pending[0].at <= at) {
+      const li = document.createElement('li');
+      li.className = 'note';
+      li.textContent = pending.shift().text;
+      ol.append(li);
+    }
+  };
   for (const m of attempt(() => client.messages(current)) || []) {
+    noteUntil(m.createdAt);
     const li = document.createElement('li');
     li.className = m.outgoing ? 'mine' : '';
     li.dataset.key = m.key;
@@ -117,14 +240,30 @@ function renderMessages() {
     li.append(meta);
     ol.append(li);
   }
+  noteUntil(Infinity);
   if (atBottom) ol.scrollTop = ol.scrollHeight;
 }
 
 function renderChatHead() {
   $('chat-title').textContent = conversationName(current);
   const isGroup = current.startsWith('group/');
-  $('chat-members').hidden = !isGroup;
-  $('chat-leave').hidden = !isGroup;
+  const g = isGroup ? groupOf(current) : null;
+  const people = g ? groupPeople(g) : null;
+  // Only the creator may rename a group or change its members: nobody else gets the buttons.
+  const canChange = Boolean(g && g.creator === client.identity && people.inIt);
+  $('chat-rename').hidden = isGroup && !canChange;
+  $('chat-members').hidden = !canChange;
+  $('chat-leave').hidden = !(people?.inIt);
+  $('chat-sub').hidden = !g;
+  if (g) {
+    const who = people.others.map((id) => (id === g.creator ? `${nameOf(id)} (created the group)` : nameOf(id)));
+    $('chat-sub').textContent = (people.inIt ? ['You', ...who] : who).join(', ');
+  }
+  // After leaving (or being removed) nothing can be sent: say so instead of a composer.
+  const closed = Boolean(g && !people.inIt);
+  $('composer').hidden = closed;
+  $('chat-closed').hidden = !closed;
+  $('chat-closed').textContent = g?.userState === 'left' ? 'You left this group.' : 'You are no longer in this group.';
   const peer = current.startsWith('contact/') ? current.slice(8) : null;
   $('chat-typing').textContent = peer && typingPeers.has(peer) ? 'typing…' : '';
 }
@@ -207,25 +346,131 @@ function renderHeader() {
   $('me-identity').textContent = client.identity;
   const nick = client.nickname();
   $('me-nickname').textContent = nick ? `(${nick})` : '';
-  $('leader').hidden = !client.isLeader;
+  $('leader-note').hidden = !client.isLeader;
 }
+
+const CONNECTION_WORDS = { connecting: 'Connecting…', connected: 'Connecting…', online: 'Online' };
+let retryAction = () => attempt(() => client.retryNow());
 
 function setConnection(event) {
   const conn = $('conn');
+  clearInterval(connTick);
+  connTick = null;
   conn.classList.toggle('online', event.state === 'online');
-  // retryNow() works in both cases: after a stop, and to skip a pending retry's wait.
+  if (event.state !== 'connected') hideSync();
   $('retry').hidden = event.state !== 'disconnected';
-  if (event.state === 'disconnected') {
-    if (event.stopped) {
-      conn.textContent = 'stopped';
-      toast(`Disconnected for good: ${event.stopped}`, true);
-    } else {
-      const wait = event.retryAt ? Math.max(0, Math.round((event.retryAt - Date.now()) / 1000)) : null;
-      conn.textContent = wait === null ? 'offline' : `offline, retry in ${wait} s`;
-    }
-  } else {
-    conn.textContent = event.state;
+  $('retry').textContent = 'Retry now';
+  retryAction = () => attempt(() => client.retryNow());
+  if (event.state !== 'disconnected') {
+    conn.textContent = CONNECTION_WORDS[event.state] ?? event.state;
+    return;
   }
+  if (event.stopped) {
+    stopped(event);
+    return;
+  }
+  // Offline for a reason that passes by itself (network, server restart): retried on a timer.
+  const paint = () => {
+    const wait = event.retryAt ? Math.round((event.retryAt - Date.now()) / 1000) : 0;
+    conn.textContent = wait > 0 ? `Offline · retrying in ${wait} s` : 'Offline · retrying…';
+  };
+  paint();
+  if (event.retryAt) connTick = setInterval(paint, 1000);
+}
+
+/**
+ * The connection stopped and does not come back by itself (spec §3.5: 41xx close codes, or the
+ * chat server refused the login). Each reason becomes a sentence and the one action that helps.
+ */
+function stopped({ code }) {
+  $('conn').textContent = 'Not connected';
+  if (code === 4112) return otherTab();
+  if (code === 4113 || code === 4115) {
+    return removed('Another of your devices removed this one from your identity. Its messages and keys are still '
+      + 'stored in this browser: wipe them, then link this device again or start a new identity.');
+  }
+  if (code === 4114) {
+    return removed('This device was offline for too long: the server dropped what it kept for it, so it can no '
+      + 'longer catch up. Wipe it, then link it again from another of your devices.');
+  }
+  if (code === 4110) {
+    toast('This version of the app is too old for the server. Reload the page to get the current one.', true);
+    $('retry').textContent = 'Reload';
+    retryAction = () => location.reload();
+  } else if (code === 4111) {
+    toast('Your identity already has as many devices as the server allows. Remove one in Settings on another '
+      + 'device, then try again.', true);
+    $('retry').textContent = 'Try again';
+  } else {
+    toast('The server refused this device\'s login. Try again in a while.', true);
+    $('retry').textContent = 'Try again';
+  }
+}
+
+/** Replaces the app with a screen that has one way on. */
+function halt(title, text, action, onAction, danger = false) {
+  clearInterval(connTick);
+  hideSync();
+  if ($('settings').open) $('settings').close();
+  $('main').hidden = true;
+  $('setup').hidden = true;
+  $('halt').hidden = false;
+  $('halt-title').textContent = title;
+  $('halt-text').textContent = text;
+  const button = $('halt-action');
+  button.textContent = action;
+  button.classList.toggle('danger', danger);
+  button.disabled = false;
+  button.onclick = onAction;
+  button.focus();
+}
+
+/** Stops this tab's client (its socket and database connection) so that another tab can run. */
+function closeClient() {
+  if (!client) return;
+  try { client.close(); } catch { /* already closed */ }
+  client = null;
+  // Nothing may call the closed client later (Escape, a typing timer, the tab becoming visible).
+  clearTimeout(typingTimer);
+  typingSent = false;
+  current = null;
+}
+
+/**
+ * Another tab runs this device now. This tab closes its client (two tabs on one database would
+ * each keep their own picture of it) and offers to take over: "Use here" reloads, which opens
+ * the device from the database as the other tab left it; that tab then steps aside.
+ */
+function otherTab() {
+  closeClient();
+  halt('Tandem is open in another tab', 'This device can be used in one tab at a time. Close the other tab, or '
+    + 'use Tandem here instead: the other tab then stops.', 'Use here', () => location.reload());
+}
+
+/** The device was removed from the identity: wiping it is the way back to the setup screen. */
+function removed(text) {
+  closeClient();
+  halt('This device was removed from your identity', text, 'Wipe this device', async () => {
+    $('halt-action').disabled = true;
+    tabs?.postMessage({ type: 'wipe' });
+    // The browser deletes the database once no tab holds it open (the others were told above).
+    const slow = setTimeout(() => toast('Still wiping: close the other tabs that have Tandem open.'), 3000);
+    try {
+      await TandemClient.deleteDatabase(database);
+      localStorage.removeItem(NOTES_KEY);
+      location.reload();
+    } catch (e) {
+      clearTimeout(slow);
+      $('halt-action').disabled = false;
+      toast(`Could not wipe this device: ${sentence(e.message || e)} Close its other tabs and try again.`, true);
+    }
+  }, true);
+}
+
+function hideSync() {
+  clearTimeout(syncTimer);
+  syncTimer = null;
+  $('sync').hidden = true;
 }
 
 /**
@@ -234,7 +479,7 @@ function setConnection(event) {
  * `listDevices` sent GetDevicesInfo in a loop, ≈ 1 000 frames a second with Settings open.)
  */
 function refreshDevices() {
-  client.listDevices().catch((e) => toast(e.message, true));
+  client.listDevices().catch((e) => toast(sentence(e.message), true));
 }
 
 function showDevices(devices) {
@@ -253,7 +498,7 @@ function showDevices(devices) {
       drop.textContent = 'remove';
       drop.setAttribute('aria-label', `Remove device ${d.label || d.id}`);
       drop.addEventListener('click', () => {
-        if (confirm(`Remove device "${d.label || d.id}"? It loses access and its queue.`)) {
+        if (confirm(`Remove device "${d.label || d.id}"? It is signed out of your identity and has to be linked again to be used.`)) {
           attempt(() => client.dropDevice(d.id));
           setTimeout(refreshDevices, 500);
         }
@@ -265,15 +510,20 @@ function showDevices(devices) {
 }
 
 function wire() {
-  client.on('connection', setConnection);
-  client.on('leader', renderHeader);
-  client.on('profile', renderHeader);
-  client.on('syncProgress', ({ received, total }) => {
-    $('sync').hidden = received >= total;
-    $('sync').textContent = `syncing ${received}/${total}`;
+  // A handler runs only while this tab's client is open: events already queued when the tab
+  // stepped aside (closeClient) are not shown.
+  const on = (name, handler) => client.on(name, (payload) => { if (client) handler(payload); });
+  on('connection', setConnection);
+  on('leader', renderHeader);
+  on('profile', renderHeader);
+  // Catching up after a connect usually takes milliseconds: "Updating…" only shows when it takes
+  // longer than a second (the counts are sync items, not messages, so they are not shown).
+  on('syncProgress', ({ received, total }) => {
+    if (received >= total) hideSync();
+    else if (!syncTimer && $('sync').hidden) syncTimer = setTimeout(() => { syncTimer = null; $('sync').hidden = false; }, 1000);
   });
-  client.on('conversations', renderConversations);
-  client.on('message', ({ conversation, message }) => {
+  on('conversations', renderConversations);
+  on('message', ({ conversation, message }) => {
     if (message && !message.outgoing) {
       $('announce').textContent = `New message from ${conversationName(conversation)}: ${message.text}`;
     }
@@ -282,24 +532,41 @@ function wire() {
       markReadIfVisible();
     }
   });
-  client.on('messageState', ({ conversation }) => { if (conversation === current) renderMessages(); });
+  on('messageState', ({ conversation }) => { if (conversation === current) renderMessages(); });
+  on('group', ({ id, group }) => noteGroupChange(id, group));
   for (const name of ['contact', 'group', 'distributionList']) {
-    client.on(name, () => { renderConversations(); if (current) renderChatHead(); });
+    on(name, () => { renderConversations(); if (current) renderChatHead(); });
   }
-  client.on('contactNotFound', ({ message }) => toast(message, true));
-  client.on('typing', ({ identity, typing }) => {
+  // "Add contact" opens the chat once the directory knows the ID, and says so when it does not
+  // (no chat is opened for an ID that does not exist).
+  on('contact', ({ identity, contact }) => {
+    if (identity !== pendingAdd || !contact) return;
+    pendingAdd = null;
+    addStatus('');
+    $('new-chat-id').value = '';
+    show(`contact/${identity}`);
+  });
+  on('contactNotFound', ({ identity, message }) => {
+    if (identity === pendingAdd) {
+      pendingAdd = null;
+      addStatus(`No Tandem ID ${identity} exists. Check the ID and try again.`, true);
+    } else {
+      toast(sentence(message), true);
+    }
+  });
+  on('typing', ({ identity, typing }) => {
     clearTimeout(typingPeers.get(identity));
     if (typing) typingPeers.set(identity, setTimeout(() => { typingPeers.delete(identity); if (current) renderChatHead(); }, 15000));
     else typingPeers.delete(identity);
     if (current) renderChatHead();
   });
-  client.on('devices', (devices) => { if ($('settings').open) showDevices(devices); });
-  client.on('newDeviceSync', ({ messages }) => toast(`Sent your data and ${messages} recent messages to a new device.`));
-  client.on('syncFailed', ({ scope }) => toast(scope === 'NEW_DEVICE_SYNC'
+  on('devices', (devices) => { if ($('settings').open) showDevices(devices); });
+  on('newDeviceSync', ({ messages }) => toast(`Sent your data and ${messages} recent messages to a new device.`));
+  on('syncFailed', ({ scope }) => toast(scope === 'NEW_DEVICE_SYNC'
     ? 'Could not send everything to your new device; it keeps what arrived.'
     : 'A change could not be synced to your devices and was not applied. Please try again.'));
-  client.on('alert', ({ text }) => toast(text));
-  client.on('clockOffset', ({ offsetMs }) => {
+  on('alert', ({ text }) => toast(text));
+  on('clockOffset', ({ offsetMs }) => {
     const minutes = Math.round(Math.abs(offsetMs) / 60000);
     toast(`This device's clock is ${minutes} minutes ${offsetMs > 0 ? 'ahead of' : 'behind'} the server's. `
       + 'Please set the correct time, or message times will be off.', true);
@@ -307,17 +574,28 @@ function wire() {
   // Something from the network was skipped (docs/protocol.md). Message types this app does not
   // show (edits, deletions, reactions, calls of current Threema clients) are expected: logged
   // only, the conversation stays as it was. The rest is told as what it is.
-  client.on('dropped', ({ reason }) => {
-    if (reason === 'unsupported') {
-      console.info('tandem: skipped a message of a type this app does not show');
-      return;
+  // Replays, messages not for this identity and blocked senders are dropped on purpose:
+  // logged only. A damaged message is told, without the internal reason.
+  on('dropped', ({ reason }) => {
+    if (['undecryptable', 'undecryptableEnvelope', 'badBody', 'invalidEnvelope', 'other'].includes(reason)) {
+      toast('A message arrived damaged and could not be shown.', true);
+    } else if (reason === 'unknownSender') {
+      toast('A message from an ID the Tandem directory does not know was not shown.', true);
+    } else {
+      console.info(`tandem: skipped a message (${reason})`);
     }
-    toast(`A message could not be shown (${reason}).`, true);
   });
-  client.on('error', ({ message }) => toast(message, true));
+  on('error', ({ message }) => {
+    if (pendingAdd && message.includes(pendingAdd)) {
+      pendingAdd = null;
+      addStatus(sentence(message), true);
+    } else {
+      toast(sentence(message), true);
+    }
+  });
   document.addEventListener('visibilitychange', markReadIfVisible);
 
-  $('retry').addEventListener('click', () => attempt(() => client.retryNow()));
+  $('retry').addEventListener('click', () => retryAction());
   $('chat-back').addEventListener('click', closeChat);
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && current && !$('settings').open) closeChat();
@@ -325,9 +603,19 @@ function wire() {
   $('new-chat').addEventListener('submit', (e) => {
     e.preventDefault();
     const id = $('new-chat-id').value.trim().toUpperCase();
-    if (attempt(() => { client.addContact(id); return true; })) {
+    // A known contact: just open the chat.
+    if (client.contacts().some((c) => c.identity === id)) {
+      addStatus('');
       $('new-chat-id').value = '';
       show(`contact/${id}`);
+      return;
+    }
+    try {
+      client.addContact(id);
+      pendingAdd = id;
+      addStatus(`Looking up ${id}…`);
+    } catch (err) {
+      addStatus(sentence(err.message || err), true);
     }
   });
   $('new-group').addEventListener('submit', (e) => {
@@ -391,8 +679,10 @@ function wire() {
   $('chat-members').addEventListener('click', () => {
     const g = client.groups().find((g) => g.id === current.slice(6));
     const value = prompt('Members (Tandem IDs, comma separated)', g?.members.join(', ') ?? '');
-    if (value === null) return;
-    attempt(() => client.setGroupMembers(current.slice(6), value.split(',').map((s) => s.trim().toUpperCase()).filter(Boolean)));
+    if (value === null || !g) return;
+    const members = value.split(',').map((s) => s.trim().toUpperCase()).filter(Boolean);
+    for (const m of g.members.filter((m) => !members.includes(m))) removedHere.add(`${g.id}/${m}`);
+    attempt(() => client.setGroupMembers(g.id, members));
   });
   $('chat-leave').addEventListener('click', () => {
     if (confirm('Leave this group?')) attempt(() => client.leaveGroup(current.slice(6)));
@@ -426,7 +716,7 @@ function wire() {
       toast('Device renamed.');
       refreshDevices();
     } catch (e) {
-      toast(e.message, true);
+      toast(sentence(e.message), true);
     }
   });
   $('export-backup').addEventListener('click', () => {
@@ -439,8 +729,18 @@ function wire() {
   });
 }
 
+/** The line under "Add contact": what happens with the ID typed there. */
+function addStatus(text, error = false) {
+  $('new-chat-status').textContent = text;
+  $('new-chat-status').classList.toggle('error', error);
+}
+
 function start(c) {
   client = c;
+  // This tab runs the device now: another tab with it open steps aside (see otherTab).
+  startedAt = Date.now();
+  tabs?.postMessage({ type: 'here', at: startedAt });
+  for (const g of client.groups()) groupSeen.set(g.id, groupShape(g));
   $('setup').hidden = true;
   $('main').hidden = false;
   renderHeader();
@@ -448,8 +748,16 @@ function start(c) {
   wire();
 }
 
+if (tabs) {
+  tabs.onmessage = ({ data }) => {
+    // Another tab opened this device (later than this one: two tabs opening at once must not
+    // both step aside), or wiped it: stop here (the setup screen stays as it is).
+    if (client && (data?.type === 'wipe' || (data?.type === 'here' && data.at >= startedAt))) otherTab();
+  };
+}
+
 async function setup() {
-  $('setup-db').textContent = database;
+  if (deviceName !== 'default') $('setup-where').textContent = ` This page is the device “${deviceName}” of this browser (several can live side by side).`;
   $('setup').hidden = false;
   $('setup-label').value = deviceName === 'default' ? 'Web browser' : `Web browser (${deviceName})`;
   const busy = (on) => { for (const b of document.querySelectorAll('#setup button')) b.disabled = on; };
@@ -459,7 +767,7 @@ async function setup() {
     try {
       start(await make());
     } catch (e) {
-      $('setup-error').textContent = e.message || String(e);
+      $('setup-error').textContent = sentence(e.message || e);
     } finally {
       busy(false);
     }
@@ -487,6 +795,6 @@ try {
   if (/holds no identity/.test(e.message)) {
     await setup();
   } else {
-    document.body.textContent = `Tandem could not open this device: ${e.message}`;
+    document.body.textContent = `Tandem could not open this device: ${sentence(e.message || e)}`;
   }
 }

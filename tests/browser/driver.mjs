@@ -587,6 +587,8 @@ const SCENARIOS = {
       await visible(a2, '#conversations li', 'the conversation synced to the linked device');
       await a2.click('#conversations li');
       await visible(a2, '#messages li:has-text("hello through the web app")', 'the history on the linked device');
+      const syncShown = await a2.evaluate(() => window.__syncShown);
+      check(syncShown.length === 0, 'no sync line flashing while the linked device catches up (under a second)', syncShown);
       await a2.fill('#composer-text', 'from the linked device');
       await a2.click('#composer button');
       await visible(a, '#messages li:has-text("from the linked device")', 'the linked device\'s text reflected to a');
@@ -669,19 +671,205 @@ const SCENARIOS = {
       await close();
     }
   },
+
+  /** Issue 15's words trap: the setup screen, the main screen and Settings of the web app show no
+   * developer words (database names, "leader", sync counters, API names, close codes), and a
+   * linked device that comes back to three queued changes catches up without flashing a sync
+   * line. */
+  async web_app_words(browser) {
+    await withWebApp(browser, async ({ open, tab, visible }) => {
+      const a = await open('words-a');
+      await visible(a, '#setup:not([hidden])', 'the setup screen');
+      await noDevWords(a, 'the setup screen');
+      await a.click('#create-form button');
+      await visible(a, '#conn.online', 'device online');
+      check(await a.textContent('#conn') === 'Online', 'the connection state in words ("Online")', await a.textContent('#conn'));
+      await noDevWords(a, 'the main screen');
+      await a.click('#open-settings');
+      await visible(a, '#devices li:has-text("this device")', 'this device in Settings');
+      await noDevWords(a, 'Settings');
+      // The Content-Security-Policy applies: an inline script added to the page does not run.
+      const blocked = await a.evaluate(() => new Promise((resolve) => {
+        document.addEventListener('securitypolicyviolation', (e) => resolve(e.violatedDirective), { once: true });
+        const script = document.createElement('script');
+        script.textContent = 'window.__inlineRan = true;';
+        document.body.append(script);
+        setTimeout(() => resolve(window.__inlineRan ? 'ran' : 'no violation reported'), 1000);
+      }));
+      check(blocked.startsWith('script-src'), 'an inline script refused by the page\'s Content-Security-Policy', blocked);
+      await a.click('dialog button[value=close]');
+      // A device that comes back to a queue of changes catches up without flashing a counter.
+      const a2 = await linkSecond(a, open, visible, 'words-a2');
+      await a2.close();
+      for (const nickname of ['One', 'Two', 'Three']) {
+        await a.click('#open-settings');
+        await a.fill('#set-nickname', nickname);
+        await a.click('#save-settings');
+        await visible(a, `#me-nickname:has-text("${nickname}")`, `nickname ${nickname} on a`);
+      }
+      const again = await tab(a2, 'words-a2');
+      await visible(again, '#me-nickname:has-text("Three")', 'the queued changes on a2 after it comes back');
+      const syncShown = await again.evaluate(() => window.__syncShown);
+      check(syncShown.length === 0, 'no sync counter flashing while a2 catches up (under a second)', syncShown);
+      await noDevWords(again, 'the main screen after catching up');
+      // The one CSP violation expected is the test's own inline script.
+      return (l) => !l.includes('Executing inline script violates');
+    });
+  },
+
+  /** Issue 15's contact traps: "Add contact" with an ID the directory does not know says so
+   * next to the field and opens no chat; the ID of an existing contact opens its chat. */
+  async web_app_add_contact(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('add-a');
+      const b = await open('add-b');
+      const [, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', 'ZZZZZZZZ');
+      await a.click('#new-chat button');
+      await visible(a, '#new-chat-status:has-text("No Tandem ID ZZZZZZZZ exists")', 'the sentence for an ID that does not exist', 10_000);
+      check(!(await a.isVisible('#chat')), 'no chat opened for an ID that does not exist', await a.textContent('#chat-title'));
+      check(await a.locator('#conversations li').count() === 0, 'no conversation for it in the list', await a.textContent('#conversations'));
+      await bothWidths(a, 'unknown-id');
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await visible(a, `#chat:not([hidden]) #chat-title:has-text("${idB}")`, 'the chat with b after adding b');
+      await a.fill('#composer-text', 'hi b');
+      await a.click('#composer button');
+      await a.keyboard.press('Escape');
+      await visible(a, '#chat-empty', 'the list again');
+      // b's ID typed again (lower case): its chat opens, no "already exists".
+      await a.fill('#new-chat-id', idB.toLowerCase());
+      await a.click('#new-chat button');
+      await visible(a, `#chat:not([hidden]) #chat-title:has-text("${idB}")`, 'the existing chat opened by typing its ID', 10_000);
+      const toasts = await toastsOf(a);
+      check(!toasts.some((t) => /already exists/i.test(t.text)), 'no "already exists" for a known contact', toasts);
+      await noDevWords(a, 'the chat after adding contacts');
+      // The directory's 404 for ZZZZZZZZ is logged by Chromium itself.
+      return (l) => !/status of 404/.test(l);
+    });
+  },
+
+  /** Issue 15's group traps: a member (not the creator) sees the right member count and list and
+   * gets no rename/members buttons; a rename shows as a line in both chats; after leaving, the
+   * member's composer gives way to "You left this group" and the creator sees who left. */
+  async web_app_groups(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('group-a');
+      const b = await open('group-b');
+      const [idA, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await visible(a, `#chat:not([hidden]) #chat-title:has-text("${idB}")`, 'the chat with b');
+      await a.fill('#new-group-name', 'Trip');
+      await a.fill('#new-group-members', idB);
+      await a.click('#new-group button');
+      await visible(a, '#chat-title:has-text("Trip (2)")', 'the new group on a, 2 people');
+      await visible(b, '#conversations li:has-text("Trip")', 'the group on b');
+      await b.click('#conversations li:has-text("Trip")');
+      await visible(b, '#chat-title:has-text("Trip (2)")', 'the group on b (a member) as 2 people', 10_000);
+      const sub = await b.textContent('#chat-sub');
+      check(sub.includes('You') && sub.includes(idA), `b's member list names b ("You") and the creator ${idA}`, sub);
+      check(!(await b.isVisible('#chat-rename')) && !(await b.isVisible('#chat-members')),
+        'no rename/members buttons for a member who did not create the group', await b.textContent('.chat-head'));
+      check(await b.isVisible('#chat-leave'), 'a member can leave', await b.textContent('.chat-head'));
+      await b.fill('#composer-text', 'hello group');
+      await b.click('#composer button');
+      await visible(a, '#messages li:has-text("hello group")', 'b\'s group text on a');
+
+      a.once('dialog', (d) => d.accept('Trip 2'));
+      await a.click('#chat-rename');
+      await visible(a, '#messages li.note:has-text("You renamed the group to “Trip 2”")', 'the rename line on a');
+      await visible(b, `#messages li.note:has-text("${idA} renamed the group to “Trip 2”")`, 'the rename line on b');
+      await visible(b, '#chat-title:has-text("Trip 2 (2)")', 'the new name on b');
+
+      b.once('dialog', (d) => d.accept());
+      await b.click('#chat-leave');
+      await visible(b, '#chat-closed:not([hidden]):has-text("You left this group")', 'the note instead of the composer on b');
+      check(!(await b.isVisible('#composer-text')), 'no composer after leaving', true);
+      await visible(b, '#messages li.note:has-text("You left the group")', 'the leave line on b');
+      await visible(a, `#messages li.note:has-text("${idB} left the group")`, 'the leave line on a');
+      await visible(a, '#chat-title:has-text("Trip 2 (1)")', 'a\'s group with 1 person left');
+      await bothWidths(b, 'group-left');
+      await noDevWords(a, 'the creator\'s group chat');
+      await noDevWords(b, 'the member\'s group chat');
+    });
+  },
+
+  /** Issue 15's removed-device trap: a device removed in another device's Settings shows "This
+   * device was removed from your identity" (4113), again after a reload (4115), and "Wipe this
+   * device" deletes its database and shows the setup screen. */
+  async web_app_removed_device(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('rm-a');
+      await createOne(a, visible);
+      const a2 = await linkSecond(a, open, visible, 'rm-a2');
+      await a.click('#open-settings');
+      a.once('dialog', (d) => d.accept());
+      await a.click('#devices button[aria-label*="rm-a2"]');
+      const title = '#halt:not([hidden]) h1:has-text("This device was removed from your identity")';
+      await visible(a2, title, 'the removed-device screen on a2', 10_000);
+      await bothWidths(a2, 'removed');
+      await noDevWords(a2, 'the removed-device screen');
+      await a2.reload();
+      await visible(a2, title, 'the removed-device screen after a reload (the slot is gone: 4115)', 10_000);
+      check(await a2.textContent('#halt-action') === 'Wipe this device', 'the one action: "Wipe this device"', await a2.textContent('#halt-action'));
+      await a2.click('#halt-action');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen after wiping', 10_000);
+      check(!(await a2.isVisible('#main')), 'nothing of the old identity shown', await a2.textContent('body'));
+      await noDevWords(a2, 'the setup screen after wiping');
+    });
+  },
+
+  /** Issue 15's second-tab trap: the same device opened in a second tab of one browser profile
+   * (one IndexedDB): the first tab shows "Tandem is open in another tab" with "Use here" and
+   * sends nothing more; "Use here" takes the device back, and the second tab steps aside. */
+  async web_app_other_tab(browser) {
+    await withWebApp(browser, async ({ open, tab, visible, framesSent }) => {
+      const a = await open('tab-a');
+      await createOne(a, visible);
+      const id = await a.textContent('#me-identity');
+      const a2 = await tab(a, 'tab-a');
+      await visible(a2, '#conn.online', 'the second tab online');
+      check(await a2.textContent('#me-identity') === id, `the second tab is the same device (${id})`, await a2.textContent('#me-identity'));
+      const screen = '#halt:not([hidden]) h1:has-text("Tandem is open in another tab")';
+      await visible(a, screen, 'the first tab steps aside', 10_000);
+      check(await a.textContent('#halt-action') === 'Use here', 'the one action: "Use here"', await a.textContent('#halt-action'));
+      await bothWidths(a, 'other-tab');
+      await noDevWords(a, 'the other-tab screen');
+      const frames = framesSent.get(a);
+      await a.waitForTimeout(2000);
+      check(framesSent.get(a) === frames, 'the tab that stepped aside sends nothing', framesSent.get(a) - frames);
+      check(await a2.isVisible('#conn.online'), 'the second tab still online', await a2.textContent('#conn'));
+      await a.click('#halt-action');
+      await visible(a, '#conn.online', 'the first tab online again after "Use here"');
+      await visible(a2, screen, 'the second tab steps aside', 10_000);
+      check(await a.textContent('#me-identity') === id, 'the same device', await a.textContent('#me-identity'));
+
+      // Without BroadcastChannel the mediator's 4112 leads to the same screen.
+      const b = await open('tab-b', 0, () => { delete window.BroadcastChannel; });
+      await createOne(b, visible);
+      const b2 = await tab(b, 'tab-b');
+      await visible(b2, '#conn.online', 'the second tab online (no BroadcastChannel)');
+      await visible(b, screen, 'the first tab steps aside on 4112 (no BroadcastChannel)', 10_000);
+      check(await b.evaluate(() => !('BroadcastChannel' in window)), 'no BroadcastChannel in this context', true);
+      await noDevWords(b, 'the other-tab screen after 4112');
+    });
+  },
 };
 
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
  * a page adds is recorded in `window.__toasts` (text, error, the region's aria-live). `open(name,
- * shiftMs)` moves the page's `Date` (and `Date.now`) by `shiftMs`. */
+ * shiftMs, init)` moves the page's `Date` (and `Date.now`) by `shiftMs` and runs `init` (a
+ * function) in every page of the context before the app. */
 function webApp(browser) {
   const consoles = [];
   const contexts = [];
   // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
   const framesSent = new Map();
-  const open = async (device, shiftMs = 0) => {
+  const open = async (device, shiftMs = 0, init = null) => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     contexts.push(context);
+    if (init) await context.addInitScript(init);
     if (shiftMs !== 0) {
       await context.addInitScript((shift) => {
         const RealDate = Date;
@@ -704,7 +892,17 @@ function webApp(browser) {
           }
         }
       }).observe(document, { childList: true, subtree: true });
+      // Every time the "Updating…" line appears (it must not flash for a quick catch-up).
+      window.__syncShown = [];
+      new MutationObserver((records) => {
+        for (const r of records) {
+          if (r.target.id === 'sync' && !r.target.hidden) window.__syncShown.push(r.target.textContent);
+        }
+      }).observe(document, { attributes: true, attributeFilter: ['hidden'], subtree: true });
     });
+    return openIn(context, device);
+  };
+  const openIn = async (context, device) => {
     const page = await context.newPage();
     framesSent.set(page, 0);
     page.on('websocket', (ws) => ws.on('framesent', () => framesSent.set(page, framesSent.get(page) + 1)));
@@ -713,19 +911,90 @@ function webApp(browser) {
     await page.goto(`${WORKER_HTTP}/?device=${device}`);
     return page;
   };
-  const visible = async (page, selector, what) => {
+  /** A second tab of the same device: a new page in `page`'s context (one IndexedDB). */
+  const tab = (page, device) => openIn(page.context(), device);
+  const visible = async (page, selector, what, timeout = WAIT) => {
     try {
-      await page.waitForSelector(selector, { timeout: WAIT });
+      await page.waitForSelector(selector, { timeout });
     } catch {
-      throw new Failure(`web app: ${what} (${selector})`, `not within ${WAIT} ms; console:\n${consoles.slice(-15).join('\n')}`);
+      throw new Failure(`web app: ${what} (${selector})`, `not within ${timeout} ms; console:\n${consoles.slice(-15).join('\n')}`);
     }
   };
   const close = async () => { for (const c of contexts) await c.close(); };
-  return { open, visible, consoles, close, framesSent };
+  return { open, tab, visible, consoles, close, framesSent };
+}
+
+/** Words meant for developers that the web app must not show a person (issue 15): database
+ * names, protocol roles, sync counters, API names, internal object dumps, close codes. */
+const DEV_WORDS = /\b(database|leader|syncing|retryNow|GroupId|Identity\(|mediator|4[01]\d\d)\b/i;
+/** Fails if the page's visible text or any toast it showed contains a developer word. */
+async function noDevWords(page, where) {
+  const text = await page.evaluate(() => `${document.body.innerText}\n${window.__toasts.map((t) => t.text).join('\n')}`);
+  const m = DEV_WORDS.exec(text);
+  check(!m, `no developer words on ${where}`, m && `"${m[0]}" in …${text.slice(Math.max(0, m.index - 100), m.index + 100)}…`);
+}
+
+/** Screenshots of a web app page at 1280 and 390 px wide (target/browser-screenshots). */
+async function bothWidths(page, name) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  const shot = (n) => page.screenshot({ path: path.join(SHOTS, `web-app-${n}.png`) });
+  await shot(`${name}-1280`);
+  await page.setViewportSize({ width: 390, height: 844 });
+  await shot(`${name}-390`);
+  await page.setViewportSize({ width: 1280, height: 800 });
+}
+
+/** Runs `run` with `webApp(browser)`'s helpers, then checks that no page logged an error (unless
+ * `run` returns a filter for the console lines to check); closes the pages either way. */
+async function withWebApp(browser, run) {
+  const app = webApp(browser);
+  try {
+    const keep = await run(app);
+    noErrors(typeof keep === 'function' ? app.consoles.filter(keep) : app.consoles);
+  } finally {
+    await app.close();
+  }
+}
+
+/** No page errors and no console errors among a web app run's console lines. */
+function noErrors(consoles) {
+  const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
+  check(errors.length === 0, 'no page errors or console errors', errors);
+}
+
+/** Exports an ID backup through a web app page's Settings; the 80 characters in groups. */
+async function exportBackup(page) {
+  await page.click('#open-settings');
+  await page.fill('#backup-password', PASSWORD);
+  await page.click('#export-backup');
+  const backup = await page.inputValue('#backup-out');
+  check(backup.length === 80 + 19, 'an 80-character backup in groups of 4', backup);
+  await page.click('dialog button[value=close]');
+  return backup;
 }
 
 /** Every toast a web app page has shown so far (see `webApp`). */
 const toastsOf = (page) => page.evaluate(() => window.__toasts);
+
+/** Creates a new identity on a fresh web app page and waits until it is online. */
+async function createOne(page, visible) {
+  await visible(page, '#setup:not([hidden])', 'the setup screen');
+  await page.click('#create-form button');
+  await visible(page, '#conn.online', 'the new device online');
+}
+
+/** Links a new web app device (page `name`) to `first`'s identity through the ID backup, as a
+ * person would; waits until it is online. */
+async function linkSecond(first, open, visible, name) {
+  const backup = await exportBackup(first);
+  const page = await open(name);
+  await visible(page, '#setup:not([hidden])', `the setup screen on ${name}`);
+  await page.fill('#import-backup', backup);
+  await page.fill('#import-password', PASSWORD);
+  await page.click('#import-form button');
+  await visible(page, '#conn.online', `the linked device ${name} online`);
+  return page;
+}
 
 /** Creates a new identity on each of two fresh web app pages and waits until both are online;
  * their IDs. */
