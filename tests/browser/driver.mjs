@@ -549,6 +549,10 @@ const SCENARIOS = {
     try {
       const a = await open('a');
       const b = await open('b');
+      // The page that holds the secret key cannot be framed (a header: `www/_headers`).
+      const served = (await a.request.get(`${WORKER_HTTP}/`)).headers();
+      check(/frame-ancestors 'none'/.test(served['content-security-policy'] ?? '') && served['x-content-type-options'] === 'nosniff',
+        'the app served with a Content-Security-Policy header (frame-ancestors \'none\') and nosniff', served);
       await visible(a, '#setup:not([hidden])', 'the setup screen on a fresh device a');
       await bothWidths(a, 'setup');
       const [idA, idB] = await createTwo(a, b, visible);
