@@ -43,6 +43,8 @@ const mediator :Workerd.Worker = (
     (name = "CHAT_SERVER_01", fromEnvironment = "CHAT_SERVER_01"),
     (name = "DIRECTORY_URL", fromEnvironment = "DIRECTORY_URL"),
     (name = "TANDEM_DEV_ROUTES", fromEnvironment = "TANDEM_DEV_ROUTES"),
+    # Origins (comma-separated) whose pages may use /directory from a browser (docs/client.md).
+    (name = "TANDEM_DIRECTORY_ORIGINS", fromEnvironment = "TANDEM_DIRECTORY_ORIGINS"),
   ],
   durableObjectNamespaces = [
     # uniqueKey names the namespace on disk: changing it orphans the stored groups.

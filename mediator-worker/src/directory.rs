@@ -30,6 +30,41 @@ const MAX_DRAINED: usize = 1024 * 1024;
 /// by the client's address.
 const CREATION_LIMITER: &str = "IDENTITY_CREATION";
 
+/// Var: the origins (`scheme://host[:port]`, comma-separated) whose pages may use the directory
+/// from a browser, besides the Worker's own origin (the web app). Empty by default: npm users on
+/// another origin ask the operator to add theirs (docs/client.md "Directory and CORS").
+pub(crate) const ORIGINS_VAR: &str = "TANDEM_DIRECTORY_ORIGINS";
+
+/// Whether a request may use the directory, by its `Origin` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OriginCheck {
+    /// No `Origin`: not a browser page (Threema's apps, tools), or a same-origin GET.
+    None,
+    /// The Worker's own origin: the web app.
+    Same,
+    /// Another origin listed in [`ORIGINS_VAR`]: answered with CORS headers.
+    Allowed,
+    /// Another origin, not listed: refused with 403 (readable by that page, so it can say why).
+    Refused,
+}
+
+/// Checks `origin` against the Worker's own origin `own` and the allowed list `allowed`
+/// (the [`ORIGINS_VAR`] value). Origins compare exactly, as browsers send them.
+pub(crate) fn check_origin(origin: Option<&str>, own: &str, allowed: &str) -> OriginCheck {
+    match origin {
+        None => OriginCheck::None,
+        Some(origin) if origin == own => OriginCheck::Same,
+        Some(origin)
+            if allowed
+                .split(',')
+                .any(|a| a.trim() == origin && !origin.is_empty()) =>
+        {
+            OriginCheck::Allowed
+        }
+        Some(_) => OriginCheck::Refused,
+    }
+}
+
 /// The one POST that is not identity creation. Every other POST counts against the creation
 /// limit, whatever its spelling (`/identity/create/`, `//identity/create`, percent-encoding):
 /// the limit cannot be stepped around by a path the chat server might read the same way.
@@ -51,13 +86,39 @@ pub(crate) async fn forward(mut req: Request, env: &Env, rest: &str) -> worker::
         return Response::error("directory not configured", 503);
     };
     let method = req.method();
+    let url = req.url()?;
+    let origin = req.headers().get("origin")?;
+    let allowed = env
+        .var(ORIGINS_VAR)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    let check = check_origin(
+        origin.as_deref(),
+        &url.origin().ascii_serialization(),
+        &allowed,
+    );
+    if method == Method::Options {
+        // Preflights pass for every origin, so that the request itself can be refused with a
+        // reason the page can read (a failed preflight only shows "Failed to fetch").
+        return with_cors(Response::empty()?.with_status(204), origin.as_deref(), true);
+    }
+    if check == OriginCheck::Refused {
+        let origin = origin.unwrap_or_default();
+        let refused = Response::error(
+            format!(
+                "this directory does not serve pages from {origin}: its operator can add the \
+                 origin to {ORIGINS_VAR}"
+            ),
+            403,
+        )?;
+        return with_cors(refused, Some(&origin), false);
+    }
     if counts_as_creation(&method, rest) && !creation_allowed(&req, env).await? {
         return Response::error(
             "too many identities created from this address; try again in a minute",
             429,
         );
     }
-    let url = req.url()?;
     let target = config::directory_target(&base.to_string(), rest, url.query().unwrap_or(""));
 
     let headers = Headers::new();
@@ -77,10 +138,37 @@ pub(crate) async fn forward(mut req: Request, env: &Env, rest: &str) -> worker::
         ));
     }
     let upstream = Request::new_with_init(&target, &init)?;
-    match Fetch::Request(upstream).send().await {
-        Ok(response) => Ok(response),
-        Err(err) => Response::error(format!("directory unreachable: {err}"), 502),
+    let response = match Fetch::Request(upstream).send().await {
+        Ok(response) => response,
+        Err(err) => Response::error(format!("directory unreachable: {err}"), 502)?,
+    };
+    match check {
+        OriginCheck::Allowed => with_cors(response, origin.as_deref(), false),
+        _ => Ok(response),
     }
+}
+
+/// `response` with `Access-Control-Allow-Origin: origin` (and, for a preflight, the methods and
+/// headers the directory takes); `Vary: Origin` either way, since the answer depends on it.
+fn with_cors(
+    response: Response,
+    origin: Option<&str>,
+    preflight: bool,
+) -> worker::Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in response.headers().entries() {
+        headers.set(&name, &value)?;
+    }
+    headers.set("vary", "Origin")?;
+    if let Some(origin) = origin {
+        headers.set("access-control-allow-origin", origin)?;
+        if preflight {
+            headers.set("access-control-allow-methods", "GET, POST")?;
+            headers.set("access-control-allow-headers", "content-type")?;
+            headers.set("access-control-max-age", "600")?;
+        }
+    }
+    Ok(response.with_headers(headers))
 }
 
 /// The body, or `None` past [`MAX_BODY`]: a declared length is checked first, and a body
@@ -151,6 +239,38 @@ mod tests {
         ] {
             assert!(!forwarded(name), "{name}");
         }
+    }
+
+    #[test]
+    fn origins_are_checked_exactly() {
+        let own = "https://mediator.example";
+        let allowed = "https://app.example, http://localhost:5173";
+        assert_eq!(check_origin(None, own, allowed), OriginCheck::None);
+        assert_eq!(check_origin(Some(own), own, ""), OriginCheck::Same);
+        for origin in ["https://app.example", "http://localhost:5173"] {
+            assert_eq!(
+                check_origin(Some(origin), own, allowed),
+                OriginCheck::Allowed
+            );
+        }
+        for origin in [
+            "https://app.example.evil",
+            "https://evil.example",
+            "http://app.example",
+            "https://app.example:444",
+            "null",
+            "",
+        ] {
+            assert_eq!(
+                check_origin(Some(origin), own, allowed),
+                OriginCheck::Refused,
+                "{origin}"
+            );
+        }
+        assert_eq!(
+            check_origin(Some("https://app.example"), own, ""),
+            OriginCheck::Refused
+        );
     }
 
     #[test]

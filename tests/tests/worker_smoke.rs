@@ -194,6 +194,12 @@ async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// Sends `request` (a whole HTTP/1.1 request) as it is: status code and body.
 async fn http_raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String)> {
+    let (status, _, body) = http_exchange(port, request).await?;
+    Ok((status, body))
+}
+
+/// Sends `request` as it is: status code, response head (lower-cased) and body.
+async fn http_exchange(port: u16, request: &[u8]) -> std::io::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     stream.write_all(request).await?;
     let mut raw = Vec::new();
@@ -235,7 +241,11 @@ async fn http_raw(port: u16, request: &[u8]) -> std::io::Result<(u16, String)> {
             stream.read_to_end(&mut body).await?;
         }
     }
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    Ok((
+        status,
+        head.to_ascii_lowercase(),
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
 }
 
 /// An HTTP server answering every request with its request line and headers as the body,
@@ -909,6 +919,7 @@ async fn check_directory_forwarding(port: u16, limited: bool) {
     let (status, body) = http_raw(port, &chunked).await.expect("chunked POST");
     assert_eq!(status, 413, "chunked body over 64 KiB: {body}");
 
+    check_directory_cors(port).await;
     if !limited {
         return;
     }
@@ -958,6 +969,60 @@ async fn check_directory_forwarding(port: u16, limited: bool) {
     assert_eq!(status, 200, "lookups are not creation: {body}");
 }
 
+/// A page on another origin: its preflight passes, its request is refused with 403 and a reason
+/// it can read unless the origin is in `TANDEM_DIRECTORY_ORIGINS` (the smoke test allows
+/// `https://app.example`); the Worker's own origin (the web app) needs no listing.
+async fn check_directory_cors(port: u16) {
+    let request = |method: &str, origin: &str| {
+        format!(
+            "{method} /directory/identity/ECHOECHO HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Connection: close\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: GET\r\n\r\n"
+        )
+    };
+    let exchange = |request: String| async move {
+        http_exchange(port, request.as_bytes())
+            .await
+            .expect("directory CORS request")
+    };
+    let (status, head, _) = exchange(request("OPTIONS", "https://other.example")).await;
+    assert_eq!(status, 204, "{head}");
+    assert!(
+        head.contains("access-control-allow-origin: https://other.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-headers: content-type"),
+        "{head}"
+    );
+
+    let (status, head, body) = exchange(request("GET", "https://other.example")).await;
+    assert_eq!(status, 403, "{head}{body}");
+    assert!(
+        head.contains("access-control-allow-origin: https://other.example"),
+        "{head}"
+    );
+    assert!(body.contains("TANDEM_DIRECTORY_ORIGINS"), "{body}");
+    assert!(
+        !body.contains("directory saw"),
+        "a refused origin reached the directory: {body}"
+    );
+
+    let (status, head, body) = exchange(request("GET", "https://app.example")).await;
+    assert_eq!(status, 200, "{head}{body}");
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        body.contains("directory saw: GET /identity/ECHOECHO"),
+        "{body}"
+    );
+
+    let (status, head, body) = exchange(request("GET", &format!("http://127.0.0.1:{port}"))).await;
+    assert_eq!(status, 200, "same origin: {head}{body}");
+    assert!(!head.contains("access-control-allow-origin"), "{head}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mediator_worker_under_wrangler_dev_and_workerd() {
     let scratch = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
@@ -977,6 +1042,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
         format!("CHAT_SERVER_02:127.0.0.1:{closed_port}"),
         format!("CHAT_SERVER_03:127.0.0.1:{black_hole_port}"),
         format!("DIRECTORY_URL:http://127.0.0.1:{directory_port}"),
+        "TANDEM_DIRECTORY_ORIGINS:https://app.example".to_owned(),
     ];
 
     let mut dev = Served::wrangler_dev(&state_dir, &scratch.join("wrangler-1.log"), &vars, true);
@@ -1026,6 +1092,7 @@ async fn mediator_worker_under_wrangler_dev_and_workerd() {
             format!("http://127.0.0.1:{directory_port}"),
         ),
         ("TANDEM_DEV_ROUTES", "on".to_owned()),
+        ("TANDEM_DIRECTORY_ORIGINS", "https://app.example".to_owned()),
     ];
     let mut workerd = Served::workerd(&workerd_state, &scratch.join("workerd-1.log"), &env);
     let started = workerd.wait_ready(RESTART_TIMEOUT).await;
