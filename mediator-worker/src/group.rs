@@ -50,6 +50,10 @@ pub(crate) const MAX_CSP_BACKLOG: usize = 1024 * 1024;
 /// Bytes read from the chat server at once.
 const TCP_READ_CHUNK: usize = 16 * 1024;
 
+/// How long `connect()` may take to open a chat server socket: `connect()` itself has no
+/// timeout, and a device would otherwise wait for ever (closed with 4001 after it).
+const CSP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The latest time a JS `Date` can hold (ms); alarms are clamped to it.
 const MAX_DATE_MS: u64 = 8_640_000_000_000_000;
 
@@ -568,10 +572,13 @@ async fn relay_chat_server(
     };
     let opened = {
         let opened = socket.opened();
+        let timeout = worker::Delay::from(CSP_CONNECT_TIMEOUT);
         futures_util::pin_mut!(opened);
-        match select(opened, &mut cancelled).await {
-            Either::Left((Ok(()), _)) => None,
-            Either::Left((Err(()), _)) => Some(TcpEnd::ConnectFailed),
+        match select(select(opened, timeout), &mut cancelled).await {
+            Either::Left((Either::Left((Ok(()), _)), _)) => None,
+            Either::Left((Either::Left((Err(()), _)) | Either::Right(_), _)) => {
+                Some(TcpEnd::ConnectFailed)
+            }
             Either::Right(_) => Some(TcpEnd::Cancelled),
         }
     };

@@ -87,6 +87,7 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("crash", restart(fx, true)).await;
     runner.run("bad_input", bad_input(fx)).await;
     runner.run("lenient_urls", lenient_urls(fx)).await;
+    runner.run("csp_sockets", csp_sockets(fx)).await;
     runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -754,6 +755,55 @@ async fn devices(fx: &mut Fixture) -> ScenarioResult {
     a.sync_barrier().await?;
     let (_, info) = online(fx, &id, "c", existing(id.device_config(c_id, "Tablet"))).await?;
     assert_eq!(info.shared_device_data.unwrap().unwrap().version, 9);
+    Ok(())
+}
+
+/// At most 6 chat server connections per group (Cloudflare's outbound connection limit; a
+/// group has 8 slots): the 7th and 8th devices' CSP logins wait; when one of the six leaves, the
+/// 7th gets its socket and logs in; the 8th, still waiting after 15 s, is closed with 4001. The
+/// others keep their sessions and the group keeps reflecting.
+async fn csp_sockets(fx: &mut Fixture) -> ScenarioResult {
+    let id = fx.identity().await?;
+    let mut six = Vec::new();
+    for n in 0..6 {
+        six.push(csp_device(fx, &id, &format!("socket {n}"), n == 0).await?);
+    }
+    let mut waiting = Vec::new();
+    for name in ["socket 6", "socket 7"] {
+        let config = id.csp_device_config(random_device_id(), random_device_id(), name);
+        let (device, _) = online(fx, &id, name, config).await?;
+        waiting.push(device);
+    }
+    let login = |e: &tandem_shared::device::Event| {
+        matches!(e, tandem_shared::device::Event::CspEstablished(_)).then_some(())
+    };
+    for device in &mut waiting {
+        let early = device
+            .wait_for("CSP login-ack", Duration::from_secs(2), login)
+            .await;
+        assert!(early.is_err(), "a 7th chat server connection opened");
+    }
+    let started = Instant::now();
+    six.remove(5).disconnect().await;
+    waiting[0]
+        .wait_for(
+            "CSP login-ack after a socket freed",
+            Duration::from_secs(10),
+            login,
+        )
+        .await?;
+    let mut eighth = waiting.remove(1);
+    let code = eighth.closed(Duration::from_secs(25)).await?;
+    assert_eq!(code.as_u16(), 4001, "the 8th, never given a socket");
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "closed before its wait ran out"
+    );
+    // The group still reflects, and the first six's sessions are intact.
+    let reflect = six[1].reflect(&tagged(1, 0)).await?;
+    six[1].reflect_acked(reflect).await?;
+    let got = six[2].receive_reflected(1, true).await?;
+    assert_eq!(tag_of(&got[0].envelope).0, 1);
     Ok(())
 }
 

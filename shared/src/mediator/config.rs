@@ -27,6 +27,12 @@ pub struct GroupConfig {
     pub handshake_timeout_ms: u64,
     /// When a store call fails while expiring a slot, the next attempt waits this long.
     pub store_retry_ms: u64,
+    /// Chat server connections open at once per group (Cloudflare allows 6 simultaneous
+    /// outbound connections; a group has up to 8 devices). A device whose first proxy frame
+    /// finds them all taken waits for one to close (docs/mediator.md "Chat server sockets").
+    pub max_csp_connections: usize,
+    /// How long a device may wait for a chat server connection; then it is closed with 4001.
+    pub csp_wait_timeout_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -42,6 +48,8 @@ impl Default for GroupConfig {
             max_pending_ephemeral: 64,
             handshake_timeout_ms: 30_000,
             store_retry_ms: 1_000,
+            max_csp_connections: 6,
+            csp_wait_timeout_ms: 15_000,
         }
     }
 }

@@ -108,9 +108,27 @@ pub(super) struct Handshake {
 pub(super) struct Session {
     pub(super) device_id: DeviceId,
     pub(super) connected_since: u64,
-    /// The splitter of the open chat server connection; `None` before the first proxy frame.
-    pub(super) csp: Option<ServerUnitSplitter>,
+    /// The chat server connection; `None` before the first proxy frame.
+    pub(super) csp: Option<CspLink>,
     pub(super) delivery: Delivery,
+}
+
+/// A device's chat server connection.
+#[derive(Debug)]
+pub(super) struct CspLink {
+    pub(super) splitter: ServerUnitSplitter,
+    /// `Some` while every connection the group may have is taken: the socket is not asked for
+    /// yet, and the device's proxy payloads wait here, in order.
+    pub(super) waiting: Option<CspWait>,
+}
+
+/// A device waiting for a chat server connection.
+#[derive(Debug)]
+pub(super) struct CspWait {
+    /// After this the device is closed with 4001.
+    pub(super) deadline: u64,
+    pub(super) held: Vec<Vec<u8>>,
+    pub(super) held_bytes: usize,
 }
 
 /// Where this connection is in its slot's queue.
@@ -332,7 +350,15 @@ impl<S: GroupStore> Group<S> {
             Conn::Online(_) => None,
         });
         let expiries = self.slots.values().filter_map(|slot| self.expiry_of(slot));
-        lock.into_iter().chain(handshakes).chain(expiries).min()
+        let csp_waits = self.conns.values().filter_map(|c| match c {
+            Conn::Online(s) => s.csp.as_ref()?.waiting.as_ref().map(|w| w.deadline),
+            Conn::Handshake(_) => None,
+        });
+        lock.into_iter()
+            .chain(handshakes)
+            .chain(expiries)
+            .chain(csp_waits)
+            .min()
     }
 
     // ---- inspection ---------------------------------------------------------------------------
@@ -585,7 +611,11 @@ impl<S: GroupStore> Group<S> {
         let Some(Conn::Online(session)) = self.conns.remove(&conn) else {
             return;
         };
-        if session.csp.is_some() {
+        if session
+            .csp
+            .as_ref()
+            .is_some_and(|link| link.waiting.is_none())
+        {
             self.effects.push_back(Effect::CloseCsp { conn });
         }
         let device = session.device_id;
@@ -651,6 +681,9 @@ impl<S: GroupStore> Group<S> {
         for conn in timed_out {
             self.close(conn, CloseCause::HandshakeTimeout);
         }
+        for conn in self.csp_waits_over(now) {
+            self.close(conn, CloseCause::CspUnreachable);
+        }
         let expired: Vec<DeviceId> = self
             .slots
             .iter()
@@ -688,6 +721,7 @@ impl<S: GroupStore> Group<S> {
         while let Some((conn, cause)) = self.deferred_closes.pop() {
             self.close(conn, cause);
         }
+        self.open_waiting_csp();
     }
 
     /// Every authenticated connection except `except`, in connection order.

@@ -56,7 +56,7 @@ pub use effect::{CloseCause, ConnId, Effect};
 pub use group::{frame_fits, Group, PROTOCOL_VERSION};
 pub use handshake::MAX_ENCRYPTED_DEVICE_INFO_LEN;
 pub use memory_store::{MemoryStore, MemoryStoreError};
-pub use proxy::MAX_HELD_PROXY_BYTES;
+pub use proxy::{MAX_HELD_PROXY_BYTES, MAX_WAITING_PROXY_BYTES};
 pub use reflection::{
     EPHEMERAL_IDS, EPHEMERAL_IDS_REMEMBERED, FIRST_EPHEMERAL_ID, MIN_ENCRYPTED_ENVELOPE_LEN,
 };

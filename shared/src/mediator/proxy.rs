@@ -2,7 +2,7 @@
 //! opened on its first proxy container; server bytes go back one CSP unit per container.
 
 use super::effect::{CloseCause, ConnId, Effect};
-use super::group::Group;
+use super::group::{Conn, CspLink, CspWait, Group};
 use super::store::GroupStore;
 use crate::csp::ServerUnitSplitter;
 
@@ -13,15 +13,46 @@ use crate::csp::ServerUnitSplitter;
 /// object's memory.
 pub const MAX_HELD_PROXY_BYTES: usize = 1024 * 1024;
 
+/// Device → chat server bytes held for a device that waits for a chat server connection
+/// (`GroupConfig::max_csp_connections`). A login and a few messages are a few KiB; past this
+/// the device is closed with 4009.
+pub const MAX_WAITING_PROXY_BYTES: usize = 64 * 1024;
+
 impl<S: GroupStore> Group<S> {
     /// Writes a device's proxy payload to its chat server connection, opening it first if this
     /// is the first one. Empty payloads are dropped (there is nothing to write).
+    ///
+    /// At most `max_csp_connections` sockets are open at once: a device that finds them taken
+    /// waits (its payloads held, in order) until one closes, for at most `csp_wait_timeout_ms`.
     pub(super) fn forward_proxy(&mut self, conn: ConnId, payload: Vec<u8>) {
+        let may_open = self.csp_sockets() < self.config.max_csp_connections.max(1);
+        let deadline = self.now.saturating_add(self.config.csp_wait_timeout_ms);
         let Some(session) = self.session_mut(conn) else {
             return;
         };
+        let mut opened_now = false;
         if session.csp.is_none() {
-            session.csp = Some(ServerUnitSplitter::new());
+            opened_now = may_open;
+            session.csp = Some(CspLink {
+                splitter: ServerUnitSplitter::new(),
+                waiting: (!may_open).then(|| CspWait {
+                    deadline,
+                    held: Vec::new(),
+                    held_bytes: 0,
+                }),
+            });
+        }
+        if let Some(wait) = session.csp.as_mut().and_then(|l| l.waiting.as_mut()) {
+            if !payload.is_empty() {
+                wait.held_bytes = wait.held_bytes.saturating_add(payload.len());
+                wait.held.push(payload);
+            }
+            if wait.held_bytes > MAX_WAITING_PROXY_BYTES {
+                self.close(conn, CloseCause::CspBacklog);
+            }
+            return;
+        }
+        if opened_now {
             self.effects.push_back(Effect::OpenCsp { conn });
         }
         if !payload.is_empty() {
@@ -32,12 +63,76 @@ impl<S: GroupStore> Group<S> {
         }
     }
 
+    /// Chat server sockets asked for and not closed.
+    pub(super) fn csp_sockets(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| match c {
+                Conn::Online(s) => s.csp.as_ref().is_some_and(|l| l.waiting.is_none()),
+                Conn::Handshake(_) => false,
+            })
+            .count()
+    }
+
+    /// Devices whose wait for a chat server connection ends at or before `now`.
+    pub(super) fn csp_waits_over(&self, now: u64) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter_map(|(&conn, c)| match c {
+                Conn::Online(s) => s
+                    .csp
+                    .as_ref()?
+                    .waiting
+                    .as_ref()
+                    .filter(|w| w.deadline <= now)
+                    .map(|_| conn),
+                Conn::Handshake(_) => None,
+            })
+            .collect()
+    }
+
+    /// Gives freed chat server connections to waiting devices, longest-connected first (the
+    /// lowest connection ids): `OpenCsp`, then what each had sent meanwhile.
+    pub(super) fn open_waiting_csp(&mut self) {
+        let max = self.config.max_csp_connections.max(1);
+        let mut sockets = self.csp_sockets();
+        let waiting: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter_map(|(&conn, c)| match c {
+                Conn::Online(s) => s.csp.as_ref()?.waiting.as_ref().map(|_| conn),
+                Conn::Handshake(_) => None,
+            })
+            .collect();
+        for conn in waiting {
+            if sockets >= max {
+                break;
+            }
+            let Some(wait) = self
+                .session_mut(conn)
+                .and_then(|s| s.csp.as_mut())
+                .and_then(|l| l.waiting.take())
+            else {
+                continue;
+            };
+            sockets += 1;
+            self.effects.push_back(Effect::OpenCsp { conn });
+            for bytes in wait.held {
+                self.effects.push_back(Effect::CspSend { conn, bytes });
+            }
+        }
+    }
+
     /// Bytes read from the chat server connection of `conn`.
     pub fn on_csp_bytes(&mut self, conn: ConnId, bytes: &[u8], now_ms: u64) {
         self.advance(now_ms);
         let mut units = Vec::new();
         let mut failed = false;
-        if let Some(splitter) = self.session_mut(conn).and_then(|s| s.csp.as_mut()) {
+        if let Some(splitter) = self
+            .session_mut(conn)
+            .and_then(|s| s.csp.as_mut())
+            .map(|l| &mut l.splitter)
+        {
             failed = splitter.feed(bytes).is_err();
             units.extend(core::iter::from_fn(|| splitter.pop()));
         }
@@ -177,6 +272,90 @@ mod tests {
         let first = reflected(&h.take(b));
         assert_eq!(first.len(), 1, "window of one");
         (h, a, b, first[0].reflected_id)
+    }
+
+    #[test]
+    fn at_most_six_chat_server_connections_the_seventh_waits_then_opens_the_eighth_times_out() {
+        let mut h = Harness::new();
+        let conns: Vec<ConnId> = (1..=8).map(|d| h.login(d)).collect();
+        let began = h.now;
+        for (i, &conn) in conns.iter().enumerate() {
+            h.send(conn, D2mMessage::Proxy(vec![u8::try_from(i).unwrap(); 3]));
+        }
+        h.drain();
+        let opened = |csp: &[Effect]| -> Vec<ConnId> {
+            csp.iter()
+                .filter_map(|e| match e {
+                    Effect::OpenCsp { conn } => Some(*conn),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(opened(&h.csp), conns[..6], "six sockets, in order");
+        assert!(
+            !h.csp
+                .iter()
+                .any(|e| matches!(e, Effect::CspSend { conn, .. } if *conn == conns[6])),
+            "nothing written for a device without a socket"
+        );
+        h.csp.clear();
+
+        // The seventh waits; more of its bytes wait with it, in order.
+        h.send(conns[6], D2mMessage::Proxy(vec![60; 2]));
+        h.tick(1_000);
+        h.group.on_csp_closed(conns[1], h.now);
+        h.drain();
+        assert_eq!(h.closed(conns[1]), Some(CloseCause::CspClosed));
+        assert_eq!(
+            h.csp,
+            [
+                Effect::OpenCsp { conn: conns[6] },
+                Effect::CspSend {
+                    conn: conns[6],
+                    bytes: vec![6; 3]
+                },
+                Effect::CspSend {
+                    conn: conns[6],
+                    bytes: vec![60; 2]
+                },
+            ],
+            "the freed socket goes to the longest waiting device, with what it sent meanwhile"
+        );
+        h.csp.clear();
+
+        // The eighth still waits; past the wait it is closed with 4001, nothing opened for it.
+        let wait = GroupConfig::default().csp_wait_timeout_ms;
+        assert_eq!(h.group.poll_timeout(), Some(began + wait));
+        h.tick(wait - 1_001);
+        h.timeout();
+        assert_eq!(h.closed(conns[7]), None, "still waiting");
+        h.tick(1);
+        h.timeout();
+        assert_eq!(h.closed(conns[7]), Some(CloseCause::CspUnreachable));
+        assert_eq!(
+            CloseCause::CspUnreachable.code(),
+            CloseCode::CspUnableToEstablish
+        );
+        assert!(h.csp.is_empty(), "{:?}", h.csp);
+        for &conn in conns.iter().take(6).filter(|&&c| c != conns[1]) {
+            assert_eq!(h.closed(conn), None, "{conn:?} keeps its socket");
+        }
+    }
+
+    #[test]
+    fn a_device_waiting_for_a_chat_server_connection_holds_at_most_64_kib() {
+        let mut h = Harness::with_config(GroupConfig {
+            max_csp_connections: 1,
+            ..GroupConfig::default()
+        });
+        let (a, b) = (h.login(1), h.login(2));
+        h.send(a, D2mMessage::Proxy(vec![1; 10]));
+        for _ in 0..=MAX_WAITING_PROXY_BYTES / 8192 {
+            h.send(b, D2mMessage::Proxy(vec![2; 8192]));
+        }
+        h.drain();
+        assert_eq!(h.closed(b), Some(CloseCause::CspBacklog));
+        assert_eq!(h.closed(a), None);
     }
 
     #[test]

@@ -432,7 +432,11 @@ async fn run_csp(
     inputs: mpsc::UnboundedSender<Input>,
 ) {
     let stream = match addr {
-        Some(addr) => TcpStream::connect(addr).await.ok(),
+        // As the Worker does: `connect` gets 10 s, then the device is closed with 4001.
+        Some(addr) => tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .ok()
+            .and_then(Result::ok),
         None => None,
     };
     let Some(stream) = stream else {
