@@ -88,6 +88,7 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("bad_input", bad_input(fx)).await;
     runner.run("lenient_urls", lenient_urls(fx)).await;
     runner.run("csp_sockets", csp_sockets(fx)).await;
+    runner.run("handshake_cap", handshake_cap(fx)).await;
     runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -804,6 +805,47 @@ async fn csp_sockets(fx: &mut Fixture) -> ScenarioResult {
     six[1].reflect_acked(reflect).await?;
     let got = six[2].receive_reflected(1, true).await?;
     assert_eq!(tag_of(&got[0].envelope).0, 1);
+    Ok(())
+}
+
+/// At most 16 connections of a group in their handshake (`GroupConfig::max_handshakes`): the
+/// 17th is closed at once with 1013 (try again later) and gets no ServerHello; the group's
+/// devices keep reflecting, and once the half-open ones are gone a device logs in again.
+async fn handshake_cap(fx: &mut Fixture) -> ScenarioResult {
+    let id = fx.identity().await?;
+    let (mut a, _) = online(fx, &id, "a", id.device_config(random_device_id(), "a")).await?;
+    let (mut b, _) = online(fx, &id, "b", id.device_config(random_device_id(), "b")).await?;
+    let max = GroupConfig::default().max_handshakes;
+    let mut half_open = Vec::new();
+    for n in 0..max {
+        let mut raw = RawSocket::connect(&url(fx, &id), format!("half-open {n}")).await?;
+        let hello = raw.next_binary(Duration::from_secs(20)).await?;
+        assert_eq!(hello.first(), Some(&0x10), "ServerHello for half-open {n}");
+        half_open.push(raw);
+    }
+    let mut over = RawSocket::connect(&url(fx, &id), "one too many").await?;
+    assert_eq!(over.close_code(CLOSE_WAIT).await?, 1013);
+
+    let reflect = a.reflect(&tagged(1, 0)).await?;
+    a.reflect_acked(reflect).await?;
+    let got = b.receive_reflected(1, true).await?;
+    assert_eq!(tag_of(&got[0].envelope).0, 1);
+
+    for raw in half_open {
+        raw.close(1000).await;
+    }
+    let c_id = random_device_id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Device::connect_online(&url(fx, &id), "c", id.device_config(c_id, "c")).await {
+            Ok(_) => break,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("c not yet in ({err}); the half-open closes are still on their way");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
     Ok(())
 }
 

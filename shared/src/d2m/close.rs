@@ -27,6 +27,9 @@ pub enum CloseCode {
     AbnormalClosure,
     /// 1011: the server hit an internal error.
     ServerInternalError,
+    /// 1013 (RFC 6455 registry, "Try Again Later"): the mediator is busy, e.g. too many
+    /// connections of the group are still in their handshake.
+    TryAgainLater,
     /// 4000: the chat server connection closed.
     CspClosed,
     /// 4001: the chat server connection could not be established.
@@ -70,6 +73,7 @@ impl CloseCode {
             1001 => Self::ServerShutdown,
             1006 => Self::AbnormalClosure,
             1011 => Self::ServerInternalError,
+            1013 => Self::TryAgainLater,
             4000 => Self::CspClosed,
             4001 => Self::CspUnableToEstablish,
             4009 => Self::CspInternalError,
@@ -97,6 +101,7 @@ impl CloseCode {
             Self::ServerShutdown => 1001,
             Self::AbnormalClosure => 1006,
             Self::ServerInternalError => 1011,
+            Self::TryAgainLater => 1013,
             Self::CspClosed => 4000,
             Self::CspUnableToEstablish => 4001,
             Self::CspInternalError => 4009,
@@ -144,6 +149,7 @@ impl CloseCode {
             Self::ServerShutdown => "server shutting down",
             Self::AbnormalClosure => "abnormal closure",
             Self::ServerInternalError => "server internal error",
+            Self::TryAgainLater => "try again later",
             Self::CspClosed => "chat server connection closed",
             Self::CspUnableToEstablish => "chat server unreachable",
             Self::CspInternalError => "chat server connection error",

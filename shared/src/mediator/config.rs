@@ -33,6 +33,10 @@ pub struct GroupConfig {
     pub max_csp_connections: usize,
     /// How long a device may wait for a chat server connection; then it is closed with 4001.
     pub csp_wait_timeout_ms: u64,
+    /// Connections of the group in their handshake (no valid `ClientHello` yet) at once; one
+    /// more is closed at once with 1013. Each costs memory and, until its timeout, a socket: a
+    /// client that opens them in a loop is bounded here, not by the handshake timeout.
+    pub max_handshakes: usize,
 }
 
 impl Default for GroupConfig {
@@ -50,6 +54,7 @@ impl Default for GroupConfig {
             store_retry_ms: 1_000,
             max_csp_connections: 6,
             csp_wait_timeout_ms: 15_000,
+            max_handshakes: 16,
         }
     }
 }

@@ -130,6 +130,8 @@ pub enum CloseCause {
     OversizeField,
     /// No `ClientHello` within the handshake timeout.
     HandshakeTimeout,
+    /// `GroupConfig::max_handshakes` connections of the group are already in their handshake.
+    TooManyHandshakes,
     /// The chat server closed its connection.
     CspClosed,
     /// The chat server connection could not be opened.
@@ -174,6 +176,7 @@ impl CloseCause {
             Self::UnexpectedAck => CloseCode::UnexpectedAck,
             Self::TransactionTtlExceeded => CloseCode::TransactionTtlExceeded,
             Self::HandshakeTimeout => CloseCode::ClientTimeout,
+            Self::TooManyHandshakes => CloseCode::TryAgainLater,
             Self::CspClosed => CloseCode::CspClosed,
             Self::CspUnreachable => CloseCode::CspUnableToEstablish,
             Self::CspStreamInvalid | Self::CspBacklog => CloseCode::CspInternalError,
@@ -209,6 +212,7 @@ impl CloseCause {
             Self::TransactionTtlExceeded => "transaction ttl exceeded",
             Self::OversizeField => "field too long",
             Self::HandshakeTimeout => "handshake timeout",
+            Self::TooManyHandshakes => "too many connections in their handshake",
             Self::CspClosed => "chat server connection closed",
             Self::CspUnreachable => "chat server unreachable",
             Self::CspStreamInvalid => "chat server stream invalid",

@@ -245,7 +245,20 @@ impl<S: GroupStore> Group<S> {
     /// A `conn` already in use is ignored.
     pub fn on_connect(&mut self, conn: ConnId, now_ms: u64, rng: &mut impl CryptoRngCore) {
         self.advance(now_ms);
-        if !self.conns.contains_key(&conn) {
+        let handshakes = self
+            .conns
+            .values()
+            .filter(|c| matches!(c, Conn::Handshake(_)))
+            .count();
+        if !self.conns.contains_key(&conn) && handshakes >= self.config.max_handshakes.max(1) {
+            // Never registered: nothing else to undo (no ServerHello, no timer).
+            let cause = CloseCause::TooManyHandshakes;
+            self.effects.push_back(Effect::Close {
+                conn,
+                code: cause.code(),
+                cause,
+            });
+        } else if !self.conns.contains_key(&conn) {
             let challenge = ServerChallenge::new(rng);
             let hello = challenge.server_hello(PROTOCOL_VERSION);
             self.conns.insert(
@@ -787,6 +800,32 @@ mod tests {
             assert_eq!(h.closed(conn), Some(CloseCause::TextFrame));
         }
         assert_eq!(CloseCause::TextFrame.code(), CloseCode::ProtocolError);
+    }
+
+    #[test]
+    fn connections_past_the_handshake_cap_are_closed_1013_and_the_group_goes_on() {
+        let mut h = Harness::with_config(GroupConfig {
+            max_handshakes: 2,
+            ..GroupConfig::default()
+        });
+        let a = h.login(1);
+        let (p1, _p2) = (h.connect(), h.connect());
+        let over = ConnId(9_999);
+        h.group.on_connect(over, h.now, &mut h.rng);
+        h.drain();
+        assert_eq!(h.closed(over), Some(CloseCause::TooManyHandshakes));
+        assert!(
+            h.take(over).is_empty(),
+            "no ServerHello for a refused connection"
+        );
+        assert_eq!(CloseCause::TooManyHandshakes.code().as_u16(), 1013);
+        assert_eq!(h.closed(a), None);
+        // A handshake that ends makes room; a device still logs in.
+        h.disconnect(p1);
+        let b = h.login(2);
+        assert_eq!(h.closed(b), None);
+        let (_, _) = h.reflect(a, b"still reflecting");
+        assert_eq!(reflected(&h.take(b)).len(), 1);
     }
 
     #[test]
