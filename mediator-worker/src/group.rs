@@ -50,6 +50,10 @@ pub(crate) const MAX_CSP_BACKLOG: usize = 1024 * 1024;
 /// Bytes read from the chat server at once.
 const TCP_READ_CHUNK: usize = 16 * 1024;
 
+/// Device frame bytes one coalesced turn may gather (16 full containers): past it the turn is
+/// handled at once instead of waiting for the timer (docs/worker.md "Bounds").
+const MAX_TURN_BYTES: usize = 1024 * 1024;
+
 /// How long `connect()` may take to open a chat server socket: `connect()` itself has no
 /// timeout, and a device would otherwise wait for ever (closed with 4001 after it).
 const CSP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -94,6 +98,10 @@ struct Io {
     proxied_at_once: Cell<u64>,
     /// Device inputs waiting for the next turn, in arrival order (docs/worker.md "Coalescing").
     waiting: RefCell<VecDeque<(ConnId, Waiting)>>,
+    /// Frame bytes in `waiting`; past [`MAX_TURN_BYTES`] the turn is handled at once.
+    waiting_bytes: Cell<usize>,
+    /// Turns handled at once because of [`MAX_TURN_BYTES`] (development stats).
+    turns_cut: Cell<u64>,
     /// A task that handles `waiting` is scheduled.
     drain_scheduled: Cell<bool>,
     /// Development fault injection (`crate::dev_tamper`).
@@ -178,6 +186,8 @@ impl DurableObject for DeviceGroup {
             frames_together: Cell::new(0),
             proxied_at_once: Cell::new(0),
             waiting: RefCell::new(VecDeque::new()),
+            waiting_bytes: Cell::new(0),
+            turns_cut: Cell::new(0),
             drain_scheduled: Cell::new(false),
             #[cfg(feature = "dev")]
             tamper: crate::dev_tamper::Tamper::default(),
@@ -315,7 +325,21 @@ async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: onesh
 /// that writes is committed on its own; handling what arrived meanwhile together in a later turn
 /// lets all their writes share one commit (docs/worker.md "Coalescing").
 fn defer(io: &Rc<Io>, conn: ConnId, what: Waiting) {
+    let bytes = match &what {
+        Waiting::Binary(bytes) => bytes.len(),
+        Waiting::Oversize | Waiting::Text | Waiting::Disconnect => 0,
+    };
     io.waiting.borrow_mut().push_back((conn, what));
+    io.waiting_bytes
+        .set(io.waiting_bytes.get().saturating_add(bytes));
+    if io.waiting_bytes.get() > MAX_TURN_BYTES {
+        // workerd dispatches every frame that has arrived before the timer turn; a burst must
+        // not pile up in wasm memory (shared by the isolate's objects) until then. The timer
+        // task already scheduled finds an empty queue.
+        io.turns_cut.set(io.turns_cut.get().saturating_add(1));
+        drain_waiting(io);
+        return;
+    }
     if io.drain_scheduled.replace(true) {
         return;
     }
@@ -323,25 +347,34 @@ fn defer(io: &Rc<Io>, conn: ConnId, what: Waiting) {
     wasm_bindgen_futures::spawn_local(async move {
         worker::Delay::from(std::time::Duration::ZERO).await;
         io.drain_scheduled.set(false);
-        let batch = std::mem::take(&mut *io.waiting.borrow_mut());
-        let together = u64::try_from(batch.len().saturating_sub(1)).unwrap_or(u64::MAX);
-        io.frames_together
-            .set(io.frames_together.get().saturating_add(together));
-        // One input for the whole turn: the group stores its reflects together (one
-        // `enqueue_batch`, docs/mediator.md "Batched reflects") and the per-input work (clock,
-        // effects, deadline, alarm) is paid once.
-        input(&io, |group, now| {
-            group.begin_batch();
-            for (conn, what) in batch {
-                match what {
-                    Waiting::Binary(bytes) => group.on_binary(conn, &bytes, now),
-                    Waiting::Oversize => group.on_oversize_frame(conn, now),
-                    Waiting::Text => group.on_text(conn, now),
-                    Waiting::Disconnect => group.on_disconnect(conn, now),
-                }
+        drain_waiting(&io);
+    });
+}
+
+/// Feeds every deferred input to the group as one batch.
+fn drain_waiting(io: &Rc<Io>) {
+    let batch = std::mem::take(&mut *io.waiting.borrow_mut());
+    io.waiting_bytes.set(0);
+    if batch.is_empty() {
+        return;
+    }
+    let together = u64::try_from(batch.len().saturating_sub(1)).unwrap_or(u64::MAX);
+    io.frames_together
+        .set(io.frames_together.get().saturating_add(together));
+    // One input for the whole turn: the group stores its reflects together (one
+    // `enqueue_batch`, docs/mediator.md "Batched reflects") and the per-input work (clock,
+    // effects, deadline, alarm) is paid once.
+    input(io, |group, now| {
+        group.begin_batch();
+        for (conn, what) in batch {
+            match what {
+                Waiting::Binary(bytes) => group.on_binary(conn, &bytes, now),
+                Waiting::Oversize => group.on_oversize_frame(conn, now),
+                Waiting::Text => group.on_text(conn, now),
+                Waiting::Disconnect => group.on_disconnect(conn, now),
             }
-            group.end_batch(now);
-        });
+        }
+        group.end_batch(now);
     });
 }
 
@@ -737,6 +770,8 @@ struct Stats {
     frames_ready_together: u64,
     /// Of them, proxy frames fed at once (nothing of their connection was waiting).
     proxy_frames_at_once: u64,
+    /// Coalesced turns handled at once because their frames passed `MAX_TURN_BYTES`.
+    turns_cut: u64,
     /// `sql.exec` calls of the group stores in this isolate so far.
     sql_statements: u64,
     /// `transactionSync` calls of the group stores in this isolate so far.
@@ -792,6 +827,7 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         frames: io.frames.get(),
         frames_ready_together: io.frames_together.get(),
         proxy_frames_at_once: io.proxied_at_once.get(),
+        turns_cut: io.turns_cut.get(),
         sql_statements: crate::store::sql_calls().0,
         sql_transactions: crate::store::sql_calls().1,
         reflect_batches: crate::store::batch_calls().0,

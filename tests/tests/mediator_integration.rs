@@ -89,6 +89,7 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("lenient_urls", lenient_urls(fx)).await;
     runner.run("csp_sockets", csp_sockets(fx)).await;
     runner.run("handshake_cap", handshake_cap(fx)).await;
+    runner.run("turn_bound", turn_bound(fx)).await;
     runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -845,6 +846,42 @@ async fn handshake_cap(fx: &mut Fixture) -> ScenarioResult {
             }
             Err(err) => return Err(err.into()),
         }
+    }
+    Ok(())
+}
+
+/// A burst of large reflects (48 × ≈ 60 KiB, written without waiting): under the Worker the
+/// frames gathered for one coalesced turn pass 1 MiB, so the turn is handled at once
+/// (`turnsCut` in the development stats) rather than piling up in wasm memory until the timer;
+/// every reflect is acked and reaches the sibling, in order.
+async fn turn_bound(fx: &mut Fixture) -> ScenarioResult {
+    let id = fx.identity().await?;
+    let (mut a, _) = online(fx, &id, "a", id.device_config(random_device_id(), "a")).await?;
+    let (mut b, _) = online(fx, &id, "b", id.device_config(random_device_id(), "b")).await?;
+    let big: Vec<Envelope> = (0..48)
+        .map(|tag| {
+            let mut envelope = tagged(tag, 0);
+            if let Some(Content::OutgoingMessage(m)) = envelope.content.as_mut() {
+                m.body.resize(60_000, 0);
+            }
+            envelope
+        })
+        .collect();
+    let ids = a.reflect_all(&big).await?;
+    a.reflect_acks(&ids).await?;
+    let got = b.receive_reflected(big.len(), true).await?;
+    assert_eq!(tags_of(&got), (0..48).collect::<Vec<u64>>());
+    if let Some(field) = dev_stats(fx, &id).await? {
+        eprintln!(
+            "turn_bound: frames {} together {} cut {}",
+            field("frames"),
+            field("framesReadyTogether"),
+            field("turnsCut")
+        );
+        assert!(
+            field("turnsCut") >= 1,
+            "no turn passed 1 MiB: the bound was never exercised"
+        );
     }
     Ok(())
 }
