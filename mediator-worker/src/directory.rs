@@ -49,11 +49,18 @@ pub(crate) enum OriginCheck {
 }
 
 /// Checks `origin` against the Worker's own origin `own` and the allowed list `allowed`
-/// (the [`ORIGINS_VAR`] value). Origins compare exactly, as browsers send them.
-pub(crate) fn check_origin(origin: Option<&str>, own: &str, allowed: &str) -> OriginCheck {
+/// (the [`ORIGINS_VAR`] value). Origins compare exactly, as browsers send them. A browser's
+/// `Sec-Fetch-Site: same-origin` (`fetch_site`; a header no page can set) also counts as the
+/// own origin: behind a reverse proxy that rewrites `Host` the Worker's URL is not the page's.
+pub(crate) fn check_origin(
+    origin: Option<&str>,
+    fetch_site: Option<&str>,
+    own: &str,
+    allowed: &str,
+) -> OriginCheck {
     match origin {
         None => OriginCheck::None,
-        Some(origin) if origin == own => OriginCheck::Same,
+        Some(origin) if origin == own || fetch_site == Some("same-origin") => OriginCheck::Same,
         Some(origin)
             if allowed
                 .split(',')
@@ -92,8 +99,10 @@ pub(crate) async fn forward(mut req: Request, env: &Env, rest: &str) -> worker::
         .var(ORIGINS_VAR)
         .map(|v| v.to_string())
         .unwrap_or_default();
+    let fetch_site = req.headers().get("sec-fetch-site")?;
     let check = check_origin(
         origin.as_deref(),
+        fetch_site.as_deref(),
         &url.origin().ascii_serialization(),
         &allowed,
     );
@@ -245,11 +254,17 @@ mod tests {
     fn origins_are_checked_exactly() {
         let own = "https://mediator.example";
         let allowed = "https://app.example, http://localhost:5173";
-        assert_eq!(check_origin(None, own, allowed), OriginCheck::None);
-        assert_eq!(check_origin(Some(own), own, ""), OriginCheck::Same);
+        let check = |origin, site| check_origin(origin, site, own, allowed);
+        assert_eq!(check(None, None), OriginCheck::None);
+        assert_eq!(check(Some(own), None), OriginCheck::Same);
+        assert_eq!(
+            check(Some("http://proxy.example"), Some("same-origin")),
+            OriginCheck::Same,
+            "a browser's same-origin request behind a reverse proxy"
+        );
         for origin in ["https://app.example", "http://localhost:5173"] {
             assert_eq!(
-                check_origin(Some(origin), own, allowed),
+                check(Some(origin), Some("cross-site")),
                 OriginCheck::Allowed
             );
         }
@@ -262,13 +277,18 @@ mod tests {
             "",
         ] {
             assert_eq!(
-                check_origin(Some(origin), own, allowed),
+                check(Some(origin), Some("cross-site")),
+                OriginCheck::Refused,
+                "{origin}"
+            );
+            assert_eq!(
+                check(Some(origin), Some("same-site")),
                 OriginCheck::Refused,
                 "{origin}"
             );
         }
         assert_eq!(
-            check_origin(Some("https://app.example"), own, ""),
+            check_origin(Some("https://app.example"), None, own, ""),
             OriginCheck::Refused
         );
     }
