@@ -946,6 +946,12 @@ const SCENARIOS = {
       await k.keyboard.press('Escape');
       await visible(k, '#chat-empty', 'the list after Escape');
       await tabTo(k, '#conversations li button');
+      // A message from b rebuilds the list: the keyboard focus must stay on the conversation.
+      await b.fill('#composer-text', 'while you tab');
+      await b.click('#composer button');
+      await visible(k, '#conversations li:has-text("while you tab")', 'b\'s new text in the list');
+      const still = await k.evaluate(() => document.activeElement?.closest('#conversations li')?.textContent ?? document.activeElement?.tagName);
+      check(still.includes('while you tab'), 'the focus still on the conversation after the list was rebuilt', still);
       await k.keyboard.press('Enter');
       await visible(k, '#chat:not([hidden]) #messages li:has-text("typed, not clicked")', 'the chat opened again with Enter');
 
