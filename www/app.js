@@ -798,7 +798,9 @@ async function setup() {
 
 await init();
 try {
-  start(await TandemClient.open({ database, mediatorUrl }));
+  // `hasIdentity` only reads IndexedDB: a first visit leaves no empty database behind.
+  if (await TandemClient.hasIdentity(database)) start(await TandemClient.open({ database, mediatorUrl }));
+  else await setup();
 } catch (e) {
   if (/holds no identity/.test(e.message)) {
     await setup();

@@ -990,6 +990,115 @@ const SCENARIOS = {
       check(pointer.length === 0, 'no mouse or pointer event on the keyboard-only device', pointer);
     });
   },
+
+  /** `TandemClient.hasIdentity(database)`: true for a database that holds a device (also while
+   * that device is open and online in the page), false for one that does not exist — which it
+   * does not create — and for one that exists without an identity (made by a failed `open`). */
+  async has_identity() {
+    const { Y1 } = world;
+    await Y1.online();
+    const seen = await Y1.eval(async (db) => {
+      const has = (name) => window.TandemClient.hasIdentity(name);
+      const names = async () => (await indexedDB.databases()).map((d) => d.name);
+      const result = { own: await has(db), missing: await has('tandem-never-made') };
+      result.missingCreated = (await names()).includes('tandem-never-made');
+      result.openEmpty = await window.device.failure(() => window.TandemClient.open({ database: 'tandem-empty' }));
+      result.empty = await has('tandem-empty');
+      await new Promise((resolve, reject) => {
+        const req = indexedDB.open('not-tandem', 3);
+        req.onupgradeneeded = () => req.result.createObjectStore('other');
+        req.onsuccess = () => { req.result.close(); resolve(); };
+        req.onerror = () => reject(req.error);
+      });
+      result.other = await has('not-tandem');
+      result.otherVersion = await new Promise((resolve) => {
+        const req = indexedDB.open('not-tandem');
+        req.onsuccess = () => { resolve(req.result.version); req.result.close(); };
+      });
+      return result;
+    }, Y1.database);
+    check(seen.own === true, `hasIdentity("${Y1.database}") true for Y1's open device`, seen);
+    check(seen.missing === false && seen.missingCreated === false, 'false for a database that does not exist, and not created by asking', seen);
+    check(/holds no identity/.test(seen.openEmpty?.message ?? '') && seen.empty === false, 'false for a database a failed open left without an identity', seen);
+    check(seen.other === false && seen.otherVersion === 3, 'false for another app\'s database, left at its version', seen);
+    await Y1.online();
+  },
+
+  /** The package README's example (`readme-example.ts`, which must equal the README's code: see
+   * readme-check.mjs) bundled with esbuild and run in a fresh context as written, with only the
+   * mediator URL, the database and the friend's ID (Y) replaced: it creates an identity, adds Y,
+   * waits for the contact and sends "hello", which Y1 receives. The `.wasm` is found beside the
+   * bundle (copied there, as the README says). A second bundle proves the other README way:
+   * esbuild's `file` loader copies the `.wasm` and its URL goes to `init({ module_or_path })`. */
+  async readme_example(browser) {
+    const { Y1 } = world;
+    const esbuild = await import(new URL('../../mediator-worker/node_modules/esbuild/lib/main.js', import.meta.url).href)
+      .catch((e) => { throw new Failure('esbuild in mediator-worker/node_modules (scripts/install-worker-toolchain.sh)', e.message); });
+    const here = path.dirname(new URL(import.meta.url).pathname);
+    const outRoot = path.join(here, 'pages', 'bundled');
+    fs.rmSync(outRoot, { recursive: true, force: true });
+    let source = fs.readFileSync(path.join(here, 'readme-example.ts'), 'utf8');
+    for (const [from, to] of [['"wss://chat.example.org"', JSON.stringify(SERVER.replace(/^http/, 'ws'))],
+      ['"tandem-main"', '"tandem-readme"'], ['"ECHOECHO"', JSON.stringify(world.Y)]]) {
+      check(source.includes(from), `the README example contains ${from}`, source.slice(0, 400));
+      source = source.replace(from, to);
+    }
+    const page = (dir, title) => fs.writeFileSync(path.join(dir, 'index.html'),
+      `<!doctype html><meta charset="utf-8"><title>${title}</title><script type="module" src="app.js"></script>\n`);
+    const copyDir = path.join(outRoot, 'readme');
+    await esbuild.build({
+      stdin: { contents: source, resolveDir: here, loader: 'ts', sourcefile: 'readme-example.ts' },
+      bundle: true, format: 'esm', target: 'es2022', outfile: path.join(copyDir, 'app.js'), logLevel: 'silent',
+    });
+    fs.copyFileSync(path.join(here, 'node_modules/tandem-client/tandem_client_bg.wasm'), path.join(copyDir, 'tandem_client_bg.wasm'));
+    page(copyDir, 'README example');
+    const loaderDir = path.join(outRoot, 'loader');
+    await esbuild.build({
+      stdin: {
+        contents: 'import wasmUrl from "tandem-client/tandem_client_bg.wasm";\n'
+          + 'import init, { TandemClient } from "tandem-client";\n'
+          + 'await init({ module_or_path: wasmUrl });\n'
+          + 'window.bundled = { wasmUrl, has: await TandemClient.hasIdentity("tandem-none") };\n',
+        resolveDir: here, loader: 'js',
+      },
+      bundle: true, format: 'esm', target: 'es2022', outfile: path.join(loaderDir, 'app.js'),
+      loader: { '.wasm': 'file' }, publicPath: '/bundled/loader/', logLevel: 'silent',
+    });
+    page(loaderDir, 'esbuild file loader');
+
+    const context = await browser.newContext();
+    try {
+      const logs = [];
+      const p = await context.newPage();
+      p.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+      p.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+      await p.goto(`${SERVER}/bundled/readme/index.html`);
+      const deadline = Date.now() + WAIT;
+      let id = null;
+      while (!id && Date.now() < deadline) {
+        id = logs.map((l) => /my Tandem ID: ([0-9A-Z]{8})/.exec(l)?.[1]).find(Boolean) ?? null;
+        if (!id) await sleep(100);
+      }
+      check(id !== null, 'the README example printed its new Tandem ID', logs);
+      try {
+        await Y1.until(`the README example's "hello" from ${id}`, (c) => window.device.client.messages(c).map((m) => m.text), `contact/${id}`,
+          (texts) => texts.includes('hello'), 15_000);
+      } catch (e) {
+        throw new Failure(`Y1 receives the README example's "hello" from ${id}`, `${e.message}\n  the example's page:\n${logs.join('\n')}`);
+      }
+      const errors = logs.filter((l) => /^(error|pageerror)/.test(l));
+      check(errors.length === 0, 'no errors in the README example\'s page', errors);
+
+      const q = await context.newPage();
+      await q.goto(`${SERVER}/bundled/loader/index.html`);
+      await q.waitForFunction(() => window.bundled !== undefined, null, { timeout: WAIT });
+      const bundled = await q.evaluate(() => window.bundled);
+      check(/^\/bundled\/loader\/tandem_client_bg-[A-Z0-9]+\.wasm$/.test(bundled.wasmUrl) && bundled.has === false,
+        'esbuild\'s file loader: the .wasm copied with a hashed name, its URL given to init()', bundled);
+    } finally {
+      await context.close();
+    }
+  },
 };
 
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
