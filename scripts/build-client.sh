@@ -69,6 +69,17 @@ say "wasm-bindgen --target web"
 "$WASM_BINDGEN_BIN" --target web --out-dir "$OUT" --out-name tandem_client \
   "$TARGET_DIR/wasm32-unknown-unknown/wasm-release/tandem_client.wasm"
 
+# wasm-bindgen declares `[Symbol.dispose](): void` on the client class, which compiles only with
+# TypeScript's `esnext.disposable` lib: an app on `"lib": ["es2022", "dom"]` would fail on the
+# package's own types. The declaration goes (the method stays in the JS, for `using`), so the
+# types compile under the common `lib` settings (docs/client.md "TypeScript"; the fixture
+# project checks both).
+sed -i '/^ *\[Symbol\.dispose\]()/d' "$OUT/tandem_client.d.ts"
+if grep -q 'Symbol\.dispose' "$OUT/tandem_client.d.ts"; then
+  echo "tandem_client.d.ts still names Symbol.dispose: update the sed above" >&2
+  exit 1
+fi
+
 say "wasm-opt ${WASM_OPT_LEVEL[*]}"
 "$WASM_OPT_BIN" "${WASM_OPT_LEVEL[@]}" --enable-bulk-memory --enable-nontrapping-float-to-int \
   --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue \
@@ -102,6 +113,7 @@ cat > "$OUT/package.json" <<JSON
     "tandem_client.d.ts",
     "tandem_client_bg.wasm",
     "tandem_client_bg.wasm.d.ts",
+    "snippets/",
     "README.md"
   ],
   "sideEffects": false
@@ -114,8 +126,14 @@ raw_wasm=$(wc -c < "$OUT/tandem_client_bg.wasm")
 raw_js=$(wc -c < "$OUT/tandem_client.js")
 gz_wasm=$(gzip -9 -c "$OUT/tandem_client_bg.wasm" | wc -c)
 gz_js=$(gzip -9 -c "$OUT/tandem_client.js" | wc -c)
+# wasm-bindgen's `inline_js` snippets (`hasIdentity`) are JS the package ships too: counted with
+# the glue, each file gzipped on its own (as a server would send it).
+while IFS= read -r -d '' snippet; do
+  raw_js=$((raw_js + $(wc -c < "$snippet")))
+  gz_js=$((gz_js + $(gzip -9 -c "$snippet" | wc -c)))
+done < <(find "$OUT/snippets" -name '*.js' -print0 2>/dev/null)
 total=$((gz_wasm + gz_js))
-say "sizes: wasm $raw_wasm B raw / $gz_wasm B gzip; JS glue $raw_js B raw / $gz_js B gzip; wasm + JS gzipped $total B (budget 250000, stretch 150000)"
+say "sizes: wasm $raw_wasm B raw / $gz_wasm B gzip; JS glue and snippets $raw_js B raw / $gz_js B gzip; wasm + JS gzipped $total B (budget 250000, stretch 150000)"
 if [ "$total" -gt 250000 ]; then
   # Reported, not fatal (docs/client.md says where the bytes go); TANDEM_CLIENT_SIZE_STRICT=1
   # makes it fail.

@@ -162,6 +162,9 @@ function noteGroupChange(id, g) {
 
 function renderConversations() {
   const ul = $('conversations');
+  // The list is rebuilt on every change (a message, a read receipt): keyboard focus on one of
+  // its conversations moves to the new button of the same conversation instead of being lost.
+  const focused = document.activeElement?.closest('#conversations li')?.dataset.id;
   ul.replaceChildren();
   // A group shows as soon as one is in it, before its first message (the client lists
   // conversations that have messages).
@@ -198,6 +201,7 @@ function renderConversations() {
     open.addEventListener('click', () => show(conv.id));
     li.append(open);
     ul.append(li);
+    if (conv.id === focused) open.focus();
   }
 }
 
@@ -484,6 +488,8 @@ function refreshDevices() {
 
 function showDevices(devices) {
   const ul = $('devices');
+  // Rebuilt on every `devices` event: focus on a "remove" button stays on that device's.
+  const focused = ul.contains(document.activeElement) ? document.activeElement.getAttribute('aria-label') : null;
   ul.replaceChildren();
   for (const d of devices) {
     const li = document.createElement('li');
@@ -506,6 +512,8 @@ function showDevices(devices) {
       li.append(drop);
     }
     ul.append(li);
+    const remove = li.querySelector('button');
+    if (focused && remove?.getAttribute('aria-label') === focused) remove.focus();
   }
 }
 
@@ -790,7 +798,9 @@ async function setup() {
 
 await init();
 try {
-  start(await TandemClient.open({ database, mediatorUrl }));
+  // `hasIdentity` only reads IndexedDB: a first visit leaves no empty database behind.
+  if (await TandemClient.hasIdentity(database)) start(await TandemClient.open({ database, mediatorUrl }));
+  else await setup();
 } catch (e) {
   if (/holds no identity/.test(e.message)) {
     await setup();

@@ -965,6 +965,14 @@ impl TandemClient {
         Ok(Self::start(app, db, setup))
     }
 
+    /// Whether `database` holds a device (an identity): `open` it if so, else `create` or
+    /// `importBackup`. Reads IndexedDB only (no connection, no device opened) and never creates
+    /// the database.
+    #[wasm_bindgen(js_name = hasIdentity, unchecked_return_type = "Promise<boolean>")]
+    pub fn has_identity(database: &str) -> js_sys::Promise {
+        crate::idb::has_identity(database)
+    }
+
     /// Deletes a database and everything this device stored in it.
     #[wasm_bindgen(js_name = deleteDatabase)]
     pub async fn delete_database(database: String) -> Result<(), JsValue> {

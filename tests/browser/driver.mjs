@@ -14,6 +14,7 @@
 // pages' console; exits 1 if a scenario failed.
 import fs from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 
@@ -859,6 +860,245 @@ const SCENARIOS = {
       await noDevWords(b, 'the other-tab screen after 4112');
     });
   },
+
+  /** Issue 15: axe-core (WCAG 2.0/2.1 A and AA rules) over every screen of the web app at
+   * 1280 × 800 and 390 × 844 — setup, the conversation list, a chat, Settings open, the
+   * removed-device screen and the other-tab screen. Every violation of every screen is collected
+   * and printed (rule, impact, the nodes) before the scenario fails. */
+  async web_app_axe(browser) {
+    await withWebApp(browser, async ({ open, tab, visible }) => {
+      const found = [];
+      const screen = async (page, name) => { for (const v of await axeBothWidths(page, name)) found.push(v); };
+      const a = await open('axe-a');
+      const b = await open('axe-b');
+      await visible(a, '#setup:not([hidden])', 'the setup screen');
+      await screen(a, 'setup');
+      const [, idB] = await createTwo(a, b, visible);
+      await screen(a, 'main (empty list)');
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await visible(a, `#chat:not([hidden]) #chat-title:has-text("${idB}")`, 'the chat with b');
+      await a.fill('#composer-text', 'hello axe');
+      await a.click('#composer button');
+      await visible(b, '#conversations li', 'the conversation on b');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("hello axe")', 'the text on b');
+      await b.fill('#composer-text', 'hello back');
+      await b.click('#composer button');
+      await visible(a, '#messages li:has-text("hello back")', 'b\'s answer on a');
+      await visible(a, '#messages li.mine .meta:has-text("read")', 'the read mark on a');
+      await screen(a, 'chat');
+      await b.keyboard.press('Escape');
+      await visible(b, '#chat-empty', 'the list on b');
+      await screen(b, 'main (list)');
+      await a.click('#open-settings');
+      await visible(a, '#devices li:has-text("this device")', 'this device in Settings');
+      await a.fill('#backup-password', PASSWORD);
+      await a.click('#export-backup');
+      await screen(a, 'settings');
+      await a.click('dialog button[value=close]');
+      const a2 = await linkSecond(a, open, visible, 'axe-a2');
+      await a.click('#open-settings');
+      await visible(a, '#devices button[aria-label*="axe-a2"]', 'the linked device in Settings');
+      await screen(a, 'settings (two devices)');
+      a.once('dialog', (d) => d.accept());
+      await a.click('#devices button[aria-label*="axe-a2"]');
+      await visible(a2, '#halt:not([hidden]) h1:has-text("This device was removed")', 'the removed-device screen', 10_000);
+      await screen(a2, 'removed device');
+      await a.click('dialog button[value=close]');
+      await tab(a, 'axe-a');
+      await visible(a, '#halt:not([hidden]) h1:has-text("Tandem is open in another tab")', 'the other-tab screen', 10_000);
+      await screen(a, 'other tab');
+      check(found.length === 0, 'no WCAG 2.0/2.1 A or AA violations (axe-core) on any screen at either width',
+        `\n${found.map(formatViolation).join('\n')}`);
+    });
+  },
+
+  /** Issue 15: the main flow by keyboard alone, on a device that never gets a mouse event
+   * (`tabTo` presses Tab until the wanted control has focus, and checks its focus ring): create an
+   * identity, add a contact by ID, write in the chat, open Settings, export a backup, link a
+   * second device (through that device's own page), remove it in Settings, close Settings. */
+  async web_app_keyboard(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const k = await open('kbd-k', 0, () => {
+        window.__pointer = [];
+        for (const type of ['mousedown', 'mouseup', 'pointerdown', 'pointerup']) {
+          document.addEventListener(type, (e) => window.__pointer.push(`${type} on ${e.target.id || e.target.tagName}`), true);
+        }
+      });
+      const b = await open('kbd-b');
+      await visible(k, '#setup:not([hidden])', 'the setup screen');
+      await tabTo(k, '#create-form button');
+      await k.keyboard.press('Enter');
+      await visible(k, '#conn.online', 'the identity created by keyboard, online');
+      await createOne(b, visible);
+      const idB = await b.textContent('#me-identity');
+      await tabTo(k, '#new-chat-id');
+      await k.keyboard.type(idB.toLowerCase());
+      await k.keyboard.press('Enter');
+      await visible(k, `#chat:not([hidden]) #chat-title:has-text("${idB}")`, 'the chat opened after adding the contact by keyboard');
+      await tabTo(k, '#composer-text');
+      await k.keyboard.type('typed, not clicked');
+      await k.keyboard.press('Enter');
+      await visible(b, '#conversations li', 'the conversation on b');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("typed, not clicked")', 'the keyboard-sent text on b');
+      await k.keyboard.press('Escape');
+      await visible(k, '#chat-empty', 'the list after Escape');
+      await tabTo(k, '#conversations li button');
+      // A message from b rebuilds the list: the keyboard focus must stay on the conversation.
+      await b.fill('#composer-text', 'while you tab');
+      await b.click('#composer button');
+      await visible(k, '#conversations li:has-text("while you tab")', 'b\'s new text in the list');
+      const still = await k.evaluate(() => document.activeElement?.closest('#conversations li')?.textContent ?? document.activeElement?.tagName);
+      check(still.includes('while you tab'), 'the focus still on the conversation after the list was rebuilt', still);
+      await k.keyboard.press('Enter');
+      await visible(k, '#chat:not([hidden]) #messages li:has-text("typed, not clicked")', 'the chat opened again with Enter');
+
+      // Settings: export a backup by keyboard, link a second device with it (on its own page).
+      await tabTo(k, '#open-settings');
+      await k.keyboard.press('Enter');
+      await visible(k, '#settings[open] #devices li:has-text("this device")', 'Settings open with this device');
+      await tabTo(k, '#backup-password');
+      await k.keyboard.type(PASSWORD);
+      await tabTo(k, '#export-backup');
+      await k.keyboard.press('Space');
+      await visible(k, '#backup-out:not([hidden])', 'the exported backup');
+      const backup = await k.inputValue('#backup-out');
+      check(backup.length === 80 + 19, 'an 80-character backup in groups of 4', backup);
+      await k.keyboard.press('Escape');
+      await closed(k, '#settings', 'Settings closed with Escape');
+      const k2 = await open('kbd-k2');
+      await visible(k2, '#setup:not([hidden])', 'the setup screen on the second device');
+      await k2.fill('#import-backup', backup);
+      await k2.fill('#import-password', PASSWORD);
+      await k2.click('#import-form button');
+      await visible(k2, '#conn.online', 'the second device online');
+
+      // Remove it, by keyboard.
+      await tabTo(k, '#open-settings');
+      await k.keyboard.press('Enter');
+      await visible(k, '#devices button[aria-label*="kbd-k2"]', 'the second device in Settings');
+      k.once('dialog', (d) => d.accept());
+      await tabTo(k, '#devices button[aria-label*="kbd-k2"]');
+      await k.keyboard.press('Enter');
+      await visible(k2, '#halt:not([hidden]) h1:has-text("This device was removed")', 'the second device removed', 10_000);
+      await k.waitForFunction(() => !document.querySelector('#devices button[aria-label*="kbd-k2"]'), null, { timeout: 10_000 });
+      await k.keyboard.press('Escape');
+      await closed(k, '#settings', 'Settings closed with Escape');
+      const pointer = await k.evaluate(() => window.__pointer);
+      check(pointer.length === 0, 'no mouse or pointer event on the keyboard-only device', pointer);
+    });
+  },
+
+  /** `TandemClient.hasIdentity(database)`: true for a database that holds a device (also while
+   * that device is open and online in the page), false for one that does not exist — which it
+   * does not create — and for one that exists without an identity (made by a failed `open`). */
+  async has_identity() {
+    const { Y1 } = world;
+    await Y1.online();
+    const seen = await Y1.eval(async (db) => {
+      const has = (name) => window.TandemClient.hasIdentity(name);
+      const names = async () => (await indexedDB.databases()).map((d) => d.name);
+      const result = { own: await has(db), missing: await has('tandem-never-made') };
+      result.missingCreated = (await names()).includes('tandem-never-made');
+      result.openEmpty = await window.device.failure(() => window.TandemClient.open({ database: 'tandem-empty' }));
+      result.empty = await has('tandem-empty');
+      await new Promise((resolve, reject) => {
+        const req = indexedDB.open('not-tandem', 3);
+        req.onupgradeneeded = () => req.result.createObjectStore('other');
+        req.onsuccess = () => { req.result.close(); resolve(); };
+        req.onerror = () => reject(req.error);
+      });
+      result.other = await has('not-tandem');
+      result.otherVersion = await new Promise((resolve) => {
+        const req = indexedDB.open('not-tandem');
+        req.onsuccess = () => { resolve(req.result.version); req.result.close(); };
+      });
+      return result;
+    }, Y1.database);
+    check(seen.own === true, `hasIdentity("${Y1.database}") true for Y1's open device`, seen);
+    check(seen.missing === false && seen.missingCreated === false, 'false for a database that does not exist, and not created by asking', seen);
+    check(/holds no identity/.test(seen.openEmpty?.message ?? '') && seen.empty === false, 'false for a database a failed open left without an identity', seen);
+    check(seen.other === false && seen.otherVersion === 3, 'false for another app\'s database, left at its version', seen);
+    await Y1.online();
+  },
+
+  /** The package README's example (`readme-example.ts`, which must equal the README's code: see
+   * readme-check.mjs) bundled with esbuild and run in a fresh context as written, with only the
+   * mediator URL, the database and the friend's ID (Y) replaced: it creates an identity, adds Y,
+   * waits for the contact and sends "hello", which Y1 receives. The `.wasm` is found beside the
+   * bundle (copied there, as the README says). A second bundle proves the other README way:
+   * esbuild's `file` loader copies the `.wasm` and its URL goes to `init({ module_or_path })`. */
+  async readme_example(browser) {
+    const { Y1 } = world;
+    const esbuild = await import(new URL('../../mediator-worker/node_modules/esbuild/lib/main.js', import.meta.url).href)
+      .catch((e) => { throw new Failure('esbuild in mediator-worker/node_modules (scripts/install-worker-toolchain.sh)', e.message); });
+    const here = path.dirname(new URL(import.meta.url).pathname);
+    const outRoot = path.join(here, 'pages', 'bundled');
+    fs.rmSync(outRoot, { recursive: true, force: true });
+    let source = fs.readFileSync(path.join(here, 'readme-example.ts'), 'utf8');
+    for (const [from, to] of [['"wss://chat.example.org"', JSON.stringify(SERVER.replace(/^http/, 'ws'))],
+      ['"tandem-main"', '"tandem-readme"'], ['"ECHOECHO"', JSON.stringify(world.Y)]]) {
+      check(source.includes(from), `the README example contains ${from}`, source.slice(0, 400));
+      source = source.replace(from, to);
+    }
+    const page = (dir, title) => fs.writeFileSync(path.join(dir, 'index.html'),
+      `<!doctype html><meta charset="utf-8"><title>${title}</title><script type="module" src="app.js"></script>\n`);
+    const copyDir = path.join(outRoot, 'readme');
+    await esbuild.build({
+      stdin: { contents: source, resolveDir: here, loader: 'ts', sourcefile: 'readme-example.ts' },
+      bundle: true, format: 'esm', target: 'es2022', outfile: path.join(copyDir, 'app.js'), logLevel: 'silent',
+    });
+    fs.copyFileSync(path.join(here, 'node_modules/tandem-client/tandem_client_bg.wasm'), path.join(copyDir, 'tandem_client_bg.wasm'));
+    page(copyDir, 'README example');
+    const loaderDir = path.join(outRoot, 'loader');
+    await esbuild.build({
+      stdin: {
+        contents: 'import wasmUrl from "tandem-client/tandem_client_bg.wasm";\n'
+          + 'import init, { TandemClient } from "tandem-client";\n'
+          + 'await init({ module_or_path: wasmUrl });\n'
+          + 'window.bundled = { wasmUrl, has: await TandemClient.hasIdentity("tandem-none") };\n',
+        resolveDir: here, loader: 'js',
+      },
+      bundle: true, format: 'esm', target: 'es2022', outfile: path.join(loaderDir, 'app.js'),
+      loader: { '.wasm': 'file' }, publicPath: '/bundled/loader/', logLevel: 'silent',
+    });
+    page(loaderDir, 'esbuild file loader');
+
+    const context = await browser.newContext();
+    try {
+      const logs = [];
+      const p = await context.newPage();
+      p.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+      p.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+      await p.goto(`${SERVER}/bundled/readme/index.html`);
+      const deadline = Date.now() + WAIT;
+      let id = null;
+      while (!id && Date.now() < deadline) {
+        id = logs.map((l) => /my Tandem ID: ([0-9A-Z]{8})/.exec(l)?.[1]).find(Boolean) ?? null;
+        if (!id) await sleep(100);
+      }
+      check(id !== null, 'the README example printed its new Tandem ID', logs);
+      try {
+        await Y1.until(`the README example's "hello" from ${id}`, (c) => window.device.client.messages(c).map((m) => m.text), `contact/${id}`,
+          (texts) => texts.includes('hello'), 15_000);
+      } catch (e) {
+        throw new Failure(`Y1 receives the README example's "hello" from ${id}`, `${e.message}\n  the example's page:\n${logs.join('\n')}`);
+      }
+      const errors = logs.filter((l) => /^(error|pageerror)/.test(l));
+      check(errors.length === 0, 'no errors in the README example\'s page', errors);
+
+      const q = await context.newPage();
+      await q.goto(`${SERVER}/bundled/loader/index.html`);
+      await q.waitForFunction(() => window.bundled !== undefined, null, { timeout: WAIT });
+      const bundled = await q.evaluate(() => window.bundled);
+      check(/^\/bundled\/loader\/tandem_client_bg-[A-Z0-9]+\.wasm$/.test(bundled.wasmUrl) && bundled.has === false,
+        'esbuild\'s file loader: the .wasm copied with a hashed name, its URL given to init()', bundled);
+    } finally {
+      await context.close();
+    }
+  },
 };
 
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
@@ -964,6 +1204,71 @@ async function withWebApp(browser, run) {
 function noErrors(consoles) {
   const errors = consoles.filter((l) => /pageerror|\] error:/.test(l));
   check(errors.length === 0, 'no page errors or console errors', errors);
+}
+
+/** axe-core's source, evaluated in a page through the DevTools protocol (`page.evaluate`): the
+ * app's Content-Security-Policy refuses an inline `<script>`, not the test's own evaluation. */
+const AXE_SOURCE = fs.readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
+/** The rules axe runs: WCAG 2.0 and 2.1, levels A and AA. */
+const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
+
+/** axe-core's violations on `page` as it is now, each with the screen's name. */
+async function axeViolations(page, where) {
+  if (!(await page.evaluate(() => 'axe' in window))) await page.evaluate(AXE_SOURCE);
+  const violations = await page.evaluate((tags) => window.axe.run(document, { runOnly: { type: 'tag', values: tags } })
+    .then((r) => r.violations.map((v) => ({
+      id: v.id, impact: v.impact, help: v.help,
+      nodes: v.nodes.map((n) => ({ target: n.target.join(' '), summary: n.failureSummary })),
+    }))), AXE_TAGS);
+  return violations.map((v) => ({ where, ...v }));
+}
+
+/** axe at 1280 × 800 and 390 × 844 (and a screenshot of each, `web-app-axe-…`). */
+async function axeBothWidths(page, name) {
+  const found = [];
+  fs.mkdirSync(SHOTS, { recursive: true });
+  for (const [width, height] of [[1280, 800], [390, 844]]) {
+    await page.setViewportSize({ width, height });
+    await page.screenshot({ path: path.join(SHOTS, `web-app-axe-${name.replace(/\W+/g, '-')}-${width}.png`) });
+    found.push(...await axeViolations(page, `${name} at ${width} px`));
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
+  return found;
+}
+
+const formatViolation = (v) => `  [${v.where}] ${v.id} (${v.impact}): ${v.help}\n`
+  + v.nodes.map((n) => `      ${n.target}\n        ${(n.summary ?? '').replace(/\n/g, '\n        ')}`).join('\n');
+
+/** Waits until the dialog `selector` is closed (a closed dialog is not visible, so `visible` cannot). */
+async function closed(page, selector, what, timeout = 5_000) {
+  try {
+    await page.waitForFunction((sel) => !document.querySelector(sel).open, selector, { timeout });
+  } catch {
+    throw new Failure(`web app: ${what}`, `still open after ${timeout} ms; focus on ${await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 120))}`);
+  }
+}
+
+/** Presses Tab until the focused element matches `selector` (up to `max` times), then checks it
+ * shows a focus ring (a computed outline); fails with every element Tab visited otherwise. */
+async function tabTo(page, selector, max = 60) {
+  const visited = [];
+  for (let i = 0; i <= max; i++) {
+    const at = await page.evaluate((sel) => {
+      const el = document.activeElement;
+      if (!el || el === document.body) return { matches: false, name: 'body' };
+      const name = `${el.tagName.toLowerCase()}${el.id ? `#${el.id}` : ''}${el.getAttribute('aria-label') ? `[${el.getAttribute('aria-label')}]` : ''}`
+        + (el.textContent && el.children.length === 0 ? ` "${el.textContent.trim().slice(0, 30)}"` : '');
+      const style = getComputedStyle(el);
+      return { matches: el.matches(sel), name, outline: `${style.outlineStyle} ${style.outlineWidth}` };
+    }, selector);
+    if (at.matches) {
+      check(!at.outline.startsWith('none') && !at.outline.endsWith(' 0px'), `a visible focus ring on ${selector}`, at.outline);
+      return;
+    }
+    visited.push(at.name);
+    if (i < max) await page.keyboard.press('Tab');
+  }
+  throw new Failure(`${selector} reached with Tab within ${max} presses`, visited.join(' → '));
 }
 
 /** Exports an ID backup through a web app page's Settings; the 80 characters in groups. */

@@ -5,6 +5,7 @@ import type { Message, MessageState, ConnectionEvent, Contact, Settings, Device 
 
 export async function app(mediatorUrl: string): Promise<void> {
   await init();
+  const exists: boolean = await TandemClient.hasIdentity('app');
   const client: TandemClient = await TandemClient.create({ mediatorUrl, database: 'app' });
   const identity: string = client.identity;
   const online: boolean = client.isOnline;
@@ -25,7 +26,7 @@ export async function app(mediatorUrl: string): Promise<void> {
   const devices: Device[] = await client.listDevices();
   const backup: string = client.exportBackup('a long password');
   const again = await TandemClient.importBackup({ backup, password: 'a long password', mediatorUrl, database: 'other' });
-  console.log(key, list.length, contacts.length, devices.length, online, again.deviceId);
+  console.log(exists, key, list.length, contacts.length, devices.length, online, again.deviceId);
   // @ts-expect-error: the event name is checked
   client.on('no-such-event', () => {});
   client.close();
