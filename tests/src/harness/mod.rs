@@ -23,6 +23,7 @@ mod fault_proxy;
 mod fixture;
 mod http;
 mod identity;
+pub mod inspector;
 mod local_mediator;
 mod process;
 mod raw;

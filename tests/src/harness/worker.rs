@@ -33,6 +33,8 @@ pub fn free_port() -> Result<u16, HarnessError> {
 pub struct WranglerDev {
     process: Option<Served>,
     port: u16,
+    /// wrangler's inspector proxy (the isolate's V8 inspector), fixed across restarts.
+    inspector_port: u16,
     state_dir: PathBuf,
     log_dir: PathBuf,
     vars: Vec<String>,
@@ -50,6 +52,7 @@ impl WranglerDev {
         let mut dev = Self {
             process: None,
             port: free_port()?,
+            inspector_port: free_port()?,
             state_dir: state_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             vars,
@@ -92,6 +95,13 @@ impl WranglerDev {
     #[must_use]
     pub fn http_addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port of wrangler's inspector proxy: the Worker isolate's V8 inspector
+    /// ([`super::inspector`]).
+    #[must_use]
+    pub const fn inspector_port(&self) -> u16 {
+        self.inspector_port
     }
 
     /// The process group of the running `wrangler dev` (node and workerd), for CPU accounting.
@@ -137,6 +147,7 @@ impl WranglerDev {
         for var in &self.vars {
             cmd.arg("--var").arg(var);
         }
+        cmd.env("TANDEM_INSPECTOR_PORT", self.inspector_port.to_string());
         if !build {
             cmd.env("TANDEM_WORKER_SKIP_BUILD", "1");
         }
