@@ -13,6 +13,10 @@ use super::process::Served;
 /// `scripts/worker-dev.sh` exits with this when the Worker toolchain is missing.
 const EXIT_TOOLCHAIN_MISSING: i32 = 3;
 
+/// `scripts/worker-dev.sh` passes it to `--inspector-port`; set, the harness uses it (to attach
+/// `mediator-worker/tools/*.mjs` at a known port), else it picks a free port.
+pub const INSPECTOR_PORT_VAR: &str = "TANDEM_INSPECTOR_PORT";
+
 /// A cold first start compiles the Worker for wasm32 (up to 20 min on a 2-core machine).
 pub const FIRST_START_WAIT: Duration = Duration::from_secs(20 * 60);
 
@@ -52,7 +56,13 @@ impl WranglerDev {
         let mut dev = Self {
             process: None,
             port: free_port()?,
-            inspector_port: free_port()?,
+            inspector_port: match std::env::var(INSPECTOR_PORT_VAR)
+                .ok()
+                .and_then(|port| port.parse().ok())
+            {
+                Some(port) => port,
+                None => free_port()?,
+            },
             state_dir: state_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             vars,
@@ -147,7 +157,7 @@ impl WranglerDev {
         for var in &self.vars {
             cmd.arg("--var").arg(var);
         }
-        cmd.env("TANDEM_INSPECTOR_PORT", self.inspector_port.to_string());
+        cmd.env(INSPECTOR_PORT_VAR, self.inspector_port.to_string());
         if !build {
             cmd.env("TANDEM_WORKER_SKIP_BUILD", "1");
         }
