@@ -2,7 +2,7 @@
 // DevTools Protocol): what the heap holds, what a full collection frees, and (optionally) which
 // constructors hold it.
 //
-//   node mediator-worker/tools/heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot]
+//   node mediator-worker/tools/heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot] [alloc]
 //
 // Start wrangler dev with a fixed inspector port (scripts/worker-dev.sh honours
 // TANDEM_INSPECTOR_PORT). Every EVERY_S seconds (default 30), TIMES times (default 10), prints
@@ -11,16 +11,20 @@
 // process group when that variable is set, and with `gc` the same after
 // `HeapProfiler.collectGarbage` (a full, compacting collection). With `snapshot` it also takes a
 // heap snapshot at each sample (after the collection) and prints the constructors whose count
-// or size changed most since the previous one.
+// or size changed most since the previous one. With `alloc` it samples every allocation over
+// each interval, garbage included (`HeapProfiler.startSampling` keeping objects collected by
+// minor and major GCs), and prints the functions that allocated most: what each frame leaves
+// for the collector.
 import { readFileSync, readdirSync } from "node:fs";
-import { connect, sleep } from "./inspector.mjs";
+import { connect, nameShims, sleep } from "./inspector.mjs";
 
 const args = process.argv.slice(2);
 const [port, everyS = "30", times = "10"] = args;
 const gc = args.includes("gc");
 const snapshot = args.includes("snapshot");
+const alloc = args.includes("alloc");
 if (!port) {
-  console.error("usage: heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot]");
+  console.error("usage: heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot] [alloc]");
   process.exit(2);
 }
 
@@ -84,11 +88,46 @@ async function census() {
   return byKey;
 }
 
+/** Bytes allocated per function (self) in a sampling heap profile's tree. */
+async function allocators(profile) {
+  const frames = [];
+  const collect = (node) => {
+    frames.push(node.callFrame);
+    for (const child of node.children) collect(child);
+  };
+  collect(profile.head);
+  await nameShims(call, frames);
+  const bytes = new Map();
+  const walk = (node) => {
+    const f = node.callFrame;
+    const name = `${f.functionName || "(anonymous)"} ${f.url.split("/").pop()}:${f.lineNumber}`;
+    bytes.set(name, (bytes.get(name) ?? 0) + node.selfSize);
+    for (const child of node.children) walk(child);
+  };
+  walk(profile.head);
+  return [...bytes].sort((a, b) => b[1] - a[1]);
+}
+
 const started = Date.now();
 const pgid = process.env.WORKERD_PGID;
 let previous = null;
 for (let n = 0; n < Number(times); n++) {
+  if (alloc) {
+    await call("HeapProfiler.enable");
+    await call("HeapProfiler.startSampling", {
+      samplingInterval: 1024,
+      includeObjectsCollectedByMajorGC: true,
+      includeObjectsCollectedByMinorGC: true,
+    });
+  }
   await sleep(Number(everyS) * 1000);
+  if (alloc) {
+    const { profile } = await call("HeapProfiler.stopSampling");
+    const rows = await allocators(profile);
+    const total = rows.reduce((sum, [, b]) => sum + b, 0);
+    console.log(`allocated over ${everyS} s (sampled): ${mib(total)} MiB`);
+    for (const [name, b] of rows.slice(0, 20)) console.log(`  ${mib(b)} MiB\t${name}`);
+  }
   const line = { s: Math.round((Date.now() - started) / 1000), heap: await usage() };
   if (pgid) line.workerdRssKiB = workerdRssKib(pgid);
   if (gc) {

@@ -50,3 +50,22 @@ export async function connect(port, onEvent = () => {}) {
     });
   return { ws, call };
 }
+
+/**
+ * Names the anonymous call frames of wasm-bindgen's import shims (functions in an object literal
+ * of the bundled index.js) after the `__wbg_…` key on their line. Needs the debugger: enables it.
+ */
+export async function nameShims(call, frames) {
+  await call("Debugger.enable");
+  const sources = new Map();
+  for (const f of frames) {
+    if (f.functionName || !f.url.endsWith("index.js") || !f.scriptId) continue;
+    if (!sources.has(f.scriptId)) {
+      const { scriptSource } = await call("Debugger.getScriptSource", { scriptId: f.scriptId });
+      sources.set(f.scriptId, scriptSource.split("\n"));
+    }
+    const line = sources.get(f.scriptId)[f.lineNumber] ?? "";
+    const keys = line.match(/__wbg_[A-Za-z0-9_]+|__wbindgen_[A-Za-z0-9_]+/g);
+    if (keys) f.functionName = `shim ${keys[keys.length - 1].replace(/_[0-9a-f]{16}$/, "")}`;
+  }
+}

@@ -9,7 +9,7 @@
 // functions come from the module's name section, which worker-build keeps (release profile
 // `debug = 1`).
 import { writeFileSync } from "node:fs";
-import { connect, sleep } from "./inspector.mjs";
+import { connect, nameShims, sleep } from "./inspector.mjs";
 
 const [port, delayS = "8", durationS = "10", out] = process.argv.slice(2);
 if (!port) {
@@ -52,19 +52,7 @@ await sleep(Number(durationS) * 1000);
 const { profile } = await call("Profiler.stop");
 // wasm-bindgen's import shims are anonymous functions in an object literal: name them after the
 // `__wbg_…` key on their line of the bundled index.js.
-await call("Debugger.enable");
-const sources = new Map();
-for (const n of profile.nodes) {
-  const f = n.callFrame;
-  if (f.functionName || !f.url.endsWith("index.js") || !f.scriptId) continue;
-  if (!sources.has(f.scriptId)) {
-    const { scriptSource } = await call("Debugger.getScriptSource", { scriptId: f.scriptId });
-    sources.set(f.scriptId, scriptSource.split("\n"));
-  }
-  const line = sources.get(f.scriptId)[f.lineNumber] ?? "";
-  const keys = line.match(/__wbg_[A-Za-z0-9_]+|__wbindgen_[A-Za-z0-9_]+/g);
-  if (keys) f.functionName = `shim ${keys[keys.length - 1].replace(/_[0-9a-f]{16}$/, "")}`;
-}
+await nameShims(call, profile.nodes.map((n) => n.callFrame));
 ws.close();
 if (out) writeFileSync(out, JSON.stringify(profile));
 
