@@ -154,3 +154,4 @@ for (let n = 0; n < Number(times); n++) {
   }
 }
 ws.close();
+process.exit(0);
