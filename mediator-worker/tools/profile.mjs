@@ -7,52 +7,16 @@
 // TANDEM_INSPECTOR_PORT), put it under load, then run this: it waits DELAY_S (default 8), samples
 // for DURATION_S (default 10) at 50 µs intervals and prints the top functions. The names of wasm
 // functions come from the module's name section, which worker-build keeps (release profile
-// `debug = 1`). Uses the `ws` package wrangler already depends on.
-import { createRequire } from "node:module";
+// `debug = 1`).
 import { writeFileSync } from "node:fs";
-const require = createRequire(new URL("../node_modules/", import.meta.url));
-const WebSocket = require("ws");
+import { connect, nameShims, sleep } from "./inspector.mjs";
 
 const [port, delayS = "8", durationS = "10", out] = process.argv.slice(2);
 if (!port) {
   console.error("usage: profile.mjs INSPECTOR_PORT [DELAY_S] [DURATION_S] [OUT.cpuprofile]");
   process.exit(2);
 }
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function targets() {
-  for (let i = 0; i < 7200; i++) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/json`);
-      const list = await res.json();
-      if (list.length) return list;
-    } catch {}
-    await sleep(500);
-  }
-  throw new Error("no inspector target");
-}
-
-const list = await targets();
-console.error("targets:", list.map((t) => `${t.title} ${t.webSocketDebuggerUrl}`).join("\n  "));
-const target = list.find((t) => /tandem|core:user/.test(t.title + t.webSocketDebuggerUrl)) ?? list[0];
-const ws = new WebSocket(target.webSocketDebuggerUrl);
-await new Promise((r, j) => { ws.once("open", r); ws.once("error", j); });
-let next = 1;
-const pending = new Map();
-ws.on("message", (data) => {
-  const msg = JSON.parse(data.toString());
-  if (msg.id && pending.has(msg.id)) {
-    const { resolve, reject } = pending.get(msg.id);
-    pending.delete(msg.id);
-    msg.error ? reject(new Error(JSON.stringify(msg.error))) : resolve(msg.result);
-  }
-});
-const call = (method, params = {}) =>
-  new Promise((resolve, reject) => {
-    const id = next++;
-    pending.set(id, { resolve, reject });
-    ws.send(JSON.stringify({ id, method, params }));
-  });
+const { ws, call } = await connect(port);
 
 await sleep(Number(delayS) * 1000);
 await call("Profiler.enable");
@@ -88,19 +52,7 @@ await sleep(Number(durationS) * 1000);
 const { profile } = await call("Profiler.stop");
 // wasm-bindgen's import shims are anonymous functions in an object literal: name them after the
 // `__wbg_…` key on their line of the bundled index.js.
-await call("Debugger.enable");
-const sources = new Map();
-for (const n of profile.nodes) {
-  const f = n.callFrame;
-  if (f.functionName || !f.url.endsWith("index.js") || !f.scriptId) continue;
-  if (!sources.has(f.scriptId)) {
-    const { scriptSource } = await call("Debugger.getScriptSource", { scriptId: f.scriptId });
-    sources.set(f.scriptId, scriptSource.split("\n"));
-  }
-  const line = sources.get(f.scriptId)[f.lineNumber] ?? "";
-  const keys = line.match(/__wbg_[A-Za-z0-9_]+|__wbindgen_[A-Za-z0-9_]+/g);
-  if (keys) f.functionName = `shim ${keys[keys.length - 1].replace(/_[0-9a-f]{16}$/, "")}`;
-}
+await nameShims(call, profile.nodes.map((n) => n.callFrame));
 ws.close();
 if (out) writeFileSync(out, JSON.stringify(profile));
 

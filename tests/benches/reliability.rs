@@ -117,5 +117,43 @@ async fn run(args: Args) {
             report.rss_samples
         );
         println!("wasm memory samples (s, bytes): {:?}", report.wasm_samples);
+        println!(
+            "V8 heap samples (s, used KiB, total KiB): {:?}",
+            report
+                .heap_samples
+                .iter()
+                .map(|(s, h)| (s, h.used / 1024, h.total / 1024))
+                .collect::<Vec<_>>()
+        );
+        for (when, gc) in [("early", report.gc_early), ("end", report.gc_end)] {
+            match gc {
+                Some(gc) => println!(
+                    "forced full GC ({when}): workerd {} → {} KiB; V8 heap used {} → {} KiB, \
+                     total {} → {} KiB",
+                    gc.workerd_before_kib,
+                    gc.workerd_after_kib,
+                    gc.heap_before.used / 1024,
+                    gc.heap_after.used / 1024,
+                    gc.heap_before.total / 1024,
+                    gc.heap_after.total / 1024,
+                ),
+                None => println!("forced full GC ({when}): not measured"),
+            }
+        }
+        if let (Some(early), Some(end)) = (report.gc_early, report.gc_end) {
+            println!(
+                "after a forced full GC: workerd {} KiB early → {} KiB at the end ({:.3} ×); \
+                 V8 heap used {} → {} KiB",
+                early.workerd_after_kib,
+                end.workerd_after_kib,
+                growth(early.workerd_after_kib, end.workerd_after_kib),
+                early.heap_after.used / 1024,
+                end.heap_after.used / 1024,
+            );
+        }
+        println!(
+            "device connections closed (code: count): {:?}",
+            report.closes
+        );
     }
 }

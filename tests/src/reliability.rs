@@ -15,6 +15,7 @@ use rand::rngs::OsRng;
 use rand::Rng;
 use tandem_shared::app::{ConversationId, Direction, Identity as AppIdentity};
 
+use crate::harness::inspector::{self, HeapUsage};
 use crate::harness::{AppDevice, FaultProxy, Fixture, HarnessError, Identity, ProxyMode};
 
 /// One fault, struck while messages flow.
@@ -453,6 +454,31 @@ pub struct SoakReport {
     /// (seconds into the run, bytes) of the Worker's wasm linear memory, with each RSS sample
     /// (from the first group's development stats; it is the isolate's, shared by every object).
     pub wasm_samples: Vec<(u64, u64)>,
+    /// (seconds into the run, V8 heap) of the Worker's isolate with each RSS sample, as it is
+    /// (no collection forced).
+    pub heap_samples: Vec<(u64, HeapUsage)>,
+    /// Memory around a forced full collection of the Worker's isolate, right after
+    /// `rss_early_kib` was read, and after the run (after `rss_end_kib` was read).
+    pub gc_early: Option<AfterGc>,
+    /// As above, after the run.
+    pub gc_end: Option<AfterGc>,
+    /// Close codes the devices' connections ended with during the soak, and how often (a
+    /// restarted isolate or `wrangler dev` shows here).
+    pub closes: BTreeMap<u16, u64>,
+}
+
+/// Memory just before and after `HeapProfiler.collectGarbage` on the Worker's isolate: what
+/// workerd keeps once V8 has collected its garbage.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AfterGc {
+    /// workerd's resident memory (KiB, every process of wrangler's group) before the collection.
+    pub workerd_before_kib: u64,
+    /// The same half a second after it.
+    pub workerd_after_kib: u64,
+    /// The isolate's V8 heap before the collection.
+    pub heap_before: HeapUsage,
+    /// And after it.
+    pub heap_after: HeapUsage,
 }
 
 /// Resident set size of `pid` in KiB, from `/proc`.
@@ -500,6 +526,37 @@ fn rss_pair(fx: &Fixture) -> (u64, u64) {
         crate::harness::Mediator::Local(_) => 0,
     };
     (workerd, rss_kib(fx.chat.process().pid()).unwrap_or(0))
+}
+
+/// wrangler's inspector port, under `wrangler dev`.
+const fn inspector_port(fx: &Fixture) -> Option<u16> {
+    match &fx.mediator {
+        crate::harness::Mediator::Wrangler(dev) => Some(dev.inspector_port()),
+        crate::harness::Mediator::Local(_) => None,
+    }
+}
+
+/// Forces a full collection of the Worker's isolate and reads workerd's memory around it;
+/// `None` without `wrangler dev` or when the inspector does not answer (said on stderr).
+async fn after_gc(fx: &Fixture) -> Option<AfterGc> {
+    let port = inspector_port(fx)?;
+    let workerd_before_kib = rss_pair(fx).0;
+    match inspector::collect_garbage(port).await {
+        Ok((heap_before, heap_after)) => {
+            // Wrappers' native memory is released as V8 finalizes them; give it a moment.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(AfterGc {
+                workerd_before_kib,
+                workerd_after_kib: rss_pair(fx).0,
+                heap_before,
+                heap_after,
+            })
+        }
+        Err(err) => {
+            eprintln!("soak: no forced collection: {err}");
+            None
+        }
+    }
 }
 
 /// The Worker isolate's wasm memory, from the first group's development stats.
@@ -598,6 +655,7 @@ pub async fn soak(
         tick += 1;
         if report.rss_early_kib == (0, 0) && started.elapsed() >= early_at {
             report.rss_early_kib = rss_pair(fx);
+            report.gc_early = after_gc(fx).await;
         }
         let sample_every = (secs / 10).clamp(1, 60);
         let at = started.elapsed().as_secs();
@@ -606,6 +664,11 @@ pub async fn soak(
             report.rss_samples.push((at, workerd, chat));
             if let Some(bytes) = wasm_memory(fx, &identities).await {
                 report.wasm_samples.push((at, bytes));
+            }
+            if let Some(port) = inspector_port(fx) {
+                if let Ok(heap) = inspector::heap_usage(port).await {
+                    report.heap_samples.push((at, heap));
+                }
             }
         }
         tokio::time::sleep(interval).await;
@@ -633,5 +696,11 @@ pub async fn soak(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     report.rss_end_kib = rss_pair(fx);
+    report.gc_end = after_gc(fx).await;
+    for device in devices.iter().flatten() {
+        for code in device.closes() {
+            *report.closes.entry(code).or_insert(0) += 1;
+        }
+    }
     Ok(report)
 }

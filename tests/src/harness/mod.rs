@@ -23,6 +23,7 @@ mod fault_proxy;
 mod fixture;
 mod http;
 mod identity;
+pub mod inspector;
 mod local_mediator;
 mod process;
 mod raw;
@@ -43,7 +44,9 @@ pub use local_mediator::LocalMediator;
 pub use process::Served;
 pub use raw::RawSocket;
 pub use runner::{Runner, ScenarioResult, SCENARIO_VAR};
-pub use worker::{free_port, WranglerDev, FIRST_START_WAIT, READY_PROBE_PATH, RESTART_WAIT};
+pub use worker::{
+    free_port, WranglerDev, FIRST_START_WAIT, INSPECTOR_PORT_VAR, READY_PROBE_PATH, RESTART_WAIT,
+};
 
 /// The repository's root (the scripts live under it).
 #[must_use]

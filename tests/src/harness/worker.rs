@@ -13,6 +13,10 @@ use super::process::Served;
 /// `scripts/worker-dev.sh` exits with this when the Worker toolchain is missing.
 const EXIT_TOOLCHAIN_MISSING: i32 = 3;
 
+/// `scripts/worker-dev.sh` passes it to `--inspector-port`; set, the harness uses it (to attach
+/// `mediator-worker/tools/*.mjs` at a known port), else it picks a free port.
+pub const INSPECTOR_PORT_VAR: &str = "TANDEM_INSPECTOR_PORT";
+
 /// A cold first start compiles the Worker for wasm32 (up to 20 min on a 2-core machine).
 pub const FIRST_START_WAIT: Duration = Duration::from_secs(20 * 60);
 
@@ -33,6 +37,8 @@ pub fn free_port() -> Result<u16, HarnessError> {
 pub struct WranglerDev {
     process: Option<Served>,
     port: u16,
+    /// wrangler's inspector proxy (the isolate's V8 inspector), fixed across restarts.
+    inspector_port: u16,
     state_dir: PathBuf,
     log_dir: PathBuf,
     vars: Vec<String>,
@@ -50,6 +56,13 @@ impl WranglerDev {
         let mut dev = Self {
             process: None,
             port: free_port()?,
+            inspector_port: match std::env::var(INSPECTOR_PORT_VAR)
+                .ok()
+                .and_then(|port| port.parse().ok())
+            {
+                Some(port) => port,
+                None => free_port()?,
+            },
             state_dir: state_dir.to_path_buf(),
             log_dir: log_dir.to_path_buf(),
             vars,
@@ -92,6 +105,13 @@ impl WranglerDev {
     #[must_use]
     pub fn http_addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The port of wrangler's inspector proxy: the Worker isolate's V8 inspector
+    /// ([`super::inspector`]).
+    #[must_use]
+    pub const fn inspector_port(&self) -> u16 {
+        self.inspector_port
     }
 
     /// The process group of the running `wrangler dev` (node and workerd), for CPU accounting.
@@ -137,6 +157,7 @@ impl WranglerDev {
         for var in &self.vars {
             cmd.arg("--var").arg(var);
         }
+        cmd.env(INSPECTOR_PORT_VAR, self.inspector_port.to_string());
         if !build {
             cmd.env("TANDEM_WORKER_SKIP_BUILD", "1");
         }
