@@ -49,6 +49,9 @@ pub struct Group<S: GroupStore> {
     /// Between [`Group::begin_batch`] and [`Group::end_batch`]: reflects wait in
     /// `pending_reflects` and are stored together (`docs/mediator.md` "Batched reflects").
     pub(super) batching: bool,
+    /// A chat server socket closed during this input: waiting devices may get it at `settle`
+    /// (only then, so an input that frees none does not scan the connections).
+    pub(super) csp_freed: bool,
     /// Reflects received and not yet stored (neither acked nor visible), in arrival order.
     pub(super) pending_reflects: Vec<PendingReflect>,
 }
@@ -235,6 +238,7 @@ impl<S: GroupStore> Group<S> {
             deferred_closes: Vec::new(),
             now: now_ms,
             batching: false,
+            csp_freed: false,
             pending_reflects: Vec::new(),
         })
     }
@@ -630,6 +634,7 @@ impl<S: GroupStore> Group<S> {
             .is_some_and(|link| link.waiting.is_none())
         {
             self.effects.push_back(Effect::CloseCsp { conn });
+            self.csp_freed = true;
         }
         let device = session.device_id;
         if let Err(error) = self.remove_acked(device, &session.delivery.acked) {
@@ -734,7 +739,9 @@ impl<S: GroupStore> Group<S> {
         while let Some((conn, cause)) = self.deferred_closes.pop() {
             self.close(conn, cause);
         }
-        self.open_waiting_csp();
+        if std::mem::take(&mut self.csp_freed) {
+            self.open_waiting_csp();
+        }
     }
 
     /// Every authenticated connection except `except`, in connection order.

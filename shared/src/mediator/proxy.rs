@@ -25,14 +25,14 @@ impl<S: GroupStore> Group<S> {
     /// At most `max_csp_connections` sockets are open at once: a device that finds them taken
     /// waits (its payloads held, in order) until one closes, for at most `csp_wait_timeout_ms`.
     pub(super) fn forward_proxy(&mut self, conn: ConnId, payload: Vec<u8>) {
-        let may_open = self.csp_sockets() < self.config.max_csp_connections.max(1);
+        let first = self.session_mut(conn).is_some_and(|s| s.csp.is_none());
+        // Sockets are counted for a device's first proxy frame only, not on every one.
+        let may_open = first && self.csp_sockets() < self.config.max_csp_connections.max(1);
         let deadline = self.now.saturating_add(self.config.csp_wait_timeout_ms);
         let Some(session) = self.session_mut(conn) else {
             return;
         };
-        let mut opened_now = false;
-        if session.csp.is_none() {
-            opened_now = may_open;
+        if first {
             session.csp = Some(CspLink {
                 splitter: ServerUnitSplitter::new(),
                 waiting: (!may_open).then(|| CspWait {
@@ -52,7 +52,8 @@ impl<S: GroupStore> Group<S> {
             }
             return;
         }
-        if opened_now {
+        if first {
+            // Not waiting, so `may_open` held.
             self.effects.push_back(Effect::OpenCsp { conn });
         }
         if !payload.is_empty() {
@@ -185,6 +186,7 @@ impl<S: GroupStore> Group<S> {
         self.advance(now_ms);
         if let Some(session) = self.session_mut(conn) {
             if session.csp.take().is_some() {
+                self.csp_freed = true;
                 self.close(conn, cause);
             }
         }

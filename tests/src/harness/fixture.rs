@@ -235,6 +235,24 @@ impl Fixture {
         }
     }
 
+    /// [`Self::mediator_crash_lines`] without workerd's "Uncaught Error: Network connection
+    /// lost." after a client closed a Worker's WebSocket cleanly (its bookkeeping, not a crash:
+    /// docs/testing.md), whose count is printed.
+    pub fn mediator_crashes(&self) -> Vec<String> {
+        const CONNECTION_LOST: &str = "Network connection lost.";
+        let (lost, crashes): (Vec<String>, Vec<String>) = self
+            .mediator_crash_lines()
+            .into_iter()
+            .partition(|line| line.contains(CONNECTION_LOST) && !line.contains("panicked at"));
+        if !lost.is_empty() {
+            eprintln!(
+                "note: wrangler dev logged {} × \"Uncaught Error: {CONNECTION_LOST}\"",
+                lost.len()
+            );
+        }
+        crashes
+    }
+
     /// The tails of every log, for a failure report.
     #[must_use]
     pub fn log_tails(&self, lines: usize) -> String {
