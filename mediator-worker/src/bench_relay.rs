@@ -109,7 +109,7 @@ impl Room {
         };
         while let Some(event) = events.next().await {
             match ws::frame_of(event) {
-                Frame::Binary(buffer) => {
+                Some(Frame::Binary(buffer)) => {
                     if role == Role::Sibling {
                         continue;
                     }
@@ -122,8 +122,8 @@ impl Room {
                         }
                     }
                 }
-                Frame::Text | Frame::Unreadable => {}
-                Frame::Closed => return,
+                Some(Frame::Text | Frame::Unreadable) => {}
+                None => return,
             }
         }
     }

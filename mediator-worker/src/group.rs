@@ -12,6 +12,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
@@ -21,10 +23,17 @@ use serde::Serialize;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::d2m::{CloseCode, PayloadType};
 use tandem_shared::keys::ClientUrlInfo;
-use tandem_shared::mediator::{frame_fits, ConnId, Effect, Group, GroupConfig};
+use tandem_shared::mediator::{
+    decode_attachment, encode_attachment, frame_fits, ConnId, ConnSnapshot, Effect, Group,
+    GroupConfig,
+};
+use wasm_bindgen::prelude::wasm_bindgen;
+use wasm_bindgen::{JsCast, JsValue};
+use worker::worker_sys::ext::WebSocketExt;
+use worker::worker_sys::{DurableObjectState, WebSocketRequestResponsePair};
 use worker::{
-    console_error, console_warn, durable_object, js_sys, wasm_bindgen_futures, DurableObject, Env,
-    Request, Response, SqlStorage, State, WebSocket,
+    console_error, console_warn, durable_object, js_sys, wasm_bindgen_futures, web_sys,
+    DurableObject, Env, Request, Response, SqlStorage, State, WebSocket,
 };
 
 use crate::config::{self, chat_server_vars, ChatServerAddr};
@@ -61,10 +70,34 @@ const CSP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// The latest time a JS `Date` can hold (ms); alarms are clamped to it.
 const MAX_DATE_MS: u64 = 8_640_000_000_000_000;
 
-/// One device group's Durable Object, named `hex(DGPK.public)`.
-#[durable_object]
+/// How often an object that must stay in memory checks whether it still must, and how long a
+/// group must be without input before its batched acks are stored so that it may hibernate
+/// (docs/worker.md "Hibernation").
+const KEEP_AWAKE_TICK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Set to `off`, the object never hibernates while a device is connected (the always-on design,
+/// kept to measure against; docs/worker.md "Hibernation").
+pub(crate) const HIBERNATION_VAR: &str = "TANDEM_HIBERNATION";
+
+/// The keepalive a device may send as a text frame; the runtime answers [`KEEPALIVE_RESPONSE`]
+/// without waking the object (`setWebSocketAutoResponse`, docs/protocol.md "Keepalive").
+pub(crate) const KEEPALIVE_REQUEST: &str = "ping";
+/// The runtime's answer to [`KEEPALIVE_REQUEST`].
+pub(crate) const KEEPALIVE_RESPONSE: &str = "pong";
+
+/// Object instances constructed in this isolate: a woken group is a new instance (development
+/// stats).
+static CONSTRUCTED: AtomicU64 = AtomicU64::new(0);
+/// Device connections resumed from their snapshots in this isolate (development stats).
+static RESUMED: AtomicU64 = AtomicU64::new(0);
+
+/// One device group's Durable Object, named `hex(DGPK.public)`. Its device WebSockets are
+/// hibernatable: the runtime may drop the object from memory while they stay connected and
+/// construct it again for their next event (docs/worker.md "Hibernation").
+#[durable_object(alarm)]
 pub struct DeviceGroup {
     env: Env,
+    state: DurableObjectState,
     io: Rc<Io>,
 }
 
@@ -80,11 +113,23 @@ impl std::fmt::Debug for DeviceGroup {
 struct Io {
     sql: SqlStorage,
     storage: RawStorage,
+    /// The group's tables exist. They are created by the first write a valid `ClientHello`
+    /// causes, and the object's storage is emptied when the last slot is gone
+    /// (docs/worker.md "Storage only for a group that exists").
+    created: Rc<Cell<bool>>,
     /// The limits, or why the vars holding them were refused.
     config: Result<GroupConfig, String>,
     group: RefCell<GroupState>,
     /// The sockets of the connections the group may still talk to.
     links: RefCell<BTreeMap<ConnId, Link>>,
+    /// Each open device WebSocket (the JS object) to its connection number.
+    sockets: js_sys::Map,
+    /// Whether the object may hibernate ([`HIBERNATION_VAR`]).
+    hibernation: bool,
+    /// A task keeps the object in memory (the group is not quiescent, or hibernation is off).
+    keep_awake: Cell<bool>,
+    /// Inputs fed so far: the keep-awake task tells from it whether the group was idle.
+    inputs: Cell<u64>,
     next_conn: Cell<u64>,
     /// What the object's alarm is set to, as far as this instance knows.
     alarm: Cell<Armed>,
@@ -137,8 +182,8 @@ struct Link {
     chat_server: Result<ChatServerAddr, String>,
     /// The chat server connection, from `OpenCsp` to `CloseCsp`.
     csp: Option<CspLink>,
-    /// Dropped with the link: ends the task reading the WebSocket.
-    _stop_reader: oneshot::Sender<()>,
+    /// The attachment last written to the socket (`encode_attachment`).
+    attachment: Vec<u8>,
 }
 
 /// The sending side of one chat server connection's task; dropping it ends the task and
@@ -169,16 +214,27 @@ enum FollowUp {
 
 impl DurableObject for DeviceGroup {
     fn new(state: State, env: Env) -> Self {
+        CONSTRUCTED.fetch_add(1, Ordering::Relaxed);
         let storage = state.storage();
         let sql = storage.sql();
+        let named = state.id().name().and_then(|name| group_id_of_name(&name));
+        let state = state._inner();
         let config = config::group_config(|name| env.var(name).ok().map(|var| var.to_string()))
             .map_err(|err| err.to_string());
+        let hibernation = env
+            .var(HIBERNATION_VAR)
+            .map_or(true, |var| var.to_string() != "off");
         let io = Rc::new(Io {
             sql,
             storage: runtime::raw_storage(&storage),
+            created: Rc::new(Cell::new(false)),
             config,
             group: RefCell::new(GroupState::Unknown),
             links: RefCell::new(BTreeMap::new()),
+            sockets: js_sys::Map::new(),
+            hibernation,
+            keep_awake: Cell::new(false),
+            inputs: Cell::new(0),
             next_conn: Cell::new(0),
             alarm: Cell::new(Armed::Unknown),
             accepted: Cell::new(0),
@@ -192,19 +248,57 @@ impl DurableObject for DeviceGroup {
             #[cfg(feature = "dev")]
             tamper: crate::dev_tamper::Tamper::default(),
         });
-        match schema::create(&io.sql) {
-            Err(err) => fail(&io, format!("creating the schema: {err}")),
-            Ok(()) => {
-                // The object's name is hex(DGPK.public); an alarm may start it without one, so
-                // the id is also stored.
-                let named = state.id().name().and_then(|name| group_id_of_name(&name));
-                let stored = schema::stored_group_id(&io.sql).ok().flatten();
-                if let Some(id) = named.or(stored) {
-                    start_group(&io, id);
+        match WebSocketRequestResponsePair::new(KEEPALIVE_REQUEST, KEEPALIVE_RESPONSE)
+            .and_then(|pair| state.set_websocket_auto_response(&pair))
+        {
+            Ok(()) => {}
+            Err(err) => console_error!("setting the keepalive auto-response: {err:?}"),
+        }
+        // The sockets still connected from before hibernation (none for a new object).
+        let sockets = state.get_websockets().unwrap_or_else(|err| {
+            console_error!("listing the device sockets: {err:?}");
+            Vec::new()
+        });
+        // An object whose group has no tables (new, or emptied) reads nothing and writes
+        // nothing until a device completes its handshake; one that has them brings them up to
+        // date (every statement is idempotent).
+        let prepared = schema::exists(&io.sql).and_then(|exists| {
+            if exists {
+                schema::create(&io.sql)?;
+            }
+            Ok(exists)
+        });
+        match prepared {
+            Err(err) => fail(&io, format!("reading the schema: {err}")),
+            Ok(exists) => {
+                io.created.set(exists);
+                // The object's name is hex(DGPK.public); an alarm or a hibernated socket may
+                // start it without one, so the id is also stored.
+                let stored = if exists {
+                    schema::stored_group_id(&io.sql).ok().flatten()
+                } else {
+                    None
+                };
+                match named.or(stored) {
+                    Some(id) => wake_group(&io, &state, &env, id, sockets),
+                    None => close_all(sockets, "device group unknown"),
                 }
             }
         }
-        Self { env, io }
+        if let GroupState::Failed(_) = &*io.group.borrow() {
+            let sockets: Vec<WebSocket> = io
+                .links
+                .borrow_mut()
+                .split_off(&ConnId(0))
+                .into_values()
+                .map(|link| link.ws)
+                .collect();
+            close_all(
+                sockets.iter().map(|ws| ws.as_ref().clone()).collect(),
+                "internal error",
+            );
+        }
+        Self { env, state, io }
     }
 
     async fn fetch(&self, req: Request) -> worker::Result<Response> {
@@ -245,15 +339,65 @@ impl DurableObject for DeviceGroup {
     }
 }
 
+/// The hibernation API's event handlers (`webSocketMessage`, `webSocketClose`,
+/// `webSocketError`), bound here rather than through the `worker` crate's `DurableObject` trait:
+/// its glue copies every binary message into wasm memory before any code can look at its length
+/// (docs/worker.md "Limits").
+#[wasm_bindgen]
 impl DeviceGroup {
-    /// Accepts a device WebSocket of this group and starts the task reading it.
+    /// One frame from a device.
+    #[wasm_bindgen(js_name = webSocketMessage)]
+    pub fn web_socket_message(&self, ws: web_sys::WebSocket, message: JsValue) {
+        match conn_of(&self.io, &ws) {
+            Some(conn) => handle_frame(&self.io, conn, ws::frame_of_data(&message)),
+            None => ws::close_raw(
+                &ws,
+                CloseCode::ServerInternalError.as_u16(),
+                "internal error",
+            ),
+        }
+    }
+
+    /// The device closed its socket.
+    #[wasm_bindgen(js_name = webSocketClose)]
+    pub fn web_socket_close(
+        &self,
+        ws: web_sys::WebSocket,
+        code: u16,
+        _reason: String,
+        _clean: bool,
+    ) {
+        // Completes the closing handshake where the runtime has not already answered it.
+        ws::close_raw(
+            &ws,
+            if code == 1005 || code == 1006 {
+                1000
+            } else {
+                code
+            },
+            "",
+        );
+        socket_gone(&self.io, &ws);
+    }
+
+    /// The device's socket failed.
+    #[wasm_bindgen(js_name = webSocketError)]
+    pub fn web_socket_error(&self, ws: web_sys::WebSocket, _error: JsValue) {
+        socket_gone(&self.io, &ws);
+    }
+}
+
+impl DeviceGroup {
+    /// Accepts a device WebSocket of this group as hibernatable, tagged with its server group
+    /// (a woken object finds its chat server from it).
     fn accept_device(&self, info: &ClientUrlInfo) -> worker::Result<Response> {
-        let chat_server = chat_server_vars(&info.server_group)
-            .iter()
-            .find_map(|name| self.env.var(name).ok())
-            .ok_or_else(|| format!("no chat server for server group {}", info.server_group))
-            .and_then(|var| ChatServerAddr::parse(&var.to_string()).map_err(|e| e.to_string()));
-        let (client, server) = ws::accept_pair()?;
+        let (client, server) = ws::pair()?;
+        self.state
+            .accept_websocket_with_tags(
+                server.as_ref(),
+                vec![JsValue::from_str(&info.server_group)],
+            )
+            .map_err(worker::Error::from)?;
         let conn = ConnId(self.io.next_conn.get());
         self.io
             .next_conn
@@ -261,18 +405,19 @@ impl DeviceGroup {
         self.io
             .accepted
             .set(self.io.accepted.get().saturating_add(1));
-        let (stop_reader, stopped) = oneshot::channel();
-        self.io.links.borrow_mut().insert(
-            conn,
-            Link {
-                ws: server.clone(),
-                chat_server,
-                csp: None,
-                _stop_reader: stop_reader,
-            },
-        );
-        let io = Rc::clone(&self.io);
-        wasm_bindgen_futures::spawn_local(read_device(io, conn, server, stopped));
+        let mut link = Link {
+            ws: server,
+            chat_server: chat_server_of(&self.env, &info.server_group),
+            csp: None,
+            attachment: Vec::new(),
+        };
+        // Busy until its handshake is done: a restarted object closes it.
+        write_attachment(&mut link, encode_attachment(conn, None));
+        self.io.sockets.set(link.ws.as_ref(), &conn_key(conn));
+        self.io.links.borrow_mut().insert(conn, link);
+        input(&self.io, |group, now| {
+            group.on_connect(conn, now, &mut OsRng)
+        });
         Response::from_websocket(client)
     }
 
@@ -293,32 +438,146 @@ impl DeviceGroup {
     }
 }
 
-/// Reads one device WebSocket until it closes or the link is dropped, feeding the group.
-async fn read_device(io: Rc<Io>, conn: ConnId, ws: WebSocket, mut stopped: oneshot::Receiver<()>) {
-    input(&io, |group, now| group.on_connect(conn, now, &mut OsRng));
-    match ws.events() {
-        Ok(mut events) => loop {
-            let event = match select(events.next(), &mut stopped).await {
-                Either::Left((Some(event), _)) => event,
-                // Closed, or the link was dropped (the group or the driver closed the socket).
-                Either::Left((None, _)) | Either::Right(_) => break,
-            };
-            if !handle_event(&io, conn, event) {
-                break;
-            }
-        },
+/// The chat server of a server group, or why there is none.
+fn chat_server_of(env: &Env, server_group: &str) -> Result<ChatServerAddr, String> {
+    chat_server_vars(server_group)
+        .iter()
+        .find_map(|name| env.var(name).ok())
+        .ok_or_else(|| format!("no chat server for server group {server_group}"))
+        .and_then(|var| ChatServerAddr::parse(&var.to_string()).map_err(|e| e.to_string()))
+}
+
+/// The key of a connection in [`Io::sockets`].
+fn conn_key(conn: ConnId) -> JsValue {
+    // Connection numbers count up from 0 per object instance and its resumed sockets: far
+    // below 2^53, so exact as a JS number.
+    JsValue::from_f64(conn.0 as f64)
+}
+
+/// The connection of a device socket: from the map, or from its attachment when the map does
+/// not know the JS object (the runtime may hand a woken object new wrappers).
+fn conn_of(io: &Io, ws: &web_sys::WebSocket) -> Option<ConnId> {
+    if let Some(n) = io.sockets.get(ws).as_f64() {
+        // Exact: written by `conn_key`.
+        return Some(ConnId(n as u64));
+    }
+    let bytes = read_attachment(ws)?;
+    let (conn, _) = decode_attachment(&bytes).ok()?;
+    if !io.links.borrow().contains_key(&conn) {
+        return None;
+    }
+    io.sockets.set(ws, &conn_key(conn));
+    Some(conn)
+}
+
+/// The device's socket is gone (closed or failed): the group forgets it in the next turn.
+fn socket_gone(io: &Rc<Io>, ws: &web_sys::WebSocket) {
+    let Some(conn) = conn_of(io, ws) else {
+        return;
+    };
+    io.sockets.delete(ws);
+    drop(io.links.borrow_mut().remove(&conn));
+    defer(io, conn, Waiting::Disconnect);
+}
+
+/// The socket's attachment bytes, if it has any.
+fn read_attachment(ws: &web_sys::WebSocket) -> Option<Vec<u8>> {
+    let value = ws.deserialize_attachment().ok()?;
+    value
+        .dyn_into::<js_sys::Uint8Array>()
+        .ok()
+        .map(|bytes| bytes.to_vec())
+}
+
+/// Writes a link's attachment if it changed.
+fn write_attachment(link: &mut Link, bytes: Vec<u8>) {
+    if link.attachment == bytes {
+        return;
+    }
+    let value = js_sys::Uint8Array::from(bytes.as_slice());
+    match AsRef::<web_sys::WebSocket>::as_ref(&link.ws).serialize_attachment(value.into()) {
+        Ok(()) => link.attachment = bytes,
+        // Left as it was: if that was a snapshot, it is now stale, so the socket must not be
+        // resumed from it. Closing it makes sure.
         Err(err) => {
-            console_error!("device socket events: {err}");
-            close_link(
-                &io,
-                conn,
+            console_error!("writing a socket attachment: {err:?}");
+            ws::close(
+                &link.ws,
                 CloseCode::ServerInternalError.as_u16(),
                 "internal error",
             );
         }
     }
-    drop(io.links.borrow_mut().remove(&conn));
-    defer(&io, conn, Waiting::Disconnect);
+}
+
+/// Closes sockets a (woken) object cannot serve; their devices reconnect.
+fn close_all(sockets: Vec<web_sys::WebSocket>, reason: &str) {
+    for ws in sockets {
+        ws::close_raw(&ws, CloseCode::ServerShutdown.as_u16(), reason);
+    }
+}
+
+/// Starts the group of `id`, resuming the sockets still connected from before hibernation:
+/// each from its snapshot; one without a snapshot (it was busy, or its handshake was not done)
+/// or refused by the group is closed with 1001, and its device reconnects.
+fn wake_group(
+    io: &Rc<Io>,
+    state: &DurableObjectState,
+    env: &Env,
+    id: PublicKey,
+    sockets: Vec<web_sys::WebSocket>,
+) {
+    let mut resumed: Vec<(ConnId, ConnSnapshot)> = Vec::new();
+    let mut links = Vec::new();
+    let mut refused = Vec::new();
+    for ws in sockets {
+        let decoded = read_attachment(&ws).map(|bytes| (decode_attachment(&bytes), bytes));
+        match decoded {
+            Some((Ok((conn, Some(snapshot))), bytes)) => {
+                let server_group = state
+                    .get_tags(&ws)
+                    .ok()
+                    .and_then(|tags| tags.into_iter().next())
+                    .unwrap_or_default();
+                resumed.push((conn, snapshot));
+                links.push((conn, ws, server_group, bytes));
+            }
+            _ => refused.push(ws),
+        }
+    }
+    let next = resumed
+        .iter()
+        .map(|(conn, _)| conn.0.saturating_add(1))
+        .max()
+        .unwrap_or(0);
+    io.next_conn.set(next);
+    // The links first: waking may already send (a promotion).
+    for (conn, ws, server_group, attachment) in links {
+        io.sockets.set(&ws, &conn_key(conn));
+        io.links.borrow_mut().insert(
+            conn,
+            Link {
+                ws: ws.into(),
+                chat_server: chat_server_of(env, &server_group),
+                csp: None,
+                attachment,
+            },
+        );
+    }
+    let count = resumed.len();
+    let not_resumed = start_group(io, id, resumed);
+    for conn in &not_resumed {
+        if let Some(link) = io.links.borrow_mut().remove(conn) {
+            io.sockets.delete(link.ws.as_ref());
+            refused.push(link.ws.as_ref().clone());
+        }
+    }
+    let resumed = count.saturating_sub(not_resumed.len());
+    RESUMED.fetch_add(
+        u64::try_from(resumed).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    close_all(refused, "mediator restarted");
 }
 
 /// Queues a device input for the next turn. Every frame is its own workerd event and every event
@@ -378,9 +637,9 @@ fn drain_waiting(io: &Rc<Io>) {
     });
 }
 
-/// Feeds one WebSocket event to the group; `false` when the socket is done.
-fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::WebsocketEvent>) -> bool {
-    match ws::frame_of(event) {
+/// Feeds one device frame to the group (or defers it to the next turn).
+fn handle_frame(io: &Rc<Io>, conn: ConnId, frame: Frame) {
+    match frame {
         Frame::Binary(buffer) => {
             io.frames.set(io.frames.get().saturating_add(1));
             // Checked before the copy: Cloudflare accepts frames up to 32 MiB, and wasm memory
@@ -388,7 +647,7 @@ fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::Websock
             let fits = usize::try_from(buffer.byte_length()).is_ok_and(frame_fits);
             if !fits {
                 defer(io, conn, Waiting::Oversize);
-                return true;
+                return;
             }
             let bytes = js_sys::Uint8Array::new(&buffer).to_vec();
             if is_proxy(&bytes) && !io.waiting.borrow().iter().any(|(c, _)| *c == conn) {
@@ -400,12 +659,8 @@ fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::Websock
             } else {
                 defer(io, conn, Waiting::Binary(bytes));
             }
-            true
         }
-        Frame::Text => {
-            defer(io, conn, Waiting::Text);
-            true
-        }
+        Frame::Text => defer(io, conn, Waiting::Text),
         Frame::Unreadable => {
             console_error!("binary frame not readable: was binaryType set before accept()?");
             close_link(
@@ -414,9 +669,7 @@ fn handle_event(io: &Rc<Io>, conn: ConnId, event: worker::Result<worker::Websock
                 CloseCode::ServerInternalError.as_u16(),
                 "internal error",
             );
-            false
         }
-        Frame::Closed => false,
     }
 }
 
@@ -441,6 +694,76 @@ fn input(io: &Rc<Io>, feed: impl FnOnce(&mut Group<SqlGroupStore>, u64)) {
         (effects, group.poll_timeout())
     };
     carry_out_all(io, effects, deadline);
+    after_input(io);
+}
+
+/// Brings every socket's attachment up to date (a snapshot, or busy) and keeps the object in
+/// memory while the group is not quiescent (docs/worker.md "Hibernation").
+fn after_input(io: &Rc<Io>) {
+    io.inputs.set(io.inputs.get().wrapping_add(1));
+    let quiescent = {
+        let state = io.group.borrow();
+        let GroupState::Ready { group, .. } = &*state else {
+            return;
+        };
+        let mut links = io.links.borrow_mut();
+        for (&conn, link) in links.iter_mut() {
+            let snapshot = group.snapshot(conn);
+            write_attachment(link, encode_attachment(conn, snapshot.as_ref()));
+        }
+        let empty = links.is_empty() && group.slots().next().is_none();
+        if empty && io.created.get() && group.is_quiescent() {
+            wipe_storage(io);
+        }
+        group.is_quiescent()
+    };
+    if !quiescent || !io.hibernation {
+        keep_awake(io);
+    }
+}
+
+/// The group's last slot is gone and nobody is connected: everything it stored goes (rows stay
+/// billed while they exist), the alarm too. A device that comes later starts a new group, as it
+/// would have found it anyway.
+fn wipe_storage(io: &Rc<Io>) {
+    arm_alarm(io, None);
+    io.created.set(false);
+    match io.storage.delete_all() {
+        Ok(promise) => wasm_bindgen_futures::spawn_local(async move {
+            if let Err(err) = wasm_bindgen_futures::JsFuture::from(promise).await {
+                console_error!("emptying the storage failed: {err:?}");
+            }
+        }),
+        Err(err) => console_error!("emptying the storage failed: {err:?}"),
+    }
+}
+
+/// Keeps the object in memory with a pending timer until the group is quiescent (or, with
+/// hibernation off, until no device is connected). After a tick without input the group stores
+/// its batched acks (`Group::quiesce`), the last thing an idle group holds only in memory.
+fn keep_awake(io: &Rc<Io>) {
+    if io.keep_awake.replace(true) {
+        return;
+    }
+    let io = Rc::clone(io);
+    wasm_bindgen_futures::spawn_local(async move {
+        loop {
+            let seen = io.inputs.get();
+            worker::Delay::from(KEEP_AWAKE_TICK).await;
+            if io.inputs.get() == seen {
+                input(&io, |group, now| group.quiesce(now));
+            }
+            let quiescent = match &*io.group.borrow() {
+                GroupState::Ready { group, .. } => group.is_quiescent(),
+                GroupState::Unknown | GroupState::Failed(_) => true,
+            };
+            let connected = !io.links.borrow().is_empty();
+            if quiescent && (io.hibernation || !connected) {
+                break;
+            }
+        }
+        io.keep_awake.set(false);
+    });
 }
 
 /// Sets the alarm and carries out a batch of effects, then feeds back what they caused. Not
@@ -482,7 +805,7 @@ fn carry_out(io: &Rc<Io>, effect: Effect, follow_ups: &mut Vec<FollowUp>) {
                 bytes
             };
             if let Some(link) = io.links.borrow().get(&conn) {
-                // A socket already gone reports its close through the reading task.
+                // A socket already gone reports its close through `webSocketClose`.
                 if let Err(err) = link.ws.send_with_bytes(&bytes) {
                     worker::console_debug!("send on a closing socket: {err}");
                 }
@@ -530,6 +853,7 @@ fn carry_out(io: &Rc<Io>, effect: Effect, follow_ups: &mut Vec<FollowUp>) {
 fn close_link(io: &Io, conn: ConnId, code: u16, reason: &str) {
     let link = io.links.borrow_mut().remove(&conn);
     if let Some(link) = link {
+        io.sockets.delete(link.ws.as_ref());
         ws::close(&link.ws, code, reason);
     }
 }
@@ -660,29 +984,46 @@ async fn relay_chat_server(
     end
 }
 
-/// Starts the group of `id` over this object's storage (loading its slots).
-fn start_group(io: &Rc<Io>, id: PublicKey) {
+/// Starts the group of `id` over this object's storage (loading its slots), resuming the
+/// connections in `resumed` ([`Group::resume`]); returns those the group refused.
+fn start_group(io: &Rc<Io>, id: PublicKey, resumed: Vec<(ConnId, ConnSnapshot)>) -> Vec<ConnId> {
     let started = match &io.config {
         Err(reason) => Err(format!("group limits: {reason}")),
-        Ok(config) => schema::remember_group_id(&io.sql, &id)
-            .map_err(|err| format!("storing the group id: {err}"))
-            .and_then(|()| {
-                let store = SqlGroupStore::new(io.sql.clone(), io.storage.clone());
-                Group::new(config.clone(), id, store, now_ms())
-                    .map_err(|err| format!("loading the group: {err}"))
-            }),
+        Ok(config) => remember_group_id(io, &id).and_then(|()| {
+            let store = SqlGroupStore::lazy(
+                io.sql.clone(),
+                io.storage.clone(),
+                Rc::clone(&io.created),
+                id,
+            );
+            Group::resume(config.clone(), id, store, now_ms(), resumed)
+                .map_err(|err| format!("loading the group: {err}"))
+        }),
     };
     match started {
-        Ok(group) => {
-            let deadline = group.poll_timeout();
+        Ok((group, refused)) => {
             *io.group.borrow_mut() = GroupState::Ready {
                 id,
                 group: Box::new(group),
             };
-            arm_alarm(io, deadline);
+            // Promotion of a resumed device, if the leader was not resumed.
+            input(io, |_, _| {});
+            refused
         }
-        Err(reason) => fail(io, reason),
+        Err(reason) => {
+            fail(io, reason);
+            Vec::new()
+        }
     }
+}
+
+/// Stores the group id unless it already is (a woken object writes nothing it need not) or the
+/// tables do not exist yet (the store creates them with the id).
+fn remember_group_id(io: &Io, id: &PublicKey) -> Result<(), String> {
+    if !io.created.get() || schema::stored_group_id(&io.sql).ok().flatten() == Some(*id) {
+        return Ok(());
+    }
+    schema::remember_group_id(&io.sql, id).map_err(|err| format!("storing the group id: {err}"))
 }
 
 fn fail(io: &Io, reason: String) {
@@ -699,7 +1040,7 @@ fn ensure_group(io: &Rc<Io>, id: PublicKey) -> Result<(), String> {
         GroupState::Failed(reason) => return Err(reason.clone()),
     };
     if unknown {
-        start_group(io, id);
+        start_group(io, id, Vec::new());
         if let GroupState::Failed(reason) = &*io.group.borrow() {
             return Err(reason.clone());
         }
@@ -709,7 +1050,15 @@ fn ensure_group(io: &Rc<Io>, id: PublicKey) -> Result<(), String> {
 
 /// Sets or deletes the object's alarm when the group's next deadline changed.
 fn arm_alarm(io: &Rc<Io>, deadline: Option<u64>) {
+    // Without tables the only deadlines are handshakes, which the keep-awake task's ticks
+    // check: setting an alarm would be a storage write for a peer that may never authenticate.
+    let deadline = deadline.filter(|_| io.created.get());
     let want = deadline.map_or(Armed::None, |at| Armed::At(at.min(MAX_DATE_MS)));
+    if !io.created.get() && io.alarm.get() == Armed::Unknown {
+        // No tables, so no alarm was ever set (emptying deletes it first).
+        io.alarm.set(Armed::None);
+        return;
+    }
     if io.alarm.get() == want {
         return;
     }
@@ -786,6 +1135,17 @@ struct Stats {
     /// The isolate's wasm linear memory (shared by every object in it; it never shrinks), to
     /// tell its growth from the rest of workerd's in the soak (RELIABILITY.md).
     wasm_memory_bytes: u64,
+    /// Object instances constructed in this isolate so far (every object; a woken group is a
+    /// new one), and device connections resumed from their snapshots.
+    objects_constructed: u64,
+    connections_resumed: u64,
+    /// Whether the group's tables exist, and the object's SQLite database size in bytes
+    /// (`sql.databaseSize`).
+    stored: bool,
+    database_bytes: u64,
+    /// Whether this object may hibernate, and whether it keeps itself in memory right now.
+    hibernation: bool,
+    keep_awake: bool,
 }
 
 #[cfg(all(feature = "dev", target_arch = "wasm32"))]
@@ -808,6 +1168,7 @@ fn stats(io: &Io) -> worker::Result<Stats> {
             group.leader().map(|id| id.to_string()),
             group.transaction_holder().map(|id| id.to_string()),
         ),
+        _ if !io.created.get() => ("unknown", Ok(Default::default()), None, None),
         _ => (
             "unknown",
             SqlGroupStore::new(io.sql.clone(), io.storage.clone()).counts(),
@@ -839,6 +1200,16 @@ fn stats(io: &Io) -> worker::Result<Stats> {
             Armed::None | Armed::Unknown => None,
         },
         wasm_memory_bytes: wasm_memory_bytes(),
+        objects_constructed: CONSTRUCTED.load(Ordering::Relaxed),
+        stored: io.created.get(),
+        database_bytes: js_sys::Reflect::get(io.sql.as_ref(), &JsValue::from_str("databaseSize"))
+            .ok()
+            .and_then(|size| size.as_f64())
+            // A byte count: non-negative and far below 2^53.
+            .map_or(0, |size| size as u64),
+        connections_resumed: RESUMED.load(Ordering::Relaxed),
+        hibernation: io.hibernation,
+        keep_awake: io.keep_awake.get(),
     })
 }
 

@@ -23,6 +23,11 @@ extern "C" {
     #[wasm_bindgen(method, catch, js_name = setAlarm)]
     pub(crate) fn set_alarm(this: &RawStorage, at_ms: f64) -> Result<js_sys::Promise, JsValue>;
 
+    /// `deleteAll()`: empties the object's storage (on SQLite-backed objects the whole
+    /// database, tables included); the alarm stays.
+    #[wasm_bindgen(method, catch, js_name = deleteAll)]
+    pub(crate) fn delete_all(this: &RawStorage) -> Result<js_sys::Promise, JsValue>;
+
     /// `deleteAlarm()`.
     #[wasm_bindgen(method, catch, js_name = deleteAlarm)]
     pub(crate) fn delete_alarm(this: &RawStorage) -> Result<js_sys::Promise, JsValue>;

@@ -58,6 +58,20 @@ pub(crate) fn create(sql: &SqlStorage) -> worker::Result<()> {
     Ok(())
 }
 
+/// Whether the schema has been created (by [`create`]; `deleteAll` removes it again).
+pub(crate) fn exists(sql: &SqlStorage) -> worker::Result<bool> {
+    let cursor = sql.exec(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'slot'",
+        None,
+    )?;
+    for row in cursor.raw() {
+        if let Some(SqlStorageValue::Integer(n)) = row?.into_iter().next() {
+            return Ok(n > 0);
+        }
+    }
+    Ok(false)
+}
+
 /// The group id stored by [`remember_group_id`], if any.
 pub(crate) fn stored_group_id(sql: &SqlStorage) -> worker::Result<Option<PublicKey>> {
     let cursor = sql.exec("SELECT device_group_id FROM meta WHERE id = 0", None)?;

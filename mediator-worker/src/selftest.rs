@@ -27,6 +27,7 @@ pub(crate) fn run(
     sql: &SqlStorage,
     store: &mut SqlGroupStore,
 ) -> Result<Vec<&'static str>, String> {
+    schema::create(sql).map_err(|err| format!("creating the tables: {err}"))?;
     schema::wipe(sql).map_err(|err| format!("wiping the tables: {err}"))?;
     let checks: [Check; 11] = [
         ("device ids round-trip exactly", ids_round_trip),

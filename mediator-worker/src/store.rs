@@ -10,14 +10,18 @@
 //! numbers, times and envelope ids stay far below 2^53 and travel as numbers; a larger value is
 //! refused with [`SqlStoreError::OutOfRange`] rather than rounded.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tandem_shared::crypto::PublicKey;
 use tandem_shared::mediator::{DeviceId, GroupStore, QueueInfo, QueuedReflection, SlotRecord};
 use tandem_shared::proto::d2m::DeviceSlotExpirationPolicy;
 use wasm_bindgen::{JsCast, JsValue};
 use worker::{js_sys, SqlStorage, SqlStorageValue};
 
 use crate::runtime::RawStorage;
+use crate::schema;
 
 /// `sql.exec` calls and `transactionSync` calls made by every store in this isolate, for the
 /// development stats (docs/worker.md "Where the time goes": statements per envelope).
@@ -80,9 +84,19 @@ impl From<worker::Error> for SqlStoreError {
 type Row = Vec<SqlStorageValue>;
 
 /// The group's durable state in the Durable Object's SQLite (schema in `schema.rs`).
+///
+/// The schema is created by the first write that needs it, with the group id, never before: a
+/// WebSocket upgrade with any group id, or a peer that never completes its handshake, leaves no
+/// storage behind (docs/worker.md "Storage only for a group that exists"). Until then every read
+/// finds an empty group.
 pub(crate) struct SqlGroupStore {
     sql: SqlStorage,
     storage: RawStorage,
+    /// The schema exists; shared with the object, which empties the storage when the last slot
+    /// is gone and clears it.
+    created: Rc<Cell<bool>>,
+    /// Stored with the schema.
+    group_id: Option<PublicKey>,
 }
 
 impl std::fmt::Debug for SqlGroupStore {
@@ -92,9 +106,45 @@ impl std::fmt::Debug for SqlGroupStore {
 }
 
 impl SqlGroupStore {
-    /// A store over the object's SQL and storage; the schema must exist (`schema::create`).
-    pub(crate) const fn new(sql: SqlStorage, storage: RawStorage) -> Self {
-        Self { sql, storage }
+    /// A store over the object's SQL and storage whose schema exists (`schema::create`): the
+    /// development stats and the store self-test.
+    #[cfg(feature = "dev")]
+    pub(crate) fn new(sql: SqlStorage, storage: RawStorage) -> Self {
+        Self {
+            sql,
+            storage,
+            created: Rc::new(Cell::new(true)),
+            group_id: None,
+        }
+    }
+
+    /// A store of group `group_id` whose schema exists if `created` says so, and is otherwise
+    /// created (with the group id) by the first write.
+    pub(crate) const fn lazy(
+        sql: SqlStorage,
+        storage: RawStorage,
+        created: Rc<Cell<bool>>,
+        group_id: PublicKey,
+    ) -> Self {
+        Self {
+            sql,
+            storage,
+            created,
+            group_id: Some(group_id),
+        }
+    }
+
+    /// Creates the schema (and stores the group id) if it does not exist yet.
+    fn ensure_created(&self) -> Result<(), SqlStoreError> {
+        if self.created.get() {
+            return Ok(());
+        }
+        schema::create(&self.sql)?;
+        if let Some(id) = &self.group_id {
+            schema::remember_group_id(&self.sql, id)?;
+        }
+        self.created.set(true);
+        Ok(())
     }
 
     /// Runs `body` in one SQLite transaction: all of it is kept, or none of it.
@@ -134,6 +184,9 @@ impl SqlGroupStore {
     /// Rows of every table, for the development stats route.
     #[cfg(feature = "dev")]
     pub(crate) fn counts(&self) -> Result<StoreCounts, SqlStoreError> {
+        if !self.created.get() {
+            return Ok(StoreCounts::default());
+        }
         let count = |table: &'static str| -> Result<u64, SqlStoreError> {
             let rows = run(&self.sql, &format!("SELECT COUNT(*) FROM {table}"), vec![])?;
             first_u64(&rows)
@@ -161,6 +214,9 @@ impl GroupStore for SqlGroupStore {
     type Error = SqlStoreError;
 
     fn load_slots(&self) -> Result<Vec<SlotRecord>, Self::Error> {
+        if !self.created.get() {
+            return Ok(Vec::new());
+        }
         let rows = run(
             &self.sql,
             "SELECT CAST(device_id AS TEXT), expiration_policy, encrypted_device_info, \
@@ -171,6 +227,7 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn put_slot(&mut self, slot: &SlotRecord) -> Result<(), Self::Error> {
+        self.ensure_created()?;
         let disconnected = match slot.last_disconnected_at {
             Some(at) => int(at)?,
             None => JsValue::NULL,
@@ -196,6 +253,9 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn delete_slot(&mut self, device_id: DeviceId) -> Result<(), Self::Error> {
+        if !self.created.get() {
+            return Ok(());
+        }
         // The `queue_release` trigger releases the bodies of the removed entries.
         self.atomically(|sql| {
             run(
@@ -218,6 +278,7 @@ impl GroupStore for SqlGroupStore {
         stored_at: u64,
         device_ids: &[DeviceId],
     ) -> Result<Vec<u64>, Self::Error> {
+        self.ensure_created()?;
         if device_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -272,6 +333,7 @@ impl GroupStore for SqlGroupStore {
         envelopes: &[(&[u8], u64)],
         device_ids: &[DeviceId],
     ) -> Result<Vec<Vec<u64>>, Self::Error> {
+        self.ensure_created()?;
         if device_ids.is_empty() || envelopes.is_empty() {
             return Ok(vec![Vec::new(); envelopes.len()]);
         }
@@ -319,6 +381,9 @@ impl GroupStore for SqlGroupStore {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<QueuedReflection>, Self::Error> {
+        if !self.created.get() {
+            return Ok(Vec::new());
+        }
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -341,6 +406,9 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn remove_from_queue(&mut self, device_id: DeviceId, seq: u64) -> Result<bool, Self::Error> {
+        if !self.created.get() {
+            return Ok(false);
+        }
         let seq = int(seq)?;
         self.atomically(|sql| remove_one(sql, device_id, seq))
     }
@@ -350,6 +418,9 @@ impl GroupStore for SqlGroupStore {
         device_id: DeviceId,
         seqs: &[u64],
     ) -> Result<u64, Self::Error> {
+        if !self.created.get() {
+            return Ok(0);
+        }
         let count = seqs.len();
         let seqs = number_list(seqs)?;
         // One statement for the whole batch; the `queue_release` trigger releases the bodies
@@ -374,6 +445,9 @@ impl GroupStore for SqlGroupStore {
         &mut self,
         batches: &[(DeviceId, Vec<u64>)],
     ) -> Result<Vec<u64>, Self::Error> {
+        if !self.created.get() {
+            return Ok(vec![0; batches.len()]);
+        }
         let mut pairs = String::from("[");
         for (device_id, seqs) in batches {
             let slot = i64::from_ne_bytes(device_id.0.to_ne_bytes());
@@ -417,6 +491,9 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn queue_info(&self, device_id: DeviceId) -> Result<QueueInfo, Self::Error> {
+        if !self.created.get() {
+            return Ok(QueueInfo::default());
+        }
         let rows = run(
             &self.sql,
             "SELECT COUNT(*), MAX(seq) FROM queue WHERE device_id = CAST(? AS INTEGER)",
@@ -432,6 +509,7 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn stage(&mut self, envelope: &[u8], stored_at: u64) -> Result<(), Self::Error> {
+        self.ensure_created()?;
         run(
             &self.sql,
             "INSERT INTO staged (body, stored_at) VALUES (?, ?)",
@@ -441,6 +519,7 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn commit_staged(&mut self, device_ids: &[DeviceId]) -> Result<Vec<u64>, Self::Error> {
+        self.ensure_created()?;
         let refs = int(u64::try_from(device_ids.len()).unwrap_or(u64::MAX))?;
         self.atomically(|sql| {
             for &id in device_ids {
@@ -495,11 +574,17 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn discard_staged(&mut self) -> Result<(), Self::Error> {
+        if !self.created.get() {
+            return Ok(());
+        }
         run(&self.sql, "DELETE FROM staged", vec![])?;
         Ok(())
     }
 
     fn shared_device_data(&self) -> Result<Vec<u8>, Self::Error> {
+        if !self.created.get() {
+            return Ok(Vec::new());
+        }
         let rows = run(&self.sql, "SELECT data FROM shared WHERE id = 0", vec![])?;
         match rows.into_iter().next() {
             Some(mut row) => take_blob(&mut row, 0),
@@ -508,6 +593,7 @@ impl GroupStore for SqlGroupStore {
     }
 
     fn set_shared_device_data(&mut self, data: &[u8]) -> Result<(), Self::Error> {
+        self.ensure_created()?;
         run(
             &self.sql,
             "INSERT INTO shared (id, data) VALUES (0, ?) \

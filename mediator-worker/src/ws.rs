@@ -1,18 +1,24 @@
 //! Server-side WebSocket plumbing shared by the Durable Objects.
 
-use worker::wasm_bindgen::JsCast;
+use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{js_sys, web_sys, WebSocket, WebSocketPair, WebsocketEvent};
 
-/// A new WebSocket pair whose server end is accepted (non-hibernating) with `binaryType =
-/// "arraybuffer"`. Since `compatibility_date` 2026-03-17 the default is `"blob"`: binary frames
-/// then arrive as `Blob`, which the `worker` crate's `MessageEvent::bytes` reads as an empty byte
-/// array (DESIGN.md §6).
-pub(crate) fn accept_pair() -> worker::Result<(WebSocket, WebSocket)> {
+/// A new WebSocket pair whose server end has `binaryType = "arraybuffer"`, to be accepted as
+/// hibernatable by the Durable Object. Since `compatibility_date` 2026-03-17 the default is
+/// `"blob"`, and a binary frame as `Blob` cannot be read synchronously (DESIGN.md §6).
+pub(crate) fn pair() -> worker::Result<(WebSocket, WebSocket)> {
     let pair = WebSocketPair::new()?;
     AsRef::<web_sys::WebSocket>::as_ref(&pair.server)
         .set_binary_type(web_sys::BinaryType::Arraybuffer);
-    pair.server.accept()?;
     Ok((pair.client, pair.server))
+}
+
+/// A new WebSocket pair whose server end is accepted (non-hibernating, the bench relay) with
+/// `binaryType = "arraybuffer"`.
+pub(crate) fn accept_pair() -> worker::Result<(WebSocket, WebSocket)> {
+    let (client, server) = pair()?;
+    server.accept()?;
+    Ok((client, server))
 }
 
 /// One inbound frame.
@@ -24,24 +30,26 @@ pub(crate) enum Frame {
     Text,
     /// Neither text nor `ArrayBuffer`: a `Blob`, when `binaryType` was not set before `accept()`.
     Unreadable,
-    /// The peer closed, or the socket failed.
-    Closed,
 }
 
-/// Sorts a WebSocket event into a [`Frame`].
-pub(crate) fn frame_of(event: worker::Result<WebsocketEvent>) -> Frame {
+/// Sorts a message's data (`MessageEvent.data`, or the hibernation handler's argument).
+pub(crate) fn frame_of_data(data: &JsValue) -> Frame {
+    if data.is_string() {
+        return Frame::Text;
+    }
+    match data.dyn_ref::<js_sys::ArrayBuffer>() {
+        Some(buffer) => Frame::Binary(buffer.clone()),
+        None => Frame::Unreadable,
+    }
+}
+
+/// Sorts a WebSocket event of an `accept()`-ed socket; `None` when it closed or failed.
+pub(crate) fn frame_of(event: worker::Result<WebsocketEvent>) -> Option<Frame> {
     match event {
-        Ok(WebsocketEvent::Message(msg)) => {
-            let data = AsRef::<web_sys::MessageEvent>::as_ref(&msg).data();
-            if data.is_string() {
-                return Frame::Text;
-            }
-            match data.dyn_into::<js_sys::ArrayBuffer>() {
-                Ok(buffer) => Frame::Binary(buffer),
-                Err(_) => Frame::Unreadable,
-            }
-        }
-        Ok(WebsocketEvent::Close(_)) | Err(_) => Frame::Closed,
+        Ok(WebsocketEvent::Message(msg)) => Some(frame_of_data(
+            &AsRef::<web_sys::MessageEvent>::as_ref(&msg).data(),
+        )),
+        Ok(WebsocketEvent::Close(_)) | Err(_) => None,
     }
 }
 
@@ -54,7 +62,12 @@ pub(crate) fn send_buffer(ws: &WebSocket, buffer: &js_sys::ArrayBuffer) -> worke
 
 /// Closes with an application close code, ignoring a socket that is already gone.
 pub(crate) fn close(ws: &WebSocket, code: u16, reason: &str) {
-    if let Err(err) = ws.close(Some(code), Some(reason)) {
-        worker::console_debug!("close {code} on a socket already gone: {err}");
+    close_raw(ws.as_ref(), code, reason);
+}
+
+/// [`close`] for the runtime's socket type.
+pub(crate) fn close_raw(ws: &web_sys::WebSocket, code: u16, reason: &str) {
+    if let Err(err) = ws.close_with_code_and_reason(code, reason) {
+        worker::console_debug!("close {code} on a socket already gone: {err:?}");
     }
 }

@@ -90,6 +90,9 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("csp_sockets", csp_sockets(fx)).await;
     runner.run("handshake_cap", handshake_cap(fx)).await;
     runner.run("turn_bound", turn_bound(fx)).await;
+    runner.run("hibernation", hibernation(fx)).await;
+    runner.run("storage_lifecycle", storage_lifecycle(fx)).await;
+    runner.run("not_reading", not_reading(fx)).await;
     runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -123,6 +126,19 @@ fn tagged(tag: u64, attempt: u32) -> Envelope {
             ..Default::default()
         })),
     }
+}
+
+/// `count` tagged envelopes of ≈ 60 KiB each (tags from 0).
+fn big_tagged(count: u64) -> Vec<Envelope> {
+    (0..count)
+        .map(|tag| {
+            let mut envelope = tagged(tag, 0);
+            if let Some(Content::OutgoingMessage(m)) = envelope.content.as_mut() {
+                m.body.resize(60_000, 0);
+            }
+            envelope
+        })
+        .collect()
 }
 
 fn tags(count: u64, from: u64) -> Vec<Envelope> {
@@ -548,6 +564,9 @@ async fn dev_stats(
     Ok(Some(move |name: &str| {
         json[name]
             .as_u64()
+            .or_else(|| json[name].as_bool().map(u64::from))
+            // Present and null (an `Option` that is `None`): 0.
+            .or_else(|| json.get(name).and_then(|v| v.is_null().then_some(0)))
             .unwrap_or_else(|| panic!("no {name} in the stats: {body}"))
     }))
 }
@@ -859,15 +878,7 @@ async fn turn_bound(fx: &mut Fixture) -> ScenarioResult {
     let id = fx.identity().await?;
     let (mut a, _) = online(fx, &id, "a", id.device_config(random_device_id(), "a")).await?;
     let (mut b, _) = online(fx, &id, "b", id.device_config(random_device_id(), "b")).await?;
-    let big: Vec<Envelope> = (0..48)
-        .map(|tag| {
-            let mut envelope = tagged(tag, 0);
-            if let Some(Content::OutgoingMessage(m)) = envelope.content.as_mut() {
-                m.body.resize(60_000, 0);
-            }
-            envelope
-        })
-        .collect();
+    let big = big_tagged(48);
     let ids = a.reflect_all(&big).await?;
     a.reflect_acks(&ids).await?;
     let got = b.receive_reflected(big.len(), true).await?;
@@ -884,6 +895,199 @@ async fn turn_bound(fx: &mut Fixture) -> ScenarioResult {
             "no turn passed 1 MiB: the bound was never exercised"
         );
     }
+    Ok(())
+}
+
+/// Under the Worker: a group whose devices are idle hibernates — the runtime drops the object
+/// (workerd: 10 s after it stopped keeping itself awake) while both device sockets stay
+/// connected — and, woken by the next frame, goes on where it stopped: no reconnect, the leader
+/// stays the leader, the next reflect reaches the sibling once, its ack is known, a new device
+/// joins. The keepalive text frame is answered by the runtime; any other text is still 4010.
+async fn hibernation(fx: &mut Fixture) -> ScenarioResult {
+    if !matches!(fx.mediator, Mediator::Wrangler(_)) {
+        // The state machine's side is unit-tested in `shared` (mediator::hibernation).
+        return Ok(());
+    }
+    let id = fx.identity().await?;
+    let (mut a, _) = online(fx, &id, "a", id.device_config(random_device_id(), "a")).await?;
+    a.promoted().await?;
+    let (mut b, _) = online(fx, &id, "b", id.device_config(random_device_id(), "b")).await?;
+    let reflect = a.reflect(&tagged(1, 0)).await?;
+    a.reflect_acked(reflect).await?;
+    let got = b.receive_reflected(1, true).await?;
+    assert_eq!(tag_of(&got[0].envelope).0, 1);
+    let Some(field) = dev_stats(fx, &id).await? else {
+        return Ok(());
+    };
+    let (constructed, resumed) = (field("objectsConstructed"), field("connectionsResumed"));
+    assert_eq!(field("hibernation"), 1, "hibernation is on by default");
+
+    // Idle: the acks are stored after one keep-awake tick (2 s), workerd evicts 10 s later.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+
+    let reflect = a.reflect(&tagged(2, 0)).await?;
+    a.reflect_acked(reflect).await?;
+    let got = b.receive_reflected(1, true).await?;
+    assert_eq!(tag_of(&got[0].envelope).0, 2, "the next one, once");
+    b.sync_barrier().await?;
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    eprintln!(
+        "hibernation: objects constructed {constructed} -> {}, connections resumed {resumed} -> {}",
+        field("objectsConstructed"),
+        field("connectionsResumed")
+    );
+    assert!(
+        field("objectsConstructed") > constructed,
+        "the object was never dropped from memory"
+    );
+    assert!(
+        field("connectionsResumed") >= resumed + 2,
+        "both sockets resumed from their snapshots"
+    );
+    no_promotion(&mut a).await?;
+    no_promotion(&mut b).await?;
+    let (mut c, _) = online(fx, &id, "c", id.device_config(random_device_id(), "c")).await?;
+    no_promotion(&mut c).await?;
+    let reflect = c.reflect(&tagged(3, 0)).await?;
+    c.reflect_acked(reflect).await?;
+    for device in [&mut a, &mut b] {
+        let got = device.receive_reflected(1, true).await?;
+        assert_eq!(tag_of(&got[0].envelope).0, 3);
+    }
+
+    // A held lock lives only in memory: the object keeps itself awake while it is held, and
+    // the transaction's staged reflect survives the same idle time.
+    let constructed = field("objectsConstructed");
+    assert_eq!(
+        a.begin_transaction(Scope::ContactSync, 60).await?,
+        TransactionStart::Begun
+    );
+    let staged = a.reflect(&tagged(4, 0)).await?;
+    a.reflect_acked(staged).await?;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    a.commit_transaction().await?;
+    for device in [&mut b, &mut c] {
+        let got = device.receive_reflected(1, true).await?;
+        assert_eq!(
+            tag_of(&got[0].envelope).0,
+            4,
+            "the staged reflect, committed"
+        );
+    }
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    assert_eq!(
+        field("objectsConstructed"),
+        constructed,
+        "the object was dropped while it held the lock"
+    );
+
+    let mut raw = RawSocket::connect(&url(fx, &id), "keepalive").await?;
+    let hello = raw.next_binary(Duration::from_secs(20)).await?;
+    assert_eq!(hello.first(), Some(&0x10), "ServerHello");
+    raw.send_text("ping").await?;
+    assert_eq!(raw.next_text(Duration::from_secs(5)).await?, "pong");
+    raw.send_text("hello").await?;
+    assert_eq!(raw.close_code(CLOSE_WAIT).await?, 4010, "other text");
+    Ok(())
+}
+
+/// Under the Worker: a group object stores nothing until a device completes its handshake (a
+/// peer that only opens a WebSocket with some group id leaves no tables behind), and empties its
+/// storage when the last slot is gone; a device that comes later starts the group afresh.
+async fn storage_lifecycle(fx: &mut Fixture) -> ScenarioResult {
+    if !matches!(fx.mediator, Mediator::Wrangler(_)) {
+        return Ok(());
+    }
+    let id = fx.identity().await?;
+    let mut raw = RawSocket::connect(&url(fx, &id), "no hello").await?;
+    let hello = raw.next_binary(Duration::from_secs(20)).await?;
+    assert_eq!(hello.first(), Some(&0x10), "ServerHello");
+    raw.close(1000).await;
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    eprintln!(
+        "storage_lifecycle: after a handshake-less socket: stored {} database {} B",
+        field("stored"),
+        field("databaseBytes")
+    );
+    assert_eq!(field("stored"), 0, "tables created before a ClientHello");
+    assert_eq!(field("alarmAt"), 0, "an alarm set before a ClientHello");
+
+    let a_id = random_device_id();
+    let (mut a, _) = online(fx, &id, "a", id.device_config(a_id, "a")).await?;
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    let created_bytes = field("databaseBytes");
+    assert_eq!((field("stored"), field("slots")), (1, 1));
+    a.drop_device(a_id).await?;
+    assert_eq!(a.closed(CLOSE_WAIT).await?.as_u16(), 4113);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let field = dev_stats(fx, &id).await?.expect("stats");
+        if field("stored") == 0 {
+            eprintln!(
+                "storage_lifecycle: database {created_bytes} B with one slot, {} B once it went",
+                field("databaseBytes")
+            );
+            assert_eq!(field("slots"), 0);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "storage kept after the last slot went"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (mut a, info) = online(fx, &id, "a", id.device_config(a_id, "a")).await?;
+    assert_eq!(info.reflection_queue_length, 0);
+    let (mut b, _) = online(fx, &id, "b", id.device_config(random_device_id(), "b")).await?;
+    let reflect = a.reflect(&tagged(1, 0)).await?;
+    a.reflect_acked(reflect).await?;
+    let got = b.receive_reflected(1, true).await?;
+    assert_eq!(tag_of(&got[0].envelope).0, 1);
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    assert_eq!((field("stored"), field("slots")), (1, 2));
+    Ok(())
+}
+
+/// A device that stops reading while a sibling floods the group with ephemeral frames (150 of
+/// ≈ 60 KiB) is closed with 4009 once 8 MiB were sent to it since its last frame
+/// (`GroupConfig::max_unanswered_bytes`: a Durable Object's send has no backpressure, so what it
+/// does not read would pile up in the isolate); the sender and a device that reads (and sends
+/// now and then) are unaffected, and the group goes on.
+async fn not_reading(fx: &mut Fixture) -> ScenarioResult {
+    let id = fx.identity().await?;
+    let (mut a, _) = online(fx, &id, "a", id.device_config(random_device_id(), "a")).await?;
+    let (mut silent, _) = online(
+        fx,
+        &id,
+        "silent",
+        id.device_config(random_device_id(), "silent"),
+    )
+    .await?;
+    let (mut reader, _) = online(
+        fx,
+        &id,
+        "reader",
+        id.device_config(random_device_id(), "reader"),
+    )
+    .await?;
+    let big = big_tagged(150);
+    for chunk in big.chunks(10) {
+        for envelope in chunk {
+            a.reflect_ephemeral(envelope).await?;
+        }
+        let got = reader.receive_reflected(chunk.len(), true).await?;
+        assert!(got.iter().all(|r| r.ephemeral));
+        // Ephemeral frames are not acked (spec §5): a device that reads shows it by what it
+        // sends, here a GetDevicesInfo round trip.
+        reader.sync_barrier().await?;
+    }
+    let code = silent.closed(CLOSE_WAIT).await?;
+    assert_eq!(code.as_u16(), 4009, "the device that did not read");
+    let reflect = a.reflect(&tagged(1_000, 0)).await?;
+    a.reflect_acked(reflect).await?;
+    let got = reader.receive_reflected(1, true).await?;
+    assert_eq!(tag_of(&got[0].envelope).0, 1_000);
     Ok(())
 }
 
@@ -1166,7 +1370,13 @@ fn metadata_clean(fx: &Fixture, identities: &[&Identity], plaintexts: &[&[u8]]) 
         .into());
     }
     for file in &files {
-        let bytes = std::fs::read(file)?;
+        // An idle object's SQLite closes when workerd drops it (hibernation), removing its
+        // `-wal`/`-shm` files: what they held is in the database file, which is read too.
+        let bytes = match std::fs::read(file) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(err.into()),
+        };
         for (what, needle) in &needles {
             if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
                 return Err(format!("{} holds {what}", file.display()).into());

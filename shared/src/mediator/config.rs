@@ -37,6 +37,13 @@ pub struct GroupConfig {
     /// more is closed at once with 1013. Each costs memory and, until its timeout, a socket: a
     /// client that opens them in a loop is bounded here, not by the handshake timeout.
     pub max_handshakes: usize,
+    /// Bytes sent to an authenticated connection since its last frame; one more frame closes it
+    /// with 4009 ("device not reading"). A Durable Object's `send` has no backpressure and no
+    /// `bufferedAmount`, so what a device does not read piles up in the runtime's memory,
+    /// shared by every object of the isolate. Every device that receives much also sends (acks
+    /// of reflections and of chat server messages), so only a device that stopped reading, or a
+    /// silent one flooded with ephemeral frames, reaches it.
+    pub max_unanswered_bytes: usize,
 }
 
 impl Default for GroupConfig {
@@ -55,6 +62,7 @@ impl Default for GroupConfig {
             max_csp_connections: 6,
             csp_wait_timeout_ms: 15_000,
             max_handshakes: 16,
+            max_unanswered_bytes: 8 * 1024 * 1024,
         }
     }
 }

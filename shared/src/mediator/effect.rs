@@ -141,6 +141,9 @@ pub enum CloseCause {
     /// Chat server data waiting behind this device's unsent queue entries passed its bound
     /// (`MAX_HELD_PROXY_BYTES`): the device does not keep up.
     CspBacklog,
+    /// More than `GroupConfig::max_unanswered_bytes` were sent to the device since its last
+    /// frame: it does not read.
+    NotReading,
     /// A store call failed.
     StorageFailure,
     /// A frame to send did not fit a container.
@@ -179,7 +182,9 @@ impl CloseCause {
             Self::TooManyHandshakes => CloseCode::TryAgainLater,
             Self::CspClosed => CloseCode::CspClosed,
             Self::CspUnreachable => CloseCode::CspUnableToEstablish,
-            Self::CspStreamInvalid | Self::CspBacklog => CloseCode::CspInternalError,
+            Self::CspStreamInvalid | Self::CspBacklog | Self::NotReading => {
+                CloseCode::CspInternalError
+            }
             Self::StorageFailure | Self::EncodeFailure => CloseCode::ServerInternalError,
         }
     }
@@ -217,6 +222,7 @@ impl CloseCause {
             Self::CspUnreachable => "chat server unreachable",
             Self::CspStreamInvalid => "chat server stream invalid",
             Self::CspBacklog => "chat server data backlog",
+            Self::NotReading => "device not reading",
             Self::StorageFailure => "storage failure",
             Self::EncodeFailure => "internal error",
         }

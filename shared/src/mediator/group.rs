@@ -114,6 +114,8 @@ pub(super) struct Session {
     /// The chat server connection; `None` before the first proxy frame.
     pub(super) csp: Option<CspLink>,
     pub(super) delivery: Delivery,
+    /// Bytes sent to it since its last frame (`GroupConfig::max_unanswered_bytes`).
+    pub(super) unanswered: usize,
 }
 
 /// A device's chat server connection.
@@ -199,30 +201,23 @@ impl<S: GroupStore> Group<S> {
     pub fn new(
         config: GroupConfig,
         device_group_id: PublicKey,
-        mut store: S,
+        store: S,
         now_ms: u64,
     ) -> Result<Self, S::Error> {
+        Self::start(config, device_group_id, store, now_ms, &[])
+    }
+
+    /// [`Group::new`], except that the devices in `still_online` keep counting as connected
+    /// (their connections are resumed after hibernation, [`Group::resume`]).
+    pub(super) fn start(
+        config: GroupConfig,
+        device_group_id: PublicKey,
+        mut store: S,
+        now_ms: u64,
+        still_online: &[DeviceId],
+    ) -> Result<Self, S::Error> {
         store.discard_staged()?;
-        let mut slots = BTreeMap::new();
-        for mut record in store.load_slots()? {
-            if record
-                .last_disconnected_at
-                .is_none_or(|at| at < record.last_connected_at)
-            {
-                record.last_disconnected_at = Some(now_ms);
-                store.put_slot(&record)?;
-            }
-            let info = store.queue_info(record.device_id)?;
-            slots.insert(
-                record.device_id,
-                Slot {
-                    record,
-                    queue_len: info.len,
-                    tail: info.last_seq,
-                    expiry_retry_at: None,
-                },
-            );
-        }
+        let slots = Self::load_slots(&mut store, now_ms, still_online)?;
         Ok(Self {
             config,
             device_group_id,
@@ -427,6 +422,9 @@ impl<S: GroupStore> Group<S> {
     // ---- dispatch -----------------------------------------------------------------------------
 
     fn dispatch(&mut self, conn: ConnId, bytes: &[u8]) {
+        if let Some(session) = self.session_mut(conn) {
+            session.unanswered = 0;
+        }
         let Some(state) = self.conns.get(&conn) else {
             return;
         };
@@ -518,10 +516,23 @@ impl<S: GroupStore> Group<S> {
         if !self.flush_acks(conn) {
             return;
         }
-        match message.into().encode() {
-            Ok(bytes) => self.effects.push_back(Effect::Send { conn, bytes }),
-            Err(_) => self.deferred_closes.push((conn, CloseCause::EncodeFailure)),
+        let bytes = match message.into().encode() {
+            Ok(bytes) => bytes,
+            Err(_) => return self.deferred_closes.push((conn, CloseCause::EncodeFailure)),
+        };
+        let max = self.config.max_unanswered_bytes;
+        if let Some(session) = self.session_mut(conn) {
+            let before = session.unanswered;
+            session.unanswered = before.saturating_add(bytes.len());
+            if session.unanswered > max {
+                // Dropped: the connection is closed at the end of this input.
+                if before <= max {
+                    self.deferred_closes.push((conn, CloseCause::NotReading));
+                }
+                return;
+            }
         }
+        self.effects.push_back(Effect::Send { conn, bytes });
     }
 
     /// Removes this connection's batched acks from the store in one call. `false` if the store

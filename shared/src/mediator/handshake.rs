@@ -104,6 +104,7 @@ impl<S: GroupStore> Group<S> {
                 device_id: device,
                 connected_since: self.now,
                 csp: None,
+                unanswered: 0,
                 delivery: Delivery {
                     dry_boundary: tail,
                     ..Delivery::default()

@@ -40,6 +40,7 @@ mod devices;
 mod effect;
 mod group;
 mod handshake;
+mod hibernation;
 mod leader;
 mod memory_store;
 mod proxy;
@@ -55,6 +56,9 @@ pub use devices::MAX_SHARED_DEVICE_DATA_LEN;
 pub use effect::{CloseCause, ConnId, Effect};
 pub use group::{frame_fits, Group, PROTOCOL_VERSION};
 pub use handshake::MAX_ENCRYPTED_DEVICE_INFO_LEN;
+pub use hibernation::{
+    decode_attachment, encode_attachment, AttachmentError, ConnSnapshot, SNAPSHOT_EPHEMERAL_IDS,
+};
 pub use memory_store::{MemoryStore, MemoryStoreError};
 pub use proxy::{MAX_HELD_PROXY_BYTES, MAX_WAITING_PROXY_BYTES};
 pub use reflection::{

@@ -1090,6 +1090,41 @@ mod tests {
     }
 
     #[test]
+    fn a_device_that_sends_nothing_while_frames_pile_up_is_closed_4009_and_the_rest_go_on() {
+        let config = GroupConfig {
+            max_unanswered_bytes: 10_000,
+            ..GroupConfig::default()
+        };
+        let mut h = Harness::with_config(config);
+        let a = h.login(1);
+        let silent = h.login(2);
+        let acking = h.login(3);
+        for c in [a, silent, acking] {
+            h.take(c);
+        }
+        let body = vec![0x7e; 1_000];
+        let mut to_acking = 0;
+        for _ in 0..20 {
+            h.reflect_flags(a, &body, ReflectFlags::EPHEMERAL);
+            // A device that answers (here: acks every Reflected, as desktop does) never
+            // reaches the bound, however much it receives.
+            for r in reflected(&h.take(acking)) {
+                to_acking += 1;
+                h.ack(acking, r.reflected_id);
+            }
+        }
+        assert_eq!(h.closed(silent), Some(CloseCause::NotReading));
+        assert_eq!(CloseCause::NotReading.code(), CloseCode::CspInternalError);
+        let got = reflected(&h.take(silent)).len();
+        assert!((8..12).contains(&got), "≈ 10 000 B reached it first: {got}");
+        assert_eq!(to_acking, 20);
+        assert_eq!((h.closed(a), h.closed(acking)), (None, None));
+        // The group goes on: a queued reflect is stored and reaches the other device.
+        h.reflect(a, b"after");
+        assert_eq!(reflected(&h.take(acking)).len(), 1);
+    }
+
+    #[test]
     fn ephemeral_ids_never_collide_with_queue_ids() {
         let mut h = Harness::new();
         let a = h.login(1);

@@ -48,19 +48,46 @@ impl RawSocket {
 
     /// The next binary message (pings are skipped); an error if the socket closes first.
     pub async fn next_binary(&mut self, within: Duration) -> Result<Vec<u8>, HarnessError> {
+        self.next_of("a binary message", within, |message| match message {
+            Message::Binary(bytes) => Some(bytes.to_vec()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next text message (binary messages and pings are skipped); an error if the socket
+    /// closes first.
+    pub async fn next_text(&mut self, within: Duration) -> Result<String, HarnessError> {
+        self.next_of("a text message", within, |message| match message {
+            Message::Text(text) => Some(text.to_string()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next message `pick` takes; the others are skipped, a close is an error.
+    async fn next_of<T>(
+        &mut self,
+        awaited: &str,
+        within: Duration,
+        pick: impl Fn(Message) -> Option<T>,
+    ) -> Result<T, HarnessError> {
         loop {
             match self.next(within).await? {
-                Message::Binary(bytes) => return Ok(bytes.to_vec()),
                 Message::Close(frame) => {
                     return Err(HarnessError::Closed {
                         device: self.name.clone(),
-                        awaited: "a binary message".into(),
+                        awaited: awaited.into(),
                         code: frame.map_or(1005, |f| u16::from(f.code)),
                         origin: "remote",
                         recent: String::new(),
                     })
                 }
-                _ => {}
+                message => {
+                    if let Some(picked) = pick(message) {
+                        return Ok(picked);
+                    }
+                }
             }
         }
     }
