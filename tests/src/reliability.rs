@@ -514,7 +514,9 @@ fn workerd_pids(group: u32) -> Vec<u32> {
         .collect()
 }
 
-fn rss_pair(fx: &Fixture) -> (u64, u64) {
+/// Resident memory (KiB) of `wrangler dev`'s workerd processes and of the chat server.
+#[must_use]
+pub fn rss_pair(fx: &Fixture) -> (u64, u64) {
     let workerd = match &fx.mediator {
         crate::harness::Mediator::Wrangler(dev) => dev
             .process_group()
@@ -538,7 +540,7 @@ const fn inspector_port(fx: &Fixture) -> Option<u16> {
 
 /// Forces a full collection of the Worker's isolate and reads workerd's memory around it;
 /// `None` without `wrangler dev` or when the inspector does not answer (said on stderr).
-async fn after_gc(fx: &Fixture) -> Option<AfterGc> {
+pub async fn after_gc(fx: &Fixture) -> Option<AfterGc> {
     let port = inspector_port(fx)?;
     let workerd_before_kib = rss_pair(fx).0;
     match inspector::collect_garbage(port).await {
