@@ -367,16 +367,14 @@ impl DeviceGroup {
         _reason: String,
         _clean: bool,
     ) {
-        // Completes the closing handshake where the runtime has not already answered it.
-        ws::close_raw(
-            &ws,
-            if code == 1005 || code == 1006 {
-                1000
-            } else {
-                code
-            },
-            "",
-        );
+        // Completes the closing handshake where the runtime has not already answered it, with
+        // the device's code where `close()` accepts it.
+        let reply = if (3000..=4999).contains(&code) {
+            code
+        } else {
+            1000
+        };
+        ws::close_raw(&ws, reply, "");
         socket_gone(&self.io, &ws);
     }
 
@@ -530,8 +528,14 @@ fn wake_group(
     let mut resumed: Vec<(ConnId, ConnSnapshot)> = Vec::new();
     let mut links = Vec::new();
     let mut refused = Vec::new();
+    // New connections are numbered after every number a socket still carries, resumed or not:
+    // a refused socket's late close must not name a new connection.
+    let mut next = 0_u64;
     for ws in sockets {
         let decoded = read_attachment(&ws).map(|bytes| (decode_attachment(&bytes), bytes));
+        if let Some((Ok((conn, _)), _)) = &decoded {
+            next = next.max(conn.0.saturating_add(1));
+        }
         match decoded {
             Some((Ok((conn, Some(snapshot))), bytes)) => {
                 let server_group = state
@@ -545,11 +549,6 @@ fn wake_group(
             _ => refused.push(ws),
         }
     }
-    let next = resumed
-        .iter()
-        .map(|(conn, _)| conn.0.saturating_add(1))
-        .max()
-        .unwrap_or(0);
     io.next_conn.set(next);
     // The links first: waking may already send (a promotion).
     for (conn, ws, server_group, attachment) in links {
