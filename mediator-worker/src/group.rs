@@ -286,15 +286,12 @@ impl DurableObject for DeviceGroup {
             }
         }
         if let GroupState::Failed(_) = &*io.group.borrow() {
-            let sockets: Vec<WebSocket> = io
-                .links
-                .borrow_mut()
-                .split_off(&ConnId(0))
-                .into_values()
-                .map(|link| link.ws)
-                .collect();
+            let links = std::mem::take(&mut *io.links.borrow_mut());
             close_all(
-                sockets.iter().map(|ws| ws.as_ref().clone()).collect(),
+                links
+                    .into_values()
+                    .map(|link| link.ws.as_ref().clone())
+                    .collect(),
                 "internal error",
             );
         }
