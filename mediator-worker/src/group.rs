@@ -184,6 +184,8 @@ struct Link {
     csp: Option<CspLink>,
     /// The attachment last written to the socket (`encode_attachment`).
     attachment: Vec<u8>,
+    /// That attachment says "busy".
+    busy: bool,
 }
 
 /// The sending side of one chat server connection's task; dropping it ends the task and
@@ -405,6 +407,7 @@ impl DeviceGroup {
             chat_server: chat_server_of(&self.env, &info.server_group),
             csp: None,
             attachment: Vec::new(),
+            busy: true,
         };
         // Busy until its handshake is done: a restarted object closes it.
         write_attachment(&mut link, encode_attachment(conn, None));
@@ -557,6 +560,7 @@ fn wake_group(
                 chat_server: chat_server_of(env, &server_group),
                 csp: None,
                 attachment,
+                busy: false,
             },
         );
     }
@@ -704,8 +708,12 @@ fn after_input(io: &Rc<Io>) {
         };
         let mut links = io.links.borrow_mut();
         for (&conn, link) in links.iter_mut() {
+            // Most inputs leave a busy connection busy: nothing to build or compare then.
             let snapshot = group.snapshot(conn);
-            write_attachment(link, encode_attachment(conn, snapshot.as_ref()));
+            if snapshot.is_some() || !link.busy {
+                write_attachment(link, encode_attachment(conn, snapshot.as_ref()));
+                link.busy = snapshot.is_none();
+            }
         }
         let empty = links.is_empty() && group.slots().next().is_none();
         if empty && io.created.get() && group.is_quiescent() {

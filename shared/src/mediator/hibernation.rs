@@ -177,15 +177,15 @@ impl<S: GroupStore> Group<S> {
             && self.pending_reflects.is_empty()
             && self.deferred_closes.is_empty()
             && self.effects.is_empty()
-            && self.conns.keys().all(|&conn| self.snapshot(conn).is_some())
+            && self.conns.keys().all(|&conn| self.restorable(conn))
     }
 
-    /// The connection's snapshot, if it can be rebuilt from one right now (see the module
-    /// documentation); `None` for a connection still in its handshake, unknown, or busy.
+    /// Whether [`Group::snapshot`] would give one, without building it (the Worker asks after
+    /// every input).
     #[must_use]
-    pub fn snapshot(&self, conn: ConnId) -> Option<ConnSnapshot> {
+    pub fn restorable(&self, conn: ConnId) -> bool {
         let Some(Conn::Online(session)) = self.conns.get(&conn) else {
-            return None;
+            return false;
         };
         let d = &session.delivery;
         let idle = session.csp.is_none()
@@ -201,9 +201,20 @@ impl<S: GroupStore> Group<S> {
             .slots
             .get(&session.device_id)
             .is_some_and(|slot| slot.tail.is_none_or(|tail| d.cursor >= Some(tail)));
-        if !idle || holds_lock || reflecting || !caught_up {
+        idle && !holds_lock && !reflecting && caught_up
+    }
+
+    /// The connection's snapshot, if it can be rebuilt from one right now (see the module
+    /// documentation); `None` for a connection still in its handshake, unknown, or busy.
+    #[must_use]
+    pub fn snapshot(&self, conn: ConnId) -> Option<ConnSnapshot> {
+        if !self.restorable(conn) {
             return None;
         }
+        let Some(Conn::Online(session)) = self.conns.get(&conn) else {
+            return None;
+        };
+        let d = &session.delivery;
         Some(ConnSnapshot {
             device_id: session.device_id,
             connected_since: session.connected_since,
