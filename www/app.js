@@ -29,6 +29,15 @@ const tabs = 'BroadcastChannel' in window ? new BroadcastChannel(`tandem-tab-${d
 const NOTES_KEY = `tandem-notes-${database}`;
 let notes = {};
 try { notes = JSON.parse(localStorage.getItem(NOTES_KEY) || '{}') || {}; } catch { notes = {}; }
+// This device's own preferences (not synced): desktop notifications.
+const PREFS_KEY = `tandem-prefs-${database}`;
+let prefs = {};
+try { prefs = JSON.parse(localStorage.getItem(PREFS_KEY) || '{}') || {}; } catch { prefs = {}; }
+function savePrefs() {
+  try { localStorage.setItem(PREFS_KEY, JSON.stringify(prefs)); } catch { /* storage full: kept for this tab */ }
+}
+let searchText = ''; // what "search in this conversation" looks for ('' = show everything)
+let wiping = false; // this device is being wiped: its own removal (4113) is expected
 const groupSeen = new Map(); // group id -> { name, members, userState } as last shown
 const removedHere = new Set(); // "group id/identity" this tab removed from a group
 
@@ -173,6 +182,9 @@ function renderConversations() {
   for (const g of client.groups()) {
     if (g.userState === 'member' && !listed.has(g.conversation)) list.push({ id: g.conversation, unread: 0, lastMessage: null });
   }
+  // The tab's title carries the number of unread messages ("(3) Tandem").
+  const unread = list.reduce((n, c) => n + (c.unread > 0 ? c.unread : 0), 0);
+  document.title = unread > 0 ? `(${unread}) Tandem` : 'Tandem';
   for (const conv of list) {
     const li = document.createElement('li');
     li.dataset.id = conv.id;
@@ -214,21 +226,41 @@ function renderMessages() {
   // Group senders by name where one is known (one contacts() call per render, not per message).
   const names = new Map(isGroup ? client.contacts().map((c) => [c.identity, c.displayName || c.identity]) : []);
   // The app's own notes (group renamed, someone left) go between the messages by time.
-  const pending = [...(notes[current] ?? [])];
+  // While searching, only the messages that contain the text (and no notes).
+  const needle = searchText.toLocaleLowerCase();
+  const pending = needle ? [] : [...(notes[current] ?? [])];
+  // A line before the first message (or note) of each day: "Today", "Yesterday", a date.
+  let lastDay = null;
+  const dayLine = (at) => {
+    const day = new Date(at).toDateString();
+    if (day === lastDay) return;
+    lastDay = day;
+    const li = document.createElement('li');
+    li.className = 'day';
+    li.textContent = dayName(at);
+    ol.append(li);
+  };
   const noteUntil = (at) => {
     while (pending.length > 0 && pending[0].at <= at) {
+      const note = pending.shift();
+      dayLine(note.at);
       const li = document.createElement('li');
       li.className = 'note';
-      li.textContent = pending.shift().text;
+      li.textContent = note.text;
       ol.append(li);
     }
   };
+  let found = 0;
   for (const m of attempt(() => client.messages(current)) || []) {
+    if (needle && !m.text.toLocaleLowerCase().includes(needle)) continue;
+    found += 1;
     noteUntil(m.createdAt);
+    dayLine(m.createdAt);
     const li = document.createElement('li');
     li.className = m.outgoing ? 'mine' : '';
     li.dataset.key = m.key;
-    li.textContent = isGroup && !m.outgoing ? `${names.get(m.sender) ?? m.sender}: ${m.text}` : m.text;
+    if (isGroup && !m.outgoing) li.append(`${names.get(m.sender) ?? m.sender}: `);
+    li.append(...highlighted(m.text, needle));
     const meta = document.createElement('span');
     meta.className = 'meta';
     meta.textContent = shortTime(m.createdAt);
@@ -245,7 +277,51 @@ function renderMessages() {
     ol.append(li);
   }
   noteUntil(Infinity);
+  if (needle) $('search-count').textContent = found === 0 ? 'No messages found' : found === 1 ? '1 message found' : `${found} messages found`;
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+/** "Today", "Yesterday", or the date (with the weekday within a week). */
+function dayName(at) {
+  const day = new Date(at);
+  day.setHours(0, 0, 0, 0);
+  const today = new Date();
+  today.setHours(0, 0, 0, 0);
+  const days = Math.round((today - day) / 86_400_000);
+  if (days === 0) return 'Today';
+  if (days === 1) return 'Yesterday';
+  if (days > 1 && days < 7) return day.toLocaleDateString([], { weekday: 'long' });
+  return day.toLocaleDateString([], { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric' });
+}
+
+/** A text as nodes, with every place that matches `needle` (lower case) in a <mark>. */
+function highlighted(text, needle) {
+  if (!needle) return [text];
+  const lower = text.toLocaleLowerCase();
+  const out = [];
+  let at = 0;
+  for (let i = lower.indexOf(needle); i >= 0; i = lower.indexOf(needle, i + needle.length)) {
+    if (i > at) out.push(text.slice(at, i));
+    const mark = document.createElement('mark');
+    mark.textContent = text.slice(i, i + needle.length);
+    out.push(mark);
+    at = i + needle.length;
+  }
+  if (at < text.length) out.push(text.slice(at));
+  return out;
+}
+
+/** Opens or closes "search in this conversation". */
+function setSearch(open) {
+  $('search').hidden = !open;
+  $('chat-search').setAttribute('aria-expanded', String(open));
+  if (!open) {
+    searchText = '';
+    $('search-text').value = '';
+    $('search-count').textContent = '';
+  }
+  if (current) renderMessages();
+  if (open) $('search-text').focus();
 }
 
 function renderChatHead() {
@@ -278,6 +354,7 @@ function markReadIfVisible() {
 
 function show(id) {
   stopTyping();
+  if (id !== current) setSearch(false);
   current = id;
   $('main').classList.add('in-chat'); // at phone width, the chat replaces the list
   $('chat-empty').hidden = true;
@@ -295,6 +372,7 @@ function show(id) {
 function closeChat() {
   stopTyping();
   const was = current;
+  setSearch(false);
   current = null;
   $('main').classList.remove('in-chat');
   $('chat').hidden = true;
@@ -388,6 +466,7 @@ function setConnection(event) {
  */
 function stopped({ code }) {
   $('conn').textContent = 'Not connected';
+  if (wiping) return undefined; // this device removed itself (wipeDevice)
   if (code === 4112) return otherTab();
   if (code === 4113 || code === 4115) {
     return removed('Another of your devices removed this one from your identity. Its messages and keys are still '
@@ -418,7 +497,9 @@ function halt(title, text, action, onAction, danger = false) {
   if ($('settings').open) $('settings').close();
   $('main').hidden = true;
   $('setup').hidden = true;
+  $('loading').hidden = true;
   $('halt').hidden = false;
+  document.title = 'Tandem';
   $('halt-title').textContent = title;
   $('halt-text').textContent = text;
   const button = $('halt-action');
@@ -461,7 +542,7 @@ function removed(text) {
     const slow = setTimeout(() => toast('Still wiping: close the other tabs that have Tandem open.'), 3000);
     try {
       await TandemClient.deleteDatabase(database);
-      localStorage.removeItem(NOTES_KEY);
+      forgetLocal();
       location.reload();
     } catch (e) {
       clearTimeout(slow);
@@ -469,6 +550,74 @@ function removed(text) {
       toast(`Could not wipe this device: ${sentence(e.message || e)} Close its other tabs and try again.`, true);
     }
   }, true);
+}
+
+/** What the app itself keeps in this browser for the device (notes, preferences). */
+function forgetLocal() {
+  localStorage.removeItem(NOTES_KEY);
+  localStorage.removeItem(PREFS_KEY);
+}
+
+/**
+ * "Wipe this device" in Settings, for a device that was not removed: after a confirm, it removes
+ * itself from the identity (the mediator drops its slot and closes with 4113, so the other
+ * devices no longer list it), then deletes its database and the app's own keys, and reloads to
+ * the setup screen.
+ */
+async function wipeDevice() {
+  const devices = $('devices').children.length;
+  const only = devices <= 1;
+  const question = only
+    ? 'This is your only device. Without an ID backup, your identity, contacts and messages are gone for good. Wipe this device?'
+    : 'Sign this device out of your identity and delete its messages and keys from this browser? Your other devices keep everything.';
+  if (!confirm(question)) return;
+  wiping = true;
+  $('wipe-device').disabled = true;
+  tabs?.postMessage({ type: 'wipe' });
+  if (client.isOnline) {
+    // The mediator acks and closes this connection with 4113; waited for at most 5 s (offline,
+    // the slot stays listed on the other devices until one of them removes it).
+    const gone = new Promise((resolve) => {
+      client.on('connection', (e) => { if (e.state === 'disconnected') resolve(); });
+      setTimeout(resolve, 5000);
+    });
+    if (attempt(() => { client.dropDevice(client.deviceId); return true; })) await gone;
+  }
+  closeClient();
+  try {
+    await TandemClient.deleteDatabase(database);
+    forgetLocal();
+    location.reload();
+  } catch (e) {
+    wiping = false;
+    $('wipe-device').disabled = false;
+    toast(`Could not wipe this device: ${sentence(e.message || e)} Close its other tabs and try again.`, true);
+  }
+}
+
+/** A desktop notification for an incoming message, when asked for and the tab is hidden. */
+function notify(conversation, message) {
+  if (!prefs.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
+  if (document.visibilityState !== 'hidden') return;
+  const from = conversation.startsWith('group/') ? `${nameOf(message.sender)} in ${conversationName(conversation)}` : conversationName(conversation);
+  try {
+    const n = new Notification(from, { body: prefs.notifyText ? message.text : 'New message', tag: conversation });
+    n.onclick = () => { window.focus(); if (client) show(conversation); n.close(); };
+  } catch { /* a browser that allows notifications only from a service worker: none shown */ }
+}
+
+/** The notification settings as they are now; `asked` says what the browser answered. */
+function showNotifyState() {
+  const supported = 'Notification' in window;
+  $('notify-section').hidden = !supported;
+  if (!supported) return;
+  const denied = Notification.permission === 'denied';
+  $('set-notify').checked = Boolean(prefs.notify) && Notification.permission === 'granted';
+  $('set-notify-text').checked = Boolean(prefs.notifyText);
+  $('set-notify-text').disabled = !$('set-notify').checked;
+  $('notify-state').textContent = denied
+    ? 'This browser blocks notifications from Tandem: allow them in the browser\'s settings for this site.'
+    : '';
 }
 
 function hideSync() {
@@ -534,6 +683,7 @@ function wire() {
   on('message', ({ conversation, message }) => {
     if (message && !message.outgoing) {
       $('announce').textContent = `New message from ${conversationName(conversation)}: ${message.text}`;
+      notify(conversation, message);
     }
     if (conversation === current) {
       renderMessages();
@@ -607,6 +757,30 @@ function wire() {
   $('chat-back').addEventListener('click', closeChat);
   document.addEventListener('keydown', (e) => {
     if (e.key === 'Escape' && current && !$('settings').open) closeChat();
+  });
+  $('copy-id').addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(client.identity);
+      toast(`Your ID ${client.identity} was copied.`);
+    } catch {
+      toast(`Could not copy. Your ID is ${client.identity}.`, true);
+    }
+  });
+  $('chat-search').addEventListener('click', () => setSearch($('search').hidden));
+  $('search-close').addEventListener('click', () => { setSearch(false); $('chat-search').focus(); });
+  $('search').addEventListener('submit', (e) => e.preventDefault());
+  $('search-text').addEventListener('input', () => {
+    searchText = $('search-text').value.trim();
+    if (!searchText) $('search-count').textContent = '';
+    renderMessages();
+  });
+  $('search-text').addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    // Escape leaves the search (the next one leaves the chat).
+    e.preventDefault();
+    e.stopPropagation();
+    setSearch(false);
+    $('chat-search').focus();
   });
   $('new-chat').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -704,6 +878,8 @@ function wire() {
     $('set-block-unknown').checked = s.blockUnknown;
     $('backup-out').hidden = true;
     $('backup-out').value = '';
+    $('backup-download').hidden = true;
+    showNotifyState();
     $('settings').showModal();
     refreshDevices();
   });
@@ -732,9 +908,37 @@ function wire() {
     if (backup) {
       $('backup-out').value = backup;
       $('backup-out').hidden = false;
+      $('backup-download').hidden = false;
       $('backup-password').value = '';
     }
   });
+  // The backup as a text file (the setup screen of another device opens it).
+  $('backup-download').addEventListener('click', () => {
+    const blob = new Blob([`${$('backup-out').value}\n`], { type: 'text/plain' });
+    const link = document.createElement('a');
+    link.href = URL.createObjectURL(blob);
+    link.download = `tandem-id-backup-${client.identity}.txt`;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  });
+  $('set-notify').addEventListener('change', async () => {
+    if (!$('set-notify').checked) {
+      prefs.notify = false;
+    } else {
+      const answer = Notification.permission === 'granted' ? 'granted' : await Notification.requestPermission();
+      prefs.notify = answer === 'granted';
+    }
+    savePrefs();
+    showNotifyState();
+  });
+  $('set-notify-text').addEventListener('change', () => {
+    prefs.notifyText = $('set-notify-text').checked;
+    savePrefs();
+  });
+  $('wipe-device').addEventListener('click', wipeDevice);
 }
 
 /** The line under "Add contact": what happens with the ID typed there. */
@@ -750,6 +954,7 @@ function start(c) {
   tabs?.postMessage({ type: 'here', at: startedAt });
   for (const g of client.groups()) groupSeen.set(g.id, groupShape(g));
   $('setup').hidden = true;
+  $('loading').hidden = true;
   $('main').hidden = false;
   renderHeader();
   renderConversations();
@@ -766,6 +971,7 @@ if (tabs) {
 
 async function setup() {
   if (deviceName !== 'default') $('setup-where').textContent = ` This page is the device “${deviceName}” of this browser (several can live side by side).`;
+  $('loading').hidden = true;
   $('setup').hidden = false;
   $('setup-label').value = deviceName === 'default' ? 'Web browser' : `Web browser (${deviceName})`;
   const busy = (on) => { for (const b of document.querySelectorAll('#setup button')) b.disabled = on; };
@@ -784,6 +990,19 @@ async function setup() {
     e.preventDefault();
     run(() => TandemClient.create({ mediatorUrl, database, deviceLabel: $('setup-label').value.trim() || undefined }));
   });
+  // A backup file (downloaded in another device's Settings) fills the field.
+  $('import-file').addEventListener('change', async () => {
+    const file = $('import-file').files?.[0];
+    if (!file) return;
+    const text = file.size > 10_000 ? '' : (await file.text()).trim();
+    if (/^[A-Z2-7]{4}(-[A-Z2-7]{4}){19}$/.test(text)) {
+      $('import-backup').value = text;
+      $('setup-error').textContent = '';
+      $('import-password').focus();
+    } else {
+      $('setup-error').textContent = 'This file holds no ID backup. Pick the file downloaded from another device\'s Settings.';
+    }
+  });
   $('import-form').addEventListener('submit', (e) => {
     e.preventDefault();
     run(() => TandemClient.importBackup({
@@ -796,15 +1015,30 @@ async function setup() {
   });
 }
 
-await init();
+/** Instead of the app: why it cannot start, and a reload. */
+function fatal(title, text) {
+  halt(title, text, 'Reload', () => location.reload());
+}
+
+let ready = false;
 try {
-  // `hasIdentity` only reads IndexedDB: a first visit leaves no empty database behind.
-  if (await TandemClient.hasIdentity(database)) start(await TandemClient.open({ database, mediatorUrl }));
-  else await setup();
+  await init();
+  ready = true;
 } catch (e) {
-  if (/holds no identity/.test(e.message)) {
-    await setup();
-  } else {
-    document.body.textContent = `Tandem could not open this device: ${sentence(e.message || e)}`;
+  console.error('tandem: the WebAssembly module did not start:', e);
+  fatal('Tandem cannot run in this browser', 'Tandem needs WebAssembly (with SIMD), which this browser does not '
+    + 'offer or has turned off. Use a current Chrome, Edge, Firefox or Safari.');
+}
+if (ready) {
+  try {
+    // `hasIdentity` only reads IndexedDB: a first visit leaves no empty database behind.
+    if (await TandemClient.hasIdentity(database)) start(await TandemClient.open({ database, mediatorUrl }));
+    else await setup();
+  } catch (e) {
+    if (/holds no identity/.test(e.message)) {
+      await setup();
+    } else {
+      fatal('Tandem could not open this device', sentence(e.message || e));
+    }
   }
 }

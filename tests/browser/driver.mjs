@@ -888,6 +888,11 @@ const SCENARIOS = {
       await visible(a, '#messages li:has-text("hello back")', 'b\'s answer on a');
       await visible(a, '#messages li.mine .meta:has-text("read")', 'the read mark on a');
       await screen(a, 'chat');
+      await a.click('#chat-search');
+      await a.keyboard.type('hello');
+      await visible(a, '#search-count:has-text("2 messages found")', 'the search on a');
+      await screen(a, 'chat (search)');
+      await a.keyboard.press('Escape');
       await b.keyboard.press('Escape');
       await visible(b, '#chat-empty', 'the list on b');
       await screen(b, 'main (list)');
@@ -988,6 +993,239 @@ const SCENARIOS = {
       await closed(k, '#settings', 'Settings closed with Escape');
       const pointer = await k.evaluate(() => window.__pointer);
       check(pointer.length === 0, 'no mouse or pointer event on the keyboard-only device', pointer);
+    });
+  },
+
+  /** Issue 15's everyday features in a chat: a line for each day ("Yesterday", "Today"), the
+   * unread count in the tab's title, search in a conversation (only the messages that contain
+   * the text, the text marked, a count; Escape leaves the search, then the chat) and "copy ID".
+   * a's clock runs exactly one day behind (Playwright init script), so its texts are dated
+   * yesterday on b; b's own reply is dated today. */
+  async web_app_chat_tools(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('tools-a', -86_400_000);
+      const b = await open('tools-b');
+      await b.context().grantPermissions(['clipboard-read', 'clipboard-write']);
+      const [, idB] = await createTwo(a, b, visible);
+      await b.click('#copy-id');
+      const copied = await b.evaluate(() => navigator.clipboard.readText());
+      check(copied === idB, `"copy ID" puts b's ID ${idB} on the clipboard`, copied);
+      await visible(b, `#toasts .toast:has-text("${idB} was copied")`, 'the copied notice');
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      for (const text of ['first needle', 'second hay', 'third NEEDLE']) {
+        await a.fill('#composer-text', text);
+        await a.click('#composer button');
+      }
+      await visible(b, '#conversations li .unread:has-text("3")', 'three unread on b\'s conversation');
+      check(await b.title() === '(3) Tandem', 'b\'s tab title carries the 3 unread messages', await b.title());
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("third NEEDLE")', 'a\'s texts on b');
+      await b.waitForFunction(() => document.title === 'Tandem', null, { timeout: 5_000 })
+        .catch(async () => { throw new Failure('the title back to "Tandem" once the chat was read', await b.title()); });
+      await b.fill('#composer-text', 'no match here');
+      await b.click('#composer button');
+      await visible(b, '#messages li.mine:has-text("no match here")', 'b\'s reply');
+      const lines = () => b.evaluate(() => [...document.querySelectorAll('#messages li')]
+        .map((li) => (li.classList.contains('day') ? `[${li.textContent}]` : li.firstChild.textContent)));
+      const all = await lines();
+      check(same(all, ['[Yesterday]', 'first needle', 'second hay', 'third NEEDLE', '[Today]', 'no match here']),
+        'a line "Yesterday" before a\'s texts (a\'s clock is a day behind) and "Today" before b\'s reply', all);
+      await bothWidths(b, 'days');
+
+      // Search in this conversation.
+      await b.click('#chat-search');
+      await b.keyboard.type('needle');
+      await visible(b, '#search-count:has-text("2 messages found")', 'the count of messages found');
+      const found = await lines();
+      check(same(found, ['[Yesterday]', 'first ', 'third ']), 'only the two messages with "needle" (any case), under their day', found);
+      const marks = await b.evaluate(() => [...document.querySelectorAll('#messages mark')].map((m) => m.textContent));
+      check(same(marks, ['needle', 'NEEDLE']), 'the text found marked in each message', marks);
+      await bothWidths(b, 'search');
+      await b.fill('#search-text', 'nothing like it');
+      await visible(b, '#search-count:has-text("No messages found")', '"No messages found"');
+      check(await b.locator('#messages li').count() === 0, 'no message shown for a text nowhere', await lines());
+      await b.keyboard.press('Escape');
+      check(await b.isHidden('#search') && await b.isVisible('#chat'), 'Escape leaves the search, not the chat', await b.isVisible('#chat'));
+      check(same(await lines(), all), 'every message back after the search', await lines());
+      check(await b.evaluate(() => document.activeElement?.id) === 'chat-search', 'the focus back on "search"', await b.evaluate(() => document.activeElement?.id));
+      await b.keyboard.press('Escape');
+      await visible(b, '#chat-empty', 'the list after a second Escape');
+      await noDevWords(b, 'the chat tools');
+    });
+  },
+
+  /** Issue 15: desktop notifications, asked for in Settings and shown only while the tab is in
+   * the background, without the text unless the person chose to see it. The browser's
+   * `Notification` is kept but each one shown is recorded (an init script subclasses it), and the
+   * page's visibility is switched by the test (headless pages are always "visible"). */
+  async web_app_notifications(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const record = () => {
+        window.__shown = [];
+        const Real = window.Notification;
+        window.Notification = class extends Real {
+          constructor(title, options) { super(title, options); window.__shown.push({ title, body: options?.body ?? '' }); }
+        };
+        window.__hidden = false;
+        Object.defineProperty(document, 'visibilityState', { get: () => (window.__hidden ? 'hidden' : 'visible') });
+        window.__setHidden = (hidden) => { window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange')); };
+      };
+      const a = await open('notify-a');
+      const b = await open('notify-b', 0, record);
+      await b.context().grantPermissions(['notifications']);
+      const [idA, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      const say = async (text) => {
+        await a.fill('#composer-text', text);
+        await a.click('#composer button');
+        await visible(b, `#conversations li:has-text("${text}")`, `"${text}" on b`);
+      };
+      const shown = () => b.evaluate(() => window.__shown);
+      /** a's text arrives while b's tab is hidden; what b has shown then. */
+      const sayWhileHidden = async (text) => {
+        await b.evaluate(() => window.__setHidden(true));
+        await say(text);
+        await b.waitForFunction(() => window.__shown.length === 1, null, { timeout: 5_000 }).catch(() => {});
+        return shown();
+      };
+      // Off by default: nothing while hidden.
+      await b.evaluate(() => window.__setHidden(true));
+      await say('before asking');
+      check((await shown()).length === 0, 'no notification before they are turned on', await shown());
+      await b.evaluate(() => window.__setHidden(false));
+      await b.click('#open-settings');
+      check(await b.isDisabled('#set-notify-text'), '"Show the message text" waits for notifications to be on', true);
+      await b.check('#set-notify');
+      await visible(b, '#set-notify-text:not([disabled])', 'the text choice once notifications are on');
+      check(await b.isChecked('#set-notify'), 'notifications on (the browser allowed them)', false);
+      await bothWidths(b, 'notifications-settings');
+      await b.click('dialog button[value=close]');
+      const first = await sayWhileHidden('the secret plans');
+      check(same(first, [{ title: idA, body: 'New message' }]), 'one notification, from a, without the text', first);
+      await b.evaluate(() => window.__setHidden(false));
+      await say('while looking');
+      check((await shown()).length === 1, 'no notification while the tab is in front', await shown());
+      // With the text, chosen in Settings; kept in this browser after a reload.
+      await b.click('#open-settings');
+      await b.check('#set-notify-text');
+      await b.click('dialog button[value=close]');
+      await b.reload();
+      await visible(b, '#conn.online', 'b online after a reload');
+      await b.click('#open-settings');
+      check(await b.isChecked('#set-notify') && await b.isChecked('#set-notify-text'), 'both choices kept after a reload', false);
+      await b.click('dialog button[value=close]');
+      const second = await sayWhileHidden('now with text');
+      check(same(second, [{ title: idA, body: 'now with text' }]), 'a notification with the text, as chosen', second);
+      check(await b.title() === '(4) Tandem', 'the unread count in the hidden tab\'s title', await b.title());
+    });
+  },
+
+  /** Issue 15: the ID backup downloaded as a file from Settings, and a new device linked by
+   * opening that file on its setup screen (a file without a backup is refused in words). */
+  async web_app_backup_file(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('file-a');
+      await createOne(a, visible);
+      const idA = await a.textContent('#me-identity');
+      await a.click('#open-settings');
+      await a.fill('#backup-password', PASSWORD);
+      await a.click('#export-backup');
+      const backup = await a.inputValue('#backup-out');
+      const [download] = await Promise.all([a.waitForEvent('download'), a.click('#backup-download')]);
+      check(download.suggestedFilename() === `tandem-id-backup-${idA}.txt`, 'the file named after the ID', download.suggestedFilename());
+      const file = path.join(LOGS, download.suggestedFilename());
+      await download.saveAs(file);
+      const content = fs.readFileSync(file, 'utf8');
+      check(content === `${backup}\n` && backup.length === 99, 'the file holds the exported backup', content);
+      await a.click('dialog button[value=close]');
+      const a2 = await open('file-a2');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen on the new device');
+      const junk = path.join(LOGS, 'not-a-backup.txt');
+      fs.writeFileSync(junk, 'hello, this is no backup\n');
+      await a2.setInputFiles('#import-file', junk);
+      await visible(a2, '#setup-error:has-text("This file holds no ID backup")', 'a file without a backup refused in words');
+      await a2.setInputFiles('#import-file', file);
+      await a2.waitForFunction((want) => document.querySelector('#import-backup').value === want, backup, { timeout: 5_000 });
+      await a2.fill('#import-password', PASSWORD);
+      await a2.click('#import-form button');
+      await visible(a2, '#conn.online', 'the device linked from the file');
+      check(await a2.textContent('#me-identity') === idA, `the linked device is ${idA}`, await a2.textContent('#me-identity'));
+    });
+  },
+
+  /** Issue 15: "Wipe this device" in Settings for a device that was not removed: the only device
+   * is asked with a warning (and stays when the person says no); a linked device, once
+   * confirmed, removes itself from the identity (its sibling no longer lists it), deletes its
+   * database and the app's own keys in this browser, and shows the setup screen. */
+  async web_app_wipe(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('wipe-a');
+      await createOne(a, visible);
+      await a.click('#open-settings');
+      await visible(a, '#devices li:has-text("this device")', 'this device in Settings');
+      let asked = null;
+      a.once('dialog', (d) => { asked = d.message(); d.dismiss(); });
+      await a.click('#wipe-device');
+      check(/only device.*gone for good/.test(asked ?? ''), 'the only device is warned that the identity would be gone', asked);
+      await a.waitForTimeout(500);
+      check(await a.isVisible('#settings[open]') && await a.isVisible('#conn.online'), 'nothing wiped after "no"', await a.textContent('#conn'));
+      await bothWidths(a, 'wipe-settings');
+      await a.click('dialog button[value=close]');
+      const a2 = await linkSecond(a, open, visible, 'wipe-a2');
+      await a2.click('#open-settings');
+      await visible(a2, '#devices li:has-text("wipe-a2")', 'both devices in a2\'s Settings');
+      asked = null;
+      a2.once('dialog', (d) => { asked = d.message(); d.accept(); });
+      await a2.click('#wipe-device');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen after wiping', 15_000);
+      check(/other devices keep everything/.test(asked ?? ''), 'the confirm says the other devices keep everything', asked);
+      const left = await a2.evaluate(async () => ({
+        databases: (await indexedDB.databases()).map((d) => d.name),
+        keys: Object.keys(localStorage).filter((k) => k.includes('wipe-a2')),
+      }));
+      check(!left.databases.includes('tandem-wipe-a2') && left.keys.length === 0, 'no database and no keys of the device left in the browser', left);
+      await a.click('#open-settings');
+      await a.waitForFunction(() => {
+        const items = [...document.querySelectorAll('#devices li')].map((li) => li.textContent);
+        return items.length === 1 && items[0].includes('this device');
+      }, null, { timeout: 10_000 }).catch(async () => {
+        throw new Failure('the wiped device gone from a\'s device list', await a.textContent('#devices'));
+      });
+      await noDevWords(a2, 'the setup screen after wiping');
+    });
+  },
+
+  /** Issue 15: never a blank page. Without JavaScript the page says that Tandem needs it (and no
+   * "Opening Tandem…" that would never go); while the app loads it says so; a browser without
+   * WebAssembly gets a sentence and a reload instead of a blank page. */
+  async web_app_loading(browser) {
+    const noJs = await browser.newContext({ javaScriptEnabled: false });
+    try {
+      const p = await noJs.newPage();
+      await p.goto(`${WORKER_HTTP}/?device=nojs`);
+      const seen = await p.evaluate(() => document.body.innerText).catch(() => null) ?? await p.locator('body').innerText();
+      check(/Tandem needs JavaScript/.test(seen) && !/Opening Tandem/.test(seen), 'without JavaScript: "Tandem needs JavaScript", no loading line', seen);
+      fs.mkdirSync(SHOTS, { recursive: true });
+      await p.screenshot({ path: path.join(SHOTS, 'web-app-nojs-1280.png') });
+    } finally {
+      await noJs.close();
+    }
+    await withWebApp(browser, async ({ open, visible }) => {
+      const slow = await open('loading-slow', 0, null, async (page) => {
+        await page.route('**/pkg/tandem_client_bg.wasm', async (route) => { await sleep(2_000); await route.continue(); });
+      });
+      await visible(slow, '#loading:has-text("Opening Tandem…")', 'the loading line while the app starts');
+      check(await slow.isVisible('#loading'), 'the loading line visible', await slow.textContent('body'));
+      await bothWidths(slow, 'loading');
+      await visible(slow, '#setup:not([hidden])', 'the setup screen once loaded');
+      check(await slow.isHidden('#loading'), 'the loading line gone', true);
+      const old = await open('loading-nowasm', 0, () => { delete window.WebAssembly; });
+      await visible(old, '#halt:not([hidden]) h1:has-text("Tandem cannot run in this browser")', 'the sentence for a browser without WebAssembly');
+      check(await old.isHidden('#loading') && await old.textContent('#halt-action') === 'Reload', 'no loading line; the one action "Reload"', await old.textContent('body'));
+      await bothWidths(old, 'no-wasm');
+      return (l) => !l.includes('WebAssembly module did not start');
     });
   },
 
@@ -1103,14 +1341,15 @@ const SCENARIOS = {
 
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
  * a page adds is recorded in `window.__toasts` (text, error, the region's aria-live). `open(name,
- * shiftMs, init)` moves the page's `Date` (and `Date.now`) by `shiftMs` and runs `init` (a
- * function) in every page of the context before the app. */
+ * shiftMs, init, before)` moves the page's `Date` (and `Date.now`) by `shiftMs`, runs `init` (a
+ * function) in every page of the context before the app, and `before(page)` in the test before
+ * the page is first loaded (to route its requests). */
 function webApp(browser) {
   const consoles = [];
   const contexts = [];
   // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
   const framesSent = new Map();
-  const open = async (device, shiftMs = 0, init = null) => {
+  const open = async (device, shiftMs = 0, init = null, before = null) => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     contexts.push(context);
     if (init) await context.addInitScript(init);
@@ -1144,10 +1383,11 @@ function webApp(browser) {
         }
       }).observe(document, { attributes: true, attributeFilter: ['hidden'], subtree: true });
     });
-    return openIn(context, device);
+    return openIn(context, device, before);
   };
-  const openIn = async (context, device) => {
+  const openIn = async (context, device, before = null) => {
     const page = await context.newPage();
+    if (before) await before(page);
     framesSent.set(page, 0);
     page.on('websocket', (ws) => ws.on('framesent', () => framesSent.set(page, framesSent.get(page) + 1)));
     page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
@@ -1178,14 +1418,20 @@ async function noDevWords(page, where) {
   check(!m, `no developer words on ${where}`, m && `"${m[0]}" in …${text.slice(Math.max(0, m.index - 100), m.index + 100)}…`);
 }
 
-/** Screenshots of a web app page at 1280 and 390 px wide (target/browser-screenshots). */
+/** Screenshots of a web app page at 1280 and 390 px wide, light and dark
+ * (target/browser-screenshots: `web-app-<name>-<width>.png`, `web-app-<name>-dark-<width>.png`). */
 async function bothWidths(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
   const shot = (n) => page.screenshot({ path: path.join(SHOTS, `web-app-${n}.png`) });
-  await shot(`${name}-1280`);
-  await page.setViewportSize({ width: 390, height: 844 });
-  await shot(`${name}-390`);
-  await page.setViewportSize({ width: 1280, height: 800 });
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const suffix = scheme === 'dark' ? '-dark' : '';
+    await shot(`${name}${suffix}-1280`);
+    await page.setViewportSize({ width: 390, height: 844 });
+    await shot(`${name}${suffix}-390`);
+    await page.setViewportSize({ width: 1280, height: 800 });
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
 }
 
 /** Runs `run` with `webApp(browser)`'s helpers, then checks that no page logged an error (unless
@@ -1223,15 +1469,25 @@ async function axeViolations(page, where) {
   return violations.map((v) => ({ where, ...v }));
 }
 
-/** axe at 1280 × 800 and 390 × 844 (and a screenshot of each, `web-app-axe-…`). */
+/** axe at 1280 × 800 and 390 × 844, in the light and the dark colour scheme (and a screenshot
+ * of each, `web-app-axe-…[-dark]-<width>.png`). Checks that the dark scheme applies (the page's
+ * background is dark). */
 async function axeBothWidths(page, name) {
   const found = [];
   fs.mkdirSync(SHOTS, { recursive: true });
-  for (const [width, height] of [[1280, 800], [390, 844]]) {
-    await page.setViewportSize({ width, height });
-    await page.screenshot({ path: path.join(SHOTS, `web-app-axe-${name.replace(/\W+/g, '-')}-${width}.png`) });
-    found.push(...await axeViolations(page, `${name} at ${width} px`));
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const dark = background === 'rgb(20, 21, 23)';
+    check(dark === (scheme === 'dark'), `the ${scheme} colour scheme applied on ${name}`, background);
+    for (const [width, height] of [[1280, 800], [390, 844]]) {
+      await page.setViewportSize({ width, height });
+      const file = `web-app-axe-${name.replace(/\W+/g, '-')}${scheme === 'dark' ? '-dark' : ''}-${width}.png`;
+      await page.screenshot({ path: path.join(SHOTS, file) });
+      found.push(...await axeViolations(page, `${name} at ${width} px, ${scheme}`));
+    }
   }
+  await page.emulateMedia({ colorScheme: 'light' });
   await page.setViewportSize({ width: 1280, height: 800 });
   return found;
 }
