@@ -36,7 +36,10 @@ try { prefs = JSON.parse(localStorage.getItem(PREFS_KEY) || '{}') || {}; } catch
 function savePrefs() {
   try { localStorage.setItem(PREFS_KEY, JSON.stringify(prefs)); } catch { /* storage full: kept for this tab */ }
 }
-let searchText = ''; // what "search in this conversation" looks for ('' = show everything)
+let searchText = '';
+let openActions = null; // key of the message whose actions are shown
+let compose = null; // { kind: 'reply' | 'edit', key } while the composer replies to or edits a message
+const CHANGE_WINDOW_MS = 6 * 60 * 60 * 1000; // edits and deletes for everyone (Threema's 6 hours) // what "search in this conversation" looks for ('' = show everything)
 let wiping = false; // this device is being wiped: its own removal (4113) is expected
 const groupSeen = new Map(); // group id -> { name, members, userState } as last shown
 const removedHere = new Set(); // "group id/identity" this tab removed from a group
@@ -69,6 +72,10 @@ const SENTENCES = [
   [/^database .* already holds identity/, () => 'This browser already holds this device\'s identity. Reload the page.'],
   [/^wrong backup password/, () => 'Wrong backup password (or a mistyped backup).'],
   [/^this client was closed/, () => 'This tab no longer runs Tandem. Reload the page.'],
+  [/^unknown message/, () => 'This message is no longer there.'],
+  [/^only the sender may change a message/, () => 'Only the sender can edit a message or delete it for everyone.'],
+  [/^message not sent yet/, () => 'This message is still being sent. Try again in a moment.'],
+  [/^message too old to change/, () => 'A message can be edited or deleted for everyone for 6 hours after it was written.'],
   [/^disconnected before the device list came/, () => 'The connection dropped before the list of devices arrived. Open Settings again when online.'],
 ];
 function sentence(message) {
@@ -95,6 +102,27 @@ const shortTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit',
 const STATE_MARK = { pending: '…', sent: '✓', delivered: '✓✓', received: '', read: '✓✓ read' };
 // What a screen reader says instead of the marks ("check mark check mark" otherwise).
 const STATE_WORDS = { pending: 'sending', sent: 'sent', delivered: 'delivered', received: '', read: 'read' };
+
+// Replies use Threema's quote format (version 2): the text starts with "> quote #" and the
+// quoted message's id as 16 hex digits of its 8 bytes in wire order (little-endian), then an
+// empty line, then the reply (docs/protocol.md "Replies"). The client's message keys carry the
+// id as a number in hex (SENDER/HEXID), so the byte order is turned around here.
+const QUOTE = /^> quote #([0-9a-f]{16})\r?\n\r?\n([\s\S]*)$/;
+const flipHex = (hex) => hex.match(/../g).reverse().join('');
+/** {id, reply} of a reply (id as in the message keys), or null. */
+function parseQuote(text) {
+  const m = QUOTE.exec(text);
+  return m ? { id: flipHex(m[1]), written: m[1], reply: m[2] } : null;
+}
+const quoteHeader = (key) => `> quote #${flipHex(key.slice(key.indexOf('/') + 1))}\n\n`;
+/** What a message says, as the lists and notices show it. */
+function shownText(m) {
+  if (!m) return '';
+  if (m.deletedAt) return 'This message was deleted.';
+  return parseQuote(m.text)?.reply ?? m.text;
+}
+/** Whether the user may still edit or delete an own message for everyone. */
+const changeable = (m) => m.outgoing && !m.deletedAt && m.state !== 'pending' && Date.now() - m.createdAt < CHANGE_WINDOW_MS;
 
 function conversationName(id) {
   const [kind, rest] = [id.slice(0, id.indexOf('/')), id.slice(id.indexOf('/') + 1)];
@@ -200,7 +228,7 @@ function renderConversations() {
     const last = document.createElement('span');
     last.className = 'last muted';
     last.style.display = 'block';
-    last.textContent = conv.lastMessage ? conv.lastMessage.text : '';
+    last.textContent = shownText(conv.lastMessage);
     text.append(name, last);
     open.append(text);
     if (conv.unread > 0) {
@@ -221,6 +249,9 @@ function renderMessages() {
   if (!current) return;
   const ol = $('messages');
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
+  // The list is rebuilt on every change: keyboard focus on a message's actions comes back.
+  const focusKey = document.activeElement?.closest('#messages li')?.dataset.key;
+  const focusAction = document.activeElement?.dataset.action;
   ol.replaceChildren();
   const isGroup = current.startsWith('group/');
   // Group senders by name where one is known (one contacts() call per render, not per message).
@@ -251,19 +282,31 @@ function renderMessages() {
     }
   };
   let found = 0;
-  for (const m of attempt(() => client.messages(current)) || []) {
-    if (needle && !m.text.toLocaleLowerCase().includes(needle)) continue;
+  const all = attempt(() => client.messages(current)) || [];
+  const byId = new Map(all.map((m) => [m.key.slice(m.key.indexOf('/') + 1), m]));
+  for (const m of all) {
+    if (needle && (m.deletedAt || !shownText(m).toLocaleLowerCase().includes(needle))) continue;
     found += 1;
     noteUntil(m.createdAt);
     dayLine(m.createdAt);
     const li = document.createElement('li');
     li.className = m.outgoing ? 'mine' : '';
     li.dataset.key = m.key;
-    if (isGroup && !m.outgoing) li.append(`${names.get(m.sender) ?? m.sender}: `);
-    li.append(...highlighted(m.text, needle));
+    const quote = m.deletedAt ? null : parseQuote(m.text);
+    if (m.deletedAt) {
+      li.classList.add('deleted');
+      li.append(m.outgoing ? 'You deleted this message.' : 'This message was deleted.');
+    } else {
+      if (isGroup && !m.outgoing) li.append(`${names.get(m.sender) ?? m.sender}: `);
+      li.append(...highlighted(quote ? quote.reply : m.text, needle));
+    }
+    if (quote) {
+      li.prepend(quoteBlock(byId.get(quote.id), names));
+      li.dataset.quotes = quote.written;
+    }
     const meta = document.createElement('span');
     meta.className = 'meta';
-    meta.textContent = shortTime(m.createdAt);
+    meta.textContent = shortTime(m.createdAt) + (m.editedAt && !m.deletedAt ? ' · edited' : '');
     if (m.outgoing) {
       const mark = document.createElement('span');
       mark.textContent = ` ${STATE_MARK[m.state] ?? m.state}`;
@@ -274,11 +317,94 @@ function renderMessages() {
       meta.append(mark, words);
     }
     li.append(meta);
+    addActions(li, m);
     ol.append(li);
+    if (m.key === focusKey) li.querySelector(`[data-action="${focusAction}"]`)?.focus();
   }
   noteUntil(Infinity);
   if (needle) $('search-count').textContent = found === 0 ? 'No messages found' : found === 1 ? '1 message found' : `${found} messages found`;
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+/** The quoted message above a reply: its sender and text (or that it is gone). */
+function quoteBlock(quoted, names) {
+  const block = document.createElement('blockquote');
+  block.className = 'quote';
+  if (!quoted) {
+    block.textContent = 'The quoted message is not on this device.';
+    return block;
+  }
+  const who = document.createElement('strong');
+  who.textContent = quoted.outgoing ? 'You' : (names.get(quoted.sender) ?? nameOf(quoted.sender));
+  block.append(who, document.createElement('br'), shownText(quoted));
+  return block;
+}
+
+/**
+ * The "⋯" button of a message and, while open, its actions: reply, edit (own, for 6 hours),
+ * delete for me, delete for everyone (own, for 6 hours).
+ */
+function addActions(li, m) {
+  const more = document.createElement('button');
+  more.type = 'button';
+  more.className = 'link more';
+  more.dataset.action = 'more';
+  more.textContent = '⋯';
+  more.setAttribute('aria-label', `Actions for ${m.outgoing ? 'your' : 'this'} message from ${shortTime(m.createdAt)}`);
+  more.setAttribute('aria-expanded', String(openActions === m.key));
+  more.addEventListener('click', () => {
+    openActions = openActions === m.key ? null : m.key;
+    renderMessages();
+    if (openActions) $('messages').querySelector(`li[data-key="${m.key}"] .actions button`)?.focus();
+  });
+  li.querySelector('.meta').append(more); // at the end of the time line
+  if (openActions !== m.key) return;
+  const bar = document.createElement('div');
+  bar.className = 'actions';
+  bar.setAttribute('role', 'group');
+  bar.setAttribute('aria-label', 'Message actions');
+  const button = (action, text, run, danger = false) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = danger ? 'link danger-link' : 'link';
+    b.dataset.action = action;
+    b.textContent = text;
+    b.addEventListener('click', run);
+    bar.append(b);
+  };
+  const canSend = !$('composer').hidden;
+  if (!m.deletedAt && canSend) button('reply', 'Reply', () => startCompose('reply', m));
+  if (changeable(m) && canSend) button('edit', 'Edit', () => startCompose('edit', m));
+  const remove = (forEveryone, question) => () => {
+    if (!confirm(question)) return;
+    openActions = null;
+    attempt(() => client.deleteMessage(m.key, forEveryone));
+    renderMessages();
+  };
+  button('delete-here', 'Delete for me', remove(false, 'Delete this message on this device? Your other devices and the other people keep it.'), true);
+  if (changeable(m) && canSend) {
+    button('delete-all', 'Delete for everyone', remove(true, 'Delete this message for everyone? It is removed on your devices and for the people in this chat.'), true);
+  }
+  li.append(bar);
+}
+
+/** The composer replies to or edits a message until sent or cancelled. */
+function startCompose(kind, m) {
+  compose = { kind, key: m.key };
+  openActions = null;
+  const text = shownText(m);
+  const excerpt = text.length > 60 ? `${text.slice(0, 60)}…` : text;
+  $('compose-what').textContent = kind === 'edit' ? 'Editing your message' : `Replying to ${m.outgoing ? 'yourself' : nameOf(m.sender)}: “${excerpt}”`;
+  $('compose-bar').hidden = false;
+  if (kind === 'edit') $('composer-text').value = text;
+  fitComposer();
+  renderMessages();
+  $('composer-text').focus();
+}
+
+function endCompose() {
+  compose = null;
+  $('compose-bar').hidden = true;
 }
 
 /** "Today", "Yesterday", or the date (with the weekday within a week). */
@@ -354,7 +480,11 @@ function markReadIfVisible() {
 
 function show(id) {
   stopTyping();
-  if (id !== current) setSearch(false);
+  if (id !== current) {
+    setSearch(false);
+    endCompose();
+    openActions = null;
+  }
   current = id;
   $('main').classList.add('in-chat'); // at phone width, the chat replaces the list
   $('chat-empty').hidden = true;
@@ -373,6 +503,8 @@ function closeChat() {
   stopTyping();
   const was = current;
   setSearch(false);
+  endCompose();
+  openActions = null;
   current = null;
   $('main').classList.remove('in-chat');
   $('chat').hidden = true;
@@ -601,7 +733,7 @@ function notify(conversation, message) {
   if (document.visibilityState !== 'hidden') return;
   const from = conversation.startsWith('group/') ? `${nameOf(message.sender)} in ${conversationName(conversation)}` : conversationName(conversation);
   try {
-    const n = new Notification(from, { body: prefs.notifyText ? message.text : 'New message', tag: conversation });
+    const n = new Notification(from, { body: prefs.notifyText ? shownText(message) : 'New message', tag: conversation });
     n.onclick = () => { window.focus(); if (client) show(conversation); n.close(); };
   } catch { /* a browser that allows notifications only from a service worker: none shown */ }
 }
@@ -682,7 +814,7 @@ function wire() {
   on('conversations', renderConversations);
   on('message', ({ conversation, message }) => {
     if (message && !message.outgoing) {
-      $('announce').textContent = `New message from ${conversationName(conversation)}: ${message.text}`;
+      $('announce').textContent = `New message from ${conversationName(conversation)}: ${shownText(message)}`;
       notify(conversation, message);
     }
     if (conversation === current) {
@@ -691,6 +823,10 @@ function wire() {
     }
   });
   on('messageState', ({ conversation }) => { if (conversation === current) renderMessages(); });
+  on('messageChanged', ({ conversation, key, message }) => {
+    if (compose?.key === key && (!message || message.deletedAt)) endCompose();
+    if (conversation === current) renderMessages();
+  });
   on('group', ({ id, group }) => noteGroupChange(id, group));
   for (const name of ['contact', 'group', 'distributionList']) {
     on(name, () => { renderConversations(); if (current) renderChatHead(); });
@@ -756,7 +892,16 @@ function wire() {
   $('retry').addEventListener('click', () => retryAction());
   $('chat-back').addEventListener('click', closeChat);
   document.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape' && current && !$('settings').open) closeChat();
+    if (e.key !== 'Escape' || !current || $('settings').open) return;
+    if (openActions) {
+      // Escape closes a message's actions first, back on its "⋯".
+      const key = openActions;
+      openActions = null;
+      renderMessages();
+      $('messages').querySelector(`li[data-key="${key}"] .more`)?.focus();
+      return;
+    }
+    closeChat();
   });
   $('copy-id').addEventListener('click', async () => {
     try {
@@ -814,6 +959,35 @@ function wire() {
     e.preventDefault();
     const text = $('composer-text').value;
     if (!text.trim() || !current) return;
+    if (compose?.kind === 'edit') {
+      const m = (client.messages(current) || []).find((x) => x.key === compose.key);
+      const quote = m ? parseQuote(m.text) : null;
+      // A reply keeps what it quotes.
+      const full = quote ? `${m.text.slice(0, m.text.length - quote.reply.length)}${text}` : text;
+      if (attempt(() => { client.editMessage(compose.key, full); return true; })) {
+        endCompose();
+        $('composer-text').value = '';
+        fitComposer();
+        renderMessages();
+      }
+      return;
+    }
+    if (compose?.kind === 'reply') {
+      const header = quoteHeader(compose.key);
+      const max = client.maxTextBytes - new TextEncoder().encode(header).length;
+      const parts = splitText(text, max);
+      if (parts.length > 1 && !confirm(`This text (${text.length} characters) is too long for one message. `
+        + `Send it as ${parts.length} messages?`)) return;
+      stopTyping();
+      let sent = 0;
+      while (sent < parts.length && attempt(() => client.sendText(current, sent === 0 ? header + parts[0] : parts[sent])) !== undefined) sent += 1;
+      if (sent > 0) endCompose();
+      $('composer-text').value = sent === 0 ? text : parts.slice(sent).join('');
+      fitComposer();
+      renderMessages();
+      $('messages').scrollTop = $('messages').scrollHeight;
+      return;
+    }
     // Never cut a long paste short without a word: offer to send it in parts.
     const parts = splitText(text, client.maxTextBytes);
     if (parts.length > 1 && !confirm(`This text (${text.length} characters) is too long for one message. `
@@ -827,7 +1001,20 @@ function wire() {
     renderMessages();
     $('messages').scrollTop = $('messages').scrollHeight;
   });
+  $('compose-cancel').addEventListener('click', () => {
+    if (compose?.kind === 'edit') $('composer-text').value = '';
+    endCompose();
+    fitComposer();
+    $('composer-text').focus();
+  });
   $('composer-text').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && compose) {
+      // Escape leaves the reply or the edit first (the next one leaves the chat).
+      e.preventDefault();
+      e.stopPropagation();
+      $('compose-cancel').click();
+      return;
+    }
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $('composer').requestSubmit();

@@ -1229,6 +1229,130 @@ const SCENARIOS = {
     });
   },
 
+  /** Edits and deletes through the package (Threema's EditMessage 0x91 and DeleteMessage 0x92;
+   * docs/protocol.md "Message updates"): X1 edits a text it sent Y: the new text with `editedAt`
+   * on X1, X2 and Y1 and a `messageChanged` event on Y1; Y1 may not edit X's text; X2 (the
+   * sibling) deletes it for everyone: empty text and `deletedAt` everywhere; Y1 deletes
+   * another of X's texts on Y1 only: gone from Y1's conversation (and after a reload), still
+   * on X1. */
+  async edit_delete() {
+    const { X1, X2, Y1, X, Y } = world;
+    for (const d of [X1, X2, Y1]) await d.online();
+    const toY = `contact/${Y}`;
+    const toX = `contact/${X}`;
+    const find = ([c, k]) => window.device.client.messages(c).find((m) => m.key === k) ?? null;
+    const key = await X1.call('sendText', toY, 'to be edited');
+    const other = await X1.call('sendText', toY, 'to be deleted on Y1');
+    await Y1.until('both texts on Y1', find, [toX, other], (m) => m !== null);
+    await X1.until('sent', find, [toY, key], (m) => m !== null && m.state !== 'pending');
+    await X1.call('editMessage', key, 'edited text');
+    for (const [d, c] of [[X1, toY], [X2, toY], [Y1, toX]]) {
+      await d.until(`the edit on ${d.name}`, find, [c, key], (m) => m?.text === 'edited text' && typeof m.editedAt === 'number' && m.deletedAt === null);
+    }
+    const changed = await Y1.events('messageChanged');
+    check(changed.some((e) => e.key === key && e.message?.text === 'edited text'), 'a messageChanged event for the edit on Y1', changed);
+    const refused = await Y1.eval(([k]) => window.device.failure(() => window.device.client.editMessage(k, 'not mine')), [key]);
+    check(refused?.isError && /only the sender may change a message/.test(refused.message), 'Y1 may not edit X\'s text', refused);
+    await X2.until('sent on X2', find, [toY, key], (m) => m !== null && m.state !== 'pending');
+    await X2.call('deleteMessage', key, true);
+    for (const [d, c] of [[X1, toY], [X2, toY], [Y1, toX]]) {
+      await d.until(`the delete on ${d.name}`, find, [c, key], (m) => m?.text === '' && typeof m.deletedAt === 'number');
+    }
+    await Y1.call('deleteMessage', other, false);
+    check(await Y1.eval(find, [toX, other]) === null, 'deleted on Y1 only: gone there', await Y1.eval(find, [toX, other]));
+    await Y1.reload();
+    await Y1.open();
+    await Y1.online();
+    check(await Y1.eval(find, [toX, other]) === null, 'still gone on Y1 after a reload', await Y1.eval(find, [toX, other]));
+    const onX1 = await X1.eval(find, [toY, other]);
+    check(onX1?.text === 'to be deleted on Y1', 'still on X1', onX1);
+  },
+
+  /** Issue 15: replies, edits and deletes in the web app, on Threema's wire formats: b replies
+   * to a's text (the text on the wire is Threema's quote format: "> quote #<id, 8 bytes
+   * little-endian in hex>", an empty line, the reply) and a sees the quote; a edits its text
+   * (b sees the new text marked "edited", also inside the quote); a deletes it for everyone
+   * (b sees "This message was deleted.", the quote too); b deletes another text for itself only
+   * (gone on b, still on a); b gets no "Edit" or "Delete for everyone" on a's messages. axe over
+   * the chat with a message's actions open, a reply, an edited and a deleted message. */
+  async web_app_edit_delete(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('edit-a');
+      const b = await open('edit-b');
+      const [, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      for (const text of ['original text', 'second text']) {
+        await a.fill('#composer-text', text);
+        await a.click('#composer button');
+      }
+      await visible(b, '#conversations li', 'the conversation on b');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("second text")', 'a\'s texts on b');
+      const keyOf = (page, text) => page.evaluate((t) => [...document.querySelectorAll('#messages li')]
+        .find((li) => li.firstChild?.textContent === t)?.dataset.key ?? null, text);
+      const original = await keyOf(b, 'original text');
+      check(original !== null, 'a\'s text on b has its key', original);
+      const actions = async (page, text) => {
+        await page.click(`#messages li:has-text("${text}") button.more`);
+        await visible(page, `#messages li:has-text("${text}") .actions`, `the actions of "${text}"`);
+      };
+      // Reply (b to a).
+      await actions(b, 'original text');
+      const offered = await b.locator('#messages li:has-text("original text") .actions button').allTextContents();
+      check(same(offered, ['Reply', 'Delete for me']), 'on someone else\'s message: reply and delete for me only', offered);
+      await bothWidths(b, 'message-actions');
+      await b.click('#messages .actions button[data-action=reply]');
+      await visible(b, '#compose-bar:not([hidden]):has-text("Replying to")', 'the reply bar');
+      await bothWidths(b, 'replying');
+      await b.keyboard.type('my reply');
+      await b.keyboard.press('Enter');
+      await visible(a, '#messages li:has(blockquote.quote:has-text("original text")):has-text("my reply")', 'the reply with its quote on a');
+      check(await b.isHidden('#compose-bar'), 'the reply bar gone once sent', true);
+      // The quote as written in the text, Threema's way: the id's 8 bytes little-endian, in hex
+      // (the key's hex is the id as a number; `data-quotes` is the text's own digits).
+      const littleEndian = original.split('/')[1].match(/../g).reverse().join('');
+      const written = await a.getAttribute('#messages li:has(blockquote.quote)', 'data-quotes');
+      check(written === littleEndian, `the reply's text quotes "#${littleEndian}" (the id little-endian)`, written);
+
+      // Edit (a).
+      await actions(a, 'original text');
+      await a.click('#messages .actions button[data-action=edit]');
+      check(await a.inputValue('#composer-text') === 'original text', 'the text to edit in the composer', await a.inputValue('#composer-text'));
+      await a.fill('#composer-text', 'fixed text');
+      await a.keyboard.press('Enter');
+      await visible(b, '#messages li:has-text("fixed text") .meta:has-text("edited")', 'the edit on b, marked "edited"');
+      await visible(b, '#messages blockquote.quote:has-text("fixed text")', 'the quote shows the edited text');
+      await visible(a, '#messages li.mine:has-text("fixed text") .meta:has-text("edited")', 'the edit on a');
+
+      // Delete for everyone (a).
+      await actions(a, 'fixed text');
+      a.once('dialog', (d) => d.accept());
+      await a.click('#messages .actions button[data-action=delete-all]');
+      await visible(b, '#messages li.deleted:has-text("This message was deleted.")', 'the delete on b');
+      await visible(b, '#messages blockquote.quote:has-text("This message was deleted.")', 'the quote of a deleted message says so');
+      await visible(a, '#messages li.deleted:has-text("You deleted this message.")', 'the delete on a');
+      check(!(await b.locator('#messages li').allTextContents()).some((t) => t.includes('fixed text')), 'the text gone on b', await b.locator('#messages li').allTextContents());
+
+      // Delete for me (b).
+      await actions(b, 'second text');
+      b.once('dialog', (d) => d.accept());
+      await b.click('#messages .actions button[data-action=delete-here]');
+      await b.waitForFunction(() => ![...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes('second text')), null, { timeout: 5_000 })
+        .catch(() => { throw new Failure('"second text" gone on b', 'still shown'); });
+      await b.reload();
+      await visible(b, '#conn.online', 'b online after a reload');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("my reply")', 'b\'s chat after a reload');
+      check(!(await b.locator('#messages li').allTextContents()).some((t) => t.includes('second text')), 'still gone on b after a reload', await b.locator('#messages li').allTextContents());
+      await visible(a, '#messages li:has-text("second text")', 'still on a');
+      await bothWidths(b, 'edited-deleted');
+      await actions(a, 'second text');
+      const found = await axeBothWidths(a, 'chat with actions, a reply, an edit and a delete');
+      check(found.length === 0, 'no WCAG 2.0/2.1 A or AA violations', `\n${found.map(formatViolation).join('\n')}`);
+    });
+  },
+
   /** `TandemClient.hasIdentity(database)`: true for a database that holds a device (also while
    * that device is open and online in the page), false for one that does not exist — which it
    * does not create — and for one that exists without an identity (made by a failed `open`). */

@@ -643,6 +643,9 @@ pub fn populated_device(
             pending: Vec::new(),
             read_unsynced: false,
             receipt_due: None,
+            edited_at: None,
+            deleted_at: None,
+            hidden: false,
         });
         let mut nonce = [0; 24];
         if incoming {

@@ -14,6 +14,7 @@ use super::sync::{
     NdsCursor, NdsHistory, SyncOp, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES,
     NEW_DEVICE_SYNC_PART_ENVELOPES,
 };
+use super::updates::{update_body, Update};
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
     contact_sync, distribution_list_sync, envelope::Content, group_sync, incoming_message_update,
@@ -243,9 +244,50 @@ impl App {
 /// Replayed envelopes carry no nonces: the new device has no use for nonce hashes of messages
 /// it never received.
 fn history_envelopes(message: &Message, out: &mut Vec<Content>) {
+    if message.deleted_at.is_some() || message.hidden {
+        // Deleted (for everyone, or here): nothing of it is shown, so nothing is sent.
+        return;
+    }
     let Some((message_type, body)) = text_body(&message.conversation, &message.text) else {
         return;
     };
+    history_message(message, message_type, body, out);
+    // An edited message: its edit too (same text), so the new device marks it edited.
+    let edit = message.edited_at.and_then(|at| {
+        let update = Update::Edit(message.text.clone());
+        update_body(&message.conversation, message.key.id, &update).map(|b| (at, b))
+    });
+    if let Some((at, (message_type, body))) = edit {
+        let conversation = Some(message.conversation.to_proto());
+        out.push(match message.direction {
+            Direction::Outgoing => Content::OutgoingMessage(OutgoingMessage {
+                conversation,
+                message_id: 0,
+                thread_message_id: None,
+                created_at: at,
+                r#type: i32::from(message_type.0),
+                body,
+                nonces: Vec::new(),
+            }),
+            Direction::Incoming => Content::IncomingMessage(IncomingMessage {
+                sender_identity: message.key.sender.to_string(),
+                message_id: 0,
+                created_at: at,
+                r#type: i32::from(message_type.0),
+                body,
+                nonce: Vec::new(),
+            }),
+        });
+    }
+}
+
+/// The envelopes of one stored message as it was sent or received, with its state.
+fn history_message(
+    message: &Message,
+    message_type: E2eMessageType,
+    body: Vec<u8>,
+    out: &mut Vec<Content>,
+) {
     let conversation = Some(message.conversation.to_proto());
     let at = message.state_at.unwrap_or(message.created_at);
     match message.direction {

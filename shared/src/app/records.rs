@@ -549,6 +549,12 @@ struct MessageRecord {
     /// 0 none, else the delivery status (spec §9.5) still owed.
     #[prost(uint32, tag = "12")]
     receipt_due: u32,
+    #[prost(uint64, optional, tag = "13")]
+    edited_at: Option<u64>,
+    #[prost(uint64, optional, tag = "14")]
+    deleted_at: Option<u64>,
+    #[prost(bool, tag = "15")]
+    hidden: bool,
 }
 
 const fn state_code(state: MessageState) -> u32 {
@@ -604,6 +610,9 @@ pub(crate) fn message_record(message: &Message) -> Record {
             .collect(),
         read_unsynced: message.read_unsynced,
         receipt_due: message.receipt_due.map_or(0, |s| u32::from(s as u8)),
+        edited_at: message.edited_at,
+        deleted_at: message.deleted_at,
+        hidden: message.hidden,
     };
     let mut bytes = Zeroizing::new(Vec::with_capacity(value.encoded_len()));
     // Encoding into a Vec with enough capacity cannot fail.
@@ -683,6 +692,9 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
         pending,
         read_unsynced: raw.read_unsynced,
         receipt_due,
+        edited_at: raw.edited_at,
+        deleted_at: raw.deleted_at,
+        hidden: raw.hidden,
     })
 }
 
@@ -735,6 +747,9 @@ pub(crate) mod tests {
                     DeliveryStatus::Received,
                     DeliveryStatus::Read,
                 ])),
+                any::<Option<u64>>(),
+                any::<Option<u64>>(),
+                any::<bool>(),
             ),
         )
             .prop_map(
@@ -749,7 +764,7 @@ pub(crate) mod tests {
                     state,
                     ra,
                     sa,
-                    (pending, unsynced, due),
+                    (pending, unsynced, due, edited_at, deleted_at, hidden),
                 )| {
                     Message {
                         seq,
@@ -768,6 +783,9 @@ pub(crate) mod tests {
                         pending,
                         read_unsynced: unsynced,
                         receipt_due: due,
+                        edited_at,
+                        deleted_at,
+                        hidden,
                     }
                 },
             )

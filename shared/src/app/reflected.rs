@@ -11,6 +11,7 @@ use super::model::{
     MessageKey, MessageState, Profile,
 };
 use super::nonce::NonceScope;
+use super::updates::parse_update;
 use crate::crypto::Nonce;
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
@@ -164,6 +165,9 @@ impl App {
                     pending: Vec::new(),
                     read_unsynced: false,
                     receipt_due: None,
+                    edited_at: None,
+                    deleted_at: None,
+                    hidden: false,
                 });
                 if added.is_some() {
                     self.events
@@ -171,6 +175,16 @@ impl App {
                 }
                 Ok(())
             }
+            E2eMessageType::EDIT_MESSAGE
+            | E2eMessageType::GROUP_EDIT
+            | E2eMessageType::DELETE_MESSAGE
+            | E2eMessageType::GROUP_DELETE => self.apply_reflected_update(
+                message_type,
+                &m.body,
+                Some(conversation),
+                own,
+                m.created_at,
+            ),
             E2eMessageType::DELIVERY_RECEIPT => {
                 // A sibling told a contact it read messages; keep this device's view in step.
                 let receipt = DeliveryReceipt::decode(&m.body).map_err(|_| "receipt body")?;
@@ -226,6 +240,9 @@ impl App {
                     pending: Vec::new(),
                     read_unsynced: false,
                     receipt_due: None,
+                    edited_at: None,
+                    deleted_at: None,
+                    hidden: false,
                 });
                 if added.is_some() {
                     self.events
@@ -238,6 +255,12 @@ impl App {
                 self.apply_receipt(sender, &receipt, m.created_at);
                 Ok(())
             }
+            E2eMessageType::EDIT_MESSAGE
+            | E2eMessageType::GROUP_EDIT
+            | E2eMessageType::DELETE_MESSAGE
+            | E2eMessageType::GROUP_DELETE => {
+                self.apply_reflected_update(message_type, &m.body, None, sender, m.created_at)
+            }
             E2eMessageType::GROUP_SETUP
             | E2eMessageType::GROUP_NAME
             | E2eMessageType::GROUP_LEAVE => {
@@ -245,6 +268,27 @@ impl App {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A sibling sent (`conversation` given) or received an edit or delete of `sender`'s message:
+    /// applied as where it first arrived (an update for a message not here is discarded there
+    /// too, so it is no error).
+    fn apply_reflected_update(
+        &mut self,
+        message_type: E2eMessageType,
+        body: &[u8],
+        conversation: Option<ConversationId>,
+        sender: Identity,
+        at: u64,
+    ) -> ApplyResult {
+        let (group, id, update) = parse_update(message_type, body).ok_or("update body")?;
+        let from_body = group.map_or(ConversationId::Contact(sender), ConversationId::Group);
+        let conversation = conversation.unwrap_or(from_body);
+        if group.is_some() && conversation != from_body {
+            return Err("group update for another conversation");
+        }
+        self.apply_update(conversation, MessageKey { sender, id }, update, at);
+        Ok(())
     }
 
     /// A contact's delivery receipt moves own messages of the 1:1 conversation forward.
