@@ -1428,28 +1428,51 @@ const SCENARIOS = {
     });
     page(loaderDir, 'esbuild file loader');
 
+    // The same example built by Vite (its own `new URL(…, import.meta.url)` handling: the .wasm
+    // becomes a hashed asset) and by webpack 5 (the same, as `asset/resource`), each with its
+    // defaults and only the public path set; the TypeScript goes through Vite itself and, for
+    // webpack, through TypeScript's `transpileModule` (webpack has no TypeScript of its own).
+    const viteRoot = path.join(outRoot, 'vite-src');
+    fs.mkdirSync(viteRoot, { recursive: true });
+    fs.writeFileSync(path.join(viteRoot, 'main.ts'), source);
+    fs.writeFileSync(path.join(viteRoot, 'index.html'),
+      '<!doctype html><meta charset="utf-8"><title>Vite</title><script type="module" src="./main.ts"></script>\n');
+    const vite = await import('vite');
+    await vite.build({
+      root: viteRoot, base: '/bundled/vite/', logLevel: 'silent', configFile: false,
+      build: { outDir: path.join(outRoot, 'vite'), emptyOutDir: true, target: 'es2022' },
+    });
+    const ts = (await import('typescript')).default;
+    const webpackDir = path.join(outRoot, 'webpack');
+    fs.mkdirSync(webpackDir, { recursive: true });
+    const entry = path.join(here, 'pages', 'bundled', 'webpack-entry.mjs');
+    fs.writeFileSync(entry, ts.transpileModule(source, { compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ES2022 } }).outputText);
+    const webpack = (await import('webpack')).default;
+    const stats = await new Promise((resolve, reject) => webpack({
+      mode: 'production', entry, context: here, devtool: false,
+      output: { path: webpackDir, filename: 'app.js', publicPath: '/bundled/webpack/' },
+    }, (err, result) => (err ? reject(err) : resolve(result))));
+    check(!stats.hasErrors(), 'webpack built the README example', stats.toString('errors-only'));
+    fs.writeFileSync(path.join(webpackDir, 'index.html'),
+      '<!doctype html><meta charset="utf-8"><title>webpack</title><script src="app.js"></script>\n');
+    const emitted = (dir) => fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => f.endsWith('.wasm'));
+    for (const [dir, name] of [[path.join(outRoot, 'vite'), 'Vite'], [webpackDir, 'webpack']]) {
+      const wasm = emitted(dir);
+      check(wasm.length === 1 && wasm[0] !== 'tandem_client_bg.wasm', `${name} emitted the .wasm itself (one, with a hashed name)`, wasm);
+    }
+
     const context = await browser.newContext();
     try {
-      const logs = [];
-      const p = await context.newPage();
-      p.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
-      p.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
-      await p.goto(`${SERVER}/bundled/readme/index.html`);
-      const deadline = Date.now() + WAIT;
-      let id = null;
-      while (!id && Date.now() < deadline) {
-        id = logs.map((l) => /my Tandem ID: ([0-9A-Z]{8})/.exec(l)?.[1]).find(Boolean) ?? null;
-        if (!id) await sleep(100);
+      for (const [url, name] of [['/bundled/readme/index.html', 'esbuild'], ['/bundled/vite/index.html', 'Vite'],
+        ['/bundled/webpack/index.html', 'webpack']]) {
+        // Each build is a new device of its own (one database per browser context).
+        const own = name === 'esbuild' ? context : await browser.newContext();
+        try {
+          await runReadmeExample(own, url, name, Y1);
+        } finally {
+          if (own !== context) await own.close();
+        }
       }
-      check(id !== null, 'the README example printed its new Tandem ID', logs);
-      try {
-        await Y1.until(`the README example's "hello" from ${id}`, (c) => window.device.client.messages(c).map((m) => m.text), `contact/${id}`,
-          (texts) => texts.includes('hello'), 15_000);
-      } catch (e) {
-        throw new Failure(`Y1 receives the README example's "hello" from ${id}`, `${e.message}\n  the example's page:\n${logs.join('\n')}`);
-      }
-      const errors = logs.filter((l) => /^(error|pageerror)/.test(l));
-      check(errors.length === 0, 'no errors in the README example\'s page', errors);
 
       const q = await context.newPage();
       await q.goto(`${SERVER}/bundled/loader/index.html`);
@@ -1462,6 +1485,31 @@ const SCENARIOS = {
     }
   },
 };
+
+/** Opens a bundled README example at `url` in `context`: it prints its new Tandem ID and Y1
+ * receives its "hello"; no errors in its page. */
+async function runReadmeExample(context, url, name, Y1) {
+  const logs = [];
+  const p = await context.newPage();
+  p.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  p.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  await p.goto(`${SERVER}${url}`);
+  const deadline = Date.now() + WAIT;
+  let id = null;
+  while (!id && Date.now() < deadline) {
+    id = logs.map((l) => /my Tandem ID: ([0-9A-Z]{8})/.exec(l)?.[1]).find(Boolean) ?? null;
+    if (!id) await sleep(100);
+  }
+  check(id !== null, `the README example built by ${name} printed its new Tandem ID`, logs);
+  try {
+    await Y1.until(`the README example's "hello" from ${id} (${name})`, (c) => window.device.client.messages(c).map((m) => m.text), `contact/${id}`,
+      (texts) => texts.includes('hello'), 15_000);
+  } catch (e) {
+    throw new Failure(`Y1 receives the ${name} build's "hello" from ${id}`, `${e.message}\n  the example's page:\n${logs.join('\n')}`);
+  }
+  const errors = logs.filter((l) => /^(error|pageerror)/.test(l));
+  check(errors.length === 0, `no errors in the ${name} build's page`, errors);
+}
 
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
  * a page adds is recorded in `window.__toasts` (text, error, the region's aria-live). `open(name,
