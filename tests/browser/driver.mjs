@@ -959,6 +959,26 @@ const SCENARIOS = {
       check(still.includes('while you tab'), 'the focus still on the conversation after the list was rebuilt', still);
       await k.keyboard.press('Enter');
       await visible(k, '#chat:not([hidden]) #messages li:has-text("typed, not clicked")', 'the chat opened again with Enter');
+      // A reply by keyboard: Tab to b's message's "⋯", Enter opens its actions with the focus on
+      // "Reply"; Escape closes them (focus back on "⋯"); Enter again, Enter on "Reply", type, Enter.
+      const theirs = await k.evaluate(() => [...document.querySelectorAll('#messages li')]
+        .find((li) => li.firstChild?.textContent === 'while you tab')?.dataset.key);
+      const more = `#messages li[data-key="${theirs}"] button.more`;
+      await tabTo(k, more);
+      await k.keyboard.press('Enter');
+      await visible(k, `#messages li[data-key="${theirs}"] .actions`, 'the message\'s actions opened by keyboard');
+      check(await k.evaluate(() => document.activeElement?.dataset.action) === 'reply', 'the focus on "Reply"', await k.evaluate(() => document.activeElement?.outerHTML));
+      await k.keyboard.press('Escape');
+      await k.waitForFunction((sel) => document.activeElement === document.querySelector(sel), more, { timeout: 5_000 })
+        .catch(async () => { throw new Failure('Escape closes the actions, focus back on "⋯"', await k.evaluate(() => document.activeElement?.outerHTML)); });
+      check(await k.isVisible('#chat'), 'the chat still open after Escape on the actions', true);
+      await k.keyboard.press('Enter');
+      await visible(k, `#messages li[data-key="${theirs}"] .actions`, 'the actions again');
+      await k.keyboard.press('Enter');
+      await visible(k, '#compose-bar:not([hidden]):has-text("Replying to")', 'the reply bar by keyboard');
+      await k.keyboard.type('replied by keyboard');
+      await k.keyboard.press('Enter');
+      await visible(b, '#messages li:has(blockquote.quote:has-text("while you tab")):has-text("replied by keyboard")', 'the keyboard reply with its quote on b');
 
       // Settings: export a backup by keyboard, link a second device with it (on its own page).
       await tabTo(k, '#open-settings');
