@@ -824,7 +824,12 @@ function wire() {
   });
   on('messageState', ({ conversation }) => { if (conversation === current) renderMessages(); });
   on('messageChanged', ({ conversation, key, message }) => {
-    if (compose?.key === key && (!message || message.deletedAt)) endCompose();
+    if (compose?.key === key && (!message || message.deletedAt)) {
+      // The message being edited or answered is gone (deleted on another device, or by its sender).
+      if (compose.kind === 'edit') $('composer-text').value = '';
+      endCompose();
+      fitComposer();
+    }
     if (conversation === current) renderMessages();
   });
   on('group', ({ id, group }) => noteGroupChange(id, group));

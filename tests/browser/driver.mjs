@@ -1345,13 +1345,18 @@ const SCENARIOS = {
       await visible(b, '#messages blockquote.quote:has-text("fixed text")', 'the quote shows the edited text');
       await visible(a, '#messages li.mine:has-text("fixed text") .meta:has-text("edited")', 'the edit on a');
 
-      // Delete for everyone (a).
+      // Delete for everyone (a), while b is answering it: b's reply bar goes with the message.
+      await actions(b, 'fixed text');
+      await b.click('#messages .actions button[data-action=reply]');
+      await visible(b, '#compose-bar:not([hidden]):has-text("fixed text")', 'b replying to the edited text');
       await actions(a, 'fixed text');
       a.once('dialog', (d) => d.accept());
       await a.click('#messages .actions button[data-action=delete-all]');
       await visible(b, '#messages li.deleted:has-text("This message was deleted.")', 'the delete on b');
       await visible(b, '#messages blockquote.quote:has-text("This message was deleted.")', 'the quote of a deleted message says so');
       await visible(a, '#messages li.deleted:has-text("You deleted this message.")', 'the delete on a');
+      await b.waitForSelector('#compose-bar', { state: 'hidden', timeout: 5_000 })
+        .catch(() => { throw new Failure('b\'s reply bar gone once the message was deleted', 'still shown'); });
       check(!(await b.locator('#messages li').allTextContents()).some((t) => t.includes('fixed text')), 'the text gone on b', await b.locator('#messages li').allTextContents());
 
       // Delete for me (b).
