@@ -40,7 +40,9 @@ let searchText = '';
 let openActions = null; // key of the message whose actions are shown
 let compose = null; // { kind: 'reply' | 'edit', key } while the composer replies to or edits a message
 const CHANGE_WINDOW_MS = 6 * 60 * 60 * 1000; // edits and deletes for everyone (Threema's 6 hours) // what "search in this conversation" looks for ('' = show everything)
-let wiping = false; // this device is being wiped: its own removal (4113) is expected
+let wiping = false;
+// The desktop notification shown for each conversation, and for which message.
+const notified = new Map(); // conversation id -> { notification, key } // this device is being wiped: its own removal (4113) is expected
 const groupSeen = new Map(); // group id -> { name, members, userState } as last shown
 const removedHere = new Set(); // "group id/identity" this tab removed from a group
 
@@ -494,6 +496,7 @@ function show(id) {
   const ol = $('messages');
   ol.scrollTop = ol.scrollHeight;
   markReadIfVisible();
+  if (document.visibilityState === 'visible') withdrawNotification(id);
   renderConversations();
   $('composer-text').focus();
 }
@@ -735,7 +738,16 @@ function notify(conversation, message) {
   try {
     const n = new Notification(from, { body: prefs.notifyText ? shownText(message) : 'New message', tag: conversation });
     n.onclick = () => { window.focus(); if (client) show(conversation); n.close(); };
+    notified.set(conversation, { notification: n, key: message.key });
   } catch { /* a browser that allows notifications only from a service worker: none shown */ }
+}
+
+/** Takes back the notification of a conversation (opened here), or of one message (deleted). */
+function withdrawNotification(conversation, key = null) {
+  const shown = notified.get(conversation);
+  if (!shown || (key && shown.key !== key)) return;
+  notified.delete(conversation);
+  shown.notification.close();
 }
 
 /** The notification settings as they are now; `asked` says what the browser answered. */
@@ -824,6 +836,8 @@ function wire() {
   });
   on('messageState', ({ conversation }) => { if (conversation === current) renderMessages(); });
   on('messageChanged', ({ conversation, key, message }) => {
+    // Threema: a deleted message's notification should go too.
+    if (message?.deletedAt) withdrawNotification(conversation, key);
     if (compose?.key === key && (!message || message.deletedAt)) {
       // The message being edited or answered is gone (deleted on another device, or by its sender).
       if (compose.kind === 'edit') $('composer-text').value = '';

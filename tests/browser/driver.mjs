@@ -1083,9 +1083,11 @@ const SCENARIOS = {
     await withWebApp(browser, async ({ open, visible }) => {
       const record = () => {
         window.__shown = [];
+        window.__closed = [];
         const Real = window.Notification;
         window.Notification = class extends Real {
           constructor(title, options) { super(title, options); window.__shown.push({ title, body: options?.body ?? '' }); }
+          close() { window.__closed.push(this.body); super.close(); }
         };
         window.__hidden = false;
         Object.defineProperty(document, 'visibilityState', { get: () => (window.__hidden ? 'hidden' : 'visible') });
@@ -1105,9 +1107,10 @@ const SCENARIOS = {
       const shown = () => b.evaluate(() => window.__shown);
       /** a's text arrives while b's tab is hidden; what b has shown then. */
       const sayWhileHidden = async (text) => {
+        const before = (await shown()).length;
         await b.evaluate(() => window.__setHidden(true));
         await say(text);
-        await b.waitForFunction(() => window.__shown.length === 1, null, { timeout: 5_000 }).catch(() => {});
+        await b.waitForFunction((n) => window.__shown.length > n, before, { timeout: 5_000 }).catch(() => {});
         return shown();
       };
       // Off by default: nothing while hidden.
@@ -1139,6 +1142,20 @@ const SCENARIOS = {
       const second = await sayWhileHidden('now with text');
       check(same(second, [{ title: idA, body: 'now with text' }]), 'a notification with the text, as chosen', second);
       check(await b.title() === '(4) Tandem', 'the unread count in the hidden tab\'s title', await b.title());
+      // Opening the chat takes the notification back.
+      await b.evaluate(() => window.__setHidden(false));
+      await b.click('#conversations li');
+      await b.waitForFunction(() => window.__closed.includes('now with text'), null, { timeout: 5_000 })
+        .catch(async () => { throw new Failure('the notification withdrawn once the chat is open', await b.evaluate(() => window.__closed)); });
+      // A message deleted by its sender takes its notification with it.
+      await b.keyboard.press('Escape');
+      const oops = await sayWhileHidden('oops, wrong chat');
+      check(oops.at(-1)?.body === 'oops, wrong chat', 'a notification for the next text', oops);
+      await a.click('#messages li.mine:has-text("oops, wrong chat") button.more');
+      a.once('dialog', (d) => d.accept());
+      await a.click('#messages .actions button[data-action=delete-all]');
+      await b.waitForFunction(() => window.__closed.includes('oops, wrong chat'), null, { timeout: 10_000 })
+        .catch(async () => { throw new Failure('the deleted message\'s notification withdrawn', await b.evaluate(() => window.__closed)); });
     });
   },
 
