@@ -39,7 +39,9 @@ function savePrefs() {
 let searchText = '';
 let openActions = null; // key of the message whose actions are shown
 let compose = null; // { kind: 'reply' | 'edit', key } while the composer replies to or edits a message
-const CHANGE_WINDOW_MS = 6 * 60 * 60 * 1000; // edits and deletes for everyone (Threema's 6 hours) // what "search in this conversation" looks for ('' = show everything)
+const CHANGE_WINDOW_MS = 6 * 60 * 60 * 1000; // edits and deletes for everyone (Threema's 6 hours)
+// The reactions offered in a message's actions (any emoji that others put shows too).
+const QUICK_REACTIONS = ['👍', '❤️', '😂', '😮', '😢', '🙏']; // what "search in this conversation" looks for ('' = show everything)
 let wiping = false;
 // The desktop notification shown for each conversation, and for which message.
 const notified = new Map(); // conversation id -> { notification, key } // this device is being wiped: its own removal (4113) is expected
@@ -77,6 +79,7 @@ const SENTENCES = [
   [/^unknown message/, () => 'This message is no longer there.'],
   [/^only the sender may change a message/, () => 'Only the sender can edit a message or delete it for everyone.'],
   [/^message not sent yet/, () => 'This message is still being sent. Try again in a moment.'],
+  [/^invalid reaction/, () => 'A reaction is one emoji.'],
   [/^message too old to change/, () => 'A message can be edited or deleted for everyone for 6 hours after it was written.'],
   [/^disconnected before the device list came/, () => 'The connection dropped before the list of devices arrived. Open Settings again when online.'],
 ];
@@ -318,6 +321,7 @@ function renderMessages() {
       words.textContent = `, ${STATE_WORDS[m.state] ?? m.state}`;
       meta.append(mark, words);
     }
+    if (!m.deletedAt && m.reactions.length > 0) li.append(reactionsRow(m));
     li.append(meta);
     addActions(li, m);
     ol.append(li);
@@ -326,6 +330,39 @@ function renderMessages() {
   noteUntil(Infinity);
   if (needle) $('search-count').textContent = found === 0 ? 'No messages found' : found === 1 ? '1 message found' : `${found} messages found`;
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+/** Whether this user has put `emoji` on message `m`. */
+const reacted = (m, emoji) => m.reactions.some((r) => r.identity === client.identity && r.emoji === emoji);
+
+/** Puts this user's `emoji` on `m`, or takes it off when it is there (Threema's reactions). */
+function toggleReaction(m, emoji) {
+  attempt(() => client.react(m.key, emoji, !reacted(m, emoji)));
+  renderMessages();
+}
+
+/** The reactions under a message: one button per emoji with its count; pressed when one of
+ * them is this user's, and pressing it takes it back (or adds it). */
+function reactionsRow(m) {
+  const row = document.createElement('div');
+  row.className = 'reactions';
+  const counts = new Map();
+  for (const r of m.reactions) counts.set(r.emoji, (counts.get(r.emoji) ?? 0) + 1);
+  const canSend = !$('composer').hidden;
+  for (const [emoji, count] of counts) {
+    const mine = reacted(m, emoji);
+    const chip = document.createElement('button');
+    chip.type = 'button';
+    chip.className = 'reaction';
+    chip.dataset.action = `react ${emoji}`;
+    chip.textContent = `${emoji} ${count}`;
+    chip.setAttribute('aria-label', `${emoji} ${count}${mine ? ', yours among them' : ''}`);
+    chip.setAttribute('aria-pressed', String(mine));
+    chip.disabled = !canSend;
+    chip.addEventListener('click', () => toggleReaction(m, emoji));
+    row.append(chip);
+  }
+  return row;
 }
 
 /** The quoted message above a reply: its sender and text (or that it is gone). */
@@ -357,7 +394,9 @@ function addActions(li, m) {
   more.addEventListener('click', () => {
     openActions = openActions === m.key ? null : m.key;
     renderMessages();
-    if (openActions) $('messages').querySelector(`li[data-key="${m.key}"] .actions button`)?.focus();
+    // The focus goes to "Reply" (the action most used), else to the first one.
+    const bar = $('messages').querySelector(`li[data-key="${m.key}"] .actions`);
+    if (openActions) (bar?.querySelector('[data-action=reply]') ?? bar?.querySelector('button'))?.focus();
   });
   li.querySelector('.meta').append(more); // at the end of the time line
   if (openActions !== m.key) return;
@@ -375,7 +414,16 @@ function addActions(li, m) {
     bar.append(b);
   };
   const canSend = !$('composer').hidden;
-  if (!m.deletedAt && canSend) button('reply', 'Reply', () => startCompose('reply', m));
+  if (!m.deletedAt && canSend) {
+    for (const emoji of QUICK_REACTIONS) {
+      button(`quick ${emoji}`, emoji, () => toggleReaction(m, emoji));
+      const b = bar.lastChild;
+      b.classList.add('quick');
+      b.setAttribute('aria-label', reacted(m, emoji) ? `Take back ${emoji}` : `React with ${emoji}`);
+      b.setAttribute('aria-pressed', String(reacted(m, emoji)));
+    }
+    button('reply', 'Reply', () => startCompose('reply', m));
+  }
   if (changeable(m) && canSend) button('edit', 'Edit', () => startCompose('edit', m));
   const remove = (forEveryone, question) => () => {
     if (!confirm(question)) return;

@@ -1202,6 +1202,17 @@ impl TandemClient {
         })
     }
 
+    /// Puts an emoji on any message (`apply`) or takes it off (Threema's reaction).
+    pub fn react(
+        &self,
+        #[wasm_bindgen(js_name = "messageKey")] message_key: &str,
+        emoji: &str,
+        apply: bool,
+    ) -> Result<(), JsValue> {
+        let key = convert::message_key_from_string(message_key)?;
+        self.command(|i| Ok(i.app.react(key, emoji, apply, now_ms(), &mut OsRng)?))
+    }
+
     /// Marks a conversation read; returns how many messages changed.
     #[wasm_bindgen(js_name = markRead)]
     pub fn mark_read(

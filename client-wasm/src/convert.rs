@@ -187,6 +187,18 @@ pub fn message(m: &Message) -> JsValue {
         .set("seq", ms(m.seq))
         .set("editedAt", optional_ms(m.edited_at))
         .set("deletedAt", optional_ms(m.deleted_at))
+        .set(
+            "reactions",
+            m.reactions
+                .iter()
+                .map(|(who, emoji)| {
+                    Obj::new()
+                        .set("identity", who.as_str())
+                        .set("emoji", emoji.as_str())
+                        .build()
+                })
+                .collect::<Array>(),
+        )
         .build()
 }
 

@@ -37,6 +37,8 @@ export interface Message {
   editedAt: number | null;
   /** Unix ms when the sender deleted it for everyone (its text is then empty), or null */
   deletedAt: number | null;
+  /** Emoji reactions (Threema's), in the order they came; one person may put several */
+  reactions: { identity: string; emoji: string }[];
 }
 export interface ConversationSummary { id: ConversationIdString; unread: number; lastMessage: Message | null; }
 export interface Contact {
@@ -68,7 +70,7 @@ export interface TandemEvents {
   syncProgress: { received: number; total: number };
   leader: { leader: boolean };
   message: { conversation: ConversationIdString; key: string; message: Message | null };
-  /** A message was edited or deleted; `message` is null once it was deleted on this device. */
+  /** A message was edited, deleted or reacted to; `message` is null once it was deleted on this device. */
   messageChanged: { conversation: ConversationIdString; key: string; message: Message | null };
   messageState: { key: string; conversation: ConversationIdString | null; state: MessageState };
   conversations: ConversationSummary[];

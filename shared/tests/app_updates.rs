@@ -48,6 +48,40 @@ fn world() -> (World, ConversationId, ConversationId, MessageKey) {
     )
 }
 
+/// Y's Threema-style messages to X, straight into the chat server's queue for X (ids from
+/// `first_id`, nonces filled with `nonce_byte` + their index).
+fn enqueue_from_y(
+    w: &mut World,
+    (y, x): (Identity, Identity),
+    messages: &[(E2eMessageType, Vec<u8>)],
+    first_id: u64,
+    nonce_byte: u8,
+) {
+    let now = w.now;
+    let x_key = w.client_key(&x).public_key();
+    let y_key = w.client_key(&y);
+    for (i, (message_type, body)) in (0_u8..).zip(messages) {
+        let sealed = seal_message_with_nonce(
+            &y_key,
+            &MessageToSeal {
+                sender: *y.as_bytes(),
+                receiver: *x.as_bytes(),
+                receiver_public_key: x_key,
+                message_id: first_id + u64::from(i),
+                created_at_ms: now,
+                flags: MessageFlags::NONE,
+                nickname: None,
+                message_type: *message_type,
+                body,
+            },
+            &[nonce_byte + i; 24],
+            &mut rand::thread_rng(),
+        )
+        .unwrap();
+        w.chat.enqueue(sealed);
+    }
+}
+
 /// (text, edited at, deleted at) of one message.
 type Seen = Option<(String, Option<u64>, Option<u64>)>;
 
@@ -174,9 +208,6 @@ fn an_update_for_someone_elses_or_an_unknown_message_is_discarded() {
     let ConversationId::Contact(y) = to_y else {
         panic!()
     };
-    let now = w.now;
-    let mut rng = rand::thread_rng();
-    let x_key = w.client_key(&x).public_key();
     let bodies = [
         (
             E2eMessageType::EDIT_MESSAGE,
@@ -196,26 +227,7 @@ fn an_update_for_someone_elses_or_an_unknown_message_is_discarded() {
         ),
     ];
     w.take_events("X1");
-    for (i, (message_type, body)) in (1_u8..).zip(&bodies) {
-        let sealed = seal_message_with_nonce(
-            &w.client_key(&y),
-            &MessageToSeal {
-                sender: *y.as_bytes(),
-                receiver: *x.as_bytes(),
-                receiver_public_key: x_key,
-                message_id: 9_000 + u64::from(i),
-                created_at_ms: now,
-                flags: MessageFlags::NONE,
-                nickname: None,
-                message_type: *message_type,
-                body,
-            },
-            &[0x40 + i; 24],
-            &mut rng,
-        )
-        .unwrap();
-        w.chat.enqueue(sealed);
-    }
+    enqueue_from_y(&mut w, (y, x), &bodies, 9_001, 0x41);
     w.run();
     let want = Some(("hello".to_owned(), None, None));
     assert_eq!(seen(&w, &["X1", "X2"], &to_y, key), [want.clone(), want]);
@@ -347,5 +359,150 @@ fn a_new_device_gets_edited_messages_marked_and_no_deleted_ones() {
                 .filter(|m| m.key != gone)
                 .collect::<Vec<_>>()
         )
+    );
+}
+
+/// The reactions on message `key` in `conversation` on a device.
+fn reactions(
+    w: &World,
+    name: &str,
+    conversation: &ConversationId,
+    key: MessageKey,
+) -> Vec<(Identity, String)> {
+    w.conversation(name, conversation)
+        .into_iter()
+        .find(|m| m.key == key)
+        .map(|m| m.reactions)
+        .unwrap_or_default()
+}
+
+#[test]
+fn reactions_are_put_on_and_taken_off_for_everyone_and_every_device() {
+    let (mut w, to_y, to_x, key) = world();
+    let x = key.sender;
+    let ConversationId::Contact(y) = to_y else {
+        panic!()
+    };
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    // Y reacts to X's message (anyone may), X to its own; one person may put several.
+    w.app("Y1").react(key, "👍", true, now, &mut rng).unwrap();
+    w.app("Y2").react(key, "😂", true, now, &mut rng).unwrap();
+    w.app("X2").react(key, "❤️", true, now, &mut rng).unwrap();
+    w.run();
+    let all = vec![
+        (y, "👍".to_owned()),
+        (y, "😂".to_owned()),
+        (x, "❤️".to_owned()),
+    ];
+    for (name, conversation) in [("X1", &to_y), ("X2", &to_y), ("Y1", &to_x), ("Y2", &to_x)] {
+        let mut seen = reactions(&w, name, conversation, key);
+        seen.sort();
+        let mut want = all.clone();
+        want.sort();
+        assert_eq!(seen, want, "{name}");
+    }
+    // Taken off again (from the other device of Y); a second "put on" changes nothing.
+    w.app("Y2").react(key, "👍", false, now, &mut rng).unwrap();
+    w.app("Y1").react(key, "😂", true, now, &mut rng).unwrap();
+    w.run();
+    for (name, conversation) in [("X1", &to_y), ("Y1", &to_x), ("Y2", &to_x)] {
+        let mut seen = reactions(&w, name, conversation, key);
+        seen.sort();
+        assert_eq!(seen, [(x, "❤️".to_owned()), (y, "😂".to_owned())], "{name}");
+    }
+    assert_eq!(
+        w.app("Y1").react(key, "", true, now, &mut rng),
+        Err(AppError::InvalidReaction)
+    );
+    assert_eq!(
+        w.app("Y1")
+            .react(key, &"👍".repeat(17), true, now, &mut rng),
+        Err(AppError::InvalidReaction),
+        "68 bytes: over Threema's 64"
+    );
+    // Kept in the store; a delete for everyone takes them with the text.
+    w.crash("Y1");
+    w.reopen("Y1");
+    w.connect("Y1");
+    assert_eq!(reactions(&w, "Y1", &to_x, key).len(), 2);
+    let later = w.now;
+    w.app("X1")
+        .delete_message(key, true, later, &mut rng)
+        .unwrap();
+    w.run();
+    assert!(reactions(&w, "Y2", &to_x, key).is_empty());
+    assert_eq!(
+        w.app("Y1").react(key, "👍", true, later, &mut rng),
+        Err(AppError::UnknownMessage),
+        "no reactions on a deleted message"
+    );
+}
+
+#[test]
+fn group_reactions_reach_every_member() {
+    let (mut w, [_, y, z], group) = app_support::trio(7);
+    let conversation = ConversationId::Group(group);
+    let now = w.now;
+    let mut rng = rand::thread_rng();
+    let key = w
+        .app("X1")
+        .send_text(conversation, "vote", now, &mut rng)
+        .unwrap();
+    w.run();
+    w.app("Y1").react(key, "👍", true, now, &mut rng).unwrap();
+    w.app("Z1").react(key, "👎", true, now, &mut rng).unwrap();
+    w.run();
+    for name in ["X1", "X2", "Y1", "Z1"] {
+        let mut seen = reactions(&w, name, &conversation, key);
+        seen.sort();
+        assert_eq!(seen, [(y, "👍".to_owned()), (z, "👎".to_owned())], "{name}");
+    }
+}
+
+/// A reaction from the chat server as a current Threema client sends it (`Reaction` with
+/// `apply`, then `withdraw`), and one for a message that is not there (discarded).
+#[test]
+fn a_threema_reaction_applies_and_one_for_an_unknown_message_is_discarded() {
+    let (mut w, to_y, _, key) = world();
+    let x = key.sender;
+    let ConversationId::Contact(y) = to_y else {
+        panic!()
+    };
+    let thumbs = "👍".as_bytes().to_vec();
+    let bodies = [
+        csp_e2e::Reaction {
+            message_id: key.id,
+            action: Some(csp_e2e::reaction::Action::Apply(thumbs.clone())),
+        },
+        csp_e2e::Reaction {
+            message_id: 4_242,
+            action: Some(csp_e2e::reaction::Action::Apply(thumbs)),
+        },
+    ];
+    w.take_events("X1");
+    let bodies: Vec<(E2eMessageType, Vec<u8>)> = bodies
+        .iter()
+        .map(|b| (E2eMessageType::REACTION, b.encode_to_vec()))
+        .collect();
+    enqueue_from_y(&mut w, (y, x), &bodies, 9_101, 0x61);
+    w.run();
+    for name in ["X1", "X2"] {
+        assert_eq!(
+            reactions(&w, name, &to_y, key),
+            [(y, "👍".to_owned())],
+            "{name}"
+        );
+    }
+    let dropped: Vec<AppEvent> = w
+        .take_events("X1")
+        .into_iter()
+        .filter(|e| matches!(e, AppEvent::Dropped(_)))
+        .collect();
+    assert_eq!(
+        dropped,
+        [AppEvent::Dropped(Dropped::UnknownMessage(
+            E2eMessageType::REACTION
+        ))]
     );
 }

@@ -1336,8 +1336,8 @@ const SCENARIOS = {
       };
       // Reply (b to a).
       await actions(b, 'original text');
-      const offered = await b.locator('#messages li:has-text("original text") .actions button').allTextContents();
-      check(same(offered, ['Reply', 'Delete for me']), 'on someone else\'s message: reply and delete for me only', offered);
+      const offered = await b.locator('#messages li:has-text("original text") .actions button:not(.quick)').allTextContents();
+      check(same(offered, ['Reply', 'Delete for me']), 'on someone else\'s message: reply and delete for me only (besides reactions)', offered);
       await bothWidths(b, 'message-actions');
       await b.click('#messages .actions button[data-action=reply]');
       await visible(b, '#compose-bar:not([hidden]):has-text("Replying to")', 'the reply bar');
@@ -1391,6 +1391,51 @@ const SCENARIOS = {
       await bothWidths(b, 'edited-deleted');
       await actions(a, 'second text');
       const found = await axeBothWidths(a, 'chat with actions, a reply, an edit and a delete');
+      check(found.length === 0, 'no WCAG 2.0/2.1 A or AA violations', `\n${found.map(formatViolation).join('\n')}`);
+    });
+  },
+
+  /** Issue 15: reactions in the web app, on Threema's `Reaction` (0x82): b puts 👍 on a's text
+   * from its actions (the button then says "Take back 👍"); a sees "👍 1" under it; a puts ❤️ on
+   * its own text; b takes its 👍 back by pressing its chip, and a's text keeps only "❤️ 1" on
+   * both sides (and after a reload of b). axe over the chat with reactions and the actions open. */
+  async web_app_reactions(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('react-a');
+      const b = await open('react-b');
+      const [, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await a.fill('#composer-text', 'react to me');
+      await a.click('#composer button');
+      await visible(b, '#conversations li', 'the conversation on b');
+      await b.click('#conversations li');
+      const li = '#messages li:has-text("react to me")';
+      await visible(b, li, 'a\'s text on b');
+      await b.click(`${li} button.more`);
+      await b.click(`${li} .actions button[aria-label="React with 👍"]`);
+      await visible(b, `${li} .actions button[aria-label="Take back 👍"][aria-pressed=true]`, 'b\'s 👍 marked in its actions');
+      await visible(a, `${li} .reactions button.reaction:has-text("👍 1")`, 'b\'s 👍 under a\'s text on a');
+      check(await a.getAttribute(`${li} .reactions button.reaction`, 'aria-pressed') === 'false', 'not a\'s own 👍', true);
+      await a.click(`${li} button.more`);
+      await a.click(`${li} .actions button[aria-label="React with ❤️"]`);
+      await visible(b, `${li} .reactions button.reaction:has-text("❤️ 1")`, 'a\'s ❤️ on b');
+      await bothWidths(b, 'reactions');
+      await b.click(`${li} .reactions button.reaction[aria-pressed=true]`);
+      const only = async (page, where) => page.waitForFunction((sel) => {
+        const chips = [...document.querySelectorAll(`${sel} .reactions button.reaction`)].map((c) => c.textContent);
+        return chips.length === 1 && chips[0] === '❤️ 1';
+      }, '#messages li[data-key]', { timeout: 10_000 }).catch(async () => {
+        throw new Failure(`only "❤️ 1" left on ${where}`, await page.locator('#messages .reactions').allTextContents());
+      });
+      await only(a, 'a');
+      await only(b, 'b');
+      await b.reload();
+      await visible(b, '#conn.online', 'b online after a reload');
+      await b.click('#conversations li');
+      await visible(b, `${li} .reactions button.reaction:has-text("❤️ 1")`, 'the reaction kept on b after a reload');
+      await b.click(`${li} button.more`);
+      const found = await axeBothWidths(b, 'chat with reactions');
       check(found.length === 0, 'no WCAG 2.0/2.1 A or AA violations', `\n${found.map(formatViolation).join('\n')}`);
     });
   },

@@ -646,6 +646,7 @@ pub fn populated_device(
             edited_at: None,
             deleted_at: None,
             hidden: false,
+            reactions: Vec::new(),
         });
         let mut nonce = [0; 24];
         if incoming {

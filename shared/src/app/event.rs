@@ -207,6 +207,9 @@ pub enum AppError {
     /// The message is still being sent.
     #[error("message not sent yet")]
     NotSentYet,
+    /// A reaction must be one emoji of 1 to 64 bytes.
+    #[error("invalid reaction")]
+    InvalidReaction,
     /// Edits and deletes for everyone are for 6 hours after a message was written.
     #[error("message too old to change")]
     TooLateToChange,

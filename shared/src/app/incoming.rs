@@ -16,7 +16,7 @@ use super::model::{
 use super::nonce::NonceScope;
 use super::outgoing::text_body;
 use super::sync::SyncOp;
-use super::updates::parse_update;
+use super::updates::{is_update, parse_update};
 use crate::crypto::{Nonce, PublicKey};
 use crate::csp::{
     open_message_with_keys, CspPayload, DeliveryReceipt, DeliveryStatus, E2eMessageType,
@@ -244,6 +244,7 @@ impl App {
                     edited_at: None,
                     deleted_at: None,
                     hidden: false,
+                    reactions: Vec::new(),
                 });
                 self.events
                     .push_back(AppEvent::MessageAdded { conversation, key });
@@ -282,10 +283,7 @@ impl App {
             | E2eMessageType::GROUP_LEAVE => {
                 self.on_group_control(sender, &opened, content, ack, now_ms, rng);
             }
-            E2eMessageType::EDIT_MESSAGE
-            | E2eMessageType::GROUP_EDIT
-            | E2eMessageType::DELETE_MESSAGE
-            | E2eMessageType::GROUP_DELETE => {
+            t if is_update(t) => {
                 let Some((group, id, update)) = parse_update(opened.message_type, &opened.body)
                 else {
                     return self.drop_ack(ack, Dropped::BadBody(opened.message_type));
@@ -300,7 +298,7 @@ impl App {
                     }
                 };
                 // No delivery receipt and no `sent` update for either (Threema's properties).
-                if self.apply_update(conversation, MessageKey { sender, id }, update, created_at) {
+                if self.apply_update(conversation, sender, id, update, created_at) {
                     self.reflect(content, false, Some(Pending::Incoming(ack)), rng);
                 } else {
                     self.drop_ack(ack, Dropped::UnknownMessage(opened.message_type));

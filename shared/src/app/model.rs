@@ -728,6 +728,9 @@ pub struct Message {
     /// Deleted on this device only: a tombstone without text that no conversation lists (kept
     /// so that the same message id is never taken for a new message).
     pub hidden: bool,
+    /// Emoji reactions (Threema's `Reaction`): who put which emoji on it, in the order they
+    /// came; one person may put several.
+    pub reactions: Vec<(Identity, String)>,
 }
 
 impl fmt::Debug for Message {

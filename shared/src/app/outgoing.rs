@@ -269,6 +269,7 @@ impl App {
             edited_at: None,
             deleted_at: None,
             hidden: false,
+            reactions: Vec::new(),
         });
         self.events
             .push_back(AppEvent::MessageAdded { conversation, key });

@@ -555,6 +555,9 @@ struct MessageRecord {
     deleted_at: Option<u64>,
     #[prost(bool, tag = "15")]
     hidden: bool,
+    /// Each entry: identity (8) ‖ the emoji (UTF-8).
+    #[prost(bytes = "vec", repeated, tag = "16")]
+    reactions: Vec<Vec<u8>>,
 }
 
 const fn state_code(state: MessageState) -> u32 {
@@ -613,6 +616,11 @@ pub(crate) fn message_record(message: &Message) -> Record {
         edited_at: message.edited_at,
         deleted_at: message.deleted_at,
         hidden: message.hidden,
+        reactions: message
+            .reactions
+            .iter()
+            .map(|(who, emoji)| [who.as_bytes(), emoji.as_bytes()].concat())
+            .collect(),
     };
     let mut bytes = Zeroizing::new(Vec::with_capacity(value.encoded_len()));
     // Encoding into a Vec with enough capacity cannot fail.
@@ -672,6 +680,19 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
         })
         .collect::<Result<Vec<_>, ModelError>>()
         .map_err(invalid(kind))?;
+    let reactions = raw
+        .reactions
+        .iter()
+        .map(|entry| {
+            let (identity, emoji) = entry
+                .split_at_checked(IDENTITY_LEN)
+                .ok_or(ModelError::InvalidIdentity)?;
+            // Only valid UTF-8 is ever stored (`app::updates` checks it on receipt).
+            let emoji = String::from_utf8_lossy(emoji).into_owned();
+            Ok((Identity::from_slice(identity)?, emoji))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()
+        .map_err(invalid(kind))?;
     Ok(Message {
         seq,
         conversation,
@@ -695,6 +716,7 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
         edited_at: raw.edited_at,
         deleted_at: raw.deleted_at,
         hidden: raw.hidden,
+        reactions,
     })
 }
 
@@ -750,6 +772,7 @@ pub(crate) mod tests {
                 any::<Option<u64>>(),
                 any::<Option<u64>>(),
                 any::<bool>(),
+                proptest::collection::vec((arb_identity(), "\\PC{1,4}"), 0..3),
             ),
         )
             .prop_map(
@@ -764,7 +787,7 @@ pub(crate) mod tests {
                     state,
                     ra,
                     sa,
-                    (pending, unsynced, due, edited_at, deleted_at, hidden),
+                    (pending, unsynced, due, edited_at, deleted_at, hidden, reactions),
                 )| {
                     Message {
                         seq,
@@ -786,6 +809,7 @@ pub(crate) mod tests {
                         edited_at,
                         deleted_at,
                         hidden,
+                        reactions,
                     }
                 },
             )

@@ -11,7 +11,7 @@ use super::model::{
     MessageKey, MessageState, Profile,
 };
 use super::nonce::NonceScope;
-use super::updates::parse_update;
+use super::updates::{is_update, parse_update};
 use crate::crypto::Nonce;
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
@@ -168,6 +168,7 @@ impl App {
                     edited_at: None,
                     deleted_at: None,
                     hidden: false,
+                    reactions: Vec::new(),
                 });
                 if added.is_some() {
                     self.events
@@ -175,10 +176,7 @@ impl App {
                 }
                 Ok(())
             }
-            E2eMessageType::EDIT_MESSAGE
-            | E2eMessageType::GROUP_EDIT
-            | E2eMessageType::DELETE_MESSAGE
-            | E2eMessageType::GROUP_DELETE => self.apply_reflected_update(
+            t if is_update(t) => self.apply_reflected_update(
                 message_type,
                 &m.body,
                 Some(conversation),
@@ -243,6 +241,7 @@ impl App {
                     edited_at: None,
                     deleted_at: None,
                     hidden: false,
+                    reactions: Vec::new(),
                 });
                 if added.is_some() {
                     self.events
@@ -255,10 +254,7 @@ impl App {
                 self.apply_receipt(sender, &receipt, m.created_at);
                 Ok(())
             }
-            E2eMessageType::EDIT_MESSAGE
-            | E2eMessageType::GROUP_EDIT
-            | E2eMessageType::DELETE_MESSAGE
-            | E2eMessageType::GROUP_DELETE => {
+            t if is_update(t) => {
                 self.apply_reflected_update(message_type, &m.body, None, sender, m.created_at)
             }
             E2eMessageType::GROUP_SETUP
@@ -287,7 +283,7 @@ impl App {
         if group.is_some() && conversation != from_body {
             return Err("group update for another conversation");
         }
-        self.apply_update(conversation, MessageKey { sender, id }, update, at);
+        self.apply_update(conversation, sender, id, update, at);
         Ok(())
     }
 

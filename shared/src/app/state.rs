@@ -538,6 +538,7 @@ mod tests {
             edited_at: None,
             deleted_at: None,
             hidden: false,
+            reactions: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! Message updates with Threema's wire formats: edit (`EditMessage`, CSP e2e type 0x91, in a
-//! group 0x93 inside the group-member container) and delete for everyone (`DeleteMessage`, 0x92,
-//! in a group 0x94), and deleting a message on this device only. `docs/protocol.md` "Message
+//! group 0x93 inside the group-member container), delete for everyone (`DeleteMessage`, 0x92,
+//! in a group 0x94) and reactions (`Reaction`, 0x82, in a group 0x83), and deleting a message
+//! on this device only. `docs/protocol.md` "Message
 //! updates" has the rules and where they differ from Threema's apps.
 //!
 //! Both kinds go out as unstored sends (no `sent` update, no delivery receipts: Threema's
@@ -17,7 +18,7 @@ use super::event::{AppError, AppEvent};
 use super::model::{ConversationId, Direction, GroupId, Identity, MessageKey, MessageState};
 use super::outgoing::{check_text, Unstored};
 use crate::csp::{E2eMessageType, GroupMemberContainer, MessageFlags};
-use crate::proto::csp_e2e::EditMessage;
+use crate::proto::csp_e2e::{reaction, EditMessage, Reaction};
 
 /// How long after its creation the sender may still edit or delete a message (Threema's
 /// clients allow 6 hours, checked on the sender's side only).
@@ -30,6 +31,24 @@ pub(super) enum Update {
     Edit(String),
     /// Removed for everyone.
     Delete,
+    /// An emoji put on (`true`) or taken off (`false`) the message by the update's sender.
+    React(String, bool),
+}
+
+/// The longest emoji a reaction may carry, in bytes (Threema discards longer ones).
+pub(super) const MAX_REACTION_LEN: usize = 64;
+
+/// Whether a type is one of the updates here: edit, delete, reaction (1:1 or group).
+pub(super) const fn is_update(message_type: E2eMessageType) -> bool {
+    matches!(
+        message_type,
+        E2eMessageType::EDIT_MESSAGE
+            | E2eMessageType::GROUP_EDIT
+            | E2eMessageType::DELETE_MESSAGE
+            | E2eMessageType::GROUP_DELETE
+            | E2eMessageType::REACTION
+            | E2eMessageType::GROUP_REACTION
+    )
 }
 
 /// An update's e2e body: its group (for 0x93/0x94), the referred message id and the update;
@@ -39,8 +58,12 @@ pub(super) fn parse_update(
     body: &[u8],
 ) -> Option<(Option<GroupId>, u64, Update)> {
     let (group, inner) = match message_type {
-        E2eMessageType::EDIT_MESSAGE | E2eMessageType::DELETE_MESSAGE => (None, body),
-        E2eMessageType::GROUP_EDIT | E2eMessageType::GROUP_DELETE => {
+        E2eMessageType::EDIT_MESSAGE
+        | E2eMessageType::DELETE_MESSAGE
+        | E2eMessageType::REACTION => (None, body),
+        E2eMessageType::GROUP_EDIT
+        | E2eMessageType::GROUP_DELETE
+        | E2eMessageType::GROUP_REACTION => {
             let container = GroupMemberContainer::decode(body).ok()?;
             let creator = Identity::new(container.creator).ok()?;
             let group = GroupId {
@@ -59,6 +82,18 @@ pub(super) fn parse_update(
 /// package its own monomorphised merge code (docs/client.md "Size"). Unknown fields are skipped
 /// either way; a delete's body with a field 2 is still a delete.
 fn parse_inner(message_type: E2eMessageType, inner: &[u8]) -> Option<(u64, Update)> {
+    if matches!(
+        message_type,
+        E2eMessageType::REACTION | E2eMessageType::GROUP_REACTION
+    ) {
+        let reaction = Reaction::decode(inner).ok()?;
+        let (emoji, apply) = match reaction.action? {
+            reaction::Action::Apply(emoji) => (emoji, true),
+            reaction::Action::Withdraw(emoji) => (emoji, false),
+        };
+        let emoji = String::from_utf8(emoji).ok()?;
+        return valid_emoji(&emoji).then_some((reaction.message_id, Update::React(emoji, apply)));
+    }
     let body = EditMessage::decode(inner).ok()?;
     let update = if matches!(
         message_type,
@@ -69,6 +104,11 @@ fn parse_inner(message_type: E2eMessageType, inner: &[u8]) -> Option<(u64, Updat
         Update::Delete
     };
     Some((body.message_id, update))
+}
+
+/// A reaction's emoji as Threema accepts it: not empty, at most [`MAX_REACTION_LEN`] bytes.
+fn valid_emoji(emoji: &str) -> bool {
+    !emoji.is_empty() && emoji.len() <= MAX_REACTION_LEN
 }
 
 /// The e2e type and body of an update of message `message_id` in `conversation`; `None` for a
@@ -96,6 +136,19 @@ pub(super) fn update_body(
             EditMessage {
                 message_id,
                 text: String::new(),
+            }
+            .encode_to_vec(),
+        ),
+        Update::React(emoji, apply) => (
+            E2eMessageType::REACTION,
+            E2eMessageType::GROUP_REACTION,
+            Reaction {
+                message_id,
+                action: Some(if *apply {
+                    reaction::Action::Apply(emoji.clone().into_bytes())
+                } else {
+                    reaction::Action::Withdraw(emoji.clone().into_bytes())
+                }),
             }
             .encode_to_vec(),
         ),
@@ -158,7 +211,23 @@ impl App {
         Ok(())
     }
 
-    /// Threema's submit steps for an edit or a delete of an own message.
+    /// Puts an emoji on a message (`apply`) or takes it off again (Threema's `Reaction`): any
+    /// message of a conversation one can write to, for everyone in it and every own device.
+    pub fn react(
+        &mut self,
+        key: MessageKey,
+        emoji: &str,
+        apply: bool,
+        now_ms: u64,
+        rng: &mut impl CryptoRngCore,
+    ) -> Result<(), AppError> {
+        if !valid_emoji(emoji) {
+            return Err(AppError::InvalidReaction);
+        }
+        self.send_update(key, Update::React(emoji.to_owned(), apply), now_ms, rng)
+    }
+
+    /// Threema's submit steps for an edit or a delete of an own message, or a reaction.
     fn send_update(
         &mut self,
         key: MessageKey,
@@ -171,14 +240,17 @@ impl App {
             .message(&key)
             .filter(|m| m.deleted_at.is_none() && !m.hidden)
             .ok_or(AppError::UnknownMessage)?;
-        if key.sender != self.state.own().identity {
-            return Err(AppError::NotOwnMessage);
-        }
-        if message.state == MessageState::Pending {
-            return Err(AppError::NotSentYet);
-        }
-        if now_ms.saturating_sub(message.created_at) > CHANGE_WINDOW_MS {
-            return Err(AppError::TooLateToChange);
+        let own = self.state.own().identity;
+        if !matches!(update, Update::React(..)) {
+            if key.sender != own {
+                return Err(AppError::NotOwnMessage);
+            }
+            if message.state == MessageState::Pending {
+                return Err(AppError::NotSentYet);
+            }
+            if now_ms.saturating_sub(message.created_at) > CHANGE_WINDOW_MS {
+                return Err(AppError::TooLateToChange);
+            }
         }
         if update == Update::Edit(message.text.clone()) {
             // Threema: an edit that changes nothing is discarded.
@@ -188,7 +260,7 @@ impl App {
         let receivers = self.receivers_of(&conversation)?;
         let (message_type, body) = update_body(&conversation, key.id, &update)
             .ok_or(AppError::UnsupportedConversation(conversation))?;
-        self.apply_update(conversation, key, update, now_ms);
+        self.apply_update(conversation, own, key.id, update, now_ms);
         self.start_unstored(
             Unstored {
                 conversation,
@@ -206,25 +278,35 @@ impl App {
         Ok(())
     }
 
-    /// Threema's common receive steps of an edit or a delete (sent here, received, or reflected
-    /// by a sibling): `key` names the referred message and its sender, which must be the
-    /// update's sender. Whether the update applies; `false` means it is discarded (no such
-    /// message here, another conversation, already deleted). An edit older than the last one
-    /// applied changes nothing but still applies.
+    /// Threema's common receive steps of an edit, a delete or a reaction (sent here, received,
+    /// or reflected by a sibling) from `sender` for message `id` of `conversation`: an edit or a
+    /// delete refers to a message of its sender, a reaction to any message of the
+    /// conversation. Whether the update applies; `false` means it is discarded (no such message
+    /// here, another conversation, already deleted). An edit older than the last one applied,
+    /// or a reaction already there (or not there to withdraw), changes nothing but still applies.
     pub(super) fn apply_update(
         &mut self,
         conversation: ConversationId,
-        key: MessageKey,
+        sender: Identity,
+        id: u64,
         update: Update,
         at: u64,
     ) -> bool {
-        let applies = self
-            .state
-            .message(&key)
-            .is_some_and(|m| m.conversation == conversation && m.deleted_at.is_none() && !m.hidden);
-        if !applies {
+        let key = if matches!(update, Update::React(..)) {
+            self.state
+                .conversation(&conversation)
+                .find(|m| m.key.id == id)
+                .map(|m| m.key)
+        } else {
+            Some(MessageKey { sender, id })
+        };
+        let Some(key) = key.filter(|key| {
+            self.state.message(key).is_some_and(|m| {
+                m.conversation == conversation && m.deleted_at.is_none() && !m.hidden
+            })
+        }) else {
             return false;
-        }
+        };
         let changed = self.state.update_message(&key, |m| match update {
             Update::Edit(text) => {
                 if m.edited_at.is_some_and(|last| last > at) {
@@ -238,7 +320,22 @@ impl App {
             Update::Delete => {
                 zeroize::Zeroize::zeroize(&mut m.text);
                 m.text.clear();
+                m.reactions.clear();
                 m.deleted_at = Some(at);
+                true
+            }
+            Update::React(emoji, apply) => {
+                let had = m
+                    .reactions
+                    .iter()
+                    .position(|(who, e)| *who == sender && *e == emoji);
+                match (had, apply) {
+                    (None, true) => m.reactions.push((sender, emoji)),
+                    (Some(i), false) => {
+                        m.reactions.remove(i);
+                    }
+                    _ => return false,
+                }
                 true
             }
         });
