@@ -506,3 +506,51 @@ fn a_threema_reaction_applies_and_one_for_an_unknown_message_is_discarded() {
         ))]
     );
 }
+
+/// Threema's legacy reactions: a delivery receipt ACKNOWLEDGED is a 👍, DECLINED a 👎, and each
+/// replaces all of the sender's reactions on the message (what Threema sends to an app without
+/// reaction support).
+#[test]
+fn acknowledge_and_decline_receipts_are_thumbs_that_replace_the_senders_reactions() {
+    use tandem_shared::csp::{DeliveryReceipt, DeliveryStatus};
+    let (mut w, to_y, _, key) = world();
+    let x = key.sender;
+    let ConversationId::Contact(y) = to_y else {
+        panic!()
+    };
+    let now = w.now;
+    w.app("Y1")
+        .react(key, "😂", true, now, &mut rand::thread_rng())
+        .unwrap();
+    w.run();
+    let receipt = |status| {
+        vec![(
+            E2eMessageType::DELIVERY_RECEIPT,
+            DeliveryReceipt::new(status, vec![key.id]).unwrap().encode(),
+        )]
+    };
+    for (i, (status, thumb)) in [
+        (DeliveryStatus::Acknowledged, "👍"),
+        (DeliveryStatus::Declined, "👎"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let i = u8::try_from(i).unwrap();
+        enqueue_from_y(
+            &mut w,
+            (y, x),
+            &receipt(status),
+            9_201 + u64::from(i),
+            0x71 + i,
+        );
+        w.run();
+        for name in ["X1", "X2"] {
+            assert_eq!(
+                reactions(&w, name, &to_y, key),
+                [(y, thumb.to_owned())],
+                "{name}"
+            );
+        }
+    }
+}

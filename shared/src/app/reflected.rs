@@ -190,6 +190,14 @@ impl App {
                     for id in receipt.message_ids() {
                         self.apply_read(&conversation, *id, m.created_at);
                     }
+                } else {
+                    // A Threema sibling's legacy reaction (👍/👎 as a receipt) to the contact.
+                    self.apply_legacy_reactions(
+                        conversation,
+                        own,
+                        receipt.message_ids(),
+                        receipt.status(),
+                    );
                 }
                 Ok(())
             }
@@ -292,7 +300,15 @@ impl App {
         let target = match receipt.status() {
             DeliveryStatus::Received => MessageState::Delivered,
             DeliveryStatus::Read => MessageState::Read,
-            DeliveryStatus::Acknowledged | DeliveryStatus::Declined => return,
+            status @ (DeliveryStatus::Acknowledged | DeliveryStatus::Declined) => {
+                let conversation = ConversationId::Contact(sender);
+                return self.apply_legacy_reactions(
+                    conversation,
+                    sender,
+                    receipt.message_ids(),
+                    status,
+                );
+            }
         };
         let own = self.state.own().identity;
         for id in receipt.message_ids() {

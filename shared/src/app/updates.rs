@@ -17,7 +17,7 @@ use super::core::App;
 use super::event::{AppError, AppEvent};
 use super::model::{ConversationId, Direction, GroupId, Identity, MessageKey, MessageState};
 use super::outgoing::{check_text, Unstored};
-use crate::csp::{E2eMessageType, GroupMemberContainer, MessageFlags};
+use crate::csp::{DeliveryStatus, E2eMessageType, GroupMemberContainer, MessageFlags};
 use crate::proto::csp_e2e::{reaction, EditMessage, Reaction};
 
 /// How long after its creation the sender may still edit or delete a message (Threema's
@@ -225,6 +225,41 @@ impl App {
             return Err(AppError::InvalidReaction);
         }
         self.send_update(key, Update::React(emoji.to_owned(), apply), now_ms, rng)
+    }
+
+    /// A legacy reaction: a delivery receipt ACKNOWLEDGED (👍) or DECLINED (👎) from `reactor`
+    /// for messages of a 1:1 `conversation` (what Threema sends to an app without reaction
+    /// support, and what older Threema apps send). It replaces all of the reactor's reactions on
+    /// each message (Threema's rule). Other statuses are not reactions.
+    pub(super) fn apply_legacy_reactions(
+        &mut self,
+        conversation: ConversationId,
+        reactor: Identity,
+        message_ids: &[u64],
+        status: DeliveryStatus,
+    ) {
+        let emoji = match status {
+            DeliveryStatus::Acknowledged => "👍",
+            DeliveryStatus::Declined => "👎",
+            _ => return,
+        };
+        for id in message_ids {
+            let Some(key) = self
+                .state
+                .conversation(&conversation)
+                .find(|m| m.key.id == *id && m.deleted_at.is_none())
+                .map(|m| m.key)
+            else {
+                continue;
+            };
+            self.state.update_message(&key, |m| {
+                m.reactions.retain(|(who, _)| *who != reactor);
+                m.reactions.push((reactor, emoji.to_owned()));
+                true
+            });
+            self.events
+                .push_back(AppEvent::MessageChanged { conversation, key });
+        }
     }
 
     /// Threema's submit steps for an edit or a delete of an own message, or a reaction.
