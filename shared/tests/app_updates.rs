@@ -327,7 +327,7 @@ fn delete_for_me_removes_the_message_and_its_text_on_this_device_only_for_good()
 }
 
 #[test]
-fn a_new_device_gets_edited_messages_marked_and_no_deleted_ones() {
+fn a_new_device_gets_edited_messages_marked_reactions_and_no_deleted_ones() {
     let (mut w, to_y, _, key) = world();
     let x: Identity = key.sender;
     let now = w.now;
@@ -342,6 +342,11 @@ fn a_new_device_gets_edited_messages_marked_and_no_deleted_ones() {
     w.app("X1")
         .delete_message(gone, true, at, &mut rng)
         .unwrap();
+    let ConversationId::Contact(y) = to_y else {
+        panic!()
+    };
+    w.app("Y1").react(key, "👍", true, at, &mut rng).unwrap();
+    w.app("X2").react(key, "🎉", true, at, &mut rng).unwrap();
     w.run();
     w.device("X3", x);
     w.connect("X3");
@@ -351,6 +356,11 @@ fn a_new_device_gets_edited_messages_marked_and_no_deleted_ones() {
         seen(&w, &["X3"], &to_y, key),
         [Some(("hello again".to_owned(), Some(at), None))]
     );
+    let on_x1 = reactions(&w, "X1", &to_y, key);
+    assert_eq!(reactions(&w, "X3", &to_y, key), on_x1, "the reactions too");
+    let mut sorted = on_x1;
+    sorted.sort();
+    assert_eq!(sorted, [(x, "🎉".to_owned()), (y, "👍".to_owned())]);
     assert_eq!(
         summary(&on_x3),
         summary(
