@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 tarball="$(scripts/build-client.sh | tail -n 1)"
 rm -rf www/dist.tmp
 mkdir -p www/dist.tmp/pkg
-cp www/index.html www/app.js www/style.css www/_headers www/dist.tmp/
+cp www/index.html www/app.js www/style.css www/noscript.css www/_headers www/dist.tmp/
 cp client-wasm/pkg/tandem_client.js client-wasm/pkg/tandem_client_bg.wasm www/dist.tmp/pkg/
 # The glue imports wasm-bindgen's inline JS snippets (`./snippets/…`) beside it.
 if [ -d client-wasm/pkg/snippets ]; then cp -r client-wasm/pkg/snippets www/dist.tmp/pkg/; fi

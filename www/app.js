@@ -29,6 +29,22 @@ const tabs = 'BroadcastChannel' in window ? new BroadcastChannel(`tandem-tab-${d
 const NOTES_KEY = `tandem-notes-${database}`;
 let notes = {};
 try { notes = JSON.parse(localStorage.getItem(NOTES_KEY) || '{}') || {}; } catch { notes = {}; }
+// This device's own preferences (not synced): desktop notifications.
+const PREFS_KEY = `tandem-prefs-${database}`;
+let prefs = {};
+try { prefs = JSON.parse(localStorage.getItem(PREFS_KEY) || '{}') || {}; } catch { prefs = {}; }
+function savePrefs() {
+  try { localStorage.setItem(PREFS_KEY, JSON.stringify(prefs)); } catch { /* storage full: kept for this tab */ }
+}
+let searchText = '';
+let openActions = null; // key of the message whose actions are shown
+let compose = null; // { kind: 'reply' | 'edit', key } while the composer replies to or edits a message
+const CHANGE_WINDOW_MS = 6 * 60 * 60 * 1000; // edits and deletes for everyone (Threema's 6 hours)
+// The reactions offered in a message's actions (any emoji that others put shows too).
+const QUICK_REACTIONS = ['👍', '❤️', '😂', '😮', '😢', '🙏']; // what "search in this conversation" looks for ('' = show everything)
+let wiping = false;
+// The desktop notification shown for each conversation, and for which message.
+const notified = new Map(); // conversation id -> { notification, key } // this device is being wiped: its own removal (4113) is expected
 const groupSeen = new Map(); // group id -> { name, members, userState } as last shown
 const removedHere = new Set(); // "group id/identity" this tab removed from a group
 
@@ -60,6 +76,11 @@ const SENTENCES = [
   [/^database .* already holds identity/, () => 'This browser already holds this device\'s identity. Reload the page.'],
   [/^wrong backup password/, () => 'Wrong backup password (or a mistyped backup).'],
   [/^this client was closed/, () => 'This tab no longer runs Tandem. Reload the page.'],
+  [/^unknown message/, () => 'This message is no longer there.'],
+  [/^only the sender may change a message/, () => 'Only the sender can edit a message or delete it for everyone.'],
+  [/^message not sent yet/, () => 'This message is still being sent. Try again in a moment.'],
+  [/^invalid reaction/, () => 'A reaction is one emoji.'],
+  [/^message too old to change/, () => 'A message can be edited or deleted for everyone for 6 hours after it was written.'],
   [/^disconnected before the device list came/, () => 'The connection dropped before the list of devices arrived. Open Settings again when online.'],
 ];
 function sentence(message) {
@@ -86,6 +107,27 @@ const shortTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit',
 const STATE_MARK = { pending: '…', sent: '✓', delivered: '✓✓', received: '', read: '✓✓ read' };
 // What a screen reader says instead of the marks ("check mark check mark" otherwise).
 const STATE_WORDS = { pending: 'sending', sent: 'sent', delivered: 'delivered', received: '', read: 'read' };
+
+// Replies use Threema's quote format (version 2): the text starts with "> quote #" and the
+// quoted message's id as 16 hex digits of its 8 bytes in wire order (little-endian), then an
+// empty line, then the reply (docs/protocol.md "Replies"). The client's message keys carry the
+// id as a number in hex (SENDER/HEXID), so the byte order is turned around here.
+const QUOTE = /^> quote #([0-9a-f]{16})\r?\n\r?\n([\s\S]*)$/;
+const flipHex = (hex) => hex.match(/../g).reverse().join('');
+/** {id, reply} of a reply (id as in the message keys), or null. */
+function parseQuote(text) {
+  const m = QUOTE.exec(text);
+  return m ? { id: flipHex(m[1]), written: m[1], reply: m[2] } : null;
+}
+const quoteHeader = (key) => `> quote #${flipHex(key.slice(key.indexOf('/') + 1))}\n\n`;
+/** What a message says, as the lists and notices show it. */
+function shownText(m) {
+  if (!m) return '';
+  if (m.deletedAt) return 'This message was deleted.';
+  return parseQuote(m.text)?.reply ?? m.text;
+}
+/** Whether the user may still edit or delete an own message for everyone. */
+const changeable = (m) => m.outgoing && !m.deletedAt && m.state !== 'pending' && Date.now() - m.createdAt < CHANGE_WINDOW_MS;
 
 function conversationName(id) {
   const [kind, rest] = [id.slice(0, id.indexOf('/')), id.slice(id.indexOf('/') + 1)];
@@ -173,6 +215,9 @@ function renderConversations() {
   for (const g of client.groups()) {
     if (g.userState === 'member' && !listed.has(g.conversation)) list.push({ id: g.conversation, unread: 0, lastMessage: null });
   }
+  // The tab's title carries the number of unread messages ("(3) Tandem").
+  const unread = list.reduce((n, c) => n + (c.unread > 0 ? c.unread : 0), 0);
+  document.title = unread > 0 ? `(${unread}) Tandem` : 'Tandem';
   for (const conv of list) {
     const li = document.createElement('li');
     li.dataset.id = conv.id;
@@ -188,7 +233,7 @@ function renderConversations() {
     const last = document.createElement('span');
     last.className = 'last muted';
     last.style.display = 'block';
-    last.textContent = conv.lastMessage ? conv.lastMessage.text : '';
+    last.textContent = shownText(conv.lastMessage);
     text.append(name, last);
     open.append(text);
     if (conv.unread > 0) {
@@ -209,29 +254,64 @@ function renderMessages() {
   if (!current) return;
   const ol = $('messages');
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
+  // The list is rebuilt on every change: keyboard focus on a message's actions comes back.
+  const focusKey = document.activeElement?.closest('#messages li')?.dataset.key;
+  const focusAction = document.activeElement?.dataset.action;
   ol.replaceChildren();
   const isGroup = current.startsWith('group/');
   // Group senders by name where one is known (one contacts() call per render, not per message).
   const names = new Map(isGroup ? client.contacts().map((c) => [c.identity, c.displayName || c.identity]) : []);
   // The app's own notes (group renamed, someone left) go between the messages by time.
-  const pending = [...(notes[current] ?? [])];
+  // While searching, only the messages that contain the text (and no notes).
+  const needle = searchText.toLocaleLowerCase();
+  const pending = needle ? [] : [...(notes[current] ?? [])];
+  // A line before the first message (or note) of each day: "Today", "Yesterday", a date.
+  let lastDay = null;
+  const dayLine = (at) => {
+    const day = new Date(at).toDateString();
+    if (day === lastDay) return;
+    lastDay = day;
+    const li = document.createElement('li');
+    li.className = 'day';
+    li.textContent = dayName(at);
+    ol.append(li);
+  };
   const noteUntil = (at) => {
     while (pending.length > 0 && pending[0].at <= at) {
+      const note = pending.shift();
+      dayLine(note.at);
       const li = document.createElement('li');
       li.className = 'note';
-      li.textContent = pending.shift().text;
+      li.textContent = note.text;
       ol.append(li);
     }
   };
-  for (const m of attempt(() => client.messages(current)) || []) {
+  let found = 0;
+  const all = attempt(() => client.messages(current)) || [];
+  const byId = new Map(all.map((m) => [m.key.slice(m.key.indexOf('/') + 1), m]));
+  for (const m of all) {
+    if (needle && (m.deletedAt || !shownText(m).toLocaleLowerCase().includes(needle))) continue;
+    found += 1;
     noteUntil(m.createdAt);
+    dayLine(m.createdAt);
     const li = document.createElement('li');
     li.className = m.outgoing ? 'mine' : '';
     li.dataset.key = m.key;
-    li.textContent = isGroup && !m.outgoing ? `${names.get(m.sender) ?? m.sender}: ${m.text}` : m.text;
+    const quote = m.deletedAt ? null : parseQuote(m.text);
+    if (m.deletedAt) {
+      li.classList.add('deleted');
+      li.append(m.outgoing ? 'You deleted this message.' : 'This message was deleted.');
+    } else {
+      if (isGroup && !m.outgoing) li.append(`${names.get(m.sender) ?? m.sender}: `);
+      li.append(...highlighted(quote ? quote.reply : m.text, needle));
+    }
+    if (quote) {
+      li.prepend(quoteBlock(byId.get(quote.id), names));
+      li.dataset.quotes = quote.written;
+    }
     const meta = document.createElement('span');
     meta.className = 'meta';
-    meta.textContent = shortTime(m.createdAt);
+    meta.textContent = shortTime(m.createdAt) + (m.editedAt && !m.deletedAt ? ' · edited' : '');
     if (m.outgoing) {
       const mark = document.createElement('span');
       mark.textContent = ` ${STATE_MARK[m.state] ?? m.state}`;
@@ -241,11 +321,183 @@ function renderMessages() {
       words.textContent = `, ${STATE_WORDS[m.state] ?? m.state}`;
       meta.append(mark, words);
     }
+    if (!m.deletedAt && m.reactions.length > 0) li.append(reactionsRow(m));
     li.append(meta);
+    addActions(li, m);
     ol.append(li);
+    if (m.key === focusKey) li.querySelector(`[data-action="${focusAction}"]`)?.focus();
   }
   noteUntil(Infinity);
+  if (needle) $('search-count').textContent = found === 0 ? 'No messages found' : found === 1 ? '1 message found' : `${found} messages found`;
   if (atBottom) ol.scrollTop = ol.scrollHeight;
+}
+
+/** Whether this user has put `emoji` on message `m`. */
+const reacted = (m, emoji) => m.reactions.some((r) => r.identity === client.identity && r.emoji === emoji);
+
+/** Puts this user's `emoji` on `m`, or takes it off when it is there (Threema's reactions). */
+function toggleReaction(m, emoji) {
+  attempt(() => client.react(m.key, emoji, !reacted(m, emoji)));
+  renderMessages();
+}
+
+/** The reactions under a message: one button per emoji with its count; pressed when one of
+ * them is this user's, and pressing it takes it back (or adds it). */
+function reactionsRow(m) {
+  const row = document.createElement('div');
+  row.className = 'reactions';
+  const counts = new Map();
+  for (const r of m.reactions) counts.set(r.emoji, (counts.get(r.emoji) ?? 0) + 1);
+  const canSend = !$('composer').hidden;
+  for (const [emoji, count] of counts) {
+    const mine = reacted(m, emoji);
+    const chip = document.createElement('button');
+    chip.type = 'button';
+    chip.className = 'reaction';
+    chip.dataset.action = `react ${emoji}`;
+    chip.textContent = `${emoji} ${count}`;
+    chip.setAttribute('aria-label', `${emoji} ${count}${mine ? ', yours among them' : ''}`);
+    chip.setAttribute('aria-pressed', String(mine));
+    chip.disabled = !canSend;
+    chip.addEventListener('click', () => toggleReaction(m, emoji));
+    row.append(chip);
+  }
+  return row;
+}
+
+/** The quoted message above a reply: its sender and text (or that it is gone). */
+function quoteBlock(quoted, names) {
+  const block = document.createElement('blockquote');
+  block.className = 'quote';
+  if (!quoted) {
+    block.textContent = 'The quoted message is not on this device.';
+    return block;
+  }
+  const who = document.createElement('strong');
+  who.textContent = quoted.outgoing ? 'You' : (names.get(quoted.sender) ?? nameOf(quoted.sender));
+  block.append(who, document.createElement('br'), shownText(quoted));
+  return block;
+}
+
+/**
+ * The "⋯" button of a message and, while open, its actions: reply, edit (own, for 6 hours),
+ * delete for me, delete for everyone (own, for 6 hours).
+ */
+function addActions(li, m) {
+  const more = document.createElement('button');
+  more.type = 'button';
+  more.className = 'link more';
+  more.dataset.action = 'more';
+  more.textContent = '⋯';
+  more.setAttribute('aria-label', `Actions for ${m.outgoing ? 'your' : 'this'} message from ${shortTime(m.createdAt)}`);
+  more.setAttribute('aria-expanded', String(openActions === m.key));
+  more.addEventListener('click', () => {
+    openActions = openActions === m.key ? null : m.key;
+    renderMessages();
+    // The focus goes to "Reply" (the action most used), else to the first one.
+    const bar = $('messages').querySelector(`li[data-key="${m.key}"] .actions`);
+    if (openActions) (bar?.querySelector('[data-action=reply]') ?? bar?.querySelector('button'))?.focus();
+  });
+  li.querySelector('.meta').append(more); // at the end of the time line
+  if (openActions !== m.key) return;
+  const bar = document.createElement('div');
+  bar.className = 'actions';
+  bar.setAttribute('role', 'group');
+  bar.setAttribute('aria-label', 'Message actions');
+  const button = (action, text, run, danger = false) => {
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = danger ? 'link danger-link' : 'link';
+    b.dataset.action = action;
+    b.textContent = text;
+    b.addEventListener('click', run);
+    bar.append(b);
+  };
+  const canSend = !$('composer').hidden;
+  if (!m.deletedAt && canSend) {
+    for (const emoji of QUICK_REACTIONS) {
+      button(`quick ${emoji}`, emoji, () => toggleReaction(m, emoji));
+      const b = bar.lastChild;
+      b.classList.add('quick');
+      b.setAttribute('aria-label', reacted(m, emoji) ? `Take back ${emoji}` : `React with ${emoji}`);
+      b.setAttribute('aria-pressed', String(reacted(m, emoji)));
+    }
+    button('reply', 'Reply', () => startCompose('reply', m));
+  }
+  if (changeable(m) && canSend) button('edit', 'Edit', () => startCompose('edit', m));
+  const remove = (forEveryone, question) => () => {
+    if (!confirm(question)) return;
+    openActions = null;
+    attempt(() => client.deleteMessage(m.key, forEveryone));
+    renderMessages();
+  };
+  button('delete-here', 'Delete for me', remove(false, 'Delete this message on this device? Your other devices and the other people keep it.'), true);
+  if (changeable(m) && canSend) {
+    button('delete-all', 'Delete for everyone', remove(true, 'Delete this message for everyone? It is removed on your devices and for the people in this chat.'), true);
+  }
+  li.append(bar);
+}
+
+/** The composer replies to or edits a message until sent or cancelled. */
+function startCompose(kind, m) {
+  compose = { kind, key: m.key };
+  openActions = null;
+  const text = shownText(m);
+  const excerpt = text.length > 60 ? `${text.slice(0, 60)}…` : text;
+  $('compose-what').textContent = kind === 'edit' ? 'Editing your message' : `Replying to ${m.outgoing ? 'yourself' : nameOf(m.sender)}: “${excerpt}”`;
+  $('compose-bar').hidden = false;
+  if (kind === 'edit') $('composer-text').value = text;
+  fitComposer();
+  renderMessages();
+  $('composer-text').focus();
+}
+
+function endCompose() {
+  compose = null;
+  $('compose-bar').hidden = true;
+}
+
+/** "Today", "Yesterday", or the date (with the weekday within a week). */
+function dayName(at) {
+  const day = new Date(at);
+  day.setHours(0, 0, 0, 0);
+  const today = new Date();
+  today.setHours(0, 0, 0, 0);
+  const days = Math.round((today - day) / 86_400_000);
+  if (days === 0) return 'Today';
+  if (days === 1) return 'Yesterday';
+  if (days > 1 && days < 7) return day.toLocaleDateString([], { weekday: 'long' });
+  return day.toLocaleDateString([], { weekday: 'long', day: 'numeric', month: 'long', year: 'numeric' });
+}
+
+/** A text as nodes, with every place that matches `needle` (lower case) in a <mark>. */
+function highlighted(text, needle) {
+  if (!needle) return [text];
+  const lower = text.toLocaleLowerCase();
+  const out = [];
+  let at = 0;
+  for (let i = lower.indexOf(needle); i >= 0; i = lower.indexOf(needle, i + needle.length)) {
+    if (i > at) out.push(text.slice(at, i));
+    const mark = document.createElement('mark');
+    mark.textContent = text.slice(i, i + needle.length);
+    out.push(mark);
+    at = i + needle.length;
+  }
+  if (at < text.length) out.push(text.slice(at));
+  return out;
+}
+
+/** Opens or closes "search in this conversation". */
+function setSearch(open) {
+  $('search').hidden = !open;
+  $('chat-search').setAttribute('aria-expanded', String(open));
+  if (!open) {
+    searchText = '';
+    $('search-text').value = '';
+    $('search-count').textContent = '';
+  }
+  if (current) renderMessages();
+  if (open) $('search-text').focus();
 }
 
 function renderChatHead() {
@@ -278,6 +530,11 @@ function markReadIfVisible() {
 
 function show(id) {
   stopTyping();
+  if (id !== current) {
+    setSearch(false);
+    endCompose();
+    openActions = null;
+  }
   current = id;
   $('main').classList.add('in-chat'); // at phone width, the chat replaces the list
   $('chat-empty').hidden = true;
@@ -287,6 +544,7 @@ function show(id) {
   const ol = $('messages');
   ol.scrollTop = ol.scrollHeight;
   markReadIfVisible();
+  if (document.visibilityState === 'visible') withdrawNotification(id);
   renderConversations();
   $('composer-text').focus();
 }
@@ -295,6 +553,9 @@ function show(id) {
 function closeChat() {
   stopTyping();
   const was = current;
+  setSearch(false);
+  endCompose();
+  openActions = null;
   current = null;
   $('main').classList.remove('in-chat');
   $('chat').hidden = true;
@@ -388,6 +649,7 @@ function setConnection(event) {
  */
 function stopped({ code }) {
   $('conn').textContent = 'Not connected';
+  if (wiping) return undefined; // this device removed itself (wipeDevice)
   if (code === 4112) return otherTab();
   if (code === 4113 || code === 4115) {
     return removed('Another of your devices removed this one from your identity. Its messages and keys are still '
@@ -418,7 +680,9 @@ function halt(title, text, action, onAction, danger = false) {
   if ($('settings').open) $('settings').close();
   $('main').hidden = true;
   $('setup').hidden = true;
+  $('loading').hidden = true;
   $('halt').hidden = false;
+  document.title = 'Tandem';
   $('halt-title').textContent = title;
   $('halt-text').textContent = text;
   const button = $('halt-action');
@@ -461,7 +725,7 @@ function removed(text) {
     const slow = setTimeout(() => toast('Still wiping: close the other tabs that have Tandem open.'), 3000);
     try {
       await TandemClient.deleteDatabase(database);
-      localStorage.removeItem(NOTES_KEY);
+      forgetLocal();
       location.reload();
     } catch (e) {
       clearTimeout(slow);
@@ -469,6 +733,83 @@ function removed(text) {
       toast(`Could not wipe this device: ${sentence(e.message || e)} Close its other tabs and try again.`, true);
     }
   }, true);
+}
+
+/** What the app itself keeps in this browser for the device (notes, preferences). */
+function forgetLocal() {
+  localStorage.removeItem(NOTES_KEY);
+  localStorage.removeItem(PREFS_KEY);
+}
+
+/**
+ * "Wipe this device" in Settings, for a device that was not removed: after a confirm, it removes
+ * itself from the identity (the mediator drops its slot and closes with 4113, so the other
+ * devices no longer list it), then deletes its database and the app's own keys, and reloads to
+ * the setup screen.
+ */
+async function wipeDevice() {
+  const devices = $('devices').children.length;
+  const only = devices <= 1;
+  const question = only
+    ? 'This is your only device. Without an ID backup, your identity, contacts and messages are gone for good. Wipe this device?'
+    : 'Sign this device out of your identity and delete its messages and keys from this browser? Your other devices keep everything.';
+  if (!confirm(question)) return;
+  wiping = true;
+  $('wipe-device').disabled = true;
+  tabs?.postMessage({ type: 'wipe' });
+  if (client.isOnline) {
+    // The mediator acks and closes this connection with 4113; waited for at most 5 s (offline,
+    // the slot stays listed on the other devices until one of them removes it).
+    const gone = new Promise((resolve) => {
+      client.on('connection', (e) => { if (e.state === 'disconnected') resolve(); });
+      setTimeout(resolve, 5000);
+    });
+    if (attempt(() => { client.dropDevice(client.deviceId); return true; })) await gone;
+  }
+  closeClient();
+  try {
+    await TandemClient.deleteDatabase(database);
+    forgetLocal();
+    location.reload();
+  } catch (e) {
+    wiping = false;
+    $('wipe-device').disabled = false;
+    toast(`Could not wipe this device: ${sentence(e.message || e)} Close its other tabs and try again.`, true);
+  }
+}
+
+/** A desktop notification for an incoming message, when asked for and the tab is hidden. */
+function notify(conversation, message) {
+  if (!prefs.notify || !('Notification' in window) || Notification.permission !== 'granted') return;
+  if (document.visibilityState !== 'hidden') return;
+  const from = conversation.startsWith('group/') ? `${nameOf(message.sender)} in ${conversationName(conversation)}` : conversationName(conversation);
+  try {
+    const n = new Notification(from, { body: prefs.notifyText ? shownText(message) : 'New message', tag: conversation });
+    n.onclick = () => { window.focus(); if (client) show(conversation); n.close(); };
+    notified.set(conversation, { notification: n, key: message.key });
+  } catch { /* a browser that allows notifications only from a service worker: none shown */ }
+}
+
+/** Takes back the notification of a conversation (opened here), or of one message (deleted). */
+function withdrawNotification(conversation, key = null) {
+  const shown = notified.get(conversation);
+  if (!shown || (key && shown.key !== key)) return;
+  notified.delete(conversation);
+  shown.notification.close();
+}
+
+/** The notification settings as they are now; `asked` says what the browser answered. */
+function showNotifyState() {
+  const supported = 'Notification' in window;
+  $('notify-section').hidden = !supported;
+  if (!supported) return;
+  const denied = Notification.permission === 'denied';
+  $('set-notify').checked = Boolean(prefs.notify) && Notification.permission === 'granted';
+  $('set-notify-text').checked = Boolean(prefs.notifyText);
+  $('set-notify-text').disabled = !$('set-notify').checked;
+  $('notify-state').textContent = denied
+    ? 'This browser blocks notifications from Tandem: allow them in the browser\'s settings for this site.'
+    : '';
 }
 
 function hideSync() {
@@ -533,7 +874,8 @@ function wire() {
   on('conversations', renderConversations);
   on('message', ({ conversation, message }) => {
     if (message && !message.outgoing) {
-      $('announce').textContent = `New message from ${conversationName(conversation)}: ${message.text}`;
+      $('announce').textContent = `New message from ${conversationName(conversation)}: ${shownText(message)}`;
+      notify(conversation, message);
     }
     if (conversation === current) {
       renderMessages();
@@ -541,6 +883,17 @@ function wire() {
     }
   });
   on('messageState', ({ conversation }) => { if (conversation === current) renderMessages(); });
+  on('messageChanged', ({ conversation, key, message }) => {
+    // Threema: a deleted message's notification should go too.
+    if (message?.deletedAt) withdrawNotification(conversation, key);
+    if (compose?.key === key && (!message || message.deletedAt)) {
+      // The message being edited or answered is gone (deleted on another device, or by its sender).
+      if (compose.kind === 'edit') $('composer-text').value = '';
+      endCompose();
+      fitComposer();
+    }
+    if (conversation === current) renderMessages();
+  });
   on('group', ({ id, group }) => noteGroupChange(id, group));
   for (const name of ['contact', 'group', 'distributionList']) {
     on(name, () => { renderConversations(); if (current) renderChatHead(); });
@@ -606,7 +959,40 @@ function wire() {
   $('retry').addEventListener('click', () => retryAction());
   $('chat-back').addEventListener('click', closeChat);
   document.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape' && current && !$('settings').open) closeChat();
+    if (e.key !== 'Escape' || !current || $('settings').open) return;
+    if (openActions) {
+      // Escape closes a message's actions first, back on its "⋯".
+      const key = openActions;
+      openActions = null;
+      renderMessages();
+      $('messages').querySelector(`li[data-key="${key}"] .more`)?.focus();
+      return;
+    }
+    closeChat();
+  });
+  $('copy-id').addEventListener('click', async () => {
+    try {
+      await navigator.clipboard.writeText(client.identity);
+      toast(`Your ID ${client.identity} was copied.`);
+    } catch {
+      toast(`Could not copy. Your ID is ${client.identity}.`, true);
+    }
+  });
+  $('chat-search').addEventListener('click', () => setSearch($('search').hidden));
+  $('search-close').addEventListener('click', () => { setSearch(false); $('chat-search').focus(); });
+  $('search').addEventListener('submit', (e) => e.preventDefault());
+  $('search-text').addEventListener('input', () => {
+    searchText = $('search-text').value.trim();
+    if (!searchText) $('search-count').textContent = '';
+    renderMessages();
+  });
+  $('search-text').addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    // Escape leaves the search (the next one leaves the chat).
+    e.preventDefault();
+    e.stopPropagation();
+    setSearch(false);
+    $('chat-search').focus();
   });
   $('new-chat').addEventListener('submit', (e) => {
     e.preventDefault();
@@ -640,6 +1026,35 @@ function wire() {
     e.preventDefault();
     const text = $('composer-text').value;
     if (!text.trim() || !current) return;
+    if (compose?.kind === 'edit') {
+      const m = (client.messages(current) || []).find((x) => x.key === compose.key);
+      const quote = m ? parseQuote(m.text) : null;
+      // A reply keeps what it quotes.
+      const full = quote ? `${m.text.slice(0, m.text.length - quote.reply.length)}${text}` : text;
+      if (attempt(() => { client.editMessage(compose.key, full); return true; })) {
+        endCompose();
+        $('composer-text').value = '';
+        fitComposer();
+        renderMessages();
+      }
+      return;
+    }
+    if (compose?.kind === 'reply') {
+      const header = quoteHeader(compose.key);
+      const max = client.maxTextBytes - new TextEncoder().encode(header).length;
+      const parts = splitText(text, max);
+      if (parts.length > 1 && !confirm(`This text (${text.length} characters) is too long for one message. `
+        + `Send it as ${parts.length} messages?`)) return;
+      stopTyping();
+      let sent = 0;
+      while (sent < parts.length && attempt(() => client.sendText(current, sent === 0 ? header + parts[0] : parts[sent])) !== undefined) sent += 1;
+      if (sent > 0) endCompose();
+      $('composer-text').value = sent === 0 ? text : parts.slice(sent).join('');
+      fitComposer();
+      renderMessages();
+      $('messages').scrollTop = $('messages').scrollHeight;
+      return;
+    }
     // Never cut a long paste short without a word: offer to send it in parts.
     const parts = splitText(text, client.maxTextBytes);
     if (parts.length > 1 && !confirm(`This text (${text.length} characters) is too long for one message. `
@@ -653,7 +1068,20 @@ function wire() {
     renderMessages();
     $('messages').scrollTop = $('messages').scrollHeight;
   });
+  $('compose-cancel').addEventListener('click', () => {
+    if (compose?.kind === 'edit') $('composer-text').value = '';
+    endCompose();
+    fitComposer();
+    $('composer-text').focus();
+  });
   $('composer-text').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && compose) {
+      // Escape leaves the reply or the edit first (the next one leaves the chat).
+      e.preventDefault();
+      e.stopPropagation();
+      $('compose-cancel').click();
+      return;
+    }
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $('composer').requestSubmit();
@@ -704,6 +1132,8 @@ function wire() {
     $('set-block-unknown').checked = s.blockUnknown;
     $('backup-out').hidden = true;
     $('backup-out').value = '';
+    $('backup-download').hidden = true;
+    showNotifyState();
     $('settings').showModal();
     refreshDevices();
   });
@@ -732,9 +1162,37 @@ function wire() {
     if (backup) {
       $('backup-out').value = backup;
       $('backup-out').hidden = false;
+      $('backup-download').hidden = false;
       $('backup-password').value = '';
     }
   });
+  // The backup as a text file (the setup screen of another device opens it).
+  $('backup-download').addEventListener('click', () => {
+    const blob = new Blob([`${$('backup-out').value}\n`], { type: 'text/plain' });
+    const link = document.createElement('a');
+    link.href = URL.createObjectURL(blob);
+    link.download = `tandem-id-backup-${client.identity}.txt`;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  });
+  $('set-notify').addEventListener('change', async () => {
+    if (!$('set-notify').checked) {
+      prefs.notify = false;
+    } else {
+      const answer = Notification.permission === 'granted' ? 'granted' : await Notification.requestPermission();
+      prefs.notify = answer === 'granted';
+    }
+    savePrefs();
+    showNotifyState();
+  });
+  $('set-notify-text').addEventListener('change', () => {
+    prefs.notifyText = $('set-notify-text').checked;
+    savePrefs();
+  });
+  $('wipe-device').addEventListener('click', wipeDevice);
 }
 
 /** The line under "Add contact": what happens with the ID typed there. */
@@ -750,6 +1208,7 @@ function start(c) {
   tabs?.postMessage({ type: 'here', at: startedAt });
   for (const g of client.groups()) groupSeen.set(g.id, groupShape(g));
   $('setup').hidden = true;
+  $('loading').hidden = true;
   $('main').hidden = false;
   renderHeader();
   renderConversations();
@@ -766,6 +1225,7 @@ if (tabs) {
 
 async function setup() {
   if (deviceName !== 'default') $('setup-where').textContent = ` This page is the device “${deviceName}” of this browser (several can live side by side).`;
+  $('loading').hidden = true;
   $('setup').hidden = false;
   $('setup-label').value = deviceName === 'default' ? 'Web browser' : `Web browser (${deviceName})`;
   const busy = (on) => { for (const b of document.querySelectorAll('#setup button')) b.disabled = on; };
@@ -784,6 +1244,19 @@ async function setup() {
     e.preventDefault();
     run(() => TandemClient.create({ mediatorUrl, database, deviceLabel: $('setup-label').value.trim() || undefined }));
   });
+  // A backup file (downloaded in another device's Settings) fills the field.
+  $('import-file').addEventListener('change', async () => {
+    const file = $('import-file').files?.[0];
+    if (!file) return;
+    const text = file.size > 10_000 ? '' : (await file.text()).trim();
+    if (/^[A-Z2-7]{4}(-[A-Z2-7]{4}){19}$/.test(text)) {
+      $('import-backup').value = text;
+      $('setup-error').textContent = '';
+      $('import-password').focus();
+    } else {
+      $('setup-error').textContent = 'This file holds no ID backup. Pick the file downloaded from another device\'s Settings.';
+    }
+  });
   $('import-form').addEventListener('submit', (e) => {
     e.preventDefault();
     run(() => TandemClient.importBackup({
@@ -796,15 +1269,30 @@ async function setup() {
   });
 }
 
-await init();
+/** Instead of the app: why it cannot start, and a reload. */
+function fatal(title, text) {
+  halt(title, text, 'Reload', () => location.reload());
+}
+
+let ready = false;
 try {
-  // `hasIdentity` only reads IndexedDB: a first visit leaves no empty database behind.
-  if (await TandemClient.hasIdentity(database)) start(await TandemClient.open({ database, mediatorUrl }));
-  else await setup();
+  await init();
+  ready = true;
 } catch (e) {
-  if (/holds no identity/.test(e.message)) {
-    await setup();
-  } else {
-    document.body.textContent = `Tandem could not open this device: ${sentence(e.message || e)}`;
+  console.error('tandem: the WebAssembly module did not start:', e);
+  fatal('Tandem cannot run in this browser', 'Tandem needs WebAssembly (with SIMD), which this browser does not '
+    + 'offer or has turned off. Use a current Chrome, Edge, Firefox or Safari.');
+}
+if (ready) {
+  try {
+    // `hasIdentity` only reads IndexedDB: a first visit leaves no empty database behind.
+    if (await TandemClient.hasIdentity(database)) start(await TandemClient.open({ database, mediatorUrl }));
+    else await setup();
+  } catch (e) {
+    if (/holds no identity/.test(e.message)) {
+      await setup();
+    } else {
+      fatal('Tandem could not open this device', sentence(e.message || e));
+    }
   }
 }

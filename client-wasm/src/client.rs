@@ -9,7 +9,8 @@ use std::rc::{Rc, Weak};
 use js_sys::{Array, Function, Uint8Array};
 use rand_core::OsRng;
 use tandem_shared::app::{
-    App, AppConfig, AppEvent, ConversationId, Effect, ReconnectDecision, RecordKind, StopReason,
+    App, AppConfig, AppEvent, ConversationId, Effect, MessageKey, ReconnectDecision, RecordKind,
+    StopReason,
 };
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::d2d::{DeviceInfo, Platform};
@@ -107,14 +108,14 @@ impl Inner {
                     let id = batch.id;
                     spawn_local(async move {
                         let result = JsFuture::from(write.done).await;
-                        step(&me, |inner| match result {
+                        step(&me, &mut |inner| match &result {
                             Ok(_) if inner.storage_failed => {}
                             Ok(_) => {
                                 if let Err(e) = inner.app.on_persisted(id) {
                                     inner.error(&e.into());
                                 }
                             }
-                            Err(e) => inner.fail_storage(&ClientError::storage(&e)),
+                            Err(e) => inner.fail_storage(&ClientError::storage(e)),
                         });
                     });
                 }
@@ -125,11 +126,14 @@ impl Inner {
                 let directory = self.directory.clone();
                 spawn_local(async move {
                     let answer = directory.lookup(identity).await;
-                    step(&me, |inner| match answer {
+                    step(&me, &mut |inner| match &answer {
                         Ok(Lookup::Found(key)) => {
-                            inner
-                                .app
-                                .on_identity_lookup(identity, Some(key), now_ms(), &mut OsRng);
+                            inner.app.on_identity_lookup(
+                                identity,
+                                Some(*key),
+                                now_ms(),
+                                &mut OsRng,
+                            );
                         }
                         Ok(Lookup::NotFound) => {
                             inner
@@ -137,7 +141,7 @@ impl Inner {
                                 .on_identity_lookup(identity, None, now_ms(), &mut OsRng);
                         }
                         Err(e) => {
-                            inner.error(&e);
+                            inner.error(e);
                             inner.app.on_identity_lookup_failed(identity);
                         }
                     });
@@ -209,7 +213,7 @@ impl Inner {
         let generation = self.generation;
         let me = self.me.clone();
         let on_open = Closure::<dyn FnMut(JsValue)>::new(move |_| {
-            step(&me, |inner| {
+            step(&me, &mut |inner| {
                 if inner.current(generation) {
                     if let Err(e) = inner.app.connect(now_ms(), &mut OsRng) {
                         inner.error(&e.into());
@@ -227,7 +231,7 @@ impl Inner {
                 return;
             };
             let bytes = Uint8Array::new(&data).to_vec();
-            step(&me, |inner| {
+            step(&me, &mut |inner| {
                 if inner.current(generation) {
                     inner.app.on_binary(&bytes, now_ms(), &mut OsRng);
                 }
@@ -236,7 +240,7 @@ impl Inner {
         let me = self.me.clone();
         let on_close = Closure::<dyn FnMut(JsValue)>::new(move |event: JsValue| {
             let code = event.dyn_ref::<CloseEvent>().map_or(1006, CloseEvent::code);
-            step(&me, |inner| {
+            step(&me, &mut |inner| {
                 if inner.current(generation) {
                     inner.socket = None;
                     inner
@@ -277,7 +281,7 @@ impl Inner {
         };
         let me = self.me.clone();
         let callback = Closure::<dyn FnMut()>::new(move || {
-            step(&me, |inner| {
+            step(&me, &mut |inner| {
                 inner.timer = None;
                 inner.app.on_timeout(now_ms(), &mut OsRng);
             });
@@ -301,6 +305,34 @@ impl Inner {
         }
     }
 
+    /// `message` (added) or `messageChanged` (edited, deleted; `message` null once deleted on
+    /// this device): the conversation, the key and the message as it is now.
+    fn message_event(
+        &mut self,
+        name: &'static str,
+        conversation: &ConversationId,
+        key: &MessageKey,
+    ) {
+        let message = self
+            .app
+            .state()
+            .message(key)
+            .filter(|m| !m.hidden)
+            .map_or(JsValue::NULL, convert::message);
+        self.emit(
+            name,
+            Obj::new()
+                .set(
+                    "conversation",
+                    convert::conversation_to_string(conversation),
+                )
+                .set("key", convert::message_key_to_string(key))
+                .set("message", message)
+                .build(),
+        );
+        self.conversations_dirty = true;
+    }
+
     fn event(&mut self, event: AppEvent) {
         let state = |s: &str| Obj::new().set("state", s);
         match event {
@@ -322,22 +354,10 @@ impl Inner {
                 self.emit("leader", Obj::new().set("leader", true).build());
             }
             AppEvent::MessageAdded { conversation, key } => {
-                let message = self
-                    .app
-                    .state()
-                    .message(&key)
-                    .map_or(JsValue::NULL, convert::message);
-                self.emit(
-                    "message",
-                    Obj::new()
-                        .set(
-                            "conversation",
-                            convert::conversation_to_string(&conversation),
-                        )
-                        .set("message", message)
-                        .build(),
-                );
-                self.conversations_dirty = true;
+                self.message_event("message", &conversation, &key);
+            }
+            AppEvent::MessageChanged { conversation, key } => {
+                self.message_event("messageChanged", &conversation, &key);
             }
             AppEvent::MessageState { key, state: s } => {
                 let conversation = self
@@ -551,7 +571,10 @@ fn call_global(name: &str, arg: &JsValue) {
 }
 
 /// One input: run `f` on the core, drain, then tell the listeners (with the core released).
-fn step(me: &Weak<RefCell<Inner>>, f: impl FnOnce(&mut Inner)) {
+/// Not generic: as `impl FnOnce` it was copied into every command and callback with the drain
+/// and dispatch inlined (docs/client.md "Size").
+#[inline(never)]
+fn step(me: &Weak<RefCell<Inner>>, f: &mut dyn FnMut(&mut Inner)) {
     let Some(shared) = me.upgrade() else {
         return;
     };
@@ -835,7 +858,7 @@ impl TandemClient {
         // Connect once the caller had a chance to add listeners (next microtask).
         let me = Rc::downgrade(&inner);
         spawn_local(async move {
-            step(&me, Inner::open_socket);
+            step(&me, &mut Inner::open_socket);
         });
         Self { inner }
     }
@@ -845,8 +868,27 @@ impl TandemClient {
         &self,
         f: impl FnOnce(&mut Inner) -> Result<R, ClientError>,
     ) -> Result<R, JsValue> {
-        let me = Rc::downgrade(&self.inner);
+        let mut f = Some(f);
         let mut out = None;
+        self.run(&mut |inner| {
+            if let Some(f) = f.take() {
+                out = Some(f(inner));
+            }
+        })?;
+        match out {
+            Some(result) => result.map_err(JsValue::from),
+            None => Err(ClientError::invalid(
+                "call",
+                "the client is busy; call again from a later task",
+            )
+            .into()),
+        }
+    }
+
+    /// [`Self::command`]'s checks and step, compiled once.
+    #[inline(never)]
+    fn run(&self, f: &mut dyn FnMut(&mut Inner)) -> Result<(), JsValue> {
+        let me = Rc::downgrade(&self.inner);
         {
             let inner = self
                 .inner
@@ -856,15 +898,8 @@ impl TandemClient {
                 return Err(ClientError::Closed.into());
             }
         }
-        step(&me, |inner| out = Some(f(inner)));
-        match out {
-            Some(result) => result.map_err(JsValue::from),
-            None => Err(ClientError::invalid(
-                "call",
-                "the client is busy; call again from a later task",
-            )
-            .into()),
-        }
+        step(&me, f);
+        Ok(())
     }
 
     fn read<R>(&self, f: impl FnOnce(&Inner) -> R) -> Result<R, JsValue> {
@@ -879,6 +914,59 @@ impl TandemClient {
     }
 }
 
+impl TandemClient {
+    /// `create` and `importBackup` in one body: the two exports' futures were two copies of
+    /// the same steps (≈ 5.4 KB each before wasm-opt; docs/client.md "Size").
+    async fn new_device(options: JsValue, from_backup: bool) -> Result<Self, ClientError> {
+        let backup = if from_backup {
+            let backup = get_string(&options, "backup")
+                .ok_or_else(|| ClientError::invalid("backup", "required"))?;
+            let password = get_string(&options, "password")
+                .ok_or_else(|| ClientError::invalid("password", "required"))?;
+            Some((backup, password))
+        } else {
+            None
+        };
+        let options = Options::parse(&options)?;
+        let (mediator_url, directory_url) = new_device_endpoints(&options)?;
+        let directory = Directory::new(&directory_url);
+        let decoded = match backup {
+            Some((backup, password)) => {
+                let decoded = tandem_shared::id_backup::decode(&backup, &password)?;
+                let identity = convert::identity(&decoded.identity)?;
+                let ck = tandem_shared::keys::ClientKey::new(decoded.ck);
+                match directory.lookup(identity).await? {
+                    Lookup::NotFound => {
+                        return Err(ClientError::IdentityNotFound(identity.to_string()))
+                    }
+                    Lookup::Found(key) if key != ck.public_key() => {
+                        return Err(ClientError::invalid(
+                            "backup",
+                            format!("its key does not match the directory's key for {identity}"),
+                        ))
+                    }
+                    Lookup::Found(_) => {}
+                }
+                Some((identity, ck))
+            }
+            None => None,
+        };
+        let db = open_empty(&options).await?;
+        let server = directory.server_info().await?;
+        let (identity, ck) = match decoded {
+            Some(found) => found,
+            None => directory.create_identity(&mut OsRng).await?,
+        };
+        let setup = Setup {
+            mediator_url,
+            directory_url,
+            device_label: options.device_label.clone().unwrap_or_default(),
+            server,
+        };
+        Self::start_new(identity, ck, db, setup).await
+    }
+}
+
 fn conversation(text: &str) -> Result<ConversationId, ClientError> {
     convert::conversation_from_string(text)
 }
@@ -890,19 +978,7 @@ impl TandemClient {
     pub async fn create(
         #[wasm_bindgen(unchecked_param_type = "CreateOptions")] options: JsValue,
     ) -> Result<Self, JsValue> {
-        let options = Options::parse(&options)?;
-        let (mediator_url, directory_url) = new_device_endpoints(&options)?;
-        let db = open_empty(&options).await?;
-        let directory = Directory::new(&directory_url);
-        let server = directory.server_info().await?;
-        let (identity, ck) = directory.create_identity(&mut OsRng).await?;
-        let setup = Setup {
-            mediator_url,
-            directory_url,
-            device_label: options.device_label.clone().unwrap_or_default(),
-            server,
-        };
-        Ok(Self::start_new(identity, ck, db, setup).await?)
+        Ok(Self::new_device(options, false).await?)
     }
 
     /// An identity from a Threema ID backup, in a new database; its state comes from the
@@ -911,41 +987,8 @@ impl TandemClient {
     pub async fn import_backup(
         #[wasm_bindgen(unchecked_param_type = "ImportOptions")] options: JsValue,
     ) -> Result<Self, JsValue> {
-        let backup = get_string(&options, "backup")
-            .ok_or_else(|| ClientError::invalid("backup", "required"))?;
-        let password = get_string(&options, "password")
-            .ok_or_else(|| ClientError::invalid("password", "required"))?;
-        let options = Options::parse(&options)?;
-        let (mediator_url, directory_url) = new_device_endpoints(&options)?;
-        let decoded =
-            tandem_shared::id_backup::decode(&backup, &password).map_err(ClientError::from)?;
-        let identity = convert::identity(&decoded.identity)?;
-        let ck = tandem_shared::keys::ClientKey::new(decoded.ck);
-        let directory = Directory::new(&directory_url);
-        match directory.lookup(identity).await? {
-            Lookup::NotFound => {
-                return Err(ClientError::IdentityNotFound(identity.to_string()).into())
-            }
-            Lookup::Found(key) if key != ck.public_key() => {
-                return Err(ClientError::invalid(
-                    "backup",
-                    format!("its key does not match the directory's key for {identity}"),
-                )
-                .into())
-            }
-            Lookup::Found(_) => {}
-        }
-        let db = open_empty(&options).await?;
-        let server = directory.server_info().await?;
-        let setup = Setup {
-            mediator_url,
-            directory_url,
-            device_label: options.device_label.clone().unwrap_or_default(),
-            server,
-        };
-        Ok(Self::start_new(identity, ck, db, setup).await?)
+        Ok(Self::new_device(options, true).await?)
     }
-
     /// The device stored in a database (after a reload).
     #[wasm_bindgen(js_name = open)]
     pub async fn open(
@@ -1129,6 +1172,45 @@ impl TandemClient {
             let key = i.app.send_text(id, text, now_ms(), &mut OsRng)?;
             Ok(convert::message_key_to_string(&key))
         })
+    }
+
+    /// Edits an own message for everyone (Threema's edit message; up to 6 hours after it was
+    /// written). The text changes here at once; `messageChanged` follows on every device.
+    #[wasm_bindgen(js_name = editMessage)]
+    pub fn edit_message(
+        &self,
+        #[wasm_bindgen(js_name = "messageKey")] message_key: &str,
+        text: &str,
+    ) -> Result<(), JsValue> {
+        let key = convert::message_key_from_string(message_key)?;
+        self.command(|i| Ok(i.app.edit_message(key, text, now_ms(), &mut OsRng)?))
+    }
+
+    /// Deletes a message: `forEveryone` (an own message, up to 6 hours after it was written;
+    /// Threema's delete message: its text is gone on every device and at every receiver), or on
+    /// this device only (any message).
+    #[wasm_bindgen(js_name = deleteMessage)]
+    pub fn delete_message(
+        &self,
+        #[wasm_bindgen(js_name = "messageKey")] message_key: &str,
+        #[wasm_bindgen(js_name = "forEveryone")] for_everyone: bool,
+    ) -> Result<(), JsValue> {
+        let key = convert::message_key_from_string(message_key)?;
+        self.command(|i| {
+            Ok(i.app
+                .delete_message(key, for_everyone, now_ms(), &mut OsRng)?)
+        })
+    }
+
+    /// Puts an emoji on any message (`apply`) or takes it off (Threema's reaction).
+    pub fn react(
+        &self,
+        #[wasm_bindgen(js_name = "messageKey")] message_key: &str,
+        emoji: &str,
+        apply: bool,
+    ) -> Result<(), JsValue> {
+        let key = convert::message_key_from_string(message_key)?;
+        self.command(|i| Ok(i.app.react(key, emoji, apply, now_ms(), &mut OsRng)?))
     }
 
     /// Marks a conversation read; returns how many messages changed.

@@ -98,13 +98,22 @@ pub fn group_to_string(id: &GroupId) -> String {
 
 /// The inverse of [`group_to_string`].
 pub fn group_from_string(text: &str) -> Result<GroupId, ClientError> {
-    let (creator, id) = text.split_once('/').ok_or_else(|| {
-        ClientError::invalid("group", format!("{text:?}: expected CREATOR/HEXID"))
-    })?;
-    Ok(GroupId {
-        creator: identity(creator)?,
-        id: id_from_string("group", id)?,
-    })
+    let (creator, id) = identity_and_id("group", text)?;
+    Ok(GroupId { creator, id })
+}
+
+/// The inverse of [`message_key_to_string`].
+pub fn message_key_from_string(text: &str) -> Result<MessageKey, ClientError> {
+    let (sender, id) = identity_and_id("message", text)?;
+    Ok(MessageKey { sender, id })
+}
+
+/// `IDENTITY/HEXID`, as groups and messages are named.
+fn identity_and_id(what: &'static str, text: &str) -> Result<(Identity, u64), ClientError> {
+    let (identity_text, id) = text
+        .split_once('/')
+        .ok_or_else(|| ClientError::invalid(what, "expected ID/HEXID"))?;
+    Ok((identity(identity_text)?, id_from_string(what, id)?))
 }
 
 /// `SENDER/hex`.
@@ -131,6 +140,11 @@ fn ms(value: u64) -> f64 {
     value as f64
 }
 
+/// Unix ms, or null.
+fn optional_ms(value: Option<u64>) -> JsValue {
+    value.map_or(JsValue::NULL, |v| ms(v).into())
+}
+
 /// Lower-case hex.
 #[must_use]
 pub fn hex(bytes: &[u8]) -> String {
@@ -148,6 +162,7 @@ pub const fn dropped_name(reason: &Dropped) -> &'static str {
         Dropped::Undecryptable(_) => "undecryptable",
         Dropped::BadBody(_) => "badBody",
         Dropped::Unsupported(_) => "unsupported",
+        Dropped::UnknownMessage(_) => "unknownMessage",
         Dropped::ReplayedEnvelope => "replayedEnvelope",
         Dropped::UndecryptableEnvelope(_) => "undecryptableEnvelope",
         Dropped::InvalidEnvelope(_) => "invalidEnvelope",
@@ -170,6 +185,20 @@ pub fn message(m: &Message) -> JsValue {
         .set("createdAt", ms(m.created_at))
         .set("state", state_name(m.state))
         .set("seq", ms(m.seq))
+        .set("editedAt", optional_ms(m.edited_at))
+        .set("deletedAt", optional_ms(m.deleted_at))
+        .set(
+            "reactions",
+            m.reactions
+                .iter()
+                .map(|(who, emoji)| {
+                    Obj::new()
+                        .set("identity", who.as_str())
+                        .set("emoji", emoji.as_str())
+                        .build()
+                })
+                .collect::<Array>(),
+        )
         .build()
 }
 
@@ -366,6 +395,21 @@ mod tests {
         ] {
             let e = conversation_from_string(text).unwrap_err().to_string();
             assert!(e.starts_with("invalid "), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn message_keys_round_trip_and_malformed_ones_are_refused() {
+        let key = MessageKey {
+            sender: "ALICE123".parse().unwrap(),
+            id: 0x0123_4567_89ab_cdef,
+        };
+        let text = message_key_to_string(&key);
+        assert_eq!(text, "ALICE123/0123456789abcdef");
+        assert_eq!(message_key_from_string(&text).unwrap(), key);
+        for bad in ["", "ALICE123", "ALICE123/", "alice/01", "ALICE123/xyz"] {
+            let e = message_key_from_string(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid "), "{bad}: {e}");
         }
     }
 

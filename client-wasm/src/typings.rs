@@ -33,6 +33,12 @@ export interface Message {
   createdAt: number;
   state: MessageState;
   seq: number;
+  /** Unix ms of the sender's last edit (Threema's edit message), or null */
+  editedAt: number | null;
+  /** Unix ms when the sender deleted it for everyone (its text is then empty), or null */
+  deletedAt: number | null;
+  /** Emoji reactions (Threema's), in the order they came; one person may put several */
+  reactions: { identity: string; emoji: string }[];
 }
 export interface ConversationSummary { id: ConversationIdString; unread: number; lastMessage: Message | null; }
 export interface Contact {
@@ -63,7 +69,9 @@ export interface TandemEvents {
   connection: ConnectionEvent;
   syncProgress: { received: number; total: number };
   leader: { leader: boolean };
-  message: { conversation: ConversationIdString; message: Message | null };
+  message: { conversation: ConversationIdString; key: string; message: Message | null };
+  /** A message was edited, deleted or reacted to; `message` is null once it was deleted on this device. */
+  messageChanged: { conversation: ConversationIdString; key: string; message: Message | null };
   messageState: { key: string; conversation: ConversationIdString | null; state: MessageState };
   conversations: ConversationSummary[];
   contact: { identity: string; contact: Contact | null };

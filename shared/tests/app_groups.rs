@@ -25,23 +25,7 @@ struct Setup {
 
 /// X (X1, X2) creates a group with Y (Y1) and Z (Z1). Only X knows everyone beforehand.
 fn setup() -> Setup {
-    let mut w = World::new(3);
-    let x = w.identity("XXXXXXXX");
-    let y = w.identity("YYYYYYYY");
-    let z = w.identity("ZZZZZZZZ");
-    for (name, identity) in [("X1", x), ("X2", x), ("Y1", y), ("Z1", z)] {
-        w.device(name, identity);
-        w.connect(name);
-    }
-    w.app("X1").add_contact(y).unwrap();
-    w.app("X1").add_contact(z).unwrap();
-    w.run();
-    let now = w.now;
-    let group = w
-        .app("X1")
-        .create_group("trio", BTreeSet::from([y, z]), now, &mut rand::thread_rng())
-        .unwrap();
-    w.run();
+    let (w, [x, y, z], group) = app_support::trio(3);
     Setup { w, x, y, z, group }
 }
 

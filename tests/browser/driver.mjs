@@ -888,6 +888,11 @@ const SCENARIOS = {
       await visible(a, '#messages li:has-text("hello back")', 'b\'s answer on a');
       await visible(a, '#messages li.mine .meta:has-text("read")', 'the read mark on a');
       await screen(a, 'chat');
+      await a.click('#chat-search');
+      await a.keyboard.type('hello');
+      await visible(a, '#search-count:has-text("2 messages found")', 'the search on a');
+      await screen(a, 'chat (search)');
+      await a.keyboard.press('Escape');
       await b.keyboard.press('Escape');
       await visible(b, '#chat-empty', 'the list on b');
       await screen(b, 'main (list)');
@@ -954,6 +959,26 @@ const SCENARIOS = {
       check(still.includes('while you tab'), 'the focus still on the conversation after the list was rebuilt', still);
       await k.keyboard.press('Enter');
       await visible(k, '#chat:not([hidden]) #messages li:has-text("typed, not clicked")', 'the chat opened again with Enter');
+      // A reply by keyboard: Tab to b's message's "⋯", Enter opens its actions with the focus on
+      // "Reply"; Escape closes them (focus back on "⋯"); Enter again, Enter on "Reply", type, Enter.
+      const theirs = await k.evaluate(() => [...document.querySelectorAll('#messages li')]
+        .find((li) => li.firstChild?.textContent === 'while you tab')?.dataset.key);
+      const more = `#messages li[data-key="${theirs}"] button.more`;
+      await tabTo(k, more);
+      await k.keyboard.press('Enter');
+      await visible(k, `#messages li[data-key="${theirs}"] .actions`, 'the message\'s actions opened by keyboard');
+      check(await k.evaluate(() => document.activeElement?.dataset.action) === 'reply', 'the focus on "Reply"', await k.evaluate(() => document.activeElement?.outerHTML));
+      await k.keyboard.press('Escape');
+      await k.waitForFunction((sel) => document.activeElement === document.querySelector(sel), more, { timeout: 5_000 })
+        .catch(async () => { throw new Failure('Escape closes the actions, focus back on "⋯"', await k.evaluate(() => document.activeElement?.outerHTML)); });
+      check(await k.isVisible('#chat'), 'the chat still open after Escape on the actions', true);
+      await k.keyboard.press('Enter');
+      await visible(k, `#messages li[data-key="${theirs}"] .actions`, 'the actions again');
+      await k.keyboard.press('Enter');
+      await visible(k, '#compose-bar:not([hidden]):has-text("Replying to")', 'the reply bar by keyboard');
+      await k.keyboard.type('replied by keyboard');
+      await k.keyboard.press('Enter');
+      await visible(b, '#messages li:has(blockquote.quote:has-text("while you tab")):has-text("replied by keyboard")', 'the keyboard reply with its quote on b');
 
       // Settings: export a backup by keyboard, link a second device with it (on its own page).
       await tabTo(k, '#open-settings');
@@ -988,6 +1013,430 @@ const SCENARIOS = {
       await closed(k, '#settings', 'Settings closed with Escape');
       const pointer = await k.evaluate(() => window.__pointer);
       check(pointer.length === 0, 'no mouse or pointer event on the keyboard-only device', pointer);
+    });
+  },
+
+  /** Issue 15's everyday features in a chat: a line for each day ("Yesterday", "Today"), the
+   * unread count in the tab's title, search in a conversation (only the messages that contain
+   * the text, the text marked, a count; Escape leaves the search, then the chat) and "copy ID".
+   * a's clock runs exactly one day behind (Playwright init script), so its texts are dated
+   * yesterday on b; b's own reply is dated today. */
+  async web_app_chat_tools(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('tools-a', -86_400_000);
+      const b = await open('tools-b');
+      await b.context().grantPermissions(['clipboard-read', 'clipboard-write']);
+      const [, idB] = await createTwo(a, b, visible);
+      await b.click('#copy-id');
+      const copied = await b.evaluate(() => navigator.clipboard.readText());
+      check(copied === idB, `"copy ID" puts b's ID ${idB} on the clipboard`, copied);
+      await visible(b, `#toasts .toast:has-text("${idB} was copied")`, 'the copied notice');
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      for (const text of ['first needle', 'second hay', 'third NEEDLE']) {
+        await a.fill('#composer-text', text);
+        await a.click('#composer button');
+      }
+      await visible(b, '#conversations li .unread:has-text("3")', 'three unread on b\'s conversation');
+      check(await b.title() === '(3) Tandem', 'b\'s tab title carries the 3 unread messages', await b.title());
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("third NEEDLE")', 'a\'s texts on b');
+      await b.waitForFunction(() => document.title === 'Tandem', null, { timeout: 5_000 })
+        .catch(async () => { throw new Failure('the title back to "Tandem" once the chat was read', await b.title()); });
+      await b.fill('#composer-text', 'no match here');
+      await b.click('#composer button');
+      await visible(b, '#messages li.mine:has-text("no match here")', 'b\'s reply');
+      const lines = () => b.evaluate(() => [...document.querySelectorAll('#messages li')]
+        .map((li) => (li.classList.contains('day') ? `[${li.textContent}]` : li.firstChild.textContent)));
+      const all = await lines();
+      check(same(all, ['[Yesterday]', 'first needle', 'second hay', 'third NEEDLE', '[Today]', 'no match here']),
+        'a line "Yesterday" before a\'s texts (a\'s clock is a day behind) and "Today" before b\'s reply', all);
+      await bothWidths(b, 'days');
+
+      // Search in this conversation.
+      await b.click('#chat-search');
+      await b.keyboard.type('needle');
+      await visible(b, '#search-count:has-text("2 messages found")', 'the count of messages found');
+      const found = await lines();
+      check(same(found, ['[Yesterday]', 'first ', 'third ']), 'only the two messages with "needle" (any case), under their day', found);
+      const marks = await b.evaluate(() => [...document.querySelectorAll('#messages mark')].map((m) => m.textContent));
+      check(same(marks, ['needle', 'NEEDLE']), 'the text found marked in each message', marks);
+      await bothWidths(b, 'search');
+      await b.fill('#search-text', 'nothing like it');
+      await visible(b, '#search-count:has-text("No messages found")', '"No messages found"');
+      check(await b.locator('#messages li').count() === 0, 'no message shown for a text nowhere', await lines());
+      await b.keyboard.press('Escape');
+      check(await b.isHidden('#search') && await b.isVisible('#chat'), 'Escape leaves the search, not the chat', await b.isVisible('#chat'));
+      check(same(await lines(), all), 'every message back after the search', await lines());
+      check(await b.evaluate(() => document.activeElement?.id) === 'chat-search', 'the focus back on "search"', await b.evaluate(() => document.activeElement?.id));
+      await b.keyboard.press('Escape');
+      await visible(b, '#chat-empty', 'the list after a second Escape');
+      await noDevWords(b, 'the chat tools');
+    });
+  },
+
+  /** Issue 15: desktop notifications, asked for in Settings and shown only while the tab is in
+   * the background, without the text unless the person chose to see it. The browser's
+   * `Notification` is kept but each one shown is recorded (an init script subclasses it), and the
+   * page's visibility is switched by the test (headless pages are always "visible"). */
+  async web_app_notifications(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const record = () => {
+        window.__shown = [];
+        window.__closed = [];
+        const Real = window.Notification;
+        window.Notification = class extends Real {
+          constructor(title, options) { super(title, options); window.__shown.push({ title, body: options?.body ?? '' }); }
+          close() { window.__closed.push(this.body); super.close(); }
+        };
+        window.__hidden = false;
+        Object.defineProperty(document, 'visibilityState', { get: () => (window.__hidden ? 'hidden' : 'visible') });
+        window.__setHidden = (hidden) => { window.__hidden = hidden; document.dispatchEvent(new Event('visibilitychange')); };
+      };
+      const a = await open('notify-a');
+      const b = await open('notify-b', 0, record);
+      await b.context().grantPermissions(['notifications']);
+      const [idA, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      const say = async (text) => {
+        await a.fill('#composer-text', text);
+        await a.click('#composer button');
+        await visible(b, `#conversations li:has-text("${text}")`, `"${text}" on b`);
+      };
+      const shown = () => b.evaluate(() => window.__shown);
+      /** a's text arrives while b's tab is hidden; what b has shown then. */
+      const sayWhileHidden = async (text) => {
+        const before = (await shown()).length;
+        await b.evaluate(() => window.__setHidden(true));
+        await say(text);
+        await b.waitForFunction((n) => window.__shown.length > n, before, { timeout: 5_000 }).catch(() => {});
+        return shown();
+      };
+      // Off by default: nothing while hidden.
+      await b.evaluate(() => window.__setHidden(true));
+      await say('before asking');
+      check((await shown()).length === 0, 'no notification before they are turned on', await shown());
+      await b.evaluate(() => window.__setHidden(false));
+      await b.click('#open-settings');
+      check(await b.isDisabled('#set-notify-text'), '"Show the message text" waits for notifications to be on', true);
+      await b.check('#set-notify');
+      await visible(b, '#set-notify-text:not([disabled])', 'the text choice once notifications are on');
+      check(await b.isChecked('#set-notify'), 'notifications on (the browser allowed them)', false);
+      await bothWidths(b, 'notifications-settings');
+      await b.click('dialog button[value=close]');
+      const first = await sayWhileHidden('the secret plans');
+      check(same(first, [{ title: idA, body: 'New message' }]), 'one notification, from a, without the text', first);
+      await b.evaluate(() => window.__setHidden(false));
+      await say('while looking');
+      check((await shown()).length === 1, 'no notification while the tab is in front', await shown());
+      // With the text, chosen in Settings; kept in this browser after a reload.
+      await b.click('#open-settings');
+      await b.check('#set-notify-text');
+      await b.click('dialog button[value=close]');
+      await b.reload();
+      await visible(b, '#conn.online', 'b online after a reload');
+      await b.click('#open-settings');
+      check(await b.isChecked('#set-notify') && await b.isChecked('#set-notify-text'), 'both choices kept after a reload', false);
+      await b.click('dialog button[value=close]');
+      const second = await sayWhileHidden('now with text');
+      check(same(second, [{ title: idA, body: 'now with text' }]), 'a notification with the text, as chosen', second);
+      check(await b.title() === '(4) Tandem', 'the unread count in the hidden tab\'s title', await b.title());
+      // Opening the chat takes the notification back.
+      await b.evaluate(() => window.__setHidden(false));
+      await b.click('#conversations li');
+      await b.waitForFunction(() => window.__closed.includes('now with text'), null, { timeout: 5_000 })
+        .catch(async () => { throw new Failure('the notification withdrawn once the chat is open', await b.evaluate(() => window.__closed)); });
+      // A message deleted by its sender takes its notification with it.
+      await b.keyboard.press('Escape');
+      const oops = await sayWhileHidden('oops, wrong chat');
+      check(oops.at(-1)?.body === 'oops, wrong chat', 'a notification for the next text', oops);
+      await a.click('#messages li.mine:has-text("oops, wrong chat") button.more');
+      a.once('dialog', (d) => d.accept());
+      await a.click('#messages .actions button[data-action=delete-all]');
+      await b.waitForFunction(() => window.__closed.includes('oops, wrong chat'), null, { timeout: 10_000 })
+        .catch(async () => { throw new Failure('the deleted message\'s notification withdrawn', await b.evaluate(() => window.__closed)); });
+    });
+  },
+
+  /** Issue 15: the ID backup downloaded as a file from Settings, and a new device linked by
+   * opening that file on its setup screen (a file without a backup is refused in words). */
+  async web_app_backup_file(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('file-a');
+      await createOne(a, visible);
+      const idA = await a.textContent('#me-identity');
+      await a.click('#open-settings');
+      await a.fill('#backup-password', PASSWORD);
+      await a.click('#export-backup');
+      const backup = await a.inputValue('#backup-out');
+      const [download] = await Promise.all([a.waitForEvent('download'), a.click('#backup-download')]);
+      check(download.suggestedFilename() === `tandem-id-backup-${idA}.txt`, 'the file named after the ID', download.suggestedFilename());
+      const file = path.join(LOGS, download.suggestedFilename());
+      await download.saveAs(file);
+      const content = fs.readFileSync(file, 'utf8');
+      check(content === `${backup}\n` && backup.length === 99, 'the file holds the exported backup', content);
+      await a.click('dialog button[value=close]');
+      const a2 = await open('file-a2');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen on the new device');
+      const junk = path.join(LOGS, 'not-a-backup.txt');
+      fs.writeFileSync(junk, 'hello, this is no backup\n');
+      await a2.setInputFiles('#import-file', junk);
+      await visible(a2, '#setup-error:has-text("This file holds no ID backup")', 'a file without a backup refused in words');
+      await a2.setInputFiles('#import-file', file);
+      await a2.waitForFunction((want) => document.querySelector('#import-backup').value === want, backup, { timeout: 5_000 });
+      await a2.fill('#import-password', PASSWORD);
+      await a2.click('#import-form button');
+      await visible(a2, '#conn.online', 'the device linked from the file');
+      check(await a2.textContent('#me-identity') === idA, `the linked device is ${idA}`, await a2.textContent('#me-identity'));
+    });
+  },
+
+  /** Issue 15: "Wipe this device" in Settings for a device that was not removed: the only device
+   * is asked with a warning (and stays when the person says no); a linked device, once
+   * confirmed, removes itself from the identity (its sibling no longer lists it), deletes its
+   * database and the app's own keys in this browser, and shows the setup screen. */
+  async web_app_wipe(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('wipe-a');
+      await createOne(a, visible);
+      await a.click('#open-settings');
+      await visible(a, '#devices li:has-text("this device")', 'this device in Settings');
+      let asked = null;
+      a.once('dialog', (d) => { asked = d.message(); d.dismiss(); });
+      await a.click('#wipe-device');
+      check(/only device.*gone for good/.test(asked ?? ''), 'the only device is warned that the identity would be gone', asked);
+      await a.waitForTimeout(500);
+      check(await a.isVisible('#settings[open]') && await a.isVisible('#conn.online'), 'nothing wiped after "no"', await a.textContent('#conn'));
+      await bothWidths(a, 'wipe-settings');
+      await a.click('dialog button[value=close]');
+      const a2 = await linkSecond(a, open, visible, 'wipe-a2');
+      await a2.click('#open-settings');
+      await visible(a2, '#devices li:has-text("wipe-a2")', 'both devices in a2\'s Settings');
+      asked = null;
+      a2.once('dialog', (d) => { asked = d.message(); d.accept(); });
+      await a2.click('#wipe-device');
+      await visible(a2, '#setup:not([hidden])', 'the setup screen after wiping', 15_000);
+      check(/other devices keep everything/.test(asked ?? ''), 'the confirm says the other devices keep everything', asked);
+      const left = await a2.evaluate(async () => ({
+        databases: (await indexedDB.databases()).map((d) => d.name),
+        keys: Object.keys(localStorage).filter((k) => k.includes('wipe-a2')),
+      }));
+      check(!left.databases.includes('tandem-wipe-a2') && left.keys.length === 0, 'no database and no keys of the device left in the browser', left);
+      await a.click('#open-settings');
+      await a.waitForFunction(() => {
+        const items = [...document.querySelectorAll('#devices li')].map((li) => li.textContent);
+        return items.length === 1 && items[0].includes('this device');
+      }, null, { timeout: 10_000 }).catch(async () => {
+        throw new Failure('the wiped device gone from a\'s device list', await a.textContent('#devices'));
+      });
+      await noDevWords(a2, 'the setup screen after wiping');
+    });
+  },
+
+  /** Issue 15: never a blank page. Without JavaScript the page says that Tandem needs it (and no
+   * "Opening Tandem…" that would never go); while the app loads it says so; a browser without
+   * WebAssembly gets a sentence and a reload instead of a blank page. */
+  async web_app_loading(browser) {
+    const noJs = await browser.newContext({ javaScriptEnabled: false });
+    try {
+      const p = await noJs.newPage();
+      await p.goto(`${WORKER_HTTP}/?device=nojs`);
+      const seen = await p.evaluate(() => document.body.innerText).catch(() => null) ?? await p.locator('body').innerText();
+      check(/Tandem needs JavaScript/.test(seen) && !/Opening Tandem/.test(seen), 'without JavaScript: "Tandem needs JavaScript", no loading line', seen);
+      fs.mkdirSync(SHOTS, { recursive: true });
+      await p.screenshot({ path: path.join(SHOTS, 'web-app-nojs-1280.png') });
+    } finally {
+      await noJs.close();
+    }
+    await withWebApp(browser, async ({ open, visible }) => {
+      const slow = await open('loading-slow', 0, null, async (page) => {
+        await page.route('**/pkg/tandem_client_bg.wasm', async (route) => { await sleep(2_000); await route.continue(); });
+      });
+      await visible(slow, '#loading:has-text("Opening Tandem…")', 'the loading line while the app starts');
+      check(await slow.isVisible('#loading'), 'the loading line visible', await slow.textContent('body'));
+      await bothWidths(slow, 'loading');
+      await visible(slow, '#setup:not([hidden])', 'the setup screen once loaded');
+      check(await slow.isHidden('#loading'), 'the loading line gone', true);
+      const old = await open('loading-nowasm', 0, () => { delete window.WebAssembly; });
+      await visible(old, '#halt:not([hidden]) h1:has-text("Tandem cannot run in this browser")', 'the sentence for a browser without WebAssembly');
+      check(await old.isHidden('#loading') && await old.textContent('#halt-action') === 'Reload', 'no loading line; the one action "Reload"', await old.textContent('body'));
+      await bothWidths(old, 'no-wasm');
+      return (l) => !l.includes('WebAssembly module did not start');
+    });
+  },
+
+  /** Edits and deletes through the package (Threema's EditMessage 0x91 and DeleteMessage 0x92;
+   * docs/protocol.md "Message updates"): X1 edits a text it sent Y: the new text with `editedAt`
+   * on X1, X2 and Y1 and a `messageChanged` event on Y1; Y1 may not edit X's text; X2 (the
+   * sibling) deletes it for everyone: empty text and `deletedAt` everywhere; Y1 deletes
+   * another of X's texts on Y1 only: gone from Y1's conversation (and after a reload), still
+   * on X1. */
+  async edit_delete() {
+    const { X1, X2, Y1, X, Y } = world;
+    for (const d of [X1, X2, Y1]) await d.online();
+    const toY = `contact/${Y}`;
+    const toX = `contact/${X}`;
+    const find = ([c, k]) => window.device.client.messages(c).find((m) => m.key === k) ?? null;
+    const key = await X1.call('sendText', toY, 'to be edited');
+    const other = await X1.call('sendText', toY, 'to be deleted on Y1');
+    await Y1.until('both texts on Y1', find, [toX, other], (m) => m !== null);
+    await X1.until('sent', find, [toY, key], (m) => m !== null && m.state !== 'pending');
+    await X1.call('editMessage', key, 'edited text');
+    for (const [d, c] of [[X1, toY], [X2, toY], [Y1, toX]]) {
+      await d.until(`the edit on ${d.name}`, find, [c, key], (m) => m?.text === 'edited text' && typeof m.editedAt === 'number' && m.deletedAt === null);
+    }
+    const changed = await Y1.events('messageChanged');
+    check(changed.some((e) => e.key === key && e.message?.text === 'edited text'), 'a messageChanged event for the edit on Y1', changed);
+    const refused = await Y1.eval(([k]) => window.device.failure(() => window.device.client.editMessage(k, 'not mine')), [key]);
+    check(refused?.isError && /only the sender may change a message/.test(refused.message), 'Y1 may not edit X\'s text', refused);
+    await X2.until('sent on X2', find, [toY, key], (m) => m !== null && m.state !== 'pending');
+    await X2.call('deleteMessage', key, true);
+    for (const [d, c] of [[X1, toY], [X2, toY], [Y1, toX]]) {
+      await d.until(`the delete on ${d.name}`, find, [c, key], (m) => m?.text === '' && typeof m.deletedAt === 'number');
+    }
+    await Y1.call('deleteMessage', other, false);
+    check(await Y1.eval(find, [toX, other]) === null, 'deleted on Y1 only: gone there', await Y1.eval(find, [toX, other]));
+    await Y1.reload();
+    await Y1.open();
+    await Y1.online();
+    check(await Y1.eval(find, [toX, other]) === null, 'still gone on Y1 after a reload', await Y1.eval(find, [toX, other]));
+    const onX1 = await X1.eval(find, [toY, other]);
+    check(onX1?.text === 'to be deleted on Y1', 'still on X1', onX1);
+  },
+
+  /** Issue 15: replies, edits and deletes in the web app, on Threema's wire formats: b replies
+   * to a's text (the text on the wire is Threema's quote format: "> quote #<id, 8 bytes
+   * little-endian in hex>", an empty line, the reply) and a sees the quote; a edits its text
+   * (b sees the new text marked "edited", also inside the quote); a deletes it for everyone
+   * (b sees "This message was deleted.", the quote too); b deletes another text for itself only
+   * (gone on b, still on a); b gets no "Edit" or "Delete for everyone" on a's messages. axe over
+   * the chat with a message's actions open, a reply, an edited and a deleted message. */
+  async web_app_edit_delete(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('edit-a');
+      const b = await open('edit-b');
+      const [, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      for (const text of ['original text', 'second text']) {
+        await a.fill('#composer-text', text);
+        await a.click('#composer button');
+      }
+      await visible(b, '#conversations li', 'the conversation on b');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("second text")', 'a\'s texts on b');
+      const keyOf = (page, text) => page.evaluate((t) => [...document.querySelectorAll('#messages li')]
+        .find((li) => li.firstChild?.textContent === t)?.dataset.key ?? null, text);
+      const original = await keyOf(b, 'original text');
+      check(original !== null, 'a\'s text on b has its key', original);
+      const actions = async (page, text) => {
+        await page.click(`#messages li:has-text("${text}") button.more`);
+        await visible(page, `#messages li:has-text("${text}") .actions`, `the actions of "${text}"`);
+      };
+      // Reply (b to a).
+      await actions(b, 'original text');
+      const offered = await b.locator('#messages li:has-text("original text") .actions button:not(.quick)').allTextContents();
+      check(same(offered, ['Reply', 'Delete for me']), 'on someone else\'s message: reply and delete for me only (besides reactions)', offered);
+      await bothWidths(b, 'message-actions');
+      await b.click('#messages .actions button[data-action=reply]');
+      await visible(b, '#compose-bar:not([hidden]):has-text("Replying to")', 'the reply bar');
+      await bothWidths(b, 'replying');
+      await b.keyboard.type('my reply');
+      await b.keyboard.press('Enter');
+      await visible(a, '#messages li:has(blockquote.quote:has-text("original text")):has-text("my reply")', 'the reply with its quote on a');
+      check(await b.isHidden('#compose-bar'), 'the reply bar gone once sent', true);
+      // The quote as written in the text, Threema's way: the id's 8 bytes little-endian, in hex
+      // (the key's hex is the id as a number; `data-quotes` is the text's own digits).
+      const littleEndian = original.split('/')[1].match(/../g).reverse().join('');
+      const written = await a.getAttribute('#messages li:has(blockquote.quote)', 'data-quotes');
+      check(written === littleEndian, `the reply's text quotes "#${littleEndian}" (the id little-endian)`, written);
+
+      // Edit (a).
+      await actions(a, 'original text');
+      await a.click('#messages .actions button[data-action=edit]');
+      check(await a.inputValue('#composer-text') === 'original text', 'the text to edit in the composer', await a.inputValue('#composer-text'));
+      await a.fill('#composer-text', 'fixed text');
+      await a.keyboard.press('Enter');
+      await visible(b, '#messages li:has-text("fixed text") .meta:has-text("edited")', 'the edit on b, marked "edited"');
+      await visible(b, '#messages blockquote.quote:has-text("fixed text")', 'the quote shows the edited text');
+      await visible(a, '#messages li.mine:has-text("fixed text") .meta:has-text("edited")', 'the edit on a');
+
+      // Delete for everyone (a), while b is answering it: b's reply bar goes with the message.
+      await actions(b, 'fixed text');
+      await b.click('#messages .actions button[data-action=reply]');
+      await visible(b, '#compose-bar:not([hidden]):has-text("fixed text")', 'b replying to the edited text');
+      await actions(a, 'fixed text');
+      a.once('dialog', (d) => d.accept());
+      await a.click('#messages .actions button[data-action=delete-all]');
+      await visible(b, '#messages li.deleted:has-text("This message was deleted.")', 'the delete on b');
+      await visible(b, '#messages blockquote.quote:has-text("This message was deleted.")', 'the quote of a deleted message says so');
+      await visible(a, '#messages li.deleted:has-text("You deleted this message.")', 'the delete on a');
+      await b.waitForSelector('#compose-bar', { state: 'hidden', timeout: 5_000 })
+        .catch(() => { throw new Failure('b\'s reply bar gone once the message was deleted', 'still shown'); });
+      check(!(await b.locator('#messages li').allTextContents()).some((t) => t.includes('fixed text')), 'the text gone on b', await b.locator('#messages li').allTextContents());
+
+      // Delete for me (b).
+      await actions(b, 'second text');
+      b.once('dialog', (d) => d.accept());
+      await b.click('#messages .actions button[data-action=delete-here]');
+      await b.waitForFunction(() => ![...document.querySelectorAll('#messages li')].some((li) => li.textContent.includes('second text')), null, { timeout: 5_000 })
+        .catch(() => { throw new Failure('"second text" gone on b', 'still shown'); });
+      await b.reload();
+      await visible(b, '#conn.online', 'b online after a reload');
+      await b.click('#conversations li');
+      await visible(b, '#messages li:has-text("my reply")', 'b\'s chat after a reload');
+      check(!(await b.locator('#messages li').allTextContents()).some((t) => t.includes('second text')), 'still gone on b after a reload', await b.locator('#messages li').allTextContents());
+      await visible(a, '#messages li:has-text("second text")', 'still on a');
+      await bothWidths(b, 'edited-deleted');
+      await actions(a, 'second text');
+      const found = await axeBothWidths(a, 'chat with actions, a reply, an edit and a delete');
+      check(found.length === 0, 'no WCAG 2.0/2.1 A or AA violations', `\n${found.map(formatViolation).join('\n')}`);
+    });
+  },
+
+  /** Issue 15: reactions in the web app, on Threema's `Reaction` (0x82): b puts 👍 on a's text
+   * from its actions (the button then says "Take back 👍"); a sees "👍 1" under it; a puts ❤️ on
+   * its own text; b takes its 👍 back by pressing its chip, and a's text keeps only "❤️ 1" on
+   * both sides (and after a reload of b). axe over the chat with reactions and the actions open. */
+  async web_app_reactions(browser) {
+    await withWebApp(browser, async ({ open, visible }) => {
+      const a = await open('react-a');
+      const b = await open('react-b');
+      const [, idB] = await createTwo(a, b, visible);
+      await a.fill('#new-chat-id', idB);
+      await a.click('#new-chat button');
+      await a.fill('#composer-text', 'react to me');
+      await a.click('#composer button');
+      await visible(b, '#conversations li', 'the conversation on b');
+      await b.click('#conversations li');
+      const li = '#messages li:has-text("react to me")';
+      await visible(b, li, 'a\'s text on b');
+      await b.click(`${li} button.more`);
+      await b.click(`${li} .actions button[aria-label="React with 👍"]`);
+      await visible(b, `${li} .actions button[aria-label="Take back 👍"][aria-pressed=true]`, 'b\'s 👍 marked in its actions');
+      await visible(a, `${li} .reactions button.reaction:has-text("👍 1")`, 'b\'s 👍 under a\'s text on a');
+      check(await a.getAttribute(`${li} .reactions button.reaction`, 'aria-pressed') === 'false', 'not a\'s own 👍', true);
+      await a.click(`${li} button.more`);
+      await a.click(`${li} .actions button[aria-label="React with ❤️"]`);
+      await visible(b, `${li} .reactions button.reaction:has-text("❤️ 1")`, 'a\'s ❤️ on b');
+      await bothWidths(b, 'reactions');
+      await b.click(`${li} .reactions button.reaction[aria-pressed=true]`);
+      const only = async (page, where) => page.waitForFunction((sel) => {
+        const chips = [...document.querySelectorAll(`${sel} .reactions button.reaction`)].map((c) => c.textContent);
+        return chips.length === 1 && chips[0] === '❤️ 1';
+      }, '#messages li[data-key]', { timeout: 10_000 }).catch(async () => {
+        throw new Failure(`only "❤️ 1" left on ${where}`, await page.locator('#messages .reactions').allTextContents());
+      });
+      await only(a, 'a');
+      await only(b, 'b');
+      await b.reload();
+      await visible(b, '#conn.online', 'b online after a reload');
+      await b.click('#conversations li');
+      await visible(b, `${li} .reactions button.reaction:has-text("❤️ 1")`, 'the reaction kept on b after a reload');
+      await b.click(`${li} button.more`);
+      const found = await axeBothWidths(b, 'chat with reactions');
+      check(found.length === 0, 'no WCAG 2.0/2.1 A or AA violations', `\n${found.map(formatViolation).join('\n')}`);
     });
   },
 
@@ -1066,28 +1515,51 @@ const SCENARIOS = {
     });
     page(loaderDir, 'esbuild file loader');
 
+    // The same example built by Vite (its own `new URL(…, import.meta.url)` handling: the .wasm
+    // becomes a hashed asset) and by webpack 5 (the same, as `asset/resource`), each with its
+    // defaults and only the public path set; the TypeScript goes through Vite itself and, for
+    // webpack, through TypeScript's `transpileModule` (webpack has no TypeScript of its own).
+    const viteRoot = path.join(outRoot, 'vite-src');
+    fs.mkdirSync(viteRoot, { recursive: true });
+    fs.writeFileSync(path.join(viteRoot, 'main.ts'), source);
+    fs.writeFileSync(path.join(viteRoot, 'index.html'),
+      '<!doctype html><meta charset="utf-8"><title>Vite</title><script type="module" src="./main.ts"></script>\n');
+    const vite = await import('vite');
+    await vite.build({
+      root: viteRoot, base: '/bundled/vite/', logLevel: 'silent', configFile: false,
+      build: { outDir: path.join(outRoot, 'vite'), emptyOutDir: true, target: 'es2022' },
+    });
+    const ts = (await import('typescript')).default;
+    const webpackDir = path.join(outRoot, 'webpack');
+    fs.mkdirSync(webpackDir, { recursive: true });
+    const entry = path.join(here, 'pages', 'bundled', 'webpack-entry.mjs');
+    fs.writeFileSync(entry, ts.transpileModule(source, { compilerOptions: { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.ES2022 } }).outputText);
+    const webpack = (await import('webpack')).default;
+    const stats = await new Promise((resolve, reject) => webpack({
+      mode: 'production', entry, context: here, devtool: false,
+      output: { path: webpackDir, filename: 'app.js', publicPath: '/bundled/webpack/' },
+    }, (err, result) => (err ? reject(err) : resolve(result))));
+    check(!stats.hasErrors(), 'webpack built the README example', stats.toString('errors-only'));
+    fs.writeFileSync(path.join(webpackDir, 'index.html'),
+      '<!doctype html><meta charset="utf-8"><title>webpack</title><script src="app.js"></script>\n');
+    const emitted = (dir) => fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => f.endsWith('.wasm'));
+    for (const [dir, name] of [[path.join(outRoot, 'vite'), 'Vite'], [webpackDir, 'webpack']]) {
+      const wasm = emitted(dir);
+      check(wasm.length === 1 && wasm[0] !== 'tandem_client_bg.wasm', `${name} emitted the .wasm itself (one, with a hashed name)`, wasm);
+    }
+
     const context = await browser.newContext();
     try {
-      const logs = [];
-      const p = await context.newPage();
-      p.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
-      p.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
-      await p.goto(`${SERVER}/bundled/readme/index.html`);
-      const deadline = Date.now() + WAIT;
-      let id = null;
-      while (!id && Date.now() < deadline) {
-        id = logs.map((l) => /my Tandem ID: ([0-9A-Z]{8})/.exec(l)?.[1]).find(Boolean) ?? null;
-        if (!id) await sleep(100);
+      for (const [url, name] of [['/bundled/readme/index.html', 'esbuild'], ['/bundled/vite/index.html', 'Vite'],
+        ['/bundled/webpack/index.html', 'webpack']]) {
+        // Each build is a new device of its own (one database per browser context).
+        const own = name === 'esbuild' ? context : await browser.newContext();
+        try {
+          await runReadmeExample(own, url, name, Y1);
+        } finally {
+          if (own !== context) await own.close();
+        }
       }
-      check(id !== null, 'the README example printed its new Tandem ID', logs);
-      try {
-        await Y1.until(`the README example's "hello" from ${id}`, (c) => window.device.client.messages(c).map((m) => m.text), `contact/${id}`,
-          (texts) => texts.includes('hello'), 15_000);
-      } catch (e) {
-        throw new Failure(`Y1 receives the README example's "hello" from ${id}`, `${e.message}\n  the example's page:\n${logs.join('\n')}`);
-      }
-      const errors = logs.filter((l) => /^(error|pageerror)/.test(l));
-      check(errors.length === 0, 'no errors in the README example\'s page', errors);
 
       const q = await context.newPage();
       await q.goto(`${SERVER}/bundled/loader/index.html`);
@@ -1101,16 +1573,42 @@ const SCENARIOS = {
   },
 };
 
+/** Opens a bundled README example at `url` in `context`: it prints its new Tandem ID and Y1
+ * receives its "hello"; no errors in its page. */
+async function runReadmeExample(context, url, name, Y1) {
+  const logs = [];
+  const p = await context.newPage();
+  p.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+  p.on('pageerror', (e) => logs.push(`pageerror: ${e.message}`));
+  await p.goto(`${SERVER}${url}`);
+  const deadline = Date.now() + WAIT;
+  let id = null;
+  while (!id && Date.now() < deadline) {
+    id = logs.map((l) => /my Tandem ID: ([0-9A-Z]{8})/.exec(l)?.[1]).find(Boolean) ?? null;
+    if (!id) await sleep(100);
+  }
+  check(id !== null, `the README example built by ${name} printed its new Tandem ID`, logs);
+  try {
+    await Y1.until(`the README example's "hello" from ${id} (${name})`, (c) => window.device.client.messages(c).map((m) => m.text), `contact/${id}`,
+      (texts) => texts.includes('hello'), 15_000);
+  } catch (e) {
+    throw new Failure(`Y1 receives the ${name} build's "hello" from ${id}`, `${e.message}\n  the example's page:\n${logs.join('\n')}`);
+  }
+  const errors = logs.filter((l) => /^(error|pageerror)/.test(l));
+  check(errors.length === 0, `no errors in the ${name} build's page`, errors);
+}
+
 /** Web app pages (www/ at the Worker's own origin), each in its own browser context; every toast
  * a page adds is recorded in `window.__toasts` (text, error, the region's aria-live). `open(name,
- * shiftMs, init)` moves the page's `Date` (and `Date.now`) by `shiftMs` and runs `init` (a
- * function) in every page of the context before the app. */
+ * shiftMs, init, before)` moves the page's `Date` (and `Date.now`) by `shiftMs`, runs `init` (a
+ * function) in every page of the context before the app, and `before(page)` in the test before
+ * the page is first loaded (to route its requests). */
 function webApp(browser) {
   const consoles = [];
   const contexts = [];
   // WebSocket frames each page has sent (every one is a billed request on Cloudflare).
   const framesSent = new Map();
-  const open = async (device, shiftMs = 0, init = null) => {
+  const open = async (device, shiftMs = 0, init = null, before = null) => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
     contexts.push(context);
     if (init) await context.addInitScript(init);
@@ -1144,10 +1642,11 @@ function webApp(browser) {
         }
       }).observe(document, { attributes: true, attributeFilter: ['hidden'], subtree: true });
     });
-    return openIn(context, device);
+    return openIn(context, device, before);
   };
-  const openIn = async (context, device) => {
+  const openIn = async (context, device, before = null) => {
     const page = await context.newPage();
+    if (before) await before(page);
     framesSent.set(page, 0);
     page.on('websocket', (ws) => ws.on('framesent', () => framesSent.set(page, framesSent.get(page) + 1)));
     page.on('console', (m) => consoles.push(`[web ${device}] ${m.type()}: ${m.text()}`));
@@ -1178,14 +1677,20 @@ async function noDevWords(page, where) {
   check(!m, `no developer words on ${where}`, m && `"${m[0]}" in …${text.slice(Math.max(0, m.index - 100), m.index + 100)}…`);
 }
 
-/** Screenshots of a web app page at 1280 and 390 px wide (target/browser-screenshots). */
+/** Screenshots of a web app page at 1280 and 390 px wide, light and dark
+ * (target/browser-screenshots: `web-app-<name>-<width>.png`, `web-app-<name>-dark-<width>.png`). */
 async function bothWidths(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
   const shot = (n) => page.screenshot({ path: path.join(SHOTS, `web-app-${n}.png`) });
-  await shot(`${name}-1280`);
-  await page.setViewportSize({ width: 390, height: 844 });
-  await shot(`${name}-390`);
-  await page.setViewportSize({ width: 1280, height: 800 });
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const suffix = scheme === 'dark' ? '-dark' : '';
+    await shot(`${name}${suffix}-1280`);
+    await page.setViewportSize({ width: 390, height: 844 });
+    await shot(`${name}${suffix}-390`);
+    await page.setViewportSize({ width: 1280, height: 800 });
+  }
+  await page.emulateMedia({ colorScheme: 'light' });
 }
 
 /** Runs `run` with `webApp(browser)`'s helpers, then checks that no page logged an error (unless
@@ -1223,15 +1728,25 @@ async function axeViolations(page, where) {
   return violations.map((v) => ({ where, ...v }));
 }
 
-/** axe at 1280 × 800 and 390 × 844 (and a screenshot of each, `web-app-axe-…`). */
+/** axe at 1280 × 800 and 390 × 844, in the light and the dark colour scheme (and a screenshot
+ * of each, `web-app-axe-…[-dark]-<width>.png`). Checks that the dark scheme applies (the page's
+ * background is dark). */
 async function axeBothWidths(page, name) {
   const found = [];
   fs.mkdirSync(SHOTS, { recursive: true });
-  for (const [width, height] of [[1280, 800], [390, 844]]) {
-    await page.setViewportSize({ width, height });
-    await page.screenshot({ path: path.join(SHOTS, `web-app-axe-${name.replace(/\W+/g, '-')}-${width}.png`) });
-    found.push(...await axeViolations(page, `${name} at ${width} px`));
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    const background = await page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    const dark = background === 'rgb(20, 21, 23)';
+    check(dark === (scheme === 'dark'), `the ${scheme} colour scheme applied on ${name}`, background);
+    for (const [width, height] of [[1280, 800], [390, 844]]) {
+      await page.setViewportSize({ width, height });
+      const file = `web-app-axe-${name.replace(/\W+/g, '-')}${scheme === 'dark' ? '-dark' : ''}-${width}.png`;
+      await page.screenshot({ path: path.join(SHOTS, file) });
+      found.push(...await axeViolations(page, `${name} at ${width} px, ${scheme}`));
+    }
   }
+  await page.emulateMedia({ colorScheme: 'light' });
   await page.setViewportSize({ width: 1280, height: 800 });
   return found;
 }

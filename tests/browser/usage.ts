@@ -19,6 +19,13 @@ export async function app(mediatorUrl: string): Promise<void> {
   });
   client.on('syncProgress', ({ received, total }) => console.log(received / total));
   const key: string = client.sendText(`contact/${identity}`, 'hi');
+  client.editMessage(key, 'hi, edited');
+  client.deleteMessage(key, true);
+  client.on('messageChanged', ({ key: changed, message }) => {
+    const edited: number | null | undefined = message?.editedAt;
+    const deleted: number | null | undefined = message?.deletedAt;
+    console.log(changed, edited, deleted);
+  });
   const list: Message[] = client.messages(`contact/${identity}`);
   const contacts: Contact[] = client.contacts();
   const settings: Settings = client.settings();

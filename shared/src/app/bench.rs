@@ -643,6 +643,10 @@ pub fn populated_device(
             pending: Vec::new(),
             read_unsynced: false,
             receipt_due: None,
+            edited_at: None,
+            deleted_at: None,
+            hidden: false,
+            reactions: Vec::new(),
         });
         let mut nonce = [0; 24];
         if incoming {

@@ -228,7 +228,9 @@ impl App {
             .messages()
             .values()
             .filter(|m| {
-                m.direction == super::model::Direction::Incoming && m.reflected_at.is_none()
+                m.direction == super::model::Direction::Incoming
+                    && m.reflected_at.is_none()
+                    && !m.hidden
             })
             .map(|m| m.key)
             .collect();

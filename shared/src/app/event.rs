@@ -44,6 +44,9 @@ pub enum Dropped {
     BadBody(E2eMessageType),
     /// A type this core does not handle.
     Unsupported(E2eMessageType),
+    /// An edit or delete for a message this device does not have from that sender (Threema
+    /// discards those too).
+    UnknownMessage(E2eMessageType),
     /// A reflected envelope whose nonce was used before.
     ReplayedEnvelope,
     /// A reflected envelope that does not open (already acked by the session).
@@ -71,6 +74,13 @@ pub enum AppEvent {
     Leader,
     /// A message was added to a conversation.
     MessageAdded {
+        /// Where.
+        conversation: ConversationId,
+        /// Which.
+        key: MessageKey,
+    },
+    /// A message was edited or deleted (for everyone, or on this device: then it is gone).
+    MessageChanged {
         /// Where.
         conversation: ConversationId,
         /// Which.
@@ -188,6 +198,21 @@ pub enum AppError {
     /// A list or group needs members.
     #[error("no members")]
     NoMembers,
+    /// No such message (or it was deleted).
+    #[error("unknown message")]
+    UnknownMessage,
+    /// Only the sender may edit or delete a message for everyone.
+    #[error("only the sender may change a message")]
+    NotOwnMessage,
+    /// The message is still being sent.
+    #[error("message not sent yet")]
+    NotSentYet,
+    /// A reaction must be one emoji of 1 to 64 bytes.
+    #[error("invalid reaction")]
+    InvalidReaction,
+    /// Edits and deletes for everyone are for 6 hours after a message was written.
+    #[error("message too old to change")]
+    TooLateToChange,
     /// A conversation kind this core cannot send to yet.
     #[error("cannot send to {0:?}")]
     UnsupportedConversation(ConversationId),

@@ -16,6 +16,7 @@ use super::model::{
 use super::nonce::NonceScope;
 use super::outgoing::text_body;
 use super::sync::SyncOp;
+use super::updates::{is_update, parse_update};
 use crate::crypto::{Nonce, PublicKey};
 use crate::csp::{
     open_message_with_keys, CspPayload, DeliveryReceipt, DeliveryStatus, E2eMessageType,
@@ -240,6 +241,10 @@ impl App {
                     pending: Vec::new(),
                     read_unsynced: false,
                     receipt_due: None,
+                    edited_at: None,
+                    deleted_at: None,
+                    hidden: false,
+                    reactions: Vec::new(),
                 });
                 self.events
                     .push_back(AppEvent::MessageAdded { conversation, key });
@@ -277,6 +282,27 @@ impl App {
             | E2eMessageType::GROUP_NAME
             | E2eMessageType::GROUP_LEAVE => {
                 self.on_group_control(sender, &opened, content, ack, now_ms, rng);
+            }
+            t if is_update(t) => {
+                let Some((group, id, update)) = parse_update(opened.message_type, &opened.body)
+                else {
+                    return self.drop_ack(ack, Dropped::BadBody(opened.message_type));
+                };
+                let conversation = match group {
+                    None => ConversationId::Contact(sender),
+                    Some(group) if self.group_accepts(&group, &sender) => {
+                        ConversationId::Group(group)
+                    }
+                    Some(_) => {
+                        return self.drop_ack(ack, Dropped::Unsupported(opened.message_type))
+                    }
+                };
+                // No delivery receipt and no `sent` update for either (Threema's properties).
+                if self.apply_update(conversation, sender, id, update, created_at) {
+                    self.reflect(content, false, Some(Pending::Incoming(ack)), rng);
+                } else {
+                    self.drop_ack(ack, Dropped::UnknownMessage(opened.message_type));
+                }
             }
             other => self.drop_ack(ack, Dropped::Unsupported(other)),
         }

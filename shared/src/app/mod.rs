@@ -34,6 +34,7 @@ pub mod records;
 mod reflected;
 pub mod state;
 mod sync;
+mod updates;
 
 pub use self::core::{App, AppConfig, ECHO_INTERVAL_MS, ECHO_TIMEOUT_MS};
 pub use event::{AppError, AppEvent, Dropped, Effect};
@@ -51,3 +52,4 @@ pub use sync::{
     MAX_SAME_CLOSE, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES,
     NEW_DEVICE_SYNC_PART_ENVELOPES,
 };
+pub use updates::CHANGE_WINDOW_MS;

@@ -720,6 +720,17 @@ pub struct Message {
     pub read_unsynced: bool,
     /// Incoming: a delivery receipt this device still owes the sender (sent, not yet acked).
     pub receipt_due: Option<DeliveryStatus>,
+    /// When the sender last edited it (the `EditMessage`'s `created_at`, Unix ms; `app::updates`).
+    pub edited_at: Option<u64>,
+    /// When the sender deleted it for everyone (the `DeleteMessage`'s `created_at`); its text
+    /// is gone then.
+    pub deleted_at: Option<u64>,
+    /// Deleted on this device only: a tombstone without text that no conversation lists (kept
+    /// so that the same message id is never taken for a new message).
+    pub hidden: bool,
+    /// Emoji reactions (Threema's `Reaction`): who put which emoji on it, in the order they
+    /// came; one person may put several.
+    pub reactions: Vec<(Identity, String)>,
 }
 
 impl fmt::Debug for Message {
@@ -733,6 +744,8 @@ impl fmt::Debug for Message {
             .field("created_at", &self.created_at)
             .field("state", &self.state)
             .field("reflected_at", &self.reflected_at)
+            .field("edited_at", &self.edited_at)
+            .field("deleted_at", &self.deleted_at)
             .finish_non_exhaustive()
     }
 }

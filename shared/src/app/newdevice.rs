@@ -8,12 +8,13 @@ use rand_core::CryptoRngCore;
 
 use super::core::{App, Pending};
 use super::event::AppEvent;
-use super::model::{ConversationId, Direction, Message, MessageState, Settings};
+use super::model::{ConversationId, Direction, Identity, Message, MessageState, Settings};
 use super::outgoing::text_body;
 use super::sync::{
     NdsCursor, NdsHistory, SyncOp, NEW_DEVICE_SYNC_MAX_HISTORY, NEW_DEVICE_SYNC_PART_BYTES,
     NEW_DEVICE_SYNC_PART_ENVELOPES,
 };
+use super::updates::{update_body, Update};
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
     contact_sync, distribution_list_sync, envelope::Content, group_sync, incoming_message_update,
@@ -99,7 +100,7 @@ impl App {
         while let Some(&seq) = refresh.peek() {
             let mut item = Vec::new();
             if let Some(message) = self.state.messages().get(&seq) {
-                history_envelopes(message, &mut item);
+                history_envelopes(message, self.state.own().identity, &mut item);
             }
             if !part.fits(&item) {
                 break;
@@ -170,7 +171,7 @@ impl App {
                     match found {
                         Some((seq, message)) => {
                             let mut out = Vec::new();
-                            history_envelopes(message, &mut out);
+                            history_envelopes(message, self.state.own().identity, &mut out);
                             (out, NdsCursor::Messages(seq.saturating_add(1)))
                         }
                         None => (Vec::new(), NdsCursor::Done),
@@ -242,10 +243,71 @@ impl App {
 /// with its `sent` update and the contact's receipt; an incoming one with its read update.
 /// Replayed envelopes carry no nonces: the new device has no use for nonce hashes of messages
 /// it never received.
-fn history_envelopes(message: &Message, out: &mut Vec<Content>) {
+fn history_envelopes(message: &Message, own: Identity, out: &mut Vec<Content>) {
+    if message.deleted_at.is_some() || message.hidden {
+        // Deleted (for everyone, or here): nothing of it is shown, so nothing is sent.
+        return;
+    }
     let Some((message_type, body)) = text_body(&message.conversation, &message.text) else {
         return;
     };
+    history_message(message, message_type, body, out);
+    // An edited message: its edit too (same text), so the new device marks it edited; and its
+    // reactions, each as its author sent it.
+    let author = (message.direction == Direction::Incoming).then_some(message.key.sender);
+    if let Some(at) = message.edited_at {
+        out.extend(update_envelope(
+            message,
+            author,
+            &Update::Edit(message.text.clone()),
+            at,
+        ));
+    }
+    for (who, emoji) in &message.reactions {
+        let update = Update::React(emoji.clone(), true);
+        let from = (*who != own).then_some(*who);
+        out.extend(update_envelope(message, from, &update, message.created_at));
+    }
+}
+
+/// An update of `message` as the envelope that carries it: sent by this identity
+/// (`OutgoingMessage`, `from` = `None`) or received from `from` (`IncomingMessage`); no message id
+/// or nonces (history only).
+fn update_envelope(
+    message: &Message,
+    from: Option<Identity>,
+    update: &Update,
+    at: u64,
+) -> Option<Content> {
+    let (message_type, body) = update_body(&message.conversation, message.key.id, update)?;
+    Some(match from {
+        None => Content::OutgoingMessage(OutgoingMessage {
+            conversation: Some(message.conversation.to_proto()),
+            message_id: 0,
+            thread_message_id: None,
+            created_at: at,
+            r#type: i32::from(message_type.0),
+            body,
+            nonces: Vec::new(),
+        }),
+        Some(sender) => Content::IncomingMessage(IncomingMessage {
+            sender_identity: sender.to_string(),
+            message_id: 0,
+            created_at: at,
+            r#type: i32::from(message_type.0),
+            body,
+            nonce: Vec::new(),
+        }),
+    })
+}
+
+/// The envelopes of one stored message as it was sent or received, with its state.
+fn history_message(
+    message: &Message,
+    message_type: E2eMessageType,
+    body: Vec<u8>,
+    out: &mut Vec<Content>,
+) {
     let conversation = Some(message.conversation.to_proto());
     let at = message.state_at.unwrap_or(message.created_at);
     match message.direction {

@@ -212,6 +212,20 @@ pub(super) fn text_body(
     }
 }
 
+/// A text one message may carry: not empty, at most [`MAX_TEXT_LEN`] bytes.
+pub(super) fn check_text(text: &str) -> Result<(), AppError> {
+    if text.is_empty() {
+        return Err(AppError::EmptyText);
+    }
+    if text.len() > MAX_TEXT_LEN {
+        return Err(AppError::TextTooLong {
+            len: text.len(),
+            max: MAX_TEXT_LEN,
+        });
+    }
+    Ok(())
+}
+
 impl App {
     /// Sends a text to a contact or a group. The message is stored (and shown) at once and goes
     /// out when the device is online; returns its key.
@@ -222,15 +236,7 @@ impl App {
         now_ms: u64,
         rng: &mut impl CryptoRngCore,
     ) -> Result<MessageKey, AppError> {
-        if text.is_empty() {
-            return Err(AppError::EmptyText);
-        }
-        if text.len() > MAX_TEXT_LEN {
-            return Err(AppError::TextTooLong {
-                len: text.len(),
-                max: MAX_TEXT_LEN,
-            });
-        }
+        check_text(text)?;
         let receivers = self.receivers_of(&conversation)?;
         let (message_type, body) = text_body(&conversation, text)
             .ok_or(AppError::UnsupportedConversation(conversation))?;
@@ -260,6 +266,10 @@ impl App {
             pending: receivers.clone(),
             read_unsynced: false,
             receipt_due: None,
+            edited_at: None,
+            deleted_at: None,
+            hidden: false,
+            reactions: Vec::new(),
         });
         self.events
             .push_back(AppEvent::MessageAdded { conversation, key });

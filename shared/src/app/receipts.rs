@@ -3,7 +3,7 @@
 //! the contact with a read receipt, itself an outgoing message reflected first. Typing
 //! indicators are ephemeral: reflected ephemeral, sent without queueing or ack, never stored.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use rand_core::CryptoRngCore;
 
@@ -34,22 +34,24 @@ impl Reads {
     /// Rebuilds the updates of messages read here whose reflection was never acked, one per
     /// conversation and read time.
     pub(super) fn resume_from(&mut self, state: &State) {
-        let mut updates: BTreeMap<(ConversationId, u64), Vec<u64>> = BTreeMap::new();
+        // Grouped in a vector, in the order the messages are stored: there are a handful of
+        // groups, and a map keyed by (conversation, time) would cost the browser package its
+        // own monomorphised B-tree (docs/client.md "Size").
         for m in state.messages().values().filter(|m| m.read_unsynced) {
-            updates
-                .entry((m.conversation, m.state_at.unwrap_or(0)))
-                .or_default()
-                .push(m.key.id);
-        }
-        self.queue.extend(
-            updates
-                .into_iter()
-                .map(|((conversation, at), message_ids)| ReadUpdate {
-                    conversation,
-                    message_ids,
+            let at = m.state_at.unwrap_or(0);
+            match self
+                .queue
+                .iter_mut()
+                .find(|u| u.conversation == m.conversation && u.at == at)
+            {
+                Some(update) => update.message_ids.push(m.key.id),
+                None => self.queue.push_back(ReadUpdate {
+                    conversation: m.conversation,
+                    message_ids: vec![m.key.id],
                     at,
                 }),
-        );
+            }
+        }
     }
 }
 
@@ -211,17 +213,22 @@ impl App {
 
     /// After a restart: send again every receipt still owed, one per sender and status.
     pub(super) fn resume_receipts(&mut self, now_ms: u64, rng: &mut impl CryptoRngCore) {
-        let mut owed: BTreeMap<(Identity, u8), Vec<MessageKey>> = BTreeMap::new();
+        // Grouped in a vector (a handful of senders), not a B-tree map: see `Reads::resume_from`.
+        let mut owed: Vec<(Identity, DeliveryStatus, Vec<MessageKey>)> = Vec::new();
         for m in self.state.messages().values() {
             if let (Some(status), ConversationId::Contact(sender)) = (m.receipt_due, m.conversation)
             {
-                owed.entry((sender, status as u8)).or_default().push(m.key);
+                match owed
+                    .iter_mut()
+                    .find(|(who, s, _)| *who == sender && *s == status)
+                {
+                    Some((_, _, keys)) => keys.push(m.key),
+                    None => owed.push((sender, status, vec![m.key])),
+                }
             }
         }
-        for ((sender, status), keys) in owed {
-            if let Ok(status) = DeliveryStatus::try_from(status) {
-                self.send_receipt(sender, status, keys, now_ms, rng);
-            }
+        for (sender, status, keys) in owed {
+            self.send_receipt(sender, status, keys, now_ms, rng);
         }
     }
 

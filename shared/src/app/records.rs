@@ -549,6 +549,15 @@ struct MessageRecord {
     /// 0 none, else the delivery status (spec §9.5) still owed.
     #[prost(uint32, tag = "12")]
     receipt_due: u32,
+    #[prost(uint64, optional, tag = "13")]
+    edited_at: Option<u64>,
+    #[prost(uint64, optional, tag = "14")]
+    deleted_at: Option<u64>,
+    #[prost(bool, tag = "15")]
+    hidden: bool,
+    /// Each entry: identity (8) ‖ the emoji (UTF-8).
+    #[prost(bytes = "vec", repeated, tag = "16")]
+    reactions: Vec<Vec<u8>>,
 }
 
 const fn state_code(state: MessageState) -> u32 {
@@ -604,6 +613,14 @@ pub(crate) fn message_record(message: &Message) -> Record {
             .collect(),
         read_unsynced: message.read_unsynced,
         receipt_due: message.receipt_due.map_or(0, |s| u32::from(s as u8)),
+        edited_at: message.edited_at,
+        deleted_at: message.deleted_at,
+        hidden: message.hidden,
+        reactions: message
+            .reactions
+            .iter()
+            .map(|(who, emoji)| [who.as_bytes(), emoji.as_bytes()].concat())
+            .collect(),
     };
     let mut bytes = Zeroizing::new(Vec::with_capacity(value.encoded_len()));
     // Encoding into a Vec with enough capacity cannot fail.
@@ -663,6 +680,19 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
         })
         .collect::<Result<Vec<_>, ModelError>>()
         .map_err(invalid(kind))?;
+    let reactions = raw
+        .reactions
+        .iter()
+        .map(|entry| {
+            let (identity, emoji) = entry
+                .split_at_checked(IDENTITY_LEN)
+                .ok_or(ModelError::InvalidIdentity)?;
+            // Only valid UTF-8 is ever stored (`app::updates` checks it on receipt).
+            let emoji = String::from_utf8_lossy(emoji).into_owned();
+            Ok((Identity::from_slice(identity)?, emoji))
+        })
+        .collect::<Result<Vec<_>, ModelError>>()
+        .map_err(invalid(kind))?;
     Ok(Message {
         seq,
         conversation,
@@ -683,6 +713,10 @@ pub(crate) fn decode_message(record: &Record) -> Result<Message, RecordError> {
         pending,
         read_unsynced: raw.read_unsynced,
         receipt_due,
+        edited_at: raw.edited_at,
+        deleted_at: raw.deleted_at,
+        hidden: raw.hidden,
+        reactions,
     })
 }
 
@@ -735,6 +769,10 @@ pub(crate) mod tests {
                     DeliveryStatus::Received,
                     DeliveryStatus::Read,
                 ])),
+                any::<Option<u64>>(),
+                any::<Option<u64>>(),
+                any::<bool>(),
+                proptest::collection::vec((arb_identity(), "\\PC{1,4}"), 0..3),
             ),
         )
             .prop_map(
@@ -749,7 +787,7 @@ pub(crate) mod tests {
                     state,
                     ra,
                     sa,
-                    (pending, unsynced, due),
+                    (pending, unsynced, due, edited_at, deleted_at, hidden, reactions),
                 )| {
                     Message {
                         seq,
@@ -768,6 +806,10 @@ pub(crate) mod tests {
                         pending,
                         read_unsynced: unsynced,
                         receipt_due: due,
+                        edited_at,
+                        deleted_at,
+                        hidden,
+                        reactions,
                     }
                 },
             )

@@ -11,6 +11,7 @@ use super::model::{
     MessageKey, MessageState, Profile,
 };
 use super::nonce::NonceScope;
+use super::updates::{is_update, parse_update};
 use crate::crypto::Nonce;
 use crate::csp::{DeliveryReceipt, DeliveryStatus, E2eMessageType};
 use crate::proto::d2d::{
@@ -164,6 +165,10 @@ impl App {
                     pending: Vec::new(),
                     read_unsynced: false,
                     receipt_due: None,
+                    edited_at: None,
+                    deleted_at: None,
+                    hidden: false,
+                    reactions: Vec::new(),
                 });
                 if added.is_some() {
                     self.events
@@ -171,6 +176,13 @@ impl App {
                 }
                 Ok(())
             }
+            t if is_update(t) => self.apply_reflected_update(
+                message_type,
+                &m.body,
+                Some(conversation),
+                own,
+                m.created_at,
+            ),
             E2eMessageType::DELIVERY_RECEIPT => {
                 // A sibling told a contact it read messages; keep this device's view in step.
                 let receipt = DeliveryReceipt::decode(&m.body).map_err(|_| "receipt body")?;
@@ -178,6 +190,14 @@ impl App {
                     for id in receipt.message_ids() {
                         self.apply_read(&conversation, *id, m.created_at);
                     }
+                } else {
+                    // A Threema sibling's legacy reaction (👍/👎 as a receipt) to the contact.
+                    self.apply_legacy_reactions(
+                        conversation,
+                        own,
+                        receipt.message_ids(),
+                        receipt.status(),
+                    );
                 }
                 Ok(())
             }
@@ -226,6 +246,10 @@ impl App {
                     pending: Vec::new(),
                     read_unsynced: false,
                     receipt_due: None,
+                    edited_at: None,
+                    deleted_at: None,
+                    hidden: false,
+                    reactions: Vec::new(),
                 });
                 if added.is_some() {
                     self.events
@@ -238,6 +262,9 @@ impl App {
                 self.apply_receipt(sender, &receipt, m.created_at);
                 Ok(())
             }
+            t if is_update(t) => {
+                self.apply_reflected_update(message_type, &m.body, None, sender, m.created_at)
+            }
             E2eMessageType::GROUP_SETUP
             | E2eMessageType::GROUP_NAME
             | E2eMessageType::GROUP_LEAVE => {
@@ -247,12 +274,41 @@ impl App {
         }
     }
 
+    /// A sibling sent (`conversation` given) or received an edit or delete of `sender`'s message:
+    /// applied as where it first arrived (an update for a message not here is discarded there
+    /// too, so it is no error).
+    fn apply_reflected_update(
+        &mut self,
+        message_type: E2eMessageType,
+        body: &[u8],
+        conversation: Option<ConversationId>,
+        sender: Identity,
+        at: u64,
+    ) -> ApplyResult {
+        let (group, id, update) = parse_update(message_type, body).ok_or("update body")?;
+        let from_body = group.map_or(ConversationId::Contact(sender), ConversationId::Group);
+        let conversation = conversation.unwrap_or(from_body);
+        if group.is_some() && conversation != from_body {
+            return Err("group update for another conversation");
+        }
+        self.apply_update(conversation, sender, id, update, at);
+        Ok(())
+    }
+
     /// A contact's delivery receipt moves own messages of the 1:1 conversation forward.
     pub(super) fn apply_receipt(&mut self, sender: Identity, receipt: &DeliveryReceipt, at: u64) {
         let target = match receipt.status() {
             DeliveryStatus::Received => MessageState::Delivered,
             DeliveryStatus::Read => MessageState::Read,
-            DeliveryStatus::Acknowledged | DeliveryStatus::Declined => return,
+            status @ (DeliveryStatus::Acknowledged | DeliveryStatus::Declined) => {
+                let conversation = ConversationId::Contact(sender);
+                return self.apply_legacy_reactions(
+                    conversation,
+                    sender,
+                    receipt.message_ids(),
+                    status,
+                );
+            }
         };
         let own = self.state.own().identity;
         for id in receipt.message_ids() {

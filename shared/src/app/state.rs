@@ -130,6 +130,9 @@ impl State {
             if by_key.insert(m.key, *seq).is_some() {
                 return Err(RecordError::DuplicateMessage(m.key));
             }
+            if m.hidden {
+                continue;
+            }
             by_conversation
                 .entry(m.conversation)
                 .or_default()
@@ -454,6 +457,26 @@ impl State {
         Some(seq)
     }
 
+    /// Deletes a message on this device only: its text goes, and it leaves its conversation
+    /// (a conversation left empty is no longer listed). The record stays as a tombstone, so the
+    /// id is still known (a removal from the B-tree would cost the browser package ≈ 2.6 KB
+    /// gzipped of monomorphised code, docs/client.md "Size").
+    pub(crate) fn hide_message(&mut self, key: &MessageKey) {
+        let Some(&seq) = self.by_key.get(key) else {
+            return;
+        };
+        let Some(message) = self.messages.get_mut(&seq) else {
+            return;
+        };
+        zeroize::Zeroize::zeroize(&mut message.text);
+        message.text.clear();
+        message.hidden = true;
+        self.ops.push(Op::Put(message_record(message)));
+        if let Some(seqs) = self.by_conversation.get_mut(&message.conversation) {
+            seqs.retain(|s| *s != seq);
+        }
+    }
+
     /// Changes a stored message; `f` returns whether it changed anything.
     pub(crate) fn update_message(
         &mut self,
@@ -512,6 +535,10 @@ mod tests {
             pending: Vec::new(),
             read_unsynced: false,
             receipt_due: None,
+            edited_at: None,
+            deleted_at: None,
+            hidden: false,
+            reactions: Vec::new(),
         }
     }
 

@@ -770,6 +770,29 @@ impl World {
     }
 }
 
+/// X (devices X1, X2) has created group "trio" with Y (Y1) and Z (Z1); only X knew the others
+/// beforehand. The world, X, Y, Z and the group.
+pub fn trio(seed: u64) -> (World, [Identity; 3], tandem_shared::app::GroupId) {
+    let mut w = World::new(seed);
+    let x = w.identity("XXXXXXXX");
+    let y = w.identity("YYYYYYYY");
+    let z = w.identity("ZZZZZZZZ");
+    for (name, identity) in [("X1", x), ("X2", x), ("Y1", y), ("Z1", z)] {
+        w.device(name, identity);
+        w.connect(name);
+    }
+    w.app("X1").add_contact(y).unwrap();
+    w.app("X1").add_contact(z).unwrap();
+    w.run();
+    let now = w.now;
+    let group = w
+        .app("X1")
+        .create_group("trio", BTreeSet::from([y, z]), now, &mut rand::thread_rng())
+        .unwrap();
+    w.run();
+    (w, [x, y, z], group)
+}
+
 /// `(direction, sender, id, text, state)` of each message, for comparing devices.
 pub fn summary(
     messages: &[Message],

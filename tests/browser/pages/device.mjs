@@ -6,7 +6,7 @@ import init, { TandemClient } from 'tandem-client';
 const EVENTS = [
   'connection', 'syncProgress', 'leader', 'message', 'messageState', 'conversations', 'contact',
   'contactNotFound', 'group', 'distributionList', 'settings', 'profile', 'typing', 'devices',
-  'newDeviceSync', 'alert', 'dropped', 'error',
+  'newDeviceSync', 'alert', 'dropped', 'error', 'messageChanged',
 ];
 
 const device = {
