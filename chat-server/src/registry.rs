@@ -19,8 +19,15 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Sessions {
     devices: HashMap<u64, Entry>,
-    /// (device id, session id) of the receiving session.
-    receiver: Option<(u64, u64)>,
+    /// The receiving session: device id, session id, and the epoch storage gave it.
+    receiver: Option<Receiver>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Receiver {
+    device_id: u64,
+    session_id: u64,
+    epoch: u64,
 }
 
 /// The online sessions.
@@ -56,7 +63,10 @@ impl Registry {
                 mailbox,
             },
         ) {
-            if sessions.receiver.is_some_and(|(_, s)| s == old.session_id) {
+            if sessions
+                .receiver
+                .is_some_and(|r| r.session_id == old.session_id)
+            {
                 sessions.receiver = None;
             }
             old.mailbox.push(MailItem::Close(CloseRequest::Replaced));
@@ -77,7 +87,10 @@ impl Registry {
         {
             sessions.devices.remove(&device_id);
         }
-        if sessions.receiver.is_some_and(|(_, s)| s == session_id) {
+        if sessions
+            .receiver
+            .is_some_and(|r| r.session_id == session_id)
+        {
             sessions.receiver = None;
         }
         if sessions.devices.is_empty() {
@@ -85,9 +98,16 @@ impl Registry {
         }
     }
 
-    /// Makes a registered session the receiving one; the previous receiving session is demoted.
-    /// Returns false if the session is no longer registered (it was replaced meanwhile).
-    pub fn make_receiver(&self, identity: &Identity, device_id: u64, session_id: u64) -> bool {
+    /// Makes a registered session the receiving one with the epoch storage gave it; the
+    /// previous receiving session is demoted. Returns false if the session is no longer
+    /// registered (it was replaced meanwhile) or a newer epoch receives already.
+    pub fn make_receiver(
+        &self,
+        identity: &Identity,
+        device_id: u64,
+        session_id: u64,
+        epoch: u64,
+    ) -> bool {
         let mut map = self.lock();
         let Some(sessions) = map.get_mut(identity) else {
             return false;
@@ -99,15 +119,61 @@ impl Registry {
         {
             return false;
         }
-        if let Some((old_device, old_session)) = sessions.receiver {
-            if old_session != session_id {
-                if let Some(old) = sessions.devices.get(&old_device) {
-                    old.mailbox.push(MailItem::Demoted);
+        if let Some(old) = sessions.receiver {
+            if old.epoch > epoch {
+                return false;
+            }
+            if old.session_id != session_id {
+                if let Some(entry) = sessions.devices.get(&old.device_id) {
+                    entry.mailbox.push(MailItem::Demoted);
                 }
             }
         }
-        sessions.receiver = Some((device_id, session_id));
+        sessions.receiver = Some(Receiver {
+            device_id,
+            session_id,
+            epoch,
+        });
         true
+    }
+
+    /// Another node's session of `identity` took over with `epoch`: a local receiving session
+    /// with an older epoch stops receiving.
+    pub fn demote_before(&self, identity: &Identity, epoch: u64) {
+        let mut map = self.lock();
+        let Some(sessions) = map.get_mut(identity) else {
+            return;
+        };
+        if let Some(old) = sessions.receiver.filter(|r| r.epoch < epoch) {
+            if let Some(entry) = sessions.devices.get(&old.device_id) {
+                entry.mailbox.push(MailItem::Demoted);
+            }
+            sessions.receiver = None;
+        }
+    }
+
+    /// Tells the receiving session of `identity`, if it is here, to read its queue again
+    /// (another node committed a message to it).
+    pub fn recheck(&self, identity: &Identity) {
+        if let Some(mailbox) = self.receiver(identity) {
+            mailbox.push(MailItem::Recheck);
+        }
+    }
+
+    /// Tells every receiving session here to read its queue again (the catch-up sweep).
+    pub fn recheck_all(&self) {
+        let receivers: Vec<Arc<Mailbox>> = {
+            let map = self.lock();
+            map.values()
+                .filter_map(|s| {
+                    let r = s.receiver?;
+                    s.devices.get(&r.device_id).map(|e| Arc::clone(&e.mailbox))
+                })
+                .collect()
+        };
+        for mailbox in receivers {
+            mailbox.push(MailItem::Recheck);
+        }
     }
 
     /// The receiving session's inbox, if one is online.
@@ -115,10 +181,10 @@ impl Registry {
     pub fn receiver(&self, identity: &Identity) -> Option<Arc<Mailbox>> {
         let map = self.lock();
         let sessions = map.get(identity)?;
-        let (device_id, _) = sessions.receiver?;
+        let r = sessions.receiver?;
         sessions
             .devices
-            .get(&device_id)
+            .get(&r.device_id)
             .map(|e| Arc::clone(&e.mailbox))
     }
 
@@ -133,8 +199,8 @@ impl Registry {
             .into_iter()
             .filter_map(|(identity, item)| {
                 let sessions = map.get(&identity)?;
-                let (device_id, _) = sessions.receiver?;
-                let entry = sessions.devices.get(&device_id)?;
+                let r = sessions.receiver?;
+                let entry = sessions.devices.get(&r.device_id)?;
                 Some((Arc::clone(&entry.mailbox), item))
             })
             .collect()
@@ -174,16 +240,16 @@ mod tests {
         let registry = Registry::new();
         let (a, b) = (Mailbox::new(), Mailbox::new());
         let first = registry.register(*b"AAAAAAAA", 7, Arc::clone(&a));
-        assert!(registry.make_receiver(b"AAAAAAAA", 7, first));
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, first, 1));
         let second = registry.register(*b"AAAAAAAA", 7, Arc::clone(&b));
         assert_eq!(kinds(&a), vec!["Close(Replaced)"]);
         // The replaced session no longer receives and cannot become receiver again.
         assert!(registry.receiver(b"AAAAAAAA").is_none());
-        assert!(!registry.make_receiver(b"AAAAAAAA", 7, first));
+        assert!(!registry.make_receiver(b"AAAAAAAA", 7, first, 2));
         // Its late unregister does not remove the new one.
         registry.unregister(b"AAAAAAAA", 7, first);
         assert_eq!(registry.session_count(), 1);
-        assert!(registry.make_receiver(b"AAAAAAAA", 7, second));
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, second, 3));
         assert!(registry.receiver(b"AAAAAAAA").is_some());
     }
 
@@ -194,8 +260,8 @@ mod tests {
         let sa = registry.register(*b"AAAAAAAA", 1, Arc::clone(&a));
         let sb = registry.register(*b"AAAAAAAA", 2, Arc::clone(&b));
         assert_eq!(registry.session_count(), 2);
-        assert!(registry.make_receiver(b"AAAAAAAA", 1, sa));
-        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb));
+        assert!(registry.make_receiver(b"AAAAAAAA", 1, sa, 1));
+        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb, 2));
         assert_eq!(kinds(&a), vec!["Demoted"]);
         assert!(kinds(&b).is_empty());
         let receiver = registry.receiver(b"AAAAAAAA").unwrap();
@@ -204,5 +270,27 @@ mod tests {
         assert!(registry.receiver(b"AAAAAAAA").is_none());
         registry.unregister(b"AAAAAAAA", 1, sa);
         assert_eq!(registry.session_count(), 0);
+    }
+
+    #[test]
+    fn an_older_epoch_never_takes_over_and_remote_demotion_respects_epochs() {
+        let registry = Registry::new();
+        let (a, b) = (Mailbox::new(), Mailbox::new());
+        let sa = registry.register(*b"AAAAAAAA", 1, Arc::clone(&a));
+        let sb = registry.register(*b"AAAAAAAA", 2, Arc::clone(&b));
+        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb, 5));
+        // A claim answered late with an older epoch does not take over.
+        assert!(!registry.make_receiver(b"AAAAAAAA", 1, sa, 4));
+        assert!(kinds(&b).is_empty());
+        // A remote takeover with an older epoch changes nothing; a newer one demotes.
+        registry.demote_before(b"AAAAAAAA", 5);
+        assert!(registry.receiver(b"AAAAAAAA").is_some());
+        registry.recheck(b"AAAAAAAA");
+        assert_eq!(kinds(&b), vec!["Recheck"]);
+        registry.demote_before(b"AAAAAAAA", 6);
+        assert_eq!(kinds(&b), vec!["Demoted"]);
+        assert!(registry.receiver(b"AAAAAAAA").is_none());
+        registry.recheck_all();
+        assert!(kinds(&a).is_empty() && kinds(&b).is_empty());
     }
 }

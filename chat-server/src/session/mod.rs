@@ -69,6 +69,9 @@ pub struct Context {
     pub idle_timeout: Duration,
     /// How long short-lived messages stay queued, in ms.
     pub short_lived_ttl_ms: u64,
+    /// Sequence numbers are gapless per receiver and other nodes commit some of them
+    /// (PostgreSQL): delivery takes only contiguous notifications.
+    pub gapless: bool,
 }
 
 /// Serves one TCP connection until it ends.
@@ -112,6 +115,8 @@ struct Session {
     idle_timeout: Duration,
     pending_store: usize,
     delivery: Option<Delivery>,
+    /// The receiving epoch storage gave this session at its unblock (0: never unblocked).
+    epoch: u64,
 }
 
 struct Conn {
@@ -269,18 +274,22 @@ impl Conn {
             match event {
                 ServerEvent::NeedIdentityKey { identity } => {
                     self.login = Some(identity);
-                    let key = self.ctx.directory.public_key(&identity);
+                    // The record as stored: another node may have created the identity or
+                    // changed its cookie state since this node cached it.
+                    let info = self
+                        .ctx
+                        .store
+                        .login(identity)
+                        .await
+                        .map_err(|_| CloseReason::StorageFailure)?;
+                    let key = info.record.map(|record| {
+                        let key = record.public_key;
+                        self.ctx.directory.insert(record);
+                        key
+                    });
                     // The current login-ack layout (spec §12): our clock and the queue length,
                     // which clients of either generation accept (docs/protocol.md).
-                    let queued_messages = match key {
-                        Some(_) => self
-                            .ctx
-                            .store
-                            .queue_length(identity)
-                            .await
-                            .map_err(|_| CloseReason::StorageFailure)?,
-                        None => 0,
-                    };
+                    let queued_messages = if key.is_some() { info.queued } else { 0 };
                     let ack = LoginAck {
                         server_time_ms: now_ms(),
                         queued_messages,
@@ -329,6 +338,7 @@ impl Conn {
             idle_timeout,
             pending_store: 0,
             delivery: None,
+            epoch: 0,
         });
         // No identity in info/warn logs (docs/chat-server.md "Logs"): the conn number ties a
         // session's lines together.
@@ -411,8 +421,7 @@ impl Conn {
         &mut self,
         mut message: MessageWithMetadataBox,
     ) -> Result<(), CloseReason> {
-        let session = logged_in(&mut self.session)?;
-        let identity = session.identity;
+        let identity = logged_in(&mut self.session)?.identity;
         if message.sender != identity {
             return Err(CloseReason::Protocol(
                 "sender is not the logged-in identity",
@@ -421,7 +430,7 @@ impl Conn {
         let ack = !message.flags.contains(MessageFlags::DONT_ACK);
         let receiver = message.receiver;
         let message_id = message.message_id;
-        if receiver == identity || !self.ctx.directory.contains(&receiver) {
+        if receiver == identity || !self.known(receiver).await? {
             // Nobody could ever receive it: drop it, but answer so the sender does not wait.
             debug!(conn = self.id, receiver = %Id(&receiver), "message to self or unknown identity dropped");
             return self.ack_outgoing(ack, receiver, message_id);
@@ -443,6 +452,7 @@ impl Conn {
             }
             return self.ack_outgoing(ack, receiver, message_id);
         }
+        let session = logged_in(&mut self.session)?;
         session.pending_store = session.pending_store.saturating_add(1);
         let reply = Arc::clone(&session.mailbox);
         self.store(Command::Enqueue(Box::new(Enqueue {
@@ -456,6 +466,21 @@ impl Conn {
             reply,
         })))
         .await
+    }
+
+    /// Whether an identity exists: the cached directory, else the database (another node may
+    /// have created it).
+    async fn known(&self, identity: Identity) -> Result<bool, CloseReason> {
+        if self.ctx.directory.contains(&identity) {
+            return Ok(true);
+        }
+        let record = self
+            .ctx
+            .store
+            .lookup(identity)
+            .await
+            .map_err(|_| CloseReason::StorageFailure)?;
+        Ok(record.map(|r| self.ctx.directory.insert(r)).is_some())
     }
 
     fn ack_outgoing(
@@ -481,8 +506,14 @@ impl Conn {
             .and_then(|d| d.on_ack(&ack.identity, ack.message_id));
         match seq {
             Some(seq) => {
-                let receiver = self.session()?.identity;
-                self.store(Command::Remove { receiver, seq }).await?;
+                let session = self.session()?;
+                let (receiver, epoch) = (session.identity, session.epoch);
+                self.store(Command::Remove {
+                    receiver,
+                    seq,
+                    epoch,
+                })
+                .await?;
                 self.pump().await
             }
             None => {
@@ -500,15 +531,32 @@ impl Conn {
         if session.delivery.is_some() {
             return Ok(());
         }
-        if !self.ctx.registry.make_receiver(
-            &session.identity,
-            session.device_id,
-            session.session_id,
-        ) {
-            // Replaced meanwhile: the close request is already in the inbox.
+        let (identity, device_id, session_id) =
+            (session.identity, session.device_id, session.session_id);
+        // The epoch is stored before the queue is read: every node then knows which session
+        // receives, and removes by an older one do nothing.
+        let epoch = self
+            .ctx
+            .store
+            .claim(identity, session_id)
+            .await
+            .map_err(|_| CloseReason::StorageFailure)?;
+        if !self
+            .ctx
+            .registry
+            .make_receiver(&identity, device_id, session_id, epoch)
+        {
+            // Replaced meanwhile (the close request is already in the inbox), or a newer
+            // unblock of this identity took over first.
             return Ok(());
         }
-        let (delivery, first) = Delivery::start();
+        let (delivery, first) = if self.ctx.gapless {
+            Delivery::start_gapless()
+        } else {
+            Delivery::start()
+        };
+        let session = self.session()?;
+        session.epoch = epoch;
         session.delivery = Some(delivery);
         debug!(conn = self.id, "receiving");
         self.act(vec![first]).await
@@ -571,6 +619,11 @@ impl Conn {
                     self.send_container(&container)?;
                 }
             }
+            MailItem::Recheck => {
+                if let Some(d) = session.delivery.as_mut() {
+                    d.on_hint();
+                }
+            }
             MailItem::Demoted => {
                 if let Some(d) = session.delivery.take() {
                     info!(
@@ -623,8 +676,14 @@ impl Conn {
                     self.store(command).await?;
                 }
                 Action::Remove(seq) => {
-                    let receiver = self.session()?.identity;
-                    self.store(Command::Remove { receiver, seq }).await?;
+                    let session = self.session()?;
+                    let (receiver, epoch) = (session.identity, session.epoch);
+                    self.store(Command::Remove {
+                        receiver,
+                        seq,
+                        epoch,
+                    })
+                    .await?;
                 }
                 Action::QueueSendComplete => self.send(&CspPayload::QueueSendComplete)?,
             }

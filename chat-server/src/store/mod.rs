@@ -1,11 +1,16 @@
-//! Durable storage: one thread owns the SQLite connection and applies commands in batches, one
+//! Durable storage: one thread owns the database connection and applies commands in batches, one
 //! transaction per batch (group commit), then answers every command of the batch. An outgoing
 //! message is acked only after the commit that holds it (DESIGN §4 "stored durably → ack").
+//!
+//! Two backends sit behind [`Backend`]: SQLite (one node, the embedded default) and PostgreSQL
+//! (several nodes on one database, `postgres.rs`). The batching loop and how answers reach the
+//! sessions (`worker.rs`) are the same for both.
 
-mod schema;
+mod postgres;
+mod sqlite;
+mod sqlite_schema;
 mod worker;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tandem_shared::crypto::PublicKey;
@@ -18,13 +23,16 @@ use crate::mailbox::Mailbox;
 use crate::registry::Registry;
 use crate::types::Identity;
 
-pub use schema::{from_sql, to_sql};
+pub use postgres::{Hint, PgSettings};
+pub use sqlite_schema::{from_sql, to_sql};
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
 
 /// Commands waiting for the worker; senders wait when it is full (back pressure).
 const COMMAND_CAPACITY: usize = 16_384;
+/// Hints waiting for the notifier; when it is full, hints are dropped (the sweep covers).
+const HINT_CAPACITY: usize = 65_536;
 
 /// Why storage failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +41,18 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (or the connection failed).
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("postgres pool: {0}")]
+    Pool(String),
+    /// The `--database` URL is not one this server reads.
+    #[error("database URL: {0}")]
+    Url(String),
+    /// The backend does not do this (shared tokens on SQLite).
+    #[error("not supported by this backend: {0}")]
+    Unsupported(&'static str),
     /// The storage worker is gone (it failed or the server is shutting down).
     #[error("storage worker stopped")]
     Stopped,
@@ -79,12 +99,32 @@ pub struct Created {
 pub enum Command {
     /// Queue a message (boxed: the largest command by far).
     Enqueue(Box<Enqueue>),
-    /// Remove a delivered message from its receiver's queue.
+    /// Remove a delivered message from its receiver's queue, if `epoch` is still the receiver's
+    /// current receiving epoch (a demoted session's late acks do nothing).
     Remove {
         /// The receiver.
         receiver: Identity,
         /// Its sequence number.
         seq: u64,
+        /// The receiving epoch of the session that removes it ([`Command::Claim`]).
+        epoch: u64,
+    },
+    /// Make a session the receiving one of its identity: a new epoch, stored before the session
+    /// reads its queue, so that every node sees which session receives.
+    Claim {
+        /// The identity.
+        identity: Identity,
+        /// The session (unique on this node).
+        session_id: u64,
+        /// The new epoch.
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Look up an identity in the database (another node may have created it).
+    Lookup {
+        /// The identity.
+        identity: Identity,
+        /// The record, if there is one.
+        reply: oneshot::Sender<Result<Option<IdentityRecord>, StoreError>>,
     },
     /// Read a page of a receiver's queue into the session's inbox.
     Fetch {
@@ -119,19 +159,80 @@ pub enum Command {
     Purge,
     /// Answered once everything before it is committed (tests, shutdown).
     Flush(oneshot::Sender<()>),
-    /// How many messages wait in a receiver's queue (for login-ack, spec §12).
-    QueueLength {
-        /// The receiver.
-        receiver: Identity,
-        /// Where the count goes.
-        reply: oneshot::Sender<u32>,
+    /// What a login needs: the identity's record as stored (another node may have changed its
+    /// cookie) and how many messages wait in its queue (login-ack, spec §12).
+    Login {
+        /// The identity.
+        identity: Identity,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<LoginInfo, StoreError>>,
     },
+    /// Keep an identity-creation token where every node finds it (PostgreSQL only; SQLite
+    /// keeps tokens in memory).
+    IssueToken {
+        /// The pending token.
+        token: PendingToken,
+        /// Whether it was stored (false: too many pending).
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+    /// Take a token out of the shared table (single use, PostgreSQL only).
+    RedeemToken {
+        /// The token bytes as the client echoed them.
+        token: Vec<u8>,
+        /// The pending token, if it existed.
+        reply: oneshot::Sender<Result<Option<PendingToken>, StoreError>>,
+    },
+}
+
+/// An identity-creation token kept in the database.
+#[derive(Debug, Clone)]
+pub struct PendingToken {
+    /// The token bytes.
+    pub token: [u8; crate::directory::TOKEN_LEN],
+    /// The public key it was issued for.
+    pub public_key: PublicKey,
+    /// The challenge secret (`tokenRespKey`), valid for the token's lifetime only.
+    pub challenge: [u8; 32],
+    /// When it was issued (Unix ms).
+    pub issued_at_ms: u64,
+}
+
+/// The answer to [`Command::Login`].
+#[derive(Debug, Clone)]
+pub struct LoginInfo {
+    /// The identity's record, `None` if it does not exist.
+    pub record: Option<IdentityRecord>,
+    /// Messages waiting in its queue.
+    pub queued: u32,
+}
+
+/// Which database the server keeps its state in.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// `chat.sqlite3` in the data directory (one node).
+    Sqlite {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
+    /// A PostgreSQL database shared by every node of the server group.
+    Postgres(PgSettings),
+}
+
+/// One database engine behind the storage worker: applies a batch of commands in one
+/// transaction and commits it before anything in it is answered.
+pub(crate) trait Backend: Send + 'static {
+    /// Applies `batch` (drained) in one transaction and commits; the answers say what happened
+    /// (after a failed commit, every answer is a failure).
+    fn apply(&mut self, batch: &mut Vec<Command>, now: u64) -> Vec<worker::Output>;
+    /// Messages queued in total (the start line's count).
+    fn queued(&mut self) -> Result<u64, StoreError>;
 }
 
 /// A handle to the storage worker.
 #[derive(Debug, Clone)]
 pub struct Store {
     tx: mpsc::Sender<Command>,
+    shared_tokens: bool,
 }
 
 /// What the database held at startup.
@@ -143,11 +244,17 @@ pub struct Loaded {
     pub worker: std::thread::JoinHandle<()>,
     /// Queued messages at startup.
     pub queued: u64,
+    /// This node's id in a PostgreSQL server group (`None`: SQLite, one node).
+    pub node: Option<i64>,
+    /// The node's background tasks (hints, sweep).
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// The database.
+    pub database: Database,
     /// SQLite synchronous mode.
     pub sync: SyncMode,
     /// Most messages per receiver queue.
@@ -157,29 +264,110 @@ pub struct StoreConfig {
 }
 
 impl Store {
-    /// Opens the database in `dir`, loads the directory into `directory`, and starts the worker.
-    pub fn open(
-        dir: &Path,
+    /// Opens the database, loads the directory into `directory`, and starts the worker (with
+    /// PostgreSQL also the node's hint listener, hint sender and catch-up sweep).
+    pub async fn open(
         config: StoreConfig,
         directory: &Directory,
         registry: Arc<Registry>,
     ) -> Result<Loaded, StoreError> {
-        let conn = schema::open(&dir.join(DATABASE_FILE), config.sync)?;
-        for record in load_identities(&conn)? {
-            directory.insert(record);
-        }
-        let state = worker::State::load(conn, config, registry)?;
-        let queued = state.queued();
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-        let worker = std::thread::Builder::new()
-            .name("storage".into())
-            .spawn(move || worker::run(state, rx))
-            .map_err(|_| StoreError::Stopped)?;
+        let mut tasks = Vec::new();
+        let (worker, queued, node) = match &config.database {
+            Database::Sqlite { dir } => {
+                let conn = sqlite_schema::open(&dir.join(DATABASE_FILE), config.sync)?;
+                for record in sqlite::load_identities(&conn)? {
+                    directory.insert(record);
+                }
+                let mut backend = sqlite::SqliteBackend::load(conn, config.clone())?;
+                let queued = backend.queued()?;
+                (worker::spawn(backend, rx, registry, None)?, queued, None)
+            }
+            Database::Postgres(settings) => {
+                let backend = postgres::PgBackend::connect(settings, config.clone()).await?;
+                for record in backend.load_identities().await? {
+                    directory.insert(record);
+                }
+                let queued = backend.queued_total().await?;
+                let node = backend.node();
+                let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+                tasks.push(tokio::spawn(postgres::notifier(backend.pool(), hint_rx)));
+                tasks.push(tokio::spawn(postgres::listener(
+                    settings.url.clone(),
+                    node,
+                    Arc::clone(&registry),
+                )));
+                tasks.push(tokio::spawn(postgres::sweep(
+                    Arc::clone(&registry),
+                    settings.sweep_interval,
+                )));
+                (
+                    worker::spawn(backend, rx, registry, Some(hint_tx))?,
+                    queued,
+                    Some(node),
+                )
+            }
+        };
         Ok(Loaded {
-            store: Self { tx },
+            store: Self {
+                tx,
+                shared_tokens: node.is_some(),
+            },
             worker,
             queued,
+            node,
+            tasks,
         })
+    }
+
+    /// Whether identity-creation tokens live in the database (several nodes) rather than in
+    /// this process's memory.
+    #[must_use]
+    pub const fn shares_tokens(&self) -> bool {
+        self.shared_tokens
+    }
+
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(command(reply)).await?;
+        rx.await.map_err(|_| StoreError::Stopped)
+    }
+
+    /// Makes a session the receiving one of its identity; returns its epoch.
+    pub async fn claim(&self, identity: Identity, session_id: u64) -> Result<u64, StoreError> {
+        self.ask(|reply| Command::Claim {
+            identity,
+            session_id,
+            reply,
+        })
+        .await?
+    }
+
+    /// The identity's record in the database.
+    pub async fn lookup(&self, identity: Identity) -> Result<Option<IdentityRecord>, StoreError> {
+        self.ask(|reply| Command::Lookup { identity, reply })
+            .await?
+    }
+
+    /// The record and queue length of an identity logging in, read after everything sent
+    /// before is committed (short-lived messages not yet purged are counted).
+    pub async fn login(&self, identity: Identity) -> Result<LoginInfo, StoreError> {
+        self.ask(|reply| Command::Login { identity, reply }).await?
+    }
+
+    /// Stores a creation token for every node; false if too many are pending.
+    pub async fn issue_token(&self, token: PendingToken) -> Result<bool, StoreError> {
+        self.ask(|reply| Command::IssueToken { token, reply })
+            .await?
+    }
+
+    /// Takes a creation token out of the database (single use).
+    pub async fn redeem_token(&self, token: Vec<u8>) -> Result<Option<PendingToken>, StoreError> {
+        self.ask(|reply| Command::RedeemToken { token, reply })
+            .await?
     }
 
     /// Sends a command, waiting while the worker is busy.
@@ -189,59 +377,38 @@ impl Store {
 
     /// Creates (or finds) the identity of a public key.
     pub async fn create_identity(&self, public_key: PublicKey) -> Result<Created, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::CreateIdentity { public_key, reply })
-            .await?;
-        rx.await.map_err(|_| StoreError::Stopped)?
-    }
-
-    /// How many messages wait in `receiver`'s queue, counted after everything sent before is
-    /// committed (short-lived ones not yet purged included).
-    pub async fn queue_length(&self, receiver: Identity) -> Result<u32, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::QueueLength { receiver, reply }).await?;
-        rx.await.map_err(|_| StoreError::Stopped)
+        self.ask(|reply| Command::CreateIdentity { public_key, reply })
+            .await?
     }
 
     /// Waits until everything sent before is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.send(Command::Flush(reply)).await?;
-        rx.await.map_err(|_| StoreError::Stopped)
+        self.ask(Command::Flush).await
     }
 }
 
-fn load_identities(conn: &rusqlite::Connection) -> Result<Vec<IdentityRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare("SELECT identity, public_key, device_cookie, cookie_changed FROM identities")?;
-    let rows = stmt.query_map([], |row| {
-        Ok((
-            row.get::<_, Vec<u8>>(0)?,
-            row.get::<_, Vec<u8>>(1)?,
-            row.get::<_, Option<Vec<u8>>>(2)?,
-            row.get::<_, bool>(3)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (identity, public_key, cookie, changed) = row?;
-        let identity: Identity = identity
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("identities.identity"))?;
-        let public_key = PublicKey::from_slice(&public_key)
-            .ok_or(StoreError::Corrupt("identities.public_key"))?;
-        let device_cookie = match cookie {
-            Some(c) => Some(
-                <[u8; 16]>::try_from(c).map_err(|_| StoreError::Corrupt("identities.cookie"))?,
-            ),
-            None => None,
-        };
-        out.push(IdentityRecord {
-            identity,
-            public_key,
-            device_cookie,
-            cookie_changed: changed,
-        });
-    }
-    Ok(out)
+/// An identity row as the database returns it, checked.
+pub(crate) fn identity_record(
+    identity: Vec<u8>,
+    public_key: &[u8],
+    cookie: Option<Vec<u8>>,
+    cookie_changed: bool,
+) -> Result<IdentityRecord, StoreError> {
+    let identity: Identity = identity
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("identities.identity"))?;
+    let public_key =
+        PublicKey::from_slice(public_key).ok_or(StoreError::Corrupt("identities.public_key"))?;
+    let device_cookie = match cookie {
+        Some(c) => {
+            Some(<[u8; 16]>::try_from(c).map_err(|_| StoreError::Corrupt("identities.cookie"))?)
+        }
+        None => None,
+    };
+    Ok(IdentityRecord {
+        identity,
+        public_key,
+        device_cookie,
+        cookie_changed,
+    })
 }

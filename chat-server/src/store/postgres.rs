@@ -1,0 +1,922 @@
+//! The PostgreSQL backend: several chat-server nodes on one database (docs/chat-server.md
+//! "Several nodes").
+//!
+//! The database holds everything that must be the same on every node: identities, creation
+//! tokens, queues, dedupe keys and which session receives each identity (with an epoch). A
+//! node keeps only its own connections in memory. Per receiver, sequence numbers come from a
+//! counter row (`mailboxes.next_seq`) that the enqueuing transaction locks until it commits, so
+//! a receiver's sequence numbers are gapless and commit in order on every node: a session that
+//! follows its queue by cursor never passes a message that another node has yet to commit.
+//!
+//! Batches lock counter rows in receiver order (the commands are sorted before they run), so
+//! two nodes' batches cannot deadlock on them. A batch is one transaction whose statements are
+//! pipelined; it is answered only after `COMMIT` returns (with a synchronous standby, after the
+//! standby has it). Other nodes hear about new messages and demotions through `NOTIFY`, sent by
+//! [`notifier`] on its own connection after the commit; a lost notification costs latency only,
+//! because every node re-reads its receivers' queues every sweep interval ([`sweep`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures_util::future::join_all;
+use tandem_shared::crypto::PublicKey;
+use tandem_shared::csp::MessageFlags;
+use tokio::sync::mpsc;
+use tokio_postgres::NoTls;
+use tracing::{debug, error, info, warn};
+
+use crate::directory::{generate_identity, IdentityRecord, TOKEN_LEN, TOKEN_TTL};
+use crate::mailbox::{MailItem, StoreOutcome};
+use crate::registry::Registry;
+use crate::types::{Identity, QueuedMessage};
+
+use super::sqlite::IDENTITY_ATTEMPTS;
+use super::sqlite_schema::{from_sql, to_sql};
+use super::worker::Output;
+use super::{
+    identity_record, Backend, Command, Created, Enqueue, LoginInfo, PendingToken, StoreConfig,
+    StoreError,
+};
+
+/// Connections per node: the storage worker's, the notifier's, housekeeping, and one spare
+/// while a broken one is replaced.
+const POOL_SIZE: usize = 4;
+/// Advisory lock held while migrations run (any 64-bit constant unique to Tandem).
+const MIGRATION_LOCK: i64 = 0x7461_6e64_656d_0001;
+/// Advisory lock of the node doing housekeeping right now.
+const HOUSEKEEPING_LOCK: i64 = 0x7461_6e64_656d_0002;
+/// Most creation tokens pending in the whole server group.
+const MAX_SHARED_TOKENS: i64 = 100_000;
+/// Longest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
+const MAX_NOTIFY_PAYLOAD: usize = 7_000;
+
+/// The schema, one entry per version; a database is brought to the newest in order, each
+/// version in its own transaction, and a database newer than this binary is refused.
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres_v1.sql"))];
+
+/// Where the database is and how nodes talk.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// `postgres://user@host1:port1,host2:port2/db?target_session_attrs=read-write`.
+    pub url: String,
+    /// How often each node re-reads the queues of its receiving sessions (catch-up sweep).
+    pub sweep_interval: Duration,
+}
+
+/// What another node must hear, sent by [`notifier`] after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// A message was committed for `receiver`, whose receiving session is on `node`.
+    Queued {
+        /// The node.
+        node: i64,
+        /// The receiver.
+        receiver: Identity,
+    },
+    /// `identity`'s receiving session on `node` was replaced by one with `epoch`.
+    Demote {
+        /// The node.
+        node: i64,
+        /// The identity.
+        identity: Identity,
+        /// The new receiving epoch.
+        epoch: u64,
+    },
+}
+
+/// The `NOTIFY` channel of a node.
+#[must_use]
+pub(super) fn channel(node: i64) -> String {
+    format!("tandem_node_{node}")
+}
+
+/// Builds the pool from a URL (`postgres://…` or a key=value string).
+pub(super) fn pool(url: &str) -> Result<Pool, StoreError> {
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| StoreError::Url(format!("{e}")))?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .build()
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+async fn client(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get()
+        .await
+        .map_err(|e| StoreError::Pool(e.to_string()))
+}
+
+/// Brings the schema to the newest version, one node at a time.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = client(pool).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS tandem_schema (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let result = async {
+        let current: i32 = client
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM tandem_schema", &[])
+            .await?
+            .get(0);
+        let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+        if current > newest {
+            return Err(StoreError::Url(format!(
+                "the database has schema version {current}; this server knows up to {newest}"
+            )));
+        }
+        for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+            let tx = client.transaction().await?;
+            tx.batch_execute(sql).await?;
+            tx.execute(
+                "INSERT INTO tandem_schema (version, applied_at) VALUES ($1, $2)",
+                &[version, &to_sql(crate::types::now_ms())],
+            )
+            .await?;
+            tx.commit().await?;
+            info!(version, "database schema migrated");
+        }
+        Ok(())
+    }
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    result
+}
+
+/// The PostgreSQL side of the storage worker.
+pub(super) struct PgBackend {
+    pool: Pool,
+    runtime: tokio::runtime::Handle,
+    node: i64,
+    config: StoreConfig,
+}
+
+impl std::fmt::Debug for PgBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgBackend")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one command produced inside the transaction (its answer is built after the commit).
+enum Done {
+    Nothing,
+    Enqueued(StoreOutcome, u64, Option<i64>),
+    Fetched(MailItem),
+    Created(Created),
+    Login(LoginInfo),
+    Claimed(u64, Option<i64>),
+    Looked(Option<IdentityRecord>),
+    Issued(bool),
+    Redeemed(Option<PendingToken>),
+}
+
+/// Commands that lock a receiver's counter row run first, in receiver order; the rest after.
+fn lock_order(command: &Command) -> (u8, Identity) {
+    match command {
+        Command::Enqueue(e) => (0, e.receiver),
+        Command::Remove { receiver, .. } => (0, *receiver),
+        Command::Claim { identity, .. } => (1, *identity),
+        _ => (2, [0; 8]),
+    }
+}
+
+impl PgBackend {
+    /// Connects, migrates, and registers this node (a fresh node id per start).
+    pub(super) async fn connect(
+        settings: &PgSettings,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        let pool = pool(&settings.url)?;
+        migrate(&pool).await?;
+        let node: i64 = client(&pool)
+            .await?
+            .query_one("SELECT nextval('tandem_nodes')", &[])
+            .await?
+            .get(0);
+        info!(node, "chat server node registered");
+        Ok(Self {
+            pool,
+            runtime: tokio::runtime::Handle::current(),
+            node,
+            config,
+        })
+    }
+
+    /// This node's id (its `NOTIFY` channel is [`channel`] of it).
+    pub(super) const fn node(&self) -> i64 {
+        self.node
+    }
+
+    /// A clone of the pool, for the notifier and housekeeping.
+    pub(super) fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
+    /// Every identity (the directory's copy is loaded at start; later ones are read through).
+    pub(super) async fn load_identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
+        let rows = client(&self.pool)
+            .await?
+            .query(
+                "SELECT identity, public_key, device_cookie, cookie_changed FROM identities",
+                &[],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| identity_record(r.get(0), r.get::<_, &[u8]>(1), r.get(2), r.get(3)))
+            .collect()
+    }
+
+    pub(super) async fn queued_total(&self) -> Result<u64, StoreError> {
+        let total: i64 = client(&self.pool)
+            .await?
+            .query_one(
+                "SELECT COALESCE(SUM(queued), 0)::BIGINT FROM mailboxes",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(u64::try_from(total).unwrap_or(0))
+    }
+
+    async fn apply_async(&self, batch: &mut Vec<Command>, now: u64) -> Vec<Output> {
+        let mut commands: Vec<Command> = Vec::with_capacity(batch.len());
+        let mut purge = false;
+        for command in batch.drain(..) {
+            if matches!(command, Command::Purge) {
+                purge = true;
+            } else {
+                commands.push(command);
+            }
+        }
+        commands.sort_by_key(lock_order);
+        let dones = self.transaction(&commands, now).await;
+        let failed = dones.is_err();
+        if let Err(e) = &dones {
+            error!(error = %e, "storage batch failed; nothing in it is acked");
+        }
+        let mut dones = dones.unwrap_or_default().into_iter();
+        let mut outputs = Vec::with_capacity(commands.len());
+        for command in commands {
+            let done = dones.next().unwrap_or(Done::Nothing);
+            if let Some(mut out) = output(command, done) {
+                if failed {
+                    out.fail();
+                }
+                outputs.push(out);
+            }
+        }
+        if purge {
+            if let Err(e) = housekeeping(&self.pool, &self.config, now).await {
+                warn!(error = %e, "housekeeping failed");
+            }
+        }
+        outputs
+    }
+
+    /// Runs every command in one transaction, pipelined, and commits.
+    async fn transaction(&self, commands: &[Command], now: u64) -> Result<Vec<Done>, StoreError> {
+        let mut client = client(&self.pool).await?;
+        let tx = client.transaction().await?;
+        let results = join_all(commands.iter().map(|c| self.run(&tx, c, now))).await;
+        let dones = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        tx.commit().await?;
+        Ok(dones)
+    }
+
+    async fn run(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        command: &Command,
+        now: u64,
+    ) -> Result<Done, StoreError> {
+        match command {
+            Command::Enqueue(e) => enqueue(tx, e, now, self.config.max_queue, self.node).await,
+            Command::Remove {
+                receiver,
+                seq,
+                epoch,
+            } => {
+                let stmt = tx
+                    .prepare_cached("SELECT tandem_remove($1, $2, $3)")
+                    .await?;
+                tx.query_one(&stmt, &[&&receiver[..], &to_sql(*seq), &to_sql(*epoch)])
+                    .await?;
+                Ok(Done::Nothing)
+            }
+            Command::Fetch {
+                receiver,
+                after,
+                limit,
+                backlog,
+                ..
+            } => Ok(Done::Fetched(
+                fetch(tx, receiver, *after, *limit, *backlog, now).await?,
+            )),
+            Command::CreateIdentity { public_key, .. } => {
+                Ok(Done::Created(create_identity(tx, public_key, now).await?))
+            }
+            Command::SetDeviceCookie {
+                identity,
+                cookie,
+                changed,
+            } => {
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&&cookie[..], changed, &&identity[..]])
+                    .await?;
+                Ok(Done::Nothing)
+            }
+            Command::Purge | Command::Flush(_) => Ok(Done::Nothing),
+            Command::Login { identity, .. } => {
+                let stmt = tx
+                    .prepare_cached(
+                        "SELECT COALESCE((SELECT queued FROM mailboxes WHERE receiver = $1), 0)",
+                    )
+                    .await?;
+                let queued: i32 = tx.query_one(&stmt, &[&&identity[..]]).await?.get(0);
+                Ok(Done::Login(LoginInfo {
+                    record: lookup(tx, identity).await?,
+                    queued: u32::try_from(queued).unwrap_or(0),
+                }))
+            }
+            Command::Lookup { identity, .. } => Ok(Done::Looked(lookup(tx, identity).await?)),
+            Command::Claim {
+                identity,
+                session_id,
+                ..
+            } => {
+                let stmt = tx
+                    .prepare_cached(
+                        "WITH old AS (SELECT node FROM receiving WHERE identity = $1 FOR UPDATE) \
+                         INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
+                         ON CONFLICT (identity) DO UPDATE \
+                         SET node = EXCLUDED.node, session = EXCLUDED.session, epoch = r.epoch + 1 \
+                         RETURNING r.epoch, (SELECT node FROM old)",
+                    )
+                    .await?;
+                let row = tx
+                    .query_one(&stmt, &[&&identity[..], &self.node, &to_sql(*session_id)])
+                    .await?;
+                let epoch: i64 = row.get(0);
+                let previous: Option<i64> = row.get(1);
+                Ok(Done::Claimed(
+                    from_sql(epoch),
+                    previous.filter(|&n| n != self.node),
+                ))
+            }
+            Command::IssueToken { token, .. } => {
+                let cutoff = to_sql(now.saturating_sub(ttl_ms()));
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO tokens (token, public_key, challenge, issued_at) \
+                         SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM tokens WHERE issued_at > $5) < $6",
+                    )
+                    .await?;
+                let inserted = tx
+                    .execute(
+                        &stmt,
+                        &[
+                            &&token.token[..],
+                            &&token.public_key.as_bytes()[..],
+                            &&token.challenge[..],
+                            &to_sql(token.issued_at_ms),
+                            &cutoff,
+                            &MAX_SHARED_TOKENS,
+                        ],
+                    )
+                    .await?;
+                Ok(Done::Issued(inserted == 1))
+            }
+            Command::RedeemToken { token, .. } => {
+                let stmt = tx
+                    .prepare_cached(
+                        "DELETE FROM tokens WHERE token = $1 RETURNING token, public_key, challenge, issued_at",
+                    )
+                    .await?;
+                let row = tx.query_opt(&stmt, &[&&token[..]]).await?;
+                let pending = match row {
+                    None => None,
+                    Some(r) => Some(PendingToken {
+                        token: <[u8; TOKEN_LEN]>::try_from(r.get::<_, &[u8]>(0))
+                            .map_err(|_| StoreError::Corrupt("tokens.token"))?,
+                        public_key: PublicKey::from_slice(r.get::<_, &[u8]>(1))
+                            .ok_or(StoreError::Corrupt("tokens.public_key"))?,
+                        challenge: <[u8; 32]>::try_from(r.get::<_, &[u8]>(2))
+                            .map_err(|_| StoreError::Corrupt("tokens.challenge"))?,
+                        issued_at_ms: from_sql(r.get(3)),
+                    }),
+                };
+                Ok(Done::Redeemed(pending))
+            }
+        }
+    }
+}
+
+fn ttl_ms() -> u64 {
+    u64::try_from(TOKEN_TTL.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The answer to a command once the transaction is over.
+fn output(command: Command, done: Done) -> Option<Output> {
+    Some(match (command, done) {
+        (Command::Enqueue(enqueue), Done::Enqueued(outcome, seq, remote)) => Output::Stored {
+            enqueue,
+            outcome,
+            seq,
+            remote,
+        },
+        (Command::Enqueue(enqueue), _) => Output::Stored {
+            enqueue,
+            outcome: StoreOutcome::Failed,
+            seq: 0,
+            remote: None,
+        },
+        (Command::Fetch { reply, .. }, done) => Output::Fetched {
+            reply,
+            result: match done {
+                Done::Fetched(item) => Ok(item),
+                _ => Err(StoreError::Stopped),
+            },
+        },
+        (Command::CreateIdentity { reply, .. }, done) => Output::Created {
+            reply,
+            result: match done {
+                Done::Created(c) => Ok(c),
+                _ => Err(StoreError::Stopped),
+            },
+        },
+        (Command::Flush(reply), _) => Output::Flushed(reply),
+        (Command::Login { reply, .. }, done) => Output::Login {
+            reply,
+            result: match done {
+                Done::Login(info) => Ok(info),
+                _ => Err(StoreError::Stopped),
+            },
+        },
+        (
+            Command::Claim {
+                reply, identity, ..
+            },
+            done,
+        ) => {
+            let (result, previous) = match done {
+                Done::Claimed(epoch, previous) => (Ok(epoch), previous),
+                _ => (Err(StoreError::Stopped), None),
+            };
+            Output::Claimed {
+                reply,
+                result,
+                identity,
+                previous,
+            }
+        }
+        (Command::Lookup { reply, .. }, done) => Output::Looked {
+            reply,
+            result: match done {
+                Done::Looked(r) => Ok(r),
+                _ => Err(StoreError::Stopped),
+            },
+        },
+        (Command::IssueToken { reply, .. }, done) => Output::Issued {
+            reply,
+            result: match done {
+                Done::Issued(ok) => Ok(ok),
+                _ => Err(StoreError::Stopped),
+            },
+        },
+        (Command::RedeemToken { reply, .. }, done) => Output::Redeemed {
+            reply,
+            result: match done {
+                Done::Redeemed(t) => Ok(t),
+                _ => Err(StoreError::Stopped),
+            },
+        },
+        (Command::Remove { .. } | Command::SetDeviceCookie { .. } | Command::Purge, _) => {
+            return None
+        }
+    })
+}
+
+impl Backend for PgBackend {
+    fn apply(&mut self, batch: &mut Vec<Command>, now: u64) -> Vec<Output> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.apply_async(batch, now))
+    }
+
+    fn queued(&mut self) -> Result<u64, StoreError> {
+        let runtime = self.runtime.clone();
+        runtime.block_on(self.queued_total())
+    }
+}
+
+async fn enqueue(
+    tx: &deadpool_postgres::Transaction<'_>,
+    e: &Enqueue,
+    now: u64,
+    max_queue: u32,
+    node: i64,
+) -> Result<Done, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT o_outcome, o_seq, o_node FROM tandem_enqueue($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .await?;
+    let flags = i16::from(e.flags.bits());
+    let max = i32::try_from(max_queue).unwrap_or(i32::MAX);
+    let row = tx
+        .query_one(
+            &stmt,
+            &[
+                &&e.receiver[..],
+                &&e.sender[..],
+                &to_sql(e.message_id),
+                &flags,
+                &e.expires_at_ms.map(to_sql),
+                &&e.body[..],
+                &to_sql(now),
+                &max,
+            ],
+        )
+        .await?;
+    let outcome: i16 = row.get(0);
+    let seq: i64 = row.get(1);
+    let receiving: Option<i64> = row.get(2);
+    let outcome = match outcome {
+        0 => StoreOutcome::Stored,
+        1 => StoreOutcome::Duplicate,
+        2 => StoreOutcome::QueueFull,
+        _ => return Err(StoreError::Corrupt("tandem_enqueue outcome")),
+    };
+    Ok(Done::Enqueued(
+        outcome,
+        from_sql(seq),
+        receiving.filter(|&n| n != node),
+    ))
+}
+
+async fn fetch(
+    tx: &deadpool_postgres::Transaction<'_>,
+    receiver: &Identity,
+    after: u64,
+    limit: usize,
+    backlog: bool,
+    now: u64,
+) -> Result<MailItem, StoreError> {
+    let backlog_end = if backlog {
+        let stmt = tx
+            .prepare_cached("SELECT MAX(seq) FROM queue WHERE receiver = $1")
+            .await?;
+        let max: Option<i64> = tx.query_one(&stmt, &[&&receiver[..]]).await?.get(0);
+        Some(max.map(from_sql))
+    } else {
+        None
+    };
+    let stmt = tx
+        .prepare_cached(
+            "SELECT seq, sender, message_id, flags, expires_at, body FROM queue \
+             WHERE receiver = $1 AND seq > $2 AND (expires_at IS NULL OR expires_at > $3) \
+             ORDER BY seq LIMIT $4",
+        )
+        .await?;
+    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = tx
+        .query(
+            &stmt,
+            &[&&receiver[..], &to_sql(after), &to_sql(now), &limit_sql],
+        )
+        .await?;
+    let mut messages = Vec::with_capacity(rows.len());
+    for r in rows {
+        let flags: i16 = r.get(3);
+        messages.push(Arc::new(QueuedMessage {
+            seq: from_sql(r.get(0)),
+            sender: <Identity>::try_from(r.get::<_, &[u8]>(1))
+                .map_err(|_| StoreError::Corrupt("queue.sender"))?,
+            message_id: from_sql(r.get(2)),
+            flags: MessageFlags(
+                u8::try_from(flags).map_err(|_| StoreError::Corrupt("queue.flags"))?,
+            ),
+            expires_at_ms: r.get::<_, Option<i64>>(4).map(from_sql),
+            body: Arc::from(r.get::<_, &[u8]>(5)),
+        }));
+    }
+    let complete = messages.len() < limit;
+    Ok(MailItem::Fetched {
+        messages,
+        complete,
+        backlog_end,
+    })
+}
+
+async fn lookup(
+    tx: &deadpool_postgres::Transaction<'_>,
+    identity: &Identity,
+) -> Result<Option<IdentityRecord>, StoreError> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT identity, public_key, device_cookie, cookie_changed FROM identities WHERE identity = $1",
+        )
+        .await?;
+    tx.query_opt(&stmt, &[&&identity[..]])
+        .await?
+        .map(|r| identity_record(r.get(0), r.get::<_, &[u8]>(1), r.get(2), r.get(3)))
+        .transpose()
+}
+
+async fn create_identity(
+    tx: &deadpool_postgres::Transaction<'_>,
+    public_key: &PublicKey,
+    now: u64,
+) -> Result<Created, StoreError> {
+    let existing = tx
+        .prepare_cached("SELECT identity FROM identities WHERE public_key = $1")
+        .await?;
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO identities (identity, public_key, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let key = &public_key.as_bytes()[..];
+    for _ in 0..IDENTITY_ATTEMPTS {
+        if let Some(row) = tx.query_opt(&existing, &[&key]).await? {
+            let identity = <Identity>::try_from(row.get::<_, &[u8]>(0))
+                .map_err(|_| StoreError::Corrupt("identities.identity"))?;
+            return Ok(Created {
+                identity,
+                existed: true,
+            });
+        }
+        let identity = generate_identity(&mut rand::thread_rng());
+        if tx
+            .execute(&insert, &[&&identity[..], &key, &to_sql(now)])
+            .await?
+            == 1
+        {
+            return Ok(Created {
+                identity,
+                existed: false,
+            });
+        }
+        // An identity collision, or another node registered this key meanwhile: look again.
+    }
+    Err(StoreError::IdentitySpace(IDENTITY_ATTEMPTS))
+}
+
+/// Expiry, dedupe and token purge, on one node at a time: the node that gets the advisory lock
+/// does it, the others skip this round.
+async fn housekeeping(pool: &Pool, config: &StoreConfig, now: u64) -> Result<(), StoreError> {
+    let mut client = client(pool).await?;
+    let tx = client.transaction().await?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[&HOUSEKEEPING_LOCK],
+        )
+        .await?
+        .get(0);
+    if !locked {
+        debug!("housekeeping runs on another node");
+        return Ok(());
+    }
+    // Counter rows are locked in receiver order, as batches lock them.
+    let expired = tx
+        .execute(
+            "WITH d AS (DELETE FROM queue WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING receiver), \
+             c AS (SELECT receiver, COUNT(*)::INTEGER AS n FROM d GROUP BY receiver), \
+             l AS (SELECT m.receiver FROM mailboxes m JOIN c USING (receiver) ORDER BY m.receiver FOR UPDATE) \
+             UPDATE mailboxes m SET queued = m.queued - c.n FROM c, l \
+             WHERE m.receiver = c.receiver AND l.receiver = c.receiver",
+            &[&to_sql(now)],
+        )
+        .await?;
+    let cutoff = to_sql(now.saturating_sub(config.dedupe_window_ms));
+    let forgotten = tx
+        .execute("DELETE FROM seen WHERE at < $1", &[&cutoff])
+        .await?;
+    let tokens = tx
+        .execute(
+            "DELETE FROM tokens WHERE issued_at <= $1",
+            &[&to_sql(now.saturating_sub(ttl_ms()))],
+        )
+        .await?;
+    tx.commit().await?;
+    if expired > 0 || forgotten > 0 || tokens > 0 {
+        debug!(expired, forgotten, tokens, "purged");
+    }
+    Ok(())
+}
+
+/// Sends the hints of committed batches as `NOTIFY`, each in its own transaction (autocommit on
+/// the notifier's connection), grouped per node. Runs until the storage worker is gone.
+pub(super) async fn notifier(pool: Pool, mut hints: mpsc::Receiver<Hint>) {
+    let mut waiting = Vec::new();
+    while hints.recv_many(&mut waiting, 4096).await > 0 {
+        let mut payloads: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        for hint in waiting.drain(..) {
+            let (node, text) = match hint {
+                Hint::Queued { node, receiver } => {
+                    (node, format!("q{}", String::from_utf8_lossy(&receiver)))
+                }
+                Hint::Demote {
+                    node,
+                    identity,
+                    epoch,
+                } => (
+                    node,
+                    format!("d{}:{epoch}", String::from_utf8_lossy(&identity)),
+                ),
+            };
+            let list = payloads.entry(node).or_default();
+            if !list.contains(&text) {
+                list.push(text);
+            }
+        }
+        let Ok(client) = client(&pool).await else {
+            warn!("no database connection for hints; the sweep delivers instead");
+            continue;
+        };
+        for (node, texts) in payloads {
+            let channel = channel(node);
+            for chunk in chunk_payload(&texts) {
+                if let Err(e) = client
+                    .execute("SELECT pg_notify($1, $2)", &[&channel, &chunk])
+                    .await
+                {
+                    warn!(error = %e, "hint not sent; the sweep delivers instead");
+                }
+            }
+        }
+    }
+}
+
+/// Joins hint texts with spaces into payloads under PostgreSQL's size limit.
+fn chunk_payload(texts: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for text in texts {
+        if !current.is_empty() && current.len() + 1 + text.len() > MAX_NOTIFY_PAYLOAD {
+            out.push(core::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(text);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// Applies one received payload to this node's sessions.
+pub(super) fn apply_hints(registry: &Registry, payload: &str) {
+    for item in payload.split(' ') {
+        if let Some(rest) = item.strip_prefix('q') {
+            if let Ok(identity) = Identity::try_from(rest.as_bytes()) {
+                registry.recheck(&identity);
+            }
+        } else if let Some(rest) = item.strip_prefix('d') {
+            let Some((identity, epoch)) = rest.split_once(':') else {
+                continue;
+            };
+            if let (Ok(identity), Ok(epoch)) = (
+                Identity::try_from(identity.as_bytes()),
+                epoch.parse::<u64>(),
+            ) {
+                registry.demote_before(&identity, epoch);
+            }
+        }
+    }
+}
+
+/// Listens on this node's channel and hands hints to the sessions; reconnects (to whichever
+/// host is the primary now) when the connection drops. Every (re)connect is followed by a
+/// sweep, since hints sent meanwhile are lost.
+pub(super) async fn listener(url: String, node: i64, registry: Arc<Registry>) {
+    use futures_util::StreamExt;
+    let channel = channel(node);
+    loop {
+        match tokio_postgres::connect(&url, NoTls).await {
+            Ok((client, mut connection)) => {
+                let (tx, mut rx) = mpsc::unbounded_channel();
+                let pump = tokio::spawn(async move {
+                    let mut stream =
+                        futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    while let Some(message) = stream.next().await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                if tx.send(n.payload().to_owned()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                warn!(error = %e, "hint connection failed");
+                                return;
+                            }
+                        }
+                    }
+                });
+                if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
+                    warn!(error = %e, "LISTEN failed");
+                } else {
+                    debug!(node, "listening for hints");
+                    registry.recheck_all();
+                    while let Some(payload) = rx.recv().await {
+                        apply_hints(&registry, &payload);
+                    }
+                }
+                pump.abort();
+            }
+            Err(e) => warn!(error = %e, "hint connection failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The catch-up sweep: every interval, each receiving session on this node reads its queue
+/// again from its cursor, so a lost hint delays a message by at most one interval.
+pub(super) async fn sweep(registry: Arc<Registry>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        registry.recheck_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_stay_under_the_limit_and_keep_every_hint() {
+        let texts: Vec<String> = (0..2000).map(|i| format!("q{i:08}")).collect();
+        let chunks = chunk_payload(&texts);
+        assert!(chunks.len() > 1);
+        assert!(chunks.iter().all(|c| c.len() <= MAX_NOTIFY_PAYLOAD));
+        let joined: Vec<&str> = chunks.iter().flat_map(|c| c.split(' ')).collect();
+        assert_eq!(joined.len(), 2000);
+    }
+
+    #[test]
+    fn commands_lock_counter_rows_in_receiver_order() {
+        let (reply, _rx) = tokio::sync::oneshot::channel();
+        let mut commands = [
+            Command::Flush(reply),
+            Command::Remove {
+                receiver: *b"BBBBBBBB",
+                seq: 1,
+                epoch: 1,
+            },
+            Command::Remove {
+                receiver: *b"AAAAAAAA",
+                seq: 2,
+                epoch: 1,
+            },
+            Command::Remove {
+                receiver: *b"AAAAAAAA",
+                seq: 1,
+                epoch: 1,
+            },
+        ];
+        commands.sort_by_key(lock_order);
+        let order: Vec<(u8, Identity, u64)> = commands
+            .iter()
+            .map(|c| match c {
+                Command::Remove { receiver, seq, .. } => (0, *receiver, *seq),
+                _ => (2, [0; 8], 0),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                (0, *b"AAAAAAAA", 2),
+                (0, *b"AAAAAAAA", 1),
+                (0, *b"BBBBBBBB", 1),
+                (2, [0; 8], 0)
+            ],
+            "receiver order, and a receiver's own commands keep theirs"
+        );
+    }
+}
