@@ -28,6 +28,9 @@ say "cargo test (workspace)"
 cargo test --workspace --locked
 cargo test -p tandem-mediator --features dev --locked
 
+say "chat server suite again on PostgreSQL (real servers, started by the tests)"
+TANDEM_TEST_DATABASE=postgres cargo test -p tandem-chat-server --tests --locked
+
 say "client-wasm browser tests (headless Chromium via chromedriver)"
 # wasm-bindgen-test-runner reads client-wasm/webdriver.json (headless, no sandbox: CI runs as root).
 (

@@ -30,6 +30,8 @@ use tandem_shared::keys::ClientKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod pg;
+
 /// Generous timeout for anything that should happen (loaded 2-core machines).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 /// How long we wait to be convinced that something does not happen.
@@ -64,6 +66,18 @@ impl ServerProcess {
         } else {
             &["--log-level", "debug"][..]
         };
+        // TANDEM_TEST_DATABASE=postgres: the same tests on PostgreSQL, one database per data
+        // directory on the suite's shared server (a restart on the directory finds its data).
+        let database = (pg::suite_uses_postgres() && !extra.contains(&"--database")).then(|| {
+            let server = pg::shared();
+            let name = pg::database_for(data_dir);
+            server.ensure_database(&name);
+            server.url(&name)
+        });
+        let database_args: Vec<&str> = database
+            .as_deref()
+            .map(|url| vec!["--database", url])
+            .unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-chat-server"))
             .args([
                 "--csp-listen",
@@ -74,6 +88,7 @@ impl ServerProcess {
             ])
             .arg(data_dir)
             .args(log_level)
+            .args(&database_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
