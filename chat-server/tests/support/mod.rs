@@ -244,9 +244,19 @@ pub async fn http_json(
 
 /// Registers `ck` in the directory (both steps) and returns its identity.
 pub async fn create_identity(http_addr: SocketAddr, ck: &ClientKey) -> Identity {
+    create_identity_via(http_addr, http_addr, ck).await
+}
+
+/// Registers `ck` with step one sent to `first` and step two to `second` (two nodes of one
+/// server group share their tokens).
+pub async fn create_identity_via(
+    first: SocketAddr,
+    second: SocketAddr,
+    ck: &ClientKey,
+) -> Identity {
     let public = B64.encode(ck.public_key().as_bytes());
     let (status, step1) = http_json(
-        http_addr,
+        first,
         "POST",
         "/identity/create",
         Some(serde_json::json!({ "publicKey": public })),
@@ -263,7 +273,7 @@ pub async fn create_identity(http_addr: SocketAddr, ck: &ClientKey) -> Identity 
         tandem_shared::directory::client_response(ck, &challenge, &B64.decode(&token).unwrap())
             .unwrap();
     let (status, step2) = http_json(
-        http_addr,
+        second,
         "POST",
         "/identity/create",
         Some(serde_json::json!({ "publicKey": public, "token": token, "response": B64.encode(response) })),
