@@ -266,62 +266,83 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
     assert_eq!(on_b, (1..=ACKED_ON_B).collect::<Vec<_>>());
     // Barrier: an outgoing message of Y on B is acked only after B's storage committed
     // everything Y's session handed it before, the removals of the acked 100 included.
-    send_all(
-        &mut yb,
-        [text_message(&y, &x, 1, MessageFlags::NONE, "barrier")],
-    )
-    .await;
-    loop {
-        match yb.expect().await {
-            CspPayload::OutgoingMessageAck(a) if a.message_id == 1 => break,
-            CspPayload::IncomingMessage(_) => {} // in flight on B, never acked there
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    // Y's other device unblocks on node A while X is still sending.
+    let mut in_flight_on_b = barrier(&mut yb, &y, &x, 1).await;
+    // Y's other device unblocks on node A while X is still sending; it does not ack yet.
     let mut ya = connect(&nodes.a, &y, 2).await;
     ya.send(&CspPayload::UnblockIncomingMessages).await;
     let receive = async {
         let mut ids = Vec::new();
         while ids.len() < usize::try_from(N - ACKED_ON_B).unwrap() {
-            let m = next_incoming(&mut ya).await;
-            ack(&mut ya, &m).await;
-            ids.push(m.message_id);
+            ids.push(next_incoming(&mut ya).await.message_id);
         }
         ids
     };
     let (ids, ()) = tokio::join!(receive, expect_acks(&mut xa, &y, 1..=N));
+    let rest: Vec<u64> = (ACKED_ON_B + 1..=N).collect();
     assert_eq!(
-        ids,
-        (ACKED_ON_B + 1..=N).collect::<Vec<_>>(),
+        ids, rest,
         "the rest, in order, once; nothing acked on B again"
     );
     expect_silence_after_backlog(&mut ya).await;
-    // B was demoted: its late acks do nothing, and it gets nothing new.
-    send_all(&mut xa, texts(&x, &y, N + 1..=N + 1)).await;
-    expect_acks(&mut xa, &y, [N + 1]).await;
-    let m = next_incoming(&mut ya).await;
-    assert_eq!(m.message_id, N + 1);
-    loop {
-        match yb.recv_within(support::QUIET).await {
-            Ok(CspPayload::IncomingMessage(m)) => {
-                assert!(
-                    m.message_id <= N,
-                    "B got {} after it was demoted",
-                    m.message_id
-                );
-                ack(&mut yb, &m).await;
-            }
-            Err(support::ClientError::Timeout) => break,
-            other => panic!("unexpected {other:?}"),
-        }
+    // B was demoted: it acks everything it still holds; those late acks must remove nothing.
+    in_flight_on_b.extend(barrier(&mut yb, &y, &x, 2).await);
+    assert!(
+        !in_flight_on_b.is_empty(),
+        "B had messages in flight when it was demoted"
+    );
+    for id in &in_flight_on_b {
+        yb.send(&CspPayload::IncomingMessageAck(MessageAck {
+            identity: x.identity,
+            message_id: *id,
+        }))
+        .await;
     }
-    // A's session has N + 1 in flight; B's late acks removed nothing: a new session on A gets
-    // exactly the unacked N + 1.
+    assert!(
+        barrier(&mut yb, &y, &x, 3).await.is_empty(),
+        "B gets nothing new"
+    );
+    // A new session on A gets every unacked message again, exactly once, in order.
     drop(ya);
     let mut ya = connect(&nodes.a, &y, 2).await;
     ya.send(&CspPayload::UnblockIncomingMessages).await;
+    let mut again = Vec::new();
+    for _ in &rest {
+        let m = next_incoming(&mut ya).await;
+        ack(&mut ya, &m).await;
+        again.push(m.message_id);
+    }
+    assert_eq!(
+        again, rest,
+        "late acks of the demoted session removed nothing"
+    );
+    expect_silence_after_backlog(&mut ya).await;
+    // New messages go to A's session only.
+    send_all(&mut xa, texts(&x, &y, N + 1..=N + 1)).await;
+    expect_acks(&mut xa, &y, [N + 1]).await;
     assert_eq!(next_incoming(&mut ya).await.message_id, N + 1);
+    assert!(
+        barrier(&mut yb, &y, &x, 4).await.is_empty(),
+        "B gets nothing new"
+    );
+}
+
+/// Sends a message from `from`'s session and waits for its ack, which comes only after the
+/// node's storage committed everything the session handed it before. Returns the ids of the
+/// messages that arrived meanwhile (not acked).
+async fn barrier(client: &mut Client, from: &Account, to: &Account, id: u64) -> Vec<u64> {
+    send_all(
+        client,
+        [text_message(from, to, id, MessageFlags::NONE, "barrier")],
+    )
+    .await;
+    let mut arrived = Vec::new();
+    loop {
+        match client.expect().await {
+            CspPayload::OutgoingMessageAck(a) if a.message_id == id => return arrived,
+            CspPayload::IncomingMessage(m) => arrived.push(m.message_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -137,6 +137,8 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
     let mut control = Grouped::default();
     let mut queued: Vec<(Identity, MailItem)> = Vec::new();
     let mut remote: Vec<Hint> = Vec::new();
+    // Answered last: whoever waits for a flush then finds every answer before it in its inbox.
+    let mut flushed = Vec::new();
     for out in outputs {
         match out {
             Output::Stored {
@@ -185,9 +187,7 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
             Output::Created { reply, result } => {
                 let _ = reply.send(result);
             }
-            Output::Flushed(reply) => {
-                let _ = reply.send(());
-            }
+            Output::Flushed(reply) => flushed.push(reply),
             Output::Login { reply, result } => {
                 let _ = reply.send(result);
             }
@@ -228,6 +228,9 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
         for (mailbox, items) in deliveries.groups {
             mailbox.push_deliveries(items);
         }
+    }
+    for reply in flushed {
+        let _ = reply.send(());
     }
     if let Some(hints) = hints {
         for hint in remote {

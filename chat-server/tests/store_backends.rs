@@ -1,0 +1,188 @@
+//! The storage rules that several nodes rely on, checked on both backends through the crate's
+//! own storage API (SQLite in a temporary directory, PostgreSQL on a real server started by the
+//! test): a remove by a demoted session's epoch does nothing, and two storage workers on one
+//! PostgreSQL database (two nodes) give one receiver gapless sequence numbers in commit order.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::pg;
+use tandem_chat_server::config::SyncMode;
+use tandem_chat_server::directory::Directory;
+use tandem_chat_server::mailbox::{MailItem, Mailbox, StoreOutcome};
+use tandem_chat_server::registry::Registry;
+use tandem_chat_server::store::{Command, Database, Enqueue, PgSettings, Store, StoreConfig};
+use tandem_shared::csp::MessageFlags;
+
+const RECEIVER: [u8; 8] = *b"RECEIVER";
+const SENDER: [u8; 8] = *b"SENDER01";
+
+async fn open(database: Database) -> Store {
+    let loaded = Store::open(
+        StoreConfig {
+            database,
+            sync: SyncMode::Full,
+            max_queue: 100_000,
+            dedupe_window_ms: 86_400_000,
+        },
+        &Directory::default(),
+        Registry::new(),
+    )
+    .await
+    .unwrap();
+    loaded.store
+}
+
+fn postgres(url: &str) -> Database {
+    Database::Postgres(PgSettings {
+        url: url.to_owned(),
+        sweep_interval: Duration::from_secs(600),
+    })
+}
+
+async fn enqueue(store: &Store, message_id: u64) {
+    let reply = Mailbox::new();
+    store
+        .send(Command::Enqueue(Box::new(Enqueue {
+            receiver: RECEIVER,
+            sender: SENDER,
+            message_id,
+            flags: MessageFlags::NONE,
+            expires_at_ms: None,
+            body: Arc::from(&b"body"[..]),
+            ack: true,
+            reply: Arc::clone(&reply),
+        })))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    match reply.drain().items.as_slice() {
+        [MailItem::Stored { outcome, .. }] => assert_eq!(*outcome, StoreOutcome::Stored),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// (seq, message id) of everything queued for the receiver.
+async fn queued(store: &Store) -> Vec<(u64, u64)> {
+    let reply = Mailbox::new();
+    store
+        .send(Command::Fetch {
+            receiver: RECEIVER,
+            after: 0,
+            limit: 10_000,
+            backlog: false,
+            reply: Arc::clone(&reply),
+        })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    match reply.drain().items.as_slice() {
+        [MailItem::Fetched { messages, .. }] => {
+            messages.iter().map(|m| (m.seq, m.message_id)).collect()
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn demoted_removes_do_nothing(store: &Store) {
+    enqueue(store, 1).await;
+    enqueue(store, 2).await;
+    let old = store.claim(RECEIVER, 1).await.unwrap();
+    let new = store.claim(RECEIVER, 2).await.unwrap();
+    assert!(new > old);
+    let seqs: Vec<u64> = queued(store).await.iter().map(|q| q.0).collect();
+    // The old session's late ack.
+    store
+        .send(Command::Remove {
+            receiver: RECEIVER,
+            seq: seqs[0],
+            epoch: old,
+        })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        queued(store).await.len(),
+        2,
+        "a demoted session removed a message"
+    );
+    store
+        .send(Command::Remove {
+            receiver: RECEIVER,
+            seq: seqs[0],
+            epoch: new,
+        })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        queued(store).await.len(),
+        1,
+        "the receiving session's remove counts"
+    );
+}
+
+#[tokio::test]
+async fn a_demoted_sessions_removes_do_nothing_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(Database::Sqlite {
+        dir: dir.path().to_owned(),
+    })
+    .await;
+    demoted_removes_do_nothing(&store).await;
+}
+
+fn fresh_database() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pg::shared();
+    let name = pg::database_for(dir.path());
+    server.ensure_database(&name);
+    (dir, server.url(&name))
+}
+
+#[tokio::test]
+async fn a_demoted_sessions_removes_do_nothing_on_postgres() {
+    let (_dir, url) = fresh_database();
+    let store = open(postgres(&url)).await;
+    demoted_removes_do_nothing(&store).await;
+    // Claimed on another node: the epoch is the database's, not the node's.
+    let other = open(postgres(&url)).await;
+    let epoch = other.claim(RECEIVER, 1).await.unwrap();
+    assert_eq!(store.claim(RECEIVER, 9).await.unwrap(), epoch + 1);
+}
+
+#[tokio::test]
+async fn two_nodes_give_one_receiver_gapless_sequence_numbers_in_commit_order() {
+    let (_dir, url) = fresh_database();
+    let a = open(postgres(&url)).await;
+    let b = open(postgres(&url)).await;
+    // Both nodes enqueue to the same receiver at once, each in many small batches.
+    let run = |store: Store, base: u64| async move {
+        for i in 0..200 {
+            enqueue(&store, base + i).await;
+        }
+    };
+    tokio::join!(run(a.clone(), 1_000), run(b.clone(), 2_000));
+    let got = queued(&a).await;
+    assert_eq!(got.len(), 400);
+    let seqs: Vec<u64> = got.iter().map(|q| q.0).collect();
+    assert_eq!(seqs, (1..=400).collect::<Vec<_>>(), "gapless, from 1");
+    // Each node's own messages keep their order.
+    for base in [1_000, 2_000] {
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|q| q.1)
+            .filter(|id| (base..base + 200).contains(id))
+            .collect();
+        assert_eq!(ids, (base..base + 200).collect::<Vec<_>>());
+    }
+    assert_eq!(queued(&b).await, got, "both nodes read the same queue");
+}
