@@ -152,7 +152,7 @@ impl PgServer {
                 "-U",
                 ROLE,
             ])
-            .args(["-R", "-X", "stream", "--no-sync"])
+            .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
             .arg(format!("--dbname=application_name={name}"));
         run(backup, "pg_basebackup");
         let mut server = Self {
