@@ -7,6 +7,9 @@
 //! the postmaster itself and SIGKILL reaches it. A watchdog shell ends the postmaster and removes
 //! its directory when the test process dies without dropping the handle (the suite's shared
 //! server is never dropped).
+//!
+//! The mediator harness (`tests/src/harness`) includes this file too, for its two-node chat
+//! server.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -90,11 +93,17 @@ pub struct PgServer {
 
 impl PgServer {
     fn make_root() -> PathBuf {
-        let root = tempfile::Builder::new()
-            .prefix("tandem-pg-")
-            .tempdir()
-            .unwrap()
-            .keep();
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let root = std::env::temp_dir().join(format!(
+            "tandem-pg-{}-{}-{nanos}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&root).unwrap();
         if running_as_root() {
             run(
                 {
