@@ -310,6 +310,11 @@ impl PgServer {
         }
     }
 
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGKILL to the postmaster (its backends notice and exit).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
