@@ -53,6 +53,17 @@ fn two_nodes(extra: &[&str]) -> Nodes {
     }
 }
 
+/// X logged in on node A; Y logged in on node B, receiving, its queue empty.
+async fn sender_on_a_receiver_on_b(nodes: &Nodes) -> (Account, Account, Client, Client) {
+    let x = Account::create(nodes.a.http).await;
+    let y = Account::create(nodes.a.http).await;
+    let xa = connect(&nodes.a, &x, 1).await;
+    let mut yb = connect(&nodes.b, &y, 1).await;
+    yb.send(&CspPayload::UnblockIncomingMessages).await;
+    assert_eq!(yb.expect().await, CspPayload::QueueSendComplete);
+    (x, y, xa, yb)
+}
+
 async fn connect(node: &ServerProcess, account: &Account, device_id: u64) -> Client {
     Client::connect(node.csp, account.config(&node.public_key, device_id))
         .await
@@ -247,12 +258,7 @@ async fn cross_node_messages_arrive_live_in_order_and_acked_both_ways() {
 #[tokio::test]
 async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
     let nodes = two_nodes(NO_SWEEP);
-    let x = Account::create(nodes.a.http).await;
-    let y = Account::create(nodes.a.http).await;
-    let mut xa = connect(&nodes.a, &x, 1).await;
-    let mut yb = connect(&nodes.b, &y, 1).await;
-    yb.send(&CspPayload::UnblockIncomingMessages).await;
-    assert_eq!(yb.expect().await, CspPayload::QueueSendComplete);
+    let (x, y, mut xa, mut yb) = sender_on_a_receiver_on_b(&nodes).await;
 
     const N: u64 = 300;
     const ACKED_ON_B: u64 = 100;
@@ -348,12 +354,7 @@ async fn barrier(client: &mut Client, from: &Account, to: &Account, id: u64) -> 
 #[tokio::test]
 async fn sigkill_of_the_receivers_node_loses_nothing_acked() {
     let mut nodes = two_nodes(NO_SWEEP);
-    let x = Account::create(nodes.a.http).await;
-    let y = Account::create(nodes.a.http).await;
-    let mut xa = connect(&nodes.a, &x, 1).await;
-    let mut yb = connect(&nodes.b, &y, 1).await;
-    yb.send(&CspPayload::UnblockIncomingMessages).await;
-    assert_eq!(yb.expect().await, CspPayload::QueueSendComplete);
+    let (x, y, mut xa, mut yb) = sender_on_a_receiver_on_b(&nodes).await;
 
     const N: u64 = 1_000;
     const KILL_AFTER: usize = 200;

@@ -506,14 +506,7 @@ impl Conn {
             .and_then(|d| d.on_ack(&ack.identity, ack.message_id));
         match seq {
             Some(seq) => {
-                let session = self.session()?;
-                let (receiver, epoch) = (session.identity, session.epoch);
-                self.store(Command::Remove {
-                    receiver,
-                    seq,
-                    epoch,
-                })
-                .await?;
+                self.remove(seq).await?;
                 self.pump().await
             }
             None => {
@@ -675,20 +668,23 @@ impl Conn {
                     };
                     self.store(command).await?;
                 }
-                Action::Remove(seq) => {
-                    let session = self.session()?;
-                    let (receiver, epoch) = (session.identity, session.epoch);
-                    self.store(Command::Remove {
-                        receiver,
-                        seq,
-                        epoch,
-                    })
-                    .await?;
-                }
+                Action::Remove(seq) => self.remove(seq).await?,
                 Action::QueueSendComplete => self.send(&CspPayload::QueueSendComplete)?,
             }
         }
         Ok(())
+    }
+
+    /// Removes a message from this session's queue, under the session's receiving epoch.
+    async fn remove(&mut self, seq: u64) -> Result<(), CloseReason> {
+        let session = self.session()?;
+        let (receiver, epoch) = (session.identity, session.epoch);
+        self.store(Command::Remove {
+            receiver,
+            seq,
+            epoch,
+        })
+        .await
     }
 
     async fn store(&self, command: Command) -> Result<(), CloseReason> {

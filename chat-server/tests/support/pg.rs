@@ -134,6 +134,11 @@ impl PgServer {
             "--no-sync",
         ]);
         run(initdb, "initdb");
+        Self::boot(root)
+    }
+
+    /// Starts the server on a data directory that `root/data` holds.
+    fn boot(root: PathBuf) -> Self {
         let mut server = Self {
             child: None,
             watchdog: None,
@@ -164,15 +169,7 @@ impl PgServer {
             .args(["-R", "-X", "stream", "--no-sync", "--checkpoint=fast"])
             .arg(format!("--dbname=application_name={name}"));
         run(backup, "pg_basebackup");
-        let mut server = Self {
-            child: None,
-            watchdog: None,
-            root,
-            port: free_port(),
-            remove_root: true,
-        };
-        server.launch();
-        server
+        Self::boot(root)
     }
 
     fn launch(&mut self) {
