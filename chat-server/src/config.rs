@@ -53,6 +53,11 @@ pub struct Config {
     /// so that a lost cross-node hint costs at most this much latency.
     #[arg(long, default_value_t = 2_000)]
     pub sweep_interval_ms: u64,
+    /// With `--database`: tell other nodes of new messages and demotions at once (`LISTEN` /
+    /// `NOTIFY`). `false` leaves it to the sweep alone, for a PostgreSQL path that cannot
+    /// `LISTEN` (a pooler in transaction mode); messages then wait up to one sweep interval.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cross_node_hints: bool,
     /// SQLite `synchronous` setting for the message queues.
     #[arg(long, value_enum, default_value = "full")]
     pub sync: SyncMode,

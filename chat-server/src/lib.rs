@@ -90,6 +90,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         Some(url) => Database::Postgres(PgSettings {
             url: url.clone(),
             sweep_interval: Duration::from_millis(config.sweep_interval_ms.max(10)),
+            hints: config.cross_node_hints,
         }),
     };
     let loaded = Store::open(

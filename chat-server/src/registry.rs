@@ -23,11 +23,14 @@ struct Sessions {
     receiver: Option<Receiver>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Receiver {
     device_id: u64,
     session_id: u64,
     epoch: u64,
+    /// The highest sequence number the session has taken from its queue, published by the
+    /// session for the catch-up sweep.
+    cursor: Arc<AtomicU64>,
 }
 
 /// The online sessions.
@@ -65,6 +68,7 @@ impl Registry {
         ) {
             if sessions
                 .receiver
+                .as_ref()
                 .is_some_and(|r| r.session_id == old.session_id)
             {
                 sessions.receiver = None;
@@ -89,6 +93,7 @@ impl Registry {
         }
         if sessions
             .receiver
+            .as_ref()
             .is_some_and(|r| r.session_id == session_id)
         {
             sessions.receiver = None;
@@ -99,29 +104,28 @@ impl Registry {
     }
 
     /// Makes a registered session the receiving one with the epoch storage gave it; the
-    /// previous receiving session is demoted. Returns false if the session is no longer
-    /// registered (it was replaced meanwhile) or a newer epoch receives already.
+    /// previous receiving session is demoted. Returns where the session publishes its cursor,
+    /// or `None` if the session is no longer registered (it was replaced meanwhile) or a newer
+    /// epoch receives already.
     pub fn make_receiver(
         &self,
         identity: &Identity,
         device_id: u64,
         session_id: u64,
         epoch: u64,
-    ) -> bool {
+    ) -> Option<Arc<AtomicU64>> {
         let mut map = self.lock();
-        let Some(sessions) = map.get_mut(identity) else {
-            return false;
-        };
+        let sessions = map.get_mut(identity)?;
         if sessions
             .devices
             .get(&device_id)
             .is_none_or(|e| e.session_id != session_id)
         {
-            return false;
+            return None;
         }
-        if let Some(old) = sessions.receiver {
+        if let Some(old) = &sessions.receiver {
             if old.epoch > epoch {
-                return false;
+                return None;
             }
             if old.session_id != session_id {
                 if let Some(entry) = sessions.devices.get(&old.device_id) {
@@ -129,12 +133,14 @@ impl Registry {
                 }
             }
         }
+        let cursor = Arc::new(AtomicU64::new(0));
         sessions.receiver = Some(Receiver {
             device_id,
             session_id,
             epoch,
+            cursor: Arc::clone(&cursor),
         });
-        true
+        Some(cursor)
     }
 
     /// Another node's session of `identity` took over with `epoch`: a local receiving session
@@ -144,11 +150,11 @@ impl Registry {
         let Some(sessions) = map.get_mut(identity) else {
             return;
         };
-        if let Some(old) = sessions.receiver.filter(|r| r.epoch < epoch) {
-            if let Some(entry) = sessions.devices.get(&old.device_id) {
-                entry.mailbox.push(MailItem::Demoted);
-            }
-            sessions.receiver = None;
+        let Some(old) = sessions.receiver.take_if(|r| r.epoch < epoch) else {
+            return;
+        };
+        if let Some(entry) = sessions.devices.get(&old.device_id) {
+            entry.mailbox.push(MailItem::Demoted);
         }
     }
 
@@ -160,13 +166,14 @@ impl Registry {
         }
     }
 
-    /// Tells every receiving session here to read its queue again (the catch-up sweep).
+    /// Tells every receiving session here to read its queue again (after the hint listener
+    /// reconnected: hints sent meanwhile are lost).
     pub fn recheck_all(&self) {
         let receivers: Vec<Arc<Mailbox>> = {
             let map = self.lock();
             map.values()
                 .filter_map(|s| {
-                    let r = s.receiver?;
+                    let r = s.receiver.as_ref()?;
                     s.devices.get(&r.device_id).map(|e| Arc::clone(&e.mailbox))
                 })
                 .collect()
@@ -176,12 +183,25 @@ impl Registry {
         }
     }
 
+    /// Every receiving session here: identity, the cursor it published and its epoch (the
+    /// catch-up sweep asks the database which of them are behind or were replaced).
+    #[must_use]
+    pub fn receiving_cursors(&self) -> Vec<(Identity, u64, u64)> {
+        self.lock()
+            .iter()
+            .filter_map(|(identity, s)| {
+                let r = s.receiver.as_ref()?;
+                Some((*identity, r.cursor.load(Ordering::Relaxed), r.epoch))
+            })
+            .collect()
+    }
+
     /// The receiving session's inbox, if one is online.
     #[must_use]
     pub fn receiver(&self, identity: &Identity) -> Option<Arc<Mailbox>> {
         let map = self.lock();
         let sessions = map.get(identity)?;
-        let r = sessions.receiver?;
+        let r = sessions.receiver.as_ref()?;
         sessions
             .devices
             .get(&r.device_id)
@@ -199,7 +219,7 @@ impl Registry {
             .into_iter()
             .filter_map(|(identity, item)| {
                 let sessions = map.get(&identity)?;
-                let r = sessions.receiver?;
+                let r = sessions.receiver.as_ref()?;
                 let entry = sessions.devices.get(&r.device_id)?;
                 Some((Arc::clone(&entry.mailbox), item))
             })
@@ -240,16 +260,16 @@ mod tests {
         let registry = Registry::new();
         let (a, b) = (Mailbox::new(), Mailbox::new());
         let first = registry.register(*b"AAAAAAAA", 7, Arc::clone(&a));
-        assert!(registry.make_receiver(b"AAAAAAAA", 7, first, 1));
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, first, 1).is_some());
         let second = registry.register(*b"AAAAAAAA", 7, Arc::clone(&b));
         assert_eq!(kinds(&a), vec!["Close(Replaced)"]);
         // The replaced session no longer receives and cannot become receiver again.
         assert!(registry.receiver(b"AAAAAAAA").is_none());
-        assert!(!registry.make_receiver(b"AAAAAAAA", 7, first, 2));
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, first, 2).is_none());
         // Its late unregister does not remove the new one.
         registry.unregister(b"AAAAAAAA", 7, first);
         assert_eq!(registry.session_count(), 1);
-        assert!(registry.make_receiver(b"AAAAAAAA", 7, second, 3));
+        assert!(registry.make_receiver(b"AAAAAAAA", 7, second, 3).is_some());
         assert!(registry.receiver(b"AAAAAAAA").is_some());
     }
 
@@ -260,8 +280,8 @@ mod tests {
         let sa = registry.register(*b"AAAAAAAA", 1, Arc::clone(&a));
         let sb = registry.register(*b"AAAAAAAA", 2, Arc::clone(&b));
         assert_eq!(registry.session_count(), 2);
-        assert!(registry.make_receiver(b"AAAAAAAA", 1, sa, 1));
-        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb, 2));
+        assert!(registry.make_receiver(b"AAAAAAAA", 1, sa, 1).is_some());
+        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb, 2).is_some());
         assert_eq!(kinds(&a), vec!["Demoted"]);
         assert!(kinds(&b).is_empty());
         let receiver = registry.receiver(b"AAAAAAAA").unwrap();
@@ -278,9 +298,9 @@ mod tests {
         let (a, b) = (Mailbox::new(), Mailbox::new());
         let sa = registry.register(*b"AAAAAAAA", 1, Arc::clone(&a));
         let sb = registry.register(*b"AAAAAAAA", 2, Arc::clone(&b));
-        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb, 5));
+        assert!(registry.make_receiver(b"AAAAAAAA", 2, sb, 5).is_some());
         // A claim answered late with an older epoch does not take over.
-        assert!(!registry.make_receiver(b"AAAAAAAA", 1, sa, 4));
+        assert!(registry.make_receiver(b"AAAAAAAA", 1, sa, 4).is_none());
         assert!(kinds(&b).is_empty());
         // A remote takeover with an older epoch changes nothing; a newer one demotes.
         registry.demote_before(b"AAAAAAAA", 5);
@@ -292,5 +312,9 @@ mod tests {
         assert!(registry.receiver(b"AAAAAAAA").is_none());
         registry.recheck_all();
         assert!(kinds(&a).is_empty() && kinds(&b).is_empty());
+        assert!(registry.receiving_cursors().is_empty());
+        let cursor = registry.make_receiver(b"AAAAAAAA", 1, sa, 7).unwrap();
+        cursor.store(42, Ordering::Relaxed);
+        assert_eq!(registry.receiving_cursors(), vec![(*b"AAAAAAAA", 42, 7)]);
     }
 }

@@ -13,6 +13,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use support::{
     create_identity_via, http_json, open_text, pg, text_message, Account, Client, ServerProcess,
@@ -246,6 +247,15 @@ async fn cross_node_messages_arrive_live_in_order_and_acked_both_ways() {
         assert_eq!(got.message_id, id);
         ack(&mut xa, &got).await;
     }
+    // A don't-queue message crosses nodes too (relayed, never stored).
+    let typing = text_message(&x, &y, 10_000, MessageFlags::DONT_QUEUE, "typing");
+    send_all(&mut xa, [typing]).await;
+    expect_acks(&mut xa, &y, [10_000]).await;
+    let got = next_incoming(&mut yb).await;
+    assert_eq!(
+        (got.message_id, open_text(&y, &x, &got).as_str()),
+        (10_000, "typing")
+    );
     // Everything was acked: nothing comes again on new sessions.
     drop((xa, yb));
     for (node, account) in [(&nodes.a, &y), (&nodes.b, &x)] {
@@ -384,4 +394,31 @@ async fn sigkill_of_the_receivers_node_loses_nothing_acked() {
         "in order, no duplicates"
     );
     expect_silence_after_backlog(&mut ya).await;
+}
+
+#[tokio::test]
+async fn without_hints_the_sweep_alone_delivers_and_demotes() {
+    let nodes = two_nodes(&["--cross-node-hints", "false", "--sweep-interval-ms", "300"]);
+    let (x, y, mut xa, mut yb) = sender_on_a_receiver_on_b(&nodes).await;
+    send_all(&mut xa, texts(&x, &y, 1..=50)).await;
+    expect_acks(&mut xa, &y, 1..=50).await;
+    for id in 1..=50 {
+        let m = next_incoming(&mut yb).await;
+        assert_eq!(m.message_id, id, "in order, once");
+        ack(&mut yb, &m).await;
+    }
+    // B's storage has committed the removals; then Y moves to node A, and node B hears of
+    // it only through its sweep.
+    assert!(barrier(&mut yb, &y, &x, 1).await.is_empty());
+    let mut ya = connect(&nodes.a, &y, 2).await;
+    ya.send(&CspPayload::UnblockIncomingMessages).await;
+    assert_eq!(ya.expect().await, CspPayload::QueueSendComplete);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // A message stored by node B: B's old receiving session must not get it (it would, from
+    // B's own storage thread, had the sweep not demoted it); A's session gets it.
+    let mut xb = connect(&nodes.b, &x, 2).await;
+    send_all(&mut xb, texts(&x, &y, 51..=51)).await;
+    expect_acks(&mut xb, &y, [51]).await;
+    assert_eq!(next_incoming(&mut ya).await.message_id, 51);
+    yb.expect_silence().await;
 }

@@ -45,6 +45,7 @@ fn postgres(url: &str) -> Database {
     Database::Postgres(PgSettings {
         url: url.to_owned(),
         sweep_interval: Duration::from_secs(600),
+        hints: true,
     })
 }
 

@@ -121,6 +121,12 @@ impl Delivery {
         )
     }
 
+    /// The highest sequence number taken from the queue so far.
+    #[must_use]
+    pub const fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
     /// Messages sent and not yet acked.
     #[must_use]
     pub fn in_flight(&self) -> usize {

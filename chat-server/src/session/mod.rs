@@ -69,8 +69,9 @@ pub struct Context {
     pub idle_timeout: Duration,
     /// How long short-lived messages stay queued, in ms.
     pub short_lived_ttl_ms: u64,
-    /// Sequence numbers are gapless per receiver and other nodes commit some of them
-    /// (PostgreSQL): delivery takes only contiguous notifications.
+    /// Several nodes share the database (PostgreSQL): sequence numbers are gapless per receiver
+    /// and other nodes commit some of them, so delivery takes only contiguous notifications;
+    /// don't-queue messages for a receiver not on this node are relayed.
     pub gapless: bool,
 }
 
@@ -117,6 +118,8 @@ struct Session {
     delivery: Option<Delivery>,
     /// The receiving epoch storage gave this session at its unblock (0: never unblocked).
     epoch: u64,
+    /// Where the delivery's cursor is published for the catch-up sweep.
+    cursor: Arc<AtomicU64>,
 }
 
 struct Conn {
@@ -339,6 +342,7 @@ impl Conn {
             pending_store: 0,
             delivery: None,
             epoch: 0,
+            cursor: Arc::default(),
         });
         // No identity in info/warn logs (docs/chat-server.md "Logs"): the conn number ties a
         // session's lines together.
@@ -449,6 +453,9 @@ impl Conn {
         if message.flags.contains(MessageFlags::DONT_QUEUE) {
             if let Some(mailbox) = self.ctx.registry.receiver(&receiver) {
                 mailbox.push_delivery(MailItem::Transient(body));
+            } else if self.ctx.gapless {
+                // Several nodes: the receiving session may be on another one.
+                self.store(Command::Relay { receiver, body }).await?;
             }
             return self.ack_outgoing(ack, receiver, message_id);
         }
@@ -534,15 +541,15 @@ impl Conn {
             .claim(identity, session_id)
             .await
             .map_err(|_| CloseReason::StorageFailure)?;
-        if !self
+        let Some(cursor) = self
             .ctx
             .registry
             .make_receiver(&identity, device_id, session_id, epoch)
-        {
+        else {
             // Replaced meanwhile (the close request is already in the inbox), or a newer
             // unblock of this identity took over first.
             return Ok(());
-        }
+        };
         let (delivery, first) = if self.ctx.gapless {
             Delivery::start_gapless()
         } else {
@@ -550,6 +557,7 @@ impl Conn {
         };
         let session = self.session()?;
         session.epoch = epoch;
+        session.cursor = cursor;
         session.delivery = Some(delivery);
         debug!(conn = self.id, "receiving");
         self.act(vec![first]).await
@@ -639,8 +647,11 @@ impl Conn {
 
     async fn pump(&mut self) -> Result<(), CloseReason> {
         let mut actions = Vec::new();
-        if let Some(d) = self.session.as_mut().and_then(|s| s.delivery.as_mut()) {
-            d.pump(now_ms(), &mut actions);
+        if let Some(session) = self.session.as_mut() {
+            if let Some(d) = session.delivery.as_mut() {
+                d.pump(now_ms(), &mut actions);
+                session.cursor.store(d.cursor(), Ordering::Relaxed);
+            }
         }
         self.act(actions).await
     }

@@ -155,6 +155,14 @@ pub enum Command {
         /// Whether a change is pending acknowledgement.
         changed: bool,
     },
+    /// Hand a don't-queue message to the receiver's receiving session on another node, if it
+    /// has one (never stored; PostgreSQL only, SQLite has no other nodes).
+    Relay {
+        /// The receiver.
+        receiver: Identity,
+        /// The message struct as it will be delivered.
+        body: Arc<[u8]>,
+    },
     /// Drop expired short-lived messages and old dedupe entries.
     Purge,
     /// Answered once everything before it is committed (tests, shutdown).
@@ -290,19 +298,25 @@ impl Store {
                 }
                 let queued = backend.queued_total().await?;
                 let node = backend.node();
-                let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
-                tasks.push(tokio::spawn(postgres::notifier(backend.pool(), hint_rx)));
-                tasks.push(tokio::spawn(postgres::listener(
-                    settings.url.clone(),
-                    node,
-                    Arc::clone(&registry),
-                )));
+                let hint_tx = if settings.hints {
+                    let (hint_tx, hint_rx) = mpsc::channel(HINT_CAPACITY);
+                    tasks.push(tokio::spawn(postgres::notifier(backend.pool(), hint_rx)));
+                    tasks.push(tokio::spawn(postgres::listener(
+                        settings.url.clone(),
+                        node,
+                        Arc::clone(&registry),
+                    )));
+                    Some(hint_tx)
+                } else {
+                    None
+                };
                 tasks.push(tokio::spawn(postgres::sweep(
+                    backend.pool(),
                     Arc::clone(&registry),
                     settings.sweep_interval,
                 )));
                 (
-                    worker::spawn(backend, rx, registry, Some(hint_tx))?,
+                    worker::spawn(backend, rx, registry, hint_tx)?,
                     queued,
                     Some(node),
                 )

@@ -15,10 +15,12 @@
 //! [`notifier`] on its own connection after the commit; a lost notification costs latency only,
 //! because every node re-reads its receivers' queues every sweep interval ([`sweep`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::future::join_all;
 use tandem_shared::crypto::PublicKey;
@@ -61,8 +63,10 @@ const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres_v1.sql"))];
 pub struct PgSettings {
     /// `postgres://user@host1:port1,host2:port2/db?target_session_attrs=read-write`.
     pub url: String,
-    /// How often each node re-reads the queues of its receiving sessions (catch-up sweep).
+    /// How often each node checks its receiving sessions against the database (catch-up sweep).
     pub sweep_interval: Duration,
+    /// Whether nodes hint each other through `LISTEN`/`NOTIFY` (else the sweep alone).
+    pub hints: bool,
 }
 
 /// What another node must hear, sent by [`notifier`] after the commit.
@@ -74,6 +78,15 @@ pub enum Hint {
         node: i64,
         /// The receiver.
         receiver: Identity,
+    },
+    /// A don't-queue message for `receiver`, whose receiving session is on `node`.
+    Transient {
+        /// The node.
+        node: i64,
+        /// The receiver.
+        receiver: Identity,
+        /// The message struct.
+        body: Arc<[u8]>,
     },
     /// `identity`'s receiving session on `node` was replaced by one with `epoch`.
     Demote {
@@ -157,6 +170,51 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     result
 }
 
+/// Every statement a batch runs, prepared on each connection before its first batch: the
+/// statements of a batch are pipelined in command order, which holds only if none of them has
+/// to wait for its own preparation first.
+const SQL: [&str; 13] = [
+    REMOVE,
+    SET_COOKIE,
+    RECEIVING_NODE,
+    QUEUED,
+    CLAIM,
+    ISSUE_TOKEN,
+    REDEEM_TOKEN,
+    ENQUEUE,
+    MAX_SEQ,
+    PAGE,
+    LOOKUP,
+    BY_PUBLIC_KEY,
+    INSERT_IDENTITY,
+];
+
+const REMOVE: &str = "SELECT tandem_remove($1, $2, $3)";
+const SET_COOKIE: &str =
+    "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3";
+const RECEIVING_NODE: &str = "SELECT node FROM receiving WHERE identity = $1";
+const QUEUED: &str = "SELECT COALESCE((SELECT queued FROM mailboxes WHERE receiver = $1), 0)";
+const CLAIM: &str = "WITH old AS (SELECT node FROM receiving WHERE identity = $1 FOR UPDATE) \
+                         INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
+                         ON CONFLICT (identity) DO UPDATE \
+                         SET node = EXCLUDED.node, session = EXCLUDED.session, epoch = r.epoch + 1 \
+                         RETURNING r.epoch, (SELECT node FROM old)";
+const ISSUE_TOKEN: &str = "INSERT INTO tokens (token, public_key, challenge, issued_at) \
+                         SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM tokens WHERE issued_at > $5) < $6";
+const REDEEM_TOKEN: &str =
+    "DELETE FROM tokens WHERE token = $1 RETURNING token, public_key, challenge, issued_at";
+const ENQUEUE: &str =
+    "SELECT o_outcome, o_seq, o_node FROM tandem_enqueue($1, $2, $3, $4, $5, $6, $7, $8)";
+const MAX_SEQ: &str = "SELECT MAX(seq) FROM queue WHERE receiver = $1";
+const PAGE: &str = "SELECT seq, sender, message_id, flags, expires_at, body FROM queue \
+             WHERE receiver = $1 AND seq > $2 AND (expires_at IS NULL OR expires_at > $3) \
+             ORDER BY seq LIMIT $4";
+const LOOKUP: &str = "SELECT identity, public_key, device_cookie, cookie_changed FROM identities WHERE identity = $1";
+const BY_PUBLIC_KEY: &str = "SELECT identity FROM identities WHERE public_key = $1";
+const INSERT_IDENTITY: &str =
+    "INSERT INTO identities (identity, public_key, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING";
+
 /// The PostgreSQL side of the storage worker.
 pub(super) struct PgBackend {
     pool: Pool,
@@ -184,6 +242,8 @@ enum Done {
     Looked(Option<IdentityRecord>),
     Issued(bool),
     Redeemed(Option<PendingToken>),
+    /// The other node that receives for a relayed message's receiver.
+    Relayed(Option<i64>),
 }
 
 /// Commands that lock a receiver's counter row run first, in receiver order; the rest after.
@@ -282,9 +342,13 @@ impl PgBackend {
             }
         }
         if purge {
-            if let Err(e) = housekeeping(&self.pool, &self.config, now).await {
-                warn!(error = %e, "housekeeping failed");
-            }
+            // On its own connection and task: the storage thread goes on with the next batch.
+            let (pool, config) = (self.pool.clone(), self.config.clone());
+            self.runtime.spawn(async move {
+                if let Err(e) = housekeeping(&pool, &config, now).await {
+                    warn!(error = %e, "housekeeping failed");
+                }
+            });
         }
         outputs
     }
@@ -293,6 +357,9 @@ impl PgBackend {
     async fn transaction(&self, commands: &[Command], now: u64) -> Result<Vec<Done>, StoreError> {
         let mut client = client(&self.pool).await?;
         let tx = client.transaction().await?;
+        for sql in SQL {
+            tx.prepare_cached(sql).await?;
+        }
         let results = join_all(commands.iter().map(|c| self.run(&tx, c, now))).await;
         let dones = results.into_iter().collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
@@ -312,9 +379,7 @@ impl PgBackend {
                 seq,
                 epoch,
             } => {
-                let stmt = tx
-                    .prepare_cached("SELECT tandem_remove($1, $2, $3)")
-                    .await?;
+                let stmt = tx.prepare_cached(REMOVE).await?;
                 tx.query_one(&stmt, &[&&receiver[..], &to_sql(*seq), &to_sql(*epoch)])
                     .await?;
                 Ok(Done::Nothing)
@@ -336,22 +401,22 @@ impl PgBackend {
                 cookie,
                 changed,
             } => {
-                let stmt = tx
-                    .prepare_cached(
-                        "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(SET_COOKIE).await?;
                 tx.execute(&stmt, &[&&cookie[..], changed, &&identity[..]])
                     .await?;
                 Ok(Done::Nothing)
             }
             Command::Purge | Command::Flush(_) => Ok(Done::Nothing),
+            Command::Relay { receiver, .. } => {
+                let stmt = tx.prepare_cached(RECEIVING_NODE).await?;
+                let node: Option<i64> = tx
+                    .query_opt(&stmt, &[&&receiver[..]])
+                    .await?
+                    .map(|r| r.get(0));
+                Ok(Done::Relayed(node.filter(|&n| n != self.node)))
+            }
             Command::Login { identity, .. } => {
-                let stmt = tx
-                    .prepare_cached(
-                        "SELECT COALESCE((SELECT queued FROM mailboxes WHERE receiver = $1), 0)",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(QUEUED).await?;
                 let queued: i32 = tx.query_one(&stmt, &[&&identity[..]]).await?.get(0);
                 Ok(Done::Login(LoginInfo {
                     record: lookup(tx, identity).await?,
@@ -364,15 +429,7 @@ impl PgBackend {
                 session_id,
                 ..
             } => {
-                let stmt = tx
-                    .prepare_cached(
-                        "WITH old AS (SELECT node FROM receiving WHERE identity = $1 FOR UPDATE) \
-                         INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
-                         ON CONFLICT (identity) DO UPDATE \
-                         SET node = EXCLUDED.node, session = EXCLUDED.session, epoch = r.epoch + 1 \
-                         RETURNING r.epoch, (SELECT node FROM old)",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(CLAIM).await?;
                 let row = tx
                     .query_one(&stmt, &[&&identity[..], &self.node, &to_sql(*session_id)])
                     .await?;
@@ -385,12 +442,7 @@ impl PgBackend {
             }
             Command::IssueToken { token, .. } => {
                 let cutoff = to_sql(now.saturating_sub(ttl_ms()));
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO tokens (token, public_key, challenge, issued_at) \
-                         SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM tokens WHERE issued_at > $5) < $6",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(ISSUE_TOKEN).await?;
                 let inserted = tx
                     .execute(
                         &stmt,
@@ -407,11 +459,7 @@ impl PgBackend {
                 Ok(Done::Issued(inserted == 1))
             }
             Command::RedeemToken { token, .. } => {
-                let stmt = tx
-                    .prepare_cached(
-                        "DELETE FROM tokens WHERE token = $1 RETURNING token, public_key, challenge, issued_at",
-                    )
-                    .await?;
+                let stmt = tx.prepare_cached(REDEEM_TOKEN).await?;
                 let row = tx.query_opt(&stmt, &[&&token[..]]).await?;
                 let pending = match row {
                     None => None,
@@ -510,9 +558,20 @@ fn output(command: Command, done: Done) -> Option<Output> {
                 _ => Err(StoreError::Stopped),
             },
         },
-        (Command::Remove { .. } | Command::SetDeviceCookie { .. } | Command::Purge, _) => {
-            return None
+        (Command::Relay { receiver, body }, Done::Relayed(Some(node))) => {
+            Output::Relay(Hint::Transient {
+                node,
+                receiver,
+                body,
+            })
         }
+        (
+            Command::Remove { .. }
+            | Command::SetDeviceCookie { .. }
+            | Command::Purge
+            | Command::Relay { .. },
+            _,
+        ) => return None,
     })
 }
 
@@ -535,11 +594,7 @@ async fn enqueue(
     max_queue: u32,
     node: i64,
 ) -> Result<Done, StoreError> {
-    let stmt = tx
-        .prepare_cached(
-            "SELECT o_outcome, o_seq, o_node FROM tandem_enqueue($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .await?;
+    let stmt = tx.prepare_cached(ENQUEUE).await?;
     let flags = i16::from(e.flags.bits());
     let max = i32::try_from(max_queue).unwrap_or(i32::MAX);
     let row = tx
@@ -582,21 +637,13 @@ async fn fetch(
     now: u64,
 ) -> Result<MailItem, StoreError> {
     let backlog_end = if backlog {
-        let stmt = tx
-            .prepare_cached("SELECT MAX(seq) FROM queue WHERE receiver = $1")
-            .await?;
+        let stmt = tx.prepare_cached(MAX_SEQ).await?;
         let max: Option<i64> = tx.query_one(&stmt, &[&&receiver[..]]).await?.get(0);
         Some(max.map(from_sql))
     } else {
         None
     };
-    let stmt = tx
-        .prepare_cached(
-            "SELECT seq, sender, message_id, flags, expires_at, body FROM queue \
-             WHERE receiver = $1 AND seq > $2 AND (expires_at IS NULL OR expires_at > $3) \
-             ORDER BY seq LIMIT $4",
-        )
-        .await?;
+    let stmt = tx.prepare_cached(PAGE).await?;
     let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = tx
         .query(
@@ -631,11 +678,7 @@ async fn lookup(
     tx: &deadpool_postgres::Transaction<'_>,
     identity: &Identity,
 ) -> Result<Option<IdentityRecord>, StoreError> {
-    let stmt = tx
-        .prepare_cached(
-            "SELECT identity, public_key, device_cookie, cookie_changed FROM identities WHERE identity = $1",
-        )
-        .await?;
+    let stmt = tx.prepare_cached(LOOKUP).await?;
     tx.query_opt(&stmt, &[&&identity[..]])
         .await?
         .map(|r| identity_record(r.get(0), r.get::<_, &[u8]>(1), r.get(2), r.get(3)))
@@ -647,15 +690,8 @@ async fn create_identity(
     public_key: &PublicKey,
     now: u64,
 ) -> Result<Created, StoreError> {
-    let existing = tx
-        .prepare_cached("SELECT identity FROM identities WHERE public_key = $1")
-        .await?;
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO identities (identity, public_key, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING",
-        )
-        .await?;
+    let existing = tx.prepare_cached(BY_PUBLIC_KEY).await?;
+    let insert = tx.prepare_cached(INSERT_IDENTITY).await?;
     let key = &public_key.as_bytes()[..];
     for _ in 0..IDENTITY_ATTEMPTS {
         if let Some(row) = tx.query_opt(&existing, &[&key]).await? {
@@ -732,6 +768,7 @@ pub(super) async fn notifier(pool: Pool, mut hints: mpsc::Receiver<Hint>) {
     let mut waiting = Vec::new();
     while hints.recv_many(&mut waiting, 4096).await > 0 {
         let mut payloads: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+        let mut seen: HashSet<(i64, String)> = HashSet::new();
         for hint in waiting.drain(..) {
             let (node, text) = match hint {
                 Hint::Queued { node, receiver } => {
@@ -745,10 +782,27 @@ pub(super) async fn notifier(pool: Pool, mut hints: mpsc::Receiver<Hint>) {
                     node,
                     format!("d{}:{epoch}", String::from_utf8_lossy(&identity)),
                 ),
+                Hint::Transient {
+                    node,
+                    receiver,
+                    body,
+                } => (
+                    node,
+                    format!(
+                        "t{}:{}",
+                        String::from_utf8_lossy(&receiver),
+                        B64.encode(&body)
+                    ),
+                ),
             };
-            let list = payloads.entry(node).or_default();
-            if !list.contains(&text) {
-                list.push(text);
+            if text.len() > MAX_NOTIFY_PAYLOAD {
+                debug!("don't-queue message too large to relay; dropped");
+                continue;
+            }
+            // Several messages for one receiver in a round need one hint; relayed messages
+            // are each their own.
+            if text.starts_with('t') || seen.insert((node, text.clone())) {
+                payloads.entry(node).or_default().push(text);
             }
         }
         let Ok(client) = client(&pool).await else {
@@ -794,6 +848,17 @@ pub(super) fn apply_hints(registry: &Registry, payload: &str) {
         if let Some(rest) = item.strip_prefix('q') {
             if let Ok(identity) = Identity::try_from(rest.as_bytes()) {
                 registry.recheck(&identity);
+            }
+        } else if let Some(rest) = item.strip_prefix('t') {
+            let Some((identity, body)) = rest.split_once(':') else {
+                continue;
+            };
+            if let (Ok(identity), Ok(body)) =
+                (Identity::try_from(identity.as_bytes()), B64.decode(body))
+            {
+                if let Some(mailbox) = registry.receiver(&identity) {
+                    mailbox.push_delivery(MailItem::Transient(Arc::from(body)));
+                }
             }
         } else if let Some(rest) = item.strip_prefix('d') {
             let Some((identity, epoch)) = rest.split_once(':') else {
@@ -854,15 +919,67 @@ pub(super) async fn listener(url: String, node: i64, registry: Arc<Registry>) {
     }
 }
 
-/// The catch-up sweep: every interval, each receiving session on this node reads its queue
-/// again from its cursor, so a lost hint delays a message by at most one interval.
-pub(super) async fn sweep(registry: Arc<Registry>, interval: Duration) {
+/// The catch-up sweep: every interval, one statement asks the database which receiving
+/// sessions on this node are behind their queue (the receiver's newest sequence number beyond
+/// the cursor the session published) and which were replaced by a newer epoch; the first read
+/// their queue again, the second are demoted. A lost hint therefore costs at most one interval,
+/// and a node pays one indexed lookup per receiving session per interval, not a queue read.
+pub(super) async fn sweep(pool: Pool, registry: Arc<Registry>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        registry.recheck_all();
+        let sessions = registry.receiving_cursors();
+        if sessions.is_empty() {
+            continue;
+        }
+        match sweep_query(&pool, &sessions).await {
+            Ok(found) => {
+                for (identity, behind, epoch) in found {
+                    if let Some(epoch) = epoch {
+                        registry.demote_before(&identity, epoch);
+                    }
+                    if behind {
+                        registry.recheck(&identity);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "catch-up sweep failed"),
+        }
     }
+}
+
+/// For each receiving session that is behind or replaced: its identity, whether it is behind,
+/// and the newer epoch if one took over.
+async fn sweep_query(
+    pool: &Pool,
+    sessions: &[(Identity, u64, u64)],
+) -> Result<Vec<(Identity, bool, Option<u64>)>, StoreError> {
+    let identities: Vec<&[u8]> = sessions.iter().map(|(i, _, _)| &i[..]).collect();
+    let cursors: Vec<i64> = sessions.iter().map(|(_, c, _)| to_sql(*c)).collect();
+    let epochs: Vec<i64> = sessions.iter().map(|(_, _, e)| to_sql(*e)).collect();
+    let client = client(pool).await?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT s.identity, COALESCE(m.next_seq - 1 > s.cursor, FALSE), \
+                    CASE WHEN r.epoch > s.epoch THEN r.epoch END \
+             FROM UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[]) AS s(identity, cursor, epoch) \
+             LEFT JOIN mailboxes m ON m.receiver = s.identity \
+             LEFT JOIN receiving r ON r.identity = s.identity \
+             WHERE m.next_seq - 1 > s.cursor OR r.epoch > s.epoch",
+        )
+        .await?;
+    let rows = client
+        .query(&stmt, &[&identities, &cursors, &epochs])
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let identity = Identity::try_from(r.get::<_, &[u8]>(0)).ok()?;
+            let epoch: Option<i64> = r.get(2);
+            Some((identity, r.get(1), epoch.map(from_sql)))
+        })
+        .collect())
 }
 
 #[cfg(test)]

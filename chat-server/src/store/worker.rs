@@ -64,6 +64,8 @@ pub(crate) enum Output {
         reply: oneshot::Sender<Result<Option<PendingToken>, StoreError>>,
         result: Result<Option<PendingToken>, StoreError>,
     },
+    /// A don't-queue message for another node (best effort, like its delivery on one node).
+    Relay(Hint),
 }
 
 impl Output {
@@ -78,7 +80,7 @@ impl Output {
             Self::Looked { result, .. } => *result = Err(StoreError::Stopped),
             Self::Issued { result, .. } => *result = Err(StoreError::Stopped),
             Self::Redeemed { result, .. } => *result = Err(StoreError::Stopped),
-            Self::Flushed(_) => {}
+            Self::Flushed(_) | Self::Relay(_) => {}
         }
     }
 }
@@ -215,6 +217,7 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
             Output::Redeemed { reply, result } => {
                 let _ = reply.send(result);
             }
+            Output::Relay(hint) => remote.push(hint),
         }
     }
     for (mailbox, items) in control.groups {
