@@ -1,7 +1,8 @@
 //! The storage rules that several nodes rely on, checked on both backends through the crate's
 //! own storage API (SQLite in a temporary directory, PostgreSQL on a real server started by the
-//! test): a remove by a demoted session's epoch does nothing, and two storage workers on one
-//! PostgreSQL database (two nodes) give one receiver gapless sequence numbers in commit order.
+//! test): a remove by a demoted session's epoch does nothing, two storage workers on one
+//! PostgreSQL database (two nodes) give one receiver gapless sequence numbers in commit order,
+//! and housekeeping runs only on the node that holds its advisory lock.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -19,18 +20,24 @@ use tandem_chat_server::config::SyncMode;
 use tandem_chat_server::directory::Directory;
 use tandem_chat_server::mailbox::{MailItem, Mailbox, StoreOutcome};
 use tandem_chat_server::registry::Registry;
-use tandem_chat_server::store::{Command, Database, Enqueue, PgSettings, Store, StoreConfig};
+use tandem_chat_server::store::{
+    Command, Database, Enqueue, PgSettings, Store, StoreConfig, HOUSEKEEPING_LOCK,
+};
 use tandem_shared::csp::MessageFlags;
 
 const RECEIVER: [u8; 8] = *b"RECEIVER";
 const SENDER: [u8; 8] = *b"SENDER01";
 
 async fn open(database: Database) -> Store {
+    open_limited(database, 100_000).await
+}
+
+async fn open_limited(database: Database, max_queue: u32) -> Store {
     let loaded = Store::open(
         StoreConfig {
             database,
             sync: SyncMode::Full,
-            max_queue: 100_000,
+            max_queue,
             dedupe_window_ms: 86_400_000,
         },
         &Directory::default(),
@@ -50,6 +57,17 @@ fn postgres(url: &str) -> Database {
 }
 
 async fn enqueue(store: &Store, message_id: u64) {
+    enqueue_expiring(store, message_id, None).await;
+}
+
+async fn enqueue_expiring(store: &Store, message_id: u64, expires_at_ms: Option<u64>) {
+    assert_eq!(
+        try_enqueue(store, message_id, expires_at_ms).await,
+        StoreOutcome::Stored
+    );
+}
+
+async fn try_enqueue(store: &Store, message_id: u64, expires_at_ms: Option<u64>) -> StoreOutcome {
     let reply = Mailbox::new();
     store
         .send(Command::Enqueue(Box::new(Enqueue {
@@ -57,7 +75,7 @@ async fn enqueue(store: &Store, message_id: u64) {
             sender: SENDER,
             message_id,
             flags: MessageFlags::NONE,
-            expires_at_ms: None,
+            expires_at_ms,
             body: Arc::from(&b"body"[..]),
             ack: true,
             reply: Arc::clone(&reply),
@@ -66,7 +84,7 @@ async fn enqueue(store: &Store, message_id: u64) {
         .unwrap();
     store.flush().await.unwrap();
     match reply.drain().items.as_slice() {
-        [MailItem::Stored { outcome, .. }] => assert_eq!(*outcome, StoreOutcome::Stored),
+        [MailItem::Stored { outcome, .. }] => *outcome,
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -186,4 +204,96 @@ async fn two_nodes_give_one_receiver_gapless_sequence_numbers_in_commit_order() 
         assert_eq!(ids, (base..base + 200).collect::<Vec<_>>());
     }
     assert_eq!(queued(&b).await, got, "both nodes read the same queue");
+}
+
+#[tokio::test]
+async fn housekeeping_runs_only_on_the_node_holding_the_advisory_lock() {
+    let (_dir, url) = fresh_database();
+    let store = open(postgres(&url)).await;
+    // A short-lived message that has expired already.
+    enqueue_expiring(&store, 1, Some(1)).await;
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let rows = || async {
+        db.query_one("SELECT COUNT(*) FROM queue", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(rows().await, 1);
+    // Another node is doing housekeeping: this one skips its round.
+    db.execute("SELECT pg_advisory_lock($1)", &[&HOUSEKEEPING_LOCK])
+        .await
+        .unwrap();
+    store.send(Command::Purge).await.unwrap();
+    store.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rows().await, 1, "purged while another node held the lock");
+    db.execute("SELECT pg_advisory_unlock($1)", &[&HOUSEKEEPING_LOCK])
+        .await
+        .unwrap();
+    store.send(Command::Purge).await.unwrap();
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    while rows().await != 0 {
+        assert!(std::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store.login(RECEIVER).await.unwrap().queued,
+        0,
+        "the queue count follows the purge"
+    );
+}
+
+/// A full queue refuses (and forgets the dedupe key, so a resend is stored later); a removal
+/// makes room.
+async fn queue_limit_holds(store: &Store) {
+    for id in 1..=3 {
+        enqueue(store, id).await;
+    }
+    assert_eq!(try_enqueue(store, 4, None).await, StoreOutcome::QueueFull);
+    assert_eq!(try_enqueue(store, 1, None).await, StoreOutcome::Duplicate);
+    let epoch = store.claim(RECEIVER, 1).await.unwrap();
+    let first = queued(store).await[0].0;
+    store
+        .send(Command::Remove {
+            receiver: RECEIVER,
+            seq: first,
+            epoch,
+        })
+        .await
+        .unwrap();
+    assert_eq!(try_enqueue(store, 4, None).await, StoreOutcome::Stored);
+    assert_eq!(try_enqueue(store, 5, None).await, StoreOutcome::QueueFull);
+    let ids: Vec<u64> = queued(store).await.iter().map(|q| q.1).collect();
+    assert_eq!(ids, vec![2, 3, 4]);
+    assert_eq!(store.login(RECEIVER).await.unwrap().queued, 3);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_until_a_removal_makes_room_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_limited(
+        Database::Sqlite {
+            dir: dir.path().to_owned(),
+        },
+        3,
+    )
+    .await;
+    queue_limit_holds(&store).await;
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_until_a_removal_makes_room_on_postgres() {
+    let (_dir, url) = fresh_database();
+    let store = open_limited(postgres(&url), 3).await;
+    queue_limit_holds(&store).await;
+    let seqs: Vec<u64> = queued(&store).await.iter().map(|q| q.0).collect();
+    assert_eq!(
+        seqs,
+        vec![2, 3, 4],
+        "a refused message gives its sequence number back"
+    );
 }

@@ -23,7 +23,7 @@ use crate::mailbox::Mailbox;
 use crate::registry::Registry;
 use crate::types::Identity;
 
-pub use postgres::{Hint, PgSettings};
+pub use postgres::{Hint, PgSettings, HOUSEKEEPING_LOCK};
 pub use sqlite_schema::{from_sql, to_sql};
 
 /// File name of the database inside the data directory.

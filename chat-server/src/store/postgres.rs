@@ -22,7 +22,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use futures_util::future::join_all;
+use futures_util::future::{join3, join_all};
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::csp::MessageFlags;
 use tokio::sync::mpsc;
@@ -48,7 +48,7 @@ const POOL_SIZE: usize = 4;
 /// Advisory lock held while migrations run (any 64-bit constant unique to Tandem).
 const MIGRATION_LOCK: i64 = 0x7461_6e64_656d_0001;
 /// Advisory lock of the node doing housekeeping right now.
-const HOUSEKEEPING_LOCK: i64 = 0x7461_6e64_656d_0002;
+pub const HOUSEKEEPING_LOCK: i64 = 0x7461_6e64_656d_0002;
 /// Most creation tokens pending in the whole server group.
 const MAX_SHARED_TOKENS: i64 = 100_000;
 /// Longest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
@@ -189,11 +189,14 @@ const SQL: [&str; 13] = [
     INSERT_IDENTITY,
 ];
 
-const REMOVE: &str = "SELECT tandem_remove($1, $2, $3)";
+const REMOVE: &str = "DELETE FROM queue q \
+     USING UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[]) AS r(receiver, seq, epoch), receiving e \
+     WHERE q.receiver = r.receiver AND q.seq = r.seq \
+     AND e.identity = r.receiver AND e.epoch = r.epoch";
 const SET_COOKIE: &str =
     "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3";
 const RECEIVING_NODE: &str = "SELECT node FROM receiving WHERE identity = $1";
-const QUEUED: &str = "SELECT COALESCE((SELECT queued FROM mailboxes WHERE receiver = $1), 0)";
+const QUEUED: &str = "SELECT COUNT(*) FROM queue WHERE receiver = $1";
 const CLAIM: &str = "WITH old AS (SELECT node FROM receiving WHERE identity = $1 FOR UPDATE) \
                          INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
                          ON CONFLICT (identity) DO UPDATE \
@@ -305,10 +308,7 @@ impl PgBackend {
     pub(super) async fn queued_total(&self) -> Result<u64, StoreError> {
         let total: i64 = client(&self.pool)
             .await?
-            .query_one(
-                "SELECT COALESCE(SUM(queued), 0)::BIGINT FROM mailboxes",
-                &[],
-            )
+            .query_one("SELECT COUNT(*) FROM queue", &[])
             .await?
             .get(0);
         Ok(u64::try_from(total).unwrap_or(0))
@@ -353,15 +353,57 @@ impl PgBackend {
         outputs
     }
 
-    /// Runs every command in one transaction, pipelined, and commits.
+    /// Runs every command in one transaction and commits: all removals in one statement (so
+    /// that they make room before the enqueues count), all enqueues in one statement, then the
+    /// other commands, pipelined in order.
     async fn transaction(&self, commands: &[Command], now: u64) -> Result<Vec<Done>, StoreError> {
         let mut client = client(&self.pool).await?;
         let tx = client.transaction().await?;
         for sql in SQL {
             tx.prepare_cached(sql).await?;
         }
-        let results = join_all(commands.iter().map(|c| self.run(&tx, c, now))).await;
-        let dones = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let enqueues: Vec<&Enqueue> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Enqueue(e) => Some(&**e),
+                _ => None,
+            })
+            .collect();
+        let removes: Vec<(&Identity, u64, u64)> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Remove {
+                    receiver,
+                    seq,
+                    epoch,
+                } => Some((receiver, *seq, *epoch)),
+                _ => None,
+            })
+            .collect();
+        let others = commands
+            .iter()
+            .filter(|c| !matches!(c, Command::Enqueue(_) | Command::Remove { .. }));
+        // Polled in this order, so sent in this order: each sends its statement when first
+        // polled (every statement is prepared already).
+        let (removed, stored, rest) = join3(
+            remove_all(&tx, &removes),
+            enqueue_all(&tx, &enqueues, now, self.config.max_queue, self.node),
+            join_all(others.map(|c| self.run(&tx, c, now))),
+        )
+        .await;
+        let mut stored = stored?.into_iter();
+        removed?;
+        let mut rest = rest.into_iter();
+        let mut dones = Vec::with_capacity(commands.len());
+        for command in commands {
+            dones.push(match command {
+                Command::Enqueue(_) => stored
+                    .next()
+                    .ok_or(StoreError::Corrupt("tandem_enqueue rows"))?,
+                Command::Remove { .. } => Done::Nothing,
+                _ => rest.next().unwrap_or(Ok(Done::Nothing))?,
+            });
+        }
         tx.commit().await?;
         Ok(dones)
     }
@@ -373,17 +415,8 @@ impl PgBackend {
         now: u64,
     ) -> Result<Done, StoreError> {
         match command {
-            Command::Enqueue(e) => enqueue(tx, e, now, self.config.max_queue, self.node).await,
-            Command::Remove {
-                receiver,
-                seq,
-                epoch,
-            } => {
-                let stmt = tx.prepare_cached(REMOVE).await?;
-                tx.query_one(&stmt, &[&&receiver[..], &to_sql(*seq), &to_sql(*epoch)])
-                    .await?;
-                Ok(Done::Nothing)
-            }
+            // Both go in one statement each (`transaction`).
+            Command::Enqueue(_) | Command::Remove { .. } => Ok(Done::Nothing),
             Command::Fetch {
                 receiver,
                 after,
@@ -417,7 +450,7 @@ impl PgBackend {
             }
             Command::Login { identity, .. } => {
                 let stmt = tx.prepare_cached(QUEUED).await?;
-                let queued: i32 = tx.query_one(&stmt, &[&&identity[..]]).await?.get(0);
+                let queued: i64 = tx.query_one(&stmt, &[&&identity[..]]).await?.get(0);
                 Ok(Done::Login(LoginInfo {
                     record: lookup(tx, identity).await?,
                     queued: u32::try_from(queued).unwrap_or(0),
@@ -587,45 +620,80 @@ impl Backend for PgBackend {
     }
 }
 
-async fn enqueue(
+/// Queues every message of a batch with one statement (in command order, which is receiver
+/// order); one answer per message.
+async fn enqueue_all(
     tx: &deadpool_postgres::Transaction<'_>,
-    e: &Enqueue,
+    enqueues: &[&Enqueue],
     now: u64,
     max_queue: u32,
     node: i64,
-) -> Result<Done, StoreError> {
-    let stmt = tx.prepare_cached(ENQUEUE).await?;
-    let flags = i16::from(e.flags.bits());
+) -> Result<Vec<Done>, StoreError> {
+    if enqueues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let receivers: Vec<&[u8]> = enqueues.iter().map(|e| &e.receiver[..]).collect();
+    let senders: Vec<&[u8]> = enqueues.iter().map(|e| &e.sender[..]).collect();
+    let ids: Vec<i64> = enqueues.iter().map(|e| to_sql(e.message_id)).collect();
+    let flags: Vec<i16> = enqueues.iter().map(|e| i16::from(e.flags.bits())).collect();
+    let expires: Vec<Option<i64>> = enqueues
+        .iter()
+        .map(|e| e.expires_at_ms.map(to_sql))
+        .collect();
+    let bodies: Vec<&[u8]> = enqueues.iter().map(|e| &e.body[..]).collect();
     let max = i32::try_from(max_queue).unwrap_or(i32::MAX);
-    let row = tx
-        .query_one(
+    let stmt = tx.prepare_cached(ENQUEUE).await?;
+    let rows = tx
+        .query(
             &stmt,
             &[
-                &&e.receiver[..],
-                &&e.sender[..],
-                &to_sql(e.message_id),
+                &receivers,
+                &senders,
+                &ids,
                 &flags,
-                &e.expires_at_ms.map(to_sql),
-                &&e.body[..],
+                &expires,
+                &bodies,
                 &to_sql(now),
                 &max,
             ],
         )
         .await?;
-    let outcome: i16 = row.get(0);
-    let seq: i64 = row.get(1);
-    let receiving: Option<i64> = row.get(2);
-    let outcome = match outcome {
-        0 => StoreOutcome::Stored,
-        1 => StoreOutcome::Duplicate,
-        2 => StoreOutcome::QueueFull,
-        _ => return Err(StoreError::Corrupt("tandem_enqueue outcome")),
-    };
-    Ok(Done::Enqueued(
-        outcome,
-        from_sql(seq),
-        receiving.filter(|&n| n != node),
-    ))
+    if rows.len() != enqueues.len() {
+        return Err(StoreError::Corrupt("tandem_enqueue rows"));
+    }
+    rows.into_iter()
+        .map(|row| {
+            let outcome = match row.get::<_, i16>(0) {
+                0 => StoreOutcome::Stored,
+                1 => StoreOutcome::Duplicate,
+                2 => StoreOutcome::QueueFull,
+                _ => return Err(StoreError::Corrupt("tandem_enqueue outcome")),
+            };
+            let receiving: Option<i64> = row.get(2);
+            Ok(Done::Enqueued(
+                outcome,
+                from_sql(row.get(1)),
+                receiving.filter(|&n| n != node),
+            ))
+        })
+        .collect()
+}
+
+/// Removes delivered messages with one statement; a removal whose epoch is no longer the
+/// receiver's receiving epoch does nothing.
+async fn remove_all(
+    tx: &deadpool_postgres::Transaction<'_>,
+    removes: &[(&Identity, u64, u64)],
+) -> Result<(), StoreError> {
+    if removes.is_empty() {
+        return Ok(());
+    }
+    let receivers: Vec<&[u8]> = removes.iter().map(|(r, _, _)| &r[..]).collect();
+    let seqs: Vec<i64> = removes.iter().map(|(_, s, _)| to_sql(*s)).collect();
+    let epochs: Vec<i64> = removes.iter().map(|(_, _, e)| to_sql(*e)).collect();
+    let stmt = tx.prepare_cached(REMOVE).await?;
+    tx.execute(&stmt, &[&receivers, &seqs, &epochs]).await?;
+    Ok(())
 }
 
 async fn fetch(
@@ -734,14 +802,9 @@ async fn housekeeping(pool: &Pool, config: &StoreConfig, now: u64) -> Result<(),
         debug!("housekeeping runs on another node");
         return Ok(());
     }
-    // Counter rows are locked in receiver order, as batches lock them.
     let expired = tx
         .execute(
-            "WITH d AS (DELETE FROM queue WHERE expires_at IS NOT NULL AND expires_at <= $1 RETURNING receiver), \
-             c AS (SELECT receiver, COUNT(*)::INTEGER AS n FROM d GROUP BY receiver), \
-             l AS (SELECT m.receiver FROM mailboxes m JOIN c USING (receiver) ORDER BY m.receiver FOR UPDATE) \
-             UPDATE mailboxes m SET queued = m.queued - c.n FROM c, l \
-             WHERE m.receiver = c.receiver AND l.receiver = c.receiver",
+            "DELETE FROM queue WHERE expires_at IS NOT NULL AND expires_at <= $1",
             &[&to_sql(now)],
         )
         .await?;

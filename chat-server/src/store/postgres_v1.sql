@@ -8,12 +8,11 @@ CREATE TABLE identities (
     cookie_changed BOOLEAN NOT NULL DEFAULT FALSE
 );
 
--- Per receiver: the next sequence number and how many messages wait. An enqueue locks this row
--- until it commits, so a receiver's sequence numbers commit in order on every node.
+-- Per receiver: the next sequence number. An enqueue locks this row until it commits, so a
+-- receiver's sequence numbers commit in order on every node. Removals do not touch it.
 CREATE TABLE mailboxes (
     receiver BYTEA PRIMARY KEY,
-    next_seq BIGINT NOT NULL,
-    queued   INTEGER NOT NULL
+    next_seq BIGINT NOT NULL
 );
 
 CREATE TABLE queue (
@@ -59,58 +58,54 @@ CREATE INDEX tokens_by_time ON tokens (issued_at);
 -- Node ids: each chat-server start takes a fresh one (its NOTIFY channel is tandem_node_<id>).
 CREATE SEQUENCE tandem_nodes;
 
--- Queue one message: 0 stored (with its seq and the node of the receiving session), 1 duplicate,
--- 2 queue full (the dedupe key is withdrawn so that a later resend is stored).
-CREATE FUNCTION tandem_enqueue(p_receiver BYTEA, p_sender BYTEA, p_message_id BIGINT,
-                               p_flags SMALLINT, p_expires_at BIGINT, p_body BYTEA,
+-- Queue a batch of messages (arrays of equal length, sorted by receiver so that batches of
+-- different nodes lock mailbox rows in the same order). One row per message, in order:
+-- outcome 0 stored (with its seq and the node of the receiving session), 1 duplicate, 2 queue
+-- full (the dedupe key is withdrawn so that a later resend is stored, and the seq given back).
+CREATE FUNCTION tandem_enqueue(p_receivers BYTEA[], p_senders BYTEA[], p_message_ids BIGINT[],
+                               p_flags SMALLINT[], p_expires_at BIGINT[], p_bodies BYTEA[],
                                p_now BIGINT, p_max INTEGER)
 RETURNS TABLE (o_outcome SMALLINT, o_seq BIGINT, o_node BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_seq BIGINT;
-    v_queued INTEGER;
+    v_first BIGINT;
+    v_count BIGINT;
 BEGIN
-    INSERT INTO seen (receiver, sender, message_id, at)
-    VALUES (p_receiver, p_sender, p_message_id, p_now) ON CONFLICT DO NOTHING;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT 1::SMALLINT, 0::BIGINT, NULL::BIGINT;
-        RETURN;
-    END IF;
-    INSERT INTO mailboxes (receiver, next_seq, queued) VALUES (p_receiver, 1, 0)
-    ON CONFLICT DO NOTHING;
-    SELECT m.next_seq, m.queued INTO v_seq, v_queued
-    FROM mailboxes m WHERE m.receiver = p_receiver FOR UPDATE;
-    IF v_queued >= p_max THEN
-        DELETE FROM seen s
-        WHERE s.receiver = p_receiver AND s.sender = p_sender AND s.message_id = p_message_id;
-        RETURN QUERY SELECT 2::SMALLINT, 0::BIGINT, NULL::BIGINT;
-        RETURN;
-    END IF;
-    UPDATE mailboxes m SET next_seq = v_seq + 1, queued = v_queued + 1
-    WHERE m.receiver = p_receiver;
-    INSERT INTO queue (receiver, seq, sender, message_id, flags, expires_at, body)
-    VALUES (p_receiver, v_seq, p_sender, p_message_id, p_flags, p_expires_at, p_body);
-    RETURN QUERY SELECT 0::SMALLINT, v_seq,
-        (SELECT r.node FROM receiving r WHERE r.identity = p_receiver);
-END
-$$;
-
--- Remove a delivered message if the remover's epoch is still the receiving one.
-CREATE FUNCTION tandem_remove(p_receiver BYTEA, p_seq BIGINT, p_epoch BIGINT)
-RETURNS INTEGER
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_removed INTEGER;
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM receiving r
-                   WHERE r.identity = p_receiver AND r.epoch = p_epoch) THEN
-        RETURN 0;
-    END IF;
-    DELETE FROM queue q WHERE q.receiver = p_receiver AND q.seq = p_seq;
-    GET DIAGNOSTICS v_removed = ROW_COUNT;
-    IF v_removed > 0 THEN
-        UPDATE mailboxes m SET queued = m.queued - v_removed WHERE m.receiver = p_receiver;
-    END IF;
-    RETURN v_removed;
+    FOR i IN 1 .. COALESCE(array_length(p_receivers, 1), 0) LOOP
+        INSERT INTO seen (receiver, sender, message_id, at)
+        VALUES (p_receivers[i], p_senders[i], p_message_ids[i], p_now) ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            o_outcome := 1; o_seq := 0; o_node := NULL;
+            RETURN NEXT;
+            CONTINUE;
+        END IF;
+        INSERT INTO mailboxes AS m (receiver, next_seq) VALUES (p_receivers[i], 2)
+        ON CONFLICT (receiver) DO UPDATE SET next_seq = m.next_seq + 1
+        RETURNING m.next_seq - 1 INTO v_seq;
+        -- At most v_seq - first + 1 messages wait; count them only when that could be too many.
+        IF v_seq > p_max THEN
+            SELECT q.seq INTO v_first FROM queue q
+            WHERE q.receiver = p_receivers[i] ORDER BY q.seq LIMIT 1;
+            IF v_first IS NOT NULL AND v_seq - v_first >= p_max THEN
+                SELECT COUNT(*) INTO v_count FROM queue q WHERE q.receiver = p_receivers[i];
+                IF v_count >= p_max THEN
+                    UPDATE mailboxes m SET next_seq = v_seq WHERE m.receiver = p_receivers[i];
+                    DELETE FROM seen s
+                    WHERE s.receiver = p_receivers[i] AND s.sender = p_senders[i]
+                      AND s.message_id = p_message_ids[i];
+                    o_outcome := 2; o_seq := 0; o_node := NULL;
+                    RETURN NEXT;
+                    CONTINUE;
+                END IF;
+            END IF;
+        END IF;
+        INSERT INTO queue (receiver, seq, sender, message_id, flags, expires_at, body)
+        VALUES (p_receivers[i], v_seq, p_senders[i], p_message_ids[i], p_flags[i],
+                p_expires_at[i], p_bodies[i]);
+        o_outcome := 0; o_seq := v_seq;
+        o_node := (SELECT r.node FROM receiving r WHERE r.identity = p_receivers[i]);
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
