@@ -13,7 +13,7 @@ CREATE TABLE identities (
 CREATE TABLE mailboxes (
     receiver BYTEA PRIMARY KEY,
     next_seq BIGINT NOT NULL
-);
+) WITH (fillfactor = 50); -- room on the page for HOT updates: one per message
 
 CREATE TABLE queue (
     receiver   BYTEA NOT NULL,
