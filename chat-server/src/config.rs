@@ -58,6 +58,10 @@ pub struct Config {
     /// `LISTEN` (a pooler in transaction mode); messages then wait up to one sweep interval.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub cross_node_hints: bool,
+    /// With `--database`: storage threads, each with its own connection and its own share of
+    /// the receivers (a PostgreSQL backend runs one batch on one core).
+    #[arg(long, default_value_t = 2)]
+    pub storage_connections: usize,
     /// SQLite `synchronous` setting for the message queues.
     #[arg(long, value_enum, default_value = "full")]
     pub sync: SyncMode,

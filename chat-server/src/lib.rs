@@ -91,6 +91,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             url: url.clone(),
             sweep_interval: Duration::from_millis(config.sweep_interval_ms.max(10)),
             hints: config.cross_node_hints,
+            connections: config.storage_connections,
         }),
     };
     let loaded = Store::open(

@@ -53,6 +53,7 @@ fn postgres(url: &str) -> Database {
         url: url.to_owned(),
         sweep_interval: Duration::from_secs(600),
         hints: true,
+        connections: 2,
     })
 }
 

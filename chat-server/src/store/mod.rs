@@ -239,7 +239,9 @@ pub(crate) trait Backend: Send + 'static {
 /// A handle to the storage worker.
 #[derive(Debug, Clone)]
 pub struct Store {
-    tx: mpsc::Sender<Command>,
+    /// One per storage thread; a receiver's (or identity's) commands always go to the same one,
+    /// so its order holds.
+    txs: Arc<[mpsc::Sender<Command>]>,
     shared_tokens: bool,
 }
 
@@ -248,8 +250,8 @@ pub struct Store {
 pub struct Loaded {
     /// The handle.
     pub store: Store,
-    /// The worker thread, finished when every handle is dropped.
-    pub worker: std::thread::JoinHandle<()>,
+    /// The worker threads, finished when every handle is dropped.
+    pub workers: Vec<std::thread::JoinHandle<()>>,
     /// Queued messages at startup.
     pub queued: u64,
     /// This node's id in a PostgreSQL server group (`None`: SQLite, one node).
@@ -279,9 +281,10 @@ impl Store {
         directory: &Directory,
         registry: Arc<Registry>,
     ) -> Result<Loaded, StoreError> {
-        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         let mut tasks = Vec::new();
-        let (worker, queued, node) = match &config.database {
+        let mut txs = Vec::new();
+        let mut workers = Vec::new();
+        let (queued, node) = match &config.database {
             Database::Sqlite { dir } => {
                 let conn = sqlite_schema::open(&dir.join(DATABASE_FILE), config.sync)?;
                 for record in sqlite::load_identities(&conn)? {
@@ -289,7 +292,10 @@ impl Store {
                 }
                 let mut backend = sqlite::SqliteBackend::load(conn, config.clone())?;
                 let queued = backend.queued()?;
-                (worker::spawn(backend, rx, registry, None)?, queued, None)
+                let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+                txs.push(tx);
+                workers.push(worker::spawn(backend, rx, registry, None)?);
+                (queued, None)
             }
             Database::Postgres(settings) => {
                 let backend = postgres::PgBackend::connect(settings, config.clone()).await?;
@@ -315,19 +321,28 @@ impl Store {
                     Arc::clone(&registry),
                     settings.sweep_interval,
                 )));
-                (
-                    worker::spawn(backend, rx, registry, hint_tx)?,
-                    queued,
-                    Some(node),
-                )
+                // One storage thread per connection, each owning the receivers that hash to
+                // it: one PostgreSQL backend runs a batch on one core, so a node with one
+                // connection would wait for it.
+                for _ in 0..settings.connections.max(1) {
+                    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+                    txs.push(tx);
+                    workers.push(worker::spawn(
+                        backend.clone(),
+                        rx,
+                        Arc::clone(&registry),
+                        hint_tx.clone(),
+                    )?);
+                }
+                (queued, Some(node))
             }
         };
         Ok(Loaded {
             store: Self {
-                tx,
+                txs: Arc::from(txs),
                 shared_tokens: node.is_some(),
             },
-            worker,
+            workers,
             queued,
             node,
             tasks,
@@ -386,7 +401,36 @@ impl Store {
 
     /// Sends a command, waiting while the worker is busy.
     pub async fn send(&self, command: Command) -> Result<(), StoreError> {
-        self.tx.send(command).await.map_err(|_| StoreError::Stopped)
+        let index = self.shard(&command);
+        self.txs
+            .get(index)
+            .ok_or(StoreError::Stopped)?
+            .send(command)
+            .await
+            .map_err(|_| StoreError::Stopped)
+    }
+
+    /// The storage thread of a command: by the identity whose queue or row it touches.
+    fn shard(&self, command: &Command) -> usize {
+        let identity = match command {
+            Command::Enqueue(e) => &e.receiver,
+            Command::Remove { receiver, .. }
+            | Command::Fetch { receiver, .. }
+            | Command::Relay { receiver, .. } => receiver,
+            Command::Claim { identity, .. }
+            | Command::Lookup { identity, .. }
+            | Command::Login { identity, .. }
+            | Command::SetDeviceCookie { identity, .. } => identity,
+            Command::CreateIdentity { .. }
+            | Command::IssueToken { .. }
+            | Command::RedeemToken { .. }
+            | Command::Purge
+            | Command::Flush(_) => return 0,
+        };
+        let hash = identity.iter().fold(0_usize, |h, &b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        hash % self.txs.len().max(1)
     }
 
     /// Creates (or finds) the identity of a public key.
@@ -395,9 +439,16 @@ impl Store {
             .await?
     }
 
-    /// Waits until everything sent before is committed.
+    /// Waits until everything sent before is committed (on every storage thread).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.ask(Command::Flush).await
+        for tx in self.txs.iter() {
+            let (reply, rx) = oneshot::channel();
+            tx.send(Command::Flush(reply))
+                .await
+                .map_err(|_| StoreError::Stopped)?;
+            rx.await.map_err(|_| StoreError::Stopped)?;
+        }
+        Ok(())
     }
 }
 

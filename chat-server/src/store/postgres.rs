@@ -44,9 +44,9 @@ use super::{
     StoreError,
 };
 
-/// Connections per node: the storage worker's, the notifier's, housekeeping, and one spare
-/// while a broken one is replaced.
-const POOL_SIZE: usize = 4;
+/// Connections per node besides the storage threads': the notifier's, the sweep's,
+/// housekeeping, and one spare while a broken one is replaced.
+const POOL_EXTRA: usize = 4;
 /// Advisory lock held while migrations run (any 64-bit constant unique to Tandem).
 const MIGRATION_LOCK: i64 = 0x7461_6e64_656d_0001;
 /// Advisory lock of the node doing housekeeping right now.
@@ -69,6 +69,8 @@ pub struct PgSettings {
     pub sweep_interval: Duration,
     /// Whether nodes hint each other through `LISTEN`/`NOTIFY` (else the sweep alone).
     pub hints: bool,
+    /// Storage threads (each with its own connection and batches).
+    pub connections: usize,
 }
 
 /// What another node must hear, sent by [`notifier`] after the commit.
@@ -108,7 +110,7 @@ pub(super) fn channel(node: i64) -> String {
 }
 
 /// Builds the pool from a URL (`postgres://…` or a key=value string).
-pub(super) fn pool(url: &str) -> Result<Pool, StoreError> {
+pub(super) fn pool(url: &str, storage_threads: usize) -> Result<Pool, StoreError> {
     let config: tokio_postgres::Config =
         url.parse().map_err(|e| StoreError::Url(format!("{e}")))?;
     let manager = Manager::from_config(
@@ -119,7 +121,7 @@ pub(super) fn pool(url: &str) -> Result<Pool, StoreError> {
         },
     );
     Pool::builder(manager)
-        .max_size(POOL_SIZE)
+        .max_size(storage_threads + POOL_EXTRA)
         .build()
         .map_err(|e| StoreError::Pool(e.to_string()))
 }
@@ -226,7 +228,8 @@ const INSERT_IDENTITY: &str =
     "INSERT INTO identities (identity, public_key, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT DO NOTHING";
 
-/// The PostgreSQL side of the storage worker.
+/// The PostgreSQL side of a storage worker (one per storage thread; they share the pool).
+#[derive(Clone)]
 pub(super) struct PgBackend {
     pool: Pool,
     runtime: tokio::runtime::Handle,
@@ -281,7 +284,7 @@ impl PgBackend {
         settings: &PgSettings,
         config: StoreConfig,
     ) -> Result<Self, StoreError> {
-        let pool = pool(&settings.url)?;
+        let pool = pool(&settings.url, settings.connections)?;
         migrate(&pool).await?;
         let node: i64 = client(&pool)
             .await?
