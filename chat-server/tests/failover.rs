@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use support::pg::PgServer;
-use support::{text_message, Account, Client, ClientError, ServerProcess};
+use support::{drain_backlog, text_message, Account, Client, ClientError, ServerProcess};
 use tandem_shared::csp::{CspClientConfig, CspPayload, MessageAck, MessageFlags};
 
 /// Connects, retrying while the node cannot log in (its database is failing over).
@@ -129,22 +129,11 @@ async fn sigkill_of_the_primary_and_promotion_of_the_standby_lose_no_acked_messa
     eprintln!("failover: all acked after {:?}", started.elapsed());
     // Y logs in on the other node (on the promoted standby now) and gets every acked message.
     let mut yb = connect_retrying(b.csp, &y.config(&b.public_key, 1)).await;
-    yb.send(&CspPayload::UnblockIncomingMessages).await;
-    let mut delivered = Vec::new();
-    loop {
-        match yb.expect().await {
-            CspPayload::IncomingMessage(m) => {
-                yb.send(&CspPayload::IncomingMessageAck(MessageAck {
-                    identity: m.sender,
-                    message_id: m.message_id,
-                }))
-                .await;
-                delivered.push(m.message_id);
-            }
-            CspPayload::QueueSendComplete => break,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let delivered: Vec<u64> = drain_backlog(&mut yb)
+        .await
+        .iter()
+        .map(|m| m.message_id)
+        .collect();
     let unique: BTreeSet<u64> = delivered.iter().copied().collect();
     assert_eq!(unique.len(), delivered.len(), "no message delivered twice");
     let lost: Vec<&u64> = acked.difference(&unique).collect();

@@ -90,6 +90,19 @@ async fn try_enqueue(store: &Store, message_id: u64, expires_at_ms: Option<u64>)
     }
 }
 
+/// A session's removal of `seq` under `epoch`, committed.
+async fn remove(store: &Store, seq: u64, epoch: u64) {
+    store
+        .send(Command::Remove {
+            receiver: RECEIVER,
+            seq,
+            epoch,
+        })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+}
+
 /// (seq, message id) of everything queued for the receiver.
 async fn queued(store: &Store) -> Vec<(u64, u64)> {
     let reply = Mailbox::new();
@@ -120,29 +133,13 @@ async fn demoted_removes_do_nothing(store: &Store) {
     assert!(new > old);
     let seqs: Vec<u64> = queued(store).await.iter().map(|q| q.0).collect();
     // The old session's late ack.
-    store
-        .send(Command::Remove {
-            receiver: RECEIVER,
-            seq: seqs[0],
-            epoch: old,
-        })
-        .await
-        .unwrap();
-    store.flush().await.unwrap();
+    remove(store, seqs[0], old).await;
     assert_eq!(
         queued(store).await.len(),
         2,
         "a demoted session removed a message"
     );
-    store
-        .send(Command::Remove {
-            receiver: RECEIVER,
-            seq: seqs[0],
-            epoch: new,
-        })
-        .await
-        .unwrap();
-    store.flush().await.unwrap();
+    remove(store, seqs[0], new).await;
     assert_eq!(
         queued(store).await.len(),
         1,
@@ -258,14 +255,7 @@ async fn queue_limit_holds(store: &Store) {
     assert_eq!(try_enqueue(store, 1, None).await, StoreOutcome::Duplicate);
     let epoch = store.claim(RECEIVER, 1).await.unwrap();
     let first = queued(store).await[0].0;
-    store
-        .send(Command::Remove {
-            receiver: RECEIVER,
-            seq: first,
-            epoch,
-        })
-        .await
-        .unwrap();
+    remove(store, first, epoch).await;
     assert_eq!(try_enqueue(store, 4, None).await, StoreOutcome::Stored);
     assert_eq!(try_enqueue(store, 5, None).await, StoreOutcome::QueueFull);
     let ids: Vec<u64> = queued(store).await.iter().map(|q| q.1).collect();

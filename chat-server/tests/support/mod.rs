@@ -451,6 +451,28 @@ impl Client {
     }
 }
 
+/// Unblocks, acks every message of the backlog, and returns them (up to queue-send-complete).
+pub async fn drain_backlog(b: &mut Client) -> Vec<MessageWithMetadataBox> {
+    b.send(&CspPayload::UnblockIncomingMessages).await;
+    let mut got = Vec::new();
+    loop {
+        match b.expect().await {
+            CspPayload::IncomingMessage(m) => {
+                b.send(&CspPayload::IncomingMessageAck(
+                    tandem_shared::csp::MessageAck {
+                        identity: m.sender,
+                        message_id: m.message_id,
+                    },
+                ))
+                .await;
+                got.push(m);
+            }
+            CspPayload::QueueSendComplete => return got,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
 /// Waits until the server has closed a raw stream (EOF or reset), reading anything before it.
 pub async fn expect_raw_close(stream: &mut TcpStream) -> Vec<u8> {
     let mut got = Vec::new();
