@@ -957,10 +957,11 @@ pub(super) async fn notifier(pool: Pool, mut hints: mpsc::Receiver<Hint>) {
         for (node, texts) in payloads {
             let channel = channel(node);
             for chunk in chunk_payload(&texts) {
-                if let Err(e) = client
-                    .execute("SELECT pg_notify($1, $2)", &[&channel, &chunk])
-                    .await
-                {
+                let sent = match client.prepare_cached("SELECT pg_notify($1, $2)").await {
+                    Ok(stmt) => client.execute(&stmt, &[&channel, &chunk]).await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
                     warn!(error = %e, "hint not sent; the sweep delivers instead");
                 }
             }
