@@ -282,7 +282,7 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
     assert_eq!(on_b, (1..=ACKED_ON_B).collect::<Vec<_>>());
     // Barrier: an outgoing message of Y on B is acked only after B's storage committed
     // everything Y's session handed it before, the removals of the acked 100 included.
-    let mut in_flight_on_b = barrier(&mut yb, &y, &x, 1).await;
+    let mut in_flight_on_b = barrier(&mut yb, &nodes.b, &y, &x, 1).await;
     // Y's other device unblocks on node A while X is still sending; it does not ack yet.
     let mut ya = connect(&nodes.a, &y, 2).await;
     ya.send(&CspPayload::UnblockIncomingMessages).await;
@@ -301,7 +301,7 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
     );
     expect_silence_after_backlog(&mut ya).await;
     // B was demoted: it acks everything it still holds; those late acks must remove nothing.
-    in_flight_on_b.extend(barrier(&mut yb, &y, &x, 2).await);
+    in_flight_on_b.extend(barrier(&mut yb, &nodes.b, &y, &x, 2).await);
     assert!(
         !in_flight_on_b.is_empty(),
         "B had messages in flight when it was demoted"
@@ -314,7 +314,7 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
         .await;
     }
     assert!(
-        barrier(&mut yb, &y, &x, 3).await.is_empty(),
+        barrier(&mut yb, &nodes.b, &y, &x, 3).await.is_empty(),
         "B gets nothing new"
     );
     // A new session on A gets every unacked message again, exactly once, in order.
@@ -337,15 +337,23 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
     expect_acks(&mut xa, &y, [N + 1]).await;
     assert_eq!(next_incoming(&mut ya).await.message_id, N + 1);
     assert!(
-        barrier(&mut yb, &y, &x, 4).await.is_empty(),
+        barrier(&mut yb, &nodes.b, &y, &x, 4).await.is_empty(),
         "B gets nothing new"
     );
 }
 
-/// Sends a message from `from`'s session and waits for its ack, which comes only after the
-/// node's storage committed everything the session handed it before. Returns the ids of the
-/// messages that arrived meanwhile (not acked).
-async fn barrier(client: &mut Client, from: &Account, to: &Account, id: u64) -> Vec<u64> {
+/// Waits until the node's storage committed everything `from`'s session handed it before (its
+/// acks' removals included): sends a message and waits for its ack (collecting the ids of the
+/// messages that arrive meanwhile, not acked), then logs `from` in once more on the node,
+/// since a login's queue count is read on the storage thread that holds `from`'s queue after
+/// everything sent to it before (the message went to the receiver's thread).
+async fn barrier(
+    client: &mut Client,
+    node: &ServerProcess,
+    from: &Account,
+    to: &Account,
+    id: u64,
+) -> Vec<u64> {
     send_all(
         client,
         [text_message(from, to, id, MessageFlags::NONE, "barrier")],
@@ -354,11 +362,13 @@ async fn barrier(client: &mut Client, from: &Account, to: &Account, id: u64) -> 
     let mut arrived = Vec::new();
     loop {
         match client.expect().await {
-            CspPayload::OutgoingMessageAck(a) if a.message_id == id => return arrived,
+            CspPayload::OutgoingMessageAck(a) if a.message_id == id => break,
             CspPayload::IncomingMessage(m) => arrived.push(m.message_id),
             other => panic!("unexpected {other:?}"),
         }
     }
+    drop(connect(node, from, 0xBA44_1E4).await);
+    arrived
 }
 
 #[tokio::test]
@@ -409,7 +419,7 @@ async fn without_hints_the_sweep_alone_delivers_and_demotes() {
     }
     // B's storage has committed the removals; then Y moves to node A, and node B hears of
     // it only through its sweep.
-    assert!(barrier(&mut yb, &y, &x, 1).await.is_empty());
+    assert!(barrier(&mut yb, &nodes.b, &y, &x, 1).await.is_empty());
     let mut ya = connect(&nodes.a, &y, 2).await;
     ya.send(&CspPayload::UnblockIncomingMessages).await;
     assert_eq!(ya.expect().await, CspPayload::QueueSendComplete);
