@@ -367,7 +367,7 @@ async fn barrier(
             other => panic!("unexpected {other:?}"),
         }
     }
-    drop(connect(node, from, 0xBA44_1E4).await);
+    drop(connect(node, from, 0x0BA4_41E4).await);
     arrived
 }
 
