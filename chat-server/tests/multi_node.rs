@@ -28,6 +28,8 @@ const NO_SWEEP: &[&str] = &["--sweep-interval-ms", "600000"];
 struct Nodes {
     a: ServerProcess,
     b: ServerProcess,
+    /// The database both use, on the suite's PostgreSQL server.
+    db: String,
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
@@ -50,6 +52,7 @@ fn two_nodes(extra: &[&str]) -> Nodes {
     Nodes {
         a,
         b,
+        db: name,
         _dirs: (da, db),
     }
 }
@@ -256,8 +259,23 @@ async fn cross_node_messages_arrive_live_in_order_and_acked_both_ways() {
         (got.message_id, open_text(&y, &x, &got).as_str()),
         (10_000, "typing")
     );
-    // Everything was acked: nothing comes again on new sessions.
+    // Closed receiving sessions stop naming their node (no more hints for offline identities).
     drop((xa, yb));
+    for account in [&x, &y] {
+        let sql = format!(
+            "SELECT COALESCE(node::TEXT, 'none') FROM receiving WHERE identity = decode('{}', 'hex')",
+            hex::encode(account.identity)
+        );
+        let deadline = std::time::Instant::now() + support::PATIENCE;
+        while pg::shared().psql(&nodes.db, &sql) != "none" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "receiving row kept its node"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Everything was acked: nothing comes again on new sessions.
     for (node, account) in [(&nodes.a, &y), (&nodes.b, &x)] {
         let mut c = connect(node, account, 1).await;
         c.send(&CspPayload::UnblockIncomingMessages).await;

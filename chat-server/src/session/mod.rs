@@ -759,6 +759,18 @@ impl Conn {
                     session.device_id,
                     session.session_id,
                 );
+                if session.epoch > 0 && self.ctx.gapless {
+                    // Other nodes stop hinting this node about the identity (best effort: a
+                    // stale row costs a useless hint, nothing else).
+                    let _ = self
+                        .ctx
+                        .store
+                        .send(Command::Release {
+                            identity: session.identity,
+                            session_id: session.session_id,
+                        })
+                        .await;
+                }
                 info!(
                     conn = self.id,
                     device_id = format_args!("{:#018x}", session.device_id),

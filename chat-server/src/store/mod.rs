@@ -119,6 +119,14 @@ pub enum Command {
         /// The new epoch.
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// A receiving session has closed: the database stops naming this node as the identity's
+    /// receiver, unless a newer session took over meanwhile (PostgreSQL only).
+    Release {
+        /// The identity.
+        identity: Identity,
+        /// The session that closed.
+        session_id: u64,
+    },
     /// Look up an identity in the database (another node may have created it).
     Lookup {
         /// The identity.
@@ -418,6 +426,7 @@ impl Store {
             | Command::Fetch { receiver, .. }
             | Command::Relay { receiver, .. } => receiver,
             Command::Claim { identity, .. }
+            | Command::Release { identity, .. }
             | Command::Lookup { identity, .. }
             | Command::Login { identity, .. }
             | Command::SetDeviceCookie { identity, .. } => identity,

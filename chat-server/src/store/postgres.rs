@@ -177,12 +177,13 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 /// Every statement a batch runs, prepared on each connection before its first batch: the
 /// statements of a batch are pipelined in command order, which holds only if none of them has
 /// to wait for its own preparation first.
-const SQL: [&str; 14] = [
+const SQL: [&str; 15] = [
     REMOVE,
     SET_COOKIE,
     RECEIVING_NODE,
     QUEUED,
     CLAIM,
+    RELEASE,
     ISSUE_TOKEN,
     REDEEM_TOKEN,
     ENQUEUE,
@@ -202,6 +203,8 @@ const SET_COOKIE: &str =
     "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3";
 const RECEIVING_NODE: &str = "SELECT node FROM receiving WHERE identity = $1";
 const QUEUED: &str = "SELECT COUNT(*) FROM queue WHERE receiver = $1";
+const RELEASE: &str =
+    "UPDATE receiving SET node = NULL WHERE identity = $1 AND node = $2 AND session = $3";
 const CLAIM: &str = "WITH old AS (SELECT node FROM receiving WHERE identity = $1 FOR UPDATE) \
                          INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
                          ON CONFLICT (identity) DO UPDATE \
@@ -476,6 +479,15 @@ impl PgBackend {
                 Ok(Done::Nothing)
             }
             Command::Purge | Command::Flush(_) => Ok(Done::Nothing),
+            Command::Release {
+                identity,
+                session_id,
+            } => {
+                let stmt = tx.prepare_cached(RELEASE).await?;
+                tx.execute(&stmt, &[&&identity[..], &self.node, &to_sql(*session_id)])
+                    .await?;
+                Ok(Done::Nothing)
+            }
             Command::Relay { receiver, .. } => {
                 let stmt = tx.prepare_cached(RECEIVING_NODE).await?;
                 let node: Option<i64> = tx
@@ -638,7 +650,8 @@ fn output(command: Command, done: Done) -> Option<Output> {
             Command::Remove { .. }
             | Command::SetDeviceCookie { .. }
             | Command::Purge
-            | Command::Relay { .. },
+            | Command::Relay { .. }
+            | Command::Release { .. },
             _,
         ) => return None,
     })

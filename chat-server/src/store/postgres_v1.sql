@@ -39,9 +39,10 @@ CREATE INDEX seen_by_time ON seen (at);
 
 -- Which session receives each identity: the node, the session on it, and an epoch that every
 -- unblock raises. A remove carries the epoch of the session that acked; a stale one does nothing.
+-- The node is NULL once that session closed (the epoch stays: it only ever grows).
 CREATE TABLE receiving (
     identity BYTEA PRIMARY KEY,
-    node     BIGINT NOT NULL,
+    node     BIGINT,
     session  BIGINT NOT NULL,
     epoch    BIGINT NOT NULL
 );

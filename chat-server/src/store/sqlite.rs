@@ -262,8 +262,8 @@ fn apply_one(
                 previous: None,
             })
         }
-        // One node: nobody to relay to.
-        Command::Relay { .. } => None,
+        // One node: nobody to relay to, nobody to tell.
+        Command::Relay { .. } | Command::Release { .. } => None,
         // One node: the directory keeps its tokens in memory and never sends these.
         Command::IssueToken { reply, .. } => Some(Output::Issued {
             reply,
