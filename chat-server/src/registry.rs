@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::mailbox::{CloseRequest, MailItem, Mailbox};
 use crate::types::Identity;
@@ -21,6 +22,9 @@ struct Sessions {
     devices: HashMap<u64, Entry>,
     /// The receiving session: device id, session id, and the epoch storage gave it.
     receiver: Option<Receiver>,
+    /// The newest epoch another node has released this identity for (its old receiving
+    /// session's commands are committed).
+    released: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ struct Receiver {
 pub struct Registry {
     inner: Mutex<HashMap<Identity, Sessions>>,
     next_session_id: AtomicU64,
+    /// Wakes sessions waiting for a release from another node.
+    releases: tokio::sync::Notify,
 }
 
 impl Registry {
@@ -155,6 +161,36 @@ impl Registry {
         };
         if let Some(entry) = sessions.devices.get(&old.device_id) {
             entry.mailbox.push(MailItem::Demoted);
+        }
+    }
+
+    /// The node that held `identity`'s receiving session before has committed everything that
+    /// session handed it, and the database names `epoch` now.
+    pub fn released(&self, identity: &Identity, epoch: u64) {
+        if let Some(sessions) = self.lock().get_mut(identity) {
+            sessions.released = sessions.released.max(epoch);
+        }
+        self.releases.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until another node released `identity` for `epoch`; returns
+    /// whether it did (false: timed out, e.g. that node is dead).
+    pub async fn wait_released(&self, identity: &Identity, epoch: u64, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.releases.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self
+                .lock()
+                .get(identity)
+                .is_some_and(|s| s.released >= epoch)
+            {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
         }
     }
 

@@ -300,8 +300,10 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
     assert_eq!(on_b, (1..=ACKED_ON_B).collect::<Vec<_>>());
     // Barrier: an outgoing message of Y on B is acked only after B's storage committed
     // everything Y's session handed it before, the removals of the acked 100 included.
-    let mut in_flight_on_b = barrier(&mut yb, &nodes.b, &y, &x, 1).await;
-    // Y's other device unblocks on node A while X is still sending; it does not ack yet.
+    // An echo round trip: B's session has handled the 100 acks (handed their removals to its
+    // storage, which need not have committed them). Then Y's other device unblocks on node A
+    // at once, while X is still sending: node A waits for B's release. It does not ack yet.
+    let mut in_flight_on_b = echoed(&mut yb).await;
     let mut ya = connect(&nodes.a, &y, 2).await;
     ya.send(&CspPayload::UnblockIncomingMessages).await;
     let receive = async {
@@ -358,6 +360,22 @@ async fn the_receiving_session_moves_to_the_other_node_mid_stream() {
         barrier(&mut yb, &nodes.b, &y, &x, 4).await.is_empty(),
         "B gets nothing new"
     );
+}
+
+/// An echo round trip: the session has handled every frame sent before. Returns the ids of the
+/// messages that arrived meanwhile (not acked).
+async fn echoed(client: &mut Client) -> Vec<u64> {
+    client
+        .send(&CspPayload::EchoRequest(b"barrier".to_vec()))
+        .await;
+    let mut arrived = Vec::new();
+    loop {
+        match client.expect().await {
+            CspPayload::EchoResponse(_) => return arrived,
+            CspPayload::IncomingMessage(m) => arrived.push(m.message_id),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 /// Waits until the node's storage committed everything `from`'s session handed it before (its

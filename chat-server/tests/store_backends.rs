@@ -103,6 +103,23 @@ async fn remove(store: &Store, seq: u64, epoch: u64) {
     store.flush().await.unwrap();
 }
 
+/// A receiving session's first read of its queue (the backlog fetch) under `epoch`.
+async fn start_reading(store: &Store, epoch: u64) {
+    let reply = Mailbox::new();
+    store
+        .send(Command::Fetch {
+            receiver: RECEIVER,
+            after: 0,
+            limit: 1,
+            backlog: true,
+            epoch,
+            reply,
+        })
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+}
+
 /// (seq, message id) of everything queued for the receiver.
 async fn queued(store: &Store) -> Vec<(u64, u64)> {
     let reply = Mailbox::new();
@@ -112,6 +129,7 @@ async fn queued(store: &Store) -> Vec<(u64, u64)> {
             after: 0,
             limit: 10_000,
             backlog: false,
+            epoch: 0,
             reply: Arc::clone(&reply),
         })
         .await
@@ -128,11 +146,12 @@ async fn queued(store: &Store) -> Vec<(u64, u64)> {
 async fn demoted_removes_do_nothing(store: &Store) {
     enqueue(store, 1).await;
     enqueue(store, 2).await;
-    let old = store.claim(RECEIVER, 1).await.unwrap();
-    let new = store.claim(RECEIVER, 2).await.unwrap();
+    let old = store.claim(RECEIVER, 1).await.unwrap().0;
+    let new = store.claim(RECEIVER, 2).await.unwrap().0;
     assert!(new > old);
     let seqs: Vec<u64> = queued(store).await.iter().map(|q| q.0).collect();
-    // The old session's late ack.
+    // The new session starts reading; then the old session's late ack comes.
+    start_reading(store, new).await;
     remove(store, seqs[0], old).await;
     assert_eq!(
         queued(store).await.len(),
@@ -172,8 +191,12 @@ async fn a_demoted_sessions_removes_do_nothing_on_postgres() {
     demoted_removes_do_nothing(&store).await;
     // Claimed on another node: the epoch is the database's, not the node's.
     let other = open(postgres(&url)).await;
-    let epoch = other.claim(RECEIVER, 1).await.unwrap();
-    assert_eq!(store.claim(RECEIVER, 9).await.unwrap(), epoch + 1);
+    let epoch = other.claim(RECEIVER, 1).await.unwrap().0;
+    assert_eq!(
+        store.claim(RECEIVER, 9).await.unwrap(),
+        (epoch + 1, true),
+        "taken over from another node"
+    );
 }
 
 #[tokio::test]
@@ -253,7 +276,7 @@ async fn queue_limit_holds(store: &Store) {
     }
     assert_eq!(try_enqueue(store, 4, None).await, StoreOutcome::QueueFull);
     assert_eq!(try_enqueue(store, 1, None).await, StoreOutcome::Duplicate);
-    let epoch = store.claim(RECEIVER, 1).await.unwrap();
+    let epoch = store.claim(RECEIVER, 1).await.unwrap().0;
     let first = queued(store).await[0].0;
     remove(store, first, epoch).await;
     assert_eq!(try_enqueue(store, 4, None).await, StoreOutcome::Stored);
@@ -286,5 +309,33 @@ async fn a_full_queue_refuses_until_a_removal_makes_room_on_postgres() {
         seqs,
         vec![2, 3, 4],
         "a refused message gives its sequence number back"
+    );
+}
+
+#[tokio::test]
+async fn the_old_sessions_acks_count_until_the_new_one_reads_on_postgres() {
+    let (_dir, url) = fresh_database();
+    let (a, b) = (open(postgres(&url)).await, open(postgres(&url)).await);
+    enqueue(&a, 1).await;
+    enqueue(&a, 2).await;
+    let old = b.claim(RECEIVER, 1).await.unwrap().0;
+    start_reading(&b, old).await;
+    let seqs: Vec<u64> = queued(&a).await.iter().map(|q| q.0).collect();
+    // Node A takes over; node B commits an ack its session handled before it heard of that.
+    let (new, handover) = a.claim(RECEIVER, 1).await.unwrap();
+    assert!(handover && new > old);
+    remove(&b, seqs[0], old).await;
+    assert_eq!(
+        queued(&a).await.len(),
+        1,
+        "the ack before the new reader counts"
+    );
+    // Once node A's session reads, node B's acks do nothing.
+    start_reading(&a, new).await;
+    remove(&b, seqs[1], old).await;
+    assert_eq!(
+        queued(&a).await.len(),
+        1,
+        "a demoted session removed a message"
     );
 }

@@ -39,6 +39,9 @@ pub use delivery::{Action, Delivery, MAX_READY, PAGE, WINDOW};
 pub const MAX_PENDING_STORE: usize = 256;
 /// How long a client may leave our bytes unread.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a session taking over from another node's session waits for that node to commit
+/// what its session handed it (docs/chat-server.md "Which session receives").
+pub const RELEASE_WAIT: Duration = Duration::from_secs(1);
 /// A created-at this far ahead of the server's clock is accepted as it is; further is overwritten.
 pub const FUTURE_SKEW_S: u64 = 60;
 /// Bytes read from the socket per system call.
@@ -120,6 +123,8 @@ struct Session {
     epoch: u64,
     /// Where the delivery's cursor is published for the catch-up sweep.
     cursor: Arc<AtomicU64>,
+    /// Demoted: tell storage, after this session's earlier commands (several nodes).
+    release: bool,
 }
 
 struct Conn {
@@ -343,6 +348,7 @@ impl Conn {
             delivery: None,
             epoch: 0,
             cursor: Arc::default(),
+            release: false,
         });
         // No identity in info/warn logs (docs/chat-server.md "Logs"): the conn number ties a
         // session's lines together.
@@ -535,7 +541,7 @@ impl Conn {
             (session.identity, session.device_id, session.session_id);
         // The epoch is stored before the queue is read: every node then knows which session
         // receives, and removes by an older one do nothing.
-        let epoch = self
+        let (epoch, handover) = self
             .ctx
             .store
             .claim(identity, session_id)
@@ -550,6 +556,17 @@ impl Conn {
             // unblock of this identity took over first.
             return Ok(());
         };
+        if handover {
+            // A session on another node received until now: read the queue only after that
+            // node has committed what its session handed it (the removals of its acks), so
+            // an acked message is not delivered again; a dead node is waited for only so long.
+            let released = self
+                .ctx
+                .registry
+                .wait_released(&identity, epoch, RELEASE_WAIT)
+                .await;
+            debug!(conn = self.id, released, "took over from another node");
+        }
         let (delivery, first) = if self.ctx.gapless {
             Delivery::start_gapless()
         } else {
@@ -574,10 +591,20 @@ impl Conn {
                 d.on_overflow();
             }
         }
+        let session = self.session()?;
+        if core::mem::take(&mut session.release) {
+            let (identity, session_id) = (session.identity, session.session_id);
+            self.store(Command::Release {
+                identity,
+                session_id,
+            })
+            .await?;
+        }
         self.pump().await
     }
 
     fn on_mail_item(&mut self, item: MailItem) -> Result<(), CloseReason> {
+        let several_nodes = self.ctx.gapless;
         let session = self.session()?;
         match item {
             MailItem::Stored {
@@ -627,6 +654,7 @@ impl Conn {
             }
             MailItem::Demoted => {
                 if let Some(d) = session.delivery.take() {
+                    session.release = several_nodes;
                     info!(
                         conn = self.id,
                         unacked = d.in_flight(),
@@ -675,6 +703,7 @@ impl Conn {
                         after,
                         limit,
                         backlog,
+                        epoch: session.epoch,
                         reply: Arc::clone(&session.mailbox),
                     };
                     self.store(command).await?;

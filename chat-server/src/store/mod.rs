@@ -116,8 +116,8 @@ pub enum Command {
         identity: Identity,
         /// The session (unique on this node).
         session_id: u64,
-        /// The new epoch.
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        /// The new epoch, and whether a session on another node held it until now.
+        reply: oneshot::Sender<Result<(u64, bool), StoreError>>,
     },
     /// A receiving session has closed: the database stops naming this node as the identity's
     /// receiver, unless a newer session took over meanwhile (PostgreSQL only).
@@ -144,6 +144,9 @@ pub enum Command {
         limit: usize,
         /// Whether to report the end of the backlog (first fetch after unblock).
         backlog: bool,
+        /// The reading session's receiving epoch: from its first read on, removals by older
+        /// epochs do nothing.
+        epoch: u64,
         /// The receiving session's inbox.
         reply: Arc<Mailbox>,
     },
@@ -373,8 +376,13 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)
     }
 
-    /// Makes a session the receiving one of its identity; returns its epoch.
-    pub async fn claim(&self, identity: Identity, session_id: u64) -> Result<u64, StoreError> {
+    /// Makes a session the receiving one of its identity; returns its epoch and whether a
+    /// session on another node held it until now.
+    pub async fn claim(
+        &self,
+        identity: Identity,
+        session_id: u64,
+    ) -> Result<(u64, bool), StoreError> {
         self.ask(|reply| Command::Claim {
             identity,
             session_id,

@@ -92,6 +92,16 @@ pub enum Hint {
         /// The message struct.
         body: Arc<[u8]>,
     },
+    /// The node that held `identity`'s receiving session before has committed everything that
+    /// session handed it (its removals); `node` holds `epoch` now.
+    Released {
+        /// The node.
+        node: i64,
+        /// The identity.
+        identity: Identity,
+        /// The epoch the database names now.
+        epoch: u64,
+    },
     /// `identity`'s receiving session on `node` was replaced by one with `epoch`.
     Demote {
         /// The node.
@@ -177,13 +187,15 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 /// Every statement a batch runs, prepared on each connection before its first batch: the
 /// statements of a batch are pipelined in command order, which holds only if none of them has
 /// to wait for its own preparation first.
-const SQL: [&str; 15] = [
+const SQL: [&str; 17] = [
     REMOVE,
     SET_COOKIE,
     RECEIVING_NODE,
     QUEUED,
+    CLAIM_PREVIOUS,
     CLAIM,
     RELEASE,
+    READING,
     ISSUE_TOKEN,
     REDEEM_TOKEN,
     ENQUEUE,
@@ -198,18 +210,24 @@ const SQL: [&str; 15] = [
 const REMOVE: &str = "DELETE FROM queue q \
      USING UNNEST($1::BYTEA[], $2::BIGINT[], $3::BIGINT[]) AS r(receiver, seq, epoch), receiving e \
      WHERE q.receiver = r.receiver AND q.seq = r.seq \
-     AND e.identity = r.receiver AND e.epoch = r.epoch";
+     AND e.identity = r.receiver AND r.epoch >= e.reading AND r.epoch <= e.epoch";
 const SET_COOKIE: &str =
     "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3";
 const RECEIVING_NODE: &str = "SELECT node FROM receiving WHERE identity = $1";
 const QUEUED: &str = "SELECT COUNT(*) FROM queue WHERE receiver = $1";
-const RELEASE: &str =
-    "UPDATE receiving SET node = NULL WHERE identity = $1 AND node = $2 AND session = $3";
-const CLAIM: &str = "WITH old AS (SELECT node FROM receiving WHERE identity = $1 FOR UPDATE) \
-                         INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
-                         ON CONFLICT (identity) DO UPDATE \
-                         SET node = EXCLUDED.node, session = EXCLUDED.session, epoch = r.epoch + 1 \
-                         RETURNING r.epoch, (SELECT node FROM old)";
+const READING: &str =
+    "UPDATE receiving SET reading = GREATEST(reading, $2) WHERE identity = $1 AND epoch = $2";
+// The outer SELECT sees the row as it was before the UPDATE: the node that holds it now.
+const RELEASE: &str = "WITH u AS (UPDATE receiving SET node = NULL \
+     WHERE identity = $1 AND node = $2 AND session = $3 RETURNING 1) \
+     SELECT node, epoch FROM receiving WHERE identity = $1";
+// Two statements: a CTE cannot read the row the same statement's upsert changes.
+const CLAIM_PREVIOUS: &str = "SELECT node FROM receiving WHERE identity = $1 FOR UPDATE";
+const CLAIM: &str =
+    "INSERT INTO receiving AS r (identity, node, session, epoch) VALUES ($1, $2, $3, 1) \
+     ON CONFLICT (identity) DO UPDATE \
+     SET node = EXCLUDED.node, session = EXCLUDED.session, epoch = r.epoch + 1 \
+     RETURNING r.epoch";
 const ISSUE_TOKEN: &str = "INSERT INTO tokens (token, public_key, challenge, issued_at) \
                          SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM tokens WHERE issued_at > $5) < $6";
 const REDEEM_TOKEN: &str =
@@ -261,6 +279,8 @@ enum Done {
     Redeemed(Option<PendingToken>),
     /// The other node that receives for a relayed message's receiver.
     Relayed(Option<i64>),
+    /// The other node (and its epoch) that holds an identity a released session held.
+    Released(Option<(i64, u64)>),
 }
 
 /// Whether a command runs in one of the batch-wide statements rather than on its own.
@@ -461,10 +481,19 @@ impl PgBackend {
                 after,
                 limit,
                 backlog,
+                epoch,
                 ..
-            } => Ok(Done::Fetched(
-                fetch(tx, receiver, *after, *limit, *backlog, now).await?,
-            )),
+            } => {
+                if *backlog {
+                    // This session reads from now on: older epochs' removals stop counting.
+                    let stmt = tx.prepare_cached(READING).await?;
+                    tx.execute(&stmt, &[&&receiver[..], &to_sql(*epoch)])
+                        .await?;
+                }
+                Ok(Done::Fetched(
+                    fetch(tx, receiver, *after, *limit, *backlog, now).await?,
+                ))
+            }
             Command::CreateIdentity { public_key, .. } => {
                 Ok(Done::Created(create_identity(tx, public_key, now).await?))
             }
@@ -484,9 +513,14 @@ impl PgBackend {
                 session_id,
             } => {
                 let stmt = tx.prepare_cached(RELEASE).await?;
-                tx.execute(&stmt, &[&&identity[..], &self.node, &to_sql(*session_id)])
-                    .await?;
-                Ok(Done::Nothing)
+                let holder = tx
+                    .query_opt(&stmt, &[&&identity[..], &self.node, &to_sql(*session_id)])
+                    .await?
+                    .and_then(|r| {
+                        let node: Option<i64> = r.get(0);
+                        Some((node?, from_sql(r.get(1))))
+                    });
+                Ok(Done::Released(holder.filter(|&(n, _)| n != self.node)))
             }
             Command::Relay { receiver, .. } => {
                 let stmt = tx.prepare_cached(RECEIVING_NODE).await?;
@@ -510,12 +544,16 @@ impl PgBackend {
                 session_id,
                 ..
             } => {
+                let stmt = tx.prepare_cached(CLAIM_PREVIOUS).await?;
+                let previous: Option<i64> = tx
+                    .query_opt(&stmt, &[&&identity[..]])
+                    .await?
+                    .and_then(|r| r.get(0));
                 let stmt = tx.prepare_cached(CLAIM).await?;
-                let row = tx
+                let epoch: i64 = tx
                     .query_one(&stmt, &[&&identity[..], &self.node, &to_sql(*session_id)])
-                    .await?;
-                let epoch: i64 = row.get(0);
-                let previous: Option<i64> = row.get(1);
+                    .await?
+                    .get(0);
                 Ok(Done::Claimed(
                     from_sql(epoch),
                     previous.filter(|&n| n != self.node),
@@ -608,7 +646,7 @@ fn output(command: Command, done: Done) -> Option<Output> {
             done,
         ) => {
             let (result, previous) = match done {
-                Done::Claimed(epoch, previous) => (Ok(epoch), previous),
+                Done::Claimed(epoch, previous) => (Ok((epoch, previous.is_some())), previous),
                 _ => (Err(StoreError::Stopped), None),
             };
             Output::Claimed {
@@ -639,6 +677,13 @@ fn output(command: Command, done: Done) -> Option<Output> {
                 _ => Err(StoreError::Stopped),
             },
         },
+        (Command::Release { identity, .. }, Done::Released(Some((node, epoch)))) => {
+            Output::Relay(Hint::Released {
+                node,
+                identity,
+                epoch,
+            })
+        }
         (Command::Relay { receiver, body }, Done::Relayed(Some(node))) => {
             Output::Relay(Hint::Transient {
                 node,
@@ -940,6 +985,14 @@ pub(super) async fn notifier(pool: Pool, mut hints: mpsc::Receiver<Hint>) {
                     node,
                     format!("d{}:{epoch}", String::from_utf8_lossy(&identity)),
                 ),
+                Hint::Released {
+                    node,
+                    identity,
+                    epoch,
+                } => (
+                    node,
+                    format!("r{}:{epoch}", String::from_utf8_lossy(&identity)),
+                ),
                 Hint::Transient {
                     node,
                     receiver,
@@ -1007,6 +1060,16 @@ pub(super) fn apply_hints(registry: &Registry, payload: &str) {
         if let Some(rest) = item.strip_prefix('q') {
             if let Ok(identity) = Identity::try_from(rest.as_bytes()) {
                 registry.recheck(&identity);
+            }
+        } else if let Some(rest) = item.strip_prefix('r') {
+            let Some((identity, epoch)) = rest.split_once(':') else {
+                continue;
+            };
+            if let (Ok(identity), Ok(epoch)) = (
+                Identity::try_from(identity.as_bytes()),
+                epoch.parse::<u64>(),
+            ) {
+                registry.released(&identity, epoch);
             }
         } else if let Some(rest) = item.strip_prefix('t') {
             let Some((identity, body)) = rest.split_once(':') else {

@@ -38,13 +38,17 @@ CREATE TABLE seen (
 CREATE INDEX seen_by_time ON seen (at);
 
 -- Which session receives each identity: the node, the session on it, and an epoch that every
--- unblock raises. A remove carries the epoch of the session that acked; a stale one does nothing.
--- The node is NULL once that session closed (the epoch stays: it only ever grows).
+-- unblock raises; `reading` is the epoch of the session that has started reading the queue
+-- (the new one waits for the old node's release first). A removal carries the epoch of the
+-- session that acked and counts only if that epoch is not older than `reading`: acks the old
+-- session handled before the new one read still count, later ones do nothing.
+-- The node is NULL once that session closed (the epochs stay: they only ever grow).
 CREATE TABLE receiving (
     identity BYTEA PRIMARY KEY,
     node     BIGINT,
     session  BIGINT NOT NULL,
-    epoch    BIGINT NOT NULL
+    epoch    BIGINT NOT NULL,
+    reading  BIGINT NOT NULL DEFAULT 0
 );
 
 -- Identity-creation tokens, so that step two may reach another node than step one.

@@ -209,6 +209,7 @@ fn apply_one(
             limit,
             backlog,
             reply,
+            ..
         } => Some(Output::Fetched {
             reply,
             result: fetch(tx, &receiver, after, limit, backlog, now),
@@ -257,7 +258,7 @@ fn apply_one(
             *epoch = epoch.saturating_add(1);
             Some(Output::Claimed {
                 reply,
-                result: Ok(*epoch),
+                result: Ok((*epoch, false)),
                 identity,
                 previous: None,
             })

@@ -46,8 +46,8 @@ pub(crate) enum Output {
         result: Result<LoginInfo, StoreError>,
     },
     Claimed {
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-        result: Result<u64, StoreError>,
+        reply: oneshot::Sender<Result<(u64, bool), StoreError>>,
+        result: Result<(u64, bool), StoreError>,
         identity: Identity,
         /// The node that held the receiving session before, when it is another node.
         previous: Option<i64>,
@@ -199,7 +199,7 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
                 identity,
                 previous,
             } => {
-                if let (Ok(epoch), Some(node)) = (&result, previous) {
+                if let (Ok((epoch, _)), Some(node)) = (&result, previous) {
                     remote.push(Hint::Demote {
                         node,
                         identity,
