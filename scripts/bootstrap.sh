@@ -36,3 +36,16 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     exit 1
   fi
 fi
+
+# The chat server's PostgreSQL tests start real PostgreSQL servers (initdb, postgres,
+# pg_basebackup; as the `postgres` user when run as root): Debian's postgresql-15. The package's
+# own cluster is not used; the tests make their own in temporary directories.
+if [ -z "${TANDEM_PG_BIN:-}" ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  say "installing postgresql-15 (apt-get)"
+  if [ "$(id -u)" -eq 0 ]; then sudo_cmd=(); elif command -v sudo >/dev/null 2>&1; then sudo_cmd=(sudo); else sudo_cmd=(false); fi
+  if ! command -v apt-get >/dev/null 2>&1 \
+    || ! { "${sudo_cmd[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq postgresql-15; }; then
+    echo "could not install postgresql-15: install it (Debian: apt-get install postgresql-15, as root) or set TANDEM_PG_BIN to a directory with initdb, postgres, pg_ctl, pg_basebackup, pg_isready and psql" >&2
+    exit 1
+  fi
+fi

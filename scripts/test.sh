@@ -28,6 +28,13 @@ say "cargo test (workspace)"
 cargo test --workspace --locked
 cargo test -p tandem-mediator --features dev --locked
 
+say "chat server suite again on PostgreSQL (real servers, started by the tests)"
+TANDEM_TEST_DATABASE=postgres cargo test -p tandem-chat-server --tests --locked
+# The mediator scenarios against two chat-server nodes on PostgreSQL behind one address (the
+# in-process mediator here, ≈ 45 s; the wrangler dev variant takes minutes: docs/testing.md).
+TANDEM_CHAT_SERVER_NODES=2 cargo test -p tandem-tests --test mediator_integration --locked \
+  reference_state_machine_in_process
+
 say "client-wasm browser tests (headless Chromium via chromedriver)"
 # wasm-bindgen-test-runner reads client-wasm/webdriver.json (headless, no sandbox: CI runs as root).
 (

@@ -8,11 +8,19 @@
 //! 2. `echo`: a bare tokio TCP echo server (its own 2-worker runtime) and N connections sending
 //!    frames of the same size with the same window; latency is the round trip.
 //!
+//! 3. With `--postgres`: `pg/1node` (the same load on one node with `--database`, a real
+//!    PostgreSQL started by the bench with `fsync` and `synchronous_commit` on, the durability
+//!    of `--sync full`) and `pg/2nodes` (two nodes of one server group; identity i logs in on
+//!    node i mod 2 and sends to i + 1, so with an even count every message crosses nodes).
+//!    CPU per delivered message is reported per node and for PostgreSQL (the postmaster and
+//!    every backend).
+//!
 //! Then the resident memory of the server process with `--idle-sessions` authenticated,
 //! unblocked, idle sessions (one identity each).
 //!
 //! `cargo bench -p tandem-chat-server --bench throughput -- [--identities N] [--seconds S]
-//! [--runs R] [--window W] [--idle-sessions M] [--sync full|normal|both] [--skip-idle]`
+//! [--runs R] [--window W] [--idle-sessions M] [--sync full|normal|both] [--skip-idle]
+//! [--postgres]`
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -48,6 +56,7 @@ struct Args {
     syncs: Vec<&'static str>,
     skip_idle: bool,
     box_len: usize,
+    postgres: bool,
 }
 
 fn args() -> Args {
@@ -60,6 +69,7 @@ fn args() -> Args {
         syncs: vec!["full", "normal"],
         skip_idle: false,
         box_len: 128,
+        postgres: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +89,7 @@ fn args() -> Args {
                 }
             }
             "--skip-idle" => a.skip_idle = true,
+            "--postgres" => a.postgres = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -92,8 +103,8 @@ struct Measured {
     per_second: f64,
     p50_us: f64,
     p99_us: f64,
-    /// CPU µs per delivered message: (server process, load generator process).
-    cpu_us: Option<(f64, f64)>,
+    /// CPU µs per delivered message, per process (server nodes, PostgreSQL, load generator).
+    cpu_us: Vec<(String, f64)>,
 }
 
 struct Shared {
@@ -130,7 +141,7 @@ fn summarize(delivered: u64, seconds: u64, mut latencies: Vec<u32>) -> Measured 
         per_second: delivered as f64 / seconds as f64,
         p50_us: percentile(&latencies, 0.50),
         p99_us: percentile(&latencies, 0.99),
-        cpu_us: None,
+        cpu_us: Vec::new(),
     }
 }
 
@@ -150,15 +161,55 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Runs the clock: warm-up, measuring window, stop. Returns the CPU seconds each of `pids`
-/// used during the measuring window.
-async fn clock(shared: &Shared, seconds: u64, pids: &[u32]) -> Vec<f64> {
+/// CPU time of a process and all its children (PostgreSQL's postmaster and its backends).
+fn tree_cpu_seconds(root: u32) -> f64 {
+    let mut total = cpu_seconds(root);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(root) {
+            total += cpu_seconds(pid);
+        }
+    }
+    total
+}
+
+/// Where CPU is counted: one process, or a process with its children.
+#[derive(Clone, Copy)]
+enum Probe {
+    Process(u32),
+    Tree(u32),
+}
+
+impl Probe {
+    fn seconds(self) -> f64 {
+        match self {
+            Self::Process(pid) => cpu_seconds(pid),
+            Self::Tree(pid) => tree_cpu_seconds(pid),
+        }
+    }
+}
+
+/// Runs the clock: warm-up, measuring window, stop. Returns the CPU seconds each probe used
+/// during the measuring window.
+async fn clock(shared: &Shared, seconds: u64, probes: &[Probe]) -> Vec<f64> {
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
+    let before: Vec<f64> = probes.iter().map(|p| p.seconds()).collect();
     shared.measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     shared.measuring.store(false, Ordering::SeqCst);
-    let after: Vec<f64> = pids.iter().map(|&p| cpu_seconds(p)).collect();
+    let after: Vec<f64> = probes.iter().map(|p| p.seconds()).collect();
     shared.running.store(false, Ordering::SeqCst);
     shared.stop.send_replace(true);
     after.iter().zip(before).map(|(a, b)| a - b).collect()
@@ -167,25 +218,68 @@ async fn clock(shared: &Shared, seconds: u64, pids: &[u32]) -> Vec<f64> {
 // ---------------------------------------------------------------------------------------------
 // Chat server
 
-async fn chat_run(args: &Args, sync: &str) -> Measured {
-    let dir = tempfile::tempdir().unwrap();
+/// Which server setup a chat run measures.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// One node on SQLite with this `--sync`.
+    Sqlite(&'static str),
+    /// This many nodes on the bench's PostgreSQL.
+    Postgres(usize),
+}
+
+impl Setup {
+    fn name(self) -> String {
+        match self {
+            Self::Sqlite(sync) => format!("chat/{sync}"),
+            Self::Postgres(1) => "pg/1node".into(),
+            Self::Postgres(n) => format!("pg/{n}nodes"),
+        }
+    }
+}
+
+async fn chat_run(args: &Args, setup: Setup) -> Measured {
+    let dirs: Vec<tempfile::TempDir> = (0..match setup {
+        Setup::Sqlite(_) => 1,
+        Setup::Postgres(n) => n,
+    })
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
     let log_level = std::env::var("CHAT_BENCH_LOG").unwrap_or_else(|_| "warn".into());
-    let server = ServerProcess::start(
-        dir.path(),
-        &[
-            "--log-level",
-            &log_level,
-            "--sync",
-            sync,
-            "--max-queue",
-            "1000000",
-        ],
-    );
-    let accounts = create_accounts(server.http, args.identities).await;
+    let mut common = vec![
+        "--log-level".to_owned(),
+        log_level,
+        "--max-queue".to_owned(),
+        "1000000".to_owned(),
+    ];
+    let mut postgres = None;
+    match setup {
+        Setup::Sqlite(sync) => common.extend(["--sync".to_owned(), sync.to_owned()]),
+        Setup::Postgres(_) => {
+            let server = support::pg::shared();
+            let name = support::pg::database_for(dirs[0].path());
+            server.ensure_database(&name);
+            common.extend(["--database".to_owned(), server.url(&name)]);
+            postgres = Some(server.pid());
+        }
+    }
+    let common: Vec<&str> = common.iter().map(String::as_str).collect();
+    let mut servers: Vec<ServerProcess> = Vec::new();
+    for dir in &dirs {
+        if let Some(first) = servers.first() {
+            std::fs::copy(
+                first.data_dir.join("server.key"),
+                dir.path().join("server.key"),
+            )
+            .unwrap();
+        }
+        servers.push(ServerProcess::start(dir.path(), &common));
+    }
+    let accounts = create_accounts(servers[0].http, args.identities).await;
     let accounts = Arc::new(accounts);
     let shared = Shared::new();
     let mut clients = Vec::new();
-    for account in accounts.iter() {
+    for (i, account) in accounts.iter().enumerate() {
+        let server = &servers[i % servers.len()];
         let mut c = Client::connect(server.csp, account.config(&server.public_key, 1))
             .await
             .unwrap();
@@ -205,7 +299,24 @@ async fn chat_run(args: &Args, sync: &str) -> Measured {
             chat_session(client, me.identity, to.identity, window, box_len, &shared).await
         }));
     }
-    let cpu = clock(&shared, args.seconds, &[server.pid(), std::process::id()]).await;
+    let mut probes: Vec<(String, Probe)> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = if servers.len() == 1 {
+                "server".to_owned()
+            } else {
+                format!("node {}", i + 1)
+            };
+            (name, Probe::Process(s.pid()))
+        })
+        .collect();
+    if let Some(pid) = postgres {
+        probes.push(("PostgreSQL".into(), Probe::Tree(pid)));
+    }
+    probes.push(("load generator".into(), Probe::Process(std::process::id())));
+    let pids: Vec<Probe> = probes.iter().map(|(_, p)| *p).collect();
+    let cpu = clock(&shared, args.seconds, &pids).await;
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
@@ -213,7 +324,11 @@ async fn chat_run(args: &Args, sync: &str) -> Measured {
     let delivered = shared.delivered.load(Ordering::SeqCst);
     let mut measured = summarize(delivered, args.seconds, latencies);
     let per_message = |s: f64| s * 1e6 / delivered.max(1) as f64;
-    measured.cpu_us = Some((per_message(cpu[0]), per_message(cpu[1])));
+    measured.cpu_us = probes
+        .iter()
+        .zip(cpu)
+        .map(|((name, _), seconds)| (name.clone(), per_message(seconds)))
+        .collect();
     measured
 }
 
@@ -522,6 +637,16 @@ async fn idle_run(args: &Args) {
     drop(clients);
 }
 
+/// "   CPU/msg: server 19.4 µs, load generator 9.5 µs" (nothing without figures).
+fn cpu_text<'a>(figures: impl Iterator<Item = (&'a str, f64)>) -> String {
+    let parts: Vec<String> = figures.map(|(n, v)| format!("{n} {v:.1} µs")).collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("   CPU/msg: {}", parts.join(", "))
+    }
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.partial_cmp(b).unwrap());
     values[values.len() / 2]
@@ -541,9 +666,7 @@ fn main() {
         );
         let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
         let mut push = |name: String, m: Measured| {
-            let cpu = m.cpu_us.map_or(String::new(), |(server, client)| {
-                format!("   CPU/msg: server {server:.1} µs, load generator {client:.1} µs")
-            });
+            let cpu = cpu_text(m.cpu_us.iter().map(|(n, v)| (n.as_str(), *v)));
             println!(
                 "  {name:<12} {:>9.0} msg/s   p50 {:>8.0} µs   p99 {:>8.0} µs{cpu}",
                 m.per_second, m.p50_us, m.p99_us
@@ -555,8 +678,12 @@ fn main() {
         };
         for run in 1..=args.runs {
             println!("run {run}");
-            for sync in &args.syncs {
-                push(format!("chat/{sync}"), chat_run(&args, sync).await);
+            let mut setups: Vec<Setup> = args.syncs.iter().map(|s| Setup::Sqlite(s)).collect();
+            if args.postgres {
+                setups.extend([Setup::Postgres(1), Setup::Postgres(2)]);
+            }
+            for setup in setups {
+                push(setup.name(), chat_run(&args, setup).await);
             }
             push("echo".into(), echo_run(&args, frame_len).await);
         }
@@ -570,13 +697,19 @@ fn main() {
             let rate = median(&mut ms.iter().map(|m| m.per_second).collect::<Vec<_>>());
             let p50 = median(&mut ms.iter().map(|m| m.p50_us).collect::<Vec<_>>());
             let p99 = median(&mut ms.iter().map(|m| m.p99_us).collect::<Vec<_>>());
-            let cpu = if ms.iter().all(|m| m.cpu_us.is_some()) {
-                let server = median(&mut ms.iter().filter_map(|m| m.cpu_us.map(|c| c.0)).collect::<Vec<_>>());
-                let client = median(&mut ms.iter().filter_map(|m| m.cpu_us.map(|c| c.1)).collect::<Vec<_>>());
-                format!("   CPU/msg: server {server:.1} µs, load generator {client:.1} µs")
-            } else {
-                String::new()
-            };
+            let labels: Vec<String> = ms[0].cpu_us.iter().map(|(n, _)| n.clone()).collect();
+            let medians: Vec<(String, f64)> = labels
+                .into_iter()
+                .map(|label| {
+                    let mut values: Vec<f64> = ms
+                        .iter()
+                        .filter_map(|m| m.cpu_us.iter().find(|(n, _)| *n == label).map(|c| c.1))
+                        .collect();
+                    let value = median(&mut values);
+                    (label, value)
+                })
+                .collect();
+            let cpu = cpu_text(medians.iter().map(|(n, v)| (n.as_str(), *v)));
             println!(
                 "  {name:<12} {rate:>9.0} msg/s   p50 {p50:>8.0} µs   p99 {p99:>8.0} µs   {:.3} × echo{cpu}",
                 rate / echo

@@ -43,6 +43,25 @@ pub struct Config {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive list).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// Keep identities, tokens and queues in this PostgreSQL database instead of SQLite, so
+    /// that several nodes serve one server group (`postgres://user@host1,host2/db?\
+    /// target_session_attrs=read-write`: a host list finds the primary after a failover).
+    /// The server key stays in `--data-dir`.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// With `--database`: how often each node re-reads the queues of its receiving sessions,
+    /// so that a lost cross-node hint costs at most this much latency.
+    #[arg(long, default_value_t = 2_000)]
+    pub sweep_interval_ms: u64,
+    /// With `--database`: tell other nodes of new messages and demotions at once (`LISTEN` /
+    /// `NOTIFY`). `false` leaves it to the sweep alone, for a PostgreSQL path that cannot
+    /// `LISTEN` (a pooler in transaction mode); messages then wait up to one sweep interval.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub cross_node_hints: bool,
+    /// With `--database`: storage threads, each with its own connection and its own share of
+    /// the receivers (a PostgreSQL backend runs one batch on one core).
+    #[arg(long, default_value_t = 2)]
+    pub storage_connections: usize,
     /// SQLite `synchronous` setting for the message queues.
     #[arg(long, value_enum, default_value = "full")]
     pub sync: SyncMode,

@@ -36,7 +36,7 @@ use crate::directory::{Directory, HttpState};
 use crate::mailbox::{CloseRequest, MailItem};
 use crate::registry::Registry;
 use crate::session::Context;
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{Database, PgSettings, Store, StoreConfig, StoreError};
 
 /// How often expired short-lived messages and old dedupe entries are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
@@ -83,17 +83,30 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let server_public_key = server_key.public_key();
     let directory = Arc::new(Directory::default());
     let registry = Registry::new();
+    let database = match &config.database {
+        None => Database::Sqlite {
+            dir: config.data_dir.clone(),
+        },
+        Some(url) => Database::Postgres(PgSettings {
+            url: url.clone(),
+            sweep_interval: Duration::from_millis(config.sweep_interval_ms.max(10)),
+            hints: config.cross_node_hints,
+            connections: config.storage_connections,
+        }),
+    };
     let loaded = Store::open(
-        &config.data_dir,
         StoreConfig {
+            database,
             sync: config.sync,
             max_queue: config.max_queue,
             dedupe_window_ms: config.dedupe_window_s.saturating_mul(1000),
         },
         &directory,
         Arc::clone(&registry),
-    )?;
+    )
+    .await?;
     let store = loaded.store;
+    let gapless = loaded.node.is_some();
 
     let csp = TcpListener::bind(config.csp_listen)
         .await
@@ -117,9 +130,11 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         handshake_timeout: config.handshake_timeout(),
         idle_timeout: Duration::from_secs(config.idle_timeout_s),
         short_lived_ttl_ms: config.short_lived_ttl_s.saturating_mul(1000),
+        gapless,
     });
     let limit = Arc::new(Semaphore::new(config.max_connections));
-    let mut tasks = vec![tokio::spawn(accept_csp(csp, ctx, limit))];
+    let mut tasks = loaded.tasks;
+    tasks.push(tokio::spawn(accept_csp(csp, ctx, limit)));
 
     let app = directory::router(
         HttpState::new(
@@ -145,7 +160,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             }
         }
     }));
-    info!(%csp_addr, %http_addr, queued = loaded.queued, "chat server started");
+    info!(%csp_addr, %http_addr, queued = loaded.queued, node = loaded.node, "chat server started");
     Ok(Running {
         csp_addr,
         http_addr,

@@ -68,6 +68,9 @@ pub enum MailItem {
     Queued(Arc<QueuedMessage>),
     /// A don't-queue message for a receiving session: deliver now or never.
     Transient(Arc<[u8]>),
+    /// Messages may have been committed that this session was not offered (another node
+    /// stored them, or the catch-up sweep): read the queue again from the cursor.
+    Recheck,
     /// Another session of the identity sent unblock: this one no longer receives.
     Demoted,
     /// Close the session.

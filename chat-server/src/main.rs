@@ -11,7 +11,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The PostgreSQL client logs every statement with its parameters (message bodies,
+    // identities) at debug: kept at warn unless a directive names it (docs/chat-server.md "Logs").
+    let directives = if config.log_level.contains("tokio_postgres") {
+        config.log_level.clone()
+    } else {
+        format!("{},tokio_postgres=warn", config.log_level)
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -11,27 +11,8 @@ mod support;
 
 use std::collections::BTreeSet;
 
-use support::{open_text, text_message, Account, Client, ServerProcess};
-use tandem_shared::csp::{CspPayload, MessageAck, MessageFlags, MessageWithMetadataBox};
-
-async fn drain_backlog(b: &mut Client) -> Vec<MessageWithMetadataBox> {
-    b.send(&CspPayload::UnblockIncomingMessages).await;
-    let mut got = Vec::new();
-    loop {
-        match b.expect().await {
-            CspPayload::IncomingMessage(m) => {
-                b.send(&CspPayload::IncomingMessageAck(MessageAck {
-                    identity: m.sender,
-                    message_id: m.message_id,
-                }))
-                .await;
-                got.push(m);
-            }
-            CspPayload::QueueSendComplete => return got,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
+use support::{drain_backlog, open_text, text_message, Account, Client, ServerProcess};
+use tandem_shared::csp::{CspPayload, MessageAck, MessageFlags};
 
 #[tokio::test]
 async fn acked_messages_survive_sigkill_and_are_delivered_after_restart() {

@@ -48,11 +48,8 @@ pub enum BulkError {
     InvalidIdentity(usize),
 }
 
-/// Answers a request body; `lookup` gives an identity's public key if the directory has it.
-pub fn fetch_bulk(
-    body: &[u8],
-    lookup: impl Fn(&Identity) -> Option<PublicKey>,
-) -> Result<Value, BulkError> {
+/// The identities a request body asks for, each once, in request order.
+pub(super) fn requested(body: &[u8]) -> Result<Vec<Identity>, BulkError> {
     let request: Request =
         serde_json::from_slice(body).map_err(|e| BulkError::Malformed(e.to_string()))?;
     if request.identities.len() > MAX_BULK_IDENTITIES {
@@ -68,6 +65,15 @@ pub fn fetch_bulk(
             seen.push(identity);
         }
     }
+    Ok(seen)
+}
+
+/// Answers a request body; `lookup` gives an identity's public key if the directory has it.
+pub fn fetch_bulk(
+    body: &[u8],
+    lookup: impl Fn(&Identity) -> Option<PublicKey>,
+) -> Result<Value, BulkError> {
+    let seen = requested(body)?;
     let found: Vec<Value> = seen
         .iter()
         .filter_map(|identity| {

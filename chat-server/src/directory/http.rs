@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use rand::rngs::OsRng;
+use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 use tandem_shared::crypto::{PublicKey, SecretKey};
@@ -29,9 +30,10 @@ use tandem_shared::directory::verify_response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
-use crate::store::Store;
+use crate::store::{PendingToken, Store, StoreError};
+use crate::types::{now_ms, Identity};
 
-use super::{fetch_bulk, Directory, IdentityRecord, TokenError, Tokens};
+use super::{fetch_bulk, Directory, IdentityRecord, TokenError, Tokens, TOKEN_LEN, TOKEN_TTL};
 
 /// Largest request body.
 pub(super) const MAX_BODY: usize = 4096;
@@ -70,6 +72,94 @@ impl HttpState {
             }),
         }
     }
+}
+
+impl Inner {
+    fn tokens(&self) -> std::sync::MutexGuard<'_, Tokens> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Issues a creation token: in memory with one node, in the database with several (step
+    /// two may reach another node).
+    async fn issue(&self, public_key: PublicKey) -> Result<([u8; TOKEN_LEN], PublicKey), ApiError> {
+        if !self.store.shares_tokens() {
+            return self
+                .tokens()
+                .issue(public_key, Instant::now(), &mut OsRng)
+                .map_err(token_error);
+        }
+        let mut token = [0_u8; TOKEN_LEN];
+        OsRng.fill_bytes(&mut token);
+        let challenge = SecretKey::generate(&mut OsRng);
+        let challenge_public = challenge.public_key();
+        let stored = self
+            .store
+            .issue_token(PendingToken {
+                token,
+                public_key,
+                challenge: *challenge.as_bytes(),
+                issued_at_ms: now_ms(),
+            })
+            .await
+            .map_err(storage_error)?;
+        if !stored {
+            return Err(token_error(TokenError::Full));
+        }
+        Ok((token, challenge_public))
+    }
+
+    /// Takes a token (single use, even when the key does not match) and returns its challenge
+    /// secret.
+    async fn redeem(&self, token: Vec<u8>, public_key: &PublicKey) -> Result<SecretKey, ApiError> {
+        if !self.store.shares_tokens() {
+            return self
+                .tokens()
+                .redeem(&token, public_key, Instant::now())
+                .map_err(token_error);
+        }
+        let pending = self
+            .store
+            .redeem_token(token)
+            .await
+            .map_err(storage_error)?
+            .filter(|p| {
+                now_ms().saturating_sub(p.issued_at_ms)
+                    < u64::try_from(TOKEN_TTL.as_millis()).unwrap_or(u64::MAX)
+            })
+            .ok_or_else(|| token_error(TokenError::Unknown))?;
+        if !tandem_shared::crypto::ct_eq(pending.public_key.as_bytes(), public_key.as_bytes()) {
+            return Err(token_error(TokenError::OtherKey));
+        }
+        Ok(SecretKey::from_bytes(pending.challenge))
+    }
+
+    /// An identity's public key: the cached directory, else the database (another node may
+    /// have created it since this one loaded its copy).
+    async fn public_key(&self, identity: &Identity) -> Result<Option<PublicKey>, ApiError> {
+        if let Some(key) = self.directory.public_key(identity) {
+            return Ok(Some(key));
+        }
+        let record = self.store.lookup(*identity).await.map_err(storage_error)?;
+        Ok(record.map(|r| {
+            let key = r.public_key;
+            self.directory.insert(r);
+            key
+        }))
+    }
+}
+
+fn token_error(e: TokenError) -> ApiError {
+    match e {
+        TokenError::Full => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        _ => error(StatusCode::FORBIDDEN, e.to_string()),
+    }
+}
+
+fn storage_error(e: StoreError) -> ApiError {
+    warn!("directory storage failure: {e}");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "storage failure")
 }
 
 /// The directory routes, with CORS for `cors_origins` (`*` = any; empty = no CORS headers).
@@ -165,18 +255,10 @@ async fn create_inner(state: &HttpState, body: &[u8]) -> Result<Response, ApiErr
         return Err(bad("publicKey: low-order point"));
     }
     let inner = &state.inner;
-    let lock = || {
-        inner
-            .tokens
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    };
     match (request.token, request.response) {
         (None, None) => {
-            let issued = lock().issue(public_key, Instant::now(), &mut OsRng);
-            let (token, challenge_public) = issued.map_err(|e| {
-                warn!("directory token refused: {e}");
-                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            let (token, challenge_public) = inner.issue(public_key).await.inspect_err(|e| {
+                warn!("directory token refused: {}", e.reason);
             })?;
             Ok(Json(json!({
                 "token": B64.encode(token),
@@ -187,13 +269,7 @@ async fn create_inner(state: &HttpState, body: &[u8]) -> Result<Response, ApiErr
         (Some(token), Some(response)) => {
             let token = decode_b64("token", &token)?;
             let response = decode_exact::<32>("response", &response)?;
-            let challenge =
-                lock()
-                    .redeem(&token, &public_key, Instant::now())
-                    .map_err(|e| match e {
-                        TokenError::Full => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-                        _ => error(StatusCode::FORBIDDEN, e.to_string()),
-                    })?;
+            let challenge = inner.redeem(token.clone(), &public_key).await?;
             let matches = verify_response(&challenge, &public_key, &token, &response)
                 .map_err(|_| bad("publicKey: low-order point"))?;
             if !matches {
@@ -231,7 +307,11 @@ async fn lookup(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
         return bad("identity must be 8 characters [0-9A-Z] (a leading * is allowed)")
             .into_response();
     };
-    match state.inner.directory.public_key(&identity) {
+    let key = match state.inner.public_key(&identity).await {
+        Ok(key) => key,
+        Err(e) => return e.into_response(),
+    };
+    match key {
         Some(key) => Json(json!({
             "identity": id,
             "publicKey": B64.encode(key.as_bytes()),
@@ -242,6 +322,15 @@ async fn lookup(State(state): State<HttpState>, Path(id): Path<String>) -> Respo
 }
 
 async fn fetch_bulk_handler(State(state): State<HttpState>, body: Bytes) -> Response {
+    // Identities another node created are read into the cache first; the lookup itself stays
+    // synchronous (and malformed requests are refused by it without touching the database).
+    if let Ok(names) = super::bulk::requested(&body) {
+        for identity in names {
+            if let Err(e) = state.inner.public_key(&identity).await {
+                return e.into_response();
+            }
+        }
+    }
     match fetch_bulk(&body, |identity| state.inner.directory.public_key(identity)) {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => bad(e.to_string()).into_response(),

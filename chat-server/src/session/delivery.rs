@@ -13,6 +13,12 @@
 //! The cursor is the highest sequence number taken into `ready`. A notification at or below it is
 //! a duplicate; one that arrives while not `Following` is ignored because the next page (read
 //! after it was committed) contains it.
+//!
+//! With several nodes (PostgreSQL) a receiver's sequence numbers are gapless and another node
+//! may commit some of them: a notification is taken only if it follows the cursor directly,
+//! otherwise the queue is read again. A hint (another node committed, or the catch-up sweep)
+//! reads the queue again too; one that arrives while a page is being read makes the next page
+//! follow, since the page in flight may have been read before the hinted commit.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -75,14 +81,31 @@ pub struct Delivery {
     ready: VecDeque<Arc<QueuedMessage>>,
     in_flight: HashMap<(Identity, u64), u64>,
     backlog: Backlog,
+    /// Sequence numbers per receiver are gapless (PostgreSQL): only cursor + 1 may be taken
+    /// from a notification.
+    gapless: bool,
+    /// A hint arrived while a page was being read: read again after it.
+    hinted: bool,
 }
 
 impl Delivery {
     /// Starts after unblock: the first action reads the backlog.
     #[must_use]
     pub fn start() -> (Self, Action) {
+        Self::start_with(false)
+    }
+
+    /// Starts after unblock on a backend whose sequence numbers are gapless per receiver.
+    #[must_use]
+    pub fn start_gapless() -> (Self, Action) {
+        Self::start_with(true)
+    }
+
+    fn start_with(gapless: bool) -> (Self, Action) {
         (
             Self {
+                gapless,
+                hinted: false,
                 phase: Phase::Loading,
                 fetching: true,
                 cursor: 0,
@@ -96,6 +119,12 @@ impl Delivery {
                 backlog: true,
             },
         )
+    }
+
+    /// The highest sequence number taken from the queue so far.
+    #[must_use]
+    pub const fn cursor(&self) -> u64 {
+        self.cursor
     }
 
     /// Messages sent and not yet acked.
@@ -124,7 +153,7 @@ impl Delivery {
                 self.ready.push_back(message);
             }
         }
-        self.phase = if complete {
+        self.phase = if complete && !core::mem::take(&mut self.hinted) {
             Phase::Following
         } else {
             Phase::Paging
@@ -141,6 +170,11 @@ impl Delivery {
         if self.phase != Phase::Following || message.seq <= self.cursor {
             return;
         }
+        if self.gapless && message.seq != self.cursor.saturating_add(1) {
+            // Another node committed the ones in between: read them from the database.
+            self.phase = Phase::Paging;
+            return;
+        }
         if self.ready.len() >= MAX_READY {
             // The message stays in the database; read it with the next page.
             self.phase = Phase::Paging;
@@ -153,6 +187,16 @@ impl Delivery {
     /// Notifications were dropped: read the queue again from the cursor.
     pub fn on_overflow(&mut self) {
         if self.phase == Phase::Following {
+            self.phase = Phase::Paging;
+        }
+    }
+
+    /// Messages may have been committed without a notification here (another node, or the
+    /// catch-up sweep): read the queue again from the cursor.
+    pub fn on_hint(&mut self) {
+        if self.fetching {
+            self.hinted = true;
+        } else if self.phase == Phase::Following {
             self.phase = Phase::Paging;
         }
     }
@@ -354,5 +398,45 @@ mod tests {
         assert_eq!(sent(&out), vec![1, 3]);
         assert_eq!(d.in_flight(), 1);
         assert_eq!(out.last(), Some(&Action::QueueSendComplete));
+    }
+
+    #[test]
+    fn gapless_notifications_must_follow_the_cursor_and_hints_read_again() {
+        let (mut d, _) = Delivery::start_gapless();
+        d.on_fetched(vec![msg(1)], true, Some(Some(1)));
+        assert_eq!(sent(&pump(&mut d)), vec![1]);
+        d.on_queued(msg(2));
+        assert_eq!(sent(&pump(&mut d)), vec![2]);
+        // 3 was committed by another node: 4 alone must not pass the cursor.
+        d.on_queued(msg(4));
+        let actions = pump(&mut d);
+        assert!(sent(&actions).is_empty());
+        assert!(actions.contains(&Action::Fetch {
+            after: 2,
+            limit: PAGE,
+            backlog: false
+        }));
+        // A hint while that page is read: the page may predate the hinted commit.
+        d.on_hint();
+        d.on_fetched(vec![msg(3), msg(4)], true, None);
+        let actions = pump(&mut d);
+        assert_eq!(sent(&actions), vec![3, 4]);
+        assert!(actions.contains(&Action::Fetch {
+            after: 4,
+            limit: PAGE,
+            backlog: false
+        }));
+        d.on_fetched(vec![], true, None);
+        assert!(pump(&mut d).is_empty());
+        // A hint while following reads the queue once more.
+        d.on_hint();
+        assert_eq!(
+            pump(&mut d),
+            vec![Action::Fetch {
+                after: 4,
+                limit: PAGE,
+                backlog: false
+            }]
+        );
     }
 }

@@ -39,6 +39,9 @@ pub use delivery::{Action, Delivery, MAX_READY, PAGE, WINDOW};
 pub const MAX_PENDING_STORE: usize = 256;
 /// How long a client may leave our bytes unread.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a session taking over from another node's session waits for that node to commit
+/// what its session handed it (docs/chat-server.md "Which session receives").
+pub const RELEASE_WAIT: Duration = Duration::from_secs(1);
 /// A created-at this far ahead of the server's clock is accepted as it is; further is overwritten.
 pub const FUTURE_SKEW_S: u64 = 60;
 /// Bytes read from the socket per system call.
@@ -69,6 +72,10 @@ pub struct Context {
     pub idle_timeout: Duration,
     /// How long short-lived messages stay queued, in ms.
     pub short_lived_ttl_ms: u64,
+    /// Several nodes share the database (PostgreSQL): sequence numbers are gapless per receiver
+    /// and other nodes commit some of them, so delivery takes only contiguous notifications;
+    /// don't-queue messages for a receiver not on this node are relayed.
+    pub gapless: bool,
 }
 
 /// Serves one TCP connection until it ends.
@@ -112,6 +119,12 @@ struct Session {
     idle_timeout: Duration,
     pending_store: usize,
     delivery: Option<Delivery>,
+    /// The receiving epoch storage gave this session at its unblock (0: never unblocked).
+    epoch: u64,
+    /// Where the delivery's cursor is published for the catch-up sweep.
+    cursor: Arc<AtomicU64>,
+    /// Demoted: tell storage, after this session's earlier commands (several nodes).
+    release: bool,
 }
 
 struct Conn {
@@ -269,18 +282,22 @@ impl Conn {
             match event {
                 ServerEvent::NeedIdentityKey { identity } => {
                     self.login = Some(identity);
-                    let key = self.ctx.directory.public_key(&identity);
+                    // The record as stored: another node may have created the identity or
+                    // changed its cookie state since this node cached it.
+                    let info = self
+                        .ctx
+                        .store
+                        .login(identity)
+                        .await
+                        .map_err(|_| CloseReason::StorageFailure)?;
+                    let key = info.record.map(|record| {
+                        let key = record.public_key;
+                        self.ctx.directory.insert(record);
+                        key
+                    });
                     // The current login-ack layout (spec §12): our clock and the queue length,
                     // which clients of either generation accept (docs/protocol.md).
-                    let queued_messages = match key {
-                        Some(_) => self
-                            .ctx
-                            .store
-                            .queue_length(identity)
-                            .await
-                            .map_err(|_| CloseReason::StorageFailure)?,
-                        None => 0,
-                    };
+                    let queued_messages = if key.is_some() { info.queued } else { 0 };
                     let ack = LoginAck {
                         server_time_ms: now_ms(),
                         queued_messages,
@@ -329,6 +346,9 @@ impl Conn {
             idle_timeout,
             pending_store: 0,
             delivery: None,
+            epoch: 0,
+            cursor: Arc::default(),
+            release: false,
         });
         // No identity in info/warn logs (docs/chat-server.md "Logs"): the conn number ties a
         // session's lines together.
@@ -411,8 +431,7 @@ impl Conn {
         &mut self,
         mut message: MessageWithMetadataBox,
     ) -> Result<(), CloseReason> {
-        let session = logged_in(&mut self.session)?;
-        let identity = session.identity;
+        let identity = logged_in(&mut self.session)?.identity;
         if message.sender != identity {
             return Err(CloseReason::Protocol(
                 "sender is not the logged-in identity",
@@ -421,7 +440,7 @@ impl Conn {
         let ack = !message.flags.contains(MessageFlags::DONT_ACK);
         let receiver = message.receiver;
         let message_id = message.message_id;
-        if receiver == identity || !self.ctx.directory.contains(&receiver) {
+        if receiver == identity || !self.known(receiver).await? {
             // Nobody could ever receive it: drop it, but answer so the sender does not wait.
             debug!(conn = self.id, receiver = %Id(&receiver), "message to self or unknown identity dropped");
             return self.ack_outgoing(ack, receiver, message_id);
@@ -440,9 +459,13 @@ impl Conn {
         if message.flags.contains(MessageFlags::DONT_QUEUE) {
             if let Some(mailbox) = self.ctx.registry.receiver(&receiver) {
                 mailbox.push_delivery(MailItem::Transient(body));
+            } else if self.ctx.gapless {
+                // Several nodes: the receiving session may be on another one.
+                self.store(Command::Relay { receiver, body }).await?;
             }
             return self.ack_outgoing(ack, receiver, message_id);
         }
+        let session = logged_in(&mut self.session)?;
         session.pending_store = session.pending_store.saturating_add(1);
         let reply = Arc::clone(&session.mailbox);
         self.store(Command::Enqueue(Box::new(Enqueue {
@@ -456,6 +479,21 @@ impl Conn {
             reply,
         })))
         .await
+    }
+
+    /// Whether an identity exists: the cached directory, else the database (another node may
+    /// have created it).
+    async fn known(&self, identity: Identity) -> Result<bool, CloseReason> {
+        if self.ctx.directory.contains(&identity) {
+            return Ok(true);
+        }
+        let record = self
+            .ctx
+            .store
+            .lookup(identity)
+            .await
+            .map_err(|_| CloseReason::StorageFailure)?;
+        Ok(record.map(|r| self.ctx.directory.insert(r)).is_some())
     }
 
     fn ack_outgoing(
@@ -481,8 +519,7 @@ impl Conn {
             .and_then(|d| d.on_ack(&ack.identity, ack.message_id));
         match seq {
             Some(seq) => {
-                let receiver = self.session()?.identity;
-                self.store(Command::Remove { receiver, seq }).await?;
+                self.remove(seq).await?;
                 self.pump().await
             }
             None => {
@@ -500,15 +537,44 @@ impl Conn {
         if session.delivery.is_some() {
             return Ok(());
         }
-        if !self.ctx.registry.make_receiver(
-            &session.identity,
-            session.device_id,
-            session.session_id,
-        ) {
-            // Replaced meanwhile: the close request is already in the inbox.
+        let (identity, device_id, session_id) =
+            (session.identity, session.device_id, session.session_id);
+        // The epoch is stored before the queue is read: every node then knows which session
+        // receives, and removes by an older one do nothing.
+        let (epoch, handover) = self
+            .ctx
+            .store
+            .claim(identity, session_id)
+            .await
+            .map_err(|_| CloseReason::StorageFailure)?;
+        let Some(cursor) = self
+            .ctx
+            .registry
+            .make_receiver(&identity, device_id, session_id, epoch)
+        else {
+            // Replaced meanwhile (the close request is already in the inbox), or a newer
+            // unblock of this identity took over first.
             return Ok(());
+        };
+        if handover {
+            // A session on another node received until now: read the queue only after that
+            // node has committed what its session handed it (the removals of its acks), so
+            // an acked message is not delivered again; a dead node is waited for only so long.
+            let released = self
+                .ctx
+                .registry
+                .wait_released(&identity, epoch, RELEASE_WAIT)
+                .await;
+            debug!(conn = self.id, released, "took over from another node");
         }
-        let (delivery, first) = Delivery::start();
+        let (delivery, first) = if self.ctx.gapless {
+            Delivery::start_gapless()
+        } else {
+            Delivery::start()
+        };
+        let session = self.session()?;
+        session.epoch = epoch;
+        session.cursor = cursor;
         session.delivery = Some(delivery);
         debug!(conn = self.id, "receiving");
         self.act(vec![first]).await
@@ -525,10 +591,20 @@ impl Conn {
                 d.on_overflow();
             }
         }
+        let session = self.session()?;
+        if core::mem::take(&mut session.release) {
+            let (identity, session_id) = (session.identity, session.session_id);
+            self.store(Command::Release {
+                identity,
+                session_id,
+            })
+            .await?;
+        }
         self.pump().await
     }
 
     fn on_mail_item(&mut self, item: MailItem) -> Result<(), CloseReason> {
+        let several_nodes = self.ctx.gapless;
         let session = self.session()?;
         match item {
             MailItem::Stored {
@@ -571,8 +647,14 @@ impl Conn {
                     self.send_container(&container)?;
                 }
             }
+            MailItem::Recheck => {
+                if let Some(d) = session.delivery.as_mut() {
+                    d.on_hint();
+                }
+            }
             MailItem::Demoted => {
                 if let Some(d) = session.delivery.take() {
+                    session.release = several_nodes;
                     info!(
                         conn = self.id,
                         unacked = d.in_flight(),
@@ -593,8 +675,11 @@ impl Conn {
 
     async fn pump(&mut self) -> Result<(), CloseReason> {
         let mut actions = Vec::new();
-        if let Some(d) = self.session.as_mut().and_then(|s| s.delivery.as_mut()) {
-            d.pump(now_ms(), &mut actions);
+        if let Some(session) = self.session.as_mut() {
+            if let Some(d) = session.delivery.as_mut() {
+                d.pump(now_ms(), &mut actions);
+                session.cursor.store(d.cursor(), Ordering::Relaxed);
+            }
         }
         self.act(actions).await
     }
@@ -618,18 +703,28 @@ impl Conn {
                         after,
                         limit,
                         backlog,
+                        epoch: session.epoch,
                         reply: Arc::clone(&session.mailbox),
                     };
                     self.store(command).await?;
                 }
-                Action::Remove(seq) => {
-                    let receiver = self.session()?.identity;
-                    self.store(Command::Remove { receiver, seq }).await?;
-                }
+                Action::Remove(seq) => self.remove(seq).await?,
                 Action::QueueSendComplete => self.send(&CspPayload::QueueSendComplete)?,
             }
         }
         Ok(())
+    }
+
+    /// Removes a message from this session's queue, under the session's receiving epoch.
+    async fn remove(&mut self, seq: u64) -> Result<(), CloseReason> {
+        let session = self.session()?;
+        let (receiver, epoch) = (session.identity, session.epoch);
+        self.store(Command::Remove {
+            receiver,
+            seq,
+            epoch,
+        })
+        .await
     }
 
     async fn store(&self, command: Command) -> Result<(), CloseReason> {
@@ -693,6 +788,18 @@ impl Conn {
                     session.device_id,
                     session.session_id,
                 );
+                if session.epoch > 0 && self.ctx.gapless {
+                    // Other nodes stop hinting this node about the identity (best effort: a
+                    // stale row costs a useless hint, nothing else).
+                    let _ = self
+                        .ctx
+                        .store
+                        .send(Command::Release {
+                            identity: session.identity,
+                            session_id: session.session_id,
+                        })
+                        .await;
+                }
                 info!(
                     conn = self.id,
                     device_id = format_args!("{:#018x}", session.device_id),

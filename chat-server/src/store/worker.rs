@@ -1,56 +1,36 @@
-//! The storage thread: group commit over one SQLite connection.
+//! The storage thread: group commit over one database connection, whatever the backend.
 //!
-//! Loop: wait for one command, take whatever else is waiting (up to [`MAX_BATCH`]), apply all of
-//! them in one transaction, commit, then answer them in order. A failed commit answers every
-//! message of the batch with `Failed` (none of them was acked, so nothing acked is lost).
+//! Loop: wait for one command, take whatever else is waiting (up to [`MAX_BATCH`]), let the
+//! [`Backend`] apply all of them in one transaction and commit, then answer them in order. A
+//! failed commit answers every message of the batch with `Failed` (none of them was acked, so
+//! nothing acked is lost).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use tandem_shared::crypto::PublicKey;
-use tandem_shared::csp::MessageFlags;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
-use crate::directory::generate_identity;
+use crate::directory::IdentityRecord;
 use crate::mailbox::{CloseRequest, MailItem, Mailbox, StoreOutcome};
 use crate::registry::Registry;
 use crate::types::{now_ms, Identity, QueuedMessage};
 
-use super::schema::{from_sql, to_sql};
-use super::{Command, Created, Enqueue, StoreConfig, StoreError};
+use super::postgres::Hint;
+use super::{Backend, Command, Created, Enqueue, LoginInfo, PendingToken, StoreError};
 
 /// Most commands per transaction.
-const MAX_BATCH: usize = 4096;
-/// Attempts to draw an unused identity.
-const IDENTITY_ATTEMPTS: u32 = 32;
-
-/// The worker's state besides the connection.
-pub(super) struct State {
-    conn: Connection,
-    config: StoreConfig,
-    registry: Arc<Registry>,
-    next_seq: u64,
-    /// Messages per receiver queue, for the queue limit.
-    counts: HashMap<Identity, u32>,
-}
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("next_seq", &self.next_seq)
-            .field("receivers", &self.counts.len())
-            .finish_non_exhaustive()
-    }
-}
+pub(super) const MAX_BATCH: usize = 4096;
 
 /// An answer held until the batch is committed.
-enum Output {
+#[derive(Debug)]
+pub(crate) enum Output {
     Stored {
         enqueue: Box<Enqueue>,
         outcome: StoreOutcome,
         seq: u64,
+        /// The node whose session receives this receiver, when it is another node.
+        remote: Option<i64>,
     },
     Fetched {
         reply: Arc<Mailbox>,
@@ -61,38 +41,70 @@ enum Output {
         result: Result<Created, StoreError>,
     },
     Flushed(oneshot::Sender<()>),
-    QueueLength {
-        reply: oneshot::Sender<u32>,
-        count: u32,
+    Login {
+        reply: oneshot::Sender<Result<LoginInfo, StoreError>>,
+        result: Result<LoginInfo, StoreError>,
     },
+    Claimed {
+        reply: oneshot::Sender<Result<(u64, bool), StoreError>>,
+        result: Result<(u64, bool), StoreError>,
+        identity: Identity,
+        /// The node that held the receiving session before, when it is another node.
+        previous: Option<i64>,
+    },
+    Looked {
+        reply: oneshot::Sender<Result<Option<IdentityRecord>, StoreError>>,
+        result: Result<Option<IdentityRecord>, StoreError>,
+    },
+    Issued {
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+        result: Result<bool, StoreError>,
+    },
+    Redeemed {
+        reply: oneshot::Sender<Result<Option<PendingToken>, StoreError>>,
+        result: Result<Option<PendingToken>, StoreError>,
+    },
+    /// A don't-queue message for another node (best effort, like its delivery on one node).
+    Relay(Hint),
 }
 
-impl State {
-    /// Reads the sequence counter and queue sizes.
-    pub(super) fn load(
-        conn: Connection,
-        config: StoreConfig,
-        registry: Arc<Registry>,
-    ) -> Result<Self, StoreError> {
-        let max: Option<i64> = conn.query_row("SELECT MAX(seq) FROM queue", [], |r| r.get(0))?;
-        let counts = count_queues(&conn)?;
-        Ok(Self {
-            conn,
-            config,
-            registry,
-            next_seq: max.map_or(1, |m| from_sql(m).saturating_add(1)),
-            counts,
-        })
+impl Output {
+    /// The batch did not commit: this answer becomes a failure.
+    pub(super) fn fail(&mut self) {
+        match self {
+            Self::Stored { outcome, .. } => *outcome = StoreOutcome::Failed,
+            Self::Fetched { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Created { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Login { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Claimed { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Looked { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Issued { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Redeemed { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Flushed(_) | Self::Relay(_) => {}
+        }
     }
+}
 
-    /// Messages queued in total.
-    pub(super) fn queued(&self) -> u64 {
-        self.counts.values().map(|&c| u64::from(c)).sum()
-    }
+/// Starts the storage thread over `backend`.
+pub(super) fn spawn<B: Backend>(
+    backend: B,
+    rx: mpsc::Receiver<Command>,
+    registry: Arc<Registry>,
+    hints: Option<mpsc::Sender<Hint>>,
+) -> Result<std::thread::JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name("storage".into())
+        .spawn(move || run(backend, rx, &registry, hints.as_ref()))
+        .map_err(|_| StoreError::Stopped)
 }
 
 /// Runs until every [`super::Store`] handle is dropped.
-pub(super) fn run(mut state: State, mut rx: mpsc::Receiver<Command>) {
+fn run<B: Backend>(
+    mut backend: B,
+    mut rx: mpsc::Receiver<Command>,
+    registry: &Registry,
+    hints: Option<&mpsc::Sender<Hint>>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -104,9 +116,10 @@ pub(super) fn run(mut state: State, mut rx: mpsc::Receiver<Command>) {
         }
         let size = batch.len();
         let started = std::time::Instant::now();
-        let outputs = state.apply(&mut batch);
+        let outputs = backend.apply(&mut batch, now_ms());
+        batch.clear();
         let applied = started.elapsed();
-        state.answer(outputs);
+        answer(registry, hints, outputs);
         tracing::trace!(
             size,
             apply_us = applied.as_micros(),
@@ -117,119 +130,118 @@ pub(super) fn run(mut state: State, mut rx: mpsc::Receiver<Command>) {
     debug!("storage worker stopped");
 }
 
-impl State {
-    /// Applies a batch in one transaction; on a failed commit every answer becomes a failure.
-    fn apply(&mut self, batch: &mut Vec<Command>) -> Vec<Output> {
-        let now = now_ms();
-        let next_seq_before = self.next_seq;
-        let mut outputs = Vec::with_capacity(batch.len());
-        let result = (|| -> Result<(), rusqlite::Error> {
-            let tx = self.conn.transaction()?;
-            for command in batch.drain(..) {
-                if let Some(out) = apply_one(
-                    &tx,
-                    &self.config,
-                    &mut self.counts,
-                    &mut self.next_seq,
-                    command,
-                    now,
-                ) {
-                    outputs.push(out);
-                }
-            }
-            tx.commit()
-        })();
-        if let Err(e) = result {
-            error!(error = %e, "storage batch failed; nothing in it is acked");
-            if let Err(e) = self.recount() {
-                error!(error = %e, "queue recount failed");
-            }
-            self.next_seq = next_seq_before.max(self.next_seq);
-            for out in &mut outputs {
-                match out {
-                    Output::Stored { outcome, .. } => *outcome = StoreOutcome::Failed,
-                    Output::Fetched { result, .. } => *result = Err(StoreError::Stopped),
-                    Output::Created { result, .. } => *result = Err(StoreError::Stopped),
-                    Output::Flushed(_) | Output::QueueLength { .. } => {}
-                }
-            }
-        }
-        outputs
-    }
-
-    /// Answers the commands of a committed (or failed) batch, in order; new queue entries are
-    /// offered to the receivers' sessions last. Everything for one inbox goes in with one
-    /// wake-up: waking a session once per message from this thread would cost more than the SQL.
-    fn answer(&self, outputs: Vec<Output>) {
-        let mut control = Grouped::default();
-        let mut queued: Vec<(Identity, MailItem)> = Vec::new();
-        for out in outputs {
-            match out {
-                Output::Stored {
-                    enqueue,
-                    outcome,
-                    seq,
-                } => {
-                    let e = *enqueue;
-                    control.add(
-                        &e.reply,
-                        MailItem::Stored {
+/// Answers the commands of a committed (or failed) batch, in order; new queue entries are
+/// offered to the receivers' sessions last, and other nodes get their hints after that (each
+/// in its own transaction, never in the data transaction). Everything for one inbox goes in
+/// with one wake-up: waking a session once per message from this thread would cost more than
+/// the SQL.
+fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<Output>) {
+    let mut control = Grouped::default();
+    let mut queued: Vec<(Identity, MailItem)> = Vec::new();
+    let mut remote: Vec<Hint> = Vec::new();
+    // Answered last: whoever waits for a flush then finds every answer before it in its inbox.
+    let mut flushed = Vec::new();
+    for out in outputs {
+        match out {
+            Output::Stored {
+                enqueue,
+                outcome,
+                seq,
+                remote: node,
+            } => {
+                let e = *enqueue;
+                control.add(
+                    &e.reply,
+                    MailItem::Stored {
+                        receiver: e.receiver,
+                        message_id: e.message_id,
+                        ack: e.ack,
+                        outcome,
+                    },
+                );
+                if outcome == StoreOutcome::Stored {
+                    if let Some(node) = node {
+                        remote.push(Hint::Queued {
+                            node,
                             receiver: e.receiver,
+                        });
+                    }
+                    queued.push((
+                        e.receiver,
+                        MailItem::Queued(Arc::new(QueuedMessage {
+                            seq,
+                            sender: e.sender,
                             message_id: e.message_id,
-                            ack: e.ack,
-                            outcome,
-                        },
-                    );
-                    if outcome == StoreOutcome::Stored {
-                        queued.push((
-                            e.receiver,
-                            MailItem::Queued(Arc::new(QueuedMessage {
-                                seq,
-                                sender: e.sender,
-                                message_id: e.message_id,
-                                flags: e.flags,
-                                expires_at_ms: e.expires_at_ms,
-                                body: e.body,
-                            })),
-                        ));
-                    }
-                }
-                Output::Fetched { reply, result } => match result {
-                    Ok(item) => control.add(&reply, item),
-                    Err(e) => {
-                        warn!(error = %e, "queue fetch failed");
-                        control.add(&reply, MailItem::Close(CloseRequest::StorageFailure));
-                    }
-                },
-                Output::Created { reply, result } => {
-                    let _ = reply.send(result);
-                }
-                Output::Flushed(reply) => {
-                    let _ = reply.send(());
-                }
-                Output::QueueLength { reply, count } => {
-                    let _ = reply.send(count);
+                            flags: e.flags,
+                            expires_at_ms: e.expires_at_ms,
+                            body: e.body,
+                        })),
+                    ));
                 }
             }
-        }
-        for (mailbox, items) in control.groups {
-            mailbox.push_all(items);
-        }
-        if !queued.is_empty() {
-            let mut deliveries = Grouped::default();
-            for (mailbox, item) in self.registry.receivers_of(queued) {
-                deliveries.add(&mailbox, item);
+            Output::Fetched { reply, result } => match result {
+                Ok(item) => control.add(&reply, item),
+                Err(e) => {
+                    warn!(error = %e, "queue fetch failed");
+                    control.add(&reply, MailItem::Close(CloseRequest::StorageFailure));
+                }
+            },
+            Output::Created { reply, result } => {
+                let _ = reply.send(result);
             }
-            for (mailbox, items) in deliveries.groups {
-                mailbox.push_deliveries(items);
+            Output::Flushed(reply) => flushed.push(reply),
+            Output::Login { reply, result } => {
+                let _ = reply.send(result);
             }
+            Output::Claimed {
+                reply,
+                result,
+                identity,
+                previous,
+            } => {
+                if let (Ok((epoch, _)), Some(node)) = (&result, previous) {
+                    remote.push(Hint::Demote {
+                        node,
+                        identity,
+                        epoch: *epoch,
+                    });
+                }
+                let _ = reply.send(result);
+            }
+            Output::Looked { reply, result } => {
+                let _ = reply.send(result);
+            }
+            Output::Issued { reply, result } => {
+                let _ = reply.send(result);
+            }
+            Output::Redeemed { reply, result } => {
+                let _ = reply.send(result);
+            }
+            Output::Relay(hint) => remote.push(hint),
         }
     }
-
-    /// Recounts the queues from the database (after a failed batch).
-    fn recount(&mut self) -> Result<(), StoreError> {
-        self.counts = count_queues(&self.conn)?;
-        Ok(())
+    for (mailbox, items) in control.groups {
+        mailbox.push_all(items);
+    }
+    if !queued.is_empty() {
+        let mut deliveries = Grouped::default();
+        for (mailbox, item) in registry.receivers_of(queued) {
+            deliveries.add(&mailbox, item);
+        }
+        for (mailbox, items) in deliveries.groups {
+            mailbox.push_deliveries(items);
+        }
+    }
+    for reply in flushed {
+        let _ = reply.send(());
+    }
+    if let Some(hints) = hints {
+        for hint in remote {
+            // A full hint channel loses the hint, not the message: the catch-up sweep finds it.
+            if hints.try_send(hint).is_err() {
+                debug!("hint channel full; the sweep delivers instead");
+            }
+        }
     }
 }
 
@@ -251,291 +263,4 @@ impl Grouped {
             items.push(item);
         }
     }
-}
-
-fn count_queues(conn: &Connection) -> Result<HashMap<Identity, u32>, StoreError> {
-    let mut counts = HashMap::new();
-    let mut stmt = conn.prepare("SELECT receiver, COUNT(*) FROM queue GROUP BY receiver")?;
-    let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))?;
-    for row in rows {
-        let (receiver, count) = row?;
-        let receiver: Identity = receiver
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("queue.receiver"))?;
-        counts.insert(receiver, u32::try_from(count).unwrap_or(u32::MAX));
-    }
-    Ok(counts)
-}
-
-fn apply_one(
-    tx: &Transaction<'_>,
-    config: &StoreConfig,
-    counts: &mut HashMap<Identity, u32>,
-    next_seq: &mut u64,
-    command: Command,
-    now: u64,
-) -> Option<Output> {
-    match command {
-        Command::Enqueue(enqueue) => {
-            let (outcome, seq) = match enqueue_one(tx, config, counts, next_seq, &enqueue, now) {
-                Ok(v) => v,
-                Err(e) => {
-                    warn!(error = %e, "enqueue failed");
-                    (StoreOutcome::Failed, 0)
-                }
-            };
-            Some(Output::Stored {
-                enqueue,
-                outcome,
-                seq,
-            })
-        }
-        Command::Remove { receiver, seq } => {
-            if let Err(e) = remove(tx, counts, &receiver, seq) {
-                warn!(error = %e, seq, "remove failed");
-            }
-            None
-        }
-        Command::Fetch {
-            receiver,
-            after,
-            limit,
-            backlog,
-            reply,
-        } => Some(Output::Fetched {
-            reply,
-            result: fetch(tx, &receiver, after, limit, backlog, now),
-        }),
-        Command::CreateIdentity { public_key, reply } => Some(Output::Created {
-            reply,
-            result: create_identity(tx, &public_key, now),
-        }),
-        Command::SetDeviceCookie {
-            identity,
-            cookie,
-            changed,
-        } => {
-            if let Err(e) = tx
-                .prepare_cached(
-                    "UPDATE identities SET device_cookie = ?1, cookie_changed = ?2 WHERE identity = ?3",
-                )
-                .and_then(|mut s| s.execute(params![&cookie[..], changed, &identity[..]]))
-            {
-                warn!(error = %e, "device cookie update failed");
-            }
-            None
-        }
-        Command::Purge => {
-            if let Err(e) = purge(tx, counts, config, now) {
-                warn!(error = %e, "purge failed");
-            }
-            None
-        }
-        Command::Flush(reply) => Some(Output::Flushed(reply)),
-        Command::QueueLength { receiver, reply } => Some(Output::QueueLength {
-            reply,
-            count: counts.get(&receiver).copied().unwrap_or(0),
-        }),
-    }
-}
-
-fn enqueue_one(
-    tx: &Transaction<'_>,
-    config: &StoreConfig,
-    counts: &mut HashMap<Identity, u32>,
-    next_seq: &mut u64,
-    e: &Enqueue,
-    now: u64,
-) -> Result<(StoreOutcome, u64), StoreError> {
-    let fresh = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO seen (receiver, sender, message_id, at) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![
-            &e.receiver[..],
-            &e.sender[..],
-            to_sql(e.message_id),
-            to_sql(now)
-        ])?;
-    if fresh == 0 {
-        return Ok((StoreOutcome::Duplicate, 0));
-    }
-    let count = counts.get(&e.receiver).copied().unwrap_or(0);
-    if count >= config.max_queue {
-        tx.prepare_cached(
-            "DELETE FROM seen WHERE receiver = ?1 AND sender = ?2 AND message_id = ?3",
-        )?
-        .execute(params![
-            &e.receiver[..],
-            &e.sender[..],
-            to_sql(e.message_id)
-        ])?;
-        return Ok((StoreOutcome::QueueFull, 0));
-    }
-    let seq = *next_seq;
-    tx.prepare_cached(
-        "INSERT INTO queue (receiver, seq, sender, message_id, flags, expires_at, body) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        &e.receiver[..],
-        to_sql(seq),
-        &e.sender[..],
-        to_sql(e.message_id),
-        e.flags.bits(),
-        e.expires_at_ms.map(to_sql),
-        &e.body[..]
-    ])?;
-    *next_seq = seq.saturating_add(1);
-    counts.insert(e.receiver, count.saturating_add(1));
-    Ok((StoreOutcome::Stored, seq))
-}
-
-fn decrement(counts: &mut HashMap<Identity, u32>, receiver: &Identity) {
-    if let Some(count) = counts.get_mut(receiver) {
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            counts.remove(receiver);
-        }
-    }
-}
-
-fn remove(
-    tx: &Transaction<'_>,
-    counts: &mut HashMap<Identity, u32>,
-    receiver: &Identity,
-    seq: u64,
-) -> Result<(), StoreError> {
-    let removed = tx
-        .prepare_cached("DELETE FROM queue WHERE receiver = ?1 AND seq = ?2")?
-        .execute(params![&receiver[..], to_sql(seq)])?;
-    if removed > 0 {
-        decrement(counts, receiver);
-    }
-    Ok(())
-}
-
-fn fetch(
-    tx: &Transaction<'_>,
-    receiver: &Identity,
-    after: u64,
-    limit: usize,
-    backlog: bool,
-    now: u64,
-) -> Result<MailItem, StoreError> {
-    let backlog_end = if backlog {
-        let max: Option<i64> = tx
-            .prepare_cached("SELECT MAX(seq) FROM queue WHERE receiver = ?1")?
-            .query_row(params![&receiver[..]], |r| r.get(0))?;
-        Some(max.map(from_sql))
-    } else {
-        None
-    };
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, sender, message_id, flags, expires_at, body FROM queue \
-         WHERE receiver = ?1 AND seq > ?2 AND (expires_at IS NULL OR expires_at > ?3) \
-         ORDER BY seq LIMIT ?4",
-    )?;
-    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = stmt.query_map(
-        params![&receiver[..], to_sql(after), to_sql(now), limit_sql],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, u8>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-            ))
-        },
-    )?;
-    let mut messages = Vec::new();
-    for row in rows {
-        let (seq, sender, message_id, flags, expires_at, body) = row?;
-        messages.push(Arc::new(QueuedMessage {
-            seq: from_sql(seq),
-            sender: sender
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("queue.sender"))?,
-            message_id: from_sql(message_id),
-            flags: MessageFlags(flags),
-            expires_at_ms: expires_at.map(from_sql),
-            body: Arc::from(body),
-        }));
-    }
-    let complete = messages.len() < limit;
-    Ok(MailItem::Fetched {
-        messages,
-        complete,
-        backlog_end,
-    })
-}
-
-fn create_identity(
-    tx: &Transaction<'_>,
-    public_key: &PublicKey,
-    now: u64,
-) -> Result<Created, StoreError> {
-    let existing: Option<Vec<u8>> = tx
-        .prepare_cached("SELECT identity FROM identities WHERE public_key = ?1")?
-        .query_row(params![&public_key.as_bytes()[..]], |r| r.get(0))
-        .optional()?;
-    if let Some(identity) = existing {
-        let identity = identity
-            .try_into()
-            .map_err(|_| StoreError::Corrupt("identities.identity"))?;
-        return Ok(Created {
-            identity,
-            existed: true,
-        });
-    }
-    let mut rng = rand::thread_rng();
-    for _ in 0..IDENTITY_ATTEMPTS {
-        let identity = generate_identity(&mut rng);
-        let inserted = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO identities (identity, public_key, created_at) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![
-                &identity[..],
-                &public_key.as_bytes()[..],
-                to_sql(now)
-            ])?;
-        if inserted == 1 {
-            return Ok(Created {
-                identity,
-                existed: false,
-            });
-        }
-        // Identity collision: draw again.
-    }
-    Err(StoreError::IdentitySpace(IDENTITY_ATTEMPTS))
-}
-
-fn purge(
-    tx: &Transaction<'_>,
-    counts: &mut HashMap<Identity, u32>,
-    config: &StoreConfig,
-    now: u64,
-) -> Result<(), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "DELETE FROM queue WHERE expires_at IS NOT NULL AND expires_at <= ?1 RETURNING receiver",
-    )?;
-    let receivers = stmt.query_map(params![to_sql(now)], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut expired = 0_u64;
-    for receiver in receivers {
-        if let Ok(receiver) = Identity::try_from(receiver?) {
-            decrement(counts, &receiver);
-            expired = expired.saturating_add(1);
-        }
-    }
-    let cutoff = now.saturating_sub(config.dedupe_window_ms);
-    let forgotten = tx
-        .prepare_cached("DELETE FROM seen WHERE at < ?1")?
-        .execute(params![to_sql(cutoff)])?;
-    if expired > 0 || forgotten > 0 {
-        debug!(expired, forgotten, "purged");
-    }
-    Ok(())
 }

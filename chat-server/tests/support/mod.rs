@@ -30,6 +30,8 @@ use tandem_shared::keys::ClientKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub mod pg;
+
 /// Generous timeout for anything that should happen (loaded 2-core machines).
 pub const PATIENCE: Duration = Duration::from_secs(30);
 /// How long we wait to be convinced that something does not happen.
@@ -64,6 +66,18 @@ impl ServerProcess {
         } else {
             &["--log-level", "debug"][..]
         };
+        // TANDEM_TEST_DATABASE=postgres: the same tests on PostgreSQL, one database per data
+        // directory on the suite's shared server (a restart on the directory finds its data).
+        let database = (pg::suite_uses_postgres() && !extra.contains(&"--database")).then(|| {
+            let server = pg::shared();
+            let name = pg::database_for(data_dir);
+            server.ensure_database(&name);
+            server.url(&name)
+        });
+        let database_args: Vec<&str> = database
+            .as_deref()
+            .map(|url| vec!["--database", url])
+            .unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-chat-server"))
             .args([
                 "--csp-listen",
@@ -74,6 +88,7 @@ impl ServerProcess {
             ])
             .arg(data_dir)
             .args(log_level)
+            .args(&database_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -229,9 +244,19 @@ pub async fn http_json(
 
 /// Registers `ck` in the directory (both steps) and returns its identity.
 pub async fn create_identity(http_addr: SocketAddr, ck: &ClientKey) -> Identity {
+    create_identity_via(http_addr, http_addr, ck).await
+}
+
+/// Registers `ck` with step one sent to `first` and step two to `second` (two nodes of one
+/// server group share their tokens).
+pub async fn create_identity_via(
+    first: SocketAddr,
+    second: SocketAddr,
+    ck: &ClientKey,
+) -> Identity {
     let public = B64.encode(ck.public_key().as_bytes());
     let (status, step1) = http_json(
-        http_addr,
+        first,
         "POST",
         "/identity/create",
         Some(serde_json::json!({ "publicKey": public })),
@@ -248,7 +273,7 @@ pub async fn create_identity(http_addr: SocketAddr, ck: &ClientKey) -> Identity 
         tandem_shared::directory::client_response(ck, &challenge, &B64.decode(&token).unwrap())
             .unwrap();
     let (status, step2) = http_json(
-        http_addr,
+        second,
         "POST",
         "/identity/create",
         Some(serde_json::json!({ "publicKey": public, "token": token, "response": B64.encode(response) })),
@@ -422,6 +447,28 @@ impl Client {
         match self.recv_within(QUIET).await {
             Err(ClientError::Timeout) => {}
             other => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+/// Unblocks, acks every message of the backlog, and returns them (up to queue-send-complete).
+pub async fn drain_backlog(b: &mut Client) -> Vec<MessageWithMetadataBox> {
+    b.send(&CspPayload::UnblockIncomingMessages).await;
+    let mut got = Vec::new();
+    loop {
+        match b.expect().await {
+            CspPayload::IncomingMessage(m) => {
+                b.send(&CspPayload::IncomingMessageAck(
+                    tandem_shared::csp::MessageAck {
+                        identity: m.sender,
+                        message_id: m.message_id,
+                    },
+                ))
+                .await;
+                got.push(m);
+            }
+            CspPayload::QueueSendComplete => return got,
+            other => panic!("unexpected {other:?}"),
         }
     }
 }

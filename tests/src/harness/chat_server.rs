@@ -1,5 +1,8 @@
 //! [`ChatServer`]: the real `tandem-chat-server` binary on free ports with a scratch data
-//! directory (docs/chat-server.md "Running").
+//! directory (docs/chat-server.md "Running"); with `TANDEM_CHAT_SERVER_NODES=N` (N ≥ 2), N nodes
+//! of one server group on one PostgreSQL database (a real server started by the harness) behind
+//! a round-robin [`Balancer`] for CSP and one for the directory, so that every test runs
+//! unchanged against several nodes (docs/chat-server.md "Several nodes").
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,11 +12,25 @@ use std::time::{Duration, Instant};
 
 use tandem_shared::crypto::PublicKey;
 
+use super::balancer::Balancer;
 use super::error::HarnessError;
 use super::process::Served;
 
+#[allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    unreachable_pub,
+    missing_debug_implementations
+)]
+#[path = "../../../chat-server/tests/support/pg.rs"]
+mod pg;
+
 /// Set to a built `tandem-chat-server` to skip the nested `cargo build`.
 pub const CHAT_SERVER_BIN_VAR: &str = "TANDEM_CHAT_SERVER_BIN";
+/// Set to a number ≥ 2 to run that many chat-server nodes on PostgreSQL behind one address.
+pub const CHAT_SERVER_NODES_VAR: &str = "TANDEM_CHAT_SERVER_NODES";
 
 const START_WAIT: Duration = Duration::from_secs(60);
 
@@ -21,6 +38,10 @@ const START_WAIT: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct ChatServer {
     process: Served,
+    /// Nodes after the first (several nodes only).
+    others: Vec<Served>,
+    /// The CSP and directory balancers in front of the nodes (several nodes only).
+    _balancers: Vec<Balancer>,
     /// CSP over TCP (what the mediator connects to).
     pub csp_addr: SocketAddr,
     /// The directory over HTTP.
@@ -31,76 +52,102 @@ pub struct ChatServer {
 
 impl ChatServer {
     /// Builds the binary if needed, starts it with its data in `dir/chat-data` and its output in
-    /// `dir/chat-server.log`, and waits for its three start lines.
+    /// `dir/chat-server.log`, and waits for its three start lines. With
+    /// [`CHAT_SERVER_NODES_VAR`] set, node `i > 0` uses `dir/chat-data-i` (with the first node's
+    /// server key) and `dir/chat-server-i.log`, all on the PostgreSQL database of `dir`.
     pub async fn start(dir: &Path) -> Result<Self, HarnessError> {
         let binary = tokio::task::spawn_blocking(binary)
             .await
             .map_err(|err| HarnessError::process("cargo build", err.to_string()))??;
-        let data_dir = dir.join("chat-data");
-        std::fs::create_dir_all(&data_dir)
-            .map_err(|err| HarnessError::io(format!("create {}", data_dir.display()), err))?;
-        let log = dir.join("chat-server.log");
-        let mut cmd = Command::new(&binary);
-        cmd.args([
-            "--csp-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "info",
-            "--data-dir",
-        ])
-        .arg(&data_dir);
-        let mut process = Served::spawn("chat server", cmd, &log)?;
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let field = |prefix: &str| {
-                text.lines()
-                    .find_map(|line| line.trim().strip_prefix(prefix).map(str::to_owned))
+        let nodes = std::env::var(CHAT_SERVER_NODES_VAR)
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1)
+            .max(1);
+        let database = if nodes > 1 {
+            let dir = dir.to_path_buf();
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    let server = pg::shared();
+                    let name = pg::database_for(&dir);
+                    server.ensure_database(&name);
+                    server.url(&name)
+                })
+                .await
+                .map_err(|err| HarnessError::process("postgres", err.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let mut started = Vec::with_capacity(nodes);
+        for i in 0..nodes {
+            let suffix = if i == 0 {
+                String::new()
+            } else {
+                format!("-{i}")
             };
-            if let (Some(key), Some(csp), Some(http)) = (
-                field("server public key: "),
-                field("csp listening on "),
-                field("http listening on "),
-            ) {
-                let parsed = (
-                    hex::decode(&key)
-                        .ok()
-                        .and_then(|k| PublicKey::from_slice(&k)),
-                    csp.parse().ok(),
-                    http.parse().ok(),
-                );
-                let (Some(public_key), Some(csp_addr), Some(http_addr)) = parsed else {
-                    return Err(HarnessError::process(
-                        "chat server",
-                        format!("unreadable start lines:\n{}", process.log_tail(20)),
-                    ));
-                };
-                return Ok(Self {
-                    process,
-                    csp_addr,
-                    http_addr,
-                    public_key,
-                });
+            let data_dir = dir.join(format!("chat-data{suffix}"));
+            std::fs::create_dir_all(&data_dir)
+                .map_err(|err| HarnessError::io(format!("create {}", data_dir.display()), err))?;
+            if i > 0 {
+                // Every node of a server group reads the same server key.
+                let key = dir.join("chat-data").join("server.key");
+                std::fs::copy(&key, data_dir.join("server.key"))
+                    .map_err(|err| HarnessError::io(format!("copy {}", key.display()), err))?;
             }
-            if let Some(status) = process.exited() {
-                return Err(HarnessError::process(
-                    "chat server",
-                    format!("exited with {status}:\n{}", process.log_tail(20)),
-                ));
+            let log = dir.join(format!("chat-server{suffix}.log"));
+            if i > 0 && log.exists() {
+                // A restart: the start lines are read from the top of a fresh log.
+                let mut old = log.clone();
+                old.set_extension(format!("log.{}", super::unix_ms()));
+                std::fs::rename(&log, &old)
+                    .map_err(|err| HarnessError::io(format!("move {}", log.display()), err))?;
             }
-            if started.elapsed() > START_WAIT {
-                return Err(HarnessError::process(
-                    "chat server",
-                    format!(
-                        "no start lines within {START_WAIT:?}:\n{}",
-                        process.log_tail(20)
-                    ),
-                ));
+            let mut cmd = Command::new(&binary);
+            cmd.args([
+                "--csp-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--log-level",
+                "info",
+                "--data-dir",
+            ])
+            .arg(&data_dir);
+            if let Some(url) = &database {
+                cmd.args(["--database", url]);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let process = Served::spawn("chat server", cmd, &log)?;
+            started.push(wait_for_start(process, &log).await?);
         }
+        let mut started = started.into_iter();
+        let Some(first) = started.next() else {
+            return Err(HarnessError::process("chat server", "no node"));
+        };
+        let others: Vec<Self> = started.collect();
+        if others.is_empty() {
+            return Ok(first);
+        }
+        let csp = Balancer::start(
+            std::iter::once(first.csp_addr)
+                .chain(others.iter().map(|n| n.csp_addr))
+                .collect(),
+        )
+        .await?;
+        let http = Balancer::start(
+            std::iter::once(first.http_addr)
+                .chain(others.iter().map(|n| n.http_addr))
+                .collect(),
+        )
+        .await?;
+        Ok(Self {
+            csp_addr: csp.addr,
+            http_addr: http.addr,
+            public_key: first.public_key,
+            process: first.process,
+            others: others.into_iter().map(|n| n.process).collect(),
+            _balancers: vec![csp, http],
+        })
     }
 
     /// The directory's `host:port` for [`super::http_request`] and [`super::Identity::create`].
@@ -109,19 +156,81 @@ impl ChatServer {
         self.http_addr.to_string()
     }
 
-    /// Ends the process: SIGKILL with `crash`, else SIGTERM (then SIGKILL after a grace).
+    /// Ends the processes: SIGKILL with `crash`, else SIGTERM (then SIGKILL after a grace).
     pub fn stop(&mut self, crash: bool) {
-        if crash {
-            self.process.kill();
-        } else {
-            self.process.stop();
+        for process in std::iter::once(&mut self.process).chain(self.others.iter_mut()) {
+            if crash {
+                process.kill();
+            } else {
+                process.stop();
+            }
         }
     }
 
-    /// The process (log, pid).
+    /// The (first node's) process (log, pid).
     #[must_use]
     pub const fn process(&self) -> &Served {
         &self.process
+    }
+
+    /// Every node's process.
+    pub fn processes(&self) -> impl Iterator<Item = &Served> {
+        std::iter::once(&self.process).chain(self.others.iter())
+    }
+}
+
+/// Waits for a node's three start lines in its log.
+async fn wait_for_start(mut process: Served, log: &Path) -> Result<ChatServer, HarnessError> {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let field = |prefix: &str| {
+            text.lines()
+                .find_map(|line| line.trim().strip_prefix(prefix).map(str::to_owned))
+        };
+        if let (Some(key), Some(csp), Some(http)) = (
+            field("server public key: "),
+            field("csp listening on "),
+            field("http listening on "),
+        ) {
+            let parsed = (
+                hex::decode(&key)
+                    .ok()
+                    .and_then(|k| PublicKey::from_slice(&k)),
+                csp.parse().ok(),
+                http.parse().ok(),
+            );
+            let (Some(public_key), Some(csp_addr), Some(http_addr)) = parsed else {
+                return Err(HarnessError::process(
+                    "chat server",
+                    format!("unreadable start lines:\n{}", process.log_tail(20)),
+                ));
+            };
+            return Ok(ChatServer {
+                process,
+                others: Vec::new(),
+                _balancers: Vec::new(),
+                csp_addr,
+                http_addr,
+                public_key,
+            });
+        }
+        if let Some(status) = process.exited() {
+            return Err(HarnessError::process(
+                "chat server",
+                format!("exited with {status}:\n{}", process.log_tail(20)),
+            ));
+        }
+        if started.elapsed() > START_WAIT {
+            return Err(HarnessError::process(
+                "chat server",
+                format!(
+                    "no start lines within {START_WAIT:?}:\n{}",
+                    process.log_tail(20)
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

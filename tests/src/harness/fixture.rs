@@ -256,11 +256,14 @@ impl Fixture {
     /// The tails of every log, for a failure report.
     #[must_use]
     pub fn log_tails(&self, lines: usize) -> String {
-        let mut out = format!(
-            "--- chat server ({}) ---\n{}\n",
-            self.chat.process().log_path().display(),
-            self.chat.process().log_tail(lines)
-        );
+        let mut out = String::new();
+        for process in self.chat.processes() {
+            out.push_str(&format!(
+                "--- chat server ({}) ---\n{}\n",
+                process.log_path().display(),
+                process.log_tail(lines)
+            ));
+        }
         if let Mediator::Wrangler(dev) = &self.mediator {
             out.push_str(&format!("--- wrangler dev ---\n{}\n", dev.log_tail(lines)));
         }

@@ -16,6 +16,7 @@
 //! How it fits together and how to run one scenario: `docs/testing.md`.
 
 mod app_device;
+mod balancer;
 mod chat_server;
 mod device;
 mod error;
@@ -31,8 +32,10 @@ mod runner;
 mod worker;
 
 pub use app_device::{unix_ms, AppDevice};
+pub use balancer::Balancer;
 pub use chat_server::{
     build_release_chat_server, use_release_chat_server, ChatServer, CHAT_SERVER_BIN_VAR,
+    CHAT_SERVER_NODES_VAR,
 };
 pub use device::{Device, Received, TransactionStart, DEFAULT_WAIT};
 pub use error::HarnessError;
