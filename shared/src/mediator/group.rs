@@ -238,6 +238,36 @@ impl<S: GroupStore> Group<S> {
         })
     }
 
+    /// The slots kept in memory for `Group::new`/`Group::resume`: slots whose device is not in
+    /// `still_online` and looks connected in the store count as disconnected at `now_ms`.
+    fn load_slots(
+        store: &mut S,
+        now_ms: u64,
+        still_online: &[DeviceId],
+    ) -> Result<std::collections::BTreeMap<DeviceId, Slot>, S::Error> {
+        let mut slots = std::collections::BTreeMap::new();
+        for mut record in store.load_slots()? {
+            let looks_connected = record
+                .last_disconnected_at
+                .is_none_or(|at| at < record.last_connected_at);
+            if looks_connected && !still_online.contains(&record.device_id) {
+                record.last_disconnected_at = Some(now_ms);
+                store.put_slot(&record)?;
+            }
+            let info = store.queue_info(record.device_id)?;
+            slots.insert(
+                record.device_id,
+                Slot {
+                    record,
+                    queue_len: info.len,
+                    tail: info.last_seq,
+                    expiry_retry_at: None,
+                },
+            );
+        }
+        Ok(slots)
+    }
+
     // ---- inputs -------------------------------------------------------------------------------
 
     /// A WebSocket was accepted: sends `ServerHello` with a fresh ESK and challenge (spec §3.1).
