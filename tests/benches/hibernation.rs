@@ -17,9 +17,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures_util::future::join_all;
 use tandem_shared::proto::d2d::{envelope::Content, Envelope, OutgoingMessage};
-use tandem_tests::harness::{
-    http_request, random_device_id, use_release_chat_server, Device, Fixture, Identity,
-};
+use tandem_tests::harness::{random_device_id, use_release_chat_server, Device, Fixture, Identity};
 use tandem_tests::reliability::{after_gc, rss_pair};
 
 /// Groups whose reflects are timed one at a time.
@@ -233,14 +231,7 @@ async fn one_reflect(a: &mut Device, b: &mut Device, tag: u64) -> u64 {
 
 /// `(objectsConstructed, connectionsResumed)` of the isolate.
 async fn stats(fx: &Fixture, id: &Identity) -> (u64, u64) {
-    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
-    let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
-    let stats = http_request(&addr, "GET", &path, None, Duration::from_secs(30))
-        .await
-        .unwrap();
-    let body = &stats.body;
-    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
-    let json: serde_json::Value = serde_json::from_str(json).unwrap();
+    let json = fx.group_stats(id).await.unwrap().expect("wrangler dev");
     (
         json["objectsConstructed"].as_u64().unwrap(),
         json["connectionsResumed"].as_u64().unwrap(),

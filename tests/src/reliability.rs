@@ -563,18 +563,8 @@ pub async fn after_gc(fx: &Fixture) -> Option<AfterGc> {
 
 /// The Worker isolate's wasm memory, from the first group's development stats.
 async fn wasm_memory(fx: &Fixture, identities: &[crate::harness::Identity]) -> Option<u64> {
-    let first = identities.first()?;
-    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
-    let path = format!("/_dev/group/{}", hex::encode(first.keys.dgpk_public.0));
-    let stats = crate::harness::http_request(&addr, "GET", &path, None, Duration::from_secs(10))
-        .await
-        .ok()?;
-    let body = &stats.body;
-    let json = body.get(body.find('{')?..=body.rfind('}')?)?;
-    serde_json::from_str::<serde_json::Value>(json)
-        .ok()?
-        .get("wasmMemoryBytes")?
-        .as_u64()
+    let stats = fx.group_stats(identities.first()?).await.ok()??;
+    stats.get("wasmMemoryBytes")?.as_u64()
 }
 
 /// `groups` identities with `per_group` devices each, in a ring: every identity writes to the

@@ -37,8 +37,8 @@ use tandem_shared::proto::d2d::{
 use tandem_shared::proto::d2m::client_hello::DeviceSlotsExhaustedPolicy;
 use tandem_shared::proto::d2m::{DeviceSlotExpirationPolicy, DeviceSlotState};
 use tandem_tests::harness::{
-    http_request, lookup_public_key, random_device_id, Device, Fixture, HarnessError, Identity,
-    Mediator, RawSocket, Received, Runner, ScenarioResult, TransactionStart,
+    lookup_public_key, random_device_id, Device, Fixture, HarnessError, Identity, Mediator,
+    RawSocket, Received, Runner, ScenarioResult, TransactionStart,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -548,26 +548,16 @@ async fn dev_stats(
     fx: &Fixture,
     id: &Identity,
 ) -> Result<Option<impl Fn(&str) -> u64>, HarnessError> {
-    if !matches!(fx.mediator, Mediator::Wrangler(_)) {
+    let Some(json) = fx.group_stats(id).await? else {
         return Ok(None);
-    }
-    let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
-    let addr = fx.ws_base().trim_start_matches("ws://").to_owned();
-    let stats = http_request(&addr, "GET", &path, None, Duration::from_secs(10)).await?;
-    let body = &stats.body;
-    let json = body
-        .find('{')
-        .and_then(|start| body.rfind('}').map(|end| &body[start..=end]))
-        .unwrap_or("{}");
-    let json: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
-    let body = body.clone();
+    };
     Ok(Some(move |name: &str| {
         json[name]
             .as_u64()
             .or_else(|| json[name].as_bool().map(u64::from))
             // Present and null (an `Option` that is `None`): 0.
             .or_else(|| json.get(name).and_then(|v| v.is_null().then_some(0)))
-            .unwrap_or_else(|| panic!("no {name} in the stats: {body}"))
+            .unwrap_or_else(|| panic!("no {name} in the stats: {json}"))
     }))
 }
 

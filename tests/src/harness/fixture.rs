@@ -177,6 +177,30 @@ impl Fixture {
         Identity::create(&self.chat.directory()).await
     }
 
+    /// The development stats of `id`'s group object (`/_dev/group/{hex(DGPK.public)}`, which
+    /// constructs the object if it hibernates) as JSON; `None` for the in-process mediator.
+    pub async fn group_stats(
+        &self,
+        id: &Identity,
+    ) -> Result<Option<serde_json::Value>, HarnessError> {
+        if !matches!(self.mediator, Mediator::Wrangler(_)) {
+            return Ok(None);
+        }
+        let path = format!("/_dev/group/{}", hex::encode(id.keys.dgpk_public.0));
+        let addr = self.ws_base().trim_start_matches("ws://").to_owned();
+        let stats = super::http_request(&addr, "GET", &path, None, Duration::from_secs(30)).await?;
+        let body = &stats.body;
+        let json = body
+            .find('{')
+            .and_then(|start| body.rfind('}').and_then(|end| body.get(start..=end)))
+            .and_then(|json| serde_json::from_str(json).ok())
+            .ok_or_else(|| HarnessError::Http {
+                request: format!("GET {path}"),
+                detail: format!("not JSON: {body}"),
+            })?;
+        Ok(Some(json))
+    }
+
     /// Restarts the mediator on the same storage and port; every connection drops. `crash`:
     /// SIGKILL instead of SIGTERM (the in-process mediator drops everything either way).
     pub async fn restart_mediator(&mut self, crash: bool) -> Result<Duration, HarnessError> {
