@@ -2,7 +2,7 @@
 // DevTools Protocol): what the heap holds, what a full collection frees, and (optionally) which
 // constructors hold it.
 //
-//   node mediator-worker/tools/heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot] [alloc]
+//   node mediator-worker/tools/heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot] [alloc|promoted]
 //
 // Start wrangler dev with a fixed inspector port (scripts/worker-dev.sh honours
 // TANDEM_INSPECTOR_PORT). Every EVERY_S seconds (default 30), TIMES times (default 10), prints
@@ -14,7 +14,8 @@
 // or size changed most since the previous one. With `alloc` it samples every allocation over
 // each interval, garbage included (`HeapProfiler.startSampling` keeping objects collected by
 // minor and major GCs), and prints the functions that allocated most: what each frame leaves
-// for the collector.
+// for the collector. `promoted` is `alloc` without what the young generation's collections
+// freed: what outlived a scavenge, reached the old generation and waits there for a full one.
 import { readFileSync, readdirSync } from "node:fs";
 import { connect, nameShims, sleep } from "./inspector.mjs";
 
@@ -22,9 +23,10 @@ const args = process.argv.slice(2);
 const [port, everyS = "30", times = "10"] = args;
 const gc = args.includes("gc");
 const snapshot = args.includes("snapshot");
-const alloc = args.includes("alloc");
+const promoted = args.includes("promoted");
+const alloc = args.includes("alloc") || promoted;
 if (!port) {
-  console.error("usage: heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot] [alloc]");
+  console.error("usage: heap.mjs INSPECTOR_PORT [EVERY_S] [TIMES] [gc] [snapshot] [alloc|promoted]");
   process.exit(2);
 }
 
@@ -117,7 +119,7 @@ for (let n = 0; n < Number(times); n++) {
     await call("HeapProfiler.startSampling", {
       samplingInterval: 1024,
       includeObjectsCollectedByMajorGC: true,
-      includeObjectsCollectedByMinorGC: true,
+      includeObjectsCollectedByMinorGC: !promoted,
     });
   }
   await sleep(Number(everyS) * 1000);
