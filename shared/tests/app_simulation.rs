@@ -42,8 +42,15 @@ fn messages(w: &World, name: &str) -> BTreeMap<MessageKey, (Direction, String, M
         .collect()
 }
 
-fn simulate(seed: u64, steps: usize, join: bool) {
+/// The idle window of CSP on demand in `random_faults_converge_with_csp_on_demand`: short, so
+/// that connections close and open often within a run.
+const IDLE_MS: u64 = 5_000;
+
+fn simulate(seed: u64, steps: usize, join: bool, on_demand: bool) {
     let mut w = World::new(seed);
+    if on_demand {
+        w.csp_idle_ms = Some(IDLE_MS);
+    }
     let x = w.identity("XXXXXXXX");
     let y = w.identity("YYYYYYYY");
     for name in DEVICES {
@@ -66,7 +73,18 @@ fn simulate(seed: u64, steps: usize, join: bool) {
             w.connect("X3");
             all.push("X3");
         }
-        w.advance(rng.gen_range(1..2_000));
+        if on_demand {
+            // Now and then long enough for every chat server connection to fall idle, and
+            // sometimes past the mediator's wake poll (a lost push costs that long).
+            let ms = match rng.gen_range(0..10) {
+                0..=6 => rng.gen_range(1..2_000),
+                7 | 8 => rng.gen_range(IDLE_MS..3 * IDLE_MS),
+                _ => w.group_config.wake_poll_ms,
+            };
+            w.tick(ms);
+        } else {
+            w.advance(rng.gen_range(1..2_000));
+        }
         // Several actions before the world moves, so that they overlap (a send from Y while X1
         // holds the lock).
         for action in 0..rng.gen_range(1..=4) {
@@ -131,7 +149,10 @@ fn simulate(seed: u64, steps: usize, join: bool) {
     // Heal: no more faults, storage keeps up again, every device comes back.
     let faults = w.faults.take().unwrap().injected;
     if std::env::var_os("APP_SIM_VERBOSE").is_some() {
-        eprintln!("seed {seed}: faults (drops, crashes, TTL) {faults:?}");
+        eprintln!(
+            "seed {seed}: faults (drops, crashes, TTL) {faults:?}, pushes lost {}",
+            w.pushes_lost
+        );
         for &name in &all {
             for e in &w.devices[name].events {
                 if matches!(
@@ -223,6 +244,10 @@ fn simulate(seed: u64, steps: usize, join: bool) {
             "seed {seed}: X1 vs X3, which joined halfway"
         );
     }
+    if on_demand {
+        asleep_group_is_woken_by_a_push(&mut w, seed, &all, x, y);
+        sent += 1;
+    }
     let on_x = messages(&w, "X1");
     let on_y = messages(&w, "Y1");
     // A send whose batch never became durable died with its tab; everything else arrived once.
@@ -250,6 +275,48 @@ fn simulate(seed: u64, steps: usize, join: bool) {
     }
 }
 
+/// After the world healed: every chat server connection falls idle and closes; a message to X
+/// then waits at the chat server, which pushes, and reaches both of X's devices and is acked.
+fn asleep_group_is_woken_by_a_push(
+    w: &mut World,
+    seed: u64,
+    all: &[&'static str],
+    x: Identity,
+    y: Identity,
+) {
+    w.tick(IDLE_MS);
+    w.tick(IDLE_MS);
+    for &name in all {
+        assert!(
+            w.app_ref(name).is_csp_asleep(),
+            "seed {seed}: {name}'s chat server connection is idle"
+        );
+    }
+    let now = w.now;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    w.app("Y1")
+        .send_text(ConversationId::Contact(x), "while X sleeps", now, &mut rng)
+        .unwrap();
+    w.run();
+    for name in ["X1", "X2"] {
+        assert!(
+            w.conversation(name, &ConversationId::Contact(y))
+                .iter()
+                .any(|m| m.text == "while X sleeps"),
+            "seed {seed}: {name} got the message through a push"
+        );
+    }
+    assert_eq!(w.chat.queued(&x), 0, "seed {seed}: acked");
+}
+
+/// CSP on demand throughout (docs/protocol.md): connections close when idle and open for each
+/// send, on promotion and on a `Wake`; the chat server pushes and 30 % of pushes are lost
+/// (the mediator's poll, or the next connection, finds those messages). Everything above holds.
+#[test]
+fn random_faults_converge_with_csp_on_demand() {
+    run_seeds_with(false, true);
+}
+
 /// `APP_SIM_SEEDS=5000 APP_SIM_STEPS=100 cargo test --test app_simulation` explores further;
 /// `APP_SIM_SEED=N` replays one seed (each failure message names its seed), `APP_SIM_VERBOSE=1`
 /// prints the faults each seed injected.
@@ -267,11 +334,15 @@ fn random_faults_converge_with_a_device_joining() {
 }
 
 fn run_seeds(join: bool) {
+    run_seeds_with(join, false);
+}
+
+fn run_seeds_with(join: bool, on_demand: bool) {
     let var = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u64>().ok());
     let seeds = var("APP_SIM_SEEDS").unwrap_or(200);
     let steps = var("APP_SIM_STEPS").map_or(40, |s| usize::try_from(s).unwrap());
     match var("APP_SIM_SEED") {
-        Some(seed) => simulate(seed, steps, join),
-        None => (0..seeds).for_each(|seed| simulate(seed, steps, join)),
+        Some(seed) => simulate(seed, steps, join, on_demand),
+        None => (0..seeds).for_each(|seed| simulate(seed, steps, join, on_demand)),
     }
 }

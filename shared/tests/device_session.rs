@@ -17,7 +17,9 @@ use rand_chacha::ChaCha20Rng;
 use tandem_shared::crypto::SecretKey;
 use tandem_shared::csp::{CspClientConfig, CspServer, CspServerConfig, Extensions, ServerEvent};
 use tandem_shared::d2d::{seal_envelope, DeviceInfo, Platform, Scope};
-use tandem_shared::d2m::{CloseCode, D2mMessage, Reconnect, ReflectAck};
+use tandem_shared::d2m::{
+    CloseCode, D2mMessage, Reconnect, ReflectAck, TANDEM_FEATURE_CSP_ON_DEMAND,
+};
 use tandem_shared::device::{CloseOrigin, DeviceConfig, DeviceError, DeviceSession, Event};
 use tandem_shared::keys::{ClientKey, DeviceGroupKey, DeviceGroupKeys};
 use tandem_shared::mediator::{ConnId, Effect, Group, GroupConfig, MemoryStore};
@@ -51,6 +53,17 @@ fn config(device_id: u64, expected: DeviceSlotState) -> DeviceConfig {
     let mut c = DeviceConfig::new(group_keys(), device_id, info(&format!("dev{device_id}")));
     c.expected_slot_state = expected;
     c
+}
+
+/// `config` with a CSP login for the test identity at the test chat server.
+fn with_csp(mut config: DeviceConfig) -> DeviceConfig {
+    config.csp = Some(CspClientConfig {
+        identity: IDENTITY,
+        client_key: client_key(),
+        server_public_key: server_key().public_key(),
+        extensions: Extensions::new("tandem-test"),
+    });
+    config
 }
 
 fn text(tag: u64) -> d2d_pb::Envelope {
@@ -718,14 +731,7 @@ fn promotion_before_queue_dry_is_a_protocol_error() {
 #[test]
 fn csp_handshake_and_payloads_through_the_mediator() {
     let mut net = Net::new();
-    let mut config = config(1, DeviceSlotState::New);
-    config.csp = Some(CspClientConfig {
-        identity: IDENTITY,
-        client_key: client_key(),
-        server_public_key: server_key().public_key(),
-        extensions: Extensions::new("tandem-test"),
-    });
-    net.connect(1, config);
+    net.connect(1, with_csp(config(1, DeviceSlotState::New)));
     let events = net.take(1);
     assert!(
         events.iter().any(|e| matches!(e, Event::CspEstablished(_))),
@@ -755,4 +761,122 @@ fn csp_handshake_and_payloads_through_the_mediator() {
         vec![Event::CspPayload(tandem_shared::device::CspPayload(down))]
     );
     assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+/// A device that speaks CSP on demand (docs/protocol.md "CSP on demand"), logged in at the chat
+/// server through a group that has a push URL.
+fn on_demand_net() -> (Net, DeviceConfig) {
+    let mut net = Net::new();
+    let mut group_config = GroupConfig::default();
+    group_config.push_url = Some("https://mediator.example/push/abc".into());
+    net.group = Group::new(
+        group_config,
+        group_keys().dgpk_public,
+        MemoryStore::new(),
+        1_000,
+    )
+    .unwrap();
+    let mut config = with_csp(config(1, DeviceSlotState::New));
+    config.tandem_features = TANDEM_FEATURE_CSP_ON_DEMAND;
+    (net, config)
+}
+
+#[test]
+fn csp_on_demand_closes_wakes_and_reopens_the_chat_server_connection() {
+    let (mut net, config) = on_demand_net();
+    net.connect(1, config);
+    let events = net.take(1);
+    assert!(
+        events.contains(&Event::PushUrl("https://mediator.example/push/abc".into())),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::CspEstablished(_))));
+    assert!(net.dev(1).csp_on_demand());
+
+    // Bytes the chat server sent just before the close reach the device after it asked to
+    // close: they belong to the closed connection and are dropped, not fed to the next login.
+    let down = vec![0x80, 0x00, 0x00, 0x00, 4, 5, 6];
+    net.csp.get_mut(&1).unwrap().send(&down).unwrap();
+    let mut stale = Vec::new();
+    while let Some(bytes) = net.csp.get_mut(&1).unwrap().poll_transmit() {
+        stale.extend(bytes);
+    }
+    net.group
+        .on_csp_bytes(ConnId(net.conn_of[&1]), &stale, net.now);
+    let held: Vec<Effect> = std::iter::from_fn(|| net.group.poll_effect()).collect();
+    net.dev(1).close_csp().unwrap();
+    assert!(!net.dev(1).is_csp_open());
+    for effect in held {
+        net.apply(effect);
+    }
+    net.run();
+    assert!(
+        !net.csp.contains_key(&1),
+        "the chat server socket is closed"
+    );
+    assert_eq!(
+        net.take(1),
+        vec![Event::CspClosed],
+        "the stale payload is dropped"
+    );
+
+    // The chat server has something: a push wakes the leader, which logs in again.
+    net.group.on_push(net.now);
+    net.run();
+    assert_eq!(net.take(1), vec![Event::Wake]);
+    net.devices
+        .get_mut(&1)
+        .unwrap()
+        .open_csp(&mut net.rng)
+        .unwrap();
+    net.run();
+    assert!(net
+        .take(1)
+        .iter()
+        .any(|e| matches!(e, Event::CspEstablished(_))));
+    net.csp.get_mut(&1).unwrap().send(&down).unwrap();
+    net.run();
+    assert_eq!(
+        net.take(1),
+        vec![Event::CspPayload(tandem_shared::device::CspPayload(down))]
+    );
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+#[test]
+fn opening_while_the_close_is_unconfirmed_waits_for_it() {
+    let (mut net, config) = on_demand_net();
+    net.connect(1, config);
+    net.take(1);
+    net.dev(1).close_csp().unwrap();
+    net.devices
+        .get_mut(&1)
+        .unwrap()
+        .open_csp(&mut net.rng)
+        .unwrap();
+    assert!(
+        !net.dev(1).is_csp_open(),
+        "not before the close is confirmed"
+    );
+    net.run();
+    let events = net.take(1);
+    assert_eq!(events.first(), Some(&Event::CspClosed), "{events:?}");
+    assert!(events.iter().any(|e| matches!(e, Event::CspEstablished(_))));
+    assert!(net.dev(1).is_csp_open());
+    assert!(net.errors.is_empty(), "{:?}", net.errors);
+}
+
+#[test]
+fn without_the_extension_there_is_no_push_url_and_no_close() {
+    let (mut net, mut config) = on_demand_net();
+    config.tandem_features = 0;
+    net.connect(1, config);
+    let events = net.take(1);
+    assert!(!events.iter().any(|e| matches!(e, Event::PushUrl(_))));
+    assert!(!net.dev(1).csp_on_demand());
+    assert_eq!(
+        net.dev(1).close_csp(),
+        Err(DeviceError::CspOnDemandNotNegotiated)
+    );
+    assert!(net.dev(1).is_csp_open());
 }

@@ -984,6 +984,7 @@ impl Sim {
                     } else {
                         pb::DeviceSlotState::New.into()
                     },
+                    tandem_features: 0,
                 };
                 self.links.get_mut(&conn).unwrap().phase = Phase::AwaitInfo;
                 self.send_up(conn, client_hello, Note::Nothing);

@@ -57,6 +57,11 @@ pub struct AppConfig {
     /// An echo-request unanswered this long ends the connection ([`ECHO_TIMEOUT_MS`] by
     /// default): the path to the chat server is dead though no socket says so (half-open).
     pub echo_timeout_ms: u64,
+    /// CSP on demand (docs/protocol.md): the chat server connection closes after this long
+    /// without anything but keepalives and opens again when needed; the device asks the
+    /// mediator for the extension. `None` keeps it open for the whole connection, as Threema's
+    /// devices do (the default until a chat server wakes groups by push).
+    pub csp_idle_ms: Option<u64>,
 }
 
 impl AppConfig {
@@ -71,6 +76,7 @@ impl AppConfig {
             reconnect: ReconnectPolicy::default(),
             echo_interval_ms: ECHO_INTERVAL_MS,
             echo_timeout_ms: ECHO_TIMEOUT_MS,
+            csp_idle_ms: None,
         }
     }
 }
@@ -141,6 +147,16 @@ pub(super) struct Conn {
     /// Reflects made while this device awaited or held the lock, in order: the mediator would
     /// stage them with the transaction and could still discard them (see `App::reflect`).
     pub(super) deferred: VecDeque<(crate::proto::d2d::envelope::Content, Option<Pending>)>,
+    /// The chat server connection is closed for being idle (CSP on demand).
+    pub(super) csp_asleep: bool,
+    /// Last time a message, receipt or ack went either way on the chat server connection
+    /// (keepalives do not count).
+    pub(super) csp_active_at: u64,
+    /// Something went either way since `csp_active_at` was last set (set where no clock is at
+    /// hand, turned into a time by `pump`).
+    pub(super) csp_touched: bool,
+    /// Where the chat server can wake the group (`PushUrl` from the mediator).
+    pub(super) push_url: Option<String>,
 }
 
 /// How a chat server of before protocol version 23 starts its close-error when it reads the
@@ -331,6 +347,7 @@ impl App {
             self.reconnect_at,
             self.conn.next_echo_at,
             self.conn.echo_deadline,
+            self.csp_idle_at(),
         ]
         .into_iter()
         .flatten()
@@ -361,6 +378,9 @@ impl App {
         extensions.csp_device_id = Some(own.csp_device_id);
         if self.desktop_features {
             extensions.features = Some(CspFeatures::DESKTOP);
+        }
+        if self.config.csp_idle_ms.is_some() {
+            config.tandem_features = crate::d2m::TANDEM_FEATURE_CSP_ON_DEMAND;
         }
         config.csp = Some(CspClientConfig {
             identity: *own.identity.as_bytes(),
@@ -420,6 +440,7 @@ impl App {
                 self.conn.echo_deadline = Some(now_ms.saturating_add(self.config.echo_timeout_ms));
             }
         }
+        self.close_idle_csp(now_ms);
         if self.reconnect_at.is_some_and(|at| now_ms >= at) && self.session.is_none() {
             self.reconnect_at = None;
             self.effects.push_back(Effect::Connect);
@@ -530,6 +551,9 @@ impl App {
         self.drive(now_ms, rng);
         // `drive` may have closed the session (a failing send); that is reported too.
         self.drain_session(now_ms, rng);
+        if core::mem::take(&mut self.conn.csp_touched) {
+            self.conn.csp_active_at = now_ms;
+        }
         self.flush();
     }
 
@@ -571,13 +595,22 @@ impl App {
             Event::PromotedToLeader => {
                 self.conn.leader = true;
                 self.events.push_back(AppEvent::Leader);
+                // The leader receives: a connection closed for being idle opens again.
+                self.wake_csp(rng);
+            }
+            Event::Wake => self.wake_csp(rng),
+            Event::PushUrl(url) => {
+                self.conn.push_url = Some(url);
+                self.register_push_url();
             }
             Event::CspEstablished(ack) => {
                 if let Some(offset_ms) = clock_warning(&ack, now_ms) {
                     self.events.push_back(AppEvent::ClockOffset { offset_ms });
                 }
                 self.conn.csp_ready = true;
+                self.conn.csp_active_at = now_ms;
                 self.conn.next_echo_at = Some(now_ms.saturating_add(self.config.echo_interval_ms));
+                self.register_push_url();
             }
             Event::CspPayload(payload) => self.on_csp_payload(&payload.0, now_ms, rng),
             Event::Reflected {
@@ -651,6 +684,12 @@ impl App {
         let Ok(payload) = CspPayload::decode(bytes, MessagePayloadVersion::WithMetadataBox) else {
             return;
         };
+        if !matches!(
+            payload,
+            CspPayload::EchoRequest(_) | CspPayload::EchoResponse(_)
+        ) {
+            self.conn.csp_touched = true;
+        }
         match payload {
             // Spec §4: only the leader receives; anything else is ignored, never acked.
             CspPayload::IncomingMessage(message) if self.conn.leader => {
@@ -686,6 +725,14 @@ impl App {
         let (Some(session), Ok(bytes)) = (self.session.as_mut(), payload.encode()) else {
             return false;
         };
+        if !matches!(
+            payload,
+            CspPayload::EchoRequest(_)
+                | CspPayload::EchoResponse(_)
+                | CspPayload::SetPushNotificationToken(_)
+        ) {
+            self.conn.csp_touched = true;
+        }
         session.csp_send(&bytes).is_ok()
     }
 
@@ -701,6 +748,7 @@ impl App {
         if !self.conn.online {
             return;
         }
+        self.wake_csp_if_needed(rng);
         self.release_deferred(rng);
         if core::mem::take(&mut self.receipts_to_resume) {
             self.resume_receipts(now_ms, rng);

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod model;
 mod newdevice;
 pub mod nonce;
+mod on_demand;
 mod outgoing;
 mod receipts;
 pub mod reconnect;
@@ -44,6 +45,7 @@ pub use model::{
     MessageKey, MessageState, ModelError, OwnIdentity, Profile, Settings,
 };
 pub use nonce::{nonce_hash, NonceHasher, NonceScope, NonceStore};
+pub use on_demand::{CSP_IDLE_MS, TANDEM_PUSH_TOKEN_TYPE};
 pub use outgoing::MAX_TEXT_LEN;
 pub use reconnect::{ReconnectDecision, ReconnectPolicy, Reconnector, StopReason};
 pub use records::{Batch, Op, Record, RecordError, RecordKind, SINGLETON_KEY};

@@ -109,7 +109,8 @@ pub enum PayloadEncoding {
     Structbuf,
 }
 
-/// Every payload type code of spec §2.3; no other codes exist.
+/// Every payload type code of spec §2.3, and Tandem's three extensions (0xf0–0xf2,
+/// docs/protocol.md "CSP on demand"); no other codes exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum PayloadType {
@@ -155,11 +156,17 @@ pub enum PayloadType {
     Reflected = 0x82,
     /// 0x83, C→S, structbuf.
     ReflectedAck = 0x83,
+    /// 0xf0, C→S, Tandem extension (docs/protocol.md "CSP on demand").
+    CspClose = 0xf0,
+    /// 0xf1, S→C, Tandem extension.
+    Wake = 0xf1,
+    /// 0xf2, S→C, Tandem extension.
+    PushUrl = 0xf2,
 }
 
 impl PayloadType {
     /// Every payload type, in code order.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 24] = [
         Self::Proxy,
         Self::ServerHello,
         Self::ClientHello,
@@ -181,6 +188,9 @@ impl PayloadType {
         Self::ReflectAck,
         Self::Reflected,
         Self::ReflectedAck,
+        Self::CspClose,
+        Self::Wake,
+        Self::PushUrl,
     ];
 
     /// The type byte.
@@ -214,6 +224,9 @@ impl PayloadType {
             0x81 => Self::ReflectAck,
             0x82 => Self::Reflected,
             0x83 => Self::ReflectedAck,
+            0xf0 => Self::CspClose,
+            0xf1 => Self::Wake,
+            0xf2 => Self::PushUrl,
             _ => return None,
         })
     }
@@ -244,6 +257,9 @@ impl PayloadType {
             Self::ReflectAck => "ReflectAck",
             Self::Reflected => "Reflected",
             Self::ReflectedAck => "ReflectedAck",
+            Self::CspClose => "CspClose",
+            Self::Wake => "Wake",
+            Self::PushUrl => "PushUrl",
         }
     }
 
@@ -304,7 +320,7 @@ mod tests {
     #[test]
     fn codes_and_names_match_spec_table() {
         // Spec §2.3, transcribed by hand.
-        let table: [(u8, &str); 21] = [
+        let table: [(u8, &str); 24] = [
             (0x00, "Proxy"),
             (0x10, "ServerHello"),
             (0x11, "ClientHello"),
@@ -326,6 +342,10 @@ mod tests {
             (0x81, "ReflectAck"),
             (0x82, "Reflected"),
             (0x83, "ReflectedAck"),
+            // Tandem's extensions (docs/protocol.md "CSP on demand").
+            (0xf0, "CspClose"),
+            (0xf1, "Wake"),
+            (0xf2, "PushUrl"),
         ];
         for (code, name) in table {
             let t = PayloadType::from_u8(code).unwrap();
@@ -337,8 +357,8 @@ mod tests {
         let known = (0..=255_u8)
             .filter(|c| PayloadType::from_u8(*c).is_some())
             .count();
-        assert_eq!(known, 21);
-        assert_eq!(PayloadType::ALL.len(), 21);
+        assert_eq!(known, 24);
+        assert_eq!(PayloadType::ALL.len(), 24);
     }
 
     #[test]
@@ -373,7 +393,8 @@ mod tests {
                 .iter()
                 .filter(|t| t.encoding() == PayloadEncoding::Protobuf)
                 .count(),
-            16
+            16 + 3,
+            "spec §2.3's sixteen and Tandem's three"
         );
     }
 

@@ -72,7 +72,7 @@ macro_rules! d2m_message {
         ///
         /// Protobuf payloads hold the generated struct, so unknown fields are accepted on decode
         /// as proto3 requires (and dropped) and unknown enum values are kept as numbers.
-        /// Exhaustive on purpose: spec §2.3 says no other codes exist, so a state machine that
+        /// Exhaustive on purpose: spec §2.3 says no other codes exist (Tandem adds three), so a state machine that
         /// matches on it is told by the compiler when it forgets one.
         #[derive(Clone, PartialEq)]
         pub enum D2mMessage {
@@ -204,6 +204,9 @@ d2m_message!(
     CommitTransactionAck,
     TransactionRejected,
     TransactionEnded,
+    CspClose,
+    Wake,
+    PushUrl,
 );
 
 impl D2mMessage {
@@ -352,6 +355,7 @@ mod tests {
             device_slot_expiration_policy: pb::DeviceSlotExpirationPolicy::Persistent as i32,
             encrypted_device_info: vec![0xee],
             expected_device_slot_state: pb::DeviceSlotState::Existing as i32,
+            tandem_features: 0,
         };
         assert_eq!(
             D2mMessage::decode(&bytes).unwrap(),
@@ -614,6 +618,7 @@ mod tests {
                             device_slot_expiration_policy: expiration,
                             encrypted_device_info: info,
                             expected_device_slot_state: state,
+                            tandem_features: 0,
                         }
                         .into()
                     }
@@ -638,6 +643,7 @@ mod tests {
                         encrypted_shared_device_data: data,
                         current_time,
                         reflection_queue_length,
+                        tandem_features: 0,
                     }
                     .into()
                 ),

@@ -22,3 +22,8 @@ pub use reflect::{
     Reflect, ReflectAck, ReflectFlags, Reflected, ReflectedAck, StructbufError, REFLECTED_ACK_LEN,
     REFLECTED_HEADER_LEN, REFLECT_ACK_LEN, REFLECT_HEADER_LEN,
 };
+
+/// `ClientHello.tandem_features` / `ServerInfo.tandem_features` bit (Tandem's extension,
+/// docs/protocol.md "CSP on demand"): the chat server connection may close while the device
+/// stays connected (`CspClose`), and the mediator wakes the leader (`Wake`).
+pub const TANDEM_FEATURE_CSP_ON_DEMAND: u32 = crate::proto::d2m::TandemFeature::CspOnDemand as u32;

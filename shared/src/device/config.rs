@@ -30,6 +30,9 @@ pub struct DeviceConfig {
     pub csp: Option<CspClientConfig>,
     /// See [`DEFAULT_HANDSHAKE_TIMEOUT_MS`].
     pub handshake_timeout_ms: u64,
+    /// Tandem extensions to ask for (`ClientHello.tandem_features`, docs/protocol.md "CSP on
+    /// demand"); 0 behaves exactly as Threema's devices.
+    pub tandem_features: u32,
 }
 
 impl DeviceConfig {
@@ -45,6 +48,7 @@ impl DeviceConfig {
             expiration_policy: DeviceSlotExpirationPolicy::Persistent,
             csp: None,
             handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            tandem_features: 0,
         }
     }
 }

@@ -164,6 +164,15 @@ pub enum Event {
     CspEstablished(LoginAck),
     /// One decrypted CSP payload container.
     CspPayload(CspPayload),
+    /// The mediator closed the chat server connection `close_csp` asked it to close; proxy
+    /// frames from now on belong to the next one.
+    CspClosed,
+    /// The chat server has messages and nobody receives them: open the chat server connection
+    /// (`open_csp`). Only with CSP on demand negotiated.
+    Wake,
+    /// Where the chat server can wake this device group: register it as a push token of
+    /// Tandem's type at the next chat server login (docs/protocol.md "CSP on demand").
+    PushUrl(String),
     /// The connection is over; nothing more comes.
     Closed {
         /// The close code (spec §3.5).
@@ -235,6 +244,9 @@ pub enum DeviceError {
     /// Misuse: the CSP login has not completed.
     #[error("CSP not established")]
     CspNotEstablished,
+    /// Misuse: the mediator did not accept CSP on demand for this connection.
+    #[error("CSP on demand not negotiated")]
+    CspOnDemandNotNegotiated,
     /// Misuse: a transaction is being begun, held or committed.
     #[error("a transaction is already in progress")]
     TransactionInProgress,

@@ -21,7 +21,7 @@ use crate::d2d::{
 };
 use crate::d2m::{
     respond, validate_server_hello, CloseCode, D2mMessage, Reflect, ReflectFlags, Reflected,
-    ReflectedAck,
+    ReflectedAck, TANDEM_FEATURE_CSP_ON_DEMAND,
 };
 use crate::proto::d2d::Envelope;
 use crate::proto::d2m as pb;
@@ -73,6 +73,13 @@ pub struct DeviceSession {
     state: State,
     deadline: Option<u64>,
     csp: Option<CspClient>,
+    /// `CspClose` was sent and the mediator has not confirmed it: proxy frames until then are
+    /// the closed connection's last bytes, dropped.
+    csp_closing: bool,
+    /// `open_csp` was asked for while closing: opens when the close is confirmed.
+    csp_reopen: bool,
+    /// `ServerInfo.tandem_features`: what the mediator accepted.
+    features: u32,
     reflections: Reflections,
     transaction: Transaction,
     transmits: VecDeque<Vec<u8>>,
@@ -115,6 +122,9 @@ impl DeviceSession {
             state: State::AwaitingServerHello,
             deadline,
             csp,
+            csp_closing: false,
+            csp_reopen: false,
+            features: 0,
             reflections: Reflections::default(),
             transaction: Transaction::Idle,
             transmits: VecDeque::new(),
@@ -286,6 +296,60 @@ impl DeviceSession {
         self.fail_on_terminal(result)
     }
 
+    /// Closes the chat server connection and keeps this one (CSP on demand, docs/protocol.md):
+    /// sends `CspClose`; `Event::CspClosed` follows. Nothing to do if it is not open.
+    pub fn close_csp(&mut self) -> Result<(), DeviceError> {
+        self.require_authenticated()?;
+        if self.features & TANDEM_FEATURE_CSP_ON_DEMAND == 0 {
+            return Err(DeviceError::CspOnDemandNotNegotiated);
+        }
+        if self.csp.take().is_none() {
+            return Ok(());
+        }
+        self.csp_reopen = false;
+        self.csp_closing = true;
+        let result = self.send(pb::CspClose {}.into());
+        self.fail_on_terminal(result)
+    }
+
+    /// Opens the chat server connection again after `close_csp`: a new CSP login through the
+    /// proxy (`Event::CspEstablished` follows). While the close is not yet confirmed it opens
+    /// once it is.
+    pub fn open_csp(&mut self, rng: &mut impl CryptoRngCore) -> Result<(), DeviceError> {
+        self.require_authenticated()?;
+        let config = self
+            .config
+            .csp
+            .clone()
+            .ok_or(DeviceError::CspNotConfigured)?;
+        if self.csp.is_some() {
+            return Ok(());
+        }
+        if self.csp_closing {
+            self.csp_reopen = true;
+            return Ok(());
+        }
+        let result = CspClient::new(config, rng)
+            .map_err(DeviceError::Csp)
+            .and_then(|client| {
+                self.csp = Some(client);
+                self.pump_csp()
+            });
+        self.fail_on_terminal(result)
+    }
+
+    /// Whether a chat server connection is open or opening (not closed by `close_csp`).
+    #[must_use]
+    pub const fn is_csp_open(&self) -> bool {
+        self.csp.is_some()
+    }
+
+    /// Whether the mediator accepted CSP on demand on this connection.
+    #[must_use]
+    pub const fn csp_on_demand(&self) -> bool {
+        self.features & TANDEM_FEATURE_CSP_ON_DEMAND != 0
+    }
+
     // ---- outputs ------------------------------------------------------------------------------
 
     /// The next whole d2m container to send as a binary WebSocket message.
@@ -329,6 +393,14 @@ impl DeviceSession {
         };
         match (self.state, message) {
             (_, D2mMessage::Proxy(bytes)) => self.on_proxy(&bytes),
+            (state, D2mMessage::CspClose(_)) if state.is_authenticated() && self.csp_closing => {
+                self.csp_closing = false;
+                self.events.push_back(Event::CspClosed);
+                if core::mem::take(&mut self.csp_reopen) {
+                    self.open_csp(rng)?;
+                }
+                Ok(())
+            }
             (State::AwaitingServerHello, D2mMessage::ServerHello(hello)) => {
                 self.on_server_hello(&hello, rng)
             }
@@ -405,6 +477,10 @@ impl DeviceSession {
             D2mMessage::DropDeviceAck(ack) => self.events.push_back(Event::DropDeviceAck {
                 device_id: ack.device_id,
             }),
+            D2mMessage::Wake(_) if self.csp_on_demand() => self.events.push_back(Event::Wake),
+            D2mMessage::PushUrl(push) if self.csp_on_demand() => {
+                self.events.push_back(Event::PushUrl(push.url));
+            }
             _ => return Err(None),
         }
         Ok(())
@@ -437,6 +513,7 @@ impl DeviceSession {
             device_slot_expiration_policy: self.config.expiration_policy.into(),
             encrypted_device_info: self.sealed_device_info.clone(),
             expected_device_slot_state: self.config.expected_slot_state.into(),
+            tandem_features: self.config.tandem_features,
         };
         self.send(hello.into())?;
         self.state = State::AwaitingServerInfo;
@@ -459,6 +536,7 @@ impl DeviceSession {
             received: 0,
             total: info.reflection_queue_length,
         };
+        self.features = info.tandem_features & self.config.tandem_features;
         self.events.push_back(Event::ServerInfo(ServerInfo {
             max_device_slots: info.max_device_slots,
             device_slot_state,
@@ -522,6 +600,9 @@ impl DeviceSession {
     }
 
     fn on_proxy(&mut self, bytes: &[u8]) -> Result<(), DeviceError> {
+        if self.csp.is_none() && self.csp_closing {
+            return Ok(());
+        }
         let client = self.csp.as_mut().ok_or(DeviceError::UnexpectedProxy)?;
         client.receive(bytes).map_err(DeviceError::Csp)?;
         self.pump_csp()

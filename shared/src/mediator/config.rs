@@ -44,6 +44,13 @@ pub struct GroupConfig {
     /// of reflections and of chat server messages), so only a device that stopped reading, or a
     /// silent one flooded with ephemeral frames, reaches it.
     pub max_unanswered_bytes: usize,
+    /// The URL devices that speak CSP on demand register at the chat server as their push token
+    /// (docs/protocol.md "CSP on demand"), sent in `PushUrl` after `ServerInfo`; `None` when the
+    /// deployment has no push key (devices then keep their chat server connection open).
+    pub push_url: Option<String>,
+    /// While the leader's chat server connection is closed, it is woken this often even without
+    /// a push (a lost push costs at most this long).
+    pub wake_poll_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -63,6 +70,8 @@ impl Default for GroupConfig {
             csp_wait_timeout_ms: 15_000,
             max_handshakes: 16,
             max_unanswered_bytes: 8 * 1024 * 1024,
+            push_url: None,
+            wake_poll_ms: 30 * 60 * 1000,
         }
     }
 }

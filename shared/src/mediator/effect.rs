@@ -92,6 +92,8 @@ pub enum CloseCause {
     UnknownPayloadType,
     /// A payload type only the mediator sends.
     ServerPayloadFromClient,
+    /// A Tandem extension message (`CspClose`) on a connection that did not negotiate it.
+    ExtensionNotNegotiated,
     /// A d2m message other than proxy or `ClientHello` before the handshake completed.
     FrameBeforeHandshake,
     /// More proxy data before the handshake than the group holds.
@@ -160,6 +162,7 @@ impl CloseCause {
             | Self::FrameTooLarge
             | Self::UnknownPayloadType
             | Self::ServerPayloadFromClient
+            | Self::ExtensionNotNegotiated
             | Self::FrameBeforeHandshake
             | Self::TooMuchBeforeHandshake
             | Self::RepeatedClientHello
@@ -198,6 +201,7 @@ impl CloseCause {
             Self::FrameTooLarge => "frame too large",
             Self::UnknownPayloadType => "unknown payload type",
             Self::ServerPayloadFromClient => "server payload type from client",
+            Self::ExtensionNotNegotiated => "extension not negotiated",
             Self::FrameBeforeHandshake => "frame before handshake",
             Self::TooMuchBeforeHandshake => "too much proxy data before handshake",
             Self::RepeatedClientHello => "repeated client hello",

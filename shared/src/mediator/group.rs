@@ -116,6 +116,14 @@ pub(super) struct Session {
     pub(super) delivery: Delivery,
     /// Bytes sent to it since its last frame (`GroupConfig::max_unanswered_bytes`).
     pub(super) unanswered: usize,
+    /// Tandem extensions negotiated in its handshake (`ClientHello.tandem_features`).
+    pub(super) features: u32,
+    /// Its chat server connection was closed by `CspClose` and not reopened: as the leader it
+    /// is sent `Wake` at this time unless a push comes first (`GroupConfig::wake_poll_ms`).
+    pub(super) wake_at: Option<u64>,
+    /// When it was last sent `Wake` (`WAKE_DEBOUNCE_MS`); not kept across hibernation, which
+    /// costs at most one more `Wake`.
+    pub(super) woken_at: Option<u64>,
 }
 
 /// A device's chat server connection.
@@ -400,6 +408,7 @@ impl<S: GroupStore> Group<S> {
             .chain(handshakes)
             .chain(expiries)
             .chain(csp_waits)
+            .chain(self.leader_wake_at())
             .min()
     }
 
@@ -515,6 +524,7 @@ impl<S: GroupStore> Group<S> {
                         self.on_begin_transaction(conn, device, begin);
                     }
                     D2mMessage::CommitTransaction(_) => self.on_commit_transaction(conn),
+                    D2mMessage::CspClose(_) => self.on_csp_close(conn),
                     D2mMessage::ServerHello(_)
                     | D2mMessage::ServerInfo(_)
                     | D2mMessage::ReflectionQueueDry(_)
@@ -526,7 +536,9 @@ impl<S: GroupStore> Group<S> {
                     | D2mMessage::TransactionRejected(_)
                     | D2mMessage::TransactionEnded(_)
                     | D2mMessage::ReflectAck(_)
-                    | D2mMessage::Reflected(_) => {
+                    | D2mMessage::Reflected(_)
+                    | D2mMessage::Wake(_)
+                    | D2mMessage::PushUrl(_) => {
                         self.close(conn, CloseCause::ServerPayloadFromClient);
                     }
                 }
@@ -743,6 +755,7 @@ impl<S: GroupStore> Group<S> {
         for conn in self.csp_waits_over(now) {
             self.close(conn, CloseCause::CspUnreachable);
         }
+        self.poll_wake(now);
         let expired: Vec<DeviceId> = self
             .slots
             .iter()
@@ -794,6 +807,13 @@ impl<S: GroupStore> Group<S> {
             .collect()
     }
 
+    pub(super) fn session(&self, conn: ConnId) -> Option<&Session> {
+        match self.conns.get(&conn) {
+            Some(Conn::Online(session)) => Some(session),
+            _ => None,
+        }
+    }
+
     pub(super) fn session_mut(&mut self, conn: ConnId) -> Option<&mut Session> {
         match self.conns.get_mut(&conn) {
             Some(Conn::Online(session)) => Some(session),
@@ -818,6 +838,8 @@ fn is_server_to_client(message: &D2mMessage) -> bool {
             | D2mMessage::TransactionEnded(_)
             | D2mMessage::ReflectAck(_)
             | D2mMessage::Reflected(_)
+            | D2mMessage::Wake(_)
+            | D2mMessage::PushUrl(_)
     )
 }
 

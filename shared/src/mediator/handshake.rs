@@ -4,6 +4,7 @@
 use super::effect::{CloseCause, ConnId};
 use super::group::{slot_state, Conn, Delivery, Group, Session, Slot, PROTOCOL_VERSION};
 use super::store::{DeviceId, GroupStore, SlotRecord};
+use super::wake::SUPPORTED_TANDEM_FEATURES;
 use crate::proto::d2m::{self as pb, client_hello::DeviceSlotsExhaustedPolicy};
 use crate::proto::d2m::{DeviceSlotExpirationPolicy, DeviceSlotState};
 
@@ -105,6 +106,9 @@ impl<S: GroupStore> Group<S> {
                 connected_since: self.now,
                 csp: None,
                 unanswered: 0,
+                features: hello.tandem_features & SUPPORTED_TANDEM_FEATURES,
+                wake_at: None,
+                woken_at: None,
                 delivery: Delivery {
                     dry_boundary: tail,
                     ..Delivery::default()
@@ -120,8 +124,10 @@ impl<S: GroupStore> Group<S> {
                 encrypted_shared_device_data: shared_device_data,
                 current_time: self.now,
                 reflection_queue_length: u32::try_from(queue_len).unwrap_or(u32::MAX),
+                tandem_features: hello.tandem_features & SUPPORTED_TANDEM_FEATURES,
             },
         );
+        self.send_push_url(conn);
         self.pump(conn);
         for payload in handshake.held {
             self.forward_proxy(conn, payload);
@@ -222,6 +228,7 @@ mod tests {
                 encrypted_shared_device_data: vec![],
                 current_time: T0 + 5,
                 reflection_queue_length: 0,
+                tandem_features: 0,
             }
         );
     }

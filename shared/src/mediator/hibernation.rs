@@ -24,7 +24,9 @@ use crate::mediator::GroupConfig;
 pub const SNAPSHOT_EPHEMERAL_IDS: usize = 8;
 
 /// Format version of [`encode_attachment`].
-const ATTACHMENT_VERSION: u8 = 1;
+/// Version 2 added `features` and `wake_at`. A version-1 attachment is refused: only a deploy
+/// meets one, and a deploy disconnects every socket anyway.
+const ATTACHMENT_VERSION: u8 = 2;
 const KIND_BUSY: u8 = 0;
 const KIND_SNAPSHOT: u8 = 1;
 
@@ -45,6 +47,11 @@ pub struct ConnSnapshot {
     pub ephemeral_ids: Vec<u32>,
     /// It is the group's leader.
     pub leader: bool,
+    /// Tandem extensions it negotiated (`ClientHello.tandem_features`).
+    pub features: u32,
+    /// Its chat server connection is closed by `CspClose`: when it is next woken unless a push
+    /// comes first.
+    pub wake_at: Option<u64>,
 }
 
 /// Why an attachment could not be read.
@@ -78,7 +85,7 @@ pub fn encode_attachment(conn: ConnId, snapshot: Option<&ConnSnapshot>) -> Vec<u
     out.push(KIND_SNAPSHOT);
     out.extend_from_slice(&s.device_id.0.to_le_bytes());
     out.extend_from_slice(&s.connected_since.to_le_bytes());
-    for seq in [s.cursor, s.dry_boundary] {
+    for seq in [s.cursor, s.dry_boundary, s.wake_at] {
         match seq {
             Some(seq) => {
                 out.push(1);
@@ -96,6 +103,7 @@ pub fn encode_attachment(conn: ConnId, snapshot: Option<&ConnSnapshot>) -> Vec<u
         out.extend_from_slice(&id.to_le_bytes());
     }
     out.push(u8::from(s.leader));
+    out.extend_from_slice(&s.features.to_le_bytes());
     out
 }
 
@@ -114,6 +122,7 @@ pub fn decode_attachment(bytes: &[u8]) -> Result<(ConnId, Option<ConnSnapshot>),
             let connected_since = r.u64()?;
             let cursor = r.opt_u64()?;
             let dry_boundary = r.opt_u64()?;
+            let wake_at = r.opt_u64()?;
             let ephemeral_count = r.u32()?;
             let n = usize::from(r.u8()?).min(SNAPSHOT_EPHEMERAL_IDS);
             let mut ephemeral_ids = Vec::with_capacity(n);
@@ -121,6 +130,7 @@ pub fn decode_attachment(bytes: &[u8]) -> Result<(ConnId, Option<ConnSnapshot>),
                 ephemeral_ids.push(r.u32()?);
             }
             let leader = r.u8()? != 0;
+            let features = r.u32()?;
             Some(ConnSnapshot {
                 device_id,
                 connected_since,
@@ -129,6 +139,8 @@ pub fn decode_attachment(bytes: &[u8]) -> Result<(ConnId, Option<ConnSnapshot>),
                 ephemeral_count,
                 ephemeral_ids,
                 leader,
+                features,
+                wake_at,
             })
         }
         kind => return Err(AttachmentError::Kind(kind)),
@@ -228,6 +240,8 @@ impl<S: GroupStore> Group<S> {
                 .copied()
                 .collect(),
             leader: self.leader == Some(conn),
+            features: session.features,
+            wake_at: session.wake_at,
         })
     }
 
@@ -276,6 +290,9 @@ impl<S: GroupStore> Group<S> {
                     connected_since: snapshot.connected_since,
                     csp: None,
                     unanswered: 0,
+                    features: snapshot.features,
+                    wake_at: snapshot.wake_at,
+                    woken_at: None,
                     delivery: Delivery {
                         cursor: snapshot.cursor,
                         dry_boundary: snapshot.dry_boundary,
@@ -339,6 +356,30 @@ mod tests {
         h.group = group;
         h.drain();
         refused
+    }
+
+    #[test]
+    fn a_leader_whose_chat_server_connection_is_closed_hibernates_and_a_push_still_wakes_it() {
+        use crate::d2m::D2mMessage;
+        use crate::mediator::{PushOutcome, TANDEM_FEATURE_CSP_ON_DEMAND};
+        let mut h = Harness::new();
+        let a = h.login_with(1, |hello| {
+            hello.tandem_features = TANDEM_FEATURE_CSP_ON_DEMAND
+        });
+        h.send(a, D2mMessage::Proxy(vec![1; 48]));
+        assert!(!h.group.is_quiescent(), "an open chat server connection");
+        h.send(a, D2mMessage::CspClose(pb::CspClose {}));
+        h.take(a);
+        assert!(h.group.is_quiescent());
+        let poll = h.group.poll_timeout();
+        assert!(poll.is_some());
+
+        let snapshots = hibernate(&h, &[a]);
+        assert!(wake(&mut h, snapshots, 1_000).is_empty());
+        assert_eq!(h.group.poll_timeout(), poll, "the wake poll survives");
+        assert_eq!(h.group.on_push(h.now), PushOutcome::Woken);
+        h.drain();
+        assert!(matches!(h.take(a).as_slice(), [D2mMessage::Wake(_)]));
     }
 
     #[test]
@@ -469,6 +510,8 @@ mod tests {
             ephemeral_count: 7,
             ephemeral_ids: vec![u32::MAX - 6, u32::MAX - 5],
             leader: true,
+            features: 1,
+            wake_at: Some(1_700_000_060_000),
         }
     }
 
@@ -497,8 +540,8 @@ mod tests {
             );
         }
         let mut other = good.clone();
-        other[0] = 2;
-        assert_eq!(decode_attachment(&other), Err(AttachmentError::Version(2)));
+        other[0] = 1;
+        assert_eq!(decode_attachment(&other), Err(AttachmentError::Version(1)));
         let mut kind = encode_attachment(ConnId(1), None);
         kind[9] = 7;
         assert_eq!(decode_attachment(&kind), Err(AttachmentError::Kind(7)));

@@ -44,9 +44,11 @@ mod hibernation;
 mod leader;
 mod memory_store;
 mod proxy;
+mod push;
 mod reflection;
 mod store;
 mod transaction;
+mod wake;
 
 #[cfg(test)]
 mod testkit;
@@ -61,8 +63,12 @@ pub use hibernation::{
 };
 pub use memory_store::{MemoryStore, MemoryStoreError};
 pub use proxy::{MAX_HELD_PROXY_BYTES, MAX_WAITING_PROXY_BYTES};
+pub use push::{push_url, PushKey, PushTokenError, MAX_PUSH_TOKEN_AGE_MS, PUSH_PATH};
 pub use reflection::{
     EPHEMERAL_IDS, EPHEMERAL_IDS_REMEMBERED, FIRST_EPHEMERAL_ID, MIN_ENCRYPTED_ENVELOPE_LEN,
 };
 pub use store::{DeviceId, GroupStore, QueueInfo, QueuedReflection, SlotRecord};
 pub use transaction::MAX_ENCRYPTED_SCOPE_LEN;
+pub use wake::{
+    PushOutcome, SUPPORTED_TANDEM_FEATURES, TANDEM_FEATURE_CSP_ON_DEMAND, WAKE_DEBOUNCE_MS,
+};

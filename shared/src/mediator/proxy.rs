@@ -33,6 +33,9 @@ impl<S: GroupStore> Group<S> {
             return;
         };
         if first {
+            // A connection closed by `CspClose` is open again: no more wake polls.
+            session.wake_at = None;
+            session.woken_at = None;
             session.csp = Some(CspLink {
                 splitter: ServerUnitSplitter::new(),
                 waiting: (!may_open).then(|| CspWait {

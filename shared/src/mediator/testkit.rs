@@ -125,6 +125,7 @@ impl<S: GroupStore> Harness<S> {
             } else {
                 DeviceSlotState::New.into()
             },
+            tandem_features: 0,
         }
     }
 

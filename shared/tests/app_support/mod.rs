@@ -70,6 +70,12 @@ pub struct ChatServer {
     pub logins: Vec<Option<u8>>,
     /// Sessions the server ended, for the world to tell their mediator.
     closed: Vec<ConnId>,
+    /// Tandem push URLs (token type 0xa0) by identity, as the last login registered them.
+    pub push_urls: BTreeMap<[u8; 8], String>,
+    /// Pushes to carry out: a message was stored for an identity nobody receives for.
+    pub pushes: Vec<String>,
+    /// Store outgoing messages but never ack them to their senders.
+    pub withhold_acks: bool,
 }
 
 impl ChatServer {
@@ -86,6 +92,9 @@ impl ChatServer {
             payload_version_only: false,
             logins: Vec::new(),
             closed: Vec::new(),
+            push_urls: BTreeMap::new(),
+            pushes: Vec::new(),
+            withhold_acks: false,
         }
     }
 
@@ -196,7 +205,7 @@ impl ChatServer {
                 if message.sender == me {
                     self.enqueue(message);
                 }
-                if !flags.contains(MessageFlags::DONT_ACK) {
+                if !flags.contains(MessageFlags::DONT_ACK) && !self.withhold_acks {
                     self.send(
                         conn,
                         &CspPayload::OutgoingMessageAck(MessageAck {
@@ -224,6 +233,12 @@ impl ChatServer {
                 }
             }
             CspPayload::EchoRequest(data) => self.send(conn, &CspPayload::EchoResponse(data)),
+            CspPayload::SetPushNotificationToken(token)
+                if token.token_type() == tandem_shared::app::TANDEM_PUSH_TOKEN_TYPE =>
+            {
+                let url = String::from_utf8(token.token().to_vec()).unwrap();
+                self.push_urls.insert(me, url);
+            }
             _ => {}
         }
     }
@@ -250,6 +265,13 @@ impl ChatServer {
             message,
         });
         self.deliver(receiver);
+        let receiving = self
+            .sessions
+            .values()
+            .any(|s| s.unblocked && s.identity == Some(receiver));
+        if let (false, Some(url)) = (receiving, self.push_urls.get(&receiver)) {
+            self.pushes.push(url.clone());
+        }
     }
 
     fn deliver(&mut self, receiver: [u8; 8]) {
@@ -352,6 +374,11 @@ pub struct World {
     /// The mediator's limits for groups created from now on.
     pub group_config: GroupConfig,
     pub faults: Option<Faults>,
+    /// CSP on demand for devices created from now on (`AppConfig::csp_idle_ms`); groups created
+    /// from now on get a push URL naming their identity.
+    pub csp_idle_ms: Option<u64>,
+    /// Pushes the chat server made and the world lost (only with faults).
+    pub pushes_lost: u32,
     keys: BTreeMap<Identity, ClientKey>,
     next_conn: u64,
 }
@@ -377,6 +404,8 @@ impl World {
             devices: BTreeMap::new(),
             group_config: GroupConfig::default(),
             faults: None,
+            csp_idle_ms: None,
+            pushes_lost: 0,
             keys: BTreeMap::new(),
             next_conn: 0,
         }
@@ -390,13 +419,11 @@ impl World {
         let dgpk = DeviceGroupKey::from_client_key(key.secret())
             .derive_keys()
             .dgpk_public;
-        let group = Group::new(
-            self.group_config.clone(),
-            dgpk,
-            MemoryStore::new(),
-            self.now,
-        )
-        .unwrap();
+        let mut config = self.group_config.clone();
+        if self.csp_idle_ms.is_some() {
+            config.push_url = Some(format!("push:{name}"));
+        }
+        let group = Group::new(config, dgpk, MemoryStore::new(), self.now).unwrap();
         self.groups.insert(identity, group);
         self.keys.insert(identity, key);
         identity
@@ -409,7 +436,8 @@ impl World {
     /// A new, empty device of `identity` (not connected).
     pub fn device(&mut self, name: &'static str, identity: Identity) {
         let client_key = self.keys[&identity].clone();
-        let config = AppConfig::new(info(name), self.chat.key.public_key());
+        let mut config = AppConfig::new(info(name), self.chat.key.public_key());
+        config.csp_idle_ms = self.csp_idle_ms;
         let app = App::create(identity, client_key.clone(), config.clone(), &mut self.rng);
         self.devices.insert(
             name,
@@ -607,6 +635,22 @@ impl World {
         self.now += ms;
     }
 
+    /// Advances the clock and gives every app and every group its timeout (keepalives, CSP
+    /// idle close, wake polls), then runs.
+    pub fn tick(&mut self, ms: u64) {
+        self.now += ms;
+        let now = self.now;
+        for device in self.devices.values_mut() {
+            if let Some(app) = device.app.as_mut() {
+                app.on_timeout(now, &mut self.rng);
+            }
+        }
+        for group in self.groups.values_mut() {
+            group.on_timeout(now);
+        }
+        self.run();
+    }
+
     /// Moves everything until nothing moves.
     pub fn run(&mut self) {
         for _ in 0..100_000 {
@@ -705,6 +749,22 @@ impl World {
                     .get_mut(&identity)
                     .unwrap()
                     .on_csp_bytes(conn, &bytes, now);
+            }
+        }
+        for url in std::mem::take(&mut self.chat.pushes) {
+            moved = true;
+            let lost = self
+                .faults
+                .as_mut()
+                .is_some_and(|f| rand::Rng::gen_bool(&mut f.rng, 0.3));
+            if lost {
+                self.pushes_lost += 1;
+                continue;
+            }
+            let name = url.strip_prefix("push:").unwrap();
+            let identity: Identity = name.parse().unwrap();
+            if let Some(group) = self.groups.get_mut(&identity) {
+                group.on_push(now);
             }
         }
         for conn in std::mem::take(&mut self.chat.closed) {

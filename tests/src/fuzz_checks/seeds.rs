@@ -74,6 +74,7 @@ fn d2m_container() -> Vec<Seed> {
                 device_slot_expiration_policy: 1,
                 encrypted_device_info: vec![0x44; 80],
                 expected_device_slot_state: 1,
+                tandem_features: 1,
             }
             .into()),
         ),
@@ -86,6 +87,7 @@ fn d2m_container() -> Vec<Seed> {
                 encrypted_shared_device_data: vec![0x55; 42],
                 current_time: 1_700_000_000_000,
                 reflection_queue_length: 3,
+                tandem_features: 1,
             }
             .into()),
         ),
@@ -126,6 +128,16 @@ fn d2m_container() -> Vec<Seed> {
             d2m(d2m_pb::ReflectionQueueDry {}.into()),
         ),
         (t, "proxy", d2m(D2mMessage::Proxy(vec![0x99; 48]))),
+        (t, "csp-close", d2m(d2m_pb::CspClose {}.into())),
+        (t, "wake", d2m(d2m_pb::Wake {}.into())),
+        (
+            t,
+            "push-url",
+            d2m(d2m_pb::PushUrl {
+                url: "https://mediator.example/push/00".into(),
+            }
+            .into()),
+        ),
         (
             t,
             "reflect",
