@@ -9,6 +9,7 @@
 # `--var CHAT_SERVER_<group>:host:port`, the directory `--var DIRECTORY_URL:http://host:port`.
 #
 # Environment:
+#   TANDEM_PUSH_KEY           64 hex digits sealing push tokens (default: random per start)
 #   TANDEM_WORKER_BUILD_ARGS  worker-build arguments (default `--release --features dev`;
 #                             add `--no-opt` to skip wasm-opt; without `--features dev` the
 #                             build is the one `wrangler deploy` makes, with no development routes)
@@ -54,6 +55,12 @@ fi
 # wrangler's own build step (wrangler.toml) becomes a no-op: the build above is the build.
 export TANDEM_WORKER_PREBUILT=1
 
+# The push key seals the URLs the chat server wakes device groups with (docs/worker.md "Waking a
+# group"). A deployment keeps one as a secret (`wrangler secret put TANDEM_PUSH_KEY`); here a
+# fresh one per start unless TANDEM_PUSH_KEY is set (devices reconnect after a restart and
+# register new URLs anyway).
+push_key="${TANDEM_PUSH_KEY:-$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')}"
+
 # The inspector (devtools) port defaults to a fixed 9229, which collides between instances.
 exec node "$TANDEM_WRANGLER" dev \
   --ip 127.0.0.1 \
@@ -62,4 +69,5 @@ exec node "$TANDEM_WRANGLER" dev \
   --persist-to "$state_dir" \
   --show-interactive-dev-session=false \
   --var TANDEM_DEV_ROUTES:on \
+  --var "TANDEM_PUSH_KEY:$push_key" \
   "$@"

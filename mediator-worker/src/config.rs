@@ -4,7 +4,7 @@
 use std::fmt;
 
 use tandem_shared::keys::server_group_spellings;
-use tandem_shared::mediator::GroupConfig;
+use tandem_shared::mediator::{GroupConfig, PushKey};
 
 /// Name of the var holding the chat server address of server group `group`.
 pub(crate) fn chat_server_var(group: &str) -> String {
@@ -31,6 +31,17 @@ pub(crate) const MAX_QUEUE_LEN_VAR: &str = "TANDEM_MAX_QUEUE_LEN";
 
 /// Var overriding [`GroupConfig::max_transaction_ttl_s`].
 pub(crate) const MAX_TRANSACTION_TTL_VAR: &str = "TANDEM_MAX_TRANSACTION_TTL_S";
+
+/// Var overriding [`GroupConfig::wake_poll_ms`], in seconds (tests lose a push on purpose).
+pub(crate) const WAKE_POLL_VAR: &str = "TANDEM_WAKE_POLL_S";
+
+/// Secret (64 hex digits) that seals push tokens (docs/worker.md "Waking a group"). Without it
+/// devices are given no push URL and keep their chat server connections open.
+pub(crate) const PUSH_KEY_VAR: &str = "TANDEM_PUSH_KEY";
+
+/// The Worker's public origin for push URLs (`https://mediator.example.org`); without it, the
+/// origin of the device's WebSocket request.
+pub(crate) const PUBLIC_URL_VAR: &str = "TANDEM_PUBLIC_URL";
 
 /// Why a group limit var was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +72,55 @@ pub(crate) fn group_config(
             max: u64::from(u32::MAX),
         })?;
     }
+    if let Some(value) = var(WAKE_POLL_VAR) {
+        let seconds = parse_limit(WAKE_POLL_VAR, &value, u64::MAX / 1000)?;
+        config.wake_poll_ms = seconds * 1000;
+    }
     Ok(config)
+}
+
+/// A var or secret of the Worker's environment, as text (secrets and vars are both strings on
+/// the `env` object; `wrangler dev --var` sets vars, `wrangler secret put` secrets).
+pub(crate) fn env_text(env: &worker::Env, name: &str) -> Option<String> {
+    env.secret(name)
+        .or_else(|_| env.var(name))
+        .ok()
+        .map(|value| value.to_string())
+}
+
+/// The push key: `Ok(None)` when none is set, an error when the var is not 64 lowercase hex
+/// digits (the caller reports it and runs without push: devices then keep their chat server
+/// connections open, which costs money, not data).
+pub(crate) fn push_key(
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<PushKey>, PushKeyError> {
+    match var(PUSH_KEY_VAR) {
+        Some(value) if !value.trim().is_empty() => {
+            PushKey::from_hex(&value).map(Some).ok_or(PushKeyError)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `TANDEM_PUSH_KEY` is set but not a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{PUSH_KEY_VAR} must be 64 lowercase hex digits (push is off)")]
+pub(crate) struct PushKeyError;
+
+/// The origin of push URLs: `TANDEM_PUBLIC_URL` if set, else `scheme://host` of `request_url`.
+pub(crate) fn push_origin(public_url: Option<String>, request_url: &worker::Url) -> Option<String> {
+    if let Some(url) = public_url.filter(|u| !u.trim().is_empty()) {
+        return Some(url.trim().trim_end_matches('/').to_owned());
+    }
+    let host = request_url.host_str()?;
+    let scheme = match request_url.scheme() {
+        "ws" | "http" => "http",
+        _ => "https",
+    };
+    Some(match request_url.port() {
+        Some(port) => format!("{scheme}://{host}:{port}"),
+        None => format!("{scheme}://{host}"),
+    })
 }
 
 fn parse_limit(var: &'static str, value: &str, max: u64) -> Result<u64, LimitError> {
@@ -222,6 +281,38 @@ mod tests {
             );
         }
         assert!(group_config(|name| (name == MAX_QUEUE_LEN_VAR).then(|| "1e3".into())).is_err());
+    }
+
+    #[test]
+    fn wake_poll_and_push_vars() {
+        let config = group_config(|name| (name == WAKE_POLL_VAR).then(|| "5".into())).unwrap();
+        assert_eq!(config.wake_poll_ms, 5_000);
+        let key = "ab".repeat(32);
+        assert!(push_key(|_| Some(key.clone())).unwrap().is_some());
+        assert!(push_key(|_| None).unwrap().is_none());
+        assert!(push_key(|_| Some(" ".into())).unwrap().is_none());
+        assert_eq!(
+            push_key(|_| Some("secret".into())).unwrap_err(),
+            PushKeyError
+        );
+    }
+
+    #[test]
+    fn push_origin_from_the_var_or_the_request() {
+        let request = worker::Url::parse("http://127.0.0.1:8787/ab/cdef").unwrap();
+        assert_eq!(
+            push_origin(None, &request).as_deref(),
+            Some("http://127.0.0.1:8787")
+        );
+        let tls = worker::Url::parse("https://mediator.example.org/ab/cdef").unwrap();
+        assert_eq!(
+            push_origin(None, &tls).as_deref(),
+            Some("https://mediator.example.org")
+        );
+        assert_eq!(
+            push_origin(Some("https://m.example/ ".into()), &request).as_deref(),
+            Some("https://m.example")
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ use tandem_shared::crypto::PublicKey;
 use tandem_shared::d2m::{CloseCode, PayloadType};
 use tandem_shared::keys::ClientUrlInfo;
 use tandem_shared::mediator::{
-    decode_attachment, encode_attachment, frame_fits, ConnId, ConnSnapshot, Effect, Group,
-    GroupConfig,
+    decode_attachment, encode_attachment, frame_fits, push_url, ConnId, ConnSnapshot, Effect,
+    Group, GroupConfig, PushKey, PushOutcome,
 };
 use wasm_bindgen::prelude::wasm_bindgen;
 use wasm_bindgen::{JsCast, JsValue};
@@ -44,6 +44,10 @@ use crate::selftest;
 use crate::store::SqlGroupStore;
 use crate::tcp;
 use crate::ws::{self, Frame};
+
+/// Path of the push request the Worker sends to the object once it has opened a push token
+/// (docs/worker.md "Waking a group").
+pub(crate) const PUSH_PATH: &str = "/push";
 
 /// Path of the development-only stats request the Worker sends to the object.
 #[cfg(feature = "dev")]
@@ -149,6 +153,13 @@ struct Io {
     turns_cut: Cell<u64>,
     /// A task that handles `waiting` is scheduled.
     drain_scheduled: Cell<bool>,
+    /// Seals push tokens (`TANDEM_PUSH_KEY`); `None`: devices get no push URL.
+    push_key: Option<PushKey>,
+    /// `TANDEM_PUBLIC_URL`, the origin of push URLs when set.
+    public_url: Option<String>,
+    /// Pushes this instance took, and of them those that woke the leader (development stats).
+    pushes: Cell<u64>,
+    pushes_woken: Cell<u64>,
     /// Development fault injection (`crate::dev_tamper`).
     #[cfg(feature = "dev")]
     tamper: crate::dev_tamper::Tamper,
@@ -226,6 +237,12 @@ impl DurableObject for DeviceGroup {
         let hibernation = env
             .var(HIBERNATION_VAR)
             .map_or(true, |var| var.to_string() != "off");
+        let push_key =
+            config::push_key(|name| config::env_text(&env, name)).unwrap_or_else(|err| {
+                console_error!("{err}");
+                None
+            });
+        let public_url = config::env_text(&env, config::PUBLIC_URL_VAR);
         let io = Rc::new(Io {
             sql,
             storage: runtime::raw_storage(&storage),
@@ -247,6 +264,10 @@ impl DurableObject for DeviceGroup {
             waiting_bytes: Cell::new(0),
             turns_cut: Cell::new(0),
             drain_scheduled: Cell::new(false),
+            push_key,
+            public_url,
+            pushes: Cell::new(0),
+            pushes_woken: Cell::new(0),
             #[cfg(feature = "dev")]
             tamper: crate::dev_tamper::Tamper::default(),
         });
@@ -309,6 +330,9 @@ impl DurableObject for DeviceGroup {
         if let GroupState::Failed(reason) = &*self.io.group.borrow() {
             return Response::error(format!("device group unavailable: {reason}"), 500);
         }
+        if path == PUSH_PATH {
+            return push(&self.io);
+        }
         #[cfg(feature = "dev")]
         if path == STATS_PATH {
             return Response::from_json(&stats(&self.io)?);
@@ -327,6 +351,7 @@ impl DurableObject for DeviceGroup {
         if let Err(reason) = ensure_group(&self.io, info.device_group_id) {
             return Response::error(format!("device group unavailable: {reason}"), 500);
         }
+        refresh_push_url(&self.io, &req);
         self.accept_device(&info)
     }
 
@@ -433,6 +458,39 @@ impl DeviceGroup {
             Ok(passed) => Response::from_json(&serde_json::json!({ "passed": passed })),
             Err(failure) => Response::error(format!("store self-test failed: {failure}"), 500),
         }
+    }
+}
+
+/// The chat server has messages for this group's identity and nobody receives them: wakes the
+/// leader (`Group::on_push`). 204 whatever happened, 404 for an object that serves no group (a
+/// group whose storage was deleted after a token was issued).
+fn push(io: &Rc<Io>) -> worker::Result<Response> {
+    if !matches!(&*io.group.borrow(), GroupState::Ready { .. }) {
+        return Response::error("not found", 404);
+    }
+    io.pushes.set(io.pushes.get().saturating_add(1));
+    let mut outcome = PushOutcome::NoLeader;
+    input(io, |group, now| outcome = group.on_push(now));
+    if outcome == PushOutcome::Woken {
+        io.pushes_woken.set(io.pushes_woken.get().saturating_add(1));
+    }
+    Ok(Response::empty()?.with_status(204))
+}
+
+/// Seals a fresh push token for the device connecting with `req` (its URL gives the origin
+/// unless `TANDEM_PUBLIC_URL` is set); the group hands it out after `ServerInfo`.
+fn refresh_push_url(io: &Io, req: &Request) {
+    let Some(key) = &io.push_key else {
+        return;
+    };
+    let origin = req
+        .url()
+        .ok()
+        .and_then(|url| config::push_origin(io.public_url.clone(), &url));
+    let mut state = io.group.borrow_mut();
+    if let GroupState::Ready { id, group } = &mut *state {
+        let url = origin.map(|origin| push_url(&origin, &key.seal(id, now_ms(), &mut OsRng)));
+        group.set_push_url(url);
     }
 }
 
@@ -969,6 +1027,11 @@ async fn relay_chat_server(
                     Ok(None) => return TcpEnd::ServerClosed,
                     Err(()) => return TcpEnd::Io,
                 };
+                // A read that completed after the group closed this connection (`CspClose`)
+                // must not reach the connection the device opened since.
+                if !is_current_link(io, conn, queued) {
+                    return TcpEnd::Cancelled;
+                }
                 // At most TCP_READ_CHUNK per input, as the bounds promise (docs/worker.md).
                 for chunk in data.chunks(TCP_READ_CHUNK) {
                     input(io, |group, now| group.on_csp_bytes(conn, chunk, now));
@@ -986,6 +1049,15 @@ async fn relay_chat_server(
     drop((reader, writer));
     socket.close().await;
     end
+}
+
+/// Whether `queued` is still the counter of `conn`'s chat server connection.
+fn is_current_link(io: &Io, conn: ConnId, queued: &Cell<usize>) -> bool {
+    io.links
+        .borrow()
+        .get(&conn)
+        .and_then(|link| link.csp.as_ref())
+        .is_some_and(|csp| std::ptr::eq(Rc::as_ptr(&csp.queued), queued))
 }
 
 /// Starts the group of `id` over this object's storage (loading its slots), resuming the
@@ -1091,7 +1163,7 @@ fn arm_alarm(io: &Rc<Io>, deadline: Option<u64>) {
 
 /// Unix time in ms. Inside a Worker it only advances between I/O events, which is all the group
 /// needs: it never goes back.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     worker::Date::now().as_millis()
 }
 
@@ -1150,6 +1222,11 @@ struct Stats {
     /// Whether this object may hibernate, and whether it keeps itself in memory right now.
     hibernation: bool,
     keep_awake: bool,
+    /// Whether devices get a push URL, pushes this instance took, and of them those that woke
+    /// the leader (docs/worker.md "Waking a group").
+    push: bool,
+    pushes: u64,
+    pushes_woken: u64,
 }
 
 #[cfg(all(feature = "dev", target_arch = "wasm32"))]
@@ -1214,6 +1291,9 @@ fn stats(io: &Io) -> worker::Result<Stats> {
         connections_resumed: RESUMED.load(Ordering::Relaxed),
         hibernation: io.hibernation,
         keep_awake: io.keep_awake.get(),
+        push: io.push_key.is_some(),
+        pushes: io.pushes.get(),
+        pushes_woken: io.pushes_woken.get(),
     })
 }
 

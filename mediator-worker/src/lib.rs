@@ -17,6 +17,7 @@ mod config;
 mod dev_tamper;
 mod directory;
 mod group;
+mod push;
 mod route;
 mod runtime;
 mod schema;
@@ -56,6 +57,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
         }
         Route::BadMediatorPath(err) => Response::error(format!("bad mediator path: {err}"), 400),
         Route::Directory(rest) => directory::forward(req, &env, rest).await,
+        Route::Push(token) => push::forward(&req, &env, token).await,
         #[cfg(feature = "dev")]
         Route::BenchRelay(name) => {
             env.durable_object(BENCH_RELAY_BINDING)?

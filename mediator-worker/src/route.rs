@@ -3,6 +3,7 @@
 //! Pure so that the routing table is tested on the host; `lib.rs` only dispatches.
 
 use tandem_shared::keys::{ClientUrlInfo, UrlError};
+use tandem_shared::mediator::PUSH_PATH;
 
 /// Prefix of the identity directory, forwarded to the chat server (DESIGN.md §2.5).
 const DIRECTORY_PREFIX: &str = "/directory";
@@ -30,6 +31,8 @@ pub(crate) enum Route<'a> {
     BadMediatorPath(UrlError),
     /// `/directory/*`: the rest of the path (starting with `/`, or empty) for the chat server.
     Directory(&'a str),
+    /// `/push/{token}`: the chat server wakes a device group (docs/worker.md "Waking a group").
+    Push(&'a str),
     /// `/bench-relay/{name}`: the bare relay room `name` (development routes only).
     BenchRelay(&'a str),
     /// `/_dev/group/{hex(DGPK.public)}`: the group object's counters (development routes only).
@@ -49,6 +52,9 @@ pub(crate) fn classify(path: &str, dev_routes: bool) -> Route<'_> {
             return Route::Directory(rest);
         }
         return Route::NotFound;
+    }
+    if let Some(token) = path.strip_prefix(PUSH_PATH) {
+        return Route::Push(token);
     }
     if let Some(name) = path.strip_prefix(BENCH_RELAY_PREFIX) {
         return if dev_routes && is_room_name(name) {
@@ -179,6 +185,13 @@ mod tests {
             classify(&path, false),
             Route::BadMediatorPath(UrlError::Prefix)
         );
+    }
+
+    #[test]
+    fn push_route_carries_the_token() {
+        assert_eq!(classify("/push/abc", false), Route::Push("abc"));
+        assert_eq!(classify("/push/", false), Route::Push(""));
+        assert_eq!(classify("/pushx", false), Route::NotFound);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tandem_shared::csp::{
     MessageToSeal,
 };
 use tandem_shared::d2d::Scope;
-use tandem_shared::d2m::CloseCode;
+use tandem_shared::d2m::{CloseCode, TANDEM_FEATURE_CSP_ON_DEMAND};
 use tandem_shared::device::{ConnectionState, DeviceConfig, Event, ServerInfo};
 use tandem_shared::keys::DeviceGroupKey;
 use tandem_shared::mediator::GroupConfig;
@@ -37,8 +37,8 @@ use tandem_shared::proto::d2d::{
 use tandem_shared::proto::d2m::client_hello::DeviceSlotsExhaustedPolicy;
 use tandem_shared::proto::d2m::{DeviceSlotExpirationPolicy, DeviceSlotState};
 use tandem_tests::harness::{
-    lookup_public_key, random_device_id, Device, Fixture, HarnessError, Identity, Mediator,
-    RawSocket, Received, Runner, ScenarioResult, TransactionStart,
+    http_request, lookup_public_key, random_device_id, Device, Fixture, HarnessError, Identity,
+    Mediator, RawSocket, Received, Runner, ScenarioResult, TransactionStart,
 };
 use tokio_tungstenite::tungstenite::Message;
 
@@ -93,6 +93,7 @@ async fn run_all(fx: &mut Fixture, label: &str) {
     runner.run("hibernation", hibernation(fx)).await;
     runner.run("storage_lifecycle", storage_lifecycle(fx)).await;
     runner.run("not_reading", not_reading(fx)).await;
+    runner.run("csp_on_demand", csp_on_demand(fx)).await;
     runner.run("no_crash_logged", no_crash_logged(fx)).await;
     for (what, took) in &fx.timings {
         eprintln!("[{label}] {what}: {took:.1?}");
@@ -978,6 +979,86 @@ async fn hibernation(fx: &mut Fixture) -> ScenarioResult {
     assert_eq!(raw.next_text(Duration::from_secs(5)).await?, "pong");
     raw.send_text("hello").await?;
     assert_eq!(raw.close_code(CLOSE_WAIT).await?, 4010, "other text");
+    Ok(())
+}
+
+/// CSP on demand (docs/protocol.md): a device that negotiated it is given a push URL, closes its
+/// chat server connection (the object then hibernates with the device still connected), a POST
+/// to the push URL wakes it (`Wake`), and it logs in again through the proxy. A forged token or
+/// a GET is answered 404/405 and wakes nobody.
+async fn csp_on_demand(fx: &mut Fixture) -> ScenarioResult {
+    let Mediator::Wrangler(worker) = &fx.mediator else {
+        // The push route is the Worker's; the state machine's side is unit-tested in `shared`
+        // (mediator::wake) and simulated with the app core (app_simulation).
+        return Ok(());
+    };
+    let addr = worker.http_addr();
+    let id = fx.identity().await?;
+    let mut config = id.csp_device_config(random_device_id(), random_device_id(), "a");
+    config.tandem_features = TANDEM_FEATURE_CSP_ON_DEMAND;
+    let (mut a, info) = online(fx, &id, "a", config).await?;
+    assert_eq!(info.reflection_queue_length, 0);
+    let url = a
+        .wait_for("PushUrl", Duration::from_secs(10), |e| match e {
+            Event::PushUrl(url) => Some(url.clone()),
+            _ => None,
+        })
+        .await?;
+    let path = url
+        .strip_prefix(&format!("http://{addr}"))
+        .unwrap_or_else(|| panic!("push URL {url} is not on {addr}"))
+        .to_owned();
+    assert!(path.starts_with("/push/") && url.len() <= 255, "{url}");
+    assert!(
+        !url.contains(&tandem_shared::encoding::hex_encode(&id.keys.dgpk_public.0)),
+        "the token hides the group id"
+    );
+    a.csp_established().await?;
+    a.promoted().await?;
+
+    // Forged and wrong-method pushes wake nobody.
+    let forged = format!("/push/{}", "ab".repeat(80));
+    let answer = http_request(&addr, "POST", &forged, None, Duration::from_secs(10)).await?;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    let answer = http_request(&addr, "GET", &path, None, Duration::from_secs(10)).await?;
+    assert_eq!(answer.status, 405, "{answer:?}");
+
+    a.close_csp().await?;
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    let constructed = field("objectsConstructed");
+    assert_eq!(field("push"), 1, "the fixture's Worker has a push key");
+    a.expect_none(QUIET, "no Wake without a push", |e| {
+        matches!(e, Event::Wake)
+    })
+    .await?;
+
+    // With its chat server connection closed the group may hibernate.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let answer = http_request(&addr, "POST", &path, None, Duration::from_secs(10)).await?;
+    assert_eq!(answer.status, 204, "{answer:?}");
+    a.wait_for("Wake", Duration::from_secs(10), |e| {
+        matches!(e, Event::Wake).then_some(())
+    })
+    .await?;
+    let field = dev_stats(fx, &id).await?.expect("stats");
+    assert!(
+        field("objectsConstructed") > constructed,
+        "the object hibernated while the device stayed connected"
+    );
+    assert_eq!(field("pushesWoken"), 1);
+
+    // The device logs in again through the proxy; the chat server answers.
+    a.open_csp().await?;
+    a.csp_send(&CspPayload::EchoRequest(vec![7; 8])).await?;
+    assert_eq!(
+        a.csp_payload("echo response").await?,
+        CspPayload::EchoResponse(vec![7; 8])
+    );
+    // Open again: a push now wakes nobody.
+    let answer = http_request(&addr, "POST", &path, None, Duration::from_secs(10)).await?;
+    assert_eq!(answer.status, 204);
+    a.expect_none(QUIET, "no Wake while open", |e| matches!(e, Event::Wake))
+        .await?;
     Ok(())
 }
 

@@ -73,6 +73,12 @@ impl<S: GroupStore> Group<S> {
         outcome
     }
 
+    /// Replaces the push URL devices are given from now on (the Worker seals a fresh token for
+    /// each device connection; `GroupConfig::push_url`).
+    pub fn set_push_url(&mut self, url: Option<String>) {
+        self.config.push_url = url;
+    }
+
     /// When the leader is next woken without a push.
     pub(super) fn leader_wake_at(&self) -> Option<u64> {
         self.leader

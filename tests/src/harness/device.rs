@@ -547,6 +547,25 @@ impl Device {
         Ok(())
     }
 
+    /// CSP on demand: closes the chat server connection and waits for the mediator's answer.
+    pub async fn close_csp(&mut self) -> Result<(), HarnessError> {
+        let result = self.session.close_csp();
+        self.command(result, || "close_csp".into())?;
+        self.flush().await;
+        self.wait_for("CspClosed", DEFAULT_WAIT, |e| {
+            matches!(e, Event::CspClosed).then_some(())
+        })
+        .await
+    }
+
+    /// CSP on demand: logs in at the chat server again and waits for the login-ack.
+    pub async fn open_csp(&mut self) -> Result<(), HarnessError> {
+        let result = self.session.open_csp(&mut rand::rngs::OsRng);
+        self.command(result, || "open_csp".into())?;
+        self.flush().await;
+        self.csp_established().await
+    }
+
     /// Escape hatch: writes a WebSocket message as it is, bypassing the session.
     pub async fn send_raw(&mut self, message: Message) -> Result<(), HarnessError> {
         let Some(ws) = self.ws.as_mut() else {
