@@ -14,7 +14,9 @@ use futures_util::{SinkExt, StreamExt};
 use rand::rngs::OsRng;
 use tandem_shared::crypto::PublicKey;
 use tandem_shared::keys::ClientUrlInfo;
-use tandem_shared::mediator::{frame_fits, ConnId, Effect, Group, GroupConfig, MemoryStore};
+use tandem_shared::mediator::{
+    frame_fits, push_url, ConnId, Effect, Group, GroupConfig, MemoryStore, PushKey, PUSH_PATH,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -41,9 +43,13 @@ enum Input {
     Binary(ConnId, Vec<u8>),
     Text(ConnId),
     Disconnect(ConnId),
-    CspBytes(ConnId, Vec<u8>),
-    CspClosed(ConnId),
-    CspFailed(ConnId),
+    /// From the chat server connection with this number (a link closed by `CspClose` may still
+    /// report after the device opened its next one: those reports are dropped).
+    CspBytes(ConnId, u64, Vec<u8>),
+    CspClosed(ConnId, u64),
+    CspFailed(ConnId, u64),
+    /// `POST /push/{token}` for this group: answered once the group took it.
+    Push(oneshot::Sender<()>),
     /// Hand the store over and stop.
     Shutdown(oneshot::Sender<MemoryStore>),
 }
@@ -63,9 +69,22 @@ struct Shared {
     /// Every connection and chat server task, aborted on restart.
     tasks: Mutex<Vec<AbortHandle>>,
     next_conn: Mutex<u64>,
+    /// Seals the push URLs devices get, as the Worker's `TANDEM_PUSH_KEY` (random per start).
+    push_key: PushKey,
+    /// The port the mediator listens on (the push URLs' origin), once bound.
+    port: std::sync::atomic::AtomicU16,
 }
 
 impl Shared {
+    fn next_number(&self) -> u64 {
+        let mut next = self
+            .next_conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *next += 1;
+        *next
+    }
+
     fn track(&self, handle: AbortHandle) {
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|t| !t.is_finished());
@@ -120,8 +139,13 @@ impl LocalMediator {
             stores: Mutex::new(HashMap::new()),
             tasks: Mutex::new(Vec::new()),
             next_conn: Mutex::new(0),
+            push_key: PushKey::from_bytes(rand::random()),
+            port: std::sync::atomic::AtomicU16::new(0),
         });
         let (port, accept) = listen(Arc::clone(&shared), 0).await?;
+        shared
+            .port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
         Ok(Self {
             port,
             shared: Arc::new(SharedHandle(shared)),
@@ -204,11 +228,63 @@ async fn listen(shared: Arc<Shared>, port: u16) -> Result<(u16, JoinHandle<()>),
     let accept = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let _ = stream.set_nodelay(true);
-            let task = tokio::spawn(serve_connection(Arc::clone(&shared), stream));
+            let task = tokio::spawn(serve(Arc::clone(&shared), stream));
             shared.track(task.abort_handle());
         }
     });
     Ok((port, accept))
+}
+
+/// A push request (`… /push/…`, answered as the Worker does) or a device WebSocket.
+async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let mut start = [0_u8; 11];
+    let peeked = stream.peek(&mut start).await.unwrap_or(0);
+    let line = start.get(..peeked).unwrap_or_default();
+    if line.starts_with(b"POST /push/") || line.starts_with(b"GET /push/") {
+        serve_push(&shared, stream).await;
+    } else {
+        serve_connection(shared, stream).await;
+    }
+}
+
+/// `POST /push/{token}`: 204 once the token's group took the push, 404 for a token that does
+/// not open or a group with no task here, 405 for another method (docs/worker.md "Waking a
+/// group"). The body is not read.
+async fn serve_push(shared: &Arc<Shared>, mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut chunk = [0_u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8 * 1024 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let token = path.strip_prefix(PUSH_PATH).unwrap_or("");
+    let status = if method != "POST" {
+        "405 Method Not Allowed"
+    } else {
+        match shared.push_key.open(token, unix_ms()) {
+            Err(_) => "404 Not Found",
+            Ok(group) => {
+                let tx = shared
+                    .groups
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&group.0)
+                    .cloned();
+                let (reply, taken) = oneshot::channel();
+                match tx.map(|tx| tx.send(Input::Push(reply))) {
+                    Some(Ok(())) if taken.await.is_ok() => "204 No Content",
+                    _ => "404 Not Found",
+                }
+            }
+        }
+    };
+    let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let _ = stream.write_all(response.as_bytes()).await;
 }
 
 /// One device WebSocket: the path names the group; frames go to the group's task, its frames
@@ -286,6 +362,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
 struct Csp {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     task: AbortHandle,
+    /// Which of the group's chat server connections this is.
+    number: u64,
 }
 
 struct ConnState {
@@ -336,6 +414,10 @@ async fn run_group(
                 server_group,
                 out,
             }) => {
+                // As the Worker does: a fresh token per device connection.
+                let port = shared.port.load(std::sync::atomic::Ordering::Relaxed);
+                let token = shared.push_key.seal(&PublicKey(id), now, &mut OsRng);
+                group.set_push_url(Some(push_url(&format!("http://127.0.0.1:{port}"), &token)));
                 conns.insert(
                     conn,
                     ConnState {
@@ -358,12 +440,36 @@ async fn run_group(
                     csp.task.abort();
                 }
             }
-            Some(Input::CspBytes(conn, bytes)) => group.on_csp_bytes(conn, &bytes, now),
-            Some(Input::CspClosed(conn)) => group.on_csp_closed(conn, now),
-            Some(Input::CspFailed(conn)) => group.on_csp_connect_failed(conn, now),
+            Some(Input::CspBytes(conn, number, bytes)) => {
+                if is_current(&conns, conn, number) {
+                    group.on_csp_bytes(conn, &bytes, now);
+                }
+            }
+            Some(Input::CspClosed(conn, number)) => {
+                if is_current(&conns, conn, number) {
+                    group.on_csp_closed(conn, now);
+                }
+            }
+            Some(Input::CspFailed(conn, number)) => {
+                if is_current(&conns, conn, number) {
+                    group.on_csp_connect_failed(conn, now);
+                }
+            }
+            Some(Input::Push(reply)) => {
+                group.on_push(now);
+                let _ = reply.send(());
+            }
         }
         apply_effects(&shared, &mut group, &mut conns, &inputs_tx);
     }
+}
+
+/// Whether chat server connection `number` is still `conn`'s.
+fn is_current(conns: &HashMap<ConnId, ConnState>, conn: ConnId, number: u64) -> bool {
+    conns
+        .get(&conn)
+        .and_then(|state| state.csp.as_ref())
+        .is_some_and(|csp| csp.number == number)
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -401,11 +507,13 @@ fn apply_effects(
                         .iter()
                         .find_map(|group| shared.chat_servers.get(group).copied());
                     let (tx, rx) = mpsc::unbounded_channel();
-                    let task = tokio::spawn(run_csp(addr, conn, rx, inputs));
+                    let number = shared.next_number();
+                    let task = tokio::spawn(run_csp(addr, conn, number, rx, inputs));
                     shared.track(task.abort_handle());
                     state.csp = Some(Csp {
                         tx,
                         task: task.abort_handle(),
+                        number,
                     });
                 }
             }
@@ -428,6 +536,7 @@ fn apply_effects(
 async fn run_csp(
     addr: Option<SocketAddr>,
     conn: ConnId,
+    number: u64,
     mut writes: mpsc::UnboundedReceiver<Vec<u8>>,
     inputs: mpsc::UnboundedSender<Input>,
 ) {
@@ -440,7 +549,7 @@ async fn run_csp(
         None => None,
     };
     let Some(stream) = stream else {
-        let _ = inputs.send(Input::CspFailed(conn));
+        let _ = inputs.send(Input::CspFailed(conn, number));
         return;
     };
     let _ = stream.set_nodelay(true);
@@ -458,12 +567,12 @@ async fn run_csp(
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let bytes = buf.get(..n).unwrap_or_default().to_vec();
-                if inputs.send(Input::CspBytes(conn, bytes)).is_err() {
+                if inputs.send(Input::CspBytes(conn, number, bytes)).is_err() {
                     break;
                 }
             }
         }
     }
     writer.abort();
-    let _ = inputs.send(Input::CspClosed(conn));
+    let _ = inputs.send(Input::CspClosed(conn, number));
 }
