@@ -81,8 +81,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .map_err(|e| StartError::DataDir(config.data_dir.clone(), e))?;
     let server_key = server_key::load_or_create(&config.data_dir)?;
     let server_public_key = server_key.public_key();
-    let directory = Arc::new(Directory::default());
     let registry = Registry::new();
+    // With PostgreSQL the database may hold millions of identities: a node caches the ones in
+    // use and reads a miss from the database.
+    let directory = Arc::new(match &config.database {
+        None => Directory::default(),
+        Some(_) => Directory::bounded(directory::PG_CACHE_CAPACITY),
+    });
     let database = match &config.database {
         None => Database::Sqlite {
             dir: config.data_dir.clone(),

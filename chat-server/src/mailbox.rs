@@ -66,6 +66,9 @@ pub enum MailItem {
     },
     /// A message was committed to this session's queue.
     Queued(Arc<QueuedMessage>),
+    /// A message another node committed to this session's queue, carried in that node's hint
+    /// (sent after its commit): taken if it follows the cursor directly, else the queue is read.
+    Hinted(Arc<QueuedMessage>),
     /// A don't-queue message for a receiving session: deliver now or never.
     Transient(Arc<[u8]>),
     /// Messages may have been committed that this session was not offered (another node

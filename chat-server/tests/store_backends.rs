@@ -339,3 +339,152 @@ async fn the_old_sessions_acks_count_until_the_new_one_reads_on_postgres() {
         "a demoted session removed a message"
     );
 }
+
+/// A plain connection to the test database, beside the nodes.
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+async fn backend_pid(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until some backend waits for a lock that `holder` holds.
+async fn wait_until_blocked_by(monitor: &tokio_postgres::Client, holder: i32) {
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    loop {
+        let waiting: i64 = monitor
+            .query_one(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&holder],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nobody waits for {holder}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_batch_aborted_by_a_deadlock_runs_again_on_postgres() {
+    const LOCK: &str = "SELECT 1 FROM receiving WHERE identity = $1 FOR UPDATE";
+    let (_dir, url) = fresh_database();
+    // One storage thread, so that every command below goes through the same batches.
+    let store = open(Database::Postgres(PgSettings {
+        url: url.clone(),
+        sweep_interval: Duration::from_secs(600),
+        hints: false,
+        connections: 1,
+    }))
+    .await;
+    let (a, b, c) = (*b"AAAAAAAA", *b"BBBBBBBB", *b"CCCCCCCC");
+    for identity in [a, b, c] {
+        store.claim(identity, 1).await.unwrap();
+    }
+    let (monitor, first, second) = (
+        connect(&url).await,
+        connect(&url).await,
+        connect(&url).await,
+    );
+    let (first_pid, second_pid) = (backend_pid(&first).await, backend_pid(&second).await);
+    // `second` is never the one PostgreSQL picks to end the deadlock: the batch is.
+    second
+        .batch_execute("SET deadlock_timeout = '60s'")
+        .await
+        .unwrap();
+    first.batch_execute("BEGIN").await.unwrap();
+    first.execute(LOCK, &[&&c[..]]).await.unwrap();
+    second.batch_execute("BEGIN").await.unwrap();
+    second.execute(LOCK, &[&&b[..]]).await.unwrap();
+    // The storage thread waits for C's row; the claims of A and B queue up behind it and
+    // form the next batch.
+    let claim_c = tokio::spawn({
+        let store = store.clone();
+        async move { store.claim(c, 2).await }
+    });
+    wait_until_blocked_by(&monitor, first_pid).await;
+    let mut replies = Vec::new();
+    for identity in [a, b] {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        store
+            .send(Command::Claim {
+                identity,
+                session_id: 2,
+                reply,
+            })
+            .await
+            .unwrap();
+        replies.push(rx);
+    }
+    first.batch_execute("COMMIT").await.unwrap();
+    // That batch locks A's row and waits for B's; taking A's row now closes the cycle, and
+    // PostgreSQL aborts the batch (after its deadlock_timeout, 1 s).
+    wait_until_blocked_by(&monitor, second_pid).await;
+    second.execute(LOCK, &[&&a[..]]).await.unwrap();
+    second.batch_execute("COMMIT").await.unwrap();
+    assert!(claim_c.await.unwrap().is_ok());
+    for (identity, rx) in [a, b].iter().zip(replies) {
+        let answer = rx.await.unwrap();
+        assert!(
+            answer.is_ok(),
+            "claim of {} in the deadlocked batch: {answer:?}",
+            String::from_utf8_lossy(identity)
+        );
+    }
+    let epochs: Vec<i64> = monitor
+        .query("SELECT epoch FROM receiving ORDER BY identity", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(epochs, vec![2, 2, 2], "every claim committed once");
+}
+
+#[tokio::test]
+async fn a_node_on_postgres_loads_no_identity_at_start_and_reads_them_on_use() {
+    let (_dir, url) = fresh_database();
+    let first = open(postgres(&url)).await;
+    let created = first
+        .create_identity(tandem_shared::crypto::PublicKey([7; 32]))
+        .await
+        .unwrap();
+    // A node that starts later: with a million identities, loading them all would cost every
+    // node minutes and gigabytes; it finds each one in the database when it is used.
+    let directory = Directory::bounded(10);
+    let second = Store::open(
+        StoreConfig {
+            database: postgres(&url),
+            sync: SyncMode::Full,
+            max_queue: 100_000,
+            dedupe_window_ms: 86_400_000,
+        },
+        &directory,
+        Registry::new(),
+    )
+    .await
+    .unwrap()
+    .store;
+    assert!(
+        directory.is_empty(),
+        "{} identities loaded",
+        directory.len()
+    );
+    let found = second.lookup(created.identity).await.unwrap().unwrap();
+    assert_eq!(found.public_key.0, [7; 32]);
+}

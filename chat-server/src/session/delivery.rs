@@ -18,7 +18,9 @@
 //! may commit some of them: a notification is taken only if it follows the cursor directly,
 //! otherwise the queue is read again. A hint (another node committed, or the catch-up sweep)
 //! reads the queue again too; one that arrives while a page is being read makes the next page
-//! follow, since the page in flight may have been read before the hinted commit.
+//! follow, since the page in flight may have been read before the hinted commit. A hint that
+//! carries the committed message itself is taken like a local notification when it follows
+//! the cursor directly (no queue read), and is a plain hint otherwise.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -184,6 +186,25 @@ impl Delivery {
         self.ready.push_back(message);
     }
 
+    /// Another node committed `message` to this identity's queue and sent it in its hint. It
+    /// is taken only if it follows the cursor directly while the session follows its queue;
+    /// otherwise it is a hint like any other: the queue is read again (and a page in flight,
+    /// which may have been read before that commit, is followed by another).
+    pub fn on_hinted(&mut self, message: Arc<QueuedMessage>) {
+        if message.seq <= self.cursor {
+            return;
+        }
+        if self.phase == Phase::Following
+            && message.seq == self.cursor.saturating_add(1)
+            && self.ready.len() < MAX_READY
+        {
+            self.cursor = message.seq;
+            self.ready.push_back(message);
+            return;
+        }
+        self.on_hint();
+    }
+
     /// Notifications were dropped: read the queue again from the cursor.
     pub fn on_overflow(&mut self) {
         if self.phase == Phase::Following {
@@ -276,6 +297,26 @@ mod tests {
             .collect()
     }
 
+    /// The next page after `after`.
+    fn read_after(after: u64) -> Action {
+        Action::Fetch {
+            after,
+            limit: PAGE,
+            backlog: false,
+        }
+    }
+
+    /// A page of 3 and 4 answers a read during which a hint came: both are sent, and the queue
+    /// is read once more (and found empty).
+    fn page_of_3_and_4_after_a_hint(d: &mut Delivery) {
+        d.on_fetched(vec![msg(3), msg(4)], true, None);
+        let actions = pump(d);
+        assert_eq!(sent(&actions), vec![3, 4]);
+        assert!(actions.contains(&read_after(4)));
+        d.on_fetched(vec![], true, None);
+        assert!(pump(d).is_empty());
+    }
+
     fn pump(d: &mut Delivery) -> Vec<Action> {
         let mut out = Vec::new();
         d.pump(1_000, &mut out);
@@ -356,14 +397,7 @@ mod tests {
         d.on_queued(msg(9)); // ignored while paging
         let out = pump(&mut d);
         assert_eq!(sent(&out), vec![7]);
-        assert_eq!(
-            out.last(),
-            Some(&Action::Fetch {
-                after: 7,
-                limit: PAGE,
-                backlog: false
-            })
-        );
+        assert_eq!(out.last(), Some(&read_after(7)));
         d.on_fetched(vec![msg(8), msg(9)], true, None);
         assert_eq!(sent(&pump(&mut d)), vec![8, 9]);
     }
@@ -411,32 +445,52 @@ mod tests {
         d.on_queued(msg(4));
         let actions = pump(&mut d);
         assert!(sent(&actions).is_empty());
-        assert!(actions.contains(&Action::Fetch {
-            after: 2,
-            limit: PAGE,
-            backlog: false
-        }));
+        assert!(actions.contains(&read_after(2)));
         // A hint while that page is read: the page may predate the hinted commit.
         d.on_hint();
-        d.on_fetched(vec![msg(3), msg(4)], true, None);
-        let actions = pump(&mut d);
-        assert_eq!(sent(&actions), vec![3, 4]);
-        assert!(actions.contains(&Action::Fetch {
-            after: 4,
-            limit: PAGE,
-            backlog: false
-        }));
-        d.on_fetched(vec![], true, None);
-        assert!(pump(&mut d).is_empty());
+        page_of_3_and_4_after_a_hint(&mut d);
         // A hint while following reads the queue once more.
         d.on_hint();
+        assert_eq!(pump(&mut d), vec![read_after(4)]);
+    }
+
+    #[test]
+    fn carried_messages_are_taken_only_in_order_and_never_twice() {
+        let (mut d, _) = Delivery::start_gapless();
+        // Before the backlog is read, a carried message is a hint: the page in flight may
+        // have been read before its commit, so another page follows.
+        d.on_hinted(msg(1));
+        d.on_fetched(vec![], true, Some(None));
+        let actions = pump(&mut d);
+        assert!(sent(&actions).is_empty());
+        assert!(actions.contains(&read_after(0)));
+        d.on_fetched(vec![msg(1)], true, None);
+        assert_eq!(sent(&pump(&mut d)), vec![1]);
+        // Following: the next one is taken without a queue read, a repeat is ignored.
+        d.on_hinted(msg(2));
+        d.on_hinted(msg(2));
+        d.on_queued(msg(2));
         assert_eq!(
-            pump(&mut d),
-            vec![Action::Fetch {
-                after: 4,
-                limit: PAGE,
-                backlog: false
-            }]
+            pump(&mut d)
+                .iter()
+                .map(|a| match a {
+                    Action::Send(m) => m.seq,
+                    _ => 0,
+                })
+                .collect::<Vec<_>>(),
+            vec![2],
+            "sent once, nothing read"
         );
+        // Out of order (3 is carried by a hint still on its way): read from the cursor.
+        d.on_hinted(msg(4));
+        assert_eq!(pump(&mut d), vec![read_after(2)]);
+        // Hints arriving while that page is read add nothing and make the page followed by another.
+        d.on_hinted(msg(3));
+        page_of_3_and_4_after_a_hint(&mut d);
+        d.on_hinted(msg(3));
+        d.on_hinted(msg(4));
+        assert!(pump(&mut d).is_empty(), "already sent: no send, no read");
+        d.on_hinted(msg(5));
+        assert_eq!(sent(&pump(&mut d)), vec![5]);
     }
 }

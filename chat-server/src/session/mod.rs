@@ -359,6 +359,7 @@ impl Conn {
             "session established"
         );
         let cookie = extensions.device_cookie.as_ref().map(|c| c.0);
+        self.cache_identity(identity).await?;
         let (update, changed) = self.ctx.directory.observe_cookie(&identity, cookie);
         if let Some((cookie, changed)) = update {
             self.store(Command::SetDeviceCookie {
@@ -411,6 +412,7 @@ impl Conn {
             }
             CspPayload::ClearDeviceCookieChangeIndication => {
                 let identity = self.session()?.identity;
+                self.cache_identity(identity).await?;
                 if let Some(cookie) = self.ctx.directory.clear_cookie_change(&identity) {
                     self.store(Command::SetDeviceCookie {
                         identity,
@@ -440,7 +442,7 @@ impl Conn {
         let ack = !message.flags.contains(MessageFlags::DONT_ACK);
         let receiver = message.receiver;
         let message_id = message.message_id;
-        if receiver == identity || !self.known(receiver).await? {
+        if receiver == identity || !self.cache_identity(receiver).await? {
             // Nobody could ever receive it: drop it, but answer so the sender does not wait.
             debug!(conn = self.id, receiver = %Id(&receiver), "message to self or unknown identity dropped");
             return self.ack_outgoing(ack, receiver, message_id);
@@ -482,8 +484,9 @@ impl Conn {
     }
 
     /// Whether an identity exists: the cached directory, else the database (another node may
-    /// have created it).
-    async fn known(&self, identity: Identity) -> Result<bool, CloseReason> {
+    /// have created it, or a node on PostgreSQL dropped it from its cache); a record found
+    /// there is cached, since the cookie state is read and changed in the directory.
+    async fn cache_identity(&self, identity: Identity) -> Result<bool, CloseReason> {
         if self.ctx.directory.contains(&identity) {
             return Ok(true);
         }
@@ -639,6 +642,11 @@ impl Conn {
             MailItem::Queued(message) => {
                 if let Some(d) = session.delivery.as_mut() {
                     d.on_queued(message);
+                }
+            }
+            MailItem::Hinted(message) => {
+                if let Some(d) = session.delivery.as_mut() {
+                    d.on_hinted(message);
                 }
             }
             MailItem::Transient(body) => {

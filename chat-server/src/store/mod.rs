@@ -6,6 +6,7 @@
 //! (several nodes on one database, `postgres.rs`). The batching loop and how answers reach the
 //! sessions (`worker.rs`) are the same for both.
 
+mod hints;
 mod postgres;
 mod sqlite;
 mod sqlite_schema;
@@ -23,7 +24,8 @@ use crate::mailbox::Mailbox;
 use crate::registry::Registry;
 use crate::types::Identity;
 
-pub use postgres::{Hint, PgSettings, HOUSEKEEPING_LOCK};
+pub use hints::Hint;
+pub use postgres::{PgSettings, HOUSEKEEPING_LOCK};
 pub use sqlite_schema::{from_sql, to_sql};
 
 /// File name of the database inside the data directory.
@@ -62,6 +64,18 @@ pub enum StoreError {
     /// No unused identity was found (the ID space is nearly full, or the RNG is broken).
     #[error("no free identity after {0} attempts")]
     IdentitySpace(u32),
+}
+
+impl StoreError {
+    /// Whether PostgreSQL aborted the transaction for a deadlock or a serialization failure:
+    /// it rolled everything back, and the same work may succeed when run again.
+    #[must_use]
+    pub fn is_conflict(&self) -> bool {
+        use tokio_postgres::error::SqlState;
+        matches!(self, Self::Postgres(e) if e.code().is_some_and(|c| {
+            *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        }))
+    }
 }
 
 /// An outgoing message to queue.
@@ -285,8 +299,9 @@ pub struct StoreConfig {
 }
 
 impl Store {
-    /// Opens the database, loads the directory into `directory`, and starts the worker (with
-    /// PostgreSQL also the node's hint listener, hint sender and catch-up sweep).
+    /// Opens the database, loads the directory into `directory` (SQLite; with PostgreSQL it is
+    /// a cache filled on use), and starts the worker (with PostgreSQL also the node's hint
+    /// listener, hint sender and catch-up sweep).
     pub async fn open(
         config: StoreConfig,
         directory: &Directory,
@@ -309,10 +324,8 @@ impl Store {
                 (queued, None)
             }
             Database::Postgres(settings) => {
+                // No identity is loaded: the directory caches them as they are used.
                 let backend = postgres::PgBackend::connect(settings, config.clone()).await?;
-                for record in backend.load_identities().await? {
-                    directory.insert(record);
-                }
                 let queued = backend.queued_total().await?;
                 let node = backend.node();
                 let hint_tx = if settings.hints {

@@ -21,8 +21,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::future::{join4, join_all};
 use tandem_shared::crypto::PublicKey;
@@ -36,6 +34,7 @@ use crate::mailbox::{MailItem, StoreOutcome};
 use crate::registry::Registry;
 use crate::types::{Identity, QueuedMessage};
 
+use super::hints::{apply_hints, chunk_payload, Hint};
 use super::sqlite::IDENTITY_ATTEMPTS;
 use super::sqlite_schema::{from_sql, to_sql};
 use super::worker::Output;
@@ -47,14 +46,14 @@ use super::{
 /// Connections per node besides the storage threads': the notifier's, the sweep's,
 /// housekeeping, and one spare while a broken one is replaced.
 const POOL_EXTRA: usize = 4;
+/// Tries of a batch that the database aborted for a deadlock or a serialization failure.
+const BATCH_ATTEMPTS: u32 = 5;
 /// Advisory lock held while migrations run (any 64-bit constant unique to Tandem).
 const MIGRATION_LOCK: i64 = 0x7461_6e64_656d_0001;
 /// Advisory lock of the node doing housekeeping right now.
 pub const HOUSEKEEPING_LOCK: i64 = 0x7461_6e64_656d_0002;
 /// Most creation tokens pending in the whole server group.
 const MAX_SHARED_TOKENS: i64 = 100_000;
-/// Longest NOTIFY payload we send (PostgreSQL's limit is 8000 bytes).
-const MAX_NOTIFY_PAYLOAD: usize = 7_000;
 
 /// The schema, one entry per version; a database is brought to the newest in order, each
 /// version in its own transaction, and a database newer than this binary is refused.
@@ -71,46 +70,6 @@ pub struct PgSettings {
     pub hints: bool,
     /// Storage threads (each with its own connection and batches).
     pub connections: usize,
-}
-
-/// What another node must hear, sent by [`notifier`] after the commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Hint {
-    /// A message was committed for `receiver`, whose receiving session is on `node`.
-    Queued {
-        /// The node.
-        node: i64,
-        /// The receiver.
-        receiver: Identity,
-    },
-    /// A don't-queue message for `receiver`, whose receiving session is on `node`.
-    Transient {
-        /// The node.
-        node: i64,
-        /// The receiver.
-        receiver: Identity,
-        /// The message struct.
-        body: Arc<[u8]>,
-    },
-    /// The node that held `identity`'s receiving session before has committed everything that
-    /// session handed it (its removals); `node` holds `epoch` now.
-    Released {
-        /// The node.
-        node: i64,
-        /// The identity.
-        identity: Identity,
-        /// The epoch the database names now.
-        epoch: u64,
-    },
-    /// `identity`'s receiving session on `node` was replaced by one with `epoch`.
-    Demote {
-        /// The node.
-        node: i64,
-        /// The identity.
-        identity: Identity,
-        /// The new receiving epoch.
-        epoch: u64,
-    },
 }
 
 /// The `NOTIFY` channel of a node.
@@ -291,13 +250,25 @@ const fn batched(command: &Command) -> bool {
     )
 }
 
-/// Commands that lock a receiver's counter row run first, in receiver order; the rest after.
+/// The order in which a batch's commands run, so that every batch (on any node) takes its row
+/// locks in one global order and two batches cannot wait for each other: queue and counter
+/// rows first (removals, enqueues), in receiver order; then `receiving` rows (claims,
+/// releases, the first read that sets `reading`), in identity order; then `identities` rows
+/// (device cookies), in identity order; the rest after. The sort is stable, so one identity's
+/// commands keep their order.
 fn lock_order(command: &Command) -> (u8, Identity) {
     match command {
         Command::Enqueue(e) => (0, e.receiver),
         Command::Remove { receiver, .. } => (0, *receiver),
-        Command::Claim { identity, .. } => (1, *identity),
-        _ => (2, [0; 8]),
+        Command::Claim { identity, .. }
+        | Command::Release { identity, .. }
+        | Command::Fetch {
+            receiver: identity,
+            backlog: true,
+            ..
+        } => (1, *identity),
+        Command::SetDeviceCookie { identity, .. } => (2, *identity),
+        _ => (3, [0; 8]),
     }
 }
 
@@ -333,20 +304,6 @@ impl PgBackend {
         self.pool.clone()
     }
 
-    /// Every identity (the directory's copy is loaded at start; later ones are read through).
-    pub(super) async fn load_identities(&self) -> Result<Vec<IdentityRecord>, StoreError> {
-        let rows = client(&self.pool)
-            .await?
-            .query(
-                "SELECT identity, public_key, device_cookie, cookie_changed FROM identities",
-                &[],
-            )
-            .await?;
-        rows.into_iter()
-            .map(|r| identity_record(r.get(0), r.get::<_, &[u8]>(1), r.get(2), r.get(3)))
-            .collect()
-    }
-
     pub(super) async fn queued_total(&self) -> Result<u64, StoreError> {
         let total: i64 = client(&self.pool)
             .await?
@@ -367,7 +324,19 @@ impl PgBackend {
             }
         }
         commands.sort_by_key(lock_order);
-        let dones = self.transaction(&commands, now).await;
+        let mut attempt = 1;
+        let dones = loop {
+            match self.transaction(&commands, now).await {
+                // The database rolled the whole batch back and nothing of it was answered, so
+                // running it again is safe; without this its messages would not be acked and
+                // its sessions closed for a conflict that a second try resolves.
+                Err(e) if attempt < BATCH_ATTEMPTS && e.is_conflict() => {
+                    warn!(attempt, error = %e, "storage batch aborted by a lock conflict; retrying");
+                    attempt += 1;
+                }
+                done => break done,
+            }
+        };
         let failed = dones.is_err();
         if let Err(e) = &dones {
             error!(error = %e, "storage batch failed; nothing in it is acked");
@@ -446,6 +415,25 @@ impl PgBackend {
             join_all(others.map(|c| self.run(&tx, c, now))),
         )
         .await;
+        // The statements after a failed one fail only because the transaction is aborted:
+        // report the conflict, if one caused it, so that the batch runs again.
+        let conflict = [
+            removed.as_ref().err(),
+            stored.as_ref().err(),
+            fetched.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        .chain(rest.iter().filter_map(|r| r.as_ref().err()))
+        .any(StoreError::is_conflict);
+        if conflict {
+            return Err([removed.err(), stored.err(), fetched.err()]
+                .into_iter()
+                .flatten()
+                .chain(rest.into_iter().filter_map(Result::err))
+                .find(StoreError::is_conflict)
+                .unwrap_or(StoreError::Stopped));
+        }
         let mut stored = stored?.into_iter();
         removed?;
         let mut fetched = fetched?.into_iter();
@@ -965,136 +953,50 @@ async fn housekeeping(pool: &Pool, config: &StoreConfig, now: u64) -> Result<(),
     Ok(())
 }
 
-/// Sends the hints of committed batches as `NOTIFY`, each in its own transaction (autocommit on
-/// the notifier's connection), grouped per node. Runs until the storage worker is gone.
+/// Sends the hints of committed batches as `NOTIFY`, grouped per node, every payload of a
+/// round in one statement (autocommit on the notifier's connection: its own transaction, never
+/// the data transaction). Runs until the storage worker is gone.
 pub(super) async fn notifier(pool: Pool, mut hints: mpsc::Receiver<Hint>) {
     let mut waiting = Vec::new();
     while hints.recv_many(&mut waiting, 4096).await > 0 {
         let mut payloads: BTreeMap<i64, Vec<String>> = BTreeMap::new();
         let mut seen: HashSet<(i64, String)> = HashSet::new();
         for hint in waiting.drain(..) {
-            let (node, text) = match hint {
-                Hint::Queued { node, receiver } => {
-                    (node, format!("q{}", String::from_utf8_lossy(&receiver)))
-                }
-                Hint::Demote {
-                    node,
-                    identity,
-                    epoch,
-                } => (
-                    node,
-                    format!("d{}:{epoch}", String::from_utf8_lossy(&identity)),
-                ),
-                Hint::Released {
-                    node,
-                    identity,
-                    epoch,
-                } => (
-                    node,
-                    format!("r{}:{epoch}", String::from_utf8_lossy(&identity)),
-                ),
-                Hint::Transient {
-                    node,
-                    receiver,
-                    body,
-                } => (
-                    node,
-                    format!(
-                        "t{}:{}",
-                        String::from_utf8_lossy(&receiver),
-                        B64.encode(&body)
-                    ),
-                ),
-            };
-            if text.len() > MAX_NOTIFY_PAYLOAD {
+            let Some((node, text)) = hint.encode() else {
                 debug!("don't-queue message too large to relay; dropped");
                 continue;
-            }
-            // Several messages for one receiver in a round need one hint; relayed messages
-            // are each their own.
-            if text.starts_with('t') || seen.insert((node, text.clone())) {
+            };
+            // Several "read your queue" hints for one receiver in a round need one; carried and
+            // relayed messages are each their own.
+            if text.starts_with(['m', 't']) || seen.insert((node, text.clone())) {
                 payloads.entry(node).or_default().push(text);
+            }
+        }
+        let mut channels = Vec::new();
+        let mut chunks = Vec::new();
+        for (node, texts) in payloads {
+            for chunk in chunk_payload(&texts) {
+                channels.push(channel(node));
+                chunks.push(chunk);
             }
         }
         let Ok(client) = client(&pool).await else {
             warn!("no database connection for hints; the sweep delivers instead");
             continue;
         };
-        for (node, texts) in payloads {
-            let channel = channel(node);
-            for chunk in chunk_payload(&texts) {
-                let sent = match client.prepare_cached("SELECT pg_notify($1, $2)").await {
-                    Ok(stmt) => client.execute(&stmt, &[&channel, &chunk]).await.map(drop),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = sent {
-                    warn!(error = %e, "hint not sent; the sweep delivers instead");
-                }
-            }
+        let sent = match client.prepare_cached(NOTIFY_ALL).await {
+            Ok(stmt) => client.execute(&stmt, &[&channels, &chunks]).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            warn!(error = %e, "hints not sent; the sweep delivers instead");
         }
     }
 }
 
-/// Joins hint texts with spaces into payloads under PostgreSQL's size limit.
-fn chunk_payload(texts: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    for text in texts {
-        if !current.is_empty() && current.len() + 1 + text.len() > MAX_NOTIFY_PAYLOAD {
-            out.push(core::mem::take(&mut current));
-        }
-        if !current.is_empty() {
-            current.push(' ');
-        }
-        current.push_str(text);
-    }
-    if !current.is_empty() {
-        out.push(current);
-    }
-    out
-}
-
-/// Applies one received payload to this node's sessions.
-pub(super) fn apply_hints(registry: &Registry, payload: &str) {
-    for item in payload.split(' ') {
-        if let Some(rest) = item.strip_prefix('q') {
-            if let Ok(identity) = Identity::try_from(rest.as_bytes()) {
-                registry.recheck(&identity);
-            }
-        } else if let Some(rest) = item.strip_prefix('r') {
-            let Some((identity, epoch)) = rest.split_once(':') else {
-                continue;
-            };
-            if let (Ok(identity), Ok(epoch)) = (
-                Identity::try_from(identity.as_bytes()),
-                epoch.parse::<u64>(),
-            ) {
-                registry.released(&identity, epoch);
-            }
-        } else if let Some(rest) = item.strip_prefix('t') {
-            let Some((identity, body)) = rest.split_once(':') else {
-                continue;
-            };
-            if let (Ok(identity), Ok(body)) =
-                (Identity::try_from(identity.as_bytes()), B64.decode(body))
-            {
-                if let Some(mailbox) = registry.receiver(&identity) {
-                    mailbox.push_delivery(MailItem::Transient(Arc::from(body)));
-                }
-            }
-        } else if let Some(rest) = item.strip_prefix('d') {
-            let Some((identity, epoch)) = rest.split_once(':') else {
-                continue;
-            };
-            if let (Ok(identity), Ok(epoch)) = (
-                Identity::try_from(identity.as_bytes()),
-                epoch.parse::<u64>(),
-            ) {
-                registry.demote_before(&identity, epoch);
-            }
-        }
-    }
-}
+/// Every notification of a notifier round, in order, in one statement.
+const NOTIFY_ALL: &str =
+    "SELECT pg_notify(t.c, t.p) FROM UNNEST($1::TEXT[], $2::TEXT[]) AS t(c, p)";
 
 /// Listens on this node's channel and hands hints to the sessions; reconnects (to whichever
 /// host is the primary now) when the connection drops. Every (re)connect is followed by a
@@ -1209,16 +1111,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payloads_stay_under_the_limit_and_keep_every_hint() {
-        let texts: Vec<String> = (0..2000).map(|i| format!("q{i:08}")).collect();
-        let chunks = chunk_payload(&texts);
-        assert!(chunks.len() > 1);
-        assert!(chunks.iter().all(|c| c.len() <= MAX_NOTIFY_PAYLOAD));
-        let joined: Vec<&str> = chunks.iter().flat_map(|c| c.split(' ')).collect();
-        assert_eq!(joined.len(), 2000);
-    }
-
-    #[test]
     fn commands_lock_counter_rows_in_receiver_order() {
         let (reply, _rx) = tokio::sync::oneshot::channel();
         let mut commands = [
@@ -1257,5 +1149,48 @@ mod tests {
             ],
             "receiver order, and a receiver's own commands keep theirs"
         );
+    }
+
+    #[test]
+    fn receiving_rows_are_locked_in_identity_order_whatever_the_command() {
+        // Node A's batch: claim X, release Y; node B's: claim Y, release X. Claims first and
+        // releases after would lock X then Y on A and Y then X on B: a deadlock.
+        let batch = |claim: Identity, release: Identity| {
+            let (reply, _rx) = tokio::sync::oneshot::channel();
+            let mut commands = [
+                Command::Release {
+                    identity: release,
+                    session_id: 1,
+                },
+                Command::Claim {
+                    identity: claim,
+                    session_id: 2,
+                    reply,
+                },
+                Command::Fetch {
+                    receiver: *b"WWWWWWWW",
+                    after: 0,
+                    limit: 1,
+                    backlog: true,
+                    epoch: 1,
+                    reply: crate::mailbox::Mailbox::new(),
+                },
+            ];
+            commands.sort_by_key(lock_order);
+            commands
+                .iter()
+                .map(|c| match c {
+                    Command::Claim { identity, .. }
+                    | Command::Release { identity, .. }
+                    | Command::Fetch {
+                        receiver: identity, ..
+                    } => *identity,
+                    _ => [0; 8],
+                })
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![*b"WWWWWWWW", *b"XXXXXXXX", *b"YYYYYYYY"];
+        assert_eq!(batch(*b"XXXXXXXX", *b"YYYYYYYY"), expected);
+        assert_eq!(batch(*b"YYYYYYYY", *b"XXXXXXXX"), expected);
     }
 }

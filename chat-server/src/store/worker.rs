@@ -16,7 +16,7 @@ use crate::mailbox::{CloseRequest, MailItem, Mailbox, StoreOutcome};
 use crate::registry::Registry;
 use crate::types::{now_ms, Identity, QueuedMessage};
 
-use super::postgres::Hint;
+use super::hints::Hint;
 use super::{Backend, Command, Created, Enqueue, LoginInfo, PendingToken, StoreError};
 
 /// Most commands per transaction.
@@ -160,23 +160,24 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
                     },
                 );
                 if outcome == StoreOutcome::Stored {
+                    let message = Arc::new(QueuedMessage {
+                        seq,
+                        sender: e.sender,
+                        message_id: e.message_id,
+                        flags: e.flags,
+                        expires_at_ms: e.expires_at_ms,
+                        body: e.body,
+                    });
                     if let Some(node) = node {
+                        // Committed (this runs after the commit), so the other node may
+                        // deliver it from the hint.
                         remote.push(Hint::Queued {
                             node,
                             receiver: e.receiver,
+                            message: Arc::clone(&message),
                         });
                     }
-                    queued.push((
-                        e.receiver,
-                        MailItem::Queued(Arc::new(QueuedMessage {
-                            seq,
-                            sender: e.sender,
-                            message_id: e.message_id,
-                            flags: e.flags,
-                            expires_at_ms: e.expires_at_ms,
-                            body: e.body,
-                        })),
-                    ));
+                    queued.push((e.receiver, MailItem::Queued(message)));
                 }
             }
             Output::Fetched { reply, result } => match result {
@@ -223,15 +224,7 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
     for (mailbox, items) in control.groups {
         mailbox.push_all(items);
     }
-    if !queued.is_empty() {
-        let mut deliveries = Grouped::default();
-        for (mailbox, item) in registry.receivers_of(queued) {
-            deliveries.add(&mailbox, item);
-        }
-        for (mailbox, items) in deliveries.groups {
-            mailbox.push_deliveries(items);
-        }
-    }
+    deliver(registry, queued);
     for reply in flushed {
         let _ = reply.send(());
     }
@@ -242,6 +235,21 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
                 debug!("hint channel full; the sweep delivers instead");
             }
         }
+    }
+}
+
+/// Hands new messages to the receiving sessions of their identities that are on this node,
+/// each inbox woken once.
+pub(super) fn deliver(registry: &Registry, items: Vec<(Identity, MailItem)>) {
+    if items.is_empty() {
+        return;
+    }
+    let mut deliveries = Grouped::default();
+    for (mailbox, item) in registry.receivers_of(items) {
+        deliveries.add(&mailbox, item);
+    }
+    for (mailbox, items) in deliveries.groups {
+        mailbox.push_deliveries(items);
     }
 }
 
