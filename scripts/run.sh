@@ -122,6 +122,7 @@ setsid "$chat_server" \
   --http-listen "127.0.0.1:$http_port" \
   --data-dir "$data_dir/chat-server" \
   --server-group "$server_group" \
+  --push-origin "http://127.0.0.1:$mediator_port" \
   >"$logs/chat-server.log" 2>&1 &
 chat_pid=$!
 server_info="$(wait_http "http://127.0.0.1:$http_port/server-info" "$chat_pid" "$logs/chat-server.log" 60)"

@@ -72,6 +72,12 @@ pub struct Config {
     /// None given: no CORS headers.
     #[arg(long = "cors-origin")]
     pub cors_origins: Vec<String>,
+    /// Origins the server may POST push requests to (repeatable; `https://mediator.example.org`,
+    /// or `http://127.0.0.1` for any port of that host). Devices register the URL that wakes
+    /// their device group (docs/chat-server.md "Push"); a URL under no listed origin is ignored,
+    /// and without any the server pushes nothing.
+    #[arg(long = "push-origin")]
+    pub push_origins: Vec<String>,
     /// A text sent as an alert (payload 0xe1) to every session right after login.
     #[arg(long)]
     pub alert: Option<String>,

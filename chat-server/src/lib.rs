@@ -15,6 +15,7 @@
 pub mod config;
 pub mod directory;
 pub mod mailbox;
+pub mod push;
 pub mod registry;
 pub mod server_key;
 pub mod session;
@@ -34,6 +35,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::directory::{Directory, HttpState};
 use crate::mailbox::{CloseRequest, MailItem};
+use crate::push::PushOrigins;
 use crate::registry::Registry;
 use crate::session::Context;
 use crate::store::{Database, PgSettings, Store, StoreConfig, StoreError};
@@ -57,6 +59,9 @@ pub enum StartError {
     /// A listening socket could not be bound.
     #[error("bind {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// A `--push-origin` is not `http(s)://host[:port]`.
+    #[error("push origin {0}")]
+    PushOrigin(String),
 }
 
 /// A started server.
@@ -99,12 +104,15 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             connections: config.storage_connections,
         }),
     };
+    let push_origins = PushOrigins::parse(&config.push_origins).map_err(StartError::PushOrigin)?;
+    let (unreceived, names) = push::channel();
     let loaded = Store::open(
         StoreConfig {
             database,
             sync: config.sync,
             max_queue: config.max_queue,
             dedupe_window_ms: config.dedupe_window_s.saturating_mul(1000),
+            unreceived: (!push_origins.is_empty()).then_some(unreceived),
         },
         &directory,
         Arc::clone(&registry),
@@ -136,9 +144,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         idle_timeout: Duration::from_secs(config.idle_timeout_s),
         short_lived_ttl_ms: config.short_lived_ttl_s.saturating_mul(1000),
         gapless,
+        push_origins: push_origins.clone(),
     });
     let limit = Arc::new(Semaphore::new(config.max_connections));
     let mut tasks = loaded.tasks;
+    if !push_origins.is_empty() {
+        tasks.push(push::spawn(store.clone(), Arc::clone(&registry), names));
+    }
     tasks.push(tokio::spawn(accept_csp(csp, ctx, limit)));
 
     let app = directory::router(

@@ -21,7 +21,7 @@ use tandem_chat_server::directory::Directory;
 use tandem_chat_server::mailbox::{MailItem, Mailbox, StoreOutcome};
 use tandem_chat_server::registry::Registry;
 use tandem_chat_server::store::{
-    Command, Database, Enqueue, PgSettings, Store, StoreConfig, HOUSEKEEPING_LOCK,
+    Command, Database, Enqueue, PgSettings, PushTarget, Store, StoreConfig, HOUSEKEEPING_LOCK,
 };
 use tandem_shared::csp::MessageFlags;
 
@@ -39,6 +39,7 @@ async fn open_limited(database: Database, max_queue: u32) -> Store {
             sync: SyncMode::Full,
             max_queue,
             dedupe_window_ms: 86_400_000,
+            unreceived: None,
         },
         &Directory::default(),
         Registry::new(),
@@ -473,6 +474,7 @@ async fn a_node_on_postgres_loads_no_identity_at_start_and_reads_them_on_use() {
             sync: SyncMode::Full,
             max_queue: 100_000,
             dedupe_window_ms: 86_400_000,
+            unreceived: None,
         },
         &directory,
         Registry::new(),
@@ -487,4 +489,110 @@ async fn a_node_on_postgres_loads_no_identity_at_start_and_reads_them_on_use() {
     );
     let found = second.lookup(created.identity).await.unwrap().unwrap();
     assert_eq!(found.public_key.0, [7; 32]);
+}
+
+/// The push URL of an identity (docs/chat-server.md "Push"): kept, replaced, forgotten, and read
+/// together with the identity's queue length, which is what the push task asks.
+async fn push_urls_are_kept_with_their_queue_length(store: &Store) {
+    let id = store
+        .create_identity(tandem_shared::crypto::PublicKey([9; 32]))
+        .await
+        .unwrap()
+        .identity;
+    let target = |url: Option<&str>, queued| PushTarget {
+        url: url.map(str::to_owned),
+        queued,
+    };
+    assert_eq!(store.push_target(id).await.unwrap(), target(None, 0));
+    for url in ["https://m.example/push/a", "https://m.example/push/b"] {
+        store
+            .send(Command::SetPushUrl {
+                identity: id,
+                url: Some(url.into()),
+            })
+            .await
+            .unwrap();
+    }
+    let reply = Mailbox::new();
+    store
+        .send(Command::Enqueue(Box::new(Enqueue {
+            receiver: id,
+            sender: SENDER,
+            message_id: 1,
+            flags: MessageFlags::NONE,
+            expires_at_ms: None,
+            body: Arc::from(&b"body"[..]),
+            ack: true,
+            reply,
+        })))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.push_target(id).await.unwrap(),
+        target(Some("https://m.example/push/b"), 1),
+        "the last registration wins"
+    );
+    store
+        .send(Command::SetPushUrl {
+            identity: id,
+            url: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.push_target(id).await.unwrap(), target(None, 1));
+}
+
+#[tokio::test]
+async fn push_urls_are_kept_with_their_queue_length_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(Database::Sqlite {
+        dir: dir.path().to_owned(),
+    })
+    .await;
+    push_urls_are_kept_with_their_queue_length(&store).await;
+}
+
+#[tokio::test]
+async fn push_urls_are_kept_with_their_queue_length_on_postgres() {
+    let (_dir, url) = fresh_database();
+    let store = open(postgres(&url)).await;
+    push_urls_are_kept_with_their_queue_length(&store).await;
+}
+
+/// A database written by schema 1 (before push URLs) opens: its identities and queue stay and
+/// the column is added.
+#[tokio::test]
+async fn a_schema_1_sqlite_database_gains_the_push_url_column() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("chat.sqlite3")).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE identities (identity BLOB PRIMARY KEY, public_key BLOB NOT NULL UNIQUE,
+                 created_at INTEGER NOT NULL, device_cookie BLOB,
+                 cookie_changed INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO identities VALUES (x'4f4c444f4c443031', x'0101010101010101010101010101010101010101010101010101010101010101', 1, NULL, 0);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let store = open(Database::Sqlite {
+        dir: dir.path().to_owned(),
+    })
+    .await;
+    let old = *b"OLDOLD01";
+    assert!(
+        store.lookup(old).await.unwrap().is_some(),
+        "the identity stays"
+    );
+    store
+        .send(Command::SetPushUrl {
+            identity: old,
+            url: Some("https://m.example/push/c".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.push_target(old).await.unwrap().url.as_deref(),
+        Some("https://m.example/push/c")
+    );
 }

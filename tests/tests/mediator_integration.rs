@@ -19,10 +19,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::OsRng;
 use rand::RngCore;
+use tandem_shared::app::TANDEM_PUSH_TOKEN_TYPE;
 use tandem_shared::crypto::random_nonce;
 use tandem_shared::csp::{
     open_message, seal_message_with_nonce, CspPayload, E2eMessageType, MessageAck, MessageFlags,
-    MessageToSeal,
+    MessageToSeal, PushToken,
 };
 use tandem_shared::d2d::Scope;
 use tandem_shared::d2m::{CloseCode, TANDEM_FEATURE_CSP_ON_DEMAND};
@@ -1014,6 +1015,11 @@ async fn csp_on_demand(fx: &mut Fixture) -> ScenarioResult {
     );
     a.csp_established().await?;
     a.promoted().await?;
+    // Registered as a push token of Tandem's type, as the app core does after every login.
+    a.csp_send(&CspPayload::SetPushNotificationToken(
+        PushToken::new(TANDEM_PUSH_TOKEN_TYPE, url.clone().into_bytes()).expect("≤ 255 bytes"),
+    ))
+    .await?;
 
     // Forged and wrong-method pushes wake nobody.
     let forged = format!("/push/{}", "ab".repeat(80));
@@ -1039,12 +1045,37 @@ async fn csp_on_demand(fx: &mut Fixture) -> ScenarioResult {
     if wrangler {
         tokio::time::sleep(Duration::from_secs(16)).await;
     }
-    let answer = http_request(&addr, "POST", &path, None, Duration::from_secs(10)).await?;
-    assert_eq!(answer.status, 204, "{answer:?}");
+    // Another identity writes: the message waits at the chat server, nobody of `id` receives,
+    // so the chat server POSTs to the URL `a` registered, and the mediator wakes `a`.
+    let y = fx.identity().await?;
+    let mut y1 = csp_device(fx, &y, "y1", true).await?;
+    let message_id = OsRng.next_u64();
+    let sealed = seal_message_with_nonce(
+        &y.client_key,
+        &MessageToSeal {
+            sender: y.identity,
+            receiver: id.identity,
+            receiver_public_key: id.client_key.public_key(),
+            message_id,
+            created_at_ms: now_ms(),
+            flags: MessageFlags::SEND_PUSH,
+            nickname: None,
+            message_type: E2eMessageType::TEXT,
+            body: b"while you slept",
+        },
+        &random_nonce(&mut OsRng),
+        &mut OsRng,
+    )?;
+    let sent_at = Instant::now();
+    y1.csp_send(&CspPayload::OutgoingMessage(sealed)).await?;
     a.wait_for("Wake", Duration::from_secs(10), |e| {
         matches!(e, Event::Wake).then_some(())
     })
     .await?;
+    eprintln!(
+        "csp_on_demand: message sent -> Wake in {:?}",
+        sent_at.elapsed()
+    );
     if let Some(field) = dev_stats(fx, &id).await? {
         assert!(
             field("objectsConstructed") > constructed,
@@ -1053,12 +1084,25 @@ async fn csp_on_demand(fx: &mut Fixture) -> ScenarioResult {
         assert_eq!(field("pushesWoken"), 1);
     }
 
-    // The device logs in again through the proxy; the chat server answers.
+    // The device logs in again through the proxy, unblocks and gets the message.
     a.open_csp().await?;
-    a.csp_send(&CspPayload::EchoRequest(vec![7; 8])).await?;
+    a.csp_send(&CspPayload::UnblockIncomingMessages).await?;
+    let CspPayload::IncomingMessage(incoming) = a.csp_payload("the waiting message").await? else {
+        panic!("expected the incoming message");
+    };
+    assert_eq!(incoming.message_id, message_id);
+    eprintln!(
+        "csp_on_demand: message sent -> at the woken device in {:?}",
+        sent_at.elapsed()
+    );
+    a.csp_send(&CspPayload::IncomingMessageAck(MessageAck {
+        identity: y.identity,
+        message_id,
+    }))
+    .await?;
     assert_eq!(
-        a.csp_payload("echo response").await?,
-        CspPayload::EchoResponse(vec![7; 8])
+        a.csp_payload("queue-send-complete").await?,
+        CspPayload::QueueSendComplete
     );
     // Open again: a push now wakes nobody.
     let answer = http_request(&addr, "POST", &path, None, Duration::from_secs(10)).await?;

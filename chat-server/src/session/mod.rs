@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::OsRng;
+use tandem_shared::app::TANDEM_PUSH_TOKEN_TYPE;
 use tandem_shared::crypto::SecretKey;
 use tandem_shared::csp::{
     check_idle_timeout, CspPayload, CspServer, CspServerConfig, Extensions, LoginAck, MessageAck,
     MessageFlags, MessagePayloadVersion, MessageWithMetadataBox, PayloadContainer, PayloadType,
-    ServerEvent,
+    PushToken, PushTokenType, ServerEvent,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -76,6 +77,8 @@ pub struct Context {
     /// and other nodes commit some of them, so delivery takes only contiguous notifications;
     /// don't-queue messages for a receiver not on this node are relayed.
     pub gapless: bool,
+    /// Where push URLs may point (`--push-origin`); empty: tokens are ignored.
+    pub push_origins: crate::push::PushOrigins,
 }
 
 /// Serves one TCP connection until it ends.
@@ -404,10 +407,13 @@ impl Conn {
                 self.client_active(idle, echo_requests);
                 Ok(())
             }
-            CspPayload::SetPushNotificationToken(_)
-            | CspPayload::SetHighPriorityPushNotificationToken(_)
+            CspPayload::SetPushNotificationToken(token) => self.on_push_token(&token).await,
+            CspPayload::SetHighPriorityPushNotificationToken(_)
             | CspPayload::DeletePushNotificationToken(_) => {
-                debug!(conn = self.id, "push tokens are not supported; ignored");
+                debug!(
+                    conn = self.id,
+                    "push services other than Tandem's are not supported; ignored"
+                );
                 Ok(())
             }
             CspPayload::ClearDeviceCookieChangeIndication => {
@@ -533,6 +539,31 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+
+    /// `set-push-notification-token`: Tandem's type (0xa0) registers the URL that wakes the
+    /// identity's device group, if it is under an allowed origin (docs/chat-server.md "Push");
+    /// type NONE forgets it; other push services are not supported and ignored.
+    async fn on_push_token(&mut self, token: &PushToken) -> Result<(), CloseReason> {
+        let identity = self.session()?.identity;
+        let url = match token.token_type() {
+            TANDEM_PUSH_TOKEN_TYPE => match self.ctx.push_origins.check(token.token()) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    debug!(conn = self.id, error = %e, "push URL ignored");
+                    return Ok(());
+                }
+            },
+            PushTokenType::NONE => None,
+            _ => {
+                debug!(
+                    conn = self.id,
+                    "push services other than Tandem's are not supported; ignored"
+                );
+                return Ok(());
+            }
+        };
+        self.store(Command::SetPushUrl { identity, url }).await
     }
 
     async fn on_unblock(&mut self) -> Result<(), CloseReason> {

@@ -25,6 +25,14 @@ use crate::registry::Registry;
 use crate::types::Identity;
 
 pub use hints::Hint;
+
+/// How a storage thread tells the push task about a stored message nobody receives.
+pub(crate) fn name_unreceived(unreceived: Option<&crate::push::WakeSender>, identity: Identity) {
+    if let Some(tx) = unreceived {
+        // Full: the name is dropped; the next message names it again.
+        let _ = tx.try_send(identity);
+    }
+}
 pub use postgres::{PgSettings, HOUSEKEEPING_LOCK};
 pub use sqlite_schema::{from_sql, to_sql};
 
@@ -208,6 +216,21 @@ pub enum Command {
         /// Whether it was stored (false: too many pending).
         reply: oneshot::Sender<Result<bool, StoreError>>,
     },
+    /// Remember (or, with `None`, forget) the URL that wakes an identity's device group
+    /// (docs/chat-server.md "Push"); the last login's registration wins.
+    SetPushUrl {
+        /// The identity.
+        identity: Identity,
+        /// The URL, already checked against `--push-origin`.
+        url: Option<String>,
+    },
+    /// What the push task needs: the identity's push URL and how many messages wait for it.
+    PushTarget {
+        /// The identity.
+        identity: Identity,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<PushTarget, StoreError>>,
+    },
     /// Take a token out of the shared table (single use, PostgreSQL only).
     RedeemToken {
         /// The token bytes as the client echoed them.
@@ -228,6 +251,15 @@ pub struct PendingToken {
     pub challenge: [u8; 32],
     /// When it was issued (Unix ms).
     pub issued_at_ms: u64,
+}
+
+/// The answer to [`Command::PushTarget`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    /// The registered push URL, if any.
+    pub url: Option<String>,
+    /// Messages waiting in its queue.
+    pub queued: u32,
 }
 
 /// The answer to [`Command::Login`].
@@ -296,6 +328,9 @@ pub struct StoreConfig {
     pub max_queue: u32,
     /// How long dedupe entries live, in ms.
     pub dedupe_window_ms: u64,
+    /// Where a storage thread names the receiver of a stored message that no session receives
+    /// (the push task, `crate::push`); `None`: push is off.
+    pub unreceived: Option<crate::push::WakeSender>,
 }
 
 impl Store {
@@ -320,7 +355,13 @@ impl Store {
                 let queued = backend.queued()?;
                 let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
                 txs.push(tx);
-                workers.push(worker::spawn(backend, rx, registry, None)?);
+                workers.push(worker::spawn(
+                    backend,
+                    rx,
+                    registry,
+                    None,
+                    config.unreceived.clone(),
+                )?);
                 (queued, None)
             }
             Database::Postgres(settings) => {
@@ -356,6 +397,7 @@ impl Store {
                         rx,
                         Arc::clone(&registry),
                         hint_tx.clone(),
+                        config.unreceived.clone(),
                     )?);
                 }
                 (queued, Some(node))
@@ -416,6 +458,12 @@ impl Store {
         self.ask(|reply| Command::Login { identity, reply }).await?
     }
 
+    /// The identity's push URL and queue length (the push task, `crate::push`).
+    pub async fn push_target(&self, identity: Identity) -> Result<PushTarget, StoreError> {
+        self.ask(|reply| Command::PushTarget { identity, reply })
+            .await?
+    }
+
     /// Stores a creation token for every node; false if too many are pending.
     pub async fn issue_token(&self, token: PendingToken) -> Result<bool, StoreError> {
         self.ask(|reply| Command::IssueToken { token, reply })
@@ -450,7 +498,9 @@ impl Store {
             | Command::Release { identity, .. }
             | Command::Lookup { identity, .. }
             | Command::Login { identity, .. }
-            | Command::SetDeviceCookie { identity, .. } => identity,
+            | Command::SetDeviceCookie { identity, .. }
+            | Command::SetPushUrl { identity, .. }
+            | Command::PushTarget { identity, .. } => identity,
             Command::CreateIdentity { .. }
             | Command::IssueToken { .. }
             | Command::RedeemToken { .. }

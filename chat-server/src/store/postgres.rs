@@ -39,8 +39,8 @@ use super::sqlite::IDENTITY_ATTEMPTS;
 use super::sqlite_schema::{from_sql, to_sql};
 use super::worker::Output;
 use super::{
-    identity_record, Backend, Command, Created, Enqueue, LoginInfo, PendingToken, StoreConfig,
-    StoreError,
+    identity_record, Backend, Command, Created, Enqueue, LoginInfo, PendingToken, PushTarget,
+    StoreConfig, StoreError,
 };
 
 /// Connections per node besides the storage threads': the notifier's, the sweep's,
@@ -57,7 +57,10 @@ const MAX_SHARED_TOKENS: i64 = 100_000;
 
 /// The schema, one entry per version; a database is brought to the newest in order, each
 /// version in its own transaction, and a database newer than this binary is refused.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("postgres_v1.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("postgres_v1.sql")),
+    (2, include_str!("postgres_v2.sql")),
+];
 
 /// Where the database is and how nodes talk.
 #[derive(Debug, Clone)]
@@ -174,6 +177,8 @@ const SET_COOKIE: &str =
     "UPDATE identities SET device_cookie = $1, cookie_changed = $2 WHERE identity = $3";
 const RECEIVING_NODE: &str = "SELECT node FROM receiving WHERE identity = $1";
 const QUEUED: &str = "SELECT COUNT(*) FROM queue WHERE receiver = $1";
+const SET_PUSH_URL: &str = "UPDATE identities SET push_url = $1 WHERE identity = $2";
+const PUSH_URL: &str = "SELECT push_url FROM identities WHERE identity = $1";
 const READING: &str =
     "UPDATE receiving SET reading = GREATEST(reading, $2) WHERE identity = $1 AND epoch = $2";
 // The outer SELECT sees the row as it was before the UPDATE: the node that holds it now.
@@ -236,6 +241,7 @@ enum Done {
     Looked(Option<IdentityRecord>),
     Issued(bool),
     Redeemed(Option<PendingToken>),
+    Pushing(PushTarget),
     /// The other node that receives for a relayed message's receiver.
     Relayed(Option<i64>),
     /// The other node (and its epoch) that holds an identity a released session held.
@@ -267,7 +273,9 @@ fn lock_order(command: &Command) -> (u8, Identity) {
             backlog: true,
             ..
         } => (1, *identity),
-        Command::SetDeviceCookie { identity, .. } => (2, *identity),
+        Command::SetDeviceCookie { identity, .. } | Command::SetPushUrl { identity, .. } => {
+            (2, *identity)
+        }
         _ => (3, [0; 8]),
     }
 }
@@ -582,6 +590,24 @@ impl PgBackend {
                 };
                 Ok(Done::Redeemed(pending))
             }
+            Command::SetPushUrl { identity, url } => {
+                let stmt = tx.prepare_cached(SET_PUSH_URL).await?;
+                tx.execute(&stmt, &[url, &&identity[..]]).await?;
+                Ok(Done::Nothing)
+            }
+            Command::PushTarget { identity, .. } => {
+                let stmt = tx.prepare_cached(PUSH_URL).await?;
+                let url: Option<String> = tx
+                    .query_opt(&stmt, &[&&identity[..]])
+                    .await?
+                    .and_then(|r| r.get(0));
+                let stmt = tx.prepare_cached(QUEUED).await?;
+                let queued: i64 = tx.query_one(&stmt, &[&&identity[..]]).await?.get(0);
+                Ok(Done::Pushing(PushTarget {
+                    url,
+                    queued: u32::try_from(queued).unwrap_or(0),
+                }))
+            }
         }
     }
 }
@@ -665,6 +691,13 @@ fn output(command: Command, done: Done) -> Option<Output> {
                 _ => Err(StoreError::Stopped),
             },
         },
+        (Command::PushTarget { reply, .. }, done) => Output::Pushing {
+            reply,
+            result: match done {
+                Done::Pushing(t) => Ok(t),
+                _ => Err(StoreError::Stopped),
+            },
+        },
         (Command::Release { identity, .. }, Done::Released(Some((node, epoch)))) => {
             Output::Relay(Hint::Released {
                 node,
@@ -682,6 +715,7 @@ fn output(command: Command, done: Done) -> Option<Output> {
         (
             Command::Remove { .. }
             | Command::SetDeviceCookie { .. }
+            | Command::SetPushUrl { .. }
             | Command::Purge
             | Command::Relay { .. }
             | Command::Release { .. },

@@ -17,7 +17,8 @@ use crate::types::{Identity, QueuedMessage};
 use super::sqlite_schema::{from_sql, to_sql};
 use super::worker::Output;
 use super::{
-    identity_record, Backend, Command, Created, Enqueue, LoginInfo, StoreConfig, StoreError,
+    identity_record, Backend, Command, Created, Enqueue, LoginInfo, PushTarget, StoreConfig,
+    StoreError,
 };
 
 /// Attempts to draw an unused identity.
@@ -273,6 +274,31 @@ fn apply_one(
         Command::RedeemToken { reply, .. } => Some(Output::Redeemed {
             reply,
             result: Err(StoreError::Unsupported("shared tokens")),
+        }),
+        Command::SetPushUrl { identity, url } => {
+            if let Err(e) = tx
+                .prepare_cached("UPDATE identities SET push_url = ?1 WHERE identity = ?2")
+                .and_then(|mut s| s.execute(params![url, &identity[..]]))
+            {
+                warn!(error = %e, "push URL update failed");
+            }
+            None
+        }
+        Command::PushTarget { identity, reply } => Some(Output::Pushing {
+            reply,
+            result: tx
+                .prepare_cached("SELECT push_url FROM identities WHERE identity = ?1")
+                .and_then(|mut s| {
+                    s.query_row(params![&identity[..]], |row| {
+                        row.get::<_, Option<String>>(0)
+                    })
+                    .optional()
+                })
+                .map(|url| PushTarget {
+                    url: url.flatten(),
+                    queued: c.counts.get(&identity).copied().unwrap_or(0),
+                })
+                .map_err(StoreError::from),
         }),
     }
 }

@@ -4,8 +4,8 @@ use rusqlite::Connection;
 
 use crate::config::SyncMode;
 
-/// Schema version kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// Schema version kept in `PRAGMA user_version`. 2 added `identities.push_url`.
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS identities (
@@ -13,7 +13,9 @@ CREATE TABLE IF NOT EXISTS identities (
     public_key     BLOB NOT NULL UNIQUE,
     created_at     INTEGER NOT NULL,
     device_cookie  BLOB,
-    cookie_changed INTEGER NOT NULL DEFAULT 0
+    cookie_changed INTEGER NOT NULL DEFAULT 0,
+    -- The URL that wakes the identity's device group (docs/chat-server.md, Push).
+    push_url       TEXT
 );
 -- One row per queued message; seq is assigned by the storage worker in commit order. Keyed by
 -- (receiver, seq) without a rowid: a receiver's queue is one range of the table, and storing or
@@ -47,6 +49,16 @@ pub(super) fn open(path: &std::path::Path, sync: SyncMode) -> rusqlite::Result<C
     conn.pragma_update(None, "synchronous", sync.pragma())?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.execute_batch(SCHEMA)?;
+    // A database of schema 1 has `identities` without the column (CREATE TABLE IF NOT EXISTS
+    // left it as it was).
+    let has_push_url: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('identities') WHERE name = 'push_url'",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_push_url == 0 {
+        conn.execute_batch("ALTER TABLE identities ADD COLUMN push_url TEXT")?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(conn)
 }

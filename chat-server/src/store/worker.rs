@@ -17,7 +17,10 @@ use crate::registry::Registry;
 use crate::types::{now_ms, Identity, QueuedMessage};
 
 use super::hints::Hint;
-use super::{Backend, Command, Created, Enqueue, LoginInfo, PendingToken, StoreError};
+use super::{
+    name_unreceived, Backend, Command, Created, Enqueue, LoginInfo, PendingToken, PushTarget,
+    StoreError,
+};
 
 /// Most commands per transaction.
 pub(super) const MAX_BATCH: usize = 4096;
@@ -64,6 +67,10 @@ pub(crate) enum Output {
         reply: oneshot::Sender<Result<Option<PendingToken>, StoreError>>,
         result: Result<Option<PendingToken>, StoreError>,
     },
+    Pushing {
+        reply: oneshot::Sender<Result<PushTarget, StoreError>>,
+        result: Result<PushTarget, StoreError>,
+    },
     /// A don't-queue message for another node (best effort, like its delivery on one node).
     Relay(Hint),
 }
@@ -80,6 +87,7 @@ impl Output {
             Self::Looked { result, .. } => *result = Err(StoreError::Stopped),
             Self::Issued { result, .. } => *result = Err(StoreError::Stopped),
             Self::Redeemed { result, .. } => *result = Err(StoreError::Stopped),
+            Self::Pushing { result, .. } => *result = Err(StoreError::Stopped),
             Self::Flushed(_) | Self::Relay(_) => {}
         }
     }
@@ -91,10 +99,11 @@ pub(super) fn spawn<B: Backend>(
     rx: mpsc::Receiver<Command>,
     registry: Arc<Registry>,
     hints: Option<mpsc::Sender<Hint>>,
+    unreceived: Option<crate::push::WakeSender>,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     std::thread::Builder::new()
         .name("storage".into())
-        .spawn(move || run(backend, rx, &registry, hints.as_ref()))
+        .spawn(move || run(backend, rx, &registry, hints.as_ref(), unreceived.as_ref()))
         .map_err(|_| StoreError::Stopped)
 }
 
@@ -104,6 +113,7 @@ fn run<B: Backend>(
     mut rx: mpsc::Receiver<Command>,
     registry: &Registry,
     hints: Option<&mpsc::Sender<Hint>>,
+    unreceived: Option<&crate::push::WakeSender>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -119,7 +129,7 @@ fn run<B: Backend>(
         let outputs = backend.apply(&mut batch, now_ms());
         batch.clear();
         let applied = started.elapsed();
-        answer(registry, hints, outputs);
+        answer(registry, hints, unreceived, outputs);
         tracing::trace!(
             size,
             apply_us = applied.as_micros(),
@@ -135,10 +145,18 @@ fn run<B: Backend>(
 /// in its own transaction, never in the data transaction). Everything for one inbox goes in
 /// with one wake-up: waking a session once per message from this thread would cost more than
 /// the SQL.
-fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<Output>) {
+fn answer(
+    registry: &Registry,
+    hints: Option<&mpsc::Sender<Hint>>,
+    unreceived: Option<&crate::push::WakeSender>,
+    outputs: Vec<Output>,
+) {
     let mut control = Grouped::default();
     let mut queued: Vec<(Identity, MailItem)> = Vec::new();
     let mut remote: Vec<Hint> = Vec::new();
+    // Receivers of stored messages that no other node receives for: if none receives here
+    // either, the push task wakes their device group (docs/chat-server.md "Push").
+    let mut no_node: Vec<Identity> = Vec::new();
     // Answered last: whoever waits for a flush then finds every answer before it in its inbox.
     let mut flushed = Vec::new();
     for out in outputs {
@@ -176,6 +194,8 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
                             receiver: e.receiver,
                             message: Arc::clone(&message),
                         });
+                    } else if unreceived.is_some() && !no_node.contains(&e.receiver) {
+                        no_node.push(e.receiver);
                     }
                     queued.push((e.receiver, MailItem::Queued(message)));
                 }
@@ -218,6 +238,9 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
             Output::Redeemed { reply, result } => {
                 let _ = reply.send(result);
             }
+            Output::Pushing { reply, result } => {
+                let _ = reply.send(result);
+            }
             Output::Relay(hint) => remote.push(hint),
         }
     }
@@ -225,6 +248,11 @@ fn answer(registry: &Registry, hints: Option<&mpsc::Sender<Hint>>, outputs: Vec<
         mailbox.push_all(items);
     }
     deliver(registry, queued);
+    for identity in no_node {
+        if registry.receiver(&identity).is_none() {
+            name_unreceived(unreceived, identity);
+        }
+    }
     for reply in flushed {
         let _ = reply.send(());
     }

@@ -111,6 +111,10 @@ impl ChatServer {
                 "127.0.0.1:0",
                 "--log-level",
                 "info",
+                // The mediator under test (Worker or in process) listens on this host: the
+                // server may POST to its push URLs (docs/chat-server.md "Push").
+                "--push-origin",
+                "http://127.0.0.1",
                 "--data-dir",
             ])
             .arg(&data_dir);
