@@ -817,6 +817,14 @@ impl core::fmt::Debug for TandemClient {
     }
 }
 
+/// The core's settings for this device: CSP on demand on (docs/protocol.md): a tab left open
+/// keeps no chat server connection while nothing happens, so its mediator group can hibernate.
+fn app_config(setup: &Setup) -> AppConfig {
+    let mut config = AppConfig::new(device_info(&setup.device_label), setup.server.public_key);
+    config.csp_idle_ms = Some(tandem_shared::app::CSP_IDLE_MS);
+    config
+}
+
 impl TandemClient {
     /// A new device in an empty database: stores the setup, creates the core and persists its
     /// first batch (the identity) before the client is handed out.
@@ -827,7 +835,7 @@ impl TandemClient {
         setup: Setup,
     ) -> Result<Self, ClientError> {
         save_setup(&db, &setup).await?;
-        let config = AppConfig::new(device_info(&setup.device_label), setup.server.public_key);
+        let config = app_config(&setup);
         let mut app = App::create(identity, ck, config, &mut OsRng);
         persist_initial(&mut app, &db).await?;
         Ok(Self::start(app, db, setup))
@@ -1003,7 +1011,7 @@ impl TandemClient {
         }
         let setup = load_setup(&db, &options).await?;
         save_setup(&db, &setup).await?;
-        let config = AppConfig::new(device_info(&setup.device_label), setup.server.public_key);
+        let config = app_config(&setup);
         let app = App::open(records, config).map_err(ClientError::from)?;
         Ok(Self::start(app, db, setup))
     }

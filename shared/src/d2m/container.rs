@@ -273,7 +273,7 @@ impl PayloadType {
     #[must_use]
     pub const fn encoding(self) -> PayloadEncoding {
         match self {
-            Self::Proxy => PayloadEncoding::Raw,
+            Self::Proxy | Self::CspClose | Self::Wake | Self::PushUrl => PayloadEncoding::Raw,
             Self::Reflect | Self::ReflectAck | Self::Reflected | Self::ReflectedAck => {
                 PayloadEncoding::Structbuf
             }
@@ -393,8 +393,8 @@ mod tests {
                 .iter()
                 .filter(|t| t.encoding() == PayloadEncoding::Protobuf)
                 .count(),
-            16 + 3,
-            "spec §2.3's sixteen and Tandem's three"
+            16,
+            "spec §2.3's sixteen (Tandem's three are raw)"
         );
     }
 

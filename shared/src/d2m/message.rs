@@ -30,6 +30,13 @@ pub enum D2mDecodeError {
         #[source]
         source: prost::DecodeError,
     },
+    /// A Tandem extension payload is malformed (`CspClose` and `Wake` carry nothing,
+    /// `PushUrl` UTF-8).
+    #[error("{payload_type} payload is malformed")]
+    Extension {
+        /// The container's type.
+        payload_type: PayloadType,
+    },
     /// A structbuf payload is malformed.
     #[error("{payload_type} payload is malformed: {source}")]
     Structbuf {
@@ -90,6 +97,13 @@ macro_rules! d2m_message {
             Reflected(Reflected),
             /// 0x83 (spec §2.4).
             ReflectedAck(ReflectedAck),
+            /// 0xf0, Tandem: close my chat server connection / closed (docs/protocol.md "CSP on
+            /// demand"). Empty payload.
+            CspClose,
+            /// 0xf1, Tandem: messages wait at the chat server. Empty payload.
+            Wake,
+            /// 0xf2, Tandem: the URL that wakes this group. Payload: the URL in UTF-8.
+            PushUrl(String),
         }
 
         $(
@@ -111,6 +125,9 @@ macro_rules! d2m_message {
                     Self::ReflectAck(_) => PayloadType::ReflectAck,
                     Self::Reflected(_) => PayloadType::Reflected,
                     Self::ReflectedAck(_) => PayloadType::ReflectedAck,
+                    Self::CspClose => PayloadType::CspClose,
+                    Self::Wake => PayloadType::Wake,
+                    Self::PushUrl(_) => PayloadType::PushUrl,
                 }
             }
 
@@ -123,6 +140,8 @@ macro_rules! d2m_message {
                     Self::ReflectAck(_) => REFLECT_ACK_LEN,
                     Self::Reflected(r) => r.encoded_len(),
                     Self::ReflectedAck(_) => REFLECTED_ACK_LEN,
+                    Self::CspClose | Self::Wake => 0,
+                    Self::PushUrl(url) => url.len(),
                 }
             }
 
@@ -135,6 +154,8 @@ macro_rules! d2m_message {
                     Self::ReflectAck(a) => a.encode_into(out),
                     Self::Reflected(r) => r.encode_into(out)?,
                     Self::ReflectedAck(a) => a.encode_into(out),
+                    Self::CspClose | Self::Wake => {}
+                    Self::PushUrl(url) => out.extend_from_slice(url.as_bytes()),
                 }
                 Ok(())
             }
@@ -166,6 +187,15 @@ macro_rules! d2m_message {
                     PayloadType::ReflectedAck => {
                         Self::ReflectedAck(ReflectedAck::decode(payload).map_err(structbuf)?)
                     }
+                    PayloadType::CspClose | PayloadType::Wake if !payload.is_empty() => {
+                        return Err(D2mDecodeError::Extension { payload_type });
+                    }
+                    PayloadType::CspClose => Self::CspClose,
+                    PayloadType::Wake => Self::Wake,
+                    PayloadType::PushUrl => Self::PushUrl(
+                        String::from_utf8(payload.to_vec())
+                            .map_err(|_| D2mDecodeError::Extension { payload_type })?,
+                    ),
                 })
             }
         }
@@ -181,6 +211,9 @@ macro_rules! d2m_message {
                     Self::ReflectAck(a) => a.fmt(f),
                     Self::Reflected(r) => r.fmt(f),
                     Self::ReflectedAck(a) => a.fmt(f),
+                    Self::CspClose => f.write_str("CspClose"),
+                    Self::Wake => f.write_str("Wake"),
+                    Self::PushUrl(url) => f.debug_tuple("PushUrl").field(&url.len()).finish(),
                 }
             }
         }
@@ -204,9 +237,6 @@ d2m_message!(
     CommitTransactionAck,
     TransactionRejected,
     TransactionEnded,
-    CspClose,
-    Wake,
-    PushUrl,
 );
 
 impl D2mMessage {

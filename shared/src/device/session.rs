@@ -111,17 +111,13 @@ impl DeviceSession {
     ) -> Result<Self, DeviceError> {
         let sealed_device_info = seal_device_info(&config.keys.dgdik, &config.device_info, rng)
             .map_err(DeviceError::Seal)?;
-        let csp = match &config.csp {
-            Some(csp) => Some(CspClient::new(csp.clone(), rng).map_err(DeviceError::Csp)?),
-            None => None,
-        };
         let deadline = Some(now_ms.saturating_add(config.handshake_timeout_ms));
         let mut session = Self {
             config,
             sealed_device_info,
             state: State::AwaitingServerHello,
             deadline,
-            csp,
+            csp: None,
             csp_closing: false,
             csp_reopen: false,
             features: 0,
@@ -130,7 +126,9 @@ impl DeviceSession {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         };
-        session.pump_csp()?;
+        if session.config.csp.is_some() {
+            session.start_csp(rng)?;
+        }
         Ok(session)
     }
 
@@ -308,7 +306,7 @@ impl DeviceSession {
         }
         self.csp_reopen = false;
         self.csp_closing = true;
-        let result = self.send(pb::CspClose {}.into());
+        let result = self.send(D2mMessage::CspClose);
         self.fail_on_terminal(result)
     }
 
@@ -317,11 +315,9 @@ impl DeviceSession {
     /// once it is.
     pub fn open_csp(&mut self, rng: &mut impl CryptoRngCore) -> Result<(), DeviceError> {
         self.require_authenticated()?;
-        let config = self
-            .config
-            .csp
-            .clone()
-            .ok_or(DeviceError::CspNotConfigured)?;
+        if self.config.csp.is_none() {
+            return Err(DeviceError::CspNotConfigured);
+        }
         if self.csp.is_some() {
             return Ok(());
         }
@@ -329,13 +325,16 @@ impl DeviceSession {
             self.csp_reopen = true;
             return Ok(());
         }
-        let result = CspClient::new(config, rng)
-            .map_err(DeviceError::Csp)
-            .and_then(|client| {
-                self.csp = Some(client);
-                self.pump_csp()
-            });
+        let result = self.start_csp(rng);
         self.fail_on_terminal(result)
+    }
+
+    /// A new CSP login through the proxy (the client-hello queued at once). One body for the
+    /// first login and every later one: the wasm build pays for it once.
+    fn start_csp(&mut self, rng: &mut impl CryptoRngCore) -> Result<(), DeviceError> {
+        let config = self.config.csp.clone().ok_or(DeviceError::CspNotConfigured)?;
+        self.csp = Some(CspClient::new(config, rng).map_err(DeviceError::Csp)?);
+        self.pump_csp()
     }
 
     /// Whether a chat server connection is open or opening (not closed by `close_csp`).
@@ -393,7 +392,7 @@ impl DeviceSession {
         };
         match (self.state, message) {
             (_, D2mMessage::Proxy(bytes)) => self.on_proxy(&bytes),
-            (state, D2mMessage::CspClose(_)) if state.is_authenticated() && self.csp_closing => {
+            (state, D2mMessage::CspClose) if state.is_authenticated() && self.csp_closing => {
                 self.csp_closing = false;
                 self.events.push_back(Event::CspClosed);
                 if core::mem::take(&mut self.csp_reopen) {
@@ -477,9 +476,9 @@ impl DeviceSession {
             D2mMessage::DropDeviceAck(ack) => self.events.push_back(Event::DropDeviceAck {
                 device_id: ack.device_id,
             }),
-            D2mMessage::Wake(_) if self.csp_on_demand() => self.events.push_back(Event::Wake),
-            D2mMessage::PushUrl(push) if self.csp_on_demand() => {
-                self.events.push_back(Event::PushUrl(push.url));
+            D2mMessage::Wake if self.csp_on_demand() => self.events.push_back(Event::Wake),
+            D2mMessage::PushUrl(url) if self.csp_on_demand() => {
+                self.events.push_back(Event::PushUrl(url));
             }
             _ => return Err(None),
         }

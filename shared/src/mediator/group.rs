@@ -524,7 +524,7 @@ impl<S: GroupStore> Group<S> {
                         self.on_begin_transaction(conn, device, begin);
                     }
                     D2mMessage::CommitTransaction(_) => self.on_commit_transaction(conn),
-                    D2mMessage::CspClose(_) => self.on_csp_close(conn),
+                    D2mMessage::CspClose => self.on_csp_close(conn),
                     D2mMessage::ServerHello(_)
                     | D2mMessage::ServerInfo(_)
                     | D2mMessage::ReflectionQueueDry(_)
@@ -537,7 +537,7 @@ impl<S: GroupStore> Group<S> {
                     | D2mMessage::TransactionEnded(_)
                     | D2mMessage::ReflectAck(_)
                     | D2mMessage::Reflected(_)
-                    | D2mMessage::Wake(_)
+                    | D2mMessage::Wake
                     | D2mMessage::PushUrl(_) => {
                         self.close(conn, CloseCause::ServerPayloadFromClient);
                     }
@@ -838,7 +838,7 @@ fn is_server_to_client(message: &D2mMessage) -> bool {
             | D2mMessage::TransactionEnded(_)
             | D2mMessage::ReflectAck(_)
             | D2mMessage::Reflected(_)
-            | D2mMessage::Wake(_)
+            | D2mMessage::Wake
             | D2mMessage::PushUrl(_)
     )
 }

@@ -11,7 +11,7 @@
 use super::effect::{CloseCause, ConnId, Effect};
 use super::group::Group;
 use super::store::GroupStore;
-use crate::proto::d2m as pb;
+use crate::d2m::D2mMessage;
 
 pub use crate::d2m::TANDEM_FEATURE_CSP_ON_DEMAND;
 
@@ -58,7 +58,7 @@ impl<S: GroupStore> Group<S> {
             }
         }
         // Confirms it: every proxy frame before this one came from the closed connection.
-        self.send(conn, pb::CspClose {});
+        self.send(conn, D2mMessage::CspClose);
     }
 
     /// The chat server has messages for this group's identity and nobody receives them (the
@@ -102,7 +102,7 @@ impl<S: GroupStore> Group<S> {
             .session(conn)
             .is_some_and(|s| s.features & TANDEM_FEATURE_CSP_ON_DEMAND != 0);
         if let (true, Some(url)) = (speaks, self.config.push_url.clone()) {
-            self.send(conn, pb::PushUrl { url });
+            self.send(conn, D2mMessage::PushUrl(url));
         }
     }
 
@@ -123,7 +123,7 @@ impl<S: GroupStore> Group<S> {
         session.woken_at = Some(now);
         // Until it opens the connection (which clears this), the poll goes on.
         session.wake_at = Some(now.saturating_add(poll));
-        self.send(conn, pb::Wake {});
+        self.send(conn, D2mMessage::Wake);
         PushOutcome::Woken
     }
 }
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(info.tandem_features, TANDEM_FEATURE_CSP_ON_DEMAND);
         assert_eq!(
             messages.get(1),
-            Some(&D2mMessage::PushUrl(pb::PushUrl { url: URL.into() }))
+            Some(&D2mMessage::PushUrl(URL.into()))
         );
     }
 
@@ -192,7 +192,7 @@ mod tests {
         };
         assert_eq!(info.tandem_features, 0);
         // And its CspClose is a protocol error.
-        h.send(conn, D2mMessage::CspClose(pb::CspClose {}));
+        h.send(conn, D2mMessage::CspClose);
         assert_eq!(h.closed(conn), Some(CloseCause::ExtensionNotNegotiated));
     }
 
@@ -209,7 +209,7 @@ mod tests {
         let a = online(&mut h, 1);
         h.take(a);
         h.csp.clear();
-        h.send(a, D2mMessage::CspClose(pb::CspClose {}));
+        h.send(a, D2mMessage::CspClose);
         assert_eq!(h.csp, [Effect::CloseCsp { conn: a }]);
         assert_eq!(names(&h.take(a)), ["CspClose"], "the close is confirmed");
         assert_eq!(h.closed(a), None);
@@ -240,8 +240,8 @@ mod tests {
         h.take(a);
         h.take(b);
         assert_eq!(h.group.on_push(h.now), PushOutcome::NotClosed);
-        h.send(a, D2mMessage::CspClose(pb::CspClose {}));
-        h.send(b, D2mMessage::CspClose(pb::CspClose {}));
+        h.send(a, D2mMessage::CspClose);
+        h.send(b, D2mMessage::CspClose);
         h.take(a);
         h.take(b);
         assert_eq!(h.group.on_push(h.now), PushOutcome::Woken);
@@ -260,7 +260,7 @@ mod tests {
     fn without_a_push_the_leader_is_woken_every_poll_interval() {
         let mut h = harness();
         let a = online(&mut h, 1);
-        h.send(a, D2mMessage::CspClose(pb::CspClose {}));
+        h.send(a, D2mMessage::CspClose);
         h.take(a);
         let due = h.now + 60_000;
         assert_eq!(h.group.poll_timeout(), Some(due));
@@ -284,7 +284,7 @@ mod tests {
         let mut h = harness();
         let a = online(&mut h, 1);
         let b = online(&mut h, 2);
-        h.send(b, D2mMessage::CspClose(pb::CspClose {}));
+        h.send(b, D2mMessage::CspClose);
         h.group.on_disconnect(a, h.now);
         h.drain();
         h.take(b);

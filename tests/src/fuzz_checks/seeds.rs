@@ -128,15 +128,14 @@ fn d2m_container() -> Vec<Seed> {
             d2m(d2m_pb::ReflectionQueueDry {}.into()),
         ),
         (t, "proxy", d2m(D2mMessage::Proxy(vec![0x99; 48]))),
-        (t, "csp-close", d2m(d2m_pb::CspClose {}.into())),
-        (t, "wake", d2m(d2m_pb::Wake {}.into())),
+        (t, "csp-close", d2m(D2mMessage::CspClose)),
+        (t, "wake", d2m(D2mMessage::Wake)),
         (
             t,
             "push-url",
-            d2m(d2m_pb::PushUrl {
-                url: "https://mediator.example/push/00".into(),
-            }
-            .into()),
+            d2m(D2mMessage::PushUrl(
+                "https://mediator.example/push/00".into(),
+            )),
         ),
         (
             t,
