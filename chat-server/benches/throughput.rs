@@ -13,14 +13,18 @@
 //!    of `--sync full`) and `pg/2nodes` (two nodes of one server group; identity i logs in on
 //!    node i mod 2 and sends to i + 1, so with an even count every message crosses nodes).
 //!    CPU per delivered message is reported per node and for PostgreSQL (the postmaster and
-//!    every backend).
+//!    every backend). `--pg-local` adds `pg/2nodes-local`: two nodes, identity i sending to
+//!    i + 2, which is on its own node, so no message crosses nodes (what a second node costs
+//!    without cross-node delivery). `TANDEM_PG_STATEMENTS=1` prints what PostgreSQL ran per
+//!    stored message (`pg_stat_statements`); `CHAT_BENCH_PG2_ARGS="--storage-connections 1"`
+//!    (`PG1` for one node) passes more arguments to the nodes of that setup.
 //!
 //! Then the resident memory of the server process with `--idle-sessions` authenticated,
 //! unblocked, idle sessions (one identity each).
 //!
 //! `cargo bench -p tandem-chat-server --bench throughput -- [--identities N] [--seconds S]
 //! [--runs R] [--window W] [--idle-sessions M] [--sync full|normal|both] [--skip-idle]
-//! [--postgres]`
+//! [--postgres] [--pg-local]`
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -57,6 +61,8 @@ struct Args {
     skip_idle: bool,
     box_len: usize,
     postgres: bool,
+    /// Also two nodes where every message stays on its node (`pg/2nodes-local`).
+    pg_local: bool,
 }
 
 fn args() -> Args {
@@ -70,6 +76,7 @@ fn args() -> Args {
         skip_idle: false,
         box_len: 128,
         postgres: false,
+        pg_local: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,6 +97,7 @@ fn args() -> Args {
             }
             "--skip-idle" => a.skip_idle = true,
             "--postgres" => a.postgres = true,
+            "--pg-local" => a.pg_local = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -225,6 +233,8 @@ enum Setup {
     Sqlite(&'static str),
     /// This many nodes on the bench's PostgreSQL.
     Postgres(usize),
+    /// Two nodes on the bench's PostgreSQL, identity i sending to i + 2 (on its own node).
+    PostgresLocal,
 }
 
 impl Setup {
@@ -233,6 +243,7 @@ impl Setup {
             Self::Sqlite(sync) => format!("chat/{sync}"),
             Self::Postgres(1) => "pg/1node".into(),
             Self::Postgres(n) => format!("pg/{n}nodes"),
+            Self::PostgresLocal => "pg/2nodes-local".into(),
         }
     }
 }
@@ -241,6 +252,7 @@ async fn chat_run(args: &Args, setup: Setup) -> Measured {
     let dirs: Vec<tempfile::TempDir> = (0..match setup {
         Setup::Sqlite(_) => 1,
         Setup::Postgres(n) => n,
+        Setup::PostgresLocal => 2,
     })
         .map(|_| tempfile::tempdir().unwrap())
         .collect();
@@ -254,11 +266,14 @@ async fn chat_run(args: &Args, setup: Setup) -> Measured {
     let mut postgres = None;
     match setup {
         Setup::Sqlite(sync) => common.extend(["--sync".to_owned(), sync.to_owned()]),
-        Setup::Postgres(_) => {
+        Setup::Postgres(_) | Setup::PostgresLocal => {
             let server = support::pg::shared();
             let name = support::pg::database_for(dirs[0].path());
             server.ensure_database(&name);
             common.extend(["--database".to_owned(), server.url(&name)]);
+            if let Ok(extra) = std::env::var(format!("CHAT_BENCH_PG{}_ARGS", dirs.len())) {
+                common.extend(extra.split_whitespace().map(str::to_owned));
+            }
             postgres = Some(server.pid());
         }
     }
@@ -293,9 +308,15 @@ async fn chat_run(args: &Args, setup: Setup) -> Measured {
         let shared = Arc::clone(&shared);
         let window = args.window;
         let box_len = args.box_len;
+        // i + 2 is on i's own node (nodes take identities in turn).
+        let stride = if matches!(setup, Setup::PostgresLocal) {
+            2
+        } else {
+            1
+        };
         tasks.push(tokio::spawn(async move {
             let me = &accounts[i];
-            let to = &accounts[(i + 1) % accounts.len()];
+            let to = &accounts[(i + stride) % accounts.len()];
             chat_session(client, me.identity, to.identity, window, box_len, &shared).await
         }));
     }
@@ -316,7 +337,17 @@ async fn chat_run(args: &Args, setup: Setup) -> Measured {
     }
     probes.push(("load generator".into(), Probe::Process(std::process::id())));
     let pids: Vec<Probe> = probes.iter().map(|(_, p)| *p).collect();
+    let statements = postgres.and(std::env::var_os("TANDEM_PG_STATEMENTS"));
+    if statements.is_some() {
+        let server = support::pg::shared();
+        let db = support::pg::database_for(dirs[0].path());
+        server.psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+        server.psql(&db, "SELECT pg_stat_statements_reset()");
+    }
     let cpu = clock(&shared, args.seconds, &pids).await;
+    if statements.is_some() {
+        print_statements(&support::pg::database_for(dirs[0].path()));
+    }
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await.unwrap());
@@ -330,6 +361,23 @@ async fn chat_run(args: &Args, setup: Setup) -> Measured {
         .map(|((name, _), seconds)| (name.clone(), per_message(seconds)))
         .collect();
     measured
+}
+
+/// What PostgreSQL ran since the reset, per stored message (`TANDEM_PG_STATEMENTS=1`).
+fn print_statements(db: &str) {
+    let out = support::pg::shared().psql(
+        db,
+        "WITH s AS (SELECT * FROM pg_stat_statements \
+           WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())), \
+         m AS (SELECT GREATEST(SUM(rows), 1) AS n FROM s WHERE query LIKE '%tandem_enqueue%') \
+         SELECT format('%8s calls/msg %8s ms/1000 msg %s', round(calls / m.n, 4), \
+                round((total_exec_time / m.n * 1000)::numeric, 2), \
+                left(regexp_replace(query, '\\s+', ' ', 'g'), 90)) \
+         FROM s, m ORDER BY total_exec_time DESC LIMIT 20",
+    );
+    for line in out.lines() {
+        println!("    {line}");
+    }
 }
 
 async fn create_accounts(http: SocketAddr, n: usize) -> Vec<Account> {
@@ -681,6 +729,9 @@ fn main() {
             let mut setups: Vec<Setup> = args.syncs.iter().map(|s| Setup::Sqlite(s)).collect();
             if args.postgres {
                 setups.extend([Setup::Postgres(1), Setup::Postgres(2)]);
+                if args.pg_local {
+                    setups.push(Setup::PostgresLocal);
+                }
             }
             for setup in setups {
                 push(setup.name(), chat_run(&args, setup).await);

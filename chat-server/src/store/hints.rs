@@ -163,11 +163,11 @@ pub(super) fn chunk_payload(texts: &[String]) -> Vec<String> {
     out
 }
 
-/// Applies one received payload to this node's sessions; the messages it carries reach their
+/// Applies received payloads to this node's sessions; the messages they carry reach their
 /// receiving sessions with one wake-up per session.
-pub(super) fn apply_hints(registry: &Registry, payload: &str) {
+pub(super) fn apply_hints<'a>(registry: &Registry, payloads: impl IntoIterator<Item = &'a str>) {
     let mut carried: Vec<(Identity, MailItem)> = Vec::new();
-    for item in payload.split(' ') {
+    for item in payloads.into_iter().flat_map(|p| p.split(' ')) {
         if let Some(rest) = item.strip_prefix('m') {
             if let Some((receiver, message)) = decode_carried(rest) {
                 carried.push((receiver, MailItem::Hinted(Arc::new(message))));
@@ -252,7 +252,7 @@ mod tests {
             .collect();
         let payloads = chunk_payload(&texts);
         assert_eq!(payloads.len(), 1);
-        apply_hints(&registry, &payloads[0]);
+        apply_hints(&registry, payloads.iter().map(String::as_str));
         let items = mailbox.drain().items;
         assert_eq!(items.len(), 2);
         for (item, seq) in items.iter().zip([1, 2]) {
@@ -284,7 +284,7 @@ mod tests {
         let mailbox = Mailbox::new();
         let session = registry.register(*b"RECEIVER", 1, Arc::clone(&mailbox));
         assert!(registry.make_receiver(b"RECEIVER", 1, session, 1).is_some());
-        apply_hints(&registry, "qRECEIVER mnot-base64! m");
+        apply_hints(&registry, ["qRECEIVER mnot-base64!", "m"]);
         let kinds: Vec<String> = mailbox
             .drain()
             .items

@@ -1036,40 +1036,45 @@ const NOTIFY_ALL: &str =
 /// host is the primary now) when the connection drops. Every (re)connect is followed by a
 /// sweep, since hints sent meanwhile are lost.
 pub(super) async fn listener(url: String, node: i64, registry: Arc<Registry>) {
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
     let channel = channel(node);
     loop {
         match tokio_postgres::connect(&url, NoTls).await {
             Ok((client, mut connection)) => {
-                let (tx, mut rx) = mpsc::unbounded_channel();
-                let pump = tokio::spawn(async move {
+                let sessions = Arc::clone(&registry);
+                let mut pump = tokio::spawn(async move {
                     let mut stream =
                         futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                    let mut arrived = Vec::new();
                     while let Some(message) = stream.next().await {
-                        match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                if tx.send(n.payload().to_owned()).is_err() {
+                        let mut next = Some(message);
+                        // Every notification that has arrived goes in one pass, so a session
+                        // is woken once for all of them.
+                        while let Some(message) = next {
+                            match message {
+                                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                    arrived.push(n);
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    warn!(error = %e, "hint connection failed");
                                     return;
                                 }
                             }
-                            Ok(_) => {}
-                            Err(e) => {
-                                warn!(error = %e, "hint connection failed");
-                                return;
-                            }
+                            next = stream.next().now_or_never().flatten();
                         }
+                        apply_hints(&sessions, arrived.iter().map(|n| n.payload()));
+                        arrived.clear();
                     }
                 });
                 if let Err(e) = client.batch_execute(&format!("LISTEN {channel}")).await {
                     warn!(error = %e, "LISTEN failed");
+                    pump.abort();
                 } else {
                     debug!(node, "listening for hints");
                     registry.recheck_all();
-                    while let Some(payload) = rx.recv().await {
-                        apply_hints(&registry, &payload);
-                    }
+                    let _ = (&mut pump).await;
                 }
-                pump.abort();
             }
             Err(e) => warn!(error = %e, "hint connection failed"),
         }

@@ -194,6 +194,12 @@ impl PgServer {
                 "-c",
                 "hot_standby=on",
             ])
+            // The chat-server bench's statement counts (BENCHMARKS.md "Where the CPU goes").
+            .args(
+                std::env::var_os("TANDEM_PG_STATEMENTS")
+                    .map(|_| vec!["-c", "shared_preload_libraries=pg_stat_statements"])
+                    .unwrap_or_default(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
