@@ -37,6 +37,10 @@ pub enum D2mDecodeError {
         /// The container's type.
         payload_type: PayloadType,
     },
+    /// A payload type the receiving side never gets (a device reading one only devices send,
+    /// `D2mMessage::decode_to_device`).
+    #[error("{0} is never sent this way")]
+    WrongDirection(PayloadType),
     /// A structbuf payload is malformed.
     #[error("{payload_type} payload is malformed: {source}")]
     Structbuf {
@@ -74,7 +78,7 @@ pub enum D2mEncodeError {
 /// Declares [`D2mMessage`] and its codec from the list of protobuf payloads, so that the variant,
 /// the payload type and the generated struct can never disagree.
 macro_rules! d2m_message {
-    ($($name:ident),+ $(,)?) => {
+    (to_device: [$($s:ident),+ $(,)?], to_mediator: [$($c:ident),+ $(,)?] $(,)?) => {
         /// One d2m message of any of the payload types of spec §2.3.
         ///
         /// Protobuf payloads hold the generated struct, so unknown fields are accepted on decode
@@ -86,8 +90,12 @@ macro_rules! d2m_message {
             /// 0x00: raw CSP bytes, relayed between the device and the chat server.
             Proxy(Vec<u8>),
             $(
-                #[doc = concat!("Protobuf `d2m.", stringify!($name), "` (spec §2.5).")]
-                $name(pb::$name),
+                #[doc = concat!("Protobuf `d2m.", stringify!($s), "` (spec §2.5).")]
+                $s(pb::$s),
+            )+
+$(
+                #[doc = concat!("Protobuf `d2m.", stringify!($c), "` (spec §2.5).")]
+                $c(pb::$c),
             )+
             /// 0x80 (spec §2.4).
             Reflect(Reflect),
@@ -107,9 +115,16 @@ macro_rules! d2m_message {
         }
 
         $(
-            impl From<pb::$name> for D2mMessage {
-                fn from(m: pb::$name) -> Self {
-                    Self::$name(m)
+            impl From<pb::$s> for D2mMessage {
+                fn from(m: pb::$s) -> Self {
+                    Self::$s(m)
+                }
+            }
+        )+
+$(
+            impl From<pb::$c> for D2mMessage {
+                fn from(m: pb::$c) -> Self {
+                    Self::$c(m)
                 }
             }
         )+
@@ -120,7 +135,8 @@ macro_rules! d2m_message {
             pub const fn payload_type(&self) -> PayloadType {
                 match self {
                     Self::Proxy(_) => PayloadType::Proxy,
-                    $(Self::$name(_) => PayloadType::$name,)+
+                    $(Self::$s(_) => PayloadType::$s,)+
+$(Self::$c(_) => PayloadType::$c,)+
                     Self::Reflect(_) => PayloadType::Reflect,
                     Self::ReflectAck(_) => PayloadType::ReflectAck,
                     Self::Reflected(_) => PayloadType::Reflected,
@@ -135,7 +151,8 @@ macro_rules! d2m_message {
             fn payload_len(&self) -> usize {
                 match self {
                     Self::Proxy(bytes) => bytes.len(),
-                    $(Self::$name(m) => m.encoded_len(),)+
+                    $(Self::$s(m) => m.encoded_len(),)+
+$(Self::$c(m) => m.encoded_len(),)+
                     Self::Reflect(r) => r.encoded_len(),
                     Self::ReflectAck(_) => REFLECT_ACK_LEN,
                     Self::Reflected(r) => r.encoded_len(),
@@ -149,7 +166,8 @@ macro_rules! d2m_message {
             fn encode_payload_into(&self, out: &mut Vec<u8>) -> Result<(), StructbufError> {
                 match self {
                     Self::Proxy(bytes) => out.extend_from_slice(bytes),
-                    $(Self::$name(m) => out.extend_from_slice(&m.encode_to_vec()),)+
+                    $(Self::$s(m) => out.extend_from_slice(&m.encode_to_vec()),)+
+$(Self::$c(m) => out.extend_from_slice(&m.encode_to_vec()),)+
                     Self::Reflect(r) => r.encode_into(out)?,
                     Self::ReflectAck(a) => a.encode_into(out),
                     Self::Reflected(r) => r.encode_into(out)?,
@@ -165,27 +183,37 @@ macro_rules! d2m_message {
                 payload_type: PayloadType,
                 payload: &[u8],
             ) -> Result<Self, D2mDecodeError> {
+                match Self::decode_to_device(payload_type, payload) {
+                    Err(D2mDecodeError::WrongDirection(_)) => {
+                        Self::decode_to_mediator(payload_type, payload)
+                    }
+                    decoded => decoded,
+                }
+            }
+
+            /// Decodes a payload a mediator may send (S→C and both ways); a type only devices
+            /// send is [`D2mDecodeError::WrongDirection`]. A device decodes with this alone, so
+            /// its build carries no decoder of the messages it only writes (docs/client.md
+            /// "Size").
+            pub fn decode_to_device(
+                payload_type: PayloadType,
+                payload: &[u8],
+            ) -> Result<Self, D2mDecodeError> {
                 let structbuf = |source| D2mDecodeError::Structbuf { payload_type, source };
                 let protobuf = |source| D2mDecodeError::Protobuf { payload_type, source };
                 Ok(match payload_type {
                     PayloadType::Proxy => Self::Proxy(payload.to_vec()),
                     $(
-                        PayloadType::$name => Self::$name(
-                            pb::$name::decode(payload)
+                        PayloadType::$s => Self::$s(
+                            pb::$s::decode(payload)
                                 .map_err(protobuf)?,
                         ),
                     )+
-                    PayloadType::Reflect => {
-                        Self::Reflect(Reflect::decode(payload).map_err(structbuf)?)
-                    }
                     PayloadType::ReflectAck => {
                         Self::ReflectAck(ReflectAck::decode(payload).map_err(structbuf)?)
                     }
                     PayloadType::Reflected => {
                         Self::Reflected(Reflected::decode(payload).map_err(structbuf)?)
-                    }
-                    PayloadType::ReflectedAck => {
-                        Self::ReflectedAck(ReflectedAck::decode(payload).map_err(structbuf)?)
                     }
                     PayloadType::CspClose | PayloadType::Wake if !payload.is_empty() => {
                         return Err(D2mDecodeError::Extension { payload_type });
@@ -196,6 +224,33 @@ macro_rules! d2m_message {
                         String::from_utf8(payload.to_vec())
                             .map_err(|_| D2mDecodeError::Extension { payload_type })?,
                     ),
+                    $(PayloadType::$c)|+ | PayloadType::Reflect | PayloadType::ReflectedAck => {
+                        return Err(D2mDecodeError::WrongDirection(payload_type));
+                    }
+                })
+            }
+
+            /// Decodes a payload only devices send (`decode_payload` for the rest).
+            fn decode_to_mediator(
+                payload_type: PayloadType,
+                payload: &[u8],
+            ) -> Result<Self, D2mDecodeError> {
+                let structbuf = |source| D2mDecodeError::Structbuf { payload_type, source };
+                let protobuf = |source| D2mDecodeError::Protobuf { payload_type, source };
+                Ok(match payload_type {
+                    $(
+                        PayloadType::$c => Self::$c(
+                            pb::$c::decode(payload)
+                                .map_err(protobuf)?,
+                        ),
+                    )+
+                    PayloadType::Reflect => {
+                        Self::Reflect(Reflect::decode(payload).map_err(structbuf)?)
+                    }
+                    PayloadType::ReflectedAck => {
+                        Self::ReflectedAck(ReflectedAck::decode(payload).map_err(structbuf)?)
+                    }
+                    _ => return Err(D2mDecodeError::WrongDirection(payload_type)),
                 })
             }
         }
@@ -206,7 +261,8 @@ macro_rules! d2m_message {
                     Self::Proxy(bytes) => {
                         f.debug_struct("Proxy").field("len", &bytes.len()).finish()
                     }
-                    $(Self::$name(m) => f.debug_tuple(stringify!($name)).field(m).finish(),)+
+                    $(Self::$s(m) => f.debug_tuple(stringify!($s)).field(m).finish(),)+
+$(Self::$c(m) => f.debug_tuple(stringify!($c)).field(m).finish(),)+
                     Self::Reflect(r) => r.fmt(f),
                     Self::ReflectAck(a) => a.fmt(f),
                     Self::Reflected(r) => r.fmt(f),
@@ -221,22 +277,26 @@ macro_rules! d2m_message {
 }
 
 d2m_message!(
-    ServerHello,
-    ClientHello,
-    ServerInfo,
-    ReflectionQueueDry,
-    RolePromotedToLeader,
-    GetDevicesInfo,
-    DevicesInfo,
-    DropDevice,
-    DropDeviceAck,
-    SetSharedDeviceData,
-    BeginTransaction,
-    BeginTransactionAck,
-    CommitTransaction,
-    CommitTransactionAck,
-    TransactionRejected,
-    TransactionEnded,
+    to_device: [
+        ServerHello,
+        ServerInfo,
+        ReflectionQueueDry,
+        RolePromotedToLeader,
+        DevicesInfo,
+        DropDeviceAck,
+        BeginTransactionAck,
+        CommitTransactionAck,
+        TransactionRejected,
+        TransactionEnded,
+    ],
+    to_mediator: [
+        ClientHello,
+        GetDevicesInfo,
+        DropDevice,
+        SetSharedDeviceData,
+        BeginTransaction,
+        CommitTransaction,
+    ],
 );
 
 impl D2mMessage {
@@ -258,11 +318,24 @@ impl D2mMessage {
 
     /// Decodes one WebSocket message: the container, then the payload its type names.
     pub fn decode(bytes: &[u8]) -> Result<Self, D2mDecodeError> {
-        let container = Container::decode(bytes)?;
-        let payload_type = PayloadType::from_u8(container.payload_type)
-            .ok_or(D2mDecodeError::UnknownPayloadType(container.payload_type))?;
-        Self::decode_payload(payload_type, container.payload)
+        let (payload_type, payload) = split(bytes)?;
+        Self::decode_payload(payload_type, payload)
     }
+
+    /// [`D2mMessage::decode`] for a device: only what a mediator sends
+    /// ([`D2mMessage::decode_to_device`]).
+    pub fn decode_at_device(bytes: &[u8]) -> Result<Self, D2mDecodeError> {
+        let (payload_type, payload) = split(bytes)?;
+        Self::decode_to_device(payload_type, payload)
+    }
+}
+
+/// The container's payload type and payload.
+fn split(bytes: &[u8]) -> Result<(PayloadType, &[u8]), D2mDecodeError> {
+    let container = Container::decode(bytes)?;
+    let payload_type = PayloadType::from_u8(container.payload_type)
+        .ok_or(D2mDecodeError::UnknownPayloadType(container.payload_type))?;
+    Ok((payload_type, container.payload))
 }
 
 impl From<Reflect> for D2mMessage {
@@ -578,6 +651,30 @@ mod tests {
                 },
             })
         );
+    }
+
+    #[test]
+    fn a_device_decodes_what_mediators_send_and_refuses_the_rest_by_direction() {
+        for t in PayloadType::ALL {
+            let bytes = [t.as_u8(), 0, 0, 0];
+            let to_mediator = matches!(
+                t,
+                PayloadType::ClientHello
+                    | PayloadType::GetDevicesInfo
+                    | PayloadType::DropDevice
+                    | PayloadType::SetSharedDeviceData
+                    | PayloadType::BeginTransaction
+                    | PayloadType::CommitTransaction
+                    | PayloadType::Reflect
+                    | PayloadType::ReflectedAck
+            );
+            let at_device = D2mMessage::decode_at_device(&bytes);
+            if to_mediator {
+                assert_eq!(at_device, Err(D2mDecodeError::WrongDirection(t)), "{t}");
+            } else {
+                assert_eq!(at_device, D2mMessage::decode(&bytes), "{t}");
+            }
+        }
     }
 
     #[test]

@@ -146,7 +146,7 @@ impl DeviceSession {
             return Err(DeviceError::Closed);
         }
         let result = self.check_deadline(now_ms).and_then(|()| {
-            let message = D2mMessage::decode(bytes).map_err(DeviceError::Malformed)?;
+            let message = D2mMessage::decode_at_device(bytes).map_err(DeviceError::Malformed)?;
             self.handle(message, rng)
         });
         self.fail_on_terminal(result)
@@ -332,7 +332,11 @@ impl DeviceSession {
     /// A new CSP login through the proxy (the client-hello queued at once). One body for the
     /// first login and every later one: the wasm build pays for it once.
     fn start_csp(&mut self, rng: &mut impl CryptoRngCore) -> Result<(), DeviceError> {
-        let config = self.config.csp.clone().ok_or(DeviceError::CspNotConfigured)?;
+        let config = self
+            .config
+            .csp
+            .clone()
+            .ok_or(DeviceError::CspNotConfigured)?;
         self.csp = Some(CspClient::new(config, rng).map_err(DeviceError::Csp)?);
         self.pump_csp()
     }

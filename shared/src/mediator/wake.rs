@@ -172,10 +172,7 @@ mod tests {
         };
         // Unknown bits are not echoed.
         assert_eq!(info.tandem_features, TANDEM_FEATURE_CSP_ON_DEMAND);
-        assert_eq!(
-            messages.get(1),
-            Some(&D2mMessage::PushUrl(URL.into()))
-        );
+        assert_eq!(messages.get(1), Some(&D2mMessage::PushUrl(URL.into())));
     }
 
     #[test]
