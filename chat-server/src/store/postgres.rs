@@ -149,9 +149,11 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 /// Every statement a batch runs, prepared on each connection before its first batch: the
 /// statements of a batch are pipelined in command order, which holds only if none of them has
 /// to wait for its own preparation first.
-const SQL: [&str; 17] = [
+const SQL: [&str; 19] = [
     REMOVE,
     SET_COOKIE,
+    SET_PUSH_URL,
+    PUSH_URL,
     RECEIVING_NODE,
     QUEUED,
     CLAIM_PREVIOUS,
