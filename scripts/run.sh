@@ -132,6 +132,7 @@ say "building and starting the mediator (wrangler dev on 127.0.0.1:$mediator_por
 setsid "$repo/scripts/worker-dev.sh" "$mediator_port" "$data_dir/mediator" \
   --var "CHAT_SERVER_$server_group:127.0.0.1:$csp_port" \
   --var "DIRECTORY_URL:http://127.0.0.1:$http_port" \
+  --var "TANDEM_PUBLIC_URL:http://127.0.0.1:$mediator_port" \
   >"$logs/mediator.log" 2>&1 &
 mediator_pid=$!
 # Through the Worker: proves routing and the directory forwarding to the chat server.
