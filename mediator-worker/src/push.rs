@@ -12,7 +12,11 @@ use crate::config;
 use crate::group::PUSH_PATH;
 use crate::GROUP_BINDING;
 
-/// Opens `token` and forwards the push to its group's object; 204 when delivered.
+/// The rate limiting binding for pushes (`wrangler.toml`), keyed by device group.
+const PUSH_LIMITER: &str = "PUSHES";
+
+/// Opens `token` and forwards the push to its group's object; 204 when delivered, 429 past
+/// the group's rate (the chat server backs off and tries again).
 pub(crate) async fn forward(req: &Request, env: &Env, token: &str) -> worker::Result<Response> {
     if req.method() != Method::Post {
         return Response::error("method not allowed: POST", 405);
@@ -24,11 +28,22 @@ pub(crate) async fn forward(req: &Request, env: &Env, token: &str) -> worker::Re
     let Ok(group) = key.open(token, crate::group::now_ms()) else {
         return Response::error("not found", 404);
     };
+    let name = hex::encode(group.0);
+    match env.rate_limiter(PUSH_LIMITER) {
+        Ok(limiter) => {
+            if !limiter.limit(name.clone()).await?.success {
+                return Response::error("too many pushes for this group", 429);
+            }
+        }
+        Err(_) => {
+            worker::console_warn!("no {PUSH_LIMITER} rate limiter bound: pushes are not limited")
+        }
+    }
     let mut init = worker::RequestInit::new();
     init.with_method(Method::Post);
     let to_object = Request::new_with_init(&format!("https://device-group{PUSH_PATH}"), &init)?;
     env.durable_object(GROUP_BINDING)?
-        .id_from_name(&hex::encode(group.0))?
+        .id_from_name(&name)?
         .get_stub()?
         .fetch_with_request(to_object)
         .await

@@ -1109,6 +1109,24 @@ async fn csp_on_demand(fx: &mut Fixture) -> ScenarioResult {
     assert_eq!(answer.status, 204);
     a.expect_none(QUIET, "no Wake while open", |e| matches!(e, Event::Wake))
         .await?;
+    if wrangler {
+        // The Worker limits pushes per group (30 a minute): a token holder cannot start the
+        // group's object at will. 61 in a row pass at most two of wrangler's one-minute
+        // windows, so one of them is refused whenever the burst starts.
+        let mut statuses = Vec::new();
+        for _ in 0..61 {
+            let answer = http_request(&addr, "POST", &path, None, Duration::from_secs(10)).await?;
+            statuses.push(answer.status);
+            if answer.status == 429 {
+                break;
+            }
+        }
+        assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+        assert!(
+            statuses.iter().all(|s| *s == 204 || *s == 429),
+            "{statuses:?}"
+        );
+    }
     Ok(())
 }
 

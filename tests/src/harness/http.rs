@@ -96,12 +96,18 @@ async fn read_response(stream: &mut TcpStream) -> Result<HttpResponse, String> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {head:?}"))?;
-    let length = head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())
-            .flatten()
-    });
+    // 204 and 304 have no body and no length (RFC 9110 §8.6): reading to the end of the
+    // stream would wait for the server to close a kept-alive connection.
+    let length = if matches!(status, 204 | 304) {
+        Some(0)
+    } else {
+        head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        })
+    };
     let mut body = raw.get(head_end..).unwrap_or_default().to_vec();
     loop {
         if length.is_some_and(|len| body.len() >= len) || body.len() > MAX_RESPONSE {
