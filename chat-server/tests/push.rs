@@ -89,23 +89,53 @@ async fn wait_for_posts(seen: &Seen, count: usize, within: Duration) -> Vec<Stri
     }
 }
 
-#[tokio::test]
-async fn a_message_nobody_receives_is_pushed_until_a_session_receives_it() {
+/// A server started with `extra`, a receiver that registered
+/// `http://127.0.0.1:PORT/push/{path}` (PORT: a listener's) and logged out, and a sender whose
+/// first message to it is stored.
+struct OneMessage {
+    _dir: tempfile::TempDir,
+    server: ServerProcess,
+    seen: Seen,
+    sender: Account,
+    receiver: Account,
+    s: Client,
+}
+
+async fn one_message_stored(extra: &[&str], path: &str) -> OneMessage {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), &["--push-origin", "http://127.0.0.1"]);
+    let server = ServerProcess::start(dir.path(), extra);
     let (port, seen) = push_target().await;
     let sender = Account::create(server.http).await;
     let receiver = Account::create(server.http).await;
     let mut r = Client::connect(server.csp, receiver.config(&server.public_key, 1))
         .await
         .unwrap();
-    register(&mut r, &format!("http://127.0.0.1:{port}/push/token-1")).await;
+    register(&mut r, &format!("http://127.0.0.1:{port}/push/{path}")).await;
     drop(r);
-
     let mut s = Client::connect(server.csp, sender.config(&server.public_key, 1))
         .await
         .unwrap();
     send_acked(&mut s, &sender, &receiver, 1).await;
+    OneMessage {
+        _dir: dir,
+        server,
+        seen,
+        sender,
+        receiver,
+        s,
+    }
+}
+
+#[tokio::test]
+async fn a_message_nobody_receives_is_pushed_until_a_session_receives_it() {
+    let OneMessage {
+        server,
+        seen,
+        sender,
+        receiver,
+        mut s,
+        ..
+    } = one_message_stored(&["--push-origin", "http://127.0.0.1"], "token-1").await;
     let lines = wait_for_posts(&seen, 1, Duration::from_secs(5)).await;
     assert_eq!(lines, ["POST /push/token-1 HTTP/1.1"], "pushed at once");
     // More messages while the schedule runs: no burst of POSTs.
@@ -146,26 +176,11 @@ async fn a_message_nobody_receives_is_pushed_until_a_session_receives_it() {
     assert_eq!(seen.lock().unwrap().len(), before);
 }
 
-/// A server started with `extra`; the receiver registers `http://127.0.0.1:PORT/push/{path}`
-/// (PORT: a listener's), logs out, and the sender's message to it is stored. What the listener
-/// got within 3 s.
+/// What the listener got within 3 s of [`one_message_stored`].
 async fn pushes_after_one_message(extra: &[&str], path: &str) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(dir.path(), extra);
-    let (port, seen) = push_target().await;
-    let sender = Account::create(server.http).await;
-    let receiver = Account::create(server.http).await;
-    let mut r = Client::connect(server.csp, receiver.config(&server.public_key, 1))
-        .await
-        .unwrap();
-    register(&mut r, &format!("http://127.0.0.1:{port}/push/{path}")).await;
-    drop(r);
-    let mut s = Client::connect(server.csp, sender.config(&server.public_key, 1))
-        .await
-        .unwrap();
-    send_acked(&mut s, &sender, &receiver, 1).await;
+    let stored = one_message_stored(extra, path).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let lines = seen.lock().unwrap().clone();
+    let lines = stored.seen.lock().unwrap().clone();
     lines
 }
 

@@ -194,7 +194,7 @@ fn answer(
                             receiver: e.receiver,
                             message: Arc::clone(&message),
                         });
-                    } else if unreceived.is_some() && !no_node.contains(&e.receiver) {
+                    } else if unreceived.is_some() {
                         no_node.push(e.receiver);
                     }
                     queued.push((e.receiver, MailItem::Queued(message)));
@@ -248,6 +248,9 @@ fn answer(
         mailbox.push_all(items);
     }
     deliver(registry, queued);
+    // Sorted and deduplicated once, not searched per message: a batch holds up to 4 096.
+    no_node.sort_unstable();
+    no_node.dedup();
     for identity in no_node {
         if registry.receiver(&identity).is_none() {
             name_unreceived(unreceived, identity);
